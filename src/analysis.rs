@@ -1,0 +1,645 @@
+//! Correlation of events into chains: socket ready -> thread(s) woken -> on
+//! CPU -> epoll_wait returned -> accept/close. Pure Rust over [`Event`]s, so
+//! it runs the same on a live trace, a recording or a fixture.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::Serialize;
+
+use crate::events::{Cause, EpEvent, Event, Kind, SockInfo, Syscall, Task, WakerContext};
+
+/// Where a socket inode is open: (pid, fd) pairs.
+#[derive(Debug, Default, Clone)]
+pub struct FdTable {
+    by_ino: HashMap<u64, Vec<(u32, i32)>>,
+    by_fd: HashMap<(u32, i32), u64>,
+}
+
+impl FdTable {
+    pub fn insert(&mut self, ino: u64, pid: u32, fd: i32) {
+        if ino == 0 || fd < 0 {
+            return;
+        }
+        if let Some(old) = self.by_fd.insert((pid, fd), ino) {
+            if old != ino {
+                self.unlink(old, pid, fd);
+            }
+        }
+        let v = self.by_ino.entry(ino).or_default();
+        if !v.contains(&(pid, fd)) {
+            v.push((pid, fd));
+            v.sort_unstable();
+        }
+    }
+
+    fn unlink(&mut self, ino: u64, pid: u32, fd: i32) {
+        if let Some(v) = self.by_ino.get_mut(&ino) {
+            v.retain(|&p| p != (pid, fd));
+            if v.is_empty() {
+                self.by_ino.remove(&ino);
+            }
+        }
+    }
+
+    pub fn remove(&mut self, pid: u32, fd: i32) {
+        if let Some(ino) = self.by_fd.remove(&(pid, fd)) {
+            self.unlink(ino, pid, fd);
+        }
+    }
+
+    /// Every (pid, fd) that holds socket inode `ino`.
+    pub fn fds(&self, ino: u64) -> &[(u32, i32)] {
+        self.by_ino.get(&ino).map(|v| v.as_slice()).unwrap_or(&[])
+    }
+
+    pub fn ino(&self, pid: u32, fd: i32) -> Option<u64> {
+        self.by_fd.get(&(pid, fd)).copied()
+    }
+
+    pub fn knows(&self, ino: u64) -> bool {
+        self.by_ino.contains_key(&ino)
+    }
+}
+
+/// The socket event that starts a chain.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChainSock {
+    pub ts: u64,
+    pub cpu: u32,
+    /// Task on the CPU when the socket became ready.
+    pub task: Task,
+    pub sock: SockInfo,
+    /// (pid, fd) in the targets that hold this socket.
+    pub fds: Vec<(u32, i32)>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct WakeInfo {
+    pub ts: u64,
+    /// CPU the waker ran on.
+    pub cpu: u32,
+    pub waker: Task,
+    pub cause: Cause,
+    pub context: WakerContext,
+    pub via_epoll: bool,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub stack: Vec<u64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct OnCpu {
+    pub ts: u64,
+    pub cpu: u32,
+    pub prev_cpu: u32,
+    pub migrated: bool,
+    /// Wake-up -> on CPU.
+    pub runq_ns: u64,
+    /// Woken while still on a CPU: it never left.
+    pub never_left: bool,
+    /// The task it replaced on the CPU.
+    pub replaced: Option<Task>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ReturnedEvent {
+    pub events: u32,
+    pub data: u64,
+    /// fd the data stands for, when known.
+    pub fd: Option<i32>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct EpollReturn {
+    pub ts: u64,
+    pub epfd: i32,
+    pub ret: i32,
+    pub syscall: Syscall,
+    pub events: Vec<ReturnedEvent>,
+    /// Whether the chain's socket is among the returned fds (None: unknown).
+    pub lists_sock: Option<bool>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum Action {
+    Accept {
+        ts: u64,
+        syscall: Syscall,
+        listen_fd: i32,
+        ret: i32,
+        peer: Option<SockInfo>,
+        listen: Option<SockInfo>,
+        backlog: u32,
+        max_backlog: u32,
+    },
+    Close { ts: u64, fd: i32, sock: Option<SockInfo> },
+}
+
+/// One thread's part in a chain.
+#[derive(Debug, Clone, Serialize)]
+pub struct Hop {
+    pub target: Task,
+    /// None when epoll_wait returned without sleeping.
+    pub wake: Option<WakeInfo>,
+    pub on_cpu: Option<OnCpu>,
+    pub epoll: Option<EpollReturn>,
+    pub actions: Vec<Action>,
+    /// Went back to sleep inside epoll_wait without returning: the event
+    /// was gone (another thread took it).
+    pub slept_again: Option<u64>,
+    #[serde(skip)]
+    done: bool,
+}
+
+impl Hop {
+    /// The thread accepted a connection in this hop.
+    pub fn accepted(&self) -> bool {
+        self.actions.iter().any(|a| matches!(a, Action::Accept { ret, .. } if *ret >= 0))
+    }
+    /// The thread tried to accept and got EAGAIN.
+    pub fn accept_failed(&self) -> bool {
+        self.actions.iter().any(|a| matches!(a, Action::Accept { ret, .. } if *ret == -11))
+    }
+    /// Last timestamp in this hop.
+    pub fn end_ts(&self) -> u64 {
+        let mut t = self.wake.as_ref().map(|w| w.ts).unwrap_or(0);
+        if let Some(o) = &self.on_cpu {
+            t = t.max(o.ts);
+        }
+        if let Some(e) = &self.epoll {
+            t = t.max(e.ts);
+        }
+        if let Some(s) = self.slept_again {
+            t = t.max(s);
+        }
+        for a in &self.actions {
+            t = t.max(match a {
+                Action::Accept { ts, .. } | Action::Close { ts, .. } => *ts,
+            });
+        }
+        t
+    }
+}
+
+/// One wake-up chain.
+#[derive(Debug, Clone, Serialize)]
+pub struct Chain {
+    pub id: u64,
+    pub start_ts: u64,
+    pub sock: Option<ChainSock>,
+    pub hops: Vec<Hop>,
+    /// Closed by the idle timeout or the end of the trace, not by every
+    /// thread going back to sleep.
+    pub incomplete: bool,
+}
+
+impl Chain {
+    pub fn end_ts(&self) -> u64 {
+        self.hops.iter().map(|h| h.end_ts()).max().unwrap_or(self.start_ts).max(self.start_ts)
+    }
+    /// Threads woken for nothing: woken with this chain's socket, but neither
+    /// accepted nor saw the socket in their epoll_wait return.
+    pub fn wasted(&self) -> usize {
+        self.hops
+            .iter()
+            .filter(|h| h.wake.is_some())
+            .filter(|h| h.slept_again.is_some() || h.accept_failed() || (!h.accepted() && h.epoll.as_ref().and_then(|e| e.lists_sock) == Some(false)))
+            .count()
+    }
+    pub fn woken(&self) -> usize {
+        self.hops.iter().filter(|h| h.wake.is_some()).count()
+    }
+}
+
+/// What the correlator learned about one event, for the JSON stream.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Annotation {
+    pub chain: Option<u64>,
+    /// For sock_ready: the (pid, fd) holding the socket.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub fds: Vec<(u32, i32)>,
+    /// For epoll_exit: the fd each returned entry stands for.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ep_fds: Vec<Option<i32>>,
+}
+
+/// Counters kept over the whole trace.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Stats {
+    pub events: u64,
+    pub by_type: BTreeMap<String, u64>,
+    pub chains: u64,
+    pub chains_incomplete: u64,
+    pub wakes: u64,
+    pub accepts: u64,
+    pub accept_eagain: u64,
+    pub accept_errors: u64,
+    pub closes: u64,
+    pub herd_chains: u64,
+    pub wasted_wakes: u64,
+    pub voluntary_switches: u64,
+    pub involuntary_switches: u64,
+}
+
+#[derive(Debug, Default)]
+struct ThreadCtx {
+    /// (chain id, hop index) not finished yet.
+    pending: Vec<(u64, usize)>,
+    /// Inside epoll_wait (entered, not returned).
+    in_epoll: bool,
+}
+
+const EPOLL_CTL_ADD: i32 = 1;
+const EPOLL_CTL_DEL: i32 = 2;
+const EPOLL_CTL_MOD: i32 = 3;
+
+/// Builds chains from events in ring-buffer order.
+#[derive(Debug, Default)]
+pub struct Correlator {
+    next_id: u64,
+    open: BTreeMap<u64, Chain>,
+    by_seq: HashMap<u64, u64>,
+    threads: HashMap<u32, ThreadCtx>,
+    pub fds: FdTable,
+    epoll_map: HashMap<(u32, i32, u64), i32>,
+    completed: Vec<Chain>,
+    pub stats: Stats,
+    last_ts: u64,
+}
+
+impl Correlator {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn new_chain(&mut self, ts: u64) -> u64 {
+        self.next_id += 1;
+        let id = self.next_id;
+        self.open.insert(id, Chain { id, start_ts: ts, sock: None, hops: Vec::new(), incomplete: false });
+        id
+    }
+
+    fn hop_mut(&mut self, (id, idx): (u64, usize)) -> Option<&mut Hop> {
+        self.open.get_mut(&id).and_then(|c| c.hops.get_mut(idx))
+    }
+
+    /// Mark a thread's pending hops done when `pred` holds, and close chains
+    /// whose hops are all done.
+    fn finish_hops(&mut self, tid: u32, pred: impl Fn(&Hop) -> bool) {
+        let pending = match self.threads.get_mut(&tid) {
+            Some(t) => std::mem::take(&mut t.pending),
+            None => return,
+        };
+        let mut keep = Vec::new();
+        let mut touched = Vec::new();
+        for p in pending {
+            match self.hop_mut(p) {
+                Some(h) if pred(h) => {
+                    h.done = true;
+                    touched.push(p.0);
+                }
+                Some(_) => keep.push(p),
+                None => {}
+            }
+        }
+        if let Some(t) = self.threads.get_mut(&tid) {
+            t.pending = keep;
+        }
+        for id in touched {
+            self.maybe_complete(id);
+        }
+    }
+
+    fn maybe_complete(&mut self, id: u64) {
+        let done = self.open.get(&id).map(|c| !c.hops.is_empty() && c.hops.iter().all(|h| h.done)).unwrap_or(false);
+        if done {
+            if let Some(c) = self.open.remove(&id) {
+                self.complete(c);
+            }
+        }
+    }
+
+    fn complete(&mut self, c: Chain) {
+        if let Some(s) = &c.sock {
+            self.by_seq.retain(|_, v| *v != c.id);
+            let _ = s;
+        }
+        if c.hops.is_empty() {
+            return;
+        }
+        self.stats.chains += 1;
+        if c.incomplete {
+            self.stats.chains_incomplete += 1;
+        }
+        if c.woken() > 1 {
+            self.stats.herd_chains += 1;
+        }
+        self.stats.wasted_wakes += c.wasted() as u64;
+        self.completed.push(c);
+    }
+
+    /// Chains finished since the last call, in id order: a chain is held
+    /// back while an older one is still open, so output reads in time order.
+    pub fn drain_completed(&mut self) -> Vec<Chain> {
+        let oldest_open = self.open.keys().next().copied().unwrap_or(u64::MAX);
+        self.completed.sort_by_key(|c| c.id);
+        let split = self.completed.partition_point(|c| c.id < oldest_open);
+        let rest = self.completed.split_off(split);
+        std::mem::replace(&mut self.completed, rest)
+    }
+
+    /// Close chains idle for `idle_ns` before the newest event seen.
+    pub fn expire(&mut self, idle_ns: u64) {
+        let limit = self.last_ts.saturating_sub(idle_ns);
+        let old: Vec<u64> = self.open.values().filter(|c| c.end_ts() < limit).map(|c| c.id).collect();
+        for id in old {
+            self.force_close(id);
+        }
+    }
+
+    fn force_close(&mut self, id: u64) {
+        if let Some(mut c) = self.open.remove(&id) {
+            c.incomplete = c.hops.iter().any(|h| !h.done);
+            for t in self.threads.values_mut() {
+                t.pending.retain(|p| p.0 != id);
+            }
+            self.complete(c);
+        }
+    }
+
+    /// Close every open chain (end of trace) and return all completed ones.
+    pub fn finish(&mut self) -> Vec<Chain> {
+        let ids: Vec<u64> = self.open.keys().copied().collect();
+        for id in ids {
+            self.force_close(id);
+        }
+        self.drain_completed()
+    }
+
+    /// Feed one event; returns what it was joined to.
+    pub fn ingest(&mut self, ev: &Event) -> Annotation {
+        self.stats.events += 1;
+        *self.stats.by_type.entry(ev.type_name().to_string()).or_default() += 1;
+        self.last_ts = self.last_ts.max(ev.ts);
+        let tid = ev.task.tid;
+        let pid = ev.task.pid;
+        let mut ann = Annotation::default();
+        match &ev.kind {
+            Kind::SockReady { sock, seq } => {
+                let id = self.new_chain(ev.ts);
+                let fds = self.fds.fds(sock.ino).to_vec();
+                ann.fds = fds.clone();
+                if let Some(c) = self.open.get_mut(&id) {
+                    c.sock = Some(ChainSock { ts: ev.ts, cpu: ev.cpu, task: ev.task.clone(), sock: sock.clone(), fds });
+                }
+                self.by_seq.insert(*seq, id);
+                ann.chain = Some(id);
+            }
+            Kind::Wake { target, sock_seq, stack, target_on_rq, cause, context, via_epoll, target_cpu, .. } => {
+                self.stats.wakes += 1;
+                // A new blocking period: what the thread did since its last wake is over.
+                self.finish_hops(target.tid, |h| h.on_cpu.is_some() || h.wake.is_none());
+                let cause = cause.unwrap_or(Cause::Unknown);
+                let socket_like = matches!(cause, Cause::SocketReadable | Cause::SocketState | Cause::Unknown);
+                let id = match self.by_seq.get(sock_seq) {
+                    Some(&id) if *sock_seq != 0 && socket_like && self.open.contains_key(&id) => id,
+                    _ => self.new_chain(ev.ts),
+                };
+                let on_cpu = target_on_rq.then(|| OnCpu {
+                    ts: ev.ts,
+                    cpu: *target_cpu,
+                    prev_cpu: *target_cpu,
+                    migrated: false,
+                    runq_ns: 0,
+                    never_left: true,
+                    replaced: None,
+                });
+                let hop = Hop {
+                    target: target.clone(),
+                    wake: Some(WakeInfo {
+                        ts: ev.ts,
+                        cpu: ev.cpu,
+                        waker: ev.task.clone(),
+                        cause,
+                        context: context.unwrap_or(WakerContext::Unknown),
+                        via_epoll: *via_epoll,
+                        stack: stack.clone(),
+                    }),
+                    on_cpu,
+                    epoll: None,
+                    actions: Vec::new(),
+                    slept_again: None,
+                    done: false,
+                };
+                if let Some(c) = self.open.get_mut(&id) {
+                    c.hops.push(hop);
+                    let idx = c.hops.len() - 1;
+                    self.threads.entry(target.tid).or_default().pending.push((id, idx));
+                }
+                ann.chain = Some(id);
+            }
+            Kind::SwitchIn { runnable_ts, prev_cpu, prev_tid, prev_comm, after_preempt } => {
+                let pending = self.threads.get(&tid).map(|t| t.pending.clone()).unwrap_or_default();
+                let mut first = true;
+                for p in pending {
+                    if let Some(h) = self.hop_mut(p) {
+                        if h.on_cpu.is_none() {
+                            let since = if first && !*after_preempt { *runnable_ts } else { h.wake.as_ref().map(|w| w.ts).unwrap_or(*runnable_ts) };
+                            first = false;
+                            h.on_cpu = Some(OnCpu {
+                                ts: ev.ts,
+                                cpu: ev.cpu,
+                                prev_cpu: *prev_cpu,
+                                migrated: *prev_cpu != ev.cpu,
+                                runq_ns: ev.ts.saturating_sub(since),
+                                never_left: false,
+                                replaced: Some(Task { pid: 0, tid: *prev_tid, comm: prev_comm.clone() }),
+                            });
+                            ann.chain.get_or_insert(p.0);
+                        }
+                    }
+                }
+            }
+            Kind::SwitchOut { involuntary, .. } => {
+                if *involuntary {
+                    self.stats.involuntary_switches += 1;
+                } else {
+                    self.stats.voluntary_switches += 1;
+                }
+                ann.chain = self.threads.get(&tid).and_then(|t| t.pending.first()).map(|p| p.0);
+                if !*involuntary {
+                    // Asleep again in epoll_wait without having returned: woken for nothing.
+                    let in_epoll = self.threads.get(&tid).map(|t| t.in_epoll).unwrap_or(false);
+                    let ts = ev.ts;
+                    let pending = self.threads.get(&tid).map(|t| t.pending.clone()).unwrap_or_default();
+                    for p in pending {
+                        if let Some(h) = self.hop_mut(p) {
+                            let via_epoll = h.wake.as_ref().map(|w| w.via_epoll).unwrap_or(false);
+                            if h.on_cpu.is_some() && h.epoll.is_none() && h.actions.is_empty() && h.wake.is_some() && (in_epoll || via_epoll) {
+                                h.slept_again = Some(ts);
+                            }
+                        }
+                    }
+                    self.finish_hops(tid, |h| h.slept_again.is_some());
+                }
+            }
+            Kind::EpollEnter { .. } => {
+                self.threads.entry(tid).or_default().in_epoll = true;
+                // Back to waiting: this thread's part of its chains is over.
+                self.finish_hops(tid, |h| h.on_cpu.is_some() || h.epoll.is_some() || h.wake.is_none());
+            }
+            Kind::EpollExit { epfd, ret, syscall, events, .. } => {
+                self.threads.entry(tid).or_default().in_epoll = false;
+                let returned: Vec<ReturnedEvent> = events
+                    .iter()
+                    .map(|e: &EpEvent| ReturnedEvent { events: e.events, data: e.data, fd: self.epoll_map.get(&(pid, *epfd, e.data)).copied() })
+                    .collect();
+                ann.ep_fds = returned.iter().map(|r| r.fd).collect();
+                let mut pending = self.threads.get(&tid).map(|t| t.pending.clone()).unwrap_or_default();
+                pending.retain(|p| self.open.get(&p.0).and_then(|c| c.hops.get(p.1)).map(|h| h.epoll.is_none()).unwrap_or(false));
+                if pending.is_empty() && *ret > 0 {
+                    // Events were ready: epoll_wait returned without sleeping.
+                    let id = self.new_chain(ev.ts);
+                    if let Some(c) = self.open.get_mut(&id) {
+                        c.hops.push(Hop { target: ev.task.clone(), wake: None, on_cpu: None, epoll: None, actions: Vec::new(), slept_again: None, done: false });
+                    }
+                    self.threads.entry(tid).or_default().pending.push((id, 0));
+                    pending.push((id, 0));
+                }
+                for p in &pending {
+                    let lists_sock = self.open.get(&p.0).and_then(|c| c.sock.as_ref()).map(|s| {
+                        let fds: Vec<i32> = s.fds.iter().filter(|(fp, _)| *fp == pid).map(|(_, fd)| *fd).collect();
+                        if fds.is_empty() {
+                            None
+                        } else {
+                            Some(returned.iter().any(|r| r.fd.map(|f| fds.contains(&f)).unwrap_or(false)))
+                        }
+                    });
+                    let all_known = returned.iter().all(|r| r.fd.is_some());
+                    if let Some(h) = self.hop_mut(*p) {
+                        h.epoll = Some(EpollReturn {
+                            ts: ev.ts,
+                            epfd: *epfd,
+                            ret: *ret,
+                            syscall: *syscall,
+                            events: returned.clone(),
+                            lists_sock: match lists_sock.flatten() {
+                                Some(false) if !all_known => None,
+                                other => other,
+                            },
+                        });
+                        ann.chain.get_or_insert(p.0);
+                    }
+                }
+                if *ret <= 0 {
+                    // Timeout or error: nothing to handle.
+                    self.finish_hops(tid, |h| h.epoll.is_some());
+                }
+            }
+            Kind::EpollCtl { epfd, op, fd, data, err, .. } => {
+                match *op {
+                    EPOLL_CTL_ADD | EPOLL_CTL_MOD if *err == 0 => {
+                        self.epoll_map.retain(|k, v| !(k.0 == pid && k.1 == *epfd && *v == *fd));
+                        self.epoll_map.insert((pid, *epfd, *data), *fd);
+                    }
+                    EPOLL_CTL_DEL => self.epoll_map.retain(|k, v| !(k.0 == pid && k.1 == *epfd && *v == *fd)),
+                    _ => {}
+                }
+                ann.chain = self.active_chain(tid, |_| false);
+            }
+            Kind::EpollMap { epfd, fd, data } => {
+                self.epoll_map.insert((pid, *epfd, *data), *fd);
+            }
+            Kind::FdMap { ino, fd } => self.fds.insert(*ino, pid, *fd),
+            Kind::Accept { syscall, listen_fd, ret, peer, listen, backlog, max_backlog, .. } => {
+                if *ret >= 0 {
+                    self.stats.accepts += 1;
+                    if let Some(p) = peer {
+                        self.fds.insert(p.ino, pid, *ret);
+                    }
+                } else if *ret == -11 {
+                    self.stats.accept_eagain += 1;
+                } else {
+                    self.stats.accept_errors += 1;
+                }
+                if let Some(l) = listen {
+                    self.fds.insert(l.ino, pid, *listen_fd);
+                }
+                let lfd = *listen_fd;
+                let lino = listen.as_ref().map(|l| l.sk);
+                let id = self.active_chain(tid, |c| {
+                    c.sock.as_ref().map(|s| Some(s.sock.sk) == lino).unwrap_or(false)
+                        || c.hops.iter().any(|h| h.target.tid == tid && h.epoll.as_ref().map(|e| e.events.iter().any(|r| r.fd == Some(lfd))).unwrap_or(false))
+                });
+                if let Some(id) = id {
+                    let action = Action::Accept {
+                        ts: ev.ts,
+                        syscall: *syscall,
+                        listen_fd: *listen_fd,
+                        ret: *ret,
+                        peer: peer.clone(),
+                        listen: listen.clone(),
+                        backlog: *backlog,
+                        max_backlog: *max_backlog,
+                    };
+                    self.push_action(id, tid, action);
+                }
+                ann.chain = id;
+            }
+            Kind::Close { fd, sock } => {
+                self.stats.closes += 1;
+                let f = *fd;
+                let sk = sock.as_ref().map(|s| s.sk);
+                let id = self.active_chain(tid, |c| {
+                    c.sock.as_ref().map(|s| Some(s.sock.sk) == sk).unwrap_or(false)
+                        || c.hops.iter().any(|h| h.target.tid == tid && h.epoll.as_ref().map(|e| e.events.iter().any(|r| r.fd == Some(f))).unwrap_or(false))
+                });
+                if let Some(id) = id {
+                    self.push_action(id, tid, Action::Close { ts: ev.ts, fd: *fd, sock: sock.clone() });
+                }
+                self.fds.remove(pid, *fd);
+                self.epoll_map.retain(|k, v| !(k.0 == pid && *v == f));
+                ann.chain = id;
+            }
+            Kind::SockState { .. } | Kind::TaskNew { .. } => {}
+            Kind::TaskExit { .. } => {
+                self.finish_hops(tid, |_| true);
+            }
+        }
+        ann
+    }
+
+    /// The chain this thread is handling now (it returned from epoll_wait in
+    /// it): the one `prefer` picks, else the first.
+    fn active_chain(&self, tid: u32, prefer: impl Fn(&Chain) -> bool) -> Option<u64> {
+        let t = self.threads.get(&tid)?;
+        let active: Vec<u64> = t
+            .pending
+            .iter()
+            .filter(|p| self.open.get(&p.0).and_then(|c| c.hops.get(p.1)).map(|h| h.epoll.is_some()).unwrap_or(false))
+            .map(|p| p.0)
+            .collect();
+        active.iter().copied().find(|id| self.open.get(id).map(&prefer).unwrap_or(false)).or_else(|| active.first().copied())
+    }
+
+    fn push_action(&mut self, id: u64, tid: u32, a: Action) {
+        let idx = self.threads.get(&tid).and_then(|t| t.pending.iter().find(|p| p.0 == id)).map(|p| p.1);
+        if let Some(idx) = idx {
+            if let Some(h) = self.hop_mut((id, idx)) {
+                h.actions.push(a);
+            }
+        }
+    }
+
+    /// The fd an epoll data word stands for in `pid`'s `epfd`, if known.
+    pub fn epoll_fd(&self, pid: u32, epfd: i32, data: u64) -> Option<i32> {
+        self.epoll_map.get(&(pid, epfd, data)).copied()
+    }
+
+    pub fn open_chains(&self) -> usize {
+        self.open.len()
+    }
+}
+
+#[cfg(test)]
+mod tests;

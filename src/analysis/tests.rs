@@ -1,0 +1,179 @@
+use super::*;
+use crate::events::{EpEvent, Event, Kind, SockInfo, Task};
+
+fn t(pid: u32, tid: u32, comm: &str) -> Task {
+    Task { pid, tid, comm: comm.into() }
+}
+
+fn sock(sk: u64, ino: u64, local: &str, remote: &str, state: u8) -> SockInfo {
+    SockInfo { sk, ino, netns: 1, family: 2, protocol: 6, local: local.parse().unwrap(), remote: remote.parse().unwrap(), state }
+}
+
+fn ev(ts: u64, cpu: u32, task: Task, kind: Kind) -> Event {
+    Event { ts, cpu, task, kind }
+}
+
+fn wake(target: Task, seq: u64, cause: Cause) -> Kind {
+    Kind::Wake {
+        target,
+        sock_seq: seq,
+        stack: vec![],
+        stack_err: 0,
+        target_cpu: 0,
+        waker_is_kthread: false,
+        target_on_rq: false,
+        cause: Some(cause),
+        context: Some(WakerContext::SoftirqInSyscall),
+        via_epoll: true,
+    }
+}
+
+fn switch_in(runnable_ts: u64, prev_cpu: u32) -> Kind {
+    Kind::SwitchIn { runnable_ts, prev_cpu, after_preempt: false, prev_tid: 0, prev_comm: "swapper/0".into() }
+}
+
+fn epoll_exit(epfd: i32, data: &[u64]) -> Kind {
+    Kind::EpollExit {
+        enter_ts: 0,
+        epfd,
+        ret: data.len() as i32,
+        syscall: Syscall::EpollWait,
+        events: data.iter().map(|&d| EpEvent { events: 1, data: d }).collect(),
+    }
+}
+
+fn accept(lfd: i32, ret: i32, peer: Option<SockInfo>) -> Kind {
+    Kind::Accept { enter_ts: 0, listen_fd: lfd, ret, syscall: Syscall::Accept4, backlog: 0, max_backlog: 128, listen: None, peer }
+}
+
+/// Two workers of pid 10 watch listen socket ino 500 (fd 3) in their own
+/// epoll (epfd 4 and 5); a client connection wakes both, w0 accepts.
+fn herd_events() -> Vec<Event> {
+    let w0 = t(10, 11, "demo:worker_0");
+    let w1 = t(10, 12, "demo:worker_1");
+    let client = t(20, 20, "client");
+    let lsock = sock(0xaaa, 500, "127.0.0.1:8080", "0.0.0.0:0", 10);
+    let peer = sock(0xbbb, 501, "127.0.0.1:8080", "127.0.0.1:40000", 1);
+    vec![
+        ev(0, 0, w0.clone(), Kind::FdMap { ino: 500, fd: 3 }),
+        ev(0, 0, w0.clone(), Kind::EpollMap { epfd: 4, fd: 3, data: 3 }),
+        ev(0, 0, w1.clone(), Kind::EpollMap { epfd: 5, fd: 3, data: 3 }),
+        ev(1000, 1, client.clone(), Kind::SockReady { sock: lsock, seq: 7 }),
+        ev(1100, 1, client.clone(), wake(w1.clone(), 7, Cause::SocketReadable)),
+        ev(1200, 1, client.clone(), wake(w0.clone(), 7, Cause::SocketReadable)),
+        ev(3000, 0, w0.clone(), switch_in(1200, 0)),
+        ev(3500, 1, w1.clone(), switch_in(1100, 0)),
+        ev(4000, 0, w0.clone(), epoll_exit(4, &[3])),
+        ev(4200, 1, w1.clone(), epoll_exit(5, &[3])),
+        ev(4500, 0, w0.clone(), accept(3, 6, Some(peer))),
+        ev(4600, 1, w1.clone(), accept(3, -11, None)),
+        ev(4700, 0, w0.clone(), Kind::EpollCtl { epfd: 4, op: 1, fd: 6, events: 1, data: 6, err: 0 }),
+        ev(5000, 1, w1.clone(), Kind::EpollEnter { epfd: 5, maxevents: 64, syscall: Syscall::EpollWait }),
+        ev(5100, 0, w0.clone(), Kind::EpollEnter { epfd: 4, maxevents: 64, syscall: Syscall::EpollWait }),
+    ]
+}
+
+#[test]
+fn herd_chain_has_both_workers_one_accept() {
+    let mut c = Correlator::new();
+    let anns: Vec<Annotation> = herd_events().iter().map(|e| c.ingest(e)).collect();
+    let chains = c.drain_completed();
+    assert_eq!(chains.len(), 1, "{chains:#?}");
+    let ch = &chains[0];
+    assert_eq!(ch.sock.as_ref().unwrap().fds, vec![(10, 3)]);
+    assert_eq!(ch.hops.len(), 2);
+    assert_eq!(ch.woken(), 2);
+    assert_eq!(ch.wasted(), 1);
+    assert!(!ch.incomplete);
+    let w0 = ch.hops.iter().find(|h| h.target.tid == 11).unwrap();
+    assert!(w0.accepted());
+    assert_eq!(w0.on_cpu.as_ref().unwrap().runq_ns, 1800);
+    assert!(!w0.on_cpu.as_ref().unwrap().migrated);
+    assert_eq!(w0.epoll.as_ref().unwrap().lists_sock, Some(true));
+    let w1 = ch.hops.iter().find(|h| h.target.tid == 12).unwrap();
+    assert!(w1.accept_failed());
+    assert!(w1.on_cpu.as_ref().unwrap().migrated);
+    // Every event but the /proc facts and the final epoll enters joins chain 1.
+    let joined = anns.iter().filter(|a| a.chain == Some(ch.id)).count();
+    assert_eq!(joined, 10);
+    assert_eq!(c.stats.herd_chains, 1);
+    assert_eq!(c.stats.wasted_wakes, 1);
+    assert_eq!(c.stats.accepts, 1);
+    assert_eq!(c.stats.accept_eagain, 1);
+}
+
+#[test]
+fn data_connection_chain_and_close() {
+    let mut c = Correlator::new();
+    for e in herd_events() {
+        c.ingest(&e);
+    }
+    c.drain_completed();
+    let w0 = t(10, 11, "demo:worker_0");
+    let client = t(20, 20, "client");
+    let conn = sock(0xbbb, 501, "127.0.0.1:8080", "127.0.0.1:40000", 1);
+    let evs = vec![
+        ev(10_000, 1, client.clone(), Kind::SockReady { sock: conn.clone(), seq: 8 }),
+        ev(10_010, 1, client.clone(), wake(w0.clone(), 8, Cause::SocketReadable)),
+        ev(10_500, 1, w0.clone(), switch_in(10_010, 0)),
+        ev(10_600, 1, w0.clone(), epoll_exit(4, &[6])),
+        ev(10_700, 1, w0.clone(), Kind::Close { fd: 6, sock: Some(conn) }),
+        ev(10_800, 1, w0.clone(), Kind::EpollEnter { epfd: 4, maxevents: 64, syscall: Syscall::EpollWait }),
+    ];
+    let anns: Vec<_> = evs.iter().map(|e| c.ingest(e)).collect();
+    let chains = c.drain_completed();
+    assert_eq!(chains.len(), 1);
+    let ch = &chains[0];
+    assert_eq!(ch.sock.as_ref().unwrap().fds, vec![(10, 6)], "fd learned from accept");
+    assert_eq!(anns[3].ep_fds, vec![Some(6)], "data mapped through epoll_ctl");
+    let h = &ch.hops[0];
+    assert_eq!(h.epoll.as_ref().unwrap().lists_sock, Some(true));
+    assert!(matches!(h.actions[..], [Action::Close { fd: 6, .. }]));
+    assert_eq!(ch.wasted(), 0);
+    assert!(c.fds.fds(501).is_empty(), "close forgets the fd");
+}
+
+#[test]
+fn timer_wake_is_not_joined_to_socket_and_idle_expiry() {
+    let mut c = Correlator::new();
+    let w = t(10, 11, "w");
+    let other = t(30, 30, "x");
+    c.ingest(&ev(100, 0, other.clone(), Kind::SockReady { sock: sock(1, 2, "1.1.1.1:1", "2.2.2.2:2", 1), seq: 1 }));
+    let a = c.ingest(&ev(110, 0, other.clone(), wake(w.clone(), 1, Cause::Timer)));
+    assert_ne!(a.chain, Some(1), "a timer wake is not the socket's");
+    c.ingest(&ev(10_000_000_000, 0, w.clone(), Kind::EpollEnter { epfd: 4, maxevents: 1, syscall: Syscall::EpollWait }));
+    c.expire(1_000_000_000);
+    let chains = c.drain_completed();
+    // The socket chain had no thread: it is dropped, not reported.
+    assert_eq!(chains.len(), 1);
+    assert_eq!(chains[0].hops[0].wake.as_ref().unwrap().cause, Cause::Timer);
+    assert!(chains[0].incomplete);
+}
+
+#[test]
+fn epoll_without_sleeping_makes_a_chain() {
+    let mut c = Correlator::new();
+    let w = t(10, 11, "w");
+    let a = c.ingest(&ev(1, 0, w.clone(), epoll_exit(4, &[9])));
+    assert!(a.chain.is_some());
+    let b = c.ingest(&ev(2, 0, w.clone(), accept(9, 10, None)));
+    assert_eq!(a.chain, b.chain);
+    c.ingest(&ev(3, 0, w.clone(), Kind::EpollEnter { epfd: 4, maxevents: 1, syscall: Syscall::EpollWait }));
+    let chains = c.drain_completed();
+    assert_eq!(chains.len(), 1);
+    assert!(chains[0].hops[0].wake.is_none());
+    assert!(chains[0].hops[0].accepted());
+}
+
+#[test]
+fn fdtable_dup_and_shared() {
+    let mut f = FdTable::default();
+    f.insert(7, 1, 3);
+    f.insert(7, 1, 9);
+    f.insert(7, 2, 3);
+    assert_eq!(f.fds(7), &[(1, 3), (1, 9), (2, 3)]);
+    f.insert(8, 1, 3);
+    assert_eq!(f.fds(7), &[(1, 9), (2, 3)]);
+    f.remove(2, 3);
+    assert_eq!(f.fds(7), &[(1, 9)]);
+}

@@ -1,0 +1,825 @@
+// SPDX-License-Identifier: GPL-2.0 OR MIT
+/*
+ * netdrift: packet -> socket -> epoll -> wake-up -> run queue -> CPU ->
+ * epoll_wait -> accept/close, for a set of target threads.
+ *
+ * Tracepoints only: tp_btf for the scheduler and socket hooks (no tracefs
+ * needed), classic syscall tracepoints for the syscalls (one program per
+ * syscall, so untraced syscalls cost nothing).
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_endian.h>
+#include "netdrift.h"
+
+char LICENSE[] SEC("license") = "Dual MIT/GPL";
+
+#define AF_INET 2
+#define AF_INET6 10
+#define S_IFMT 00170000
+#define S_IFSOCK 0140000
+#define PF_KTHREAD 0x00200000
+#define TCP_CLOSE 7
+
+/* Configuration, set by user space before load. */
+const volatile bool trace_all = false;
+const volatile bool has_tids = false;
+const volatile bool follow_children = true;
+const volatile __u32 n_comms = 0;
+const volatile char comms[ND_MAX_COMMS][ND_COMM_LEN] = {};
+const volatile __u64 sock_window_ns = 2000000;
+const volatile bool emit_switch_out = true;
+const volatile bool emit_epoll_enter = true;
+const volatile bool capture_stacks = true;
+const volatile __u32 self_tgid = 0;
+
+/* Force the record types into BTF so the skeleton generates them. */
+struct nd_sock_ready _nd_sock_ready = {};
+struct nd_wake _nd_wake = {};
+struct nd_switch_in _nd_switch_in = {};
+struct nd_switch_out _nd_switch_out = {};
+struct nd_epoll_enter _nd_epoll_enter = {};
+struct nd_epoll_exit _nd_epoll_exit = {};
+struct nd_accept _nd_accept = {};
+struct nd_close _nd_close = {};
+struct nd_sock_state _nd_sock_state = {};
+struct nd_task_new _nd_task_new = {};
+struct nd_task_exit _nd_task_exit = {};
+struct nd_epoll_ctl _nd_epoll_ctl = {};
+enum nd_rec_type _nd_rec_type = 0;
+enum nd_loss _nd_loss = 0;
+enum nd_syscall _nd_syscall = 0;
+
+__u64 ready_seq = 0;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 8 << 20);
+} events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, ND_LOSS_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} losses SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, __u8);
+} targets_tgid SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, __u8);
+} targets_tid SEC(".maps");
+
+struct thread_state {
+	__u64 runnable_ts;	/* 0: not waiting for a CPU */
+	__u32 last_cpu;
+	__u8 after_preempt;
+	__u8 seen_cpu;
+	__u8 pad[2];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32);
+	__type(value, struct thread_state);
+} threads SEC(".maps");
+
+struct sys_args {
+	__u64 ts;
+	__u64 ptr;
+	__s32 fd;
+	__s32 n;
+	__u32 syscall;
+	__u32 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32);
+	__type(value, struct sys_args);
+} inflight SEC(".maps");
+
+/* The last socket made readable on this CPU. */
+struct ready_slot {
+	__u64 sk;
+	__u64 ts;
+	__u64 seq;
+	__u32 emitted;
+	__u32 pid;
+	__u32 tid;
+	char comm[ND_COMM_LEN];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct ready_slot);
+} ready SEC(".maps");
+
+/* Sockets the targets own, for state changes. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64);
+	__type(value, __u8);
+} known_socks SEC(".maps");
+
+/* Kernels before 5.14 name it `state`. */
+struct task_struct___o {
+	volatile long state;
+} __attribute__((preserve_access_index));
+
+static __always_inline void count_loss(__u32 which)
+{
+	__u64 *v = bpf_map_lookup_elem(&losses, &which);
+
+	if (v)
+		*v += 1;
+}
+
+static __always_inline bool is_target(__u32 tgid, __u32 tid)
+{
+	if (trace_all)
+		return tgid != 0 && tgid != self_tgid;
+	if (has_tids && bpf_map_lookup_elem(&targets_tid, &tid))
+		return true;
+	return bpf_map_lookup_elem(&targets_tgid, &tgid) != NULL;
+}
+
+static __always_inline bool task_is_target(struct task_struct *t)
+{
+	return is_target(BPF_CORE_READ(t, tgid), BPF_CORE_READ(t, pid));
+}
+
+static __always_inline bool current_is_target(void)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+
+	return is_target(id >> 32, (__u32)id);
+}
+
+static __always_inline void *reserve(__u64 size, __u32 type)
+{
+	struct nd_hdr *h = bpf_ringbuf_reserve(&events, size, 0);
+
+	if (!h) {
+		count_loss(ND_LOSS_RINGBUF);
+		return NULL;
+	}
+	h->type = type;
+	h->cpu = bpf_get_smp_processor_id();
+	h->ts = bpf_ktime_get_ns();
+	return h;
+}
+
+static __always_inline void hdr_current(struct nd_hdr *h)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+
+	h->pid = id >> 32;
+	h->tid = (__u32)id;
+	bpf_get_current_comm(h->comm, sizeof(h->comm));
+}
+
+static __always_inline void hdr_task(struct nd_hdr *h, struct task_struct *t)
+{
+	h->pid = BPF_CORE_READ(t, tgid);
+	h->tid = BPF_CORE_READ(t, pid);
+	BPF_CORE_READ_STR_INTO(&h->comm, t, comm);
+}
+
+static __always_inline long task_state(struct task_struct *t)
+{
+	if (bpf_core_field_exists(t->__state))
+		return BPF_CORE_READ(t, __state);
+	return BPF_CORE_READ((struct task_struct___o *)t, state);
+}
+
+static __always_inline void fill_sock(struct nd_sock *s, struct sock *sk)
+{
+	__u16 family;
+
+	s->sk = (__u64)sk;
+	if (!sk)
+		return;
+	family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	s->family = family;
+	s->protocol = BPF_CORE_READ_BITFIELD_PROBED(sk, sk_protocol);
+	s->state = BPF_CORE_READ(sk, __sk_common.skc_state);
+	s->lport = BPF_CORE_READ(sk, __sk_common.skc_num);
+	s->rport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	s->netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+	s->ino = BPF_CORE_READ(sk, sk_socket, file, f_inode, i_ino);
+	if (family == AF_INET) {
+		BPF_CORE_READ_INTO(&s->laddr, sk, __sk_common.skc_rcv_saddr);
+		BPF_CORE_READ_INTO(&s->raddr, sk, __sk_common.skc_daddr);
+	} else if (family == AF_INET6) {
+		BPF_CORE_READ_INTO(&s->laddr, sk, __sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8);
+		BPF_CORE_READ_INTO(&s->raddr, sk, __sk_common.skc_v6_daddr.in6_u.u6_addr8);
+	}
+}
+
+static __always_inline struct sock *fd_sock(int fd)
+{
+	struct task_struct *t = (struct task_struct *)bpf_get_current_task();
+	struct fdtable *fdt;
+	struct file **fds;
+	struct file *f = NULL;
+	struct socket *so;
+	unsigned int max;
+	umode_t mode;
+
+	if (fd < 0)
+		return NULL;
+	fdt = BPF_CORE_READ(t, files, fdt);
+	max = BPF_CORE_READ(fdt, max_fds);
+	if ((unsigned int)fd >= max)
+		return NULL;
+	fds = BPF_CORE_READ(fdt, fd);
+	bpf_probe_read_kernel(&f, sizeof(f), &fds[fd]);
+	if (!f)
+		return NULL;
+	mode = BPF_CORE_READ(f, f_inode, i_mode);
+	if ((mode & S_IFMT) != S_IFSOCK)
+		return NULL;
+	so = BPF_CORE_READ(f, private_data);
+	return BPF_CORE_READ(so, sk);
+}
+
+static __always_inline void remember_sock(__u64 sk)
+{
+	__u8 one = 1;
+
+	if (sk)
+		bpf_map_update_elem(&known_socks, &sk, &one, BPF_ANY);
+}
+
+static __always_inline struct thread_state *thread_get(__u32 tid)
+{
+	struct thread_state zero = {}, *ts;
+	long err;
+
+	ts = bpf_map_lookup_elem(&threads, &tid);
+	if (ts)
+		return ts;
+	err = bpf_map_update_elem(&threads, &tid, &zero, BPF_NOEXIST);
+	if (err && err != -17 /* -EEXIST: raced with another CPU */)
+		count_loss(ND_LOSS_MAP_FULL);
+	return bpf_map_lookup_elem(&threads, &tid);
+}
+
+/* ---- socket and scheduler hooks ---------------------------------------- */
+
+SEC("tp_btf/sk_data_ready")
+int BPF_PROG(nd_sk_data_ready, const struct sock *sk)
+{
+	__u32 zero = 0;
+	struct ready_slot *slot = bpf_map_lookup_elem(&ready, &zero);
+	__u64 id;
+
+	if (!slot)
+		return 0;
+	id = bpf_get_current_pid_tgid();
+	slot->sk = (__u64)sk;
+	slot->ts = bpf_ktime_get_ns();
+	slot->seq = __sync_fetch_and_add(&ready_seq, 1) + 1;
+	slot->emitted = 0;
+	slot->pid = id >> 32;
+	slot->tid = (__u32)id;
+	return 0;
+}
+
+SEC("tp_btf/sched_waking")
+int BPF_PROG(nd_sched_waking, struct task_struct *p)
+{
+	__u32 tgid = p->tgid, tid = p->pid, zero = 0;
+	struct thread_state *ts;
+	struct ready_slot *slot;
+	struct nd_wake *w;
+	struct task_struct *cur;
+	__u64 now, seq = 0, sk = 0;
+	int on_rq;
+
+	if (!is_target(tgid, tid))
+		return 0;
+	now = bpf_ktime_get_ns();
+
+	slot = bpf_map_lookup_elem(&ready, &zero);
+	if (slot && slot->sk && now - slot->ts <= sock_window_ns) {
+		seq = slot->seq;
+		sk = slot->sk;
+		if (!slot->emitted) {
+			struct nd_sock_ready *r = reserve(sizeof(*r), ND_REC_SOCK_READY);
+
+			if (r) {
+				r->hdr.ts = slot->ts;
+				hdr_current(&r->hdr);
+				fill_sock(&r->sock, (struct sock *)sk);
+				r->seq = seq;
+				bpf_ringbuf_submit(r, 0);
+				slot->emitted = 1;
+				remember_sock(sk);
+			}
+		}
+	}
+
+	on_rq = BPF_CORE_READ(p, on_rq);
+	ts = thread_get(tid);
+	if (ts && !ts->runnable_ts && !on_rq) {
+		/* First waker of a sleep wins. */
+		ts->runnable_ts = now;
+		ts->after_preempt = 0;
+	}
+
+	w = reserve(sizeof(*w), ND_REC_WAKE);
+	if (!w)
+		return 0;
+	w->hdr.ts = now;
+	hdr_current(&w->hdr);
+	w->target_pid = tgid;
+	w->target_tid = tid;
+	bpf_probe_read_kernel_str(w->target_comm, sizeof(w->target_comm), p->comm);
+	w->sock_seq = seq;
+	w->sk = sk;
+	w->target_cpu = BPF_CORE_READ(p, wake_cpu);
+	w->target_on_rq = on_rq;
+	cur = bpf_get_current_task_btf();
+	w->waker_is_kthread = (cur->flags & PF_KTHREAD) ? 1 : 0;
+	if (capture_stacks) {
+		w->stack_sz = bpf_get_stack(ctx, w->stack, sizeof(w->stack), 0);
+		if (w->stack_sz < 0)
+			count_loss(ND_LOSS_STACK);
+	} else {
+		w->stack_sz = 0;
+	}
+	bpf_ringbuf_submit(w, 0);
+	return 0;
+}
+
+SEC("tp_btf/sched_switch")
+int BPF_PROG(nd_sched_switch, bool preempt, struct task_struct *prev, struct task_struct *next)
+{
+	__u32 cpu = bpf_get_smp_processor_id();
+	__u32 prev_tid = prev->pid, next_tid = next->pid;
+	struct thread_state *ts;
+	__u64 now = 0;
+
+	if (is_target(prev->tgid, prev_tid)) {
+		long state = task_state(prev);
+		bool involuntary = preempt || state == 0;
+
+		now = bpf_ktime_get_ns();
+		ts = thread_get(prev_tid);
+		if (ts) {
+			ts->last_cpu = cpu;
+			ts->seen_cpu = 1;
+			if (involuntary) {
+				ts->runnable_ts = now;
+				ts->after_preempt = 1;
+			} else {
+				ts->runnable_ts = 0;
+			}
+		}
+		if (emit_switch_out) {
+			struct nd_switch_out *o = reserve(sizeof(*o), ND_REC_SWITCH_OUT);
+
+			if (o) {
+				o->hdr.ts = now;
+				hdr_task(&o->hdr, prev);
+				o->preempt = involuntary;
+				o->state = state;
+				o->next_tid = next_tid;
+				bpf_probe_read_kernel_str(o->next_comm, sizeof(o->next_comm), next->comm);
+				bpf_ringbuf_submit(o, 0);
+			}
+		}
+	}
+
+	if (is_target(next->tgid, next_tid)) {
+		struct nd_switch_in *in;
+		__u64 runnable_ts;
+		__u32 last_cpu;
+		__u8 after_preempt, seen;
+
+		ts = thread_get(next_tid);
+		if (!ts)
+			return 0;
+		runnable_ts = ts->runnable_ts;
+		last_cpu = ts->last_cpu;
+		after_preempt = ts->after_preempt;
+		seen = ts->seen_cpu;
+		ts->runnable_ts = 0;
+		ts->last_cpu = cpu;
+		ts->seen_cpu = 1;
+		if (!runnable_ts)
+			return 0;
+		in = reserve(sizeof(*in), ND_REC_SWITCH_IN);
+		if (!in)
+			return 0;
+		if (now)
+			in->hdr.ts = now;
+		hdr_task(&in->hdr, next);
+		in->runnable_ts = runnable_ts;
+		in->prev_cpu = seen ? last_cpu : cpu;
+		in->after_preempt = after_preempt;
+		in->prev_tid = prev_tid;
+		bpf_probe_read_kernel_str(in->prev_comm, sizeof(in->prev_comm), prev->comm);
+		bpf_ringbuf_submit(in, 0);
+	}
+	return 0;
+}
+
+SEC("tp_btf/inet_sock_set_state")
+int BPF_PROG(nd_inet_sock_set_state, const struct sock *sk, const int oldstate, const int newstate)
+{
+	__u64 key = (__u64)sk;
+	struct nd_sock_state *r;
+
+	if (!bpf_map_lookup_elem(&known_socks, &key))
+		return 0;
+	r = reserve(sizeof(*r), ND_REC_SOCK_STATE);
+	if (r) {
+		hdr_current(&r->hdr);
+		fill_sock(&r->sock, (struct sock *)sk);
+		r->oldstate = oldstate;
+		r->newstate = newstate;
+		bpf_ringbuf_submit(r, 0);
+	}
+	if (newstate == TCP_CLOSE)
+		bpf_map_delete_elem(&known_socks, &key);
+	return 0;
+}
+
+/* ---- process lifetime ------------------------------------------------- */
+
+SEC("tp_btf/sched_process_fork")
+int BPF_PROG(nd_process_fork, struct task_struct *parent, struct task_struct *child)
+{
+	__u32 ptgid = parent->tgid, ctgid = child->tgid;
+	__u8 one = 1;
+	struct nd_task_new *r;
+
+	if (!follow_children || ctgid == ptgid || child->pid != ctgid)
+		return 0;
+	if (!bpf_map_lookup_elem(&targets_tgid, &ptgid))
+		return 0;
+	if (bpf_map_update_elem(&targets_tgid, &ctgid, &one, BPF_ANY)) {
+		count_loss(ND_LOSS_MAP_FULL);
+		return 0;
+	}
+	r = reserve(sizeof(*r), ND_REC_TASK_NEW);
+	if (r) {
+		hdr_task(&r->hdr, parent);
+		r->child_pid = ctgid;
+		r->child_tid = child->pid;
+		bpf_probe_read_kernel_str(r->child_comm, sizeof(r->child_comm), child->comm);
+		r->reason = 1;
+		bpf_ringbuf_submit(r, 0);
+	}
+	return 0;
+}
+
+SEC("tp_btf/sched_process_exec")
+int BPF_PROG(nd_process_exec, struct task_struct *p)
+{
+	char comm[ND_COMM_LEN];
+	__u32 tgid = p->tgid;
+	__u8 one = 1;
+	struct nd_task_new *r;
+
+	if (n_comms == 0)
+		return 0;
+	bpf_probe_read_kernel_str(comm, sizeof(comm), p->comm);
+	for (int i = 0; i < ND_MAX_COMMS; i++) {
+		bool eq = true;
+
+		if (i >= n_comms)
+			return 0;
+		for (int j = 0; j < ND_COMM_LEN; j++) {
+			if (comm[j] != comms[i][j]) {
+				eq = false;
+				break;
+			}
+			if (!comm[j])
+				break;
+		}
+		if (!eq)
+			continue;
+		if (bpf_map_update_elem(&targets_tgid, &tgid, &one, BPF_ANY)) {
+			count_loss(ND_LOSS_MAP_FULL);
+			return 0;
+		}
+		r = reserve(sizeof(*r), ND_REC_TASK_NEW);
+		if (r) {
+			hdr_task(&r->hdr, p);
+			r->child_pid = tgid;
+			r->child_tid = p->pid;
+			__builtin_memcpy(r->child_comm, comm, sizeof(comm));
+			r->reason = 2;
+			bpf_ringbuf_submit(r, 0);
+		}
+		return 0;
+	}
+	return 0;
+}
+
+SEC("tp_btf/sched_process_exit")
+int BPF_PROG(nd_process_exit, struct task_struct *p)
+{
+	__u32 tgid = p->tgid, tid = p->pid;
+	bool tgid_target, tid_target;
+	struct nd_task_exit *r;
+
+	tgid_target = bpf_map_lookup_elem(&targets_tgid, &tgid) != NULL;
+	tid_target = has_tids && bpf_map_lookup_elem(&targets_tid, &tid) != NULL;
+	if (!tgid_target && !tid_target && !trace_all)
+		return 0;
+	bpf_map_delete_elem(&threads, &tid);
+	bpf_map_delete_elem(&inflight, &tid);
+	if (trace_all)
+		return 0;
+	/* Report a whole target process once, when its leader goes, and each -t thread. */
+	if (!(tid_target || (tgid_target && tid == tgid)))
+		return 0;
+	if (tid_target)
+		bpf_map_delete_elem(&targets_tid, &tid);
+	if (tgid_target && tid == tgid)
+		bpf_map_delete_elem(&targets_tgid, &tgid);
+	r = reserve(sizeof(*r), ND_REC_TASK_EXIT);
+	if (r) {
+		hdr_task(&r->hdr, p);
+		r->group_dead = tid == tgid;
+		bpf_ringbuf_submit(r, 0);
+	}
+	return 0;
+}
+
+/* ---- syscalls ----------------------------------------------------------- */
+
+static __always_inline int epoll_enter(struct trace_event_raw_sys_enter *ctx, __u32 sc)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	__u32 tid = (__u32)id;
+	struct sys_args a = {};
+
+	if (!is_target(id >> 32, tid))
+		return 0;
+	a.ts = bpf_ktime_get_ns();
+	a.fd = (int)ctx->args[0];
+	a.ptr = ctx->args[1];
+	a.n = (int)ctx->args[2];
+	a.syscall = sc;
+	if (bpf_map_update_elem(&inflight, &tid, &a, BPF_ANY))
+		count_loss(ND_LOSS_MAP_FULL);
+	if (emit_epoll_enter) {
+		struct nd_epoll_enter *r = reserve(sizeof(*r), ND_REC_EPOLL_ENTER);
+
+		if (r) {
+			r->hdr.ts = a.ts;
+			hdr_current(&r->hdr);
+			r->epfd = a.fd;
+			r->maxevents = a.n;
+			r->syscall = sc;
+			bpf_ringbuf_submit(r, 0);
+		}
+	}
+	return 0;
+}
+
+/*
+ * The arguments of the syscall in progress, for an exit whose enter was not
+ * seen (the thread was already blocked in it when tracing started).
+ */
+static __always_inline void args_from_regs(struct sys_args *a, __u32 sc)
+{
+	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+
+	a->ts = 0;
+	a->fd = (int)PT_REGS_PARM1_CORE_SYSCALL(regs);
+	a->ptr = PT_REGS_PARM2_CORE_SYSCALL(regs);
+	a->n = (int)PT_REGS_PARM3_CORE_SYSCALL(regs);
+	a->syscall = sc;
+}
+
+static __always_inline int epoll_exit(struct trace_event_raw_sys_exit *ctx, __u32 sc)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	__u32 tid = (__u32)id;
+	struct sys_args *a, late = {};
+	struct nd_epoll_exit *r;
+	struct epoll_event *uev;
+	long ret = ctx->ret;
+
+	if (!is_target(id >> 32, tid))
+		return 0;
+	a = bpf_map_lookup_elem(&inflight, &tid);
+	if (!a) {
+		args_from_regs(&late, sc);
+		a = &late;
+	}
+	r = reserve(sizeof(*r), ND_REC_EPOLL_EXIT);
+	if (!r) {
+		bpf_map_delete_elem(&inflight, &tid);
+		return 0;
+	}
+	hdr_current(&r->hdr);
+	r->enter_ts = a->ts;
+	r->epfd = a->fd;
+	r->ret = ret;
+	r->syscall = a->syscall;
+	r->n_events = 0;
+	uev = (struct epoll_event *)a->ptr;
+	for (int i = 0; i < ND_MAX_EP_EVENTS; i++) {
+		struct epoll_event e;
+
+		if (i >= ret)
+			break;
+		if (bpf_probe_read_user(&e, sizeof(e), &uev[i])) {
+			count_loss(ND_LOSS_USER_READ);
+			break;
+		}
+		r->ev[i].events = e.events;
+		r->ev[i].data = e.data;
+		r->n_events = i + 1;
+	}
+	bpf_ringbuf_submit(r, 0);
+	bpf_map_delete_elem(&inflight, &tid);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_epoll_wait")
+int nd_enter_epoll_wait(struct trace_event_raw_sys_enter *ctx)
+{
+	return epoll_enter(ctx, ND_SYS_EPOLL_WAIT);
+}
+
+SEC("tracepoint/syscalls/sys_exit_epoll_wait")
+int nd_exit_epoll_wait(struct trace_event_raw_sys_exit *ctx)
+{
+	return epoll_exit(ctx, ND_SYS_EPOLL_WAIT);
+}
+
+SEC("tracepoint/syscalls/sys_enter_epoll_pwait")
+int nd_enter_epoll_pwait(struct trace_event_raw_sys_enter *ctx)
+{
+	return epoll_enter(ctx, ND_SYS_EPOLL_PWAIT);
+}
+
+SEC("tracepoint/syscalls/sys_exit_epoll_pwait")
+int nd_exit_epoll_pwait(struct trace_event_raw_sys_exit *ctx)
+{
+	return epoll_exit(ctx, ND_SYS_EPOLL_PWAIT);
+}
+
+SEC("tracepoint/syscalls/sys_enter_epoll_pwait2")
+int nd_enter_epoll_pwait2(struct trace_event_raw_sys_enter *ctx)
+{
+	return epoll_enter(ctx, ND_SYS_EPOLL_PWAIT2);
+}
+
+SEC("tracepoint/syscalls/sys_exit_epoll_pwait2")
+int nd_exit_epoll_pwait2(struct trace_event_raw_sys_exit *ctx)
+{
+	return epoll_exit(ctx, ND_SYS_EPOLL_PWAIT2);
+}
+
+SEC("tracepoint/syscalls/sys_enter_epoll_ctl")
+int nd_enter_epoll_ctl(struct trace_event_raw_sys_enter *ctx)
+{
+	struct nd_epoll_ctl *r;
+	struct epoll_event e = {};
+	void *uev = (void *)ctx->args[3];
+
+	if (!current_is_target())
+		return 0;
+	r = reserve(sizeof(*r), ND_REC_EPOLL_CTL);
+	if (!r)
+		return 0;
+	hdr_current(&r->hdr);
+	r->epfd = (int)ctx->args[0];
+	r->op = (int)ctx->args[1];
+	r->fd = (int)ctx->args[2];
+	r->ret = 0;
+	if (uev && bpf_probe_read_user(&e, sizeof(e), uev))
+		r->ret = -14;
+	r->events = e.events;
+	r->data = e.data;
+	bpf_ringbuf_submit(r, 0);
+	return 0;
+}
+
+static __always_inline int accept_enter(struct trace_event_raw_sys_enter *ctx, __u32 sc)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	__u32 tid = (__u32)id;
+	struct sys_args a = {};
+
+	if (!is_target(id >> 32, tid))
+		return 0;
+	a.ts = bpf_ktime_get_ns();
+	a.fd = (int)ctx->args[0];
+	a.syscall = sc;
+	if (bpf_map_update_elem(&inflight, &tid, &a, BPF_ANY))
+		count_loss(ND_LOSS_MAP_FULL);
+	return 0;
+}
+
+static __always_inline int accept_exit(struct trace_event_raw_sys_exit *ctx, __u32 sc)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	__u32 tid = (__u32)id;
+	struct sys_args *a, late = {};
+	struct nd_accept *r;
+	struct sock *lsk, *nsk;
+	long ret = ctx->ret;
+
+	if (!is_target(id >> 32, tid))
+		return 0;
+	a = bpf_map_lookup_elem(&inflight, &tid);
+	if (!a) {
+		args_from_regs(&late, sc);
+		a = &late;
+	}
+	r = reserve(sizeof(*r), ND_REC_ACCEPT);
+	if (!r) {
+		bpf_map_delete_elem(&inflight, &tid);
+		return 0;
+	}
+	hdr_current(&r->hdr);
+	r->enter_ts = a->ts;
+	r->listen_fd = a->fd;
+	r->ret = ret;
+	r->syscall = a->syscall;
+	lsk = fd_sock(a->fd);
+	fill_sock(&r->listen, lsk);
+	if (lsk) {
+		r->backlog = BPF_CORE_READ(lsk, sk_ack_backlog);
+		r->max_backlog = BPF_CORE_READ(lsk, sk_max_ack_backlog);
+	}
+	if (ret >= 0) {
+		nsk = fd_sock(ret);
+		fill_sock(&r->peer, nsk);
+		remember_sock((__u64)nsk);
+	}
+	bpf_ringbuf_submit(r, 0);
+	bpf_map_delete_elem(&inflight, &tid);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_accept")
+int nd_enter_accept(struct trace_event_raw_sys_enter *ctx)
+{
+	return accept_enter(ctx, ND_SYS_ACCEPT);
+}
+
+SEC("tracepoint/syscalls/sys_exit_accept")
+int nd_exit_accept(struct trace_event_raw_sys_exit *ctx)
+{
+	return accept_exit(ctx, ND_SYS_ACCEPT);
+}
+
+SEC("tracepoint/syscalls/sys_enter_accept4")
+int nd_enter_accept4(struct trace_event_raw_sys_enter *ctx)
+{
+	return accept_enter(ctx, ND_SYS_ACCEPT4);
+}
+
+SEC("tracepoint/syscalls/sys_exit_accept4")
+int nd_exit_accept4(struct trace_event_raw_sys_exit *ctx)
+{
+	return accept_exit(ctx, ND_SYS_ACCEPT4);
+}
+
+SEC("tracepoint/syscalls/sys_enter_close")
+int nd_enter_close(struct trace_event_raw_sys_enter *ctx)
+{
+	struct nd_close *r;
+	struct sock *sk;
+	int fd = (int)ctx->args[0];
+
+	if (!current_is_target())
+		return 0;
+	r = reserve(sizeof(*r), ND_REC_CLOSE);
+	if (!r)
+		return 0;
+	hdr_current(&r->hdr);
+	r->fd = fd;
+	sk = fd_sock(fd);
+	r->is_socket = sk != NULL;
+	fill_sock(&r->sock, sk);
+	bpf_ringbuf_submit(r, 0);
+	return 0;
+}

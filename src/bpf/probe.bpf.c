@@ -1,0 +1,102 @@
+// SPDX-License-Identifier: GPL-2.0 OR MIT
+/*
+ * Tiny programs that `netdrift doctor` loads one at a time to learn what this
+ * kernel really supports. Each does nothing but exist.
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+
+char LICENSE[] SEC("license") = "Dual MIT/GPL";
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 4096);
+} probe_rb SEC(".maps");
+
+__u64 hits = 0;
+
+SEC("tp_btf/sched_switch")
+int BPF_PROG(probe_tp_btf, bool preempt)
+{
+	__sync_fetch_and_add(&hits, 1);
+	return 0;
+}
+
+SEC("raw_tp/sched_switch")
+int probe_raw_tp(void *ctx)
+{
+	__sync_fetch_and_add(&hits, 1);
+	return 0;
+}
+
+SEC("tracepoint/sched/sched_switch")
+int probe_tracepoint(void *ctx)
+{
+	__sync_fetch_and_add(&hits, 1);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_epoll_wait")
+int probe_syscall_tp(void *ctx)
+{
+	__sync_fetch_and_add(&hits, 1);
+	return 0;
+}
+
+SEC("fentry/do_epoll_wait")
+int BPF_PROG(probe_fentry)
+{
+	__sync_fetch_and_add(&hits, 1);
+	return 0;
+}
+
+SEC("kprobe/do_epoll_wait")
+int BPF_KPROBE(probe_kprobe)
+{
+	__sync_fetch_and_add(&hits, 1);
+	return 0;
+}
+
+SEC("uprobe")
+int BPF_UPROBE(probe_uprobe)
+{
+	__sync_fetch_and_add(&hits, 1);
+	return 0;
+}
+
+SEC("tp_btf/sched_switch")
+int BPF_PROG(probe_ringbuf, bool preempt)
+{
+	__u64 *v = bpf_ringbuf_reserve(&probe_rb, sizeof(*v), 0);
+
+	if (v) {
+		*v = 1;
+		bpf_ringbuf_submit(v, 0);
+	}
+	return 0;
+}
+
+SEC("tp_btf/sched_waking")
+int BPF_PROG(probe_stack, struct task_struct *p)
+{
+	__u64 st[8];
+
+	if (bpf_get_stack(ctx, st, sizeof(st), 0) > 0)
+		__sync_fetch_and_add(&hits, 1);
+	return 0;
+}
+
+SEC("tp_btf/sk_data_ready")
+int BPF_PROG(probe_sk_data_ready, const struct sock *sk)
+{
+	__sync_fetch_and_add(&hits, 1);
+	return 0;
+}
+
+SEC("tp_btf/inet_sock_set_state")
+int BPF_PROG(probe_inet_sock_set_state, const struct sock *sk)
+{
+	__sync_fetch_and_add(&hits, 1);
+	return 0;
+}

@@ -1,0 +1,155 @@
+//! Command line (clap derive). BCC-style flags: -p PID, -t TID, -c COMM,
+//! a trailing duration in seconds.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+const EXAMPLES: &str = "\
+EXAMPLES:
+    netdrift demo                        # built-in Envoy-like server: see a herd wake-up
+    netdrift trace -p $(pgrep -o nginx)  # nginx master and all its workers, until Ctrl-C
+    netdrift trace -p 1234 10            # trace pid 1234 for 10 seconds
+    netdrift trace -c redis-server --stacks   # print each waker's kernel stack
+    netdrift trace -t 4449 -t 4450 --json -o chains.jsonl   # two threads, JSON Lines to a file
+    netdrift trace -p 1234 --ready-file /tmp/ready 30        # scripted: file appears once attached
+    netdrift doctor                      # what this kernel supports, checked by loading programs";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "netdrift",
+    version,
+    about = "Follow a network event through the kernel into an epoll server: packet -> socket -> epoll -> wake-up -> run queue -> CPU -> epoll_wait -> handler",
+    after_help = EXAMPLES
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Trace the wake-up chains of target processes or threads.
+    #[command(after_help = EXAMPLES)]
+    Trace(TraceArgs),
+    /// Start a built-in Envoy-like server (two workers, one shared listen
+    /// socket) and a client, and trace it: no target needed.
+    Demo(DemoArgs),
+    /// Check what this kernel and these privileges allow, by loading tiny programs.
+    Doctor(DoctorArgs),
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct OutputArgs {
+    /// Print JSON Lines (one object per event, with its chain id) instead of chain blocks. Schema: docs/json.md.
+    #[arg(long)]
+    pub json: bool,
+    /// Print each waker's kernel stack, symbolized from /proc/kallsyms.
+    #[arg(long)]
+    pub stacks: bool,
+    /// Write the output to FILE (as FILE.partial until the trace ends cleanly).
+    #[arg(short = 'o', long = "output-file", value_name = "FILE")]
+    pub output_file: Option<PathBuf>,
+    /// Ring buffer size in MiB (a power of two). Raise it when the summary reports lost records.
+    #[arg(long = "ringbuf-size", value_name = "MIB", default_value_t = 8, value_parser = parse_ringbuf)]
+    pub ringbuf_mib: u32,
+    /// Close a chain still waiting for a thread after this many milliseconds (it is printed as incomplete).
+    #[arg(long = "idle-ms", value_name = "MS", default_value_t = 2000)]
+    pub idle_ms: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct TraceArgs {
+    /// Trace this process: all its threads and its child processes, including ones created later. Repeatable.
+    #[arg(short = 'p', long = "pid", value_name = "PID", value_parser = parse_id)]
+    pub pids: Vec<u32>,
+    /// Trace this thread only. Repeatable.
+    #[arg(short = 't', long = "tid", value_name = "TID", value_parser = parse_id)]
+    pub tids: Vec<u32>,
+    /// Trace processes (or threads) with this name, and processes that exec it later. Repeatable.
+    #[arg(short = 'c', long = "comm", value_name = "COMM")]
+    pub comms: Vec<String>,
+    /// With -p, do not follow child processes.
+    #[arg(long)]
+    pub no_children: bool,
+    /// Write a file (containing netdrift's pid) once the probes are attached, for scripts.
+    #[arg(long = "ready-file", value_name = "FILE")]
+    pub ready_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub out: OutputArgs,
+    /// Stop after this many seconds (default: until Ctrl-C or the targets exit).
+    #[arg(value_name = "DURATION")]
+    pub duration: Option<f64>,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Number of client connections.
+    #[arg(short = 'n', long, default_value_t = 5)]
+    pub connections: usize,
+    /// Pause between connections in milliseconds, so both workers are asleep when the next arrives.
+    #[arg(long = "gap-ms", default_value_t = 50)]
+    pub gap_ms: u64,
+    /// Worker threads.
+    #[arg(long, default_value_t = 2)]
+    pub workers: usize,
+    /// How workers share the listen socket: shared (like Envoy: herd), exclusive (EPOLLEXCLUSIVE), reuseport (SO_REUSEPORT).
+    #[arg(long, default_value = "shared", value_parser = ["shared", "exclusive", "reuseport"])]
+    pub mode: String,
+    /// Write a file once the probes are attached.
+    #[arg(long = "ready-file", value_name = "FILE")]
+    pub ready_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub out: OutputArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_id(s: &str) -> Result<u32, String> {
+    let v: u32 = s.parse().map_err(|_| format!("{s:?} is not a number: give a numeric id (see `ps -e` / `ps -eL`)"))?;
+    if v == 0 {
+        return Err("0 is not a valid id (pid 0 is the idle task); give a real process or thread id".into());
+    }
+    Ok(v)
+}
+
+fn parse_ringbuf(s: &str) -> Result<u32, String> {
+    let v: u32 = s.parse().map_err(|_| format!("{s:?} is not a number of MiB"))?;
+    if v == 0 || !v.is_power_of_two() || v > 1024 {
+        return Err(format!("{v} MiB: the ring buffer size must be a power of two between 1 and 1024"));
+    }
+    Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn parses_bcc_style() {
+        let c = Cli::try_parse_from(["netdrift", "trace", "-p", "12", "-p", "13", "-t", "14", "--json", "5"]).unwrap();
+        match c.command {
+            Command::Trace(t) => {
+                assert_eq!(t.pids, vec![12, 13]);
+                assert_eq!(t.tids, vec![14]);
+                assert_eq!(t.duration, Some(5.0));
+                assert!(t.out.json);
+            }
+            _ => panic!(),
+        }
+        assert!(Cli::try_parse_from(["netdrift", "trace", "-p", "0"]).is_err());
+        assert!(Cli::try_parse_from(["netdrift", "trace", "-p", "abc"]).is_err());
+        assert!(Cli::try_parse_from(["netdrift", "trace", "--ringbuf-size", "3"]).is_err());
+    }
+}

@@ -1,0 +1,55 @@
+//! Error kinds of the library. The binary adds context with anyhow and
+//! prints `{:#}`; `exit_code` maps a kind to the process exit status.
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Bad command-line input: exit code 2.
+    #[error("{0}")]
+    Usage(String),
+    #[error("no process with pid {0} (check the pid with `ps -p {0}`)")]
+    NoSuchPid(u32),
+    #[error("no thread with tid {0} (check it with `ls /proc/*/task/{0}`)")]
+    NoSuchTid(u32),
+    #[error("no running process or thread is named {0:?} (names are the 15-byte comm shown by `ps -eo comm` / `ps -eLo comm`)")]
+    NoSuchComm(String),
+    #[error("netdrift needs root (or CAP_BPF + CAP_PERFMON): run it with sudo")]
+    NotPrivileged,
+    #[error("this kernel has no BTF at /sys/kernel/btf/vmlinux: build it with CONFIG_DEBUG_INFO_BTF=y (netdrift needs BTF for CO-RE and tp_btf)")]
+    NoBtf,
+    #[error("cannot write {path}: {source}")]
+    Output {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("kernel feature missing: {0}")]
+    Feature(String),
+    #[error("BPF: {0}")]
+    Bpf(String),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+impl Error {
+    /// Exit code for this error: 2 for what the user can fix on the command line.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::Usage(_)
+            | Error::NoSuchPid(_)
+            | Error::NoSuchTid(_)
+            | Error::NoSuchComm(_)
+            | Error::Output { .. } => 2,
+            _ => 1,
+        }
+    }
+}
+
+impl From<libbpf_rs::Error> for Error {
+    fn from(e: libbpf_rs::Error) -> Self {
+        Error::Bpf(format!("{e:#}"))
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

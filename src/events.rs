@@ -1,0 +1,631 @@
+//! Ring-buffer records -> typed [`Event`]s.
+//!
+//! The record layouts come from the skeleton's generated `types` (defined once
+//! in `src/bpf/netdrift.h`). [`Event`] is the user-space form: owned, serde
+//! (de)serializable, so the same analysis runs live, on recordings and on
+//! hand-written fixtures.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use serde::{Deserialize, Serialize};
+
+use crate::skel::types;
+
+/// A task as the kernel named it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Task {
+    pub pid: u32,
+    pub tid: u32,
+    pub comm: String,
+}
+
+impl fmt::Display for Task {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}[{}]", crate::output::term_safe(&self.comm), self.tid)
+    }
+}
+
+/// A socket as seen from the kernel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SockInfo {
+    /// `struct sock` address.
+    #[serde(with = "hex_u64")]
+    pub sk: u64,
+    /// Socket inode (what `/proc/PID/fd` shows as `socket:[ino]`), 0 if none.
+    pub ino: u64,
+    pub netns: u32,
+    pub family: u16,
+    pub protocol: u16,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    /// Kernel TCP state number (`include/net/tcp_states.h`).
+    pub state: u8,
+}
+
+impl SockInfo {
+    pub fn state_name(&self) -> &'static str {
+        tcp_state_name(self.state as i32)
+    }
+    pub fn is_listen(&self) -> bool {
+        self.state == 10
+    }
+}
+
+/// Name of a kernel TCP state.
+pub fn tcp_state_name(s: i32) -> &'static str {
+    match s {
+        1 => "ESTABLISHED",
+        2 => "SYN_SENT",
+        3 => "SYN_RECV",
+        4 => "FIN_WAIT1",
+        5 => "FIN_WAIT2",
+        6 => "TIME_WAIT",
+        7 => "CLOSE",
+        8 => "CLOSE_WAIT",
+        9 => "LAST_ACK",
+        10 => "LISTEN",
+        11 => "CLOSING",
+        12 => "NEW_SYN_RECV",
+        _ => "UNKNOWN",
+    }
+}
+
+/// One entry of the array `epoll_wait` returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EpEvent {
+    pub events: u32,
+    pub data: u64,
+}
+
+/// Which syscall an epoll or accept record came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Syscall {
+    EpollWait,
+    EpollPwait,
+    EpollPwait2,
+    Accept,
+    Accept4,
+    Unknown,
+}
+
+impl Syscall {
+    fn from_raw(v: u32) -> Self {
+        match v {
+            1 => Syscall::EpollWait,
+            2 => Syscall::EpollPwait,
+            3 => Syscall::EpollPwait2,
+            4 => Syscall::Accept,
+            5 => Syscall::Accept4,
+            _ => Syscall::Unknown,
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Syscall::EpollWait => "epoll_wait",
+            Syscall::EpollPwait => "epoll_pwait",
+            Syscall::EpollPwait2 => "epoll_pwait2",
+            Syscall::Accept => "accept",
+            Syscall::Accept4 => "accept4",
+            Syscall::Unknown => "?",
+        }
+    }
+}
+
+/// Why a thread was woken, read from the waker's kernel stack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Cause {
+    SocketReadable,
+    SocketWritable,
+    SocketState,
+    Timer,
+    Eventfd,
+    Pipe,
+    Futex,
+    Signal,
+    Other,
+    /// No stack was captured.
+    Unknown,
+}
+
+impl Cause {
+    pub fn name(self) -> &'static str {
+        match self {
+            Cause::SocketReadable => "socket readable",
+            Cause::SocketWritable => "socket writable",
+            Cause::SocketState => "socket state change",
+            Cause::Timer => "timer",
+            Cause::Eventfd => "eventfd",
+            Cause::Pipe => "pipe",
+            Cause::Futex => "futex",
+            Cause::Signal => "signal",
+            Cause::Other => "other",
+            Cause::Unknown => "unknown",
+        }
+    }
+}
+
+/// In what context the waker ran, read from its stack and identity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WakerContext {
+    /// softirq run inside a process's own syscall (loopback sender, `__local_bh_enable_ip`).
+    SoftirqInSyscall,
+    /// softirq run on irq exit while a process was interrupted.
+    SoftirqOnIrqExit,
+    /// the per-CPU softirq thread.
+    Ksoftirqd,
+    /// an idle CPU (swapper/N) in irq or softirq.
+    IdleIrq,
+    /// hard irq on a busy CPU.
+    Irq,
+    /// plain process context (futex_wake, write to a pipe/eventfd...).
+    Process,
+    /// a kernel thread other than ksoftirqd.
+    KernelThread,
+    Unknown,
+}
+
+impl WakerContext {
+    pub fn name(self) -> &'static str {
+        match self {
+            WakerContext::SoftirqInSyscall => "softirq in its own syscall",
+            WakerContext::SoftirqOnIrqExit => "softirq on irq exit, interrupting it",
+            WakerContext::Ksoftirqd => "ksoftirqd",
+            WakerContext::IdleIrq => "irq on an idle CPU",
+            WakerContext::Irq => "hard irq, interrupting it",
+            WakerContext::Process => "process context",
+            WakerContext::KernelThread => "kernel thread",
+            WakerContext::Unknown => "unknown context",
+        }
+    }
+}
+
+/// What happened; [`Event`] adds when, where and to whom.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Kind {
+    /// A socket became readable (`sock:sk_data_ready`) and woke a target.
+    /// The task is the one on the CPU when it fired.
+    SockReady { sock: SockInfo, seq: u64 },
+    /// A target thread was woken. The task is the waker.
+    Wake {
+        target: Task,
+        /// `SockReady::seq` seen just before on this CPU (0: none).
+        sock_seq: u64,
+        /// Waker kernel stack, innermost first.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        stack: Vec<u64>,
+        /// `bpf_get_stack` error, 0 if fine.
+        #[serde(default, skip_serializing_if = "is_zero_i32")]
+        stack_err: i32,
+        target_cpu: u32,
+        waker_is_kthread: bool,
+        /// Woken while still on a CPU (no run-queue wait follows).
+        target_on_rq: bool,
+        /// Filled from the stack by the live pipeline.
+        #[serde(default)]
+        cause: Option<Cause>,
+        #[serde(default)]
+        context: Option<WakerContext>,
+        /// The wake went through `ep_poll_callback`.
+        #[serde(default)]
+        via_epoll: bool,
+    },
+    /// A target thread got a CPU after being woken or preempted.
+    SwitchIn { runnable_ts: u64, prev_cpu: u32, after_preempt: bool, prev_tid: u32, prev_comm: String },
+    /// A target thread left the CPU.
+    SwitchOut { involuntary: bool, state: u32, next_tid: u32, next_comm: String },
+    EpollEnter { epfd: i32, maxevents: i32, syscall: Syscall },
+    EpollExit { enter_ts: u64, epfd: i32, ret: i32, syscall: Syscall, events: Vec<EpEvent> },
+    EpollCtl { epfd: i32, op: i32, fd: i32, events: u32, data: u64, err: i32 },
+    Accept {
+        enter_ts: u64,
+        listen_fd: i32,
+        /// New fd, or -errno.
+        ret: i32,
+        syscall: Syscall,
+        backlog: u32,
+        max_backlog: u32,
+        listen: Option<SockInfo>,
+        peer: Option<SockInfo>,
+    },
+    Close { fd: i32, sock: Option<SockInfo> },
+    SockState { sock: SockInfo, old: i32, new: i32 },
+    /// A process joined the targets (fork of a target, or exec matching -c).
+    TaskNew { child: Task, reason: u32 },
+    TaskExit { group_dead: bool },
+    /// A fact read from /proc by the live pipeline: socket inode `ino` is `fd` in `pid`.
+    FdMap { ino: u64, fd: i32 },
+    /// A fact read from /proc/PID/fdinfo/EPFD: in `epfd`, `data` stands for `fd`.
+    EpollMap { epfd: i32, fd: i32, data: u64 },
+}
+
+fn is_zero_i32(v: &i32) -> bool {
+    *v == 0
+}
+
+/// One event: when (CLOCK_MONOTONIC ns), on which CPU, about which task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub ts: u64,
+    pub cpu: u32,
+    pub task: Task,
+    #[serde(flatten)]
+    pub kind: Kind,
+}
+
+impl Event {
+    pub fn type_name(&self) -> &'static str {
+        match &self.kind {
+            Kind::SockReady { .. } => "sock_ready",
+            Kind::Wake { .. } => "wake",
+            Kind::SwitchIn { .. } => "switch_in",
+            Kind::SwitchOut { .. } => "switch_out",
+            Kind::EpollEnter { .. } => "epoll_enter",
+            Kind::EpollExit { .. } => "epoll_exit",
+            Kind::EpollCtl { .. } => "epoll_ctl",
+            Kind::Accept { .. } => "accept",
+            Kind::Close { .. } => "close",
+            Kind::SockState { .. } => "sock_state",
+            Kind::TaskNew { .. } => "task_new",
+            Kind::TaskExit { .. } => "task_exit",
+            Kind::FdMap { .. } => "fd_map",
+            Kind::EpollMap { .. } => "epoll_map",
+        }
+    }
+}
+
+/// A record that could not be decoded.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("record of {0} bytes is shorter than its header")]
+    Short(usize),
+    #[error("record type {tag} needs {need} bytes, got {got}")]
+    Truncated { tag: u32, need: usize, got: usize },
+    #[error("unknown record type {0}")]
+    UnknownType(u32),
+}
+
+/// Copy a `T` out of a byte slice; None if it is too short.
+fn read<T: Copy + Default>(data: &[u8]) -> Option<T> {
+    if data.len() < std::mem::size_of::<T>() {
+        return None;
+    }
+    // SAFETY: the length is checked above, T is a plain-old-data repr(C) type
+    // generated from the BPF object's BTF, and read_unaligned has no alignment
+    // requirement.
+    Some(unsafe { std::ptr::read_unaligned(data.as_ptr() as *const T) })
+}
+
+fn need<T: Copy + Default>(tag: u32, data: &[u8]) -> Result<T, DecodeError> {
+    read::<T>(data).ok_or(DecodeError::Truncated { tag, need: std::mem::size_of::<T>(), got: data.len() })
+}
+
+/// A kernel `char[16]` as a String (lossy, up to the first NUL).
+pub fn comm_str(c: &[i8]) -> String {
+    let bytes: Vec<u8> = c.iter().take_while(|&&b| b != 0).map(|&b| b as u8).collect();
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+fn ip(family: u16, raw: &[u8; 16]) -> IpAddr {
+    match family {
+        10 => Ipv6Addr::from(*raw).to_canonical(),
+        2 => IpAddr::V4(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3])),
+        _ => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+    }
+}
+
+fn sock(s: &types::nd_sock) -> Option<SockInfo> {
+    if s.sk == 0 {
+        return None;
+    }
+    Some(SockInfo {
+        sk: s.sk,
+        ino: s.ino,
+        netns: s.netns,
+        family: s.family,
+        protocol: s.protocol,
+        local: SocketAddr::new(ip(s.family, &s.laddr), s.lport),
+        remote: SocketAddr::new(ip(s.family, &s.raddr), s.rport),
+        state: s.state,
+    })
+}
+
+fn task(h: &types::nd_hdr) -> Task {
+    Task { pid: h.pid, tid: h.tid, comm: comm_str(&h.comm) }
+}
+
+/// Decode one ring-buffer record.
+pub fn decode(data: &[u8]) -> Result<Event, DecodeError> {
+    let h: types::nd_hdr = read(data).ok_or(DecodeError::Short(data.len()))?;
+    let tag = h.r#type;
+    let kind = match tag {
+        1 => {
+            let r: types::nd_sock_ready = need(tag, data)?;
+            let s = sock(&r.sock).unwrap_or_else(|| null_sock(r.sock.sk));
+            Kind::SockReady { sock: s, seq: r.seq }
+        }
+        2 => {
+            let r: types::nd_wake = need(tag, data)?;
+            let (stack, stack_err) = if r.stack_sz < 0 {
+                (Vec::new(), r.stack_sz)
+            } else {
+                let n = (r.stack_sz as usize / 8).min(r.stack.len());
+                (r.stack[..n].to_vec(), 0)
+            };
+            Kind::Wake {
+                target: Task { pid: r.target_pid, tid: r.target_tid, comm: comm_str(&r.target_comm) },
+                sock_seq: r.sock_seq,
+                stack,
+                stack_err,
+                target_cpu: r.target_cpu,
+                waker_is_kthread: r.waker_is_kthread != 0,
+                target_on_rq: r.target_on_rq != 0,
+                cause: None,
+                context: None,
+                via_epoll: false,
+            }
+        }
+        3 => {
+            let r: types::nd_switch_in = need(tag, data)?;
+            Kind::SwitchIn {
+                runnable_ts: r.runnable_ts,
+                prev_cpu: r.prev_cpu,
+                after_preempt: r.after_preempt != 0,
+                prev_tid: r.prev_tid,
+                prev_comm: comm_str(&r.prev_comm),
+            }
+        }
+        4 => {
+            let r: types::nd_switch_out = need(tag, data)?;
+            Kind::SwitchOut {
+                involuntary: r.preempt != 0,
+                state: r.state,
+                next_tid: r.next_tid,
+                next_comm: comm_str(&r.next_comm),
+            }
+        }
+        5 => {
+            let r: types::nd_epoll_enter = need(tag, data)?;
+            Kind::EpollEnter { epfd: r.epfd, maxevents: r.maxevents, syscall: Syscall::from_raw(r.syscall) }
+        }
+        6 => {
+            let r: types::nd_epoll_exit = need(tag, data)?;
+            let n = (r.n_events as usize).min(r.ev.len());
+            Kind::EpollExit {
+                enter_ts: r.enter_ts,
+                epfd: r.epfd,
+                ret: r.ret,
+                syscall: Syscall::from_raw(r.syscall),
+                events: r.ev[..n].iter().map(|e| EpEvent { events: e.events, data: e.data }).collect(),
+            }
+        }
+        7 => {
+            let r: types::nd_accept = need(tag, data)?;
+            Kind::Accept {
+                enter_ts: r.enter_ts,
+                listen_fd: r.listen_fd,
+                ret: r.ret,
+                syscall: Syscall::from_raw(r.syscall),
+                backlog: r.backlog,
+                max_backlog: r.max_backlog,
+                listen: sock(&r.listen),
+                peer: sock(&r.peer),
+            }
+        }
+        8 => {
+            let r: types::nd_close = need(tag, data)?;
+            Kind::Close { fd: r.fd, sock: if r.is_socket != 0 { sock(&r.sock) } else { None } }
+        }
+        9 => {
+            let r: types::nd_sock_state = need(tag, data)?;
+            Kind::SockState {
+                sock: sock(&r.sock).unwrap_or_else(|| null_sock(0)),
+                old: r.oldstate,
+                new: r.newstate,
+            }
+        }
+        10 => {
+            let r: types::nd_task_new = need(tag, data)?;
+            Kind::TaskNew {
+                child: Task { pid: r.child_pid, tid: r.child_tid, comm: comm_str(&r.child_comm) },
+                reason: r.reason,
+            }
+        }
+        11 => {
+            let r: types::nd_task_exit = need(tag, data)?;
+            Kind::TaskExit { group_dead: r.group_dead != 0 }
+        }
+        12 => {
+            let r: types::nd_epoll_ctl = need(tag, data)?;
+            Kind::EpollCtl { epfd: r.epfd, op: r.op, fd: r.fd, events: r.events, data: r.data, err: r.ret }
+        }
+        other => return Err(DecodeError::UnknownType(other)),
+    };
+    Ok(Event { ts: h.ts, cpu: h.cpu, task: task(&h), kind })
+}
+
+fn null_sock(sk: u64) -> SockInfo {
+    SockInfo {
+        sk,
+        ino: 0,
+        netns: 0,
+        family: 0,
+        protocol: 0,
+        local: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0),
+        remote: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0),
+        state: 0,
+    }
+}
+
+/// epoll event bits as names: `EPOLLIN|EPOLLET`.
+pub fn epoll_flags(bits: u32) -> String {
+    const NAMES: &[(u32, &str)] = &[
+        (0x001, "EPOLLIN"),
+        (0x002, "EPOLLPRI"),
+        (0x004, "EPOLLOUT"),
+        (0x008, "EPOLLERR"),
+        (0x010, "EPOLLHUP"),
+        (0x040, "EPOLLRDNORM"),
+        (0x080, "EPOLLRDBAND"),
+        (0x100, "EPOLLWRNORM"),
+        (0x200, "EPOLLWRBAND"),
+        (0x400, "EPOLLMSG"),
+        (0x2000, "EPOLLRDHUP"),
+        (1 << 28, "EPOLLEXCLUSIVE"),
+        (1 << 29, "EPOLLWAKEUP"),
+        (1 << 30, "EPOLLONESHOT"),
+        (1 << 31, "EPOLLET"),
+    ];
+    let mut out: Vec<String> = Vec::new();
+    let mut rest = bits;
+    for (bit, name) in NAMES {
+        if bits & bit != 0 {
+            out.push((*name).to_string());
+            rest &= !bit;
+        }
+    }
+    if rest != 0 {
+        out.push(format!("0x{rest:x}"));
+    }
+    if out.is_empty() {
+        "0".into()
+    } else {
+        out.join("|")
+    }
+}
+
+/// errno name for the common accept/epoll failures.
+pub fn errno_name(e: i32) -> String {
+    match e {
+        1 => "EPERM".into(),
+        4 => "EINTR".into(),
+        9 => "EBADF".into(),
+        11 => "EAGAIN".into(),
+        12 => "ENOMEM".into(),
+        14 => "EFAULT".into(),
+        22 => "EINVAL".into(),
+        23 => "ENFILE".into(),
+        24 => "EMFILE".into(),
+        103 => "ECONNABORTED".into(),
+        _ => format!("errno {e}"),
+    }
+}
+
+mod hex_u64 {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format!("0x{v:x}"))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        let s = String::deserialize(d)?;
+        u64::from_str_radix(s.trim_start_matches("0x"), 16).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hdr(tag: u32) -> types::nd_hdr {
+        let mut h = types::nd_hdr { r#type: tag, cpu: 1, ts: 42, pid: 100, tid: 101, ..Default::default() };
+        for (i, b) in b"worker".iter().enumerate() {
+            h.comm[i] = *b as i8;
+        }
+        h
+    }
+
+    fn bytes<T: Copy>(v: &T) -> Vec<u8> {
+        // SAFETY: T is a repr(C) POD record; viewing it as bytes is sound.
+        unsafe { std::slice::from_raw_parts(v as *const T as *const u8, std::mem::size_of::<T>()).to_vec() }
+    }
+
+    #[test]
+    fn decodes_accept_with_peer() {
+        let mut r = types::nd_accept { hdr: hdr(7), listen_fd: 3, ret: 7, syscall: 5, backlog: 1, max_backlog: 128, ..Default::default() };
+        r.peer.sk = 0xffff_8880_0000_1000;
+        r.peer.family = 2;
+        r.peer.lport = 8080;
+        r.peer.rport = 40000;
+        r.peer.state = 1;
+        r.peer.laddr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        r.peer.raddr[..4].copy_from_slice(&[127, 0, 0, 2]);
+        let e = decode(&bytes(&r)).unwrap();
+        assert_eq!(e.ts, 42);
+        assert_eq!(e.task, Task { pid: 100, tid: 101, comm: "worker".into() });
+        match e.kind {
+            Kind::Accept { listen_fd, ret, syscall, peer: Some(p), listen: None, .. } => {
+                assert_eq!((listen_fd, ret, syscall), (3, 7, Syscall::Accept4));
+                assert_eq!(p.remote, "127.0.0.2:40000".parse().unwrap());
+                assert_eq!(p.local, "127.0.0.1:8080".parse().unwrap());
+                assert_eq!(p.state_name(), "ESTABLISHED");
+            }
+            k => panic!("wrong kind {k:?}"),
+        }
+    }
+
+    #[test]
+    fn decodes_wake_stack_and_errors() {
+        let mut r = types::nd_wake { hdr: hdr(2), target_pid: 5, target_tid: 6, stack_sz: 16, ..Default::default() };
+        r.stack[0] = 0xffffffff81000000;
+        r.stack[1] = 0xffffffff81000100;
+        match decode(&bytes(&r)).unwrap().kind {
+            Kind::Wake { stack, stack_err, target, .. } => {
+                assert_eq!(stack.len(), 2);
+                assert_eq!(stack_err, 0);
+                assert_eq!(target.tid, 6);
+            }
+            k => panic!("wrong kind {k:?}"),
+        }
+        r.stack_sz = -14;
+        match decode(&bytes(&r)).unwrap().kind {
+            Kind::Wake { stack, stack_err, .. } => assert!(stack.is_empty() && stack_err == -14),
+            k => panic!("wrong kind {k:?}"),
+        }
+    }
+
+    #[test]
+    fn epoll_exit_respects_n_events_and_v6() {
+        let mut r = types::nd_epoll_exit { hdr: hdr(6), ret: 20, n_events: 99, ..Default::default() };
+        r.ev[0].events = 0x1 | 0x8000_0000;
+        r.ev[0].data = 7;
+        match decode(&bytes(&r)).unwrap().kind {
+            Kind::EpollExit { events, ret, .. } => {
+                assert_eq!(ret, 20);
+                assert_eq!(events.len(), 16, "clamped to the array");
+                assert_eq!(epoll_flags(events[0].events), "EPOLLIN|EPOLLET");
+            }
+            k => panic!("wrong kind {k:?}"),
+        }
+        let mut s = types::nd_sock { sk: 1, family: 10, lport: 80, ..Default::default() };
+        s.laddr[15] = 1;
+        assert_eq!(sock(&s).unwrap().local, "[::1]:80".parse().unwrap());
+    }
+
+    #[test]
+    fn rejects_short_and_unknown() {
+        assert_eq!(decode(&[0u8; 4]), Err(DecodeError::Short(4)));
+        let h = hdr(99);
+        assert_eq!(decode(&bytes(&h)), Err(DecodeError::UnknownType(99)));
+        let h = hdr(7);
+        assert!(matches!(decode(&bytes(&h)), Err(DecodeError::Truncated { tag: 7, .. })));
+    }
+
+    #[test]
+    fn event_json_roundtrip() {
+        let e = Event {
+            ts: 1,
+            cpu: 0,
+            task: Task { pid: 1, tid: 1, comm: "a\"b".into() },
+            kind: Kind::Close { fd: 5, sock: None },
+        };
+        let s = serde_json::to_string(&e).unwrap();
+        assert!(s.contains("\"type\":\"close\""), "{s}");
+        assert_eq!(serde_json::from_str::<Event>(&s).unwrap(), e);
+    }
+}

@@ -1,0 +1,203 @@
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::Parser;
+
+use netdrift::cli::{Cli, Command, DemoArgs, DoctorArgs, OutputArgs, TraceArgs};
+use netdrift::demo::{self, DemoConfig, DemoServer, ListenMode};
+use netdrift::error::Error;
+use netdrift::probes::ProbeConfig;
+use netdrift::procfs;
+use netdrift::trace::{self, Sink, TraceOptions};
+
+fn main() {
+    let cli = Cli::parse();
+    let res = match cli.command {
+        Command::Trace(a) => cmd_trace(a),
+        Command::Demo(a) => cmd_demo(a),
+        Command::Doctor(a) => cmd_doctor(a),
+    };
+    if let Err(e) = res {
+        eprintln!("netdrift: {e:#}");
+        let code = e.downcast_ref::<Error>().map(|k| k.exit_code()).unwrap_or(1);
+        std::process::exit(code);
+    }
+}
+
+fn base_options(out: &OutputArgs) -> TraceOptions {
+    TraceOptions {
+        json: out.json,
+        stacks: out.stacks,
+        sink: out.output_file.clone().map(Sink::File).unwrap_or_default(),
+        idle: Duration::from_millis(out.idle_ms),
+        probe: ProbeConfig { ringbuf_bytes: out.ringbuf_mib << 20, ..Default::default() },
+        ..Default::default()
+    }
+}
+
+fn cmd_trace(a: TraceArgs) -> anyhow::Result<()> {
+    if a.pids.is_empty() && a.tids.is_empty() && a.comms.is_empty() {
+        return Err(Error::Usage("no target: give -p PID, -t TID or -c COMM (or try `netdrift demo`)".into()).into());
+    }
+    if let Some(d) = a.duration {
+        if !(d > 0.0 && d.is_finite()) {
+            return Err(Error::Usage(format!("duration {d}: give a positive number of seconds")).into());
+        }
+    }
+    let mut tgids = Vec::new();
+    for &p in &a.pids {
+        if !procfs::task_exists(p) {
+            return Err(Error::NoSuchPid(p).into());
+        }
+        if procfs::tgid_of(p) != Some(p) {
+            return Err(Error::Usage(format!("{p} is a thread, not a process: use -t {p}")).into());
+        }
+        tgids.push(p);
+        if !a.no_children {
+            tgids.extend(procfs::descendants(p));
+        }
+    }
+    let mut tids = Vec::new();
+    for &t in &a.tids {
+        if !procfs::task_exists(t) || procfs::tgid_of(t).is_none() {
+            return Err(Error::NoSuchTid(t).into());
+        }
+        tids.push(t);
+    }
+    for c in &a.comms {
+        if c.is_empty() || c.len() > 15 {
+            return Err(Error::Usage(format!("-c {c:?}: a comm is 1 to 15 bytes (the kernel truncates names to 15)")).into());
+        }
+        let (p, t) = procfs::find_comm(c);
+        if p.is_empty() && t.is_empty() {
+            return Err(Error::NoSuchComm(c.clone()).into());
+        }
+        tgids.extend(p);
+        tids.extend(t);
+    }
+    tgids.sort_unstable();
+    tgids.dedup();
+    tids.sort_unstable();
+    tids.dedup();
+
+    let mut opts = base_options(&a.out);
+    opts.probe.tgids = tgids;
+    opts.probe.tids = tids;
+    opts.probe.comms = a.comms.clone();
+    opts.probe.follow_children = !a.no_children;
+    opts.duration = a.duration.map(Duration::from_secs_f64);
+    opts.ready_file = a.ready_file.clone();
+    trace::install_signal_handlers();
+    if !a.out.json {
+        eprintln!("netdrift: tracing {}. Ctrl-C to end.", describe_targets(&opts.probe));
+    }
+    trace::run(opts).context("trace")?;
+    Ok(())
+}
+
+fn describe_targets(p: &ProbeConfig) -> String {
+    let mut v = Vec::new();
+    if !p.tgids.is_empty() {
+        v.push(format!("pid {}", join(&p.tgids)));
+    }
+    if !p.tids.is_empty() {
+        v.push(format!("tid {}", join(&p.tids)));
+    }
+    if !p.comms.is_empty() {
+        v.push(format!("comm {}", p.comms.join(",")));
+    }
+    v.join(", ")
+}
+
+fn join(v: &[u32]) -> String {
+    v.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(",")
+}
+
+fn cmd_demo(a: DemoArgs) -> anyhow::Result<()> {
+    if a.workers == 0 || a.workers > 64 {
+        return Err(Error::Usage("--workers: 1 to 64".into()).into());
+    }
+    if a.connections == 0 {
+        return Err(Error::Usage("--connections: at least 1".into()).into());
+    }
+    let mode = ListenMode::parse(&a.mode).ok_or_else(|| Error::Usage(format!("--mode {}", a.mode)))?;
+    netdrift::probes::preflight().context("demo")?;
+    let server = DemoServer::start(&DemoConfig { workers: a.workers, mode, port: 0 }).context("starting the demo server")?;
+    let addr = server.addr();
+    let names = server.worker_names();
+    let tids = server.worker_tids();
+    if !a.out.json {
+        eprintln!(
+            "netdrift demo: server on {addr} ({} listen socket), workers {}; client: {} connections, {} ms apart",
+            match mode {
+                ListenMode::Shared => "one shared, no EPOLLEXCLUSIVE",
+                ListenMode::Exclusive => "one shared, EPOLLEXCLUSIVE",
+                ListenMode::ReusePort => "one per worker, SO_REUSEPORT",
+            },
+            names.iter().zip(&tids).map(|(n, t)| format!("{n}[{t}]")).collect::<Vec<_>>().join(", "),
+            a.connections,
+            a.gap_ms
+        );
+        if std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) < 2 {
+            eprintln!("netdrift demo: only one CPU: both workers may not be asleep at once, so the herd may not show");
+        }
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let client_result = Arc::new(std::sync::Mutex::new(None));
+    let mut opts = base_options(&a.out);
+    opts.probe.tids = tids;
+    opts.probe.follow_children = false;
+    opts.ready_file = a.ready_file.clone();
+    opts.stop = Some(stop.clone());
+    let (conns, gap) = (a.connections, Duration::from_millis(a.gap_ms));
+    {
+        let stop = stop.clone();
+        let client_result = client_result.clone();
+        opts.on_ready = Some(Box::new(move || {
+            std::thread::Builder::new()
+                .name("demo:client".into())
+                .spawn(move || {
+                    // Let both workers settle into epoll_wait first.
+                    std::thread::sleep(Duration::from_millis(100));
+                    let r = demo::run_client(addr, conns, gap);
+                    *client_result.lock().unwrap() = Some(r);
+                    std::thread::sleep(Duration::from_millis(200));
+                    stop.store(true, Ordering::SeqCst);
+                })
+                .expect("spawning the demo client");
+        }));
+    }
+    trace::install_signal_handlers();
+    let res = trace::run(opts).context("demo trace");
+    let stats = server.shutdown().context("stopping the demo server")?;
+    res?;
+    let client = client_result.lock().unwrap().take();
+    match client {
+        Some(Ok(c)) => {
+            let ok = c.iter().filter(|c| c.ok).count();
+            if !a.out.json {
+                eprintln!(
+                    "netdrift demo: client got {ok}/{} responses; server accepted {} ({} accept4 calls found nothing)",
+                    c.len(),
+                    stats.accepted(),
+                    stats.accept_eagain()
+                );
+            }
+        }
+        Some(Err(e)) => bail!("demo client: {e}"),
+        None => {}
+    }
+    Ok(())
+}
+
+fn cmd_doctor(a: DoctorArgs) -> anyhow::Result<()> {
+    let report = netdrift::doctor::run();
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", netdrift::doctor::render_text(&report, false));
+    }
+    Ok(())
+}

@@ -1,0 +1,211 @@
+//! Load, configure and attach the BPF programs; probe kernel features first
+//! and turn optional programs off (autoload) instead of failing.
+
+use std::mem::MaybeUninit;
+use std::path::Path;
+
+use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
+use libbpf_rs::{MapCore, MapFlags, OpenObject};
+
+use crate::error::{Error, Result};
+use crate::output::text::Losses;
+use crate::skel::{NetdriftSkel, NetdriftSkelBuilder};
+
+const MAX_COMMS: usize = 8;
+
+/// What the programs are told before load.
+#[derive(Debug, Clone)]
+pub struct ProbeConfig {
+    pub tgids: Vec<u32>,
+    pub tids: Vec<u32>,
+    pub comms: Vec<String>,
+    pub follow_children: bool,
+    pub ringbuf_bytes: u32,
+    pub capture_stacks: bool,
+    pub switch_out: bool,
+    pub epoll_enter: bool,
+    /// How long after sk_data_ready a wake-up on the same CPU is its consequence.
+    pub sock_window_ns: u64,
+}
+
+impl Default for ProbeConfig {
+    fn default() -> Self {
+        ProbeConfig {
+            tgids: Vec::new(),
+            tids: Vec::new(),
+            comms: Vec::new(),
+            follow_children: true,
+            ringbuf_bytes: 8 << 20,
+            capture_stacks: true,
+            switch_out: true,
+            epoll_enter: true,
+            sock_window_ns: 2_000_000,
+        }
+    }
+}
+
+/// Which optional hooks this kernel has.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Features {
+    pub sk_data_ready: bool,
+    pub inet_sock_set_state: bool,
+    pub epoll_pwait2: bool,
+    pub accept: bool,
+}
+
+const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+/// Is `name` in the kernel's BTF string table? tp_btf/X needs `btf_trace_X`.
+pub fn btf_has(btf: &[u8], name: &str) -> bool {
+    let mut needle = Vec::with_capacity(name.len() + 2);
+    needle.push(0);
+    needle.extend_from_slice(name.as_bytes());
+    needle.push(0);
+    btf.windows(needle.len()).any(|w| w == needle.as_slice())
+}
+
+/// Root/capabilities and BTF: checked before anything is loaded.
+pub fn preflight() -> Result<()> {
+    if !crate::procfs::privileged() {
+        return Err(Error::NotPrivileged);
+    }
+    if !Path::new(VMLINUX_BTF).exists() {
+        return Err(Error::NoBtf);
+    }
+    Ok(())
+}
+
+/// Probe the optional hooks.
+pub fn features() -> Result<Features> {
+    let btf = std::fs::read(VMLINUX_BTF).map_err(|_| Error::NoBtf)?;
+    Ok(Features {
+        sk_data_ready: btf_has(&btf, "btf_trace_sk_data_ready"),
+        inet_sock_set_state: btf_has(&btf, "btf_trace_inet_sock_set_state"),
+        epoll_pwait2: crate::tracefs::has_tracepoint("syscalls", "sys_enter_epoll_pwait2"),
+        accept: crate::tracefs::has_tracepoint("syscalls", "sys_enter_accept"),
+    })
+}
+
+/// Loaded and attached programs.
+pub struct Probes<'obj> {
+    pub skel: NetdriftSkel<'obj>,
+    pub features: Features,
+    /// One line per degraded feature, for the user.
+    pub notes: Vec<String>,
+}
+
+fn comm_bytes(s: &str) -> [i8; 16] {
+    let mut out = [0i8; 16];
+    for (i, b) in s.bytes().take(15).enumerate() {
+        out[i] = b as i8;
+    }
+    out
+}
+
+impl<'obj> Probes<'obj> {
+    /// Open, configure, load and attach. Needs tracefs for the syscall
+    /// tracepoints: mounted here when absent.
+    pub fn load(cfg: &ProbeConfig, open_object: &'obj mut MaybeUninit<OpenObject>) -> Result<Self> {
+        preflight()?;
+        crate::tracefs::ensure_tracefs()?;
+        let features = features()?;
+        let mut notes = Vec::new();
+        if cfg.comms.len() > MAX_COMMS {
+            return Err(Error::Usage(format!("at most {MAX_COMMS} -c names")));
+        }
+
+        let mut open = NetdriftSkelBuilder::default().open(open_object)?;
+        {
+            let ro = open.maps.rodata_data.as_deref_mut().ok_or_else(|| Error::Bpf("no .rodata in the BPF object".into()))?;
+            ro.trace_all = cfg.tgids.is_empty() && cfg.tids.is_empty() && cfg.comms.is_empty();
+            ro.has_tids = !cfg.tids.is_empty();
+            ro.follow_children = cfg.follow_children;
+            ro.n_comms = cfg.comms.len() as u32;
+            for (i, c) in cfg.comms.iter().enumerate() {
+                ro.comms[i] = comm_bytes(c);
+            }
+            ro.sock_window_ns = cfg.sock_window_ns;
+            ro.emit_switch_out = cfg.switch_out;
+            ro.emit_epoll_enter = cfg.epoll_enter;
+            ro.capture_stacks = cfg.capture_stacks;
+            ro.self_tgid = std::process::id();
+        }
+        open.maps.events.set_max_entries(cfg.ringbuf_bytes)?;
+        if !features.sk_data_ready {
+            open.progs.nd_sk_data_ready.set_autoload(false);
+            notes.push(
+                "kernel has no sock:sk_data_ready (Linux < 6.3): wake-up causes still come from the waker's stack, but the socket (address, port, fd) is unknown".into(),
+            );
+        }
+        if !features.inet_sock_set_state {
+            open.progs.nd_inet_sock_set_state.set_autoload(false);
+            notes.push("kernel has no sock:inet_sock_set_state: TCP state changes are not reported".into());
+        }
+        if !features.epoll_pwait2 {
+            open.progs.nd_enter_epoll_pwait2.set_autoload(false);
+            open.progs.nd_exit_epoll_pwait2.set_autoload(false);
+        }
+        if !features.accept {
+            // Architectures without accept(2) only have accept4.
+            open.progs.nd_enter_accept.set_autoload(false);
+            open.progs.nd_exit_accept.set_autoload(false);
+        }
+        let mut skel = open.load().map_err(|e| Error::Bpf(format!("loading the BPF programs failed: {e:#}")))?;
+        let probes_targets = |skel: &NetdriftSkel<'_>| -> Result<()> {
+            for t in &cfg.tgids {
+                skel.maps.targets_tgid.update(&t.to_ne_bytes(), &[1], MapFlags::ANY)?;
+            }
+            for t in &cfg.tids {
+                skel.maps.targets_tid.update(&t.to_ne_bytes(), &[1], MapFlags::ANY)?;
+            }
+            Ok(())
+        };
+        probes_targets(&skel)?;
+        skel.attach().map_err(|e| Error::Bpf(format!("attaching the BPF programs failed: {e:#}")))?;
+        Ok(Probes { skel, features, notes })
+    }
+
+    /// Add a process to the targets at run time.
+    pub fn add_tgid(&self, tgid: u32) -> Result<()> {
+        self.skel.maps.targets_tgid.update(&tgid.to_ne_bytes(), &[1], MapFlags::ANY)?;
+        Ok(())
+    }
+
+    /// Sum the per-CPU loss counters.
+    pub fn losses(&self) -> Losses {
+        let mut l = Losses::default();
+        let mut per_cpu: Vec<[u64; 4]> = Vec::new();
+        for which in 0u32..4 {
+            if let Ok(Some(vals)) = self.skel.maps.losses.lookup_percpu(&which.to_ne_bytes(), MapFlags::ANY) {
+                if per_cpu.len() < vals.len() {
+                    per_cpu.resize(vals.len(), [0; 4]);
+                }
+                for (cpu, v) in vals.iter().enumerate() {
+                    let n = v.get(..8).map(|b| u64::from_ne_bytes(b.try_into().unwrap_or([0; 8]))).unwrap_or(0);
+                    per_cpu[cpu][which as usize] = n;
+                }
+            }
+        }
+        for c in &per_cpu {
+            l.ringbuf += c[0];
+            l.stack += c[1];
+            l.map_full += c[2];
+            l.user_read += c[3];
+        }
+        l.per_cpu = per_cpu;
+        l
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn btf_string_search_is_exact() {
+        let btf = b"\0btf_trace_sk_data_ready\0btf_trace_sched_switch\0";
+        assert!(btf_has(btf, "btf_trace_sk_data_ready"));
+        assert!(!btf_has(btf, "btf_trace_sk_data"));
+        assert!(!btf_has(btf, "sk_data_ready"));
+    }
+}

@@ -1,0 +1,199 @@
+//! /proc readers: targets, sockets held by fd, epoll registrations.
+//!
+//! Parsers take the text so they are tested without a live /proc.
+
+use std::fs;
+use std::path::Path;
+
+/// Does /proc know this pid or tid?
+pub fn task_exists(id: u32) -> bool {
+    id != 0 && Path::new(&format!("/proc/{id}")).exists()
+}
+
+/// Thread group id of a task, from /proc/ID/status.
+pub fn tgid_of(tid: u32) -> Option<u32> {
+    let s = fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
+    status_field(&s, "Tgid")
+}
+
+/// A numeric field of /proc/ID/status.
+pub fn status_field(status: &str, key: &str) -> Option<u32> {
+    status.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        (k == key).then(|| v.trim().parse().ok()).flatten()
+    })
+}
+
+/// The threads of a process.
+pub fn threads(pid: u32) -> Vec<u32> {
+    let mut v: Vec<u32> = fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect())
+        .unwrap_or_default();
+    v.sort_unstable();
+    v
+}
+
+/// comm of a thread (or of a process, when tid == pid).
+pub fn comm(pid: u32, tid: u32) -> Option<String> {
+    fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm")).ok().map(|s| s.trim_end_matches('\n').to_string())
+}
+
+fn all_pids() -> Vec<u32> {
+    fs::read_dir("/proc")
+        .map(|d| d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect())
+        .unwrap_or_default()
+}
+
+/// Parent pid from the text of /proc/PID/stat (comm may hold spaces and parens).
+pub fn stat_ppid(stat: &str) -> Option<u32> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Every living descendant process of `pid`.
+pub fn descendants(pid: u32) -> Vec<u32> {
+    let pairs: Vec<(u32, u32)> = all_pids()
+        .into_iter()
+        .filter_map(|p| Some((p, stat_ppid(&fs::read_to_string(format!("/proc/{p}/stat")).ok()?)?)))
+        .collect();
+    let mut out = Vec::new();
+    let mut frontier = vec![pid];
+    while let Some(parent) = frontier.pop() {
+        for &(p, pp) in &pairs {
+            if pp == parent && p != pid && !out.contains(&p) {
+                out.push(p);
+                frontier.push(p);
+            }
+        }
+    }
+    out.sort_unstable();
+    out
+}
+
+/// Processes whose comm is `name` (tgids) and threads so named in other
+/// processes (tids).
+pub fn find_comm(name: &str) -> (Vec<u32>, Vec<u32>) {
+    let mut tgids = Vec::new();
+    let mut tids = Vec::new();
+    for pid in all_pids() {
+        if comm(pid, pid).as_deref() == Some(name) {
+            tgids.push(pid);
+            continue;
+        }
+        for tid in threads(pid) {
+            if tid != pid && comm(pid, tid).as_deref() == Some(name) {
+                tids.push(tid);
+            }
+        }
+    }
+    tgids.sort_unstable();
+    tids.sort_unstable();
+    (tgids, tids)
+}
+
+/// Socket inode from a /proc/PID/fd link target such as `socket:[12345]`.
+pub fn socket_ino(link: &str) -> Option<u64> {
+    link.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
+}
+
+/// (fd, socket inode) for every socket a process holds.
+pub fn socket_fds(pid: u32) -> Vec<(i32, u64)> {
+    let Ok(dir) = fs::read_dir(format!("/proc/{pid}/fd")) else { return Vec::new() };
+    let mut v: Vec<(i32, u64)> = dir
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let fd: i32 = e.file_name().to_str()?.parse().ok()?;
+            let link = fs::read_link(e.path()).ok()?;
+            Some((fd, socket_ino(link.to_str()?)?))
+        })
+        .collect();
+    v.sort_unstable();
+    v
+}
+
+/// One registration listed by /proc/PID/fdinfo/EPFD.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EpollEntry {
+    pub fd: i32,
+    pub events: u32,
+    pub data: u64,
+}
+
+/// Parse the `tfd:` lines of an epoll fd's fdinfo.
+pub fn parse_epoll_fdinfo(text: &str) -> Vec<EpollEntry> {
+    text.lines()
+        .filter_map(|l| {
+            let mut it = l.split_whitespace();
+            if it.next()? != "tfd:" {
+                return None;
+            }
+            let fd = it.next()?.parse().ok()?;
+            let mut events = None;
+            let mut data = None;
+            while let Some(k) = it.next() {
+                match k {
+                    "events:" => events = u32::from_str_radix(it.next()?, 16).ok(),
+                    "data:" => data = u64::from_str_radix(it.next()?, 16).ok(),
+                    _ => {}
+                }
+            }
+            Some(EpollEntry { fd, events: events?, data: data? })
+        })
+        .collect()
+}
+
+pub fn epoll_entries(pid: u32, epfd: i32) -> Vec<EpollEntry> {
+    fs::read_to_string(format!("/proc/{pid}/fdinfo/{epfd}")).map(|s| parse_epoll_fdinfo(&s)).unwrap_or_default()
+}
+
+/// Effective capabilities bitmask of this process.
+pub fn cap_eff() -> u64 {
+    fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("CapEff:").map(|v| u64::from_str_radix(v.trim(), 16).ok())).flatten())
+        .unwrap_or(0)
+}
+
+/// Root, or CAP_BPF with CAP_PERFMON, or CAP_SYS_ADMIN.
+pub fn privileged() -> bool {
+    let caps = cap_eff();
+    let has = |bit: u32| caps & (1u64 << bit) != 0;
+    has(21) || (has(39) && has(38))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_fdinfo_of_epoll() {
+        let text = "pos:\t0\nflags:\t02\nmnt_id:\t15\nino:\t1057\ntfd:        6 events:       19 data:     55d6a8c3f1e0  pos:0 ino:4a9f sdev:8\ntfd:        3 events: 80000001 data:                3  pos:0 ino:4a90 sdev:8\n";
+        let v = parse_epoll_fdinfo(text);
+        assert_eq!(v, vec![
+            EpollEntry { fd: 6, events: 0x19, data: 0x55d6a8c3f1e0 },
+            EpollEntry { fd: 3, events: 0x8000_0001, data: 3 },
+        ]);
+    }
+
+    #[test]
+    fn parses_stat_ppid_with_hostile_comm() {
+        assert_eq!(stat_ppid("42 (a) b) c) S 7 42 42 0"), Some(7));
+        assert_eq!(stat_ppid("garbage"), None);
+    }
+
+    #[test]
+    fn parses_socket_links_and_status() {
+        assert_eq!(socket_ino("socket:[98765]"), Some(98765));
+        assert_eq!(socket_ino("pipe:[1]"), None);
+        assert_eq!(status_field("Name:\tx\nTgid:\t77\nPid:\t78\n", "Tgid"), Some(77));
+    }
+
+    #[test]
+    fn finds_own_threads_and_sockets() {
+        let me = std::process::id();
+        assert!(threads(me).contains(&me));
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        use std::os::fd::AsRawFd;
+        assert!(socket_fds(me).iter().any(|(fd, _)| *fd == l.as_raw_fd()));
+    }
+}

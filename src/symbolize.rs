@@ -1,0 +1,233 @@
+//! Kernel addresses -> names, and what a waker's stack says about the wake-up.
+//!
+//! One long-lived blazesym [`Symbolizer`] reads /proc/kallsyms once; names are
+//! cached per address because the same few hundred frames repeat.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use blazesym::symbolize::source::{Kernel, Source};
+use blazesym::symbolize::{Input, Symbolized, Symbolizer};
+use blazesym::MaybeDefault;
+
+use crate::events::{Cause, Task, WakerContext};
+
+/// Resolves kernel addresses, batched, with a cache.
+pub struct KernelSyms {
+    symbolizer: Symbolizer,
+    cache: HashMap<u64, Option<Arc<str>>>,
+}
+
+impl Default for KernelSyms {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl KernelSyms {
+    pub fn new() -> Self {
+        KernelSyms { symbolizer: Symbolizer::new(), cache: HashMap::new() }
+    }
+
+    /// Names for `addrs` (None where kallsyms has no symbol).
+    pub fn names(&mut self, addrs: &[u64]) -> Vec<Option<Arc<str>>> {
+        let missing: Vec<u64> = addrs.iter().copied().filter(|a| !self.cache.contains_key(a)).collect();
+        if !missing.is_empty() {
+            let src = Source::Kernel(Kernel {
+                kallsyms: MaybeDefault::Default,
+                vmlinux: MaybeDefault::None,
+                debug_syms: false,
+                ..Default::default()
+            });
+            match self.symbolizer.symbolize(&src, Input::AbsAddr(&missing)) {
+                Ok(syms) => {
+                    for (a, s) in missing.iter().zip(syms) {
+                        let name = match s {
+                            Symbolized::Sym(sym) => Some(Arc::from(sym.name.as_ref())),
+                            Symbolized::Unknown(_) => None,
+                        };
+                        self.cache.insert(*a, name);
+                    }
+                }
+                Err(_) => {
+                    for a in &missing {
+                        self.cache.insert(*a, None);
+                    }
+                }
+            }
+        }
+        addrs.iter().map(|a| self.cache.get(a).cloned().flatten()).collect()
+    }
+
+    /// `name+0x..`-free frame names for printing; unknown frames as hex.
+    pub fn frames(&mut self, addrs: &[u64]) -> Vec<String> {
+        self.names(addrs)
+            .into_iter()
+            .zip(addrs)
+            .map(|(n, a)| match n {
+                Some(n) => n.to_string(),
+                None => format!("[unknown] 0x{a:x}"),
+            })
+            .collect()
+    }
+}
+
+/// What the waker's stack says: the cause, the context, whether epoll relayed it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WakeClass {
+    pub cause: Cause,
+    pub context: WakerContext,
+    pub via_epoll: bool,
+}
+
+/// Frames that belong to the wake-up machinery itself and say nothing of the cause.
+fn is_plumbing(f: &str) -> bool {
+    f.starts_with("try_to_wake_up")
+        || f.starts_with("__wake_up")
+        || f.starts_with("wake_up")
+        || f.starts_with("autoremove_wake_function")
+        || f.starts_with("default_wake_function")
+        || f.starts_with("ep_autoremove_wake_function")
+        || f.starts_with("pollwake")
+        || f.starts_with("woken_wake_function")
+        || f.starts_with("__traceiter")
+        || f.starts_with("bpf_")
+        || f.starts_with("ttwu")
+}
+
+fn cause_of(f: &str) -> Option<Cause> {
+    let c = match f {
+        "sock_def_readable" | "tcp_data_ready" | "sk_psock_data_ready" | "unix_stream_sendmsg" | "unix_dgram_sendmsg" => Cause::SocketReadable,
+        "sock_def_write_space" | "sk_stream_write_space" | "tcp_check_space" | "tcp_new_space" | "unix_write_space" => Cause::SocketWritable,
+        "sock_def_wakeup" | "sock_def_error_report" | "inet_csk_listen_stop" | "tcp_done" | "tcp_fin" | "tcp_reset" => Cause::SocketState,
+        "hrtimer_wakeup" | "timerfd_tmrproc" | "process_timeout" | "hrtimer_run_queues" | "call_timer_fn" => Cause::Timer,
+        "eventfd_write" | "eventfd_signal_mask" | "eventfd_signal" => Cause::Eventfd,
+        "pipe_write" | "pipe_read" | "anon_pipe_write" | "anon_pipe_read" => Cause::Pipe,
+        "futex_wake" | "futex_wake_mark" | "futex_wake_op" | "futex_requeue" | "wake_up_q" => Cause::Futex,
+        "signal_wake_up_state" | "complete_signal" | "__send_signal_locked" => Cause::Signal,
+        _ => return None,
+    };
+    Some(c)
+}
+
+fn is_softirq(f: &str) -> bool {
+    matches!(f, "handle_softirqs" | "__do_softirq" | "do_softirq" | "net_rx_action" | "__softirqentry_text_start" | "run_ksoftirqd" | "do_softirq_own_stack" | "__local_bh_enable_ip" | "run_timer_softirq" | "tasklet_action_common" | "irq_exit_rcu" | "__irq_exit_rcu")
+}
+
+fn is_irq(f: &str) -> bool {
+    f.starts_with("asm_common_interrupt")
+        || f.starts_with("common_interrupt")
+        || f.starts_with("asm_sysvec_")
+        || f.starts_with("sysvec_")
+        || f.starts_with("__sysvec_")
+        || f == "hrtimer_interrupt"
+        || f == "handle_irq_event"
+        || f == "irq_exit_rcu"
+        || f == "__irq_exit_rcu"
+}
+
+/// Classify a wake-up from its waker and the waker's stack (innermost first).
+pub fn classify(waker: &Task, is_kthread: bool, frames: &[Option<Arc<str>>]) -> WakeClass {
+    let mut cause = None;
+    let mut via_epoll = false;
+    let mut softirq = false;
+    let mut irq = false;
+    let mut irq_exit = false;
+    let mut syscall = false;
+    for f in frames.iter().flatten() {
+        let f: &str = f;
+        // Compiler clones (.isra.0, .constprop.0, .part.0) keep the base name.
+        let base = f.split('.').next().unwrap_or(f);
+        if base == "ep_poll_callback" {
+            via_epoll = true;
+            continue;
+        }
+        if cause.is_none() && !is_plumbing(base) {
+            cause = cause_of(base);
+        }
+        if is_softirq(base) {
+            softirq = true;
+        }
+        if base == "irq_exit_rcu" || base == "__irq_exit_rcu" {
+            irq_exit = true;
+        }
+        if is_irq(base) {
+            irq = true;
+        }
+        if base == "do_syscall_64" || base.starts_with("entry_SYSCALL") || base.starts_with("__x64_sys_") || base.starts_with("__arm64_sys_") {
+            syscall = true;
+        }
+    }
+    let cause = if frames.is_empty() {
+        Cause::Unknown
+    } else {
+        cause.unwrap_or(if via_epoll { Cause::Other } else { Cause::Other })
+    };
+    let context = if frames.is_empty() && waker.tid != 0 {
+        WakerContext::Unknown
+    } else if waker.tid == 0 {
+        WakerContext::IdleIrq
+    } else if is_kthread && waker.comm.starts_with("ksoftirqd/") {
+        WakerContext::Ksoftirqd
+    } else if softirq && (irq || irq_exit) {
+        WakerContext::SoftirqOnIrqExit
+    } else if softirq {
+        if is_kthread { WakerContext::KernelThread } else { WakerContext::SoftirqInSyscall }
+    } else if irq {
+        WakerContext::Irq
+    } else if is_kthread {
+        WakerContext::KernelThread
+    } else {
+        let _ = syscall;
+        WakerContext::Process
+    };
+    WakeClass { cause, context, via_epoll }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fr(names: &[&str]) -> Vec<Option<Arc<str>>> {
+        names.iter().map(|n| Some(Arc::from(*n))).collect()
+    }
+
+    fn task(tid: u32, comm: &str) -> Task {
+        Task { pid: tid, tid, comm: comm.into() }
+    }
+
+    #[test]
+    fn loopback_sender_softirq_readable_via_epoll() {
+        // The article's kubelet -> envoy stack, innermost first.
+        let f = fr(&[
+            "try_to_wake_up", "ep_autoremove_wake_function", "__wake_up_common", "__wake_up", "ep_poll_callback",
+            "__wake_up_common", "__wake_up_sync_key", "sock_def_readable", "tcp_data_queue", "tcp_rcv_established",
+            "tcp_v4_do_rcv", "tcp_v4_rcv", "ip_local_deliver_finish", "__netif_receive_skb_one_core", "process_backlog",
+            "net_rx_action", "handle_softirqs", "do_softirq", "__local_bh_enable_ip", "__dev_queue_xmit", "ip_finish_output2",
+            "tcp_sendmsg", "sock_write_iter", "vfs_write", "ksys_write", "do_syscall_64", "entry_SYSCALL_64_after_hwframe",
+        ]);
+        let c = classify(&task(4242, "curl"), false, &f);
+        assert_eq!(c, WakeClass { cause: Cause::SocketReadable, context: WakerContext::SoftirqInSyscall, via_epoll: true });
+    }
+
+    #[test]
+    fn ksoftirqd_idle_and_timer() {
+        let f = fr(&["try_to_wake_up", "ep_poll_callback", "sock_def_readable", "tcp_v4_rcv", "net_rx_action", "handle_softirqs", "run_ksoftirqd", "kthread"]);
+        assert_eq!(classify(&task(18, "ksoftirqd/1"), true, &f).context, WakerContext::Ksoftirqd);
+        let f = fr(&["try_to_wake_up", "hrtimer_wakeup", "__hrtimer_run_queues", "hrtimer_interrupt", "__sysvec_apic_timer_interrupt", "sysvec_apic_timer_interrupt", "asm_sysvec_apic_timer_interrupt", "default_idle"]);
+        let c = classify(&task(0, "swapper/0"), true, &f);
+        assert_eq!((c.cause, c.context, c.via_epoll), (Cause::Timer, WakerContext::IdleIrq, false));
+    }
+
+    #[test]
+    fn eventfd_futex_writable_and_clones() {
+        let f = fr(&["try_to_wake_up", "ep_autoremove_wake_function", "ep_poll_callback", "eventfd_write", "vfs_write", "do_syscall_64"]);
+        let c = classify(&task(7, "main"), false, &f);
+        assert_eq!((c.cause, c.context, c.via_epoll), (Cause::Eventfd, WakerContext::Process, true));
+        let f = fr(&["try_to_wake_up", "wake_up_q", "futex_wake", "do_futex", "__x64_sys_futex"]);
+        assert_eq!(classify(&task(7, "main"), false, &f).cause, Cause::Futex);
+        let f = fr(&["try_to_wake_up", "ep_poll_callback", "sock_def_write_space.isra.0", "tcp_ack"]);
+        assert_eq!(classify(&task(7, "main"), false, &f).cause, Cause::SocketWritable);
+        assert_eq!(classify(&task(7, "main"), false, &[]).cause, Cause::Unknown);
+    }
+}
