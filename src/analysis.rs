@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::Serialize;
 
-use crate::events::{Cause, EpEvent, Event, Kind, SockInfo, Syscall, Task, WakerContext};
+use crate::events::{Cause, EpEvent, Event, Kind, ReadyHook, SockInfo, Syscall, Task, WakerContext};
 
 /// Where a socket inode is open: (pid, fd) pairs.
 #[derive(Debug, Default, Clone)]
@@ -64,6 +64,7 @@ impl FdTable {
 /// The socket event that starts a chain.
 #[derive(Debug, Clone, Serialize)]
 pub struct ChainSock {
+    pub hook: ReadyHook,
     pub ts: u64,
     pub cpu: u32,
     /// Task on the CPU when the socket became ready.
@@ -147,6 +148,9 @@ pub struct Hop {
     /// Went back to sleep inside epoll_wait without returning: the event
     /// was gone (another thread took it).
     pub slept_again: Option<u64>,
+    /// Preempted while handling: how often, and how long it waited for a CPU again.
+    pub preemptions: u32,
+    pub preempted_ns: u64,
     #[serde(skip)]
     done: bool,
 }
@@ -253,12 +257,20 @@ const EPOLL_CTL_ADD: i32 = 1;
 const EPOLL_CTL_DEL: i32 = 2;
 const EPOLL_CTL_MOD: i32 = 3;
 
+fn hook_matches(hook: ReadyHook, cause: Cause) -> bool {
+    match hook {
+        ReadyHook::SkDataReady => matches!(cause, Cause::SocketReadable | Cause::Unknown),
+        ReadyHook::InetSockSetState => matches!(cause, Cause::SocketState | Cause::Unknown),
+    }
+}
+
 /// Builds chains from events in ring-buffer order.
 #[derive(Debug, Default)]
 pub struct Correlator {
     next_id: u64,
     open: BTreeMap<u64, Chain>,
-    by_seq: HashMap<u64, u64>,
+    /// sock seq -> (chain id, hook).
+    by_seq: HashMap<u64, (u64, ReadyHook)>,
     threads: HashMap<u32, ThreadCtx>,
     pub fds: FdTable,
     epoll_map: HashMap<(u32, i32, u64), i32>,
@@ -321,7 +333,7 @@ impl Correlator {
 
     fn complete(&mut self, c: Chain) {
         if let Some(s) = &c.sock {
-            self.by_seq.retain(|_, v| *v != c.id);
+            self.by_seq.retain(|_, v| v.0 != c.id);
             let _ = s;
         }
         if c.hops.is_empty() {
@@ -385,14 +397,14 @@ impl Correlator {
         let pid = ev.task.pid;
         let mut ann = Annotation::default();
         match &ev.kind {
-            Kind::SockReady { sock, seq } => {
+            Kind::SockReady { sock, seq, hook, .. } => {
                 let id = self.new_chain(ev.ts);
                 let fds = self.fds.fds(sock.ino).to_vec();
                 ann.fds = fds.clone();
                 if let Some(c) = self.open.get_mut(&id) {
-                    c.sock = Some(ChainSock { ts: ev.ts, cpu: ev.cpu, task: ev.task.clone(), sock: sock.clone(), fds });
+                    c.sock = Some(ChainSock { hook: *hook, ts: ev.ts, cpu: ev.cpu, task: ev.task.clone(), sock: sock.clone(), fds });
                 }
-                self.by_seq.insert(*seq, id);
+                self.by_seq.insert(*seq, (id, *hook));
                 ann.chain = Some(id);
             }
             Kind::Wake { target, sock_seq, stack, target_on_rq, cause, context, via_epoll, target_cpu, .. } => {
@@ -400,9 +412,9 @@ impl Correlator {
                 // A new blocking period: what the thread did since its last wake is over.
                 self.finish_hops(target.tid, |h| h.on_cpu.is_some() || h.wake.is_none());
                 let cause = cause.unwrap_or(Cause::Unknown);
-                let socket_like = matches!(cause, Cause::SocketReadable | Cause::SocketState | Cause::Unknown);
+                // The stack must agree with the hook, or the socket was another wake-up's.
                 let id = match self.by_seq.get(sock_seq) {
-                    Some(&id) if *sock_seq != 0 && socket_like && self.open.contains_key(&id) => id,
+                    Some(&(id, hook)) if *sock_seq != 0 && self.open.contains_key(&id) && hook_matches(hook, cause) => id,
                     _ => self.new_chain(ev.ts),
                 };
                 let on_cpu = target_on_rq.then(|| OnCpu {
@@ -429,6 +441,8 @@ impl Correlator {
                     epoll: None,
                     actions: Vec::new(),
                     slept_again: None,
+                    preemptions: 0,
+                    preempted_ns: 0,
                     done: false,
                 };
                 if let Some(c) = self.open.get_mut(&id) {
@@ -443,8 +457,13 @@ impl Correlator {
                 let mut first = true;
                 for p in pending {
                     if let Some(h) = self.hop_mut(p) {
-                        if h.on_cpu.is_none() {
-                            let since = if first && !*after_preempt { *runnable_ts } else { h.wake.as_ref().map(|w| w.ts).unwrap_or(*runnable_ts) };
+                        if *after_preempt {
+                            // Back on a CPU after being preempted mid-handling.
+                            h.preemptions += 1;
+                            h.preempted_ns += ev.ts.saturating_sub(*runnable_ts);
+                            ann.chain.get_or_insert(p.0);
+                        } else if h.on_cpu.is_none() && h.wake.is_some() {
+                            let since = if first { *runnable_ts } else { h.wake.as_ref().map(|w| w.ts).unwrap_or(*runnable_ts) };
                             first = false;
                             h.on_cpu = Some(OnCpu {
                                 ts: ev.ts,
@@ -501,7 +520,7 @@ impl Correlator {
                     // Events were ready: epoll_wait returned without sleeping.
                     let id = self.new_chain(ev.ts);
                     if let Some(c) = self.open.get_mut(&id) {
-                        c.hops.push(Hop { target: ev.task.clone(), wake: None, on_cpu: None, epoll: None, actions: Vec::new(), slept_again: None, done: false });
+                        c.hops.push(Hop { target: ev.task.clone(), wake: None, on_cpu: None, epoll: None, actions: Vec::new(), slept_again: None, preemptions: 0, preempted_ns: 0, done: false });
                     }
                     self.threads.entry(tid).or_default().pending.push((id, 0));
                     pending.push((id, 0));

@@ -113,6 +113,16 @@ impl Syscall {
     }
 }
 
+/// What made a socket ready.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReadyHook {
+    /// `sock:sk_data_ready`: data or a new connection arrived.
+    SkDataReady,
+    /// `sock:inet_sock_set_state`: FIN, RST, handshake done.
+    InetSockSetState,
+}
+
 /// Why a thread was woken, read from the waker's kernel stack.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -189,7 +199,15 @@ impl WakerContext {
 pub enum Kind {
     /// A socket became readable (`sock:sk_data_ready`) and woke a target.
     /// The task is the one on the CPU when it fired.
-    SockReady { sock: SockInfo, seq: u64 },
+    SockReady {
+        sock: SockInfo,
+        seq: u64,
+        /// The hook that fired: data arrived, or the TCP state changed (FIN, RST).
+        hook: ReadyHook,
+        /// For a state change, the state it moved to.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        new_state: Option<i32>,
+    },
     /// A target thread was woken. The task is the waker.
     Wake {
         target: Task,
@@ -346,7 +364,8 @@ pub fn decode(data: &[u8]) -> Result<Event, DecodeError> {
         1 => {
             let r: types::nd_sock_ready = need(tag, data)?;
             let s = sock(&r.sock).unwrap_or_else(|| null_sock(r.sock.sk));
-            Kind::SockReady { sock: s, seq: r.seq }
+            let (hook, new_state) = if r.hook == 2 { (ReadyHook::InetSockSetState, Some(r.newstate)) } else { (ReadyHook::SkDataReady, None) };
+            Kind::SockReady { sock: s, seq: r.seq, hook, new_state }
         }
         2 => {
             let r: types::nd_wake = need(tag, data)?;

@@ -70,5 +70,11 @@ pub fn ensure_tracefs() -> Result<PathBuf> {
 /// Whether the classic tracepoint `<category>:<name>` exists in the mounted
 /// tracefs (`events/<category>/<name>/id`). False when tracefs is not mounted.
 pub fn has_tracepoint(category: &str, name: &str) -> bool {
-    tracefs_dir().is_some_and(|dir| dir.join("events").join(category).join(name).join("id").is_file())
+    tracefs_dir().is_some_and(|dir| {
+        dir.join("events")
+            .join(category)
+            .join(name)
+            .join("id")
+            .is_file()
+    })
 }

@@ -51,6 +51,7 @@ struct nd_epoll_ctl _nd_epoll_ctl = {};
 enum nd_rec_type _nd_rec_type = 0;
 enum nd_loss _nd_loss = 0;
 enum nd_syscall _nd_syscall = 0;
+enum nd_ready_hook _nd_ready_hook = 0;
 
 __u64 ready_seq = 0;
 
@@ -116,10 +117,9 @@ struct ready_slot {
 	__u64 sk;
 	__u64 ts;
 	__u64 seq;
+	__u32 hook;
+	__s32 newstate;
 	__u32 emitted;
-	__u32 pid;
-	__u32 tid;
-	char comm[ND_COMM_LEN];
 };
 
 struct {
@@ -283,22 +283,26 @@ static __always_inline struct thread_state *thread_get(__u32 tid)
 
 /* ---- socket and scheduler hooks ---------------------------------------- */
 
-SEC("tp_btf/sk_data_ready")
-int BPF_PROG(nd_sk_data_ready, const struct sock *sk)
+static __always_inline void slot_set(const struct sock *sk, __u32 hook, int newstate)
 {
 	__u32 zero = 0;
 	struct ready_slot *slot = bpf_map_lookup_elem(&ready, &zero);
-	__u64 id;
 
 	if (!slot)
-		return 0;
-	id = bpf_get_current_pid_tgid();
+		return;
 	slot->sk = (__u64)sk;
 	slot->ts = bpf_ktime_get_ns();
 	slot->seq = __sync_fetch_and_add(&ready_seq, 1) + 1;
+	slot->hook = hook;
+	slot->newstate = newstate;
 	slot->emitted = 0;
-	slot->pid = id >> 32;
-	slot->tid = (__u32)id;
+}
+
+/* Remember the socket; a target wake-up on this CPU right after is its doing. */
+SEC("tp_btf/sk_data_ready")
+int BPF_PROG(nd_sk_data_ready, const struct sock *sk)
+{
+	slot_set(sk, ND_HOOK_DATA_READY, 0);
 	return 0;
 }
 
@@ -329,6 +333,8 @@ int BPF_PROG(nd_sched_waking, struct task_struct *p)
 				hdr_current(&r->hdr);
 				fill_sock(&r->sock, (struct sock *)sk);
 				r->seq = seq;
+				r->hook = slot->hook;
+				r->newstate = slot->newstate;
 				bpf_ringbuf_submit(r, 0);
 				slot->emitted = 1;
 				remember_sock(sk);
@@ -448,6 +454,8 @@ int BPF_PROG(nd_inet_sock_set_state, const struct sock *sk, const int oldstate, 
 	__u64 key = (__u64)sk;
 	struct nd_sock_state *r;
 
+	/* A FIN or RST wakes the owner through sk_state_change, not sk_data_ready. */
+	slot_set(sk, ND_HOOK_STATE_CHANGE, newstate);
 	if (!bpf_map_lookup_elem(&known_socks, &key))
 		return 0;
 	r = reserve(sizeof(*r), ND_REC_SOCK_STATE);

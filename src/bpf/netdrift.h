@@ -36,6 +36,12 @@ enum nd_loss {
 	ND_LOSS_MAX = 4,
 };
 
+/* What made a socket ready. */
+enum nd_ready_hook {
+	ND_HOOK_DATA_READY = 1,		/* sock:sk_data_ready */
+	ND_HOOK_STATE_CHANGE = 2,	/* sock:inet_sock_set_state (FIN, RST, connect done) */
+};
+
 /* Which syscall produced an epoll or accept record. */
 enum nd_syscall {
 	ND_SYS_EPOLL_WAIT = 1,
@@ -73,6 +79,8 @@ struct nd_sock_ready {
 	struct nd_hdr hdr;	/* task on the CPU when it fired (the waker side) */
 	struct nd_sock sock;
 	__u64 seq;		/* joins the wake records it caused */
+	__u32 hook;		/* enum nd_ready_hook */
+	__s32 newstate;		/* ND_HOOK_STATE_CHANGE: the state it moved to */
 };
 
 /* A target thread was woken (sched:sched_waking). hdr is the waker. */

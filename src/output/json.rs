@@ -87,6 +87,8 @@ mod tests {
             kind: Kind::SockReady {
                 sock: SockInfo { sk: 0xff, ino: 9, netns: 1, family: 2, protocol: 6, local: "127.0.0.1:80".parse().unwrap(), remote: "0.0.0.0:0".parse().unwrap(), state: 10 },
                 seq: 3,
+                hook: crate::events::ReadyHook::SkDataReady,
+                new_state: None,
             },
         };
         let ann = Annotation { chain: Some(4), fds: vec![(1, 3), (2, 3)], ep_fds: vec![] };
@@ -98,6 +100,6 @@ mod tests {
         let line = serde_json::to_string(&v).unwrap();
         assert!(line.contains("\\u001b"), "control chars are escaped: {line}");
         let back: Value = serde_json::from_str(&line).unwrap();
-        assert_eq!(back["comm"], "<img src=x onerror=alert(1)>\u{1b}");
+        assert_eq!(back["task"]["comm"], "<img src=x onerror=alert(1)>\u{1b}");
     }
 }

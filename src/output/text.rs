@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 
 use crate::analysis::{Action, Chain, Hop, Stats};
-use crate::events::{epoll_flags, errno_name, SockInfo, Task};
+use crate::events::{epoll_flags, errno_name, ReadyHook, SockInfo, Task};
 use crate::output::{dur, term_safe};
 use crate::symbolize::KernelSyms;
 
@@ -64,9 +64,13 @@ impl TextRenderer {
         };
         let _ = writeln!(o, "chain {}  at {}  {}{}", c.id, dur(c.start_ts.saturating_sub(self.t0)), title, if c.incomplete { "  [incomplete]" } else { "" });
         if let Some(s) = &c.sock {
+            let what = match s.hook {
+                ReadyHook::SkDataReady => "socket ready".to_string(),
+                ReadyHook::InetSockSetState => format!("state -> {}", s.sock.state_name()),
+            };
             let _ = writeln!(
                 o,
-                "  socket ready   CPU{}  in {}  sk=0x{:x} ino={} netns={}",
+                "  {what:<14} CPU{}  in {}  sk=0x{:x} ino={} netns={}",
                 s.cpu,
                 task(&s.task),
                 s.sock.sk,
@@ -134,6 +138,9 @@ impl TextRenderer {
                 .collect();
             let more = if e.ret as usize > e.events.len() { format!(" (+{} more)", e.ret as usize - e.events.len()) } else { String::new() };
             let _ = writeln!(o, "  {cont}   {}({}) {:>9}  returned {}: {}{}", e.syscall.name(), e.epfd, rel(e.ts), e.ret, list.join(", "), more);
+        }
+        if h.preemptions > 0 {
+            let _ = writeln!(o, "  {cont}   preempted {} time(s), {} waiting for a CPU again (involuntary switches)", h.preemptions, dur(h.preempted_ns));
         }
         if let Some(ts) = h.slept_again {
             let _ = writeln!(o, "  {cont}   asleep again {:>9}  epoll_wait found nothing: woken for nothing", rel(ts));
