@@ -18,7 +18,7 @@ pub enum Error {
     NotPrivileged,
     #[error("this kernel has no BTF at /sys/kernel/btf/vmlinux: build it with CONFIG_DEBUG_INFO_BTF=y (netdrift needs BTF for CO-RE and tp_btf)")]
     NoBtf,
-    #[error("cannot write {path}: {source}")]
+    #[error("cannot write {path} (choose a writable path for --output-file/--ready-file)")]
     Output {
         path: PathBuf,
         #[source]
@@ -40,6 +40,7 @@ impl Error {
             | Error::NoSuchPid(_)
             | Error::NoSuchTid(_)
             | Error::NoSuchComm(_)
+            | Error::NotPrivileged
             | Error::Output { .. } => 2,
             _ => 1,
         }

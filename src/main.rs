@@ -13,7 +13,17 @@ use netdrift::procfs;
 use netdrift::trace::{self, Sink, TraceOptions};
 
 fn main() {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) if matches!(e.kind(), clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion | clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand) => e.exit(),
+        Err(e) => {
+            // One line, like every other error; --help has the rest.
+            let text = e.render().to_string();
+            let first = text.lines().next().unwrap_or("bad arguments").trim_start_matches("error: ");
+            eprintln!("netdrift: {first} (see netdrift --help)");
+            std::process::exit(2);
+        }
+    };
     let res = match cli.command {
         Command::Trace(a) => cmd_trace(a),
         Command::Demo(a) => cmd_demo(a),
@@ -90,10 +100,13 @@ fn cmd_trace(a: TraceArgs) -> anyhow::Result<()> {
     opts.duration = a.duration.map(Duration::from_secs_f64);
     opts.ready_file = a.ready_file.clone();
     trace::install_signal_handlers();
-    if !a.out.json {
-        eprintln!("netdrift: tracing {}. Ctrl-C to end.", describe_targets(&opts.probe));
-    }
-    trace::run(opts).context("trace")?;
+    let what = describe_targets(&opts.probe);
+    let until = match a.duration {
+        Some(d) => format!("for {d} s (Ctrl-C ends it sooner)"),
+        None => "until Ctrl-C or the targets exit".to_string(),
+    };
+    opts.on_ready = Some(Box::new(move || eprintln!("netdrift: tracing {what} {until}")));
+    trace::run(opts)?;
     Ok(())
 }
 
@@ -170,7 +183,7 @@ fn cmd_demo(a: DemoArgs) -> anyhow::Result<()> {
         }));
     }
     trace::install_signal_handlers();
-    let res = trace::run(opts).context("demo trace");
+    let res = trace::run(opts);
     let stats = server.shutdown().context("stopping the demo server")?;
     res?;
     let client = client_result.lock().unwrap().take();

@@ -189,9 +189,18 @@ impl Enricher {
 /// Run a trace until the duration ends, a signal arrives, the targets exit
 /// or `opts.stop` is set.
 pub fn run(mut opts: TraceOptions) -> Result<TraceResult> {
+    crate::probes::preflight()?;
     let mut out = open_sink(&opts.sink)?;
     let mut open_object = MaybeUninit::uninit();
-    let probes = Probes::load(&opts.probe, &mut open_object)?;
+    let probes = match Probes::load(&opts.probe, &mut open_object) {
+        Ok(p) => p,
+        Err(e) => {
+            if let Sink::File(p) = &opts.sink {
+                let _ = std::fs::remove_file(partial_path(p));
+            }
+            return Err(e);
+        }
+    };
     let t0 = monotonic_ns();
     let started = Instant::now();
 

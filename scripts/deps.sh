@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Install the Debian packages netdrift needs, only those missing.
+#   scripts/deps.sh build   # to build: clang, libelf, zlib, pkg-config
+#   scripts/deps.sh test    # to build and run every test (real servers, bpftrace)
+set -euo pipefail
+
+build_pkgs=(clang llvm libelf-dev zlib1g-dev pkg-config make)
+test_pkgs=(nginx redis-server memcached libevent-dev g++ curl bpftrace bpftool procps iproute2)
+
+case "${1:-build}" in
+  build) want=("${build_pkgs[@]}") ;;
+  test) want=("${build_pkgs[@]}" "${test_pkgs[@]}") ;;
+  *) echo "usage: $0 build|test" >&2; exit 2 ;;
+esac
+
+missing=()
+for p in "${want[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "netdrift: missing packages: ${missing[*]}; run as root or: sudo apt-get install ${missing[*]}" >&2
+    exit 1
+  fi
+  echo "netdrift: installing ${missing[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  # Servers are started by the tests themselves, on their own ports.
+  printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  rm -f /usr/sbin/policy-rc.d
+fi
+
+if ! command -v cargo >/dev/null; then
+  for d in "$HOME/.cargo/bin" /usr/local/cargo/bin; do
+    [ -x "$d/cargo" ] && { echo "netdrift: cargo is in $d: add it to PATH" >&2; exit 1; }
+  done
+  echo "netdrift: Rust is missing: install a stable toolchain (>= 1.88) with rustup (https://rustup.rs), then retry" >&2
+  exit 1
+fi

@@ -1,0 +1,189 @@
+//! CLI tier: usage errors (no root needed) and the trace lifetime (root).
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use assert_cmd::prelude::*;
+use predicates::prelude::*;
+
+fn nd() -> Command {
+    Command::cargo_bin("netdrift").unwrap()
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn require_root() -> bool {
+    if is_root() {
+        return true;
+    }
+    if std::env::var("NETDRIFT_SKIP_ROOT_TESTS").as_deref() == Ok("1") {
+        eprintln!("skipped: needs root (NETDRIFT_SKIP_ROOT_TESTS=1)");
+        return false;
+    }
+    panic!("this test loads BPF programs and needs root: run `sudo make test` (or set NETDRIFT_SKIP_ROOT_TESTS=1 to skip)");
+}
+
+/// One line on stderr, exit code 2, nothing on stdout.
+fn usage_error(args: &[&str], needle: &str) {
+    let out = nd().args(args).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+    assert_eq!(err.lines().count(), 1, "{args:?}: one line, got: {err}");
+    assert!(err.starts_with("netdrift: "), "{err}");
+    assert!(err.contains(needle), "{args:?}: {err:?} should contain {needle:?}");
+    assert!(out.stdout.is_empty(), "{args:?}: stdout {:?}", String::from_utf8_lossy(&out.stdout));
+}
+
+#[test]
+fn bad_input_matrix() {
+    usage_error(&["trace"], "no target");
+    usage_error(&["trace", "-p", "0"], "0 is not a valid id");
+    usage_error(&["trace", "-p", "abc"], "not a number");
+    usage_error(&["trace", "-p", "4194304"], "no process with pid 4194304");
+    usage_error(&["trace", "-t", "4194304"], "no thread with tid 4194304");
+    usage_error(&["trace", "-c", "no-such-comm-x"], "no running process or thread is named");
+    usage_error(&["trace", "-c", "a-name-longer-than-15"], "1 to 15 bytes");
+    usage_error(&["trace", "--ringbuf-size", "3", "-p", "1"], "power of two");
+    usage_error(&["trace", "-p", "1", "--", "-5"], "positive number of seconds");
+    usage_error(&["trace", "--bogus"], "unexpected argument");
+    usage_error(&["demo", "--mode", "fast"], "invalid value");
+    usage_error(&["demo", "--workers", "0"], "--workers");
+}
+
+#[test]
+fn thread_given_as_pid_is_refused() {
+    // A thread of this test process that is not the main thread.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let h = std::thread::spawn(move || {
+        // SAFETY: gettid has no preconditions.
+        tx.send(unsafe { libc::gettid() } as u32).unwrap();
+        let _ = done_rx.recv();
+    });
+    let tid = rx.recv().unwrap().to_string();
+    usage_error(&["trace", "-p", &tid], "is a thread, not a process");
+    done_tx.send(()).unwrap();
+    h.join().unwrap();
+}
+
+#[test]
+fn help_has_examples_and_every_flag_documented() {
+    let out = nd().args(["trace", "--help"]).output().unwrap();
+    let s = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(s.contains("EXAMPLES:"), "{s}");
+    for flag in ["--pid", "--tid", "--comm", "--json", "--stacks", "--output-file", "--ready-file", "--ringbuf-size", "[DURATION]"] {
+        assert!(s.contains(flag), "--help lacks {flag}: {s}");
+    }
+}
+
+#[test]
+fn not_root_gets_one_line_and_loads_nothing() {
+    if !is_root() {
+        // Already unprivileged: check directly.
+        usage_error(&["trace", "-p", "1", "1"], "needs root");
+        return;
+    }
+    let bin = assert_cmd::cargo::cargo_bin("netdrift");
+    let dir = tempfile::tempdir().unwrap();
+    let out_file = dir.path().join("o.jsonl");
+    std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"])
+        .arg(&bin)
+        .args(["trace", "-p", "1", "--json", "-o"])
+        .arg(&out_file)
+        .arg("1")
+        .output()
+        .expect("setpriv (util-linux)");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("needs root"), "{err}");
+    assert!(!out_file.exists() && std::fs::read_dir(dir.path()).unwrap().next().is_none(), "no file left behind");
+}
+
+fn wait_for(p: &Path, timeout: Duration, child: &mut std::process::Child) {
+    let t = Instant::now();
+    while !p.exists() {
+        if let Ok(Some(st)) = child.try_wait() {
+            let mut err = String::new();
+            use std::io::Read;
+            child.stderr.take().map(|mut e| e.read_to_string(&mut err));
+            panic!("netdrift exited early ({st}): {err}");
+        }
+        assert!(t.elapsed() < timeout, "no ready file after {timeout:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn sigint_ends_with_summary_and_complete_file() {
+    if !require_root() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let ready = dir.path().join("ready");
+    let out = dir.path().join("out.jsonl");
+    let mut target = Command::new("sleep").arg("30").spawn().unwrap();
+    let mut child = nd()
+        .args(["trace", "--json", "-p", &target.id().to_string(), "--ready-file"])
+        .arg(&ready)
+        .arg("-o")
+        .arg(&out)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(&ready, Duration::from_secs(20), &mut child);
+    assert!(!out.exists(), "output is FILE.partial until the end");
+    assert!(dir.path().join("out.jsonl.partial").exists());
+    // SAFETY: sending a signal to our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let o = child.wait_with_output().unwrap();
+    let _ = target.kill();
+    let _ = target.wait();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "SIGINT exits 0: {err}");
+    assert!(err.contains("interrupted"), "{err}");
+    let text = std::fs::read_to_string(&out).expect("renamed to the final path");
+    let last: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    assert_eq!(last["type"], "summary");
+    assert_eq!(last["reason"], "interrupted");
+    assert!(last["lost"]["ringbuf"].is_u64());
+    let first: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    assert_eq!(first["type"], "start");
+}
+
+#[test]
+fn target_exit_ends_the_trace() {
+    if !require_root() {
+        return;
+    }
+    let mut target = Command::new("sleep").arg("1").spawn().unwrap();
+    let t = Instant::now();
+    let o = nd().args(["trace", "-p", &target.id().to_string(), "30"]).output().unwrap();
+    let _ = target.wait();
+    let all = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(o.status.success(), "{all}");
+    assert!(all.contains("target exited"), "{all}");
+    assert!(t.elapsed() < Duration::from_secs(10), "ended with the target, not the duration");
+}
+
+#[test]
+fn duration_and_doctor() {
+    if !require_root() {
+        return;
+    }
+    let mut target = Command::new("sleep").arg("30").spawn().unwrap();
+    nd().args(["trace", "-p", &target.id().to_string(), "1"]).assert().success().stdout(predicate::str::contains("duration reached"));
+    let _ = target.kill();
+    let _ = target.wait();
+    nd().arg("doctor").assert().success().stdout(predicate::str::contains("tp:sk_data_ready"));
+    let out = nd().args(["doctor", "--json"]).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["checks"].as_array().unwrap().iter().any(|c| c["name"] == "prog:tp_btf" && c["ok"] == true));
+}

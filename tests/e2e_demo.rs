@@ -1,0 +1,194 @@
+//! Root end-to-end test: trace the built-in demo server (two workers, one
+//! shared listen socket) while a client opens K connections, and check the
+//! chains against what the client knows.
+
+use std::collections::HashSet;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use netdrift::analysis::{Action, Chain};
+use netdrift::demo::{self, DemoConfig, DemoServer, ListenMode};
+use netdrift::probes::ProbeConfig;
+use netdrift::trace::{self, TraceOptions};
+
+/// BPF needs root; CI is root. Say so loudly rather than skip silently.
+fn require_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    if std::env::var("NETDRIFT_SKIP_ROOT_TESTS").as_deref() == Ok("1") {
+        eprintln!("skipped: needs root (NETDRIFT_SKIP_ROOT_TESTS=1)");
+        return false;
+    }
+    panic!("this test loads BPF programs and needs root: run `sudo make test` (or set NETDRIFT_SKIP_ROOT_TESTS=1 to skip)");
+}
+
+// One trace at a time: the tests share the kernel's programs and CPUs.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+struct Run {
+    chains: Vec<Chain>,
+    ports: Vec<u16>,
+    tids: Vec<u32>,
+    accepted: u64,
+    lost: u64,
+}
+
+fn run_demo(mode: ListenMode, k: usize) -> Run {
+    let server = DemoServer::start(&DemoConfig { workers: 2, mode, port: 0 }).expect("demo server");
+    let addr = server.addr();
+    let tids = server.worker_tids();
+    let stop = Arc::new(AtomicBool::new(false));
+    let ports: Arc<Mutex<Vec<u16>>> = Arc::default();
+    let opts = TraceOptions {
+        probe: ProbeConfig { tids: tids.clone(), follow_children: false, ..Default::default() },
+        keep_chains: true,
+        quiet: true,
+        stop: Some(stop.clone()),
+        on_ready: Some({
+            let stop = stop.clone();
+            let ports = ports.clone();
+            Box::new(move || {
+                std::thread::spawn(move || {
+                    std::thread::sleep(Duration::from_millis(100));
+                    let conns = demo::run_client(addr, k, Duration::from_millis(40)).expect("client");
+                    assert!(conns.iter().all(|c| c.ok), "every request answered");
+                    *ports.lock().unwrap() = conns.iter().map(|c| c.local_port).collect();
+                    std::thread::sleep(Duration::from_millis(300));
+                    stop.store(true, Ordering::SeqCst);
+                });
+            })
+        }),
+        ..Default::default()
+    };
+    let res = trace::run(opts).expect("trace");
+    let stats = server.shutdown().expect("shutdown");
+    let ports = ports.lock().unwrap().clone();
+    assert_eq!(ports.len(), k, "client finished");
+    Run { chains: res.chains, ports, tids, accepted: stats.accepted(), lost: res.losses.ringbuf }
+}
+
+fn accepts(chains: &[Chain]) -> Vec<(u32, u16, i32)> {
+    let mut v = Vec::new();
+    for c in chains {
+        for h in &c.hops {
+            for a in &h.actions {
+                if let Action::Accept { ret, peer, .. } = a {
+                    if *ret >= 0 {
+                        v.push((h.target.tid, peer.as_ref().map(|p| p.remote.port()).unwrap_or(0), *ret));
+                    }
+                }
+            }
+        }
+    }
+    v
+}
+
+#[test]
+fn demo_shared_listener_k_connections() {
+    if !require_root() {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let k = 8;
+    let r = run_demo(ListenMode::Shared, k);
+    assert_eq!(r.lost, 0, "no ring-buffer loss at default size");
+    assert_eq!(r.accepted, k as u64);
+
+    // Exactly K accepts, their peers are the client's real local ports.
+    let acc = accepts(&r.chains);
+    assert_eq!(acc.len(), k, "accepts in chains: {acc:?}");
+    let mut got: Vec<u16> = acc.iter().map(|a| a.1).collect();
+    let mut want = r.ports.clone();
+    got.sort_unstable();
+    want.sort_unstable();
+    assert_eq!(got, want, "accept peer ports == client local ports");
+    // The accepting thread is a worker.
+    assert!(acc.iter().all(|a| r.tids.contains(&a.0)), "accepted by a worker: {acc:?} workers {:?}", r.tids);
+
+    for c in &r.chains {
+        for h in &c.hops {
+            // Every woken thread in a chain is a worker.
+            assert!(r.tids.contains(&h.target.tid), "chain {} woke non-worker {:?}", c.id, h.target);
+            // Run-queue wait fits inside the chain.
+            if let (Some(w), Some(o)) = (&h.wake, &h.on_cpu) {
+                assert!(o.ts >= w.ts, "on CPU before the wake-up in chain {}", c.id);
+                assert!(o.runq_ns <= c.end_ts() - c.start_ts, "run-queue wait {} longer than chain {} ({} ns)", o.runq_ns, c.id, c.end_ts() - c.start_ts);
+            }
+        }
+    }
+
+    // Each connection's listen-socket chain: the accept sits in a chain that
+    // started at the listen socket and whose woken threads are workers.
+    let listen_chains: Vec<&Chain> = r.chains.iter().filter(|c| c.sock.as_ref().map(|s| s.sock.is_listen()).unwrap_or(false)).collect();
+    assert_eq!(listen_chains.len(), k, "one listen-socket chain per connection");
+    for c in &listen_chains {
+        assert_eq!(c.hops.iter().filter(|h| h.accepted()).count(), 1, "exactly one winner in chain {}: {c:#?}", c.id);
+        let s = c.sock.as_ref().unwrap();
+        assert!(!s.fds.is_empty(), "listen socket fd resolved");
+    }
+    // With two CPUs and both workers asleep, the shared socket wakes both.
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    if cpus >= 2 {
+        let herd = listen_chains.iter().filter(|c| c.woken() == 2).count();
+        assert!(herd * 2 >= k, "most connections woke both workers: {herd}/{k}");
+        let wasted: usize = listen_chains.iter().map(|c| c.wasted()).sum();
+        assert_eq!(wasted, herd, "every herd chain has one wake-up for nothing");
+    }
+
+    // Data chains: a readable connection socket, handled by the thread that accepted it.
+    let accepted_by: HashSet<(u32, u16)> = acc.iter().map(|a| (a.0, a.1)).collect();
+    let data: Vec<&Chain> = r
+        .chains
+        .iter()
+        .filter(|c| c.sock.as_ref().map(|s| !s.sock.is_listen() && r.ports.contains(&s.sock.remote.port())).unwrap_or(false))
+        .collect();
+    for c in &data {
+        let port = c.sock.as_ref().unwrap().sock.remote.port();
+        for h in &c.hops {
+            assert!(accepted_by.contains(&(h.target.tid, port)), "connection {port} handled by the thread that accepted it");
+        }
+    }
+}
+
+#[test]
+fn demo_exclusive_and_reuseport_wake_one() {
+    if !require_root() {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    for mode in [ListenMode::Exclusive, ListenMode::ReusePort] {
+        let k = 6;
+        let r = run_demo(mode, k);
+        assert_eq!(accepts(&r.chains).len(), k, "{mode:?}");
+        let listen: Vec<&Chain> = r.chains.iter().filter(|c| c.sock.as_ref().map(|s| s.sock.is_listen()).unwrap_or(false)).collect();
+        assert_eq!(listen.len(), k, "{mode:?}: one listen chain per connection");
+        for c in listen {
+            assert_eq!(c.woken(), 1, "{mode:?}: chain {} woke one worker: {c:#?}", c.id);
+            assert_eq!(c.wasted(), 0, "{mode:?}");
+        }
+    }
+}
+
+#[test]
+fn demo_command_prints_the_herd() {
+    if !require_root() {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let out = Command::new(env!("CARGO_BIN_EXE_netdrift")).args(["demo", "-n", "4"]).output().expect("run demo");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "demo failed: {stderr}");
+    assert!(stdout.contains("LISTEN 127.0.0.1:"), "{stdout}");
+    assert!(stdout.contains("accept4(") && stdout.contains("peer 127.0.0.1:"), "{stdout}");
+    assert!(stdout.contains("socket readable via epoll"), "{stdout}");
+    assert!(stdout.contains("lost: 0 records"), "{stdout}");
+    if std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) >= 2 {
+        assert!(stdout.contains("thundering herd"), "{stdout}");
+    }
+    assert!(stderr.contains("client got 4/4 responses"), "{stderr}");
+}
