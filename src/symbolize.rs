@@ -59,7 +59,8 @@ impl KernelSyms {
         addrs.iter().map(|a| self.cache.get(a).cloned().flatten()).collect()
     }
 
-    /// `name+0x..`-free frame names for printing; unknown frames as hex.
+    /// Frame names for printing, innermost first, without netdrift's own
+    /// BPF frames on top; unknown frames as `[unknown] 0xADDR`.
     pub fn frames(&mut self, addrs: &[u64]) -> Vec<String> {
         self.names(addrs)
             .into_iter()
@@ -68,8 +69,14 @@ impl KernelSyms {
                 Some(n) => n.to_string(),
                 None => format!("[unknown] 0x{a:x}"),
             })
+            .skip_while(|f| is_tracer_frame(f))
             .collect()
     }
+}
+
+/// Frames of the tracer itself (the BPF program and its trampoline).
+fn is_tracer_frame(f: &str) -> bool {
+    f.starts_with("bpf_prog_") || f.starts_with("bpf_trace_run") || f.starts_with("__bpf_trace_") || f.starts_with("__traceiter_")
 }
 
 /// What the waker's stack says: the cause, the context, whether epoll relayed it.

@@ -1,0 +1,465 @@
+//! End to end on the real Debian nginx: `netdrift trace -p <master> --json`
+//! must see every client connection accepted by a worker, with the right
+//! ports, a chain, and the epoll fd mapping of the accepted fd.
+//!
+//! Needs root (it loads BPF programs) and nginx (`apt-get install nginx`).
+//! Without root it fails, unless NETDRIFT_SKIP_ROOT_TESTS=1 is set.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const NGINX: &str = "/usr/sbin/nginx";
+/// Client connections.
+const K: usize = 10;
+/// netdrift's own duration: a backstop, the test stops it with SIGINT.
+const TRACE_DURATION_S: &str = "30";
+
+/// Whether to run a root test: true as root; false (with a message) when
+/// NETDRIFT_SKIP_ROOT_TESTS=1; otherwise the test fails.
+fn root_or_skip(test: &str) -> bool {
+    if std::env::var("NETDRIFT_SKIP_ROOT_TESTS").as_deref() == Ok("1") {
+        eprintln!("{test}: skipped: needs root (NETDRIFT_SKIP_ROOT_TESTS=1)");
+        return false;
+    }
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "{test} needs root (it loads BPF programs and starts nginx): run `sudo -E cargo test --test e2e_nginx`, \
+         or set NETDRIFT_SKIP_ROOT_TESTS=1 to skip it"
+    );
+    true
+}
+
+fn nginx_binary() -> PathBuf {
+    let p = Path::new(NGINX);
+    if p.exists() {
+        return p.to_path_buf();
+    }
+    if let Ok(path) = std::env::var("PATH") {
+        for dir in std::env::split_paths(&path) {
+            let c = dir.join("nginx");
+            if c.exists() {
+                return c;
+            }
+        }
+    }
+    panic!("nginx not found ({NGINX} or on PATH): install nginx (apt-get install nginx)");
+}
+
+/// A port that was free a moment ago.
+fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    l.local_addr().expect("local_addr").port()
+}
+
+fn pid_alive(pid: u32) -> bool {
+    // A zombie still has a /proc entry but is gone for our purposes.
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => stat_fields(&s).map(|f| f.0 != 'Z').unwrap_or(false),
+        Err(_) => false,
+    }
+}
+
+/// (state, ppid) from the text of /proc/PID/stat (comm may contain spaces and parens).
+fn stat_fields(stat: &str) -> Option<(char, u32)> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut it = rest.split_whitespace();
+    let state = it.next()?.chars().next()?;
+    let ppid = it.next()?.parse().ok()?;
+    Some((state, ppid))
+}
+
+/// Live children of `parent`, from /proc/*/stat.
+fn children_of(parent: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for ent in fs::read_dir("/proc").expect("read /proc").flatten() {
+        let Ok(pid) = ent.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        if let Some((state, ppid)) = stat_fields(&stat) {
+            if ppid == parent && state != 'Z' {
+                out.push(pid);
+            }
+        }
+    }
+    out.sort_unstable();
+    out
+}
+
+fn signal(pid: u32, sig: libc::c_int) {
+    // SAFETY: kill has no memory-safety preconditions; pid is one we started.
+    unsafe {
+        libc::kill(pid as libc::pid_t, sig);
+    }
+}
+
+/// A private nginx, stopped (SIGTERM, then SIGKILL) when dropped, even on panic.
+struct Nginx {
+    master: u32,
+    workers: Vec<u32>,
+    port: u16,
+}
+
+impl Nginx {
+    fn start(bin: &Path, dir: &Path) -> Nginx {
+        let mut last_err = String::new();
+        // The free port can be taken between our probe and nginx's bind: retry.
+        for _attempt in 0..3 {
+            let port = free_port();
+            let conf = dir.join("nginx.conf");
+            let pid_file = dir.join("nginx.pid");
+            let error_log = dir.join("error.log");
+            fs::write(
+                &conf,
+                format!(
+                    "worker_processes 2;\n\
+                     daemon on;\n\
+                     pid {pid};\n\
+                     error_log {err};\n\
+                     events {{ worker_connections 256; }}\n\
+                     http {{\n\
+                     \x20   access_log off;\n\
+                     \x20   server {{\n\
+                     \x20       listen 127.0.0.1:{port};\n\
+                     \x20       location / {{ return 200 \"ok\\n\"; }}\n\
+                     \x20   }}\n\
+                     }}\n",
+                    pid = pid_file.display(),
+                    err = error_log.display(),
+                ),
+            )
+            .expect("write nginx.conf");
+            let out = Command::new(bin)
+                .arg("-c")
+                .arg(&conf)
+                .arg("-p")
+                .arg(dir)
+                .output()
+                .expect("run nginx");
+            if !out.status.success() {
+                last_err = format!(
+                    "nginx exited with {}: {}{}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr),
+                    fs::read_to_string(&error_log).unwrap_or_default()
+                );
+                if last_err.contains("Address already in use") {
+                    continue;
+                }
+                panic!("could not start nginx: {last_err}");
+            }
+            // daemon on: the master writes its pid file, then forks the workers.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            let master = loop {
+                if let Some(p) = fs::read_to_string(&pid_file).ok().and_then(|s| s.trim().parse::<u32>().ok()) {
+                    break p;
+                }
+                assert!(Instant::now() < deadline, "nginx wrote no pid file {}", pid_file.display());
+                std::thread::sleep(Duration::from_millis(20));
+            };
+            // From here on the guard owns the master.
+            let mut n = Nginx { master, workers: Vec::new(), port };
+            loop {
+                let kids = children_of(master);
+                if kids.len() == 2 {
+                    n.workers = kids;
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "nginx master {master} has children {kids:?}, expected 2 workers; error.log:\n{}",
+                    fs::read_to_string(&error_log).unwrap_or_default()
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            return n;
+        }
+        panic!("could not start nginx on a free port: {last_err}");
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let mut all = vec![self.master];
+        all.extend(&self.workers);
+        signal(self.master, libc::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while all.iter().any(|&p| pid_alive(p)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        for &p in &all {
+            if pid_alive(p) {
+                eprintln!("nginx pid {p} ignored SIGTERM: SIGKILL");
+                signal(p, libc::SIGKILL);
+            }
+        }
+    }
+}
+
+/// netdrift running in the background, killed when dropped if still running.
+struct Tracer {
+    child: Child,
+    stderr_path: PathBuf,
+}
+
+impl Tracer {
+    fn stderr(&self) -> String {
+        fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    fn wait_timeout(&mut self, t: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + t;
+        loop {
+            if let Some(st) = self.child.try_wait().expect("try_wait netdrift") {
+                return Some(st);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Tracer {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            signal(self.child.id(), libc::SIGINT);
+            if self.wait_timeout(Duration::from_secs(5)).is_none() {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+            }
+        }
+    }
+}
+
+/// One request on a new connection; returns the client's local port.
+fn request(port: u16) -> u16 {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap_or_else(|e| panic!("connect to nginx on {port}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let local = s.local_addr().unwrap().port();
+    s.write_all(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n").expect("write request");
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).expect("read response");
+    assert!(resp.starts_with("HTTP/1.1 200"), "nginx answered (client port {local}):\n{resp}");
+    assert!(resp.contains("ok"), "no \"ok\" in the body (client port {local}):\n{resp}");
+    local
+}
+
+fn ty(v: &Value) -> &str {
+    v["type"].as_str().unwrap_or("")
+}
+
+fn pid_of(v: &Value) -> u32 {
+    v["task"]["pid"].as_u64().unwrap_or(0) as u32
+}
+
+fn ts(v: &Value) -> u64 {
+    v["ts"].as_u64().unwrap_or(0)
+}
+
+fn addr(v: &Value) -> Option<SocketAddr> {
+    v.as_str()?.parse().ok()
+}
+
+fn show(evs: &[&Value]) -> String {
+    evs.iter().map(|v| format!("  {v}\n")).collect()
+}
+
+#[test]
+fn nginx_accepts_are_traced_with_ports_chains_and_epoll_fds() {
+    if !root_or_skip("nginx_accepts_are_traced_with_ports_chains_and_epoll_fds") {
+        return;
+    }
+    let nginx_bin = nginx_binary();
+    let started = Instant::now();
+    let tmp = tempfile::Builder::new().prefix("netdrift-e2e-nginx").tempdir().expect("tempdir");
+    let dir = tmp.path();
+
+    let ngx = Nginx::start(&nginx_bin, dir);
+    let (master, workers, port) = (ngx.master, ngx.workers.clone(), ngx.port);
+    eprintln!("nginx: master {master}, workers {workers:?}, port {port}");
+
+    // Trace it.
+    let out_path = dir.join("out.jsonl");
+    let ready = dir.join("ready");
+    let stderr_path = dir.join("netdrift.stderr");
+    let child = Command::new(env!("CARGO_BIN_EXE_netdrift"))
+        .arg("trace")
+        .arg("-p")
+        .arg(master.to_string())
+        .arg("--json")
+        .arg("--output-file")
+        .arg(&out_path)
+        .arg("--ready-file")
+        .arg(&ready)
+        .arg(TRACE_DURATION_S)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(fs::File::create(dir.join("netdrift.stdout")).unwrap()))
+        .stderr(Stdio::from(fs::File::create(&stderr_path).unwrap()))
+        .spawn()
+        .expect("spawn netdrift");
+    let mut tracer = Tracer { child, stderr_path };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !ready.exists() {
+        if let Some(st) = tracer.child.try_wait().unwrap() {
+            panic!("netdrift exited ({st}) before writing its ready file; stderr:\n{}", tracer.stderr());
+        }
+        assert!(Instant::now() < deadline, "netdrift wrote no ready file in 20 s; stderr:\n{}", tracer.stderr());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!("netdrift ready after {:?}", started.elapsed());
+
+    // Client: K sequential requests, each on a new connection.
+    let mut client_ports = Vec::new();
+    for i in 0..K {
+        if i > 0 {
+            std::thread::sleep(Duration::from_millis(30));
+        }
+        client_ports.push(request(port));
+    }
+    eprintln!("client ports: {client_ports:?}");
+
+    // Stop the trace.
+    std::thread::sleep(Duration::from_millis(500));
+    signal(tracer.child.id(), libc::SIGINT);
+    let status = tracer
+        .wait_timeout(Duration::from_secs(15))
+        .unwrap_or_else(|| panic!("netdrift did not exit within 15 s of SIGINT; stderr:\n{}", tracer.stderr()));
+    let stderr = tracer.stderr();
+    assert!(status.success(), "netdrift exited with {status}; stderr:\n{stderr}");
+    eprintln!("netdrift stderr:\n{stderr}");
+
+    let mut partial = out_path.as_os_str().to_owned();
+    partial.push(".partial");
+    assert!(!Path::new(&partial).exists(), "{} is left over after a clean exit", Path::new(&partial).display());
+    let text = fs::read_to_string(&out_path)
+        .unwrap_or_else(|e| panic!("read {}: {e} (netdrift writes FILE.partial, then renames it)\nstderr:\n{stderr}", out_path.display()));
+    let lines: Vec<Value> = text
+        .lines()
+        .enumerate()
+        .map(|(i, l)| serde_json::from_str(l).unwrap_or_else(|e| panic!("line {} is not JSON ({e}): {l}", i + 1)))
+        .collect();
+    assert!(lines.len() >= 2, "output has {} lines:\n{text}", lines.len());
+    let first = &lines[0];
+    let summary = lines.last().unwrap();
+    assert_eq!(ty(first), "start", "first line: {first}");
+    assert_eq!(ty(summary), "summary", "last line: {summary}");
+    let start_pids: BTreeSet<u64> = first["pids"].as_array().map(|a| a.iter().filter_map(Value::as_u64).collect()).unwrap_or_default();
+    assert!(start_pids.contains(&(master as u64)), "start line does not list the master {master}: {first}");
+    let events: Vec<&Value> = lines[1..lines.len() - 1].iter().collect();
+    for e in &events {
+        assert!(
+            e["ts"].is_u64() && e["cpu"].is_u64() && e["task"]["pid"].is_u64() && e["task"]["tid"].is_u64() && e["task"]["comm"].is_string() && e.get("chain").is_some(),
+            "event lacks ts/cpu/task/chain: {e}"
+        );
+    }
+    let by_type = |t: &str| -> Vec<&Value> { events.iter().copied().filter(|e| ty(e) == t).collect() };
+    let is_worker = |p: u32| workers.contains(&p);
+
+    // No records lost.
+    assert_eq!(summary["lost"]["ringbuf"].as_u64(), Some(0), "ring buffer lost records: {summary}");
+
+    // Accepts: exactly K successful ones, all in workers, one per client connection.
+    let accepts = by_type("accept");
+    let ok_accepts: Vec<&Value> = accepts.iter().copied().filter(|e| e["ret"].as_i64().map(|r| r >= 0).unwrap_or(false)).collect();
+    assert_eq!(ok_accepts.len(), K, "expected {K} accepts with ret >= 0, got {}:\n{}", ok_accepts.len(), show(&accepts));
+    let not_in_worker: Vec<&Value> = ok_accepts.iter().copied().filter(|e| !is_worker(pid_of(e))).collect();
+    assert!(not_in_worker.is_empty(), "accepts not made by a worker {workers:?} (master {master}):\n{}", show(&not_in_worker));
+    let mut traced_ports = Vec::new();
+    for a in &ok_accepts {
+        let remote = addr(&a["peer"]["remote"]).unwrap_or_else(|| panic!("accept without peer.remote: {a}"));
+        let local = addr(&a["peer"]["local"]).unwrap_or_else(|| panic!("accept without peer.local: {a}"));
+        assert_eq!(remote.ip(), IpAddr::V4(Ipv4Addr::LOCALHOST), "peer.remote is not 127.0.0.1: {a}");
+        assert_eq!(local.port(), port, "peer.local port is not nginx's {port}: {a}");
+        assert!(!a["chain"].is_null(), "accept has no chain: {a}");
+        traced_ports.push(remote.port());
+    }
+    let mut want = client_ports.clone();
+    want.sort_unstable();
+    traced_ports.sort_unstable();
+    assert_eq!(traced_ports, want, "peer.remote ports of the accepts != the client's local ports:\n{}", show(&ok_accepts));
+
+    // Each accepted fd later comes back from epoll_wait in the same process,
+    // mapped to that fd (epoll data -> fd through the traced epoll_ctl),
+    // before the fd is accepted again; and is closed by that process.
+    let epoll_exits = by_type("epoll_exit");
+    let closes = by_type("close");
+    for a in &ok_accepts {
+        let (pid, fd, at) = (pid_of(a), a["ret"].as_i64().unwrap(), ts(a));
+        let client = addr(&a["peer"]["remote"]).unwrap().port();
+        let until = ok_accepts
+            .iter()
+            .filter(|b| pid_of(b) == pid && b["ret"].as_i64() == Some(fd) && ts(b) > at)
+            .map(|b| ts(b))
+            .min()
+            .unwrap_or(u64::MAX);
+        let found = epoll_exits.iter().any(|e| {
+            pid_of(e) == pid
+                && ts(e) > at
+                && ts(e) < until
+                && e["events"].as_array().map(|evs| evs.iter().any(|x| x["fd"].as_i64() == Some(fd))).unwrap_or(false)
+        });
+        if !found {
+            let related: Vec<&Value> = events
+                .iter()
+                .copied()
+                .filter(|e| pid_of(e) == pid && ts(e) >= at && ts(e) < until && matches!(ty(e), "epoll_exit" | "epoll_ctl" | "epoll_map" | "close"))
+                .collect();
+            panic!(
+                "no epoll_exit of pid {pid} after the accept of fd {fd} (client port {client}) returned an event with \"fd\": {fd}\naccept:\n  {a}\nepoll events of pid {pid} in between:\n{}",
+                show(&related)
+            );
+        }
+        let closed = closes.iter().any(|c| {
+            pid_of(c) == pid && c["fd"].as_i64() == Some(fd) && ts(c) > at && ts(c) <= until && addr(&c["sock"]["remote"]).map(|r| r.port()) == Some(client)
+        });
+        if !closed {
+            let related: Vec<&Value> = closes.iter().copied().filter(|c| pid_of(c) == pid && ts(c) > at).collect();
+            panic!("no close of fd {fd} (client port {client}) by pid {pid} after its accept:\n  {a}\ncloses of pid {pid} after it:\n{}", show(&related));
+        }
+    }
+
+    // The listen socket became ready, and /proc mapped it to fds in both workers.
+    let listen_ready: Vec<&Value> = by_type("sock_ready")
+        .into_iter()
+        .filter(|e| e["sock"]["state_name"] == "LISTEN" && addr(&e["sock"]["local"]).map(|a| a.port()) == Some(port))
+        .collect();
+    assert!(!listen_ready.is_empty(), "no sock_ready for the LISTEN socket on port {port}:\n{}", show(&by_type("sock_ready")));
+    let with_workers = listen_ready.iter().any(|e| {
+        let pids: BTreeSet<u32> = e["fds"].as_array().map(|a| a.iter().filter_map(|f| f["pid"].as_u64()).map(|p| p as u32).collect()).unwrap_or_default();
+        workers.iter().all(|w| pids.contains(w))
+    });
+    assert!(with_workers, "no LISTEN sock_ready whose fds list both workers {workers:?}:\n{}", show(&listen_ready));
+
+    // Only targets are woken.
+    let stray: Vec<&Value> = by_type("wake")
+        .into_iter()
+        .filter(|e| {
+            let p = e["target"]["pid"].as_u64().unwrap_or(0) as u32;
+            p != master && !is_worker(p)
+        })
+        .collect();
+    assert!(stray.is_empty(), "wake events for a task that is neither the master {master} nor a worker {workers:?}:\n{}", show(&stray));
+
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for e in &events {
+        *counts.entry(ty(e)).or_default() += 1;
+    }
+    eprintln!("events by type: {counts:?}; accepts per worker: {:?}; test took {:?}", {
+        let mut m: BTreeMap<u32, usize> = BTreeMap::new();
+        for a in &ok_accepts {
+            *m.entry(pid_of(a)).or_default() += 1;
+        }
+        m
+    }, started.elapsed());
+    drop(tracer);
+    drop(ngx);
+}
