@@ -220,6 +220,9 @@ static __always_inline void fill_sock(struct nd_sock *s, struct sock *sk)
 	s->protocol = BPF_CORE_READ_BITFIELD_PROBED(sk, sk_protocol);
 	s->state = BPF_CORE_READ(sk, __sk_common.skc_state);
 	s->lport = BPF_CORE_READ(sk, __sk_common.skc_num);
+	if (!s->lport)
+		/* Cleared when the port is released (-> CLOSE); the header copy stays. */
+		s->lport = bpf_ntohs(BPF_CORE_READ((struct inet_sock *)sk, inet_sport));
 	s->rport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
 	s->netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
 	s->ino = BPF_CORE_READ(sk, sk_socket, file, f_inode, i_ino);
