@@ -187,3 +187,73 @@ fn duration_and_doctor() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(v["checks"].as_array().unwrap().iter().any(|c| c["name"] == "prog:tp_btf" && c["ok"] == true));
 }
+
+fn json_lines(p: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(p).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+#[test]
+fn pid_follows_children_forked_later() {
+    if !require_root() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (ready, out) = (dir.path().join("ready"), dir.path().join("o.jsonl"));
+    // The shell forks its child only after the trace has started.
+    let mut sh = Command::new("sh").args(["-c", "read x; sleep 0.3; exit 0"]).stdin(Stdio::piped()).spawn().unwrap();
+    let mut child = nd()
+        .args(["trace", "--json", "-p", &sh.id().to_string(), "--ready-file"])
+        .arg(&ready)
+        .arg("-o")
+        .arg(&out)
+        .arg("20")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(&ready, Duration::from_secs(20), &mut child);
+    use std::io::Write;
+    sh.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    let _ = sh.wait();
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let lines = json_lines(&out);
+    let forks: Vec<_> = lines.iter().filter(|l| l["type"] == "task_new" && l["reason"] == 1).collect();
+    assert!(forks.iter().any(|l| l["child"]["comm"] == "sleep" || l["task"]["pid"] == sh.id()), "fork of the target followed: {forks:?}");
+    assert_eq!(lines.last().unwrap()["reason"], "target exited", "the trace ends with the target");
+}
+
+#[test]
+fn comm_matches_running_and_exec_later() {
+    if !require_root() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // A binary with a distinctive name gives a distinctive comm.
+    let bin = dir.path().join("ndcommprobe");
+    std::fs::copy("/bin/sleep", &bin).unwrap();
+    let mut first = Command::new(&bin).arg("30").spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let (ready, out) = (dir.path().join("ready"), dir.path().join("o.jsonl"));
+    let mut child = nd()
+        .args(["trace", "--json", "-c", "ndcommprobe", "--ready-file"])
+        .arg(&ready)
+        .arg("-o")
+        .arg(&out)
+        .arg("3")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(&ready, Duration::from_secs(20), &mut child);
+    let mut second = Command::new(&bin).arg("0.2").spawn().unwrap();
+    let _ = second.wait();
+    let o = child.wait_with_output().unwrap();
+    let _ = first.kill();
+    let _ = first.wait();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let lines = json_lines(&out);
+    assert!(lines[0]["pids"].as_array().unwrap().contains(&serde_json::json!(first.id())), "running process matched: {}", lines[0]);
+    assert!(
+        lines.iter().any(|l| l["type"] == "task_new" && l["reason"] == 2 && l["child"]["pid"] == second.id()),
+        "exec of the name joined the targets"
+    );
+}
