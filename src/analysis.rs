@@ -107,6 +107,9 @@ pub struct ReturnedEvent {
     pub data: u64,
     /// fd the data stands for, when known.
     pub fd: Option<i32>,
+    /// The socket behind that fd, when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sock: Option<SockInfo>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -273,6 +276,8 @@ pub struct Correlator {
     by_seq: HashMap<u64, (u64, ReadyHook)>,
     threads: HashMap<u32, ThreadCtx>,
     pub fds: FdTable,
+    /// Last known view of each socket inode the targets hold.
+    socks: HashMap<u64, SockInfo>,
     epoll_map: HashMap<(u32, i32, u64), i32>,
     completed: Vec<Chain>,
     pub stats: Stats,
@@ -398,6 +403,7 @@ impl Correlator {
         let mut ann = Annotation::default();
         match &ev.kind {
             Kind::SockReady { sock, seq, hook, .. } => {
+                self.remember(sock);
                 let id = self.new_chain(ev.ts);
                 let fds = self.fds.fds(sock.ino).to_vec();
                 ann.fds = fds.clone();
@@ -511,7 +517,11 @@ impl Correlator {
                 self.threads.entry(tid).or_default().in_epoll = false;
                 let returned: Vec<ReturnedEvent> = events
                     .iter()
-                    .map(|e: &EpEvent| ReturnedEvent { events: e.events, data: e.data, fd: self.epoll_map.get(&(pid, *epfd, e.data)).copied() })
+                    .map(|e: &EpEvent| {
+                        let fd = self.epoll_map.get(&(pid, *epfd, e.data)).copied();
+                        let sock = fd.and_then(|f| self.fds.ino(pid, f)).and_then(|ino| self.socks.get(&ino)).cloned();
+                        ReturnedEvent { events: e.events, data: e.data, fd, sock }
+                    })
                     .collect();
                 ann.ep_fds = returned.iter().map(|r| r.fd).collect();
                 let mut pending = self.threads.get(&tid).map(|t| t.pending.clone()).unwrap_or_default();
@@ -575,6 +585,7 @@ impl Correlator {
                     self.stats.accepts += 1;
                     if let Some(p) = peer {
                         self.fds.insert(p.ino, pid, *ret);
+                        self.remember(p);
                     }
                 } else if *ret == -11 {
                     self.stats.accept_eagain += 1;
@@ -616,6 +627,11 @@ impl Correlator {
                 if let Some(id) = id {
                     self.push_action(id, tid, Action::Close { ts: ev.ts, fd: *fd, sock: sock.clone() });
                 }
+                if let Some(ino) = self.fds.ino(pid, *fd) {
+                    if self.fds.fds(ino).len() <= 1 {
+                        self.socks.remove(&ino);
+                    }
+                }
                 self.fds.remove(pid, *fd);
                 self.epoll_map.retain(|k, v| !(k.0 == pid && *v == f));
                 ann.chain = id;
@@ -626,6 +642,12 @@ impl Correlator {
             }
         }
         ann
+    }
+
+    fn remember(&mut self, s: &SockInfo) {
+        if s.ino != 0 {
+            self.socks.insert(s.ino, s.clone());
+        }
     }
 
     /// The chain this thread is handling now (it returned from epoll_wait in

@@ -59,7 +59,20 @@ impl TextRenderer {
             Some(s) => format!("{}  ({})", sock_line(&s.sock), fds_text(&s.fds)),
             None => match c.hops.first().and_then(|h| h.wake.as_ref()) {
                 Some(w) => format!("wake-up: {}", w.cause.name()),
-                None => "epoll_wait returned without sleeping".into(),
+                None => {
+                    let socks: Vec<String> = c
+                        .hops
+                        .iter()
+                        .filter_map(|h| h.epoll.as_ref())
+                        .flat_map(|e| e.events.iter())
+                        .filter_map(|r| Some(format!("fd {} {}", r.fd?, sock_line(r.sock.as_ref()?))))
+                        .collect();
+                    if socks.is_empty() {
+                        "epoll_wait returned without sleeping".into()
+                    } else {
+                        format!("{}  (ready while the thread was running: epoll_wait did not sleep)", socks.join(", "))
+                    }
+                }
             },
         };
         let _ = writeln!(o, "chain {}  at {}  {}{}", c.id, dur(c.start_ts.saturating_sub(self.t0)), title, if c.incomplete { "  [incomplete]" } else { "" });
