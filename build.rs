@@ -3,7 +3,7 @@ use std::path::PathBuf;
 
 use libbpf_cargo::SkeletonBuilder;
 
-const PROGS: &[&str] = &["netdrift", "probe"];
+const PROGS: &[&str] = &["netdrift", "probe", "offwake"];
 
 fn main() {
     let out = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR must be set by cargo"));
@@ -32,5 +32,6 @@ fn main() {
         println!("cargo:rerun-if-changed={src}");
     }
     println!("cargo:rerun-if-changed=src/bpf/netdrift.h");
+    println!("cargo:rerun-if-changed=src/bpf/offwake.h");
     println!("cargo:rerun-if-changed=src/bpf/vmlinux.h");
 }

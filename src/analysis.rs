@@ -6,7 +6,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::Serialize;
 
-use crate::events::{Cause, EpEvent, Event, Kind, ReadyHook, SockInfo, Syscall, Task, WakerContext};
+use crate::events::{Cause, EpEvent, Event, Kind, Packet, ReadyHook, SockInfo, Syscall, Task, WakerContext};
+use crate::summary::SummaryBuilder;
 
 /// Where a socket inode is open: (pid, fd) pairs.
 #[derive(Debug, Default, Clone)]
@@ -72,6 +73,21 @@ pub struct ChainSock {
     pub sock: SockInfo,
     /// (pid, fd) in the targets that hold this socket.
     pub fds: Vec<(u32, i32)>,
+    /// With --packets: the packet that made it ready.
+    pub packet: Option<Packet>,
+    /// With --packets: the NAPI poll that carried the packet.
+    pub napi: Option<NapiPoll>,
+}
+
+/// The end of the NAPI poll that carried a chain's packet.
+#[derive(Debug, Clone, Serialize)]
+pub struct NapiPoll {
+    pub ts: u64,
+    pub cpu: u32,
+    /// "" for the per-CPU backlog (loopback).
+    pub dev: String,
+    pub work: i32,
+    pub budget: i32,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -167,6 +183,15 @@ impl Hop {
     pub fn accept_failed(&self) -> bool {
         self.actions.iter().any(|a| matches!(a, Action::Accept { ret, .. } if *ret == -11))
     }
+    /// Woken for nothing: went back to sleep in epoll_wait, found nothing to
+    /// accept, or its epoll_wait returned without this chain's socket.
+    pub fn wasted(&self) -> bool {
+        self.wake.is_some()
+            && (self.slept_again.is_some()
+                || self.accept_failed()
+                || (!self.accepted() && self.epoll.as_ref().and_then(|e| e.lists_sock) == Some(false)))
+    }
+
     /// Last timestamp in this hop.
     pub fn end_ts(&self) -> u64 {
         let mut t = self.wake.as_ref().map(|w| w.ts).unwrap_or(0);
@@ -207,11 +232,7 @@ impl Chain {
     /// Threads woken for nothing: woken with this chain's socket, but neither
     /// accepted nor saw the socket in their epoll_wait return.
     pub fn wasted(&self) -> usize {
-        self.hops
-            .iter()
-            .filter(|h| h.wake.is_some())
-            .filter(|h| h.slept_again.is_some() || h.accept_failed() || (!h.accepted() && h.epoll.as_ref().and_then(|e| e.lists_sock) == Some(false)))
-            .count()
+        self.hops.iter().filter(|h| h.wasted()).count()
     }
     pub fn woken(&self) -> usize {
         self.hops.iter().filter(|h| h.wake.is_some()).count()
@@ -281,12 +302,23 @@ pub struct Correlator {
     epoll_map: HashMap<(u32, i32, u64), i32>,
     completed: Vec<Chain>,
     pub stats: Stats,
+    pub summary: SummaryBuilder,
     last_ts: u64,
+    /// Chains idle this long (in event time) are closed as incomplete.
+    idle_ns: u64,
+    next_expiry_ts: u64,
 }
 
 impl Correlator {
+    /// A correlator closing chains idle for 2 s.
     pub fn new() -> Self {
-        Self::default()
+        Self::with_idle(2_000_000_000)
+    }
+
+    /// Chains idle for `idle_ns` of event time are closed as incomplete.
+    /// Event time, not wall time, so a recording replays identically.
+    pub fn with_idle(idle_ns: u64) -> Self {
+        Correlator { idle_ns, summary: SummaryBuilder::new(), ..Default::default() }
     }
 
     fn new_chain(&mut self, ts: u64) -> u64 {
@@ -352,6 +384,7 @@ impl Correlator {
             self.stats.herd_chains += 1;
         }
         self.stats.wasted_wakes += c.wasted() as u64;
+        self.summary.chain(&c);
         self.completed.push(c);
     }
 
@@ -398,17 +431,22 @@ impl Correlator {
         self.stats.events += 1;
         *self.stats.by_type.entry(ev.type_name().to_string()).or_default() += 1;
         self.last_ts = self.last_ts.max(ev.ts);
+        if self.idle_ns > 0 && self.last_ts >= self.next_expiry_ts {
+            self.expire(self.idle_ns);
+            self.next_expiry_ts = self.last_ts + self.idle_ns / 10;
+        }
+        self.summary.event(ev);
         let tid = ev.task.tid;
         let pid = ev.task.pid;
         let mut ann = Annotation::default();
         match &ev.kind {
-            Kind::SockReady { sock, seq, hook, .. } => {
+            Kind::SockReady { sock, seq, hook, packet, .. } => {
                 self.remember(sock);
                 let id = self.new_chain(ev.ts);
                 let fds = self.fds.fds(sock.ino).to_vec();
                 ann.fds = fds.clone();
                 if let Some(c) = self.open.get_mut(&id) {
-                    c.sock = Some(ChainSock { hook: *hook, ts: ev.ts, cpu: ev.cpu, task: ev.task.clone(), sock: sock.clone(), fds });
+                    c.sock = Some(ChainSock { hook: *hook, ts: ev.ts, cpu: ev.cpu, task: ev.task.clone(), sock: sock.clone(), fds, packet: packet.clone(), napi: None });
                 }
                 self.by_seq.insert(*seq, (id, *hook));
                 ann.chain = Some(id);
@@ -635,6 +673,14 @@ impl Correlator {
                 self.fds.remove(pid, *fd);
                 self.epoll_map.retain(|k, v| !(k.0 == pid && *v == f));
                 ann.chain = id;
+            }
+            Kind::Napi { seq, dev, work, budget } => {
+                if let Some(&(id, _)) = self.by_seq.get(seq) {
+                    if let Some(s) = self.open.get_mut(&id).and_then(|c| c.sock.as_mut()) {
+                        s.napi = Some(NapiPoll { ts: ev.ts, cpu: ev.cpu, dev: dev.clone(), work: *work, budget: *budget });
+                        ann.chain = Some(id);
+                    }
+                }
             }
             Kind::SockState { .. } | Kind::TaskNew { .. } => {}
             Kind::TaskExit { .. } => {

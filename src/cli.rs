@@ -37,6 +37,12 @@ pub enum Command {
     Demo(DemoArgs),
     /// Check what this kernel and these privileges allow, by loading tiny programs.
     Doctor(DoctorArgs),
+    /// Trace like `trace` but print only the thundering-herd table: per listen socket, connections, wake-ups, wake-ups for nothing, who won and lost.
+    #[command(after_help = "EXAMPLES:\n    netdrift herd -p $(pgrep -o nginx) 30   # does nginx wake several workers per connection?")]
+    Herd(TraceArgs),
+    /// Rebuild chains and every summary from a file saved with `--record`.
+    #[command(after_help = "EXAMPLES:\n    netdrift trace -p 1234 --record run.ndr 30 && netdrift analyze run.ndr\n    netdrift analyze run.ndr --json -o run.jsonl")]
+    Analyze(AnalyzeArgs),
 }
 
 #[derive(Debug, Args, Clone)]
@@ -56,6 +62,12 @@ pub struct OutputArgs {
     /// Close a chain still waiting for a thread after this many milliseconds (it is printed as incomplete).
     #[arg(long = "idle-ms", value_name = "MS", default_value_t = 2000)]
     pub idle_ms: u64,
+    /// Also save the raw events to FILE; `netdrift analyze FILE` rebuilds every chain and summary from it.
+    #[arg(long, value_name = "FILE")]
+    pub record: Option<PathBuf>,
+    /// Also trace the receive path before the socket (net:netif_receive_skb, napi:napi_poll), so chains start at the packet. Runs a program on every received packet.
+    #[arg(long)]
+    pub packets: bool,
 }
 
 #[derive(Debug, Args)]
@@ -101,6 +113,25 @@ pub struct DemoArgs {
     pub ready_file: Option<PathBuf>,
     #[command(flatten)]
     pub out: OutputArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct AnalyzeArgs {
+    /// A file written by `netdrift trace --record FILE`.
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+    /// Print JSON Lines, as `trace --json` would have.
+    #[arg(long)]
+    pub json: bool,
+    /// Print each waker's kernel stack (symbolized with this machine's kallsyms: same boot only).
+    #[arg(long)]
+    pub stacks: bool,
+    /// Write the output to FILE (as FILE.partial until complete).
+    #[arg(short = 'o', long = "output-file", value_name = "FILE")]
+    pub output_file: Option<PathBuf>,
+    /// Print only the thundering-herd table.
+    #[arg(long)]
+    pub herd: bool,
 }
 
 #[derive(Debug, Args)]

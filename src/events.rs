@@ -113,6 +113,16 @@ impl Syscall {
     }
 }
 
+/// A received packet (`net:netif_receive_skb`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Packet {
+    pub ts: u64,
+    pub len: u32,
+    pub ifindex: u32,
+    /// Device name (`lo`, `eth0`...).
+    pub dev: String,
+}
+
 /// What made a socket ready.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -207,7 +217,12 @@ pub enum Kind {
         /// For a state change, the state it moved to.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         new_state: Option<i32>,
+        /// With --packets: the packet received on this CPU just before.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        packet: Option<Packet>,
     },
+    /// With --packets: the NAPI poll that carried chain `seq`'s packet ended.
+    Napi { seq: u64, dev: String, work: i32, budget: i32 },
     /// A target thread was woken. The task is the waker.
     Wake {
         target: Task,
@@ -292,6 +307,7 @@ impl Event {
             Kind::TaskExit { .. } => "task_exit",
             Kind::FdMap { .. } => "fd_map",
             Kind::EpollMap { .. } => "epoll_map",
+            Kind::Napi { .. } => "napi",
         }
     }
 }
@@ -365,7 +381,8 @@ pub fn decode(data: &[u8]) -> Result<Event, DecodeError> {
             let r: types::nd_sock_ready = need(tag, data)?;
             let s = sock(&r.sock).unwrap_or_else(|| null_sock(r.sock.sk));
             let (hook, new_state) = if r.hook == 2 { (ReadyHook::InetSockSetState, Some(r.newstate)) } else { (ReadyHook::SkDataReady, None) };
-            Kind::SockReady { sock: s, seq: r.seq, hook, new_state }
+            let packet = (r.pkt_ts != 0).then(|| Packet { ts: r.pkt_ts, len: r.pkt_len, ifindex: r.pkt_ifindex, dev: comm_str(&r.pkt_dev) });
+            Kind::SockReady { sock: s, seq: r.seq, hook, new_state, packet }
         }
         2 => {
             let r: types::nd_wake = need(tag, data)?;
@@ -461,6 +478,10 @@ pub fn decode(data: &[u8]) -> Result<Event, DecodeError> {
         12 => {
             let r: types::nd_epoll_ctl = need(tag, data)?;
             Kind::EpollCtl { epfd: r.epfd, op: r.op, fd: r.fd, events: r.events, data: r.data, err: r.ret }
+        }
+        13 => {
+            let r: types::nd_napi = need(tag, data)?;
+            Kind::Napi { seq: r.seq, dev: comm_str(&r.dev), work: r.work, budget: r.budget }
         }
         other => return Err(DecodeError::UnknownType(other)),
     };

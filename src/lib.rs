@@ -12,9 +12,11 @@ pub mod demo;
 pub mod doctor;
 pub mod error;
 pub mod events;
+pub mod offwake;
 pub mod output;
 pub mod probes;
 pub mod procfs;
+pub mod summary;
 pub mod symbolize;
 pub mod trace;
 pub mod tracefs;
@@ -32,4 +34,11 @@ pub mod skel {
 pub mod probe_skel {
     #![allow(clippy::all, missing_docs, non_camel_case_types, non_snake_case, dead_code, unused_imports)]
     include!(concat!(env!("OUT_DIR"), "/probe.skel.rs"));
+}
+
+/// The skeleton of `src/bpf/offwake.bpf.c` (`netdrift offwake`); its `types`
+/// module holds the key and value layouts of `src/bpf/offwake.h`.
+pub mod offwake_skel {
+    #![allow(clippy::all, missing_docs, non_camel_case_types, non_snake_case, dead_code, unused_imports)]
+    include!(concat!(env!("OUT_DIR"), "/offwake.skel.rs"));
 }

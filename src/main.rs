@@ -5,12 +5,12 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::Parser;
 
-use netdrift::cli::{Cli, Command, DemoArgs, DoctorArgs, OutputArgs, TraceArgs};
+use netdrift::cli::{AnalyzeArgs, Cli, Command, DemoArgs, DoctorArgs, OutputArgs, TraceArgs};
 use netdrift::demo::{self, DemoConfig, DemoServer, ListenMode};
 use netdrift::error::Error;
 use netdrift::probes::ProbeConfig;
 use netdrift::procfs;
-use netdrift::trace::{self, Sink, TraceOptions};
+use netdrift::trace::{self, AnalyzeOptions, Report, Sink, TraceOptions};
 
 fn main() {
     let cli = match Cli::try_parse() {
@@ -25,7 +25,9 @@ fn main() {
         }
     };
     let res = match cli.command {
-        Command::Trace(a) => cmd_trace(a),
+        Command::Trace(a) => cmd_trace(a, Report::Full),
+        Command::Herd(a) => cmd_trace(a, Report::Herd),
+        Command::Analyze(a) => cmd_analyze(a),
         Command::Demo(a) => cmd_demo(a),
         Command::Doctor(a) => cmd_doctor(a),
     };
@@ -42,12 +44,24 @@ fn base_options(out: &OutputArgs) -> TraceOptions {
         stacks: out.stacks,
         sink: out.output_file.clone().map(Sink::File).unwrap_or_default(),
         idle: Duration::from_millis(out.idle_ms),
-        probe: ProbeConfig { ringbuf_bytes: out.ringbuf_mib << 20, ..Default::default() },
+        probe: ProbeConfig { ringbuf_bytes: out.ringbuf_mib << 20, packets: out.packets, ..Default::default() },
+        record: out.record.clone(),
         ..Default::default()
     }
 }
 
-fn cmd_trace(a: TraceArgs) -> anyhow::Result<()> {
+fn cmd_analyze(a: AnalyzeArgs) -> anyhow::Result<()> {
+    let opts = AnalyzeOptions {
+        json: a.json,
+        stacks: a.stacks,
+        sink: a.output_file.clone().map(Sink::File).unwrap_or_default(),
+        report: if a.herd { Report::Herd } else { Report::Full },
+    };
+    trace::analyze(&a.file, &opts)?;
+    Ok(())
+}
+
+fn cmd_trace(a: TraceArgs, report: Report) -> anyhow::Result<()> {
     if a.pids.is_empty() && a.tids.is_empty() && a.comms.is_empty() {
         return Err(Error::Usage("no target: give -p PID, -t TID or -c COMM (or try `netdrift demo`)".into()).into());
     }
@@ -99,6 +113,7 @@ fn cmd_trace(a: TraceArgs) -> anyhow::Result<()> {
     opts.probe.follow_children = !a.no_children;
     opts.duration = a.duration.map(Duration::from_secs_f64);
     opts.ready_file = a.ready_file.clone();
+    opts.report = report;
     trace::install_signal_handlers();
     let what = describe_targets(&opts.probe);
     let until = match a.duration {

@@ -26,6 +26,8 @@ pub struct ProbeConfig {
     pub epoll_enter: bool,
     /// How long after sk_data_ready a wake-up on the same CPU is its consequence.
     pub sock_window_ns: u64,
+    /// Trace the receive path (netif_receive_skb, napi_poll) before the socket.
+    pub packets: bool,
 }
 
 impl Default for ProbeConfig {
@@ -40,6 +42,7 @@ impl Default for ProbeConfig {
             switch_out: true,
             epoll_enter: true,
             sock_window_ns: 2_000_000,
+            packets: false,
         }
     }
 }
@@ -51,6 +54,8 @@ pub struct Features {
     pub inet_sock_set_state: bool,
     pub epoll_pwait2: bool,
     pub accept: bool,
+    pub netif_receive_skb: bool,
+    pub napi_poll: bool,
 }
 
 const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
@@ -83,6 +88,8 @@ pub fn features() -> Result<Features> {
         inet_sock_set_state: btf_has(&btf, "btf_trace_inet_sock_set_state"),
         epoll_pwait2: crate::tracefs::has_tracepoint("syscalls", "sys_enter_epoll_pwait2"),
         accept: crate::tracefs::has_tracepoint("syscalls", "sys_enter_accept"),
+        netif_receive_skb: btf_has(&btf, "btf_trace_netif_receive_skb"),
+        napi_poll: btf_has(&btf, "btf_trace_napi_poll"),
     })
 }
 
@@ -129,8 +136,18 @@ impl<'obj> Probes<'obj> {
             ro.emit_epoll_enter = cfg.epoll_enter;
             ro.capture_stacks = cfg.capture_stacks;
             ro.self_tgid = std::process::id();
+            ro.trace_packets = cfg.packets;
         }
         open.maps.events.set_max_entries(cfg.ringbuf_bytes)?;
+        if !cfg.packets {
+            // Every received packet would run them: off unless asked for.
+            open.progs.nd_netif_receive_skb.set_autoload(false);
+            open.progs.nd_napi_poll.set_autoload(false);
+        } else if !(features.netif_receive_skb && features.napi_poll) {
+            open.progs.nd_netif_receive_skb.set_autoload(false);
+            open.progs.nd_napi_poll.set_autoload(false);
+            notes.push("kernel lacks net:netif_receive_skb or napi:napi_poll as tp_btf: --packets shows nothing".into());
+        }
         if !features.sk_data_ready {
             open.progs.nd_sk_data_ready.set_autoload(false);
             notes.push(

@@ -1,10 +1,12 @@
-//! The live pipeline of `netdrift trace`: ring buffer -> events -> enrich
-//! (stack classification, /proc facts) -> correlate -> text or JSON.
+//! The pipeline of `netdrift trace`: ring buffer -> events -> enrich (stack
+//! classification, /proc facts) -> correlate -> text or JSON, optionally
+//! recorded. `netdrift analyze` feeds a recording through the same
+//! [`Pipeline`], so its output is the live one.
 
 use std::cell::RefCell;
 use std::collections::HashSet;
 use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::mem::MaybeUninit;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -13,15 +15,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use libbpf_rs::RingBufferBuilder;
-use serde_json::json;
+use serde_json::{json, Value};
 
-use crate::analysis::{Annotation, Chain, Correlator, Stats};
+use crate::analysis::{Chain, Correlator, Stats};
 use crate::error::{Error, Result};
 use crate::events::{decode, Event, Kind, Task};
 use crate::output::json;
-use crate::output::text::{summary, Losses, TextRenderer};
+use crate::output::text::{summary, summary_sections, Losses, TextRenderer};
 use crate::probes::{ProbeConfig, Probes};
 use crate::procfs;
+use crate::summary::Summary;
 use crate::symbolize::{classify, KernelSyms};
 
 /// Set by SIGINT/SIGTERM.
@@ -50,6 +53,16 @@ pub enum Sink {
     File(PathBuf),
 }
 
+/// What the summary at the end shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Report {
+    /// Chains as they complete, then every summary section.
+    #[default]
+    Full,
+    /// Only the thundering-herd table and the counts (`netdrift herd`).
+    Herd,
+}
+
 pub struct TraceOptions {
     pub probe: ProbeConfig,
     pub duration: Option<Duration>,
@@ -57,6 +70,8 @@ pub struct TraceOptions {
     pub stacks: bool,
     pub ready_file: Option<PathBuf>,
     pub sink: Sink,
+    /// Save the raw events here (`netdrift analyze` replays them).
+    pub record: Option<PathBuf>,
     /// A chain idle this long is printed as incomplete.
     pub idle: Duration,
     /// Keep completed chains in the result (tests, demo).
@@ -65,8 +80,9 @@ pub struct TraceOptions {
     pub stop: Option<Arc<AtomicBool>>,
     /// Called once the probes are attached.
     pub on_ready: Option<Box<dyn FnOnce() + Send>>,
-    /// Print chains at all (the demo prints its own header first).
+    /// Print no chains (the caller wants only the result).
     pub quiet: bool,
+    pub report: Report,
 }
 
 impl Default for TraceOptions {
@@ -78,11 +94,13 @@ impl Default for TraceOptions {
             stacks: false,
             ready_file: None,
             sink: Sink::Stdout,
+            record: None,
             idle: Duration::from_secs(2),
             keep_chains: false,
             stop: None,
             on_ready: None,
             quiet: false,
+            report: Report::Full,
         }
     }
 }
@@ -91,11 +109,14 @@ impl Default for TraceOptions {
 #[derive(Debug, Default)]
 pub struct TraceResult {
     pub stats: Stats,
+    pub summary: Summary,
     pub losses: Losses,
     pub chains: Vec<Chain>,
     pub decode_errors: u64,
     pub reason: String,
     pub notes: Vec<String>,
+    /// The summary text as printed.
+    pub summary_text: String,
 }
 
 /// CLOCK_MONOTONIC in ns, the clock of bpf_ktime_get_ns().
@@ -112,14 +133,31 @@ fn partial_path(p: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
+/// A file written as `PATH.partial` and renamed to PATH only when complete.
+struct AtomicFile {
+    path: PathBuf,
+    w: BufWriter<File>,
+}
+
+impl AtomicFile {
+    fn create(path: &Path) -> Result<Self> {
+        let f = File::create(partial_path(path)).map_err(|e| Error::Output { path: path.to_path_buf(), source: e })?;
+        Ok(AtomicFile { path: path.to_path_buf(), w: BufWriter::new(f) })
+    }
+
+    fn commit(mut self) -> Result<()> {
+        self.w.flush().map_err(|e| Error::Output { path: self.path.clone(), source: e })?;
+        std::fs::rename(partial_path(&self.path), &self.path).map_err(|e| Error::Output { path: self.path.clone(), source: e })
+    }
+}
+
 /// Open the output: a file is checked writable before anything is loaded.
-fn open_sink(sink: &Sink) -> Result<Box<dyn Write>> {
+fn open_sink(sink: &Sink) -> Result<(Box<dyn Write>, Option<PathBuf>)> {
     match sink {
-        Sink::Stdout => Ok(Box::new(BufWriter::new(std::io::stdout()))),
+        Sink::Stdout => Ok((Box::new(BufWriter::new(std::io::stdout())), None)),
         Sink::File(p) => {
-            let tmp = partial_path(p);
-            let f = File::create(&tmp).map_err(|e| Error::Output { path: p.clone(), source: e })?;
-            Ok(Box::new(BufWriter::new(f)))
+            let f = File::create(partial_path(p)).map_err(|e| Error::Output { path: p.clone(), source: e })?;
+            Ok((Box::new(BufWriter::new(f)), Some(p.clone())))
         }
     }
 }
@@ -132,19 +170,19 @@ pub fn write_ready_file(p: &Path) -> Result<()> {
 }
 
 /// Add what /proc knows before an event is correlated: which fds hold a
-/// socket, which fd an epoll data word stands for.
+/// socket, which fd an epoll data word stands for. Live only: a recording
+/// keeps these facts as events.
 struct Enricher {
-    syms: KernelSyms,
     tried_inos: HashSet<u64>,
     tried_epoll: HashSet<(u32, i32, u64)>,
 }
 
 impl Enricher {
-    fn facts(&mut self, ev: &mut Event, corr: &Correlator, pids: &HashSet<u32>) -> Vec<Event> {
+    fn facts(&mut self, ev: &mut Event, corr: &Correlator, pids: &HashSet<u32>, syms: &mut KernelSyms) -> Vec<Event> {
         let mut out = Vec::new();
         match &mut ev.kind {
             Kind::Wake { stack, cause, context, via_epoll, waker_is_kthread, .. } => {
-                let names = self.syms.names(stack);
+                let names = syms.names(stack);
                 let c = classify(&ev.task, *waker_is_kthread, &names);
                 *cause = Some(c.cause);
                 *context = Some(c.context);
@@ -152,7 +190,9 @@ impl Enricher {
             }
             Kind::SockReady { sock, .. } => {
                 if sock.ino != 0 && !corr.fds.knows(sock.ino) && self.tried_inos.insert(sock.ino) {
-                    for &pid in pids {
+                    let mut ps: Vec<u32> = pids.iter().copied().collect();
+                    ps.sort_unstable();
+                    for pid in ps {
                         for (fd, ino) in procfs::socket_fds(pid) {
                             if ino == sock.ino {
                                 out.push(Event {
@@ -186,18 +226,183 @@ impl Enricher {
     }
 }
 
+/// Correlate and render events; shared by the live trace and `analyze`.
+pub struct Pipeline {
+    pub corr: Correlator,
+    syms: KernelSyms,
+    renderer: TextRenderer,
+    out: Box<dyn Write>,
+    out_path: Option<PathBuf>,
+    record: Option<AtomicFile>,
+    json: bool,
+    stacks: bool,
+    quiet: bool,
+    keep_chains: bool,
+    report: Report,
+    chains: Vec<Chain>,
+}
+
+/// The first line of a recording.
+pub const RECORD_MAGIC: &str = "netdrift-record";
+
+impl Pipeline {
+    fn new(opts: &TraceOptions, t0: u64, out: Box<dyn Write>, out_path: Option<PathBuf>) -> Self {
+        Pipeline {
+            corr: Correlator::with_idle(opts.idle.as_nanos() as u64),
+            syms: KernelSyms::new(),
+            renderer: TextRenderer { t0, stacks: opts.stacks },
+            out,
+            out_path,
+            record: None,
+            json: opts.json,
+            stacks: opts.stacks,
+            quiet: opts.quiet || opts.report == Report::Herd,
+            keep_chains: opts.keep_chains,
+            report: opts.report,
+            chains: Vec::new(),
+        }
+    }
+
+    fn start_line(&mut self, start: &Value) -> Result<()> {
+        if self.json {
+            writeln!(self.out, "{}", json::record("start", start.clone()))?;
+        }
+        if let Some(r) = &mut self.record {
+            writeln!(r.w, "{}", json::record(RECORD_MAGIC, json!({"version": 1, "start": start})))?;
+        }
+        Ok(())
+    }
+
+    /// One event, enriched already.
+    fn ingest(&mut self, ev: &Event) -> Result<()> {
+        if let Some(r) = &mut self.record {
+            serde_json::to_writer(&mut r.w, ev).map_err(std::io::Error::from)?;
+            r.w.write_all(b"\n")?;
+        }
+        let ann = self.corr.ingest(ev);
+        if self.json {
+            let stack = match (&ev.kind, self.stacks) {
+                (Kind::Wake { stack, .. }, true) => Some(self.syms.frames(stack)),
+                _ => None,
+            };
+            writeln!(self.out, "{}", json::event(ev, &ann, stack.as_deref()))?;
+        }
+        Ok(())
+    }
+
+    fn flush_chains(&mut self, chains: Vec<Chain>) -> Result<()> {
+        for c in chains {
+            if !self.json && !self.quiet {
+                writeln!(self.out, "{}", self.renderer.chain(&c, &mut self.syms))?;
+            }
+            if self.keep_chains {
+                self.chains.push(c);
+            }
+        }
+        Ok(())
+    }
+
+    fn drain(&mut self) -> Result<()> {
+        let done = self.corr.drain_completed();
+        self.flush_chains(done)?;
+        self.out.flush()?;
+        Ok(())
+    }
+
+    /// Close every chain, print the summary, commit the files.
+    fn finish(mut self, losses: Losses, decode_errors: u64, secs: f64, ringbuf_mib: u32, reason: &str) -> Result<TraceResult> {
+        let rest = self.corr.finish();
+        self.flush_chains(rest)?;
+        let stats = self.corr.stats.clone();
+        let analysis = self.corr.summary.build();
+        let sections = match self.report {
+            Report::Full => summary_sections(&analysis),
+            Report::Herd => herd_only(&analysis),
+        };
+        let text = format!("{sections}{}", summary(&stats, &losses, secs, ringbuf_mib, reason));
+        if self.json {
+            let line = json::record(
+                "summary",
+                json!({
+                    "reason": reason,
+                    "duration_s": secs,
+                    "stats": stats,
+                    "analysis": analysis,
+                    "lost": losses,
+                    "decode_errors": decode_errors,
+                    "fix": if losses.ringbuf > 0 { format!("raise --ringbuf-size (now {ringbuf_mib} MiB)") } else { String::new() },
+                }),
+            );
+            writeln!(self.out, "{line}")?;
+        }
+        if let Some(mut r) = self.record.take() {
+            let end = json!({"type": "netdrift-record-end", "reason": reason, "duration_s": secs, "lost": losses, "decode_errors": decode_errors, "ringbuf_mib": ringbuf_mib});
+            writeln!(r.w, "{end}")?;
+            r.commit()?;
+        }
+        self.out.flush()?;
+        let Pipeline { out, out_path, .. } = self;
+        drop(out);
+        if let Some(p) = &out_path {
+            std::fs::rename(partial_path(p), p).map_err(|e| Error::Output { path: p.clone(), source: e })?;
+        }
+        if self.json || out_path.is_some() {
+            eprint!("{text}");
+        } else {
+            print!("{text}");
+            std::io::stdout().flush()?;
+        }
+        Ok(TraceResult {
+            stats,
+            summary: analysis,
+            losses,
+            chains: self.chains,
+            decode_errors,
+            reason: reason.to_string(),
+            notes: Vec::new(),
+            summary_text: text,
+        })
+    }
+}
+
+fn herd_only(s: &Summary) -> String {
+    let only = Summary { herd: s.herd.clone(), ..Default::default() };
+    let t = summary_sections(&only);
+    if t.is_empty() {
+        "\nthundering herd: no listen-socket wake-ups seen\n".into()
+    } else {
+        t
+    }
+}
+
 /// Run a trace until the duration ends, a signal arrives, the targets exit
 /// or `opts.stop` is set.
 pub fn run(mut opts: TraceOptions) -> Result<TraceResult> {
     crate::probes::preflight()?;
-    let mut out = open_sink(&opts.sink)?;
+    let (out, out_path) = open_sink(&opts.sink)?;
+    let cleanup = |opts: &TraceOptions| {
+        if let Sink::File(p) = &opts.sink {
+            let _ = std::fs::remove_file(partial_path(p));
+        }
+        if let Some(p) = &opts.record {
+            let _ = std::fs::remove_file(partial_path(p));
+        }
+    };
+    let record = match &opts.record {
+        Some(p) => match AtomicFile::create(p) {
+            Ok(f) => Some(f),
+            Err(e) => {
+                cleanup(&opts);
+                return Err(e);
+            }
+        },
+        None => None,
+    };
     let mut open_object = MaybeUninit::uninit();
     let probes = match Probes::load(&opts.probe, &mut open_object) {
         Ok(p) => p,
         Err(e) => {
-            if let Sink::File(p) = &opts.sink {
-                let _ = std::fs::remove_file(partial_path(p));
-            }
+            cleanup(&opts);
             return Err(e);
         }
     };
@@ -207,12 +412,8 @@ pub fn run(mut opts: TraceOptions) -> Result<TraceResult> {
     let mut live_tgids: HashSet<u32> = opts.probe.tgids.iter().copied().collect();
     let mut live_tids: HashSet<u32> = opts.probe.tids.iter().copied().collect();
     let watch_exit = opts.probe.comms.is_empty() && !(live_tgids.is_empty() && live_tids.is_empty());
-    let scan_pids = |tg: &HashSet<u32>, td: &HashSet<u32>| -> HashSet<u32> {
-        let mut s = tg.clone();
-        s.extend(td.iter().filter_map(|&t| procfs::tgid_of(t)));
-        s
-    };
-    let mut pids = scan_pids(&live_tgids, &live_tids);
+    let mut pids: HashSet<u32> = live_tgids.clone();
+    pids.extend(live_tids.iter().filter_map(|&t| procfs::tgid_of(t)));
 
     let queue: Rc<RefCell<Vec<Event>>> = Rc::new(RefCell::new(Vec::new()));
     let bad = Rc::new(RefCell::new(0u64));
@@ -233,22 +434,20 @@ pub fn run(mut opts: TraceOptions) -> Result<TraceResult> {
     for n in &probes.notes {
         eprintln!("netdrift: {n}");
     }
-    if opts.json {
-        let line = json::record(
-            "start",
-            json!({
-                "version": env!("CARGO_PKG_VERSION"),
-                "t0_ns": t0,
-                "pids": opts.probe.tgids,
-                "tids": opts.probe.tids,
-                "comms": opts.probe.comms,
-                "features": probes.features,
-                "notes": probes.notes,
-                "ringbuf_bytes": opts.probe.ringbuf_bytes,
-            }),
-        );
-        writeln!(out, "{line}")?;
-    }
+    let mut pipe = Pipeline::new(&opts, t0, out, out_path);
+    pipe.record = record;
+    let start = json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "t0_ns": t0,
+        "pids": opts.probe.tgids,
+        "tids": opts.probe.tids,
+        "comms": opts.probe.comms,
+        "features": probes.features,
+        "notes": probes.notes,
+        "ringbuf_bytes": opts.probe.ringbuf_bytes,
+        "packets": opts.probe.packets,
+    });
+    pipe.start_line(&start)?;
     if let Some(p) = &opts.ready_file {
         write_ready_file(p)?;
     }
@@ -256,21 +455,11 @@ pub fn run(mut opts: TraceOptions) -> Result<TraceResult> {
         f();
     }
 
-    let mut corr = Correlator::new();
-    let mut enr = Enricher { syms: KernelSyms::new(), tried_inos: HashSet::new(), tried_epoll: HashSet::new() };
-    let renderer = TextRenderer { t0, stacks: opts.stacks };
-    let mut result = TraceResult { notes: probes.notes.clone(), ..Default::default() };
+    let mut enr = Enricher { tried_inos: HashSet::new(), tried_epoll: HashSet::new() };
     let mut last_check = Instant::now();
     let reason;
 
-    let process = |corr: &mut Correlator,
-                       enr: &mut Enricher,
-                       out: &mut Box<dyn Write>,
-                       result: &mut TraceResult,
-                       live_tgids: &mut HashSet<u32>,
-                       live_tids: &mut HashSet<u32>,
-                       pids: &mut HashSet<u32>|
-     -> Result<()> {
+    let mut process = |pipe: &mut Pipeline, live_tgids: &mut HashSet<u32>, live_tids: &mut HashSet<u32>, pids: &mut HashSet<u32>| -> Result<()> {
         let batch: Vec<Event> = std::mem::take(&mut *queue.borrow_mut());
         for mut ev in batch {
             match &ev.kind {
@@ -286,21 +475,12 @@ pub fn run(mut opts: TraceOptions) -> Result<TraceResult> {
                 }
                 _ => {}
             }
-            let facts = enr.facts(&mut ev, corr, pids);
+            let facts = enr.facts(&mut ev, &pipe.corr, pids, &mut pipe.syms);
             for f in facts.iter().chain(std::iter::once(&ev)) {
-                let ann = corr.ingest(f);
-                if opts.json {
-                    let stack = match (&f.kind, opts.stacks) {
-                        (Kind::Wake { stack, .. }, true) => Some(enr.syms.frames(stack)),
-                        _ => None,
-                    };
-                    writeln!(out, "{}", json::event(f, &ann, stack.as_deref()))?;
-                }
+                pipe.ingest(f)?;
             }
         }
-        corr.expire(opts.idle.as_nanos() as u64);
-        emit_chains(corr.drain_completed(), &renderer, &mut enr.syms, out, result, &opts)?;
-        Ok(())
+        pipe.drain()
     };
 
     loop {
@@ -309,19 +489,18 @@ pub fn run(mut opts: TraceOptions) -> Result<TraceResult> {
                 return Err(e.into());
             }
         }
-        process(&mut corr, &mut enr, &mut out, &mut result, &mut live_tgids, &mut live_tids, &mut pids)?;
-        out.flush()?;
+        process(&mut pipe, &mut live_tgids, &mut live_tids, &mut pids)?;
         if SIGNALLED.load(Ordering::SeqCst) {
-            reason = "interrupted".to_string();
+            reason = "interrupted";
             break;
         }
         if opts.stop.as_ref().map(|s| s.load(Ordering::SeqCst)).unwrap_or(false) {
-            reason = "done".to_string();
+            reason = "done";
             break;
         }
         if let Some(d) = opts.duration {
             if started.elapsed() >= d {
-                reason = "duration reached".to_string();
+                reason = "duration reached";
                 break;
             }
         }
@@ -332,60 +511,66 @@ pub fn run(mut opts: TraceOptions) -> Result<TraceResult> {
             live_tids.retain(|&t| procfs::task_exists(t));
         }
         if watch_exit && live_tgids.is_empty() && live_tids.is_empty() {
-            reason = "target exited".to_string();
+            reason = "target exited";
             break;
         }
     }
     let _ = rb.consume();
-    process(&mut corr, &mut enr, &mut out, &mut result, &mut live_tgids, &mut live_tids, &mut pids)?;
-    let rest = corr.finish();
-    emit_chains(rest, &renderer, &mut enr.syms, &mut out, &mut result, &opts)?;
-    result.losses = probes.losses();
-    result.decode_errors = *bad.borrow();
-    result.stats = corr.stats.clone();
-    result.reason = reason;
-    let secs = started.elapsed().as_secs_f64();
-    let mib = opts.probe.ringbuf_bytes >> 20;
-    if opts.json {
-        let line = json::record(
-            "summary",
-            json!({
-                "reason": result.reason,
-                "duration_s": secs,
-                "stats": result.stats,
-                "lost": result.losses,
-                "decode_errors": result.decode_errors,
-                "fix": if result.losses.ringbuf > 0 { format!("raise --ringbuf-size (now {mib} MiB)") } else { String::new() },
-            }),
-        );
-        writeln!(out, "{line}")?;
-    }
-    out.flush()?;
-    drop(out);
-    if let Sink::File(p) = &opts.sink {
-        std::fs::rename(partial_path(p), p).map_err(|e| Error::Output { path: p.clone(), source: e })?;
-    }
-    let text = summary(&result.stats, &result.losses, secs, mib, &result.reason);
-    if opts.json || matches!(opts.sink, Sink::File(_)) || opts.quiet {
-        eprint!("{text}");
-    } else {
-        print!("{text}");
-    }
+    process(&mut pipe, &mut live_tgids, &mut live_tids, &mut pids)?;
+    let losses = probes.losses();
+    let decode_errors = *bad.borrow();
+    // Round like the text does, so a replay prints the same figure.
+    let secs = (started.elapsed().as_secs_f64() * 10.0).round() / 10.0;
+    let mut result = pipe.finish(losses, decode_errors, secs, opts.probe.ringbuf_bytes >> 20, reason)?;
+    result.notes = probes.notes.clone();
     drop(probes);
     Ok(result)
 }
 
-fn emit_chains(chains: Vec<Chain>, r: &TextRenderer, syms: &mut KernelSyms, out: &mut Box<dyn Write>, result: &mut TraceResult, opts: &TraceOptions) -> Result<()> {
-    for c in chains {
-        if !opts.json && !opts.quiet {
-            writeln!(out, "{}", r.chain(&c, syms))?;
-        }
-        if opts.keep_chains {
-            result.chains.push(c);
-        }
-    }
-    Ok(())
+/// Options of `netdrift analyze`.
+#[derive(Debug, Clone, Default)]
+pub struct AnalyzeOptions {
+    pub json: bool,
+    pub stacks: bool,
+    pub sink: Sink,
+    pub report: Report,
 }
 
-/// Annotation type re-exported for library users reading JSON.
-pub type EventAnnotation = Annotation;
+/// Replay a recording through the same pipeline as the live trace.
+pub fn analyze(path: &Path, aopts: &AnalyzeOptions) -> Result<TraceResult> {
+    let f = File::open(path).map_err(|e| Error::Usage(format!("cannot read {}: {e}", path.display())))?;
+    let mut lines = BufReader::new(f).lines();
+    let bad = |n: usize, why: String| Error::Usage(format!("{}: line {n}: {why} (not a netdrift --record file?)", path.display()));
+    let first = lines.next().ok_or_else(|| bad(1, "empty file".into()))??;
+    let head: Value = serde_json::from_str(&first).map_err(|e| bad(1, e.to_string()))?;
+    if head["type"] != RECORD_MAGIC {
+        return Err(bad(1, format!("expected type {RECORD_MAGIC:?}")));
+    }
+    let start = head["start"].clone();
+    let t0 = start["t0_ns"].as_u64().unwrap_or(0);
+    let opts = TraceOptions { json: aopts.json, stacks: aopts.stacks, sink: aopts.sink.clone(), report: aopts.report, ..Default::default() };
+    let (out, out_path) = open_sink(&opts.sink)?;
+    let mut pipe = Pipeline::new(&opts, t0, out, out_path);
+    pipe.start_line(&start)?;
+    let mut end: Option<Value> = None;
+    for (i, line) in lines.enumerate() {
+        let line = line?;
+        let v: Value = serde_json::from_str(&line).map_err(|e| bad(i + 2, e.to_string()))?;
+        if v["type"] == "netdrift-record-end" {
+            end = Some(v);
+            break;
+        }
+        let ev: Event = serde_json::from_value(v).map_err(|e| bad(i + 2, e.to_string()))?;
+        pipe.ingest(&ev)?;
+        pipe.drain()?;
+    }
+    let end = end.ok_or_else(|| Error::Usage(format!("{}: no end record: the recording is incomplete (netdrift was killed?)", path.display())))?;
+    let losses: Losses = serde_json::from_value(end["lost"].clone()).unwrap_or_default();
+    pipe.finish(
+        losses,
+        end["decode_errors"].as_u64().unwrap_or(0),
+        end["duration_s"].as_f64().unwrap_or(0.0),
+        end["ringbuf_mib"].as_u64().unwrap_or(0) as u32,
+        end["reason"].as_str().unwrap_or("?"),
+    )
+}

@@ -34,6 +34,7 @@ const volatile bool emit_switch_out = true;
 const volatile bool emit_epoll_enter = true;
 const volatile bool capture_stacks = true;
 const volatile __u32 self_tgid = 0;
+const volatile bool trace_packets = false;
 
 /* Force the record types into BTF so the skeleton generates them. */
 struct nd_sock_ready _nd_sock_ready = {};
@@ -48,6 +49,7 @@ struct nd_sock_state _nd_sock_state = {};
 struct nd_task_new _nd_task_new = {};
 struct nd_task_exit _nd_task_exit = {};
 struct nd_epoll_ctl _nd_epoll_ctl = {};
+struct nd_napi _nd_napi = {};
 enum nd_rec_type _nd_rec_type = 0;
 enum nd_loss _nd_loss = 0;
 enum nd_syscall _nd_syscall = 0;
@@ -128,6 +130,22 @@ struct {
 	__type(key, __u32);
 	__type(value, struct ready_slot);
 } ready SEC(".maps");
+
+/* --packets: the last packet received on this CPU. */
+struct pkt_slot {
+	__u64 ts;
+	__u64 pending_seq;	/* a chain waits for this CPU's napi_poll */
+	__u32 len;
+	__u32 ifindex;
+	char dev[ND_COMM_LEN];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct pkt_slot);
+} pkt SEC(".maps");
 
 /* Sockets the targets own, for state changes. */
 struct {
@@ -338,6 +356,17 @@ int BPF_PROG(nd_sched_waking, struct task_struct *p)
 				r->seq = seq;
 				r->hook = slot->hook;
 				r->newstate = slot->newstate;
+				if (trace_packets) {
+					struct pkt_slot *ps = bpf_map_lookup_elem(&pkt, &zero);
+
+					if (ps && ps->ts && ps->ts <= slot->ts && slot->ts - ps->ts <= sock_window_ns) {
+						r->pkt_ts = ps->ts;
+						r->pkt_len = ps->len;
+						r->pkt_ifindex = ps->ifindex;
+						__builtin_memcpy(r->pkt_dev, ps->dev, sizeof(r->pkt_dev));
+						ps->pending_seq = seq;
+					}
+				}
 				bpf_ringbuf_submit(r, 0);
 				slot->emitted = 1;
 				remember_sock(sk);
@@ -471,6 +500,55 @@ int BPF_PROG(nd_inet_sock_set_state, const struct sock *sk, const int oldstate, 
 	}
 	if (newstate == TCP_CLOSE)
 		bpf_map_delete_elem(&known_socks, &key);
+	return 0;
+}
+
+/* ---- --packets: the receive path before the socket ---------------------- */
+
+SEC("tp_btf/netif_receive_skb")
+int BPF_PROG(nd_netif_receive_skb, struct sk_buff *skb)
+{
+	__u32 zero = 0;
+	struct pkt_slot *ps = bpf_map_lookup_elem(&pkt, &zero);
+	struct net_device *dev;
+
+	if (!ps)
+		return 0;
+	ps->ts = bpf_ktime_get_ns();
+	ps->len = skb->len;
+	dev = skb->dev;
+	ps->ifindex = dev ? dev->ifindex : 0;
+	if (dev)
+		bpf_probe_read_kernel_str(ps->dev, sizeof(ps->dev), dev->name);
+	else
+		ps->dev[0] = 0;
+	return 0;
+}
+
+SEC("tp_btf/napi_poll")
+int BPF_PROG(nd_napi_poll, struct napi_struct *napi, int work, int budget)
+{
+	__u32 zero = 0;
+	struct pkt_slot *ps = bpf_map_lookup_elem(&pkt, &zero);
+	struct net_device *dev;
+	struct nd_napi *r;
+
+	if (!ps || !ps->pending_seq)
+		return 0;
+	r = reserve(sizeof(*r), ND_REC_NAPI);
+	if (r) {
+		hdr_current(&r->hdr);
+		r->seq = ps->pending_seq;
+		r->work = work;
+		r->budget = budget;
+		dev = napi->dev;
+		if (dev)
+			bpf_probe_read_kernel_str(r->dev, sizeof(r->dev), dev->name);
+		else
+			r->dev[0] = 0;
+		bpf_ringbuf_submit(r, 0);
+	}
+	ps->pending_seq = 0;
 	return 0;
 }
 

@@ -25,6 +25,7 @@ enum nd_rec_type {
 	ND_REC_TASK_NEW = 10,
 	ND_REC_TASK_EXIT = 11,
 	ND_REC_EPOLL_CTL = 12,
+	ND_REC_NAPI = 13,
 };
 
 /* Index into the per-CPU loss counters. */
@@ -81,6 +82,20 @@ struct nd_sock_ready {
 	__u64 seq;		/* joins the wake records it caused */
 	__u32 hook;		/* enum nd_ready_hook */
 	__s32 newstate;		/* ND_HOOK_STATE_CHANGE: the state it moved to */
+	/* --packets: the last packet received on this CPU before (0 if none). */
+	__u64 pkt_ts;
+	__u32 pkt_len;
+	__u32 pkt_ifindex;
+	char pkt_dev[ND_COMM_LEN];
+};
+
+/* --packets: the NAPI poll that carried a chain's packet ended. */
+struct nd_napi {
+	struct nd_hdr hdr;
+	__u64 seq;		/* nd_sock_ready.seq of the chain */
+	__s32 work;		/* packets processed in this poll */
+	__s32 budget;
+	char dev[ND_COMM_LEN];	/* "" for the per-CPU backlog (loopback, RPS) */
 };
 
 /* A target thread was woken (sched:sched_waking). hdr is the waker. */

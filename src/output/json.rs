@@ -89,6 +89,7 @@ mod tests {
                 seq: 3,
                 hook: crate::events::ReadyHook::SkDataReady,
                 new_state: None,
+                packet: None,
             },
         };
         let ann = Annotation { chain: Some(4), fds: vec![(1, 3), (2, 3)], ep_fds: vec![] };

@@ -5,10 +5,11 @@ use std::fmt::Write as _;
 use crate::analysis::{Action, Chain, Hop, Stats};
 use crate::events::{epoll_flags, errno_name, ReadyHook, SockInfo, Task};
 use crate::output::{dur, term_safe};
+use crate::summary::{Hist, Summary};
 use crate::symbolize::KernelSyms;
 
 /// Per-CPU loss counters, summed for display.
-#[derive(Debug, Clone, Default, serde::Serialize)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct Losses {
     pub ringbuf: u64,
     pub stack: u64,
@@ -197,6 +198,120 @@ pub fn summary(stats: &Stats, losses: &Losses, secs: f64, ringbuf_mib: u32, why:
         );
     } else {
         let _ = writeln!(o, "  lost: 0 records, 0 stacks (ring buffer {ringbuf_mib} MiB)");
+    }
+    o
+}
+
+fn hist_block(o: &mut String, title: &str, h: &Hist) {
+    let b = h.log2_us();
+    if b.is_empty() {
+        return;
+    }
+    let _ = writeln!(o, "  {title}");
+    let _ = writeln!(o, "  {:>21} : {:<8} distribution", "usecs", "count");
+    let max = *b.iter().max().unwrap_or(&1);
+    for (i, &n) in b.iter().enumerate() {
+        let (lo, hi) = if i == 0 { (0u64, 1u64) } else { (1u64 << i, (1u64 << (i + 1)) - 1) };
+        let stars = if max == 0 { 0 } else { ((n as f64 / max as f64) * 40.0).round() as usize };
+        let _ = writeln!(o, "  {lo:>10} -> {hi:<8} : {n:<8} |{:<40}|", "*".repeat(stars));
+    }
+}
+
+fn pct(h: &Hist, p: f64) -> String {
+    h.percentile(p).map(dur).unwrap_or_else(|| "-".into())
+}
+
+/// The analysis sections of the summary: herd, latency, slowest chains, threads.
+pub fn summary_sections(s: &Summary) -> String {
+    let mut o = String::new();
+    if !s.herd.is_empty() {
+        let _ = writeln!(o, "\nthundering herd, per listen socket:");
+        let _ = writeln!(o, "  {:<24} {:>6} {:>7} {:>6} {:>7} {:>12} {:>12}", "socket", "conns", "events", "woken", "wasted", "woken/event", "wasted/conn");
+        for r in &s.herd {
+            let _ = writeln!(
+                o,
+                "  {:<24} {:>6} {:>7} {:>6} {:>7} {:>12.2} {:>12.2}",
+                r.local,
+                r.connections,
+                r.events,
+                r.wakeups,
+                r.wasted,
+                r.wakeups_per_event(),
+                r.herd_ratio()
+            );
+            let list = |m: &std::collections::BTreeMap<String, u64>| -> String {
+                if m.is_empty() {
+                    return "-".into();
+                }
+                m.iter().map(|(k, v)| format!("{} {v}", term_safe(k))).collect::<Vec<_>>().join(", ")
+            };
+            let _ = writeln!(o, "    accepted by: {}", list(&r.winners));
+            let _ = writeln!(o, "    woken for nothing: {}", list(&r.losers));
+            if r.herd_ratio() >= 0.5 {
+                let _ = writeln!(
+                    o,
+                    "    -> {:.2} wasted wake-ups per connection: register the listen socket with EPOLLEXCLUSIVE, or give each worker its own listen socket with SO_REUSEPORT",
+                    r.herd_ratio()
+                );
+            }
+        }
+    }
+    let l = &s.latency;
+    let stages: [(&str, &Hist); 6] = [
+        ("packet -> socket ready", &l.packet_to_ready),
+        ("socket ready -> woken", &l.ready_to_wake),
+        ("woken -> on CPU (run queue)", &l.wake_to_cpu),
+        ("on CPU -> epoll_wait returned", &l.cpu_to_return),
+        ("returned -> accept/close/handler", &l.return_to_handler),
+        ("whole chain", &l.total),
+    ];
+    if stages.iter().any(|(_, h)| h.count > 0) {
+        let _ = writeln!(o, "\nlatency per stage:");
+        let _ = writeln!(o, "  {:<34} {:>7} {:>9} {:>9} {:>9} {:>9}", "stage", "count", "p50", "p90", "p99", "max");
+        for (name, h) in stages.iter().filter(|(_, h)| h.count > 0) {
+            let _ = writeln!(o, "  {:<34} {:>7} {:>9} {:>9} {:>9} {:>9}", name, h.count, pct(h, 50.0), pct(h, 90.0), pct(h, 99.0), dur(h.max_ns));
+        }
+        for (name, h) in stages.iter().filter(|(_, h)| h.count > 0) {
+            let _ = writeln!(o);
+            hist_block(&mut o, name, h);
+        }
+    }
+    if !s.slowest.is_empty() {
+        let _ = writeln!(o, "\nslowest chains:");
+        for w in &s.slowest {
+            let _ = writeln!(o, "  chain {}  {}  {}", w.chain, dur(w.total_ns), term_safe(&w.title));
+            let total = w.total_ns.max(1);
+            for (label, off) in &w.steps {
+                let pos = ((*off as f64 / total as f64) * 40.0).round() as usize;
+                let bar = format!("{}#", " ".repeat(pos.min(40)));
+                let _ = writeln!(o, "    {:<44} |{:<41}| +{}", term_safe(label), bar, dur(*off));
+            }
+        }
+    }
+    if !s.threads.is_empty() {
+        let _ = writeln!(o, "\nwake-ups per thread:");
+        for t in &s.threads {
+            let join = |m: &std::collections::BTreeMap<String, u64>| m.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", ");
+            let _ = writeln!(
+                o,
+                "  {}[{}]  {} wake-ups, switches {} voluntary / {} involuntary, run queue p50 {} p99 {}",
+                term_safe(&t.comm),
+                t.tid,
+                t.wakeups,
+                t.voluntary,
+                t.involuntary,
+                pct(&t.runq, 50.0),
+                pct(&t.runq, 99.0)
+            );
+            if t.wakeups > 0 {
+                let _ = writeln!(o, "    causes: {}", join(&t.by_cause));
+                let _ = writeln!(o, "    waker contexts: {}", join(&t.by_context));
+                let mut w: Vec<(&String, &u64)> = t.wakers.iter().collect();
+                w.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+                let top: Vec<String> = w.iter().take(5).map(|(k, v)| format!("{} {v}", term_safe(k))).collect();
+                let _ = writeln!(o, "    top wakers: {}", top.join(", "));
+            }
+        }
     }
     o
 }

@@ -1,0 +1,350 @@
+//! What a user acts on, built from completed chains and events: thundering
+//! herd per listen socket, the latency breakdown of every chain (log2
+//! histograms and percentiles), the slowest chains as waterfalls, and wake-up
+//! causes, contexts and wakers per thread. Pure Rust: a live trace and
+//! `netdrift analyze` of its recording build the same summary.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::Serialize;
+
+use crate::analysis::{Action, Chain};
+use crate::events::{Cause, Event, Kind, SockInfo, Task, WakerContext};
+
+/// Latency samples of one stage, in ns.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Hist {
+    #[serde(skip)]
+    samples: Vec<u64>,
+    pub count: u64,
+    pub sum_ns: u64,
+    pub max_ns: u64,
+}
+
+impl Hist {
+    pub fn add(&mut self, ns: u64) {
+        self.samples.push(ns);
+        self.count += 1;
+        self.sum_ns += ns;
+        self.max_ns = self.max_ns.max(ns);
+    }
+
+    /// Nearest-rank percentile (p in 0..=100), None when empty.
+    pub fn percentile(&self, p: f64) -> Option<u64> {
+        if self.samples.is_empty() {
+            return None;
+        }
+        let mut v = self.samples.clone();
+        v.sort_unstable();
+        let rank = ((p / 100.0) * v.len() as f64).ceil().max(1.0) as usize;
+        Some(v[rank.min(v.len()) - 1])
+    }
+
+    /// log2 buckets over microseconds, like runqlat: bucket i holds
+    /// [2^i, 2^(i+1)-1] us (bucket 0 holds 0 and 1).
+    pub fn log2_us(&self) -> Vec<u64> {
+        let mut b: Vec<u64> = Vec::new();
+        for &ns in &self.samples {
+            let us = ns / 1000;
+            let i = if us <= 1 { 0 } else { 63 - us.leading_zeros() as usize };
+            if b.len() <= i {
+                b.resize(i + 1, 0);
+            }
+            b[i] += 1;
+        }
+        b
+    }
+
+    pub fn samples(&self) -> &[u64] {
+        &self.samples
+    }
+}
+
+/// The four stages of a chain.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Latency {
+    /// socket ready -> thread woken (sk_data_ready to sched_waking).
+    pub ready_to_wake: Hist,
+    /// thread woken -> on CPU (run-queue wait).
+    pub wake_to_cpu: Hist,
+    /// on CPU -> epoll_wait returned to user space.
+    pub cpu_to_return: Hist,
+    /// epoll_wait returned -> the handler, or the accept/close of that fd.
+    pub return_to_handler: Hist,
+    /// packet received -> socket ready (with --packets).
+    pub packet_to_ready: Hist,
+    /// first event -> last event of the chain.
+    pub total: Hist,
+}
+
+/// Thundering herd on one listen socket.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct HerdRow {
+    pub local: String,
+    pub sk: String,
+    /// Successful accepts on this socket.
+    pub connections: u64,
+    /// Chains that started at this socket.
+    pub events: u64,
+    /// Threads woken by those chains.
+    pub wakeups: u64,
+    /// Threads woken for nothing (found nothing, EAGAIN, or slept again).
+    pub wasted: u64,
+    /// Accepts per thread.
+    pub winners: BTreeMap<String, u64>,
+    /// Wasted wake-ups per thread.
+    pub losers: BTreeMap<String, u64>,
+}
+
+impl HerdRow {
+    /// Threads woken per socket event (1.0: no herd).
+    pub fn wakeups_per_event(&self) -> f64 {
+        if self.events == 0 {
+            0.0
+        } else {
+            self.wakeups as f64 / self.events as f64
+        }
+    }
+    /// Wasted wake-ups per connection.
+    pub fn herd_ratio(&self) -> f64 {
+        if self.connections == 0 {
+            self.wasted as f64
+        } else {
+            self.wasted as f64 / self.connections as f64
+        }
+    }
+}
+
+/// Wake-ups and switches of one target thread.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ThreadRow {
+    pub pid: u32,
+    pub tid: u32,
+    pub comm: String,
+    pub wakeups: u64,
+    pub by_cause: BTreeMap<String, u64>,
+    pub by_context: BTreeMap<String, u64>,
+    pub voluntary: u64,
+    pub involuntary: u64,
+    /// Wakers by "comm[pid]" (softirq/irq contexts named as such).
+    pub wakers: BTreeMap<String, u64>,
+    pub runq: Hist,
+}
+
+/// One of the slowest chains, as stage offsets from its first event.
+#[derive(Debug, Clone, Serialize)]
+pub struct Waterfall {
+    pub chain: u64,
+    pub title: String,
+    pub total_ns: u64,
+    /// (stage label, offset ns from the chain start).
+    pub steps: Vec<(String, u64)>,
+}
+
+/// Everything the summary shows.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Summary {
+    pub latency: Latency,
+    pub herd: Vec<HerdRow>,
+    pub threads: Vec<ThreadRow>,
+    pub slowest: Vec<Waterfall>,
+}
+
+/// Collects the summary from events and completed chains.
+#[derive(Debug, Default)]
+pub struct SummaryBuilder {
+    latency: Latency,
+    herd: BTreeMap<u64, HerdRow>,
+    threads: HashMap<u32, ThreadRow>,
+    slowest: Vec<Waterfall>,
+    keep_slowest: usize,
+}
+
+fn waker_label(t: &Task, ctx: WakerContext, cpu: u32) -> String {
+    match ctx {
+        WakerContext::IdleIrq => format!("irq on idle CPU{cpu}"),
+        WakerContext::Ksoftirqd => format!("{}[{}]", t.comm, t.tid),
+        WakerContext::SoftirqOnIrqExit => format!("softirq on CPU{cpu} (interrupting {}[{}])", t.comm, t.tid),
+        WakerContext::Irq => format!("irq on CPU{cpu} (interrupting {}[{}])", t.comm, t.tid),
+        _ => format!("{}[{}]", t.comm, t.pid),
+    }
+}
+
+fn thread_key(t: &Task) -> String {
+    format!("{}[{}]", t.comm, t.tid)
+}
+
+fn cause_key(c: Cause) -> String {
+    serde_json::to_value(c).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
+}
+
+fn ctx_key(c: WakerContext) -> String {
+    serde_json::to_value(c).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
+}
+
+impl SummaryBuilder {
+    pub fn new() -> Self {
+        SummaryBuilder { keep_slowest: 5, ..Default::default() }
+    }
+
+    fn thread(&mut self, t: &Task) -> &mut ThreadRow {
+        self.threads.entry(t.tid).or_insert_with(|| ThreadRow { pid: t.pid, tid: t.tid, comm: t.comm.clone(), ..Default::default() })
+    }
+
+    fn herd_row(&mut self, s: &SockInfo) -> &mut HerdRow {
+        self.herd.entry(s.sk).or_insert_with(|| HerdRow { local: s.local.to_string(), sk: format!("0x{:x}", s.sk), ..Default::default() })
+    }
+
+    /// Per-event counts (switches, accepts) that chains do not hold.
+    pub fn event(&mut self, ev: &Event) {
+        match &ev.kind {
+            Kind::SwitchOut { involuntary, .. } => {
+                let t = self.thread(&ev.task);
+                if *involuntary {
+                    t.involuntary += 1;
+                } else {
+                    t.voluntary += 1;
+                }
+            }
+            Kind::Accept { ret, listen: Some(l), .. } if *ret >= 0 && l.is_listen() => {
+                let key = thread_key(&ev.task);
+                let row = self.herd_row(l);
+                row.connections += 1;
+                *row.winners.entry(key).or_default() += 1;
+            }
+            _ => {}
+        }
+    }
+
+    /// A completed chain.
+    pub fn chain(&mut self, c: &Chain) {
+        let listen = c.sock.as_ref().filter(|s| s.sock.is_listen()).map(|s| s.sock.clone());
+        if let Some(l) = &listen {
+            let (woken, wasted) = (c.woken() as u64, c.wasted() as u64);
+            let losers: Vec<String> = c.hops.iter().filter(|h| h.wasted()).map(|h| thread_key(&h.target)).collect();
+            let row = self.herd_row(l);
+            row.events += 1;
+            row.wakeups += woken;
+            row.wasted += wasted;
+            for k in losers {
+                *row.losers.entry(k).or_default() += 1;
+            }
+        }
+        if let Some(s) = &c.sock {
+            if let Some(p) = &s.packet {
+                self.latency.packet_to_ready.add(s.ts.saturating_sub(p.ts));
+            }
+        }
+        for h in &c.hops {
+            if let Some(w) = &h.wake {
+                if let Some(s) = &c.sock {
+                    self.latency.ready_to_wake.add(w.ts.saturating_sub(s.ts));
+                }
+                let t = self.thread(&h.target);
+                t.wakeups += 1;
+                *t.by_cause.entry(cause_key(w.cause)).or_default() += 1;
+                *t.by_context.entry(ctx_key(w.context)).or_default() += 1;
+                *t.wakers.entry(waker_label(&w.waker, w.context, w.cpu)).or_default() += 1;
+            }
+            if let Some(o) = &h.on_cpu {
+                if !o.never_left {
+                    self.latency.wake_to_cpu.add(o.runq_ns);
+                    self.thread(&h.target).runq.add(o.runq_ns);
+                }
+                if let Some(e) = &h.epoll {
+                    if h.wake.is_some() {
+                        self.latency.cpu_to_return.add(e.ts.saturating_sub(o.ts));
+                    }
+                }
+            }
+            if let Some(e) = &h.epoll {
+                if let Some(first) = h.actions.first() {
+                    let ts = match first {
+                        Action::Accept { ts, .. } | Action::Close { ts, .. } => *ts,
+                    };
+                    self.latency.return_to_handler.add(ts.saturating_sub(e.ts));
+                }
+            }
+        }
+        let start = c.sock.as_ref().and_then(|s| s.packet.as_ref().map(|p| p.ts)).unwrap_or(c.start_ts).min(c.start_ts);
+        let total = c.end_ts().saturating_sub(start);
+        if !c.incomplete && c.hops.iter().any(|h| h.wake.is_some()) {
+            self.latency.total.add(total);
+            self.consider_slowest(c, start, total);
+        }
+    }
+
+    fn consider_slowest(&mut self, c: &Chain, start: u64, total: u64) {
+        if self.slowest.len() >= self.keep_slowest && self.slowest.last().map(|w| w.total_ns >= total).unwrap_or(false) {
+            return;
+        }
+        let mut steps: Vec<(String, u64)> = Vec::new();
+        let off = |ts: u64| ts.saturating_sub(start);
+        let title = match &c.sock {
+            Some(s) => {
+                if let Some(p) = &s.packet {
+                    steps.push((format!("packet {} {}B", if p.dev.is_empty() { "backlog" } else { &p.dev }, p.len), off(p.ts)));
+                }
+                steps.push(("socket ready".into(), off(s.ts)));
+                if s.sock.is_listen() {
+                    format!("{} {}", s.sock.state_name(), s.sock.local)
+                } else {
+                    format!("{} {} <- {}", s.sock.state_name(), s.sock.local, s.sock.remote)
+                }
+            }
+            None => c.hops.first().and_then(|h| h.wake.as_ref()).map(|w| format!("wake-up: {}", w.cause.name())).unwrap_or_default(),
+        };
+        for h in &c.hops {
+            let who = thread_key(&h.target);
+            if let Some(w) = &h.wake {
+                steps.push((format!("woke {who}"), off(w.ts)));
+            }
+            if let Some(o) = &h.on_cpu {
+                steps.push((format!("{who} on CPU{}", o.cpu), off(o.ts)));
+            }
+            if let Some(e) = &h.epoll {
+                steps.push((format!("{who} {} returned {}", e.syscall.name(), e.ret), off(e.ts)));
+            }
+            for a in &h.actions {
+                match a {
+                    Action::Accept { ts, syscall, ret, .. } => steps.push((format!("{who} {} = {ret}", syscall.name()), off(*ts))),
+                    Action::Close { ts, fd, .. } => steps.push((format!("{who} close({fd})"), off(*ts))),
+                }
+            }
+            if let Some(ts) = h.slept_again {
+                steps.push((format!("{who} asleep again"), off(ts)));
+            }
+        }
+        steps.sort_by_key(|s| s.1);
+        self.slowest.push(Waterfall { chain: c.id, title, total_ns: total, steps });
+        self.slowest.sort_by(|a, b| b.total_ns.cmp(&a.total_ns).then(a.chain.cmp(&b.chain)));
+        self.slowest.truncate(self.keep_slowest);
+    }
+
+    pub fn build(&self) -> Summary {
+        let mut threads: Vec<ThreadRow> = self.threads.values().cloned().collect();
+        threads.sort_by(|a, b| b.wakeups.cmp(&a.wakeups).then(a.tid.cmp(&b.tid)));
+        let mut herd: Vec<HerdRow> = self.herd.values().cloned().collect();
+        herd.sort_by(|a, b| b.wasted.cmp(&a.wasted).then(a.local.cmp(&b.local)));
+        Summary { latency: self.latency.clone(), herd, threads, slowest: self.slowest.clone() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hist_percentiles_and_buckets() {
+        let mut h = Hist::default();
+        for ns in [500, 1_500, 3_000, 7_000, 1_000_000] {
+            h.add(ns);
+        }
+        assert_eq!(h.percentile(50.0), Some(3_000));
+        assert_eq!(h.percentile(100.0), Some(1_000_000));
+        assert_eq!(h.percentile(1.0), Some(500));
+        // 0us,1us -> 0; 3us -> 1; 7us -> 2; 1000us -> 9
+        assert_eq!(h.log2_us(), vec![2, 1, 1, 0, 0, 0, 0, 0, 0, 1]);
+        assert_eq!(Hist::default().percentile(99.0), None);
+    }
+}
