@@ -105,6 +105,9 @@ pub struct DemoArgs {
     /// Worker threads.
     #[arg(long, default_value_t = 2)]
     pub workers: usize,
+    /// CPU time each request burns in the worker, in microseconds (long handlers get preempted).
+    #[arg(long = "work-us", default_value_t = 0)]
+    pub work_us: u64,
     /// How workers share the listen socket: shared (like Envoy: herd), exclusive (EPOLLEXCLUSIVE), reuseport (SO_REUSEPORT).
     #[arg(long, default_value = "shared", value_parser = ["shared", "exclusive", "reuseport"])]
     pub mode: String,

@@ -103,11 +103,14 @@ pub struct DemoConfig {
     pub mode: ListenMode,
     /// Port on 127.0.0.1; 0 picks an ephemeral port (see [`DemoServer::addr`]).
     pub port: u16,
+    /// CPU time each request burns before the reply (a busy loop), in
+    /// microseconds: makes handling long enough to be preempted.
+    pub work_us: u64,
 }
 
 impl Default for DemoConfig {
     fn default() -> Self {
-        DemoConfig { workers: 2, mode: ListenMode::default(), port: 0 }
+        DemoConfig { workers: 2, mode: ListenMode::default(), port: 0, work_us: 0 }
     }
 }
 
@@ -221,12 +224,13 @@ impl DemoServer {
                 ListenMode::Shared | ListenMode::Exclusive => vec![self.listeners[0].as_raw_fd()],
             };
             let exclusive = cfg.mode == ListenMode::Exclusive;
+            let work_us = cfg.work_us;
             let name = format!("demo:worker_{i}");
             let (tx, rx) = mpsc::sync_channel(1);
             let worker_name = name.clone();
             let handle = thread::Builder::new()
                 .name(name.clone())
-                .spawn(move || worker_main(worker_name, listen, exclusive, stop, tx))?;
+                .spawn(move || worker_main(worker_name, listen, exclusive, stop, work_us, tx))?;
             self.handles.push(handle);
             self.names.push(name);
             ready.push(rx);
@@ -407,6 +411,7 @@ fn worker_main(
     listen: Vec<RawFd>,
     exclusive: bool,
     stop: RawFd,
+    work_us: u64,
     ready: mpsc::SyncSender<io::Result<u32>>,
 ) -> io::Result<WorkerStats> {
     // SAFETY: gettid has no preconditions and cannot fail.
@@ -443,6 +448,7 @@ fn worker_main(
         listen,
         stop,
         conns: HashMap::new(),
+        work: Duration::from_micros(work_us),
         stats: WorkerStats { tid, name, ..WorkerStats::default() },
     };
     let result = worker.run();
@@ -460,6 +466,8 @@ struct Worker {
     stop: RawFd,
     /// Open connections and the request bytes read so far; owns the fds.
     conns: HashMap<RawFd, Vec<u8>>,
+    /// Busy time per request.
+    work: Duration,
     stats: WorkerStats,
 }
 
@@ -563,6 +571,10 @@ impl Worker {
             }
         }
         if buf.windows(4).any(|w| w == b"\r\n\r\n") {
+            let t = std::time::Instant::now();
+            while t.elapsed() < self.work {
+                std::hint::spin_loop();
+            }
             // The reply is far smaller than any socket send buffer, so one
             // nonblocking write suffices; a short write just truncates the
             // demo reply.

@@ -152,7 +152,7 @@ fn cmd_demo(a: DemoArgs) -> anyhow::Result<()> {
     }
     let mode = ListenMode::parse(&a.mode).ok_or_else(|| Error::Usage(format!("--mode {}", a.mode)))?;
     netdrift::probes::preflight().context("demo")?;
-    let server = DemoServer::start(&DemoConfig { workers: a.workers, mode, port: 0 }).context("starting the demo server")?;
+    let server = DemoServer::start(&DemoConfig { workers: a.workers, mode, port: 0, work_us: a.work_us }).context("starting the demo server")?;
     let addr = server.addr();
     let names = server.worker_names();
     let tids = server.worker_tids();

@@ -4,30 +4,12 @@
 
 use std::collections::HashSet;
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use netdrift::analysis::{Action, Chain};
-use netdrift::demo::{self, DemoConfig, DemoServer, ListenMode};
-use netdrift::probes::ProbeConfig;
-use netdrift::trace::{self, TraceOptions};
+use netdrift::demo::ListenMode;
 
-/// BPF needs root; CI is root. Say so loudly rather than skip silently.
-fn require_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    if std::env::var("NETDRIFT_SKIP_ROOT_TESTS").as_deref() == Ok("1") {
-        eprintln!("skipped: needs root (NETDRIFT_SKIP_ROOT_TESTS=1)");
-        return false;
-    }
-    panic!("this test loads BPF programs and needs root: run `sudo make test` (or set NETDRIFT_SKIP_ROOT_TESTS=1 to skip)");
-}
-
-// One trace at a time: the tests share the kernel's programs and CPUs.
-static SERIAL: Mutex<()> = Mutex::new(());
+mod common;
+use common::{require_root, run_demo, SERIAL};
 
 struct Run {
     chains: Vec<Chain>,
@@ -37,38 +19,9 @@ struct Run {
     lost: u64,
 }
 
-fn run_demo(mode: ListenMode, k: usize) -> Run {
-    let server = DemoServer::start(&DemoConfig { workers: 2, mode, port: 0 }).expect("demo server");
-    let addr = server.addr();
-    let tids = server.worker_tids();
-    let stop = Arc::new(AtomicBool::new(false));
-    let ports: Arc<Mutex<Vec<u16>>> = Arc::default();
-    let opts = TraceOptions {
-        probe: ProbeConfig { tids: tids.clone(), follow_children: false, ..Default::default() },
-        keep_chains: true,
-        quiet: true,
-        stop: Some(stop.clone()),
-        on_ready: Some({
-            let stop = stop.clone();
-            let ports = ports.clone();
-            Box::new(move || {
-                std::thread::spawn(move || {
-                    std::thread::sleep(Duration::from_millis(100));
-                    let conns = demo::run_client(addr, k, Duration::from_millis(40)).expect("client");
-                    assert!(conns.iter().all(|c| c.ok), "every request answered");
-                    *ports.lock().unwrap() = conns.iter().map(|c| c.local_port).collect();
-                    std::thread::sleep(Duration::from_millis(300));
-                    stop.store(true, Ordering::SeqCst);
-                });
-            })
-        }),
-        ..Default::default()
-    };
-    let res = trace::run(opts).expect("trace");
-    let stats = server.shutdown().expect("shutdown");
-    let ports = ports.lock().unwrap().clone();
-    assert_eq!(ports.len(), k, "client finished");
-    Run { chains: res.chains, ports, tids, accepted: stats.accepted(), lost: res.losses.ringbuf }
+fn run_demo_chains(mode: ListenMode, k: usize) -> Run {
+    let r = run_demo(mode, k);
+    Run { lost: r.result.losses.ringbuf, chains: r.result.chains, ports: r.ports, tids: r.tids, accepted: r.accepted }
 }
 
 fn accepts(chains: &[Chain]) -> Vec<(u32, u16, i32)> {
@@ -94,7 +47,7 @@ fn demo_shared_listener_k_connections() {
     }
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let k = 8;
-    let r = run_demo(ListenMode::Shared, k);
+    let r = run_demo_chains(ListenMode::Shared, k);
     assert_eq!(r.lost, 0, "no ring-buffer loss at default size");
     assert_eq!(r.accepted, k as u64);
 
@@ -162,7 +115,7 @@ fn demo_exclusive_and_reuseport_wake_one() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     for mode in [ListenMode::Exclusive, ListenMode::ReusePort] {
         let k = 6;
-        let r = run_demo(mode, k);
+        let r = run_demo_chains(mode, k);
         assert_eq!(accepts(&r.chains).len(), k, "{mode:?}");
         let listen: Vec<&Chain> = r.chains.iter().filter(|c| c.sock.as_ref().map(|s| s.sock.is_listen()).unwrap_or(false)).collect();
         assert_eq!(listen.len(), k, "{mode:?}: one listen chain per connection");

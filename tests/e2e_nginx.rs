@@ -113,6 +113,11 @@ struct Nginx {
 
 impl Nginx {
     fn start(bin: &Path, dir: &Path) -> Nginx {
+        Self::start_with(bin, dir, "")
+    }
+
+    /// `listen_opts` is appended to the listen directive (e.g. " reuseport").
+    fn start_with(bin: &Path, dir: &Path, listen_opts: &str) -> Nginx {
         let mut last_err = String::new();
         // The free port can be taken between our probe and nginx's bind: retry.
         for _attempt in 0..3 {
@@ -131,7 +136,7 @@ impl Nginx {
                      http {{\n\
                      \x20   access_log off;\n\
                      \x20   server {{\n\
-                     \x20       listen 127.0.0.1:{port};\n\
+                     \x20       listen 127.0.0.1:{port}{listen_opts};\n\
                      \x20       location / {{ return 200 \"ok\\n\"; }}\n\
                      \x20   }}\n\
                      }}\n",
@@ -612,4 +617,74 @@ fn nginx_accepts_are_traced_with_ports_chains_and_epoll_fds() {
     );
     drop(tracer);
     drop(ngx);
+}
+
+/// Run `netdrift herd` on an nginx, K sequential connections; returns the
+/// summary line's `analysis.herd` rows and the client ports.
+fn herd_run(listen_opts: &str) -> (Vec<Value>, Vec<u16>, Vec<u32>) {
+    let tmp = tempfile::Builder::new().prefix("netdrift-e2e-herd").tempdir().expect("tempdir");
+    let dir = tmp.path();
+    let ngx = Nginx::start_with(&nginx_binary(), dir, listen_opts);
+    let (out_path, ready, stderr_path) = (dir.join("out.jsonl"), dir.join("ready"), dir.join("netdrift.stderr"));
+    let child = Command::new(env!("CARGO_BIN_EXE_netdrift"))
+        .args(["herd", "-p", &ngx.master.to_string(), "--json", "--output-file"])
+        .arg(&out_path)
+        .arg("--ready-file")
+        .arg(&ready)
+        .arg(TRACE_DURATION_S)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(fs::File::create(&stderr_path).unwrap()))
+        .spawn()
+        .expect("spawn netdrift");
+    let mut tracer = Tracer { child, stderr_path };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !ready.exists() {
+        if let Some(st) = tracer.child.try_wait().unwrap() {
+            panic!("netdrift exited ({st}) early; stderr:\n{}", tracer.stderr());
+        }
+        assert!(Instant::now() < deadline, "no ready file; stderr:\n{}", tracer.stderr());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Both workers asleep before each connection.
+    let ports: Vec<u16> = (0..K).map(|_| {
+        std::thread::sleep(Duration::from_millis(40));
+        request(ngx.port)
+    }).collect();
+    std::thread::sleep(Duration::from_millis(500));
+    signal(tracer.child.id(), libc::SIGINT);
+    let st = tracer.wait_timeout(Duration::from_secs(15)).expect("netdrift exits after SIGINT");
+    let stderr = tracer.stderr();
+    assert!(st.success(), "{stderr}");
+    assert!(stderr.contains("thundering herd"), "the text summary has the herd table:\n{stderr}");
+    let text = fs::read_to_string(&out_path).expect("output");
+    let last: Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    assert_eq!(ty(&last), "summary");
+    let rows = last["analysis"]["herd"].as_array().cloned().unwrap_or_default();
+    eprintln!("nginx{listen_opts}: herd rows {}", serde_json::to_string_pretty(&rows).unwrap());
+    (rows, ports, ngx.workers.clone())
+}
+
+#[test]
+fn nginx_herd_plain_and_reuseport() {
+    if !root_or_skip("nginx_herd_plain_and_reuseport") {
+        return;
+    }
+    let n = |v: &Value, k: &str| v[k].as_u64().unwrap_or(0);
+    // reuseport: one listen socket per worker, the kernel picks one: no herd.
+    let (rows, _, _) = herd_run(" reuseport");
+    assert!(!rows.is_empty(), "listen sockets seen");
+    let conns: u64 = rows.iter().map(|r| n(r, "connections")).sum();
+    assert_eq!(conns, K as u64, "every connection accepted once: {rows:?}");
+    for r in &rows {
+        assert_eq!(n(r, "wasted"), 0, "reuseport: no wake-up for nothing: {r}");
+        assert!(n(r, "wakeups") <= n(r, "events"), "reuseport: one thread per event: {r}");
+    }
+    // Plain: nginx registers the shared listen socket with EPOLLEXCLUSIVE on
+    // Linux >= 4.5, so at most one sleeping worker is woken per event.
+    let (rows, _, _) = herd_run("");
+    assert_eq!(rows.len(), 1, "one shared listen socket: {rows:?}");
+    let r = &rows[0];
+    assert_eq!(n(r, "connections"), K as u64, "{r}");
+    assert!(n(r, "wasted") * 5 <= K as u64, "EPOLLEXCLUSIVE keeps wasted wake-ups rare: {r}");
 }

@@ -193,14 +193,14 @@ static __always_inline bool is_target(struct task_struct *t)
 	__u32 tgid = t->tgid, tid = t->pid;
 	bool kthread = t->flags & PF_KTHREAD;
 
-	if (tgid == 0 || tgid == self_tgid)
+	if (tgid == 0)
 		return false;
 	if (user_threads_only && kthread)
 		return false;
 	if (kernel_threads_only && !kthread)
 		return false;
 	if (trace_all)
-		return true;
+		return tgid != self_tgid;	/* never netdrift itself */
 	if (has_tids && bpf_map_lookup_elem(&targets_tid, &tid))
 		return true;
 	if (bpf_map_lookup_elem(&targets_tgid, &tgid))

@@ -77,6 +77,11 @@ impl TextRenderer {
             },
         };
         let _ = writeln!(o, "chain {}  at {}  {}{}", c.id, dur(c.start_ts.saturating_sub(self.t0)), title, if c.incomplete { "  [incomplete]" } else { "" });
+        if let Some(p) = c.sock.as_ref().and_then(|s| s.packet.as_ref()) {
+            let s = c.sock.as_ref().unwrap();
+            let dev = if p.dev.is_empty() { "?".to_string() } else { term_safe(&p.dev).into_owned() };
+            let _ = writeln!(o, "  {:<14} CPU{}  {} bytes on {} (netif_receive_skb), {} before the socket was ready", "packet", s.cpu, p.len, dev, dur(s.ts.saturating_sub(p.ts)));
+        }
         if let Some(s) = &c.sock {
             let what = match s.hook {
                 ReadyHook::SkDataReady => "socket ready".to_string(),
@@ -91,6 +96,10 @@ impl TextRenderer {
                 s.sock.ino,
                 s.sock.netns
             );
+        }
+        if let Some(np) = c.sock.as_ref().and_then(|s| s.napi.as_ref()) {
+            let dev = if np.dev.is_empty() { "the per-CPU backlog (loopback/RPS)".to_string() } else { term_safe(&np.dev).into_owned() };
+            let _ = writeln!(o, "  {:<14} CPU{}  {} of budget {} packets from {} {:>9}  (napi_poll ended)", "napi poll", np.cpu, np.work, np.budget, dev, rel(np.ts));
         }
         let n = c.hops.len();
         for (i, h) in c.hops.iter().enumerate() {
@@ -210,7 +219,8 @@ fn hist_block(o: &mut String, title: &str, h: &Hist) {
     let _ = writeln!(o, "  {title}");
     let _ = writeln!(o, "  {:>21} : {:<8} distribution", "usecs", "count");
     let max = *b.iter().max().unwrap_or(&1);
-    for (i, &n) in b.iter().enumerate() {
+    let first = b.iter().position(|&n| n > 0).unwrap_or(0);
+    for (i, &n) in b.iter().enumerate().skip(first) {
         let (lo, hi) = if i == 0 { (0u64, 1u64) } else { (1u64 << i, (1u64 << (i + 1)) - 1) };
         let stars = if max == 0 { 0 } else { ((n as f64 / max as f64) * 40.0).round() as usize };
         let _ = writeln!(o, "  {lo:>10} -> {hi:<8} : {n:<8} |{:<40}|", "*".repeat(stars));

@@ -1,0 +1,220 @@
+#!/usr/bin/env python3
+"""Aggregate the raw files of bench/run.sh into a table and a JSON file.
+
+Usage: report.py WORKDIR RESULTS.json [--meta key=value ...]
+
+Each WORKDIR/run.CFG.ROUND/ holds wrk.txt (wrk --latency), meta.json (tracer
+pid, CPU ticks, wrk window, BPF program ids), bpf.before.json/bpf.after.json
+(`bpftool prog show -j`), tracer.err (netdrift's text summary) and, for the
+bpftrace peer, bt.count (lines printed, "Lost N events" summed).
+"""
+import datetime
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+
+UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+
+
+def parse_wrk(text):
+    out = {}
+    m = re.search(r"Requests/sec:\s+([\d.]+)", text)
+    out["rps"] = float(m.group(1)) if m else None
+    m = re.search(r"^\s+99%\s+([\d.]+)(us|ms|s)\s*$", text, re.M)
+    out["p99_ms"] = float(m.group(1)) * UNITS[m.group(2)] if m else None
+    m = re.search(r"^\s+50%\s+([\d.]+)(us|ms|s)\s*$", text, re.M)
+    out["p50_ms"] = float(m.group(1)) * UNITS[m.group(2)] if m else None
+    m = re.search(r"(\d+) requests in ([\d.]+)(\w+)", text)
+    out["requests"] = int(m.group(1)) if m else None
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
+    out["socket_errors"] = sum(int(x) for x in m.groups()) if m else 0
+    m = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    out["non_2xx"] = int(m.group(1)) if m else 0
+    return out
+
+
+def parse_netdrift_summary(text):
+    """The text summary netdrift prints on stderr with --json."""
+    out = {}
+    m = re.search(r"^\s+(\d+) events", text, re.M)
+    out["events"] = int(m.group(1)) if m else None
+    m = re.search(r"(?i)\blost: (\d+) records", text)
+    out["lost_ringbuf"] = int(m.group(1)) if m else None
+    m = re.search(r"(?i)\blost: \d+ records.*?(\d+) stacks", text)
+    out["lost_stacks"] = int(m.group(1)) if m else None
+    m = re.search(r"(\d+) map-full", text)
+    out["lost_map_full"] = int(m.group(1)) if m else 0
+    m = re.search(r"after ([\d.]+)s", text)
+    out["duration_s"] = float(m.group(1)) if m else None
+    return out
+
+
+def bpf_by_id(path):
+    try:
+        with open(path) as f:
+            return {p["id"]: p for p in json.load(f)}
+    except (OSError, ValueError):
+        return {}
+
+
+def mean(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.fmean(xs) if xs else None
+
+
+def load_run(d):
+    with open(os.path.join(d, "meta.json")) as f:
+        meta = json.load(f)
+    with open(os.path.join(d, "wrk.txt")) as f:
+        run = dict(meta, **parse_wrk(f.read()))
+    window = meta["t"][1] - meta["t"][0]
+    run["window_s"] = window
+    if meta["tracer_pid"]:
+        ticks = meta["cpu_ticks"][1] - meta["cpu_ticks"][0]
+        run["tracer_cpu_pct"] = 100.0 * ticks / meta["clk_tck"] / window
+    err = ""
+    if os.path.exists(os.path.join(d, "tracer.err")):
+        with open(os.path.join(d, "tracer.err"), errors="replace") as f:
+            err = f.read()
+    if meta["cfg"] == "peer":
+        try:
+            with open(os.path.join(d, "bt.count")) as f:
+                c = json.load(f)
+        except (OSError, ValueError):
+            c = {"lines": None, "lost": None}
+        lost_err = sum(int(x) for x in re.findall(r"Lost (\d+) events", err))
+        run["events"] = c["lines"]
+        run["lost"] = (c["lost"] or 0) + lost_err if c["lost"] is not None else None
+    elif meta["tracer_pid"]:
+        s = parse_netdrift_summary(err)
+        run["events"] = s["events"]
+        run["lost"] = s["lost_ringbuf"]
+        run["lost_stacks"] = s["lost_stacks"]
+        run["lost_map_full"] = s["lost_map_full"]
+        run["tracer_duration_s"] = s["duration_s"]
+        run["summary"] = err.strip().splitlines()[-6:]
+    if run.get("events") is not None:
+        run["events_per_s"] = run["events"] / window
+    # BPF run time of the tracer's own programs over the wrk window.
+    before, after = bpf_by_id(os.path.join(d, "bpf.before.json")), bpf_by_id(os.path.join(d, "bpf.after.json"))
+    progs = []
+    for pid in meta["prog_ids"]:
+        a, b = after.get(pid), before.get(pid)
+        if not a:
+            continue
+        ns = a.get("run_time_ns", 0) - (b or {}).get("run_time_ns", 0)
+        cnt = a.get("run_cnt", 0) - (b or {}).get("run_cnt", 0)
+        progs.append({"id": pid, "name": a.get("name"), "type": a.get("type"), "run_time_ns": ns, "run_cnt": cnt})
+    run["bpf_progs"] = progs
+    if progs:
+        run["bpf_ms_per_s"] = sum(p["run_time_ns"] for p in progs) / 1e6 / window
+    return run
+
+
+def main():
+    work, results = sys.argv[1], sys.argv[2]
+    meta = {}
+    if "--meta" in sys.argv:
+        for kv in sys.argv[sys.argv.index("--meta") + 1:]:
+            k, _, v = kv.partition("=")
+            meta[k] = v
+    runs = []
+    for name in sorted(os.listdir(work)):
+        if name.startswith("run.") and os.path.exists(os.path.join(work, name, "meta.json")):
+            runs.append(load_run(os.path.join(work, name)))
+    runs.sort(key=lambda r: r["t"][0])
+    order = []
+    for r in runs:
+        if r["cfg"] not in order:
+            order.append(r["cfg"])
+    base = [r for r in runs if r["cfg"] == "untraced"]
+    base_rps, base_p99 = mean(r["rps"] for r in base), mean(r["p99_ms"] for r in base)
+    configs = {}
+    for cfg in order:
+        rs = [r for r in runs if r["cfg"] == cfg]
+        c = {
+            "rounds": len(rs),
+            "rps": mean(r["rps"] for r in rs),
+            "rps_each": [r["rps"] for r in rs],
+            "p99_ms": mean(r["p99_ms"] for r in rs),
+            "p99_ms_each": [r["p99_ms"] for r in rs],
+            "socket_errors": sum(r["socket_errors"] for r in rs),
+        }
+        c["rps_ratio"] = c["rps"] / base_rps if base_rps and c["rps"] else None
+        c["p99_ratio"] = c["p99_ms"] / base_p99 if base_p99 and c["p99_ms"] else None
+        if cfg != "untraced":
+            c["events_per_s"] = mean(r.get("events_per_s") for r in rs)
+            lost = [r.get("lost") for r in rs]
+            c["lost"] = sum(x for x in lost if x is not None) if any(x is not None for x in lost) else None
+            c["lost_each"] = lost
+            if cfg != "peer":
+                c["lost_stacks"] = sum(r.get("lost_stacks") or 0 for r in rs)
+                c["lost_map_full"] = sum(r.get("lost_map_full") or 0 for r in rs)
+            c["tracer_cpu_pct"] = mean(r.get("tracer_cpu_pct") for r in rs)
+            c["tracer_vmhwm_kb"] = max((r.get("vmhwm_kb") or 0) for r in rs)
+            c["bpf_ms_per_s"] = mean(r.get("bpf_ms_per_s") for r in rs)
+            by_type, by_name = {}, {}
+            for r in rs:
+                for p in r["bpf_progs"]:
+                    for key, agg in ((p["type"], by_type), (p["name"], by_name)):
+                        t = agg.setdefault(key, [0, 0])
+                        t[0] += p["run_time_ns"]
+                        t[1] += p["run_cnt"]
+            c["bpf_ns_per_run_by_type"] = {k: (v[0] / v[1] if v[1] else None) for k, v in by_type.items()}
+            c["bpf_runs_per_s_by_type"] = {k: v[1] / sum(r["window_s"] for r in rs) for k, v in by_type.items()}
+            c["bpf_ns_per_run_by_prog"] = {k: (v[0] / v[1] if v[1] else None) for k, v in sorted(by_name.items())}
+        configs[cfg] = c
+
+    def git(*a):
+        try:
+            return subprocess.run(["git", *a], capture_output=True, text=True, cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
+        except OSError:
+            return ""
+
+    targets = {}
+    if "trace" in configs and configs["trace"]["rps_ratio"]:
+        t = configs["trace"]
+        targets["trace_rps_cost_at_most_3pct"] = {"cost_pct": 100 * (1 - t["rps_ratio"]), "met": t["rps_ratio"] >= 0.97}
+        if "peer" in configs and configs["peer"]["rps_ratio"]:
+            targets["trace_cheaper_than_peer"] = {"trace_rps_ratio": t["rps_ratio"], "peer_rps_ratio": configs["peer"]["rps_ratio"], "met": t["rps_ratio"] > configs["peer"]["rps_ratio"]}
+        targets["trace_zero_drops"] = {"lost": t.get("lost"), "met": t.get("lost") == 0}
+    out = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "kernel": platform.release(),
+        "cpus": os.cpu_count(),
+        "commit": git("rev-parse", "--short", "HEAD") + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else ""),
+        "settings": meta,
+        "configs": configs,
+        "targets": targets,
+        "runs": runs,
+    }
+    with open(results, "w") as f:
+        json.dump(out, f, indent=1)
+        f.write("\n")
+
+    def fmt(v, spec):
+        return "-" if v is None else format(v, spec)
+
+    print()
+    print(f"netdrift overhead on nginx, wrk -t1 -c{meta.get('connections', '?')} -d{meta.get('duration_s', '?')}s, "
+          f"{meta.get('rounds', '?')} rounds interleaved; untraced: {fmt(base_rps, ',.0f')} req/s, p99 {fmt(base_p99, '.2f')} ms")
+    hdr = f"{'config':<10} {'req/s':>9} {'ratio':>6} {'p99 ms':>7} {'ratio':>6} {'events/s':>9} {'lost':>5} {'cpu %':>6} {'bpf ms/s':>8}  bpf ns/run by type"
+    print(hdr)
+    print("-" * len(hdr))
+    for cfg, c in configs.items():
+        types = ", ".join(f"{k} {fmt(v, '.0f')}" for k, v in sorted(c.get("bpf_ns_per_run_by_type", {}).items()))
+        print(f"{cfg:<10} {fmt(c['rps'], '9.0f')} {fmt(c['rps_ratio'], '6.3f')} {fmt(c['p99_ms'], '7.2f')} {fmt(c['p99_ratio'], '6.2f')} "
+              f"{fmt(c.get('events_per_s'), '9.0f')} {fmt(c.get('lost'), '5d')} {fmt(c.get('tracer_cpu_pct'), '6.1f')} {fmt(c.get('bpf_ms_per_s'), '8.1f')}  {types}")
+    if meta.get("skipped", "").strip():
+        print(f"skipped: {meta['skipped'].strip()}")
+    for k, v in targets.items():
+        print(f"target {k}: {'met' if v['met'] else 'NOT met'} {json.dumps({a: b for a, b in v.items() if a != 'met'})}")
+    print(f"(cpu % = tracer utime+stime per second of the wrk window; bpf ms/s = run time of the tracer's programs per second; results: {results})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,140 @@
+#!/usr/bin/env bash
+# Overhead of netdrift on nginx at saturation, against a bpftrace peer.
+#
+#   sudo bench/run.sh                    # 2 rounds x 10 s per configuration
+#   sudo ROUNDS=3 DURATION=15 bench/run.sh
+#
+# A private nginx (2 workers, access_log off, `return 200 "ok"`) on a free
+# loopback port, loaded by `wrk -t1 -c50 --latency` at saturation. The
+# configurations run interleaved, round after round (A/B/A/B):
+#   untraced   nothing attached
+#   trace      netdrift trace -p <nginx master> --json > /dev/null
+#   offwake    netdrift offwake -p <nginx master>   (only if that command exists)
+#   peer       bpftrace bench/peer.bt (same tracepoints, one line per event) | line counter
+# Pinning (2 CPUs): both nginx workers on CPU 1 (worker_cpu_affinity 10 10),
+# wrk on CPU 0, the tracer unpinned (it competes with both, as in production).
+# Change with NGINX_AFFINITY / WRK_CPU.
+#
+# Prints a table and writes bench/results/latest.json (RESULTS=path to change).
+# kernel.bpf_stats_enabled is set to 1 for the whole run (for the BPF run time
+# per event) and restored at exit. Docs: docs/benchmark.md.
+set -euo pipefail
+. "$(dirname "$0")/lib.sh"
+
+ROUNDS=${ROUNDS:-2}
+DURATION=${DURATION:-10}
+CONNS=${CONNS:-50}
+SETTLE=${SETTLE:-1}
+NGINX_AFFINITY=${NGINX_AFFINITY:-"10 10"}
+WRK_CPU=${WRK_CPU:-0}
+RESULTS=${RESULTS:-$ND_ROOT/bench/results/latest.json}
+CONFIGS=${CONFIGS:-"untraced trace offwake peer"}
+
+require_root_and_tools nginx wrk bpftrace bpftool taskset python3 awk
+ND=$(netdrift_binary)
+
+WORK=$(mktemp -d /tmp/netdrift-bench.XXXXXX)
+OLD_STATS=$(cat /proc/sys/kernel/bpf_stats_enabled)
+CURRENT_TRACER=""
+cleanup() {
+  if [ -n "$CURRENT_TRACER" ] && alive "$CURRENT_TRACER"; then
+    kill -KILL "$CURRENT_TRACER" 2>/dev/null || true
+  fi
+  nginx_stop "$WORK"
+  echo "$OLD_STATS" >/proc/sys/kernel/bpf_stats_enabled
+  if [ -n "${KEEP_WORK:-}" ]; then note "raw files kept in $WORK"; else rm -rf "$WORK"; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# Which configurations can run now.
+run_configs=()
+for c in $CONFIGS; do
+  if [ "$c" = offwake ]; then
+    if ! "$ND" offwake --help >"$WORK/offwake.help" 2>&1; then
+      note "skipping offwake: \`netdrift offwake --help\` fails on this build ($(head -1 "$WORK/offwake.help"))"
+      continue
+    fi
+  fi
+  run_configs+=("$c")
+done
+
+echo 1 >/proc/sys/kernel/bpf_stats_enabled
+nginx_start "$WORK" "$NGINX_AFFINITY"
+URL="http://127.0.0.1:$NGINX_PORT/"
+note "nginx master $NGINX_MASTER, workers $NGINX_W1 $NGINX_W2 (affinity $NGINX_AFFINITY) on $URL; wrk -t1 -c$CONNS -d${DURATION}s on CPU $WRK_CPU"
+note "configurations: ${run_configs[*]}; $ROUNDS rounds; netdrift $ND"
+
+# Warm up nginx and the page cache of the binaries.
+taskset -c "$WRK_CPU" wrk -t1 -c"$CONNS" -d2s "$URL" >/dev/null
+
+run_one() {
+  local cfg=$1 round=$2 rd="$WORK/run.$cfg.$round" tpid="" apid=""
+  mkdir -p "$rd"
+  case $cfg in
+    untraced) ;;
+    trace)
+      "$ND" trace -p "$NGINX_MASTER" --json --ready-file "$rd/ready" >/dev/null 2>"$rd/tracer.err" &
+      tpid=$!
+      ;;
+    offwake)
+      local ready_args=()
+      grep -q -- '--ready-file' "$WORK/offwake.help" && ready_args=(--ready-file "$rd/ready")
+      "$ND" offwake -p "$NGINX_MASTER" "${ready_args[@]}" >/dev/null 2>"$rd/tracer.err" &
+      tpid=$!
+      [ ${#ready_args[@]} -gt 0 ] || { sleep 3; touch "$rd/ready"; }
+      ;;
+    peer)
+      mkfifo "$rd/bt.fifo"
+      awk -v ready="$rd/ready" '
+        /^Lost [0-9]+ events/ { lost += $2; next }
+        /^peer\.bt: pids/ { printf "" > ready; close(ready); next }
+        /^Attaching [0-9]+ probe/ { next }
+        { n++ }
+        END { printf "{\"lines\": %d, \"lost\": %d}\n", n, lost }' <"$rd/bt.fifo" >"$rd/bt.count" &
+      apid=$!
+      bpftrace "$ND_ROOT/bench/peer.bt" "$NGINX_MASTER" "$NGINX_W1" "$NGINX_W2" "$NGINX_PORT" >"$rd/bt.fifo" 2>"$rd/tracer.err" &
+      tpid=$!
+      ;;
+    *) die "unknown configuration $cfg" ;;
+  esac
+  if [ -n "$tpid" ]; then
+    CURRENT_TRACER=$tpid
+    wait_file "$rd/ready" "$tpid" || die "$cfg did not start: $(tail -3 "$rd/tracer.err")"
+  fi
+  sleep "$SETTLE"
+  local ids="" c0=0 c1=0 hwm=0
+  if [ -n "$tpid" ]; then
+    ids=$(bpf_prog_ids "$tpid" | tr '\n' ' ')
+    c0=$(cpu_ticks "$tpid")
+  fi
+  bpftool prog show -j >"$rd/bpf.before.json"
+  local t0 t1
+  t0=$(date +%s.%N)
+  taskset -c "$WRK_CPU" wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "$URL" >"$rd/wrk.txt"
+  t1=$(date +%s.%N)
+  bpftool prog show -j >"$rd/bpf.after.json"
+  if [ -n "$tpid" ]; then
+    c1=$(cpu_ticks "$tpid")
+    hwm=$(awk '/^VmHWM:/ {print $2}' "/proc/$tpid/status" 2>/dev/null || echo 0)
+    stop_pid "$tpid"
+    CURRENT_TRACER=""
+  fi
+  [ -z "$apid" ] || wait "$apid" || true
+  cat >"$rd/meta.json" <<EOF
+{"cfg": "$cfg", "round": $round, "tracer_pid": ${tpid:-0}, "cpu_ticks": [$c0, $c1], "clk_tck": $(getconf CLK_TCK),
+ "t": [$t0, $t1], "prog_ids": [$(echo $ids | sed 's/ /, /g')], "vmhwm_kb": ${hwm:-0}}
+EOF
+  note "round $round $cfg: $(grep -E 'Requests/sec' "$rd/wrk.txt" | tr -s ' ')"
+}
+
+for round in $(seq "$ROUNDS"); do
+  for cfg in "${run_configs[@]}"; do
+    run_one "$cfg" "$round"
+  done
+done
+
+mkdir -p "$(dirname "$RESULTS")"
+python3 "$ND_ROOT/bench/report.py" "$WORK" "$RESULTS" \
+  --meta "rounds=$ROUNDS" "duration_s=$DURATION" "connections=$CONNS" "nginx_affinity=$NGINX_AFFINITY" \
+  "wrk_cpu=$WRK_CPU" "netdrift=$ND" "skipped=$(echo $CONFIGS | tr ' ' '\n' | grep -vxF -f <(printf '%s\n' "${run_configs[@]}") | tr '\n' ' ')"

@@ -1,0 +1,192 @@
+//! User-space addresses -> names, for processes that may be gone by the end.
+//!
+//! A process is symbolized through blazesym's `Source::Process` while it
+//! lives (binaries are read through /proc/PID/map_files, so this works inside
+//! containers). When it is first seen, its /proc/PID/maps is kept and every
+//! executable file it maps is held open; frames of a process that exited
+//! (or that `Source::Process` could not name) are then looked up in those
+//! files by file offset, and what is still unknown is printed with its module
+//! and offset from the snapshot.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::fd::AsRawFd;
+
+use blazesym::symbolize::source::{Elf, Process, Source};
+use blazesym::symbolize::{Input, Symbolized, Symbolizer};
+use blazesym::Pid;
+
+use super::procmaps::{self, Mapping};
+
+/// At most this many binaries are held open (one per file, shared by processes).
+const MAX_HELD_FILES: usize = 4096;
+
+/// A process's memory map when it was first seen.
+#[derive(Debug, Clone)]
+struct Snapshot {
+    /// Start time (clock ticks after boot) from /proc/PID/stat: tells a
+    /// reused pid from the process that was seen.
+    start_time: Option<u64>,
+    maps: Vec<Mapping>,
+}
+
+/// Start time of a process, field 22 of /proc/PID/stat.
+pub fn start_time(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat_start_time(&s)
+}
+
+/// Field 22 (starttime) of the text of /proc/PID/stat; comm may hold spaces and parens.
+pub fn stat_start_time(stat: &str) -> Option<u64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Is the process alive (not gone, not a zombie)?
+pub fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => match s.rfind(')').and_then(|i| s[i + 1..].split_whitespace().next()) {
+            Some(st) => st != "Z" && st != "X",
+            None => false,
+        },
+        Err(_) => false,
+    }
+}
+
+/// Symbolizes user stacks of many processes, with a cache.
+pub struct UserSyms {
+    symbolizer: Symbolizer,
+    snapshots: HashMap<u32, Snapshot>,
+    /// Executable files held open, by (device, inode).
+    files: HashMap<(String, u64), File>,
+    /// (pid, address, is the innermost frame) -> name.
+    cache: HashMap<(u32, u64, bool), String>,
+}
+
+impl Default for UserSyms {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl UserSyms {
+    /// A symbolizer that demangles C++ and Rust names; no source lines (not printed).
+    pub fn new() -> Self {
+        let symbolizer = Symbolizer::builder().enable_demangling(true).enable_code_info(false).enable_inlined_fns(false).build();
+        UserSyms { symbolizer, snapshots: HashMap::new(), files: HashMap::new(), cache: HashMap::new() }
+    }
+
+    /// Number of processes with a maps snapshot.
+    pub fn snapshots(&self) -> usize {
+        self.snapshots.len()
+    }
+
+    /// Keep /proc/PID/maps and hold the process's executables open, once per
+    /// process. False when the process is already gone.
+    pub fn snapshot(&mut self, pid: u32) -> bool {
+        if pid == 0 {
+            return false;
+        }
+        let st = start_time(pid);
+        if let Some(s) = self.snapshots.get(&pid) {
+            if s.start_time == st || st.is_none() {
+                return true;
+            }
+        }
+        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else { return false };
+        let maps = procmaps::parse(&text);
+        for m in maps.iter().filter(|m| m.exec() && m.is_file()) {
+            let key = (m.dev.clone(), m.inode);
+            if self.files.contains_key(&key) || self.files.len() >= MAX_HELD_FILES {
+                continue;
+            }
+            let via_map_files = format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end);
+            let via_root = format!("/proc/{pid}/root{}", m.path.strip_suffix(" (deleted)").unwrap_or(&m.path));
+            if let Ok(f) = File::open(via_map_files).or_else(|_| File::open(via_root)) {
+                self.files.insert(key, f);
+            }
+        }
+        self.snapshots.insert(pid, Snapshot { start_time: st, maps });
+        true
+    }
+
+    /// Names for a user stack of `pid`, innermost first. Return addresses
+    /// (every frame but the innermost) are looked up one byte back, inside
+    /// the call instruction, so a call at the very end of a function is not
+    /// named after the next one.
+    pub fn frames(&mut self, pid: u32, addrs: &[u64]) -> Vec<String> {
+        let want: Vec<(u64, bool)> = addrs.iter().enumerate().map(|(i, &a)| (a, i == 0)).collect();
+        self.resolve(pid, &want);
+        want.iter().map(|&(a, leaf)| self.cache.get(&(pid, a, leaf)).cloned().unwrap_or_else(|| format!("[unknown] 0x{a:x}"))).collect()
+    }
+
+    fn resolve(&mut self, pid: u32, want: &[(u64, bool)]) {
+        let missing: Vec<(u64, bool)> = want.iter().copied().filter(|&(a, l)| !self.cache.contains_key(&(pid, a, l))).collect();
+        if missing.is_empty() {
+            return;
+        }
+        let lookup = |(a, leaf): (u64, bool)| if leaf { a } else { a.saturating_sub(1) };
+        let snap_start = self.snapshots.get(&pid).map(|s| s.start_time);
+        let live_same = alive(pid) && match snap_start {
+            Some(Some(st)) => start_time(pid) == Some(st),
+            _ => true,
+        };
+        let mut names: Vec<Option<String>> = vec![None; missing.len()];
+        if live_same {
+            let addrs: Vec<u64> = missing.iter().map(|&m| lookup(m)).collect();
+            let src = Source::Process(Process::new(Pid::from(pid)));
+            if let Ok(syms) = self.symbolizer.symbolize(&src, Input::AbsAddr(&addrs)) {
+                for (n, s) in names.iter_mut().zip(syms) {
+                    if let Symbolized::Sym(sym) = s {
+                        *n = Some(sym.name.to_string());
+                    }
+                }
+            }
+        }
+        // The snapshot, or the maps as they are now when the process was never snapshotted.
+        let maps: Vec<Mapping> = match self.snapshots.get(&pid) {
+            Some(s) => s.maps.clone(),
+            None if live_same => std::fs::read_to_string(format!("/proc/{pid}/maps")).map(|t| procmaps::parse(&t)).unwrap_or_default(),
+            None => Vec::new(),
+        };
+        for (i, &(a, leaf)) in missing.iter().enumerate() {
+            if names[i].is_none() {
+                let la = lookup((a, leaf));
+                if let Some(m) = procmaps::find(&maps, la) {
+                    if let Some(f) = self.files.get(&(m.dev.clone(), m.inode)) {
+                        let path = format!("/proc/self/fd/{}", f.as_raw_fd());
+                        let src = Source::Elf(Elf::new(path));
+                        if let Ok(Symbolized::Sym(sym)) = self.symbolizer.symbolize_single(&src, Input::FileOffset(m.file_offset(la))) {
+                            names[i] = Some(sym.name.to_string());
+                        }
+                    }
+                }
+            }
+            let name = names[i].take().unwrap_or_else(|| procmaps::unknown_frame(&maps, a));
+            self.cache.insert((pid, a, leaf), name);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_start_time_with_hostile_comm() {
+        let stat = "4242 (a) b (c)) S 1 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 3 0 987654 1000 200";
+        assert_eq!(stat_start_time(stat), Some(987654));
+        assert_eq!(stat_start_time("garbage"), None);
+    }
+
+    #[test]
+    fn names_own_frames_and_survives_unknown() {
+        let me = std::process::id();
+        let mut s = UserSyms::new();
+        assert!(s.snapshot(me));
+        let f = stat_start_time as *const () as u64;
+        let names = s.frames(me, &[f + 1, 0x10]);
+        assert!(names[0].contains("stat_start_time"), "{names:?}");
+        assert_eq!(names[1], "[unknown] 0x10");
+    }
+}

@@ -1,0 +1,84 @@
+//! Helpers shared by the root end-to-end tests.
+#![allow(dead_code)]
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use netdrift::demo::{self, DemoConfig, DemoServer, ListenMode};
+use netdrift::probes::ProbeConfig;
+use netdrift::trace::{self, TraceOptions, TraceResult};
+
+/// BPF needs root; CI is root. Say so loudly rather than skip silently.
+pub fn require_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    if std::env::var("NETDRIFT_SKIP_ROOT_TESTS").as_deref() == Ok("1") {
+        eprintln!("skipped: needs root (NETDRIFT_SKIP_ROOT_TESTS=1)");
+        return false;
+    }
+    panic!("this test loads BPF programs and needs root: run `sudo make test` (or set NETDRIFT_SKIP_ROOT_TESTS=1 to skip)");
+}
+
+/// One trace at a time within a test binary.
+pub static SERIAL: Mutex<()> = Mutex::new(());
+
+pub struct DemoRun {
+    pub result: TraceResult,
+    pub ports: Vec<u16>,
+    pub tids: Vec<u32>,
+    pub accepted: u64,
+}
+
+/// Pin a thread to one CPU.
+pub fn pin(tid: u32, cpu: usize) {
+    // SAFETY: cpu_set_t is plain data; sched_setaffinity reads it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        assert_eq!(libc::sched_setaffinity(tid as i32, std::mem::size_of::<libc::cpu_set_t>(), &set), 0, "pin {tid} to CPU{cpu}");
+    }
+}
+
+/// Start the demo server, trace its workers while a client opens `k`
+/// connections `gap` apart; `setup` runs on the worker tids before tracing.
+pub fn run_demo_with(cfg: DemoConfig, k: usize, gap: Duration, setup: impl FnOnce(&[u32])) -> DemoRun {
+    let server = DemoServer::start(&cfg).expect("demo server");
+    let addr = server.addr();
+    let tids = server.worker_tids();
+    setup(&tids);
+    let stop = Arc::new(AtomicBool::new(false));
+    let ports: Arc<Mutex<Vec<u16>>> = Arc::default();
+    let opts = TraceOptions {
+        probe: ProbeConfig { tids: tids.clone(), follow_children: false, ..Default::default() },
+        keep_chains: true,
+        quiet: true,
+        stop: Some(stop.clone()),
+        on_ready: Some({
+            let stop = stop.clone();
+            let ports = ports.clone();
+            Box::new(move || {
+                std::thread::spawn(move || {
+                    std::thread::sleep(Duration::from_millis(100));
+                    let conns = demo::run_client(addr, k, gap).expect("client");
+                    assert!(conns.iter().all(|c| c.ok), "every request answered");
+                    *ports.lock().unwrap() = conns.iter().map(|c| c.local_port).collect();
+                    std::thread::sleep(Duration::from_millis(300));
+                    stop.store(true, Ordering::SeqCst);
+                });
+            })
+        }),
+        ..Default::default()
+    };
+    let result = trace::run(opts).expect("trace");
+    let stats = server.shutdown().expect("shutdown");
+    let ports = ports.lock().unwrap().clone();
+    assert_eq!(ports.len(), k, "client finished");
+    DemoRun { result, ports, tids, accepted: stats.accepted() }
+}
+
+pub fn run_demo(mode: ListenMode, k: usize) -> DemoRun {
+    run_demo_with(DemoConfig { workers: 2, mode, port: 0, work_us: 0 }, k, Duration::from_millis(40), |_| {})
+}

@@ -1,0 +1,168 @@
+//! Root end-to-end tests of the summary: herd per listen socket on the demo
+//! server's three modes, run-queue wait under a CPU-bound competitor, and
+//! `analyze` reproducing the live output from a recording.
+
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use netdrift::demo::{DemoConfig, ListenMode};
+use netdrift::summary::HerdRow;
+
+mod common;
+use common::{pin, require_root, run_demo, run_demo_with, SERIAL};
+
+const K: usize = 8;
+
+fn listen_row(rows: &[HerdRow]) -> &HerdRow {
+    assert_eq!(rows.len(), 1, "one shared listen socket: {rows:#?}");
+    &rows[0]
+}
+
+#[test]
+fn herd_found_on_shared_listener_only() {
+    if !require_root() {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    assert!(cpus >= 2, "the herd needs two CPUs so both workers sleep at once; this machine has {cpus}");
+
+    let r = run_demo(ListenMode::Shared, K);
+    let row = listen_row(&r.result.summary.herd);
+    assert_eq!(row.connections, K as u64, "{row:#?}");
+    assert_eq!(row.events, K as u64, "one listen-socket event per connection: {row:#?}");
+    // Connections are driven one at a time with both workers asleep: each
+    // wakes both, one accepts, the other was woken for nothing.
+    assert!(row.wasted as f64 >= 0.75 * K as f64 && row.wasted <= K as u64, "about one wasted wake-up per connection: {row:#?}");
+    assert!(row.herd_ratio() >= 0.75);
+    assert_eq!(row.winners.values().sum::<u64>(), K as u64);
+    assert!(r.result.summary_text.contains("EPOLLEXCLUSIVE"), "the fix is suggested:\n{}", r.result.summary_text);
+
+    for mode in [ListenMode::Exclusive, ListenMode::ReusePort] {
+        let r = run_demo(mode, K);
+        let rows = &r.result.summary.herd;
+        let conns: u64 = rows.iter().map(|r| r.connections).sum();
+        let wasted: u64 = rows.iter().map(|r| r.wasted).sum();
+        assert_eq!(conns, K as u64, "{mode:?}: {rows:#?}");
+        assert!(wasted <= 1, "{mode:?}: about zero wasted wake-ups: {rows:#?}");
+        if mode == ListenMode::ReusePort {
+            assert_eq!(rows.len(), 2, "one listen socket per worker: {rows:#?}");
+        }
+        assert!(!r.result.summary_text.contains("register the listen socket with EPOLLEXCLUSIVE"), "{mode:?}: no fix suggested");
+    }
+}
+
+/// Let a thread run anywhere again.
+fn unpin(tid: u32) {
+    // SAFETY: cpu_set_t is plain data; sched_setaffinity reads it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for c in 0..std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) {
+            libc::CPU_SET(c, &mut set);
+        }
+        libc::sched_setaffinity(tid as i32, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+/// Busy threads pinned to `cpu` until the returned flag is set.
+fn hogs(cpu: usize, n: usize) -> (Arc<AtomicBool>, Vec<std::thread::JoinHandle<()>>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let hs = (0..n)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                // SAFETY: gettid has no preconditions.
+                pin(unsafe { libc::gettid() } as u32, cpu);
+                while !stop.load(Ordering::Relaxed) {
+                    std::hint::spin_loop();
+                }
+            })
+        })
+        .collect();
+    (stop, hs)
+}
+
+#[test]
+fn cpu_hog_moves_runqueue_wait_up_and_preempts() {
+    if !require_root() {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    // One worker on CPU0; each request burns 5 ms, longer than a scheduler
+    // slice, so a competitor on that CPU preempts it.
+    let cfg = DemoConfig { workers: 1, mode: ListenMode::Shared, port: 0, work_us: 5000 };
+    // The worker alone on CPU0; this thread, the tracer and the client on CPU1.
+    // SAFETY: gettid has no preconditions.
+    let me = unsafe { libc::gettid() } as u32;
+    let pin_all = |tids: &[u32]| {
+        tids.iter().for_each(|&t| pin(t, 0));
+        pin(me, 1);
+    };
+    let quiet = run_demo_with(cfg.clone(), 6, Duration::from_millis(40), pin_all);
+
+    let (stop, hs) = hogs(0, 2);
+    let busy = run_demo_with(cfg, 6, Duration::from_millis(40), pin_all);
+    stop.store(true, Ordering::Relaxed);
+    hs.into_iter().for_each(|h| h.join().unwrap());
+
+    let q = &quiet.result.summary.latency.wake_to_cpu;
+    let b = &busy.result.summary.latency.wake_to_cpu;
+    let (q50, b50) = (q.percentile(50.0).unwrap(), b.percentile(50.0).unwrap());
+    eprintln!("run-queue wait p50: quiet {q50} ns, with competitor {b50} ns");
+    eprintln!("quiet buckets {:?}\nbusy buckets {:?}", q.log2_us(), b.log2_us());
+    // Samples of 1 ms and more (log2 bucket 10 and up): a competitor's slice.
+    let slow = |h: &netdrift::summary::Hist| h.log2_us().iter().skip(10).sum::<u64>();
+    assert!(slow(b) > slow(q) && slow(b) >= 2, "the competitor moves run-queue waits to the >= 1 ms buckets: quiet {:?}, busy {:?}", q.log2_us(), b.log2_us());
+    assert!(b.sum_ns > q.sum_ns, "more time in the run queue with a competitor: {} vs {} ns", b.sum_ns, q.sum_ns);
+    unpin(me);
+    let invol = |r: &common::DemoRun| -> u64 { r.result.summary.threads.iter().filter(|t| r.tids.contains(&t.tid)).map(|t| t.involuntary).sum() };
+    // Time spent waiting for the CPU again after a preemption, mid-request.
+    let preempted = |r: &common::DemoRun| -> u64 { r.result.chains.iter().flat_map(|c| c.hops.iter()).map(|h| h.preempted_ns).sum() };
+    eprintln!("involuntary switches of the worker: quiet {}, with competitor {}", invol(&quiet), invol(&busy));
+    eprintln!("waiting after preemption: quiet {} ns, with competitor {} ns", preempted(&quiet), preempted(&busy));
+    assert!(invol(&busy) > 0, "the worker is preempted by the competitor");
+    assert!(preempted(&busy) > preempted(&quiet) + 10_000_000, "preemptions by the competitor cost milliseconds per request");
+    assert!(busy.result.summary_text.contains("involuntary"), "{}", busy.result.summary_text);
+}
+
+#[test]
+fn analyze_reproduces_the_live_output() {
+    if !require_root() {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let rec = dir.path().join("run.ndr");
+    let bin = env!("CARGO_BIN_EXE_netdrift");
+    let live = Command::new(bin).args(["demo", "-n", "4", "--packets", "--record"]).arg(&rec).output().unwrap();
+    assert!(live.status.success(), "{}", String::from_utf8_lossy(&live.stderr));
+    let replay = Command::new(bin).arg("analyze").arg(&rec).output().unwrap();
+    assert!(replay.status.success(), "{}", String::from_utf8_lossy(&replay.stderr));
+    let (l, r) = (String::from_utf8_lossy(&live.stdout), String::from_utf8_lossy(&replay.stdout));
+    assert!(l.contains("thundering herd, per listen socket") && l.contains("latency per stage"), "{l}");
+    assert_eq!(l, r, "analyze prints exactly what the live trace printed");
+
+    // JSON too: the replayed summary equals the live one.
+    let live_json = dir.path().join("live.jsonl");
+    let rec2 = dir.path().join("run2.ndr");
+    let o = Command::new(bin).args(["demo", "-n", "3", "--json", "-o"]).arg(&live_json).arg("--record").arg(&rec2).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = Command::new(bin).args(["analyze", "--json"]).arg(&rec2).output().unwrap();
+    assert!(o.status.success());
+    let last = |t: &str| -> serde_json::Value { serde_json::from_str(t.lines().last().unwrap()).unwrap() };
+    let a = last(&std::fs::read_to_string(&live_json).unwrap());
+    let b = last(&String::from_utf8_lossy(&o.stdout));
+    assert_eq!(a["type"], "summary");
+    assert_eq!(a, b, "same summary line");
+
+    // A truncated recording is refused, not analyzed as if complete.
+    let text = std::fs::read_to_string(&rec).unwrap();
+    let cut = dir.path().join("cut.ndr");
+    let keep: Vec<&str> = text.lines().collect();
+    std::fs::write(&cut, keep[..keep.len() - 1].join("\n")).unwrap();
+    let o = Command::new(bin).arg("analyze").arg(&cut).output().unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("incomplete"));
+}
