@@ -130,6 +130,25 @@ wait_file() {
   return 1
 }
 
+# Wait until PID holds BPF programs and their number has not changed for
+# 1 s (bpftrace attaches its probes one by one); 30 s at most.
+wait_progs() {
+  local pid=$1 i n last=0 stable=0
+  for i in $(seq 600); do
+    alive "$pid" || return 1
+    n=$(bpf_prog_ids "$pid" | wc -l)
+    if [ "$n" -gt 0 ] && [ "$n" -eq "$last" ]; then
+      stable=$((stable + 1))
+      [ "$stable" -ge 20 ] && return 0
+    else
+      stable=0
+    fi
+    last=$n
+    sleep 0.05
+  done
+  return 1
+}
+
 # Send SIGINT and wait up to 20 s, then SIGKILL.
 stop_pid() {
   local pid=$1 i

@@ -197,7 +197,10 @@ def main():
         f.write("\n")
 
     def fmt(v, spec):
-        return "-" if v is None else format(v, spec)
+        if v is None:
+            w = re.match(r"\D*(\d*)", spec).group(1)
+            return "-".rjust(int(w)) if w else "-"
+        return format(v, spec)
 
     print()
     print(f"netdrift overhead on nginx, wrk -t1 -c{meta.get('connections', '?')} -d{meta.get('duration_s', '?')}s, "

@@ -86,10 +86,11 @@ run_one() {
       ;;
     peer)
       mkfifo "$rd/bt.fifo"
-      awk -v ready="$rd/ready" '
+      # bpftrace's stdout is fully buffered into the pipe: readiness is
+      # seen from its BPF programs (wait_progs), not from its output.
+      awk '
         /^Lost [0-9]+ events/ { lost += $2; next }
-        /^peer\.bt: pids/ { printf "" > ready; close(ready); next }
-        /^Attaching [0-9]+ probe/ { next }
+        /^(peer\.bt: pids|Attaching [0-9]+ probe)/ { next }
         { n++ }
         END { printf "{\"lines\": %d, \"lost\": %d}\n", n, lost }' <"$rd/bt.fifo" >"$rd/bt.count" &
       apid=$!
@@ -100,7 +101,11 @@ run_one() {
   esac
   if [ -n "$tpid" ]; then
     CURRENT_TRACER=$tpid
-    wait_file "$rd/ready" "$tpid" || die "$cfg did not start: $(tail -3 "$rd/tracer.err")"
+    if [ "$cfg" = peer ]; then
+      wait_progs "$tpid" || die "$cfg did not start: $(tail -3 "$rd/tracer.err")"
+    else
+      wait_file "$rd/ready" "$tpid" || die "$cfg did not start: $(tail -3 "$rd/tracer.err")"
+    fi
   fi
   sleep "$SETTLE"
   local ids="" c0=0 c1=0 hwm=0

@@ -153,6 +153,16 @@ pub enum Action {
         max_backlog: u32,
     },
     Close { ts: u64, fd: i32, sock: Option<SockInfo> },
+    /// An application handler entered (uprobe).
+    Handler { ts: u64, name: String, fd: Option<i64>, flags: Option<String> },
+}
+
+impl Action {
+    pub fn ts(&self) -> u64 {
+        match self {
+            Action::Accept { ts, .. } | Action::Close { ts, .. } | Action::Handler { ts, .. } => *ts,
+        }
+    }
 }
 
 /// One thread's part in a chain.
@@ -188,7 +198,7 @@ impl Hop {
     pub fn wasted(&self) -> bool {
         self.wake.is_some()
             && (self.slept_again.is_some()
-                || self.accept_failed()
+                || (self.accept_failed() && !self.accepted())
                 || (!self.accepted() && self.epoll.as_ref().and_then(|e| e.lists_sock) == Some(false)))
     }
 
@@ -205,9 +215,7 @@ impl Hop {
             t = t.max(s);
         }
         for a in &self.actions {
-            t = t.max(match a {
-                Action::Accept { ts, .. } | Action::Close { ts, .. } => *ts,
-            });
+            t = t.max(a.ts());
         }
         t
     }
@@ -263,6 +271,7 @@ pub struct Stats {
     pub accept_eagain: u64,
     pub accept_errors: u64,
     pub closes: u64,
+    pub handlers: u64,
     pub herd_chains: u64,
     pub wasted_wakes: u64,
     pub voluntary_switches: u64,
@@ -681,6 +690,18 @@ impl Correlator {
                         ann.chain = Some(id);
                     }
                 }
+            }
+            Kind::Handler { id: hid, fd, name, flags, .. } => {
+                self.stats.handlers += 1;
+                let f = fd.map(|f| f as i32);
+                let id = self.active_chain(tid, |c| {
+                    f.is_some() && c.hops.iter().any(|h| h.target.tid == tid && h.epoll.as_ref().map(|e| e.events.iter().any(|r| r.fd == f)).unwrap_or(false))
+                });
+                if let Some(cid) = id {
+                    let action = Action::Handler { ts: ev.ts, name: name.clone().unwrap_or_else(|| format!("handler #{hid}")), fd: *fd, flags: flags.clone() };
+                    self.push_action(cid, tid, action);
+                }
+                ann.chain = id;
             }
             Kind::SockState { .. } | Kind::TaskNew { .. } => {}
             Kind::TaskExit { .. } => {

@@ -13,6 +13,8 @@ EXAMPLES:
     netdrift trace -c redis-server --stacks   # print each waker's kernel stack
     netdrift trace -t 4449 -t 4450 --json -o chains.jsonl   # two threads, JSON Lines to a file
     netdrift trace -p 1234 --ready-file /tmp/ready 30        # scripted: file appears once attached
+    netdrift trace -c redis-server --preset redis             # join redis' acceptTcpHandler/readQueryFromClient
+    netdrift trace -p 42 --handler 'exe:*FileEventImpl::assignEvents*::_FUN*:fd=arg0:events=arg1/libevent'
     netdrift doctor                      # what this kernel supports, checked by loading programs";
 
 #[derive(Debug, Parser)]
@@ -43,6 +45,9 @@ pub enum Command {
     /// Rebuild chains and every summary from a file saved with `--record`.
     #[command(after_help = "EXAMPLES:\n    netdrift trace -p 1234 --record run.ndr 30 && netdrift analyze run.ndr\n    netdrift analyze run.ndr --json -o run.jsonl")]
     Analyze(AnalyzeArgs),
+    /// Off-CPU time by blocked stack and waker stack (BCC's offwaketime), summed in the kernel: blocked time and run-queue wait per key.
+    #[command(after_help = OFFWAKE_EXAMPLES)]
+    Offwake(OffwakeArgs),
 }
 
 #[derive(Debug, Args, Clone)]
@@ -84,6 +89,12 @@ pub struct TraceArgs {
     /// With -p, do not follow child processes.
     #[arg(long)]
     pub no_children: bool,
+    /// Join an application handler to the chains: BINARY:GLOB[:fd=argN][:events=argM/DECODER]. BINARY is `exe`, a path (looked up inside the target's mount namespace first) or a library name in the target's maps (`libevent`); GLOB matches mangled and demangled names; DECODER is libevent, epoll, ae or raw. Repeatable.
+    #[arg(long = "handler", value_name = "SPEC", value_parser = parse_handler)]
+    pub handlers: Vec<crate::handlers::HandlerSpec>,
+    /// Handler probes for a known server: envoy, redis, nginx, memcached (libevent). Repeatable.
+    #[arg(long = "preset", value_name = "NAME", value_parser = ["envoy", "redis", "nginx", "memcached", "libevent"])]
+    pub presets: Vec<String>,
     /// Write a file (containing netdrift's pid) once the probes are attached, for scripts.
     #[arg(long = "ready-file", value_name = "FILE")]
     pub ready_file: Option<PathBuf>,
@@ -144,6 +155,10 @@ pub struct DoctorArgs {
     pub json: bool,
 }
 
+fn parse_handler(s: &str) -> Result<crate::handlers::HandlerSpec, String> {
+    s.parse()
+}
+
 fn parse_id(s: &str) -> Result<u32, String> {
     let v: u32 = s.parse().map_err(|_| format!("{s:?} is not a number: give a numeric id (see `ps -e` / `ps -eL`)"))?;
     if v == 0 {
@@ -186,4 +201,86 @@ mod tests {
         assert!(Cli::try_parse_from(["netdrift", "trace", "-p", "abc"]).is_err());
         assert!(Cli::try_parse_from(["netdrift", "trace", "--ringbuf-size", "3"]).is_err());
     }
+}
+
+const OFFWAKE_EXAMPLES: &str = "\
+EXAMPLES:
+    netdrift offwake -p 1234 10                  # pid 1234 for 10 s: text blocks like BCC's offwaketime
+    netdrift offwake -c redis-server -f -o out.folded 30   # folded, for flamegraph.pl / inferno / speedscope
+    netdrift offwake -t 4449 --svg offwake.svg 10          # off-wake flame graph (waker frames above --)
+    netdrift offwake -p 1234 --json --state uninterruptible -m 1000   # D-state sleeps of 1 ms or more, JSON Lines
+    netdrift offwake -f 5                         # every thread but netdrift's, 5 s";
+
+/// `netdrift offwake`: BCC-style flags (-p/-t/-c, -u/-k, -U/-K, -m/-M, -f, -d).
+#[derive(Debug, Args)]
+pub struct OffwakeArgs {
+    /// Trace this process: all its threads and its child processes. Repeatable. No -p/-t/-c: every thread but netdrift's.
+    #[arg(short = 'p', long = "pid", value_name = "PID", value_parser = parse_id)]
+    pub pids: Vec<u32>,
+    /// Trace this thread. Repeatable.
+    #[arg(short = 't', long = "tid", value_name = "TID", value_parser = parse_id)]
+    pub tids: Vec<u32>,
+    /// Trace threads or processes with this name (matched in the kernel, so later ones count too). Repeatable, at most 8.
+    #[arg(short = 'c', long = "comm", value_name = "COMM")]
+    pub comms: Vec<String>,
+    /// With -p, do not follow child processes.
+    #[arg(long)]
+    pub no_children: bool,
+    /// Join an application handler to the chains: BINARY:GLOB[:fd=argN][:events=argM/DECODER]. BINARY is `exe`, a path (looked up inside the target's mount namespace first) or a library name in the target's maps (`libevent`); GLOB matches mangled and demangled names; DECODER is libevent, epoll, ae or raw. Repeatable.
+    #[arg(long = "handler", value_name = "SPEC", value_parser = parse_handler)]
+    pub handlers: Vec<crate::handlers::HandlerSpec>,
+    /// Handler probes for a known server: envoy, redis, nginx, memcached (libevent). Repeatable.
+    #[arg(long = "preset", value_name = "NAME", value_parser = ["envoy", "redis", "nginx", "memcached", "libevent"])]
+    pub presets: Vec<String>,
+    /// Only user threads (no kernel threads).
+    #[arg(short = 'u', long = "user-threads-only", conflicts_with = "kernel_threads_only")]
+    pub user_threads_only: bool,
+    /// Only kernel threads.
+    #[arg(short = 'k', long = "kernel-threads-only")]
+    pub kernel_threads_only: bool,
+    /// Capture user stacks only (no kernel stacks).
+    #[arg(short = 'U', long = "user-stacks-only", conflicts_with = "kernel_stacks_only")]
+    pub user_stacks_only: bool,
+    /// Capture kernel stacks only (no user stacks).
+    #[arg(short = 'K', long = "kernel-stacks-only")]
+    pub kernel_stacks_only: bool,
+    /// Count only blocked periods (switch-out -> wake-up) of at least this many microseconds.
+    #[arg(short = 'm', long = "min-block-us", value_name = "US", default_value_t = 1)]
+    pub min_block_us: u64,
+    /// Count only blocked periods of at most this many microseconds.
+    #[arg(short = 'M', long = "max-block-us", value_name = "US")]
+    pub max_block_us: Option<u64>,
+    /// Task state at switch-out that counts: interruptible (S), uninterruptible (D) or any sleeping state.
+    #[arg(long, value_name = "STATE", default_value = "any", value_parser = ["interruptible", "uninterruptible", "any"])]
+    pub state: String,
+    /// Entries of the stack-trace map. Raise it when the summary reports stacks lost to EEXIST/ENOMEM.
+    #[arg(long = "stack-storage-size", value_name = "N", default_value_t = 16384)]
+    pub stack_storage_size: u32,
+    /// Entries of the in-kernel totals map (distinct stack/waker keys). Raise it when the summary reports the map full.
+    #[arg(long = "max-keys", value_name = "N", default_value_t = 16384)]
+    pub max_keys: u32,
+    /// Print folded stacks (`blocked;...;--;...;waker N`, N in microseconds) for flamegraph.pl, inferno or speedscope.
+    #[arg(short = 'f', long, conflicts_with = "json")]
+    pub folded: bool,
+    /// Print JSON Lines: one object per key (stacks as arrays, both times, counts), then a summary with the losses.
+    #[arg(long)]
+    pub json: bool,
+    /// Also write an off-wake flame graph (SVG, waker frames in another colour above --) to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub svg: Option<PathBuf>,
+    /// Which time the folded output and the flame graph count: total (blocked + run-queue wait, BCC's), blocked or runq.
+    #[arg(long, value_name = "METRIC", default_value = "total", value_parser = ["total", "blocked", "runq"])]
+    pub metric: String,
+    /// Insert `-` between the kernel and the user stack of each side.
+    #[arg(short = 'd', long)]
+    pub delimited: bool,
+    /// Write the output to FILE (as FILE.partial until it is complete).
+    #[arg(short = 'o', long = "output-file", value_name = "FILE")]
+    pub output_file: Option<PathBuf>,
+    /// Write a file (containing netdrift's pid) once the programs are attached, for scripts.
+    #[arg(long = "ready-file", value_name = "FILE")]
+    pub ready_file: Option<PathBuf>,
+    /// Stop after this many seconds (default: until Ctrl-C or the targets exit).
+    #[arg(value_name = "DURATION")]
+    pub duration: Option<f64>,
 }

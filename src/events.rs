@@ -221,6 +221,19 @@ pub enum Kind {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         packet: Option<Packet>,
     },
+    /// An application handler was entered (`--handler`, `--preset`).
+    Handler {
+        /// Index of the attached symbol.
+        id: u32,
+        fd: Option<i64>,
+        events: Option<u64>,
+        /// Symbol name, filled by the live pipeline.
+        #[serde(default)]
+        name: Option<String>,
+        /// `events` decoded (EV_READ|EV_ET...), filled by the live pipeline.
+        #[serde(default)]
+        flags: Option<String>,
+    },
     /// With --packets: the NAPI poll that carried chain `seq`'s packet ended.
     Napi { seq: u64, dev: String, work: i32, budget: i32 },
     /// A target thread was woken. The task is the waker.
@@ -308,6 +321,7 @@ impl Event {
             Kind::FdMap { .. } => "fd_map",
             Kind::EpollMap { .. } => "epoll_map",
             Kind::Napi { .. } => "napi",
+            Kind::Handler { .. } => "handler",
         }
     }
 }
@@ -482,6 +496,16 @@ pub fn decode(data: &[u8]) -> Result<Event, DecodeError> {
         13 => {
             let r: types::nd_napi = need(tag, data)?;
             Kind::Napi { seq: r.seq, dev: comm_str(&r.dev), work: r.work, budget: r.budget }
+        }
+        14 => {
+            let r: types::nd_handler = need(tag, data)?;
+            Kind::Handler {
+                id: r.id,
+                fd: (r.has & 1 != 0).then_some(r.fd),
+                events: (r.has & 2 != 0).then_some(r.events),
+                name: None,
+                flags: None,
+            }
         }
         other => return Err(DecodeError::UnknownType(other)),
     };

@@ -12,6 +12,7 @@ pub mod demo;
 pub mod doctor;
 pub mod error;
 pub mod events;
+pub mod handlers;
 pub mod offwake;
 pub mod output;
 pub mod probes;

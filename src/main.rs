@@ -30,6 +30,7 @@ fn main() {
         Command::Analyze(a) => cmd_analyze(a),
         Command::Demo(a) => cmd_demo(a),
         Command::Doctor(a) => cmd_doctor(a),
+        Command::Offwake(a) => cmd_offwake(a),
     };
     if let Err(e) = res {
         eprintln!("netdrift: {e:#}");
@@ -106,7 +107,24 @@ fn cmd_trace(a: TraceArgs, report: Report) -> anyhow::Result<()> {
     tids.sort_unstable();
     tids.dedup();
 
+    let first_pid = tgids.first().copied().or_else(|| tids.first().and_then(|&t| procfs::tgid_of(t)));
+    let mut handlers = netdrift::handlers::resolve(&a.handlers, first_pid, false)?;
+    for p in &a.presets {
+        let specs = netdrift::handlers::preset(p).expect("clap checked the preset name");
+        for mut h in netdrift::handlers::resolve(&specs, first_pid, true)? {
+            h.id = handlers.len() as u32;
+            handlers.push(h);
+        }
+    }
+    if handlers.len() > netdrift::handlers::MAX_HANDLERS {
+        return Err(Error::Usage(format!("{} handler symbols: at most {}; narrow the globs", handlers.len(), netdrift::handlers::MAX_HANDLERS)).into());
+    }
+    for h in &handlers {
+        eprintln!("netdrift: handler {}: {} in {} (+0x{:x}) from {}", h.id, netdrift::output::term_safe(&h.name), h.path.display(), h.offset, h.spec);
+    }
+
     let mut opts = base_options(&a.out);
+    opts.probe.handlers = handlers;
     opts.probe.tgids = tgids;
     opts.probe.tids = tids;
     opts.probe.comms = a.comms.clone();
@@ -227,5 +245,64 @@ fn cmd_doctor(a: DoctorArgs) -> anyhow::Result<()> {
     } else {
         print!("{}", netdrift::doctor::render_text(&report, false));
     }
+    Ok(())
+}
+
+fn cmd_offwake(a: netdrift::cli::OffwakeArgs) -> anyhow::Result<()> {
+    use netdrift::offwake::{self, Format, Metric, OffwakeOptions, OutputOptions, RenderOptions, StateFilter};
+    if let Some(d) = a.duration {
+        if !(d > 0.0 && d.is_finite()) {
+            return Err(Error::Usage(format!("duration {d}: give a positive number of seconds")).into());
+        }
+    }
+    if let Some(max) = a.max_block_us {
+        if max < a.min_block_us {
+            return Err(Error::Usage(format!("--max-block-us {max} is below --min-block-us {}", a.min_block_us)).into());
+        }
+    }
+    if a.stack_storage_size == 0 || a.stack_storage_size > 1 << 22 {
+        return Err(Error::Usage(format!("--stack-storage-size {}: give 1 to {}", a.stack_storage_size, 1u32 << 22)).into());
+    }
+    if a.max_keys == 0 || a.max_keys > 1 << 22 {
+        return Err(Error::Usage(format!("--max-keys {}: give 1 to {}", a.max_keys, 1u32 << 22)).into());
+    }
+    let (tgids, tids) = offwake::resolve_targets(&a.pids, &a.tids, &a.comms, !a.no_children)?;
+    let render = RenderOptions { metric: Metric::parse(&a.metric).unwrap_or_default(), delimited: a.delimited };
+    let out = OutputOptions {
+        format: if a.folded { Format::Folded } else if a.json { Format::Json } else { Format::Text },
+        render,
+        output_file: a.output_file.clone(),
+        svg: a.svg.clone(),
+    };
+    netdrift::probes::preflight()?;
+    let outputs = offwake::Outputs::open(&out)?;
+    let mut opts = OffwakeOptions {
+        tgids,
+        tids,
+        comms: a.comms.clone(),
+        follow_children: !a.no_children,
+        user_threads_only: a.user_threads_only,
+        kernel_threads_only: a.kernel_threads_only,
+        state: StateFilter::parse(&a.state).unwrap_or_default(),
+        min_block_us: a.min_block_us,
+        max_block_us: a.max_block_us,
+        user_stacks: !a.kernel_stacks_only,
+        kernel_stacks: !a.user_stacks_only,
+        stack_storage_size: a.stack_storage_size,
+        max_keys: a.max_keys,
+        duration: a.duration.map(Duration::from_secs_f64),
+        ready_file: a.ready_file.clone(),
+        ..Default::default()
+    };
+    let what = offwake::describe_targets(&opts);
+    let until = match a.duration {
+        Some(d) => format!("for {d} s (Ctrl-C ends it sooner)"),
+        None if opts.trace_all() || !opts.comms.is_empty() => "until Ctrl-C".to_string(),
+        None => "until Ctrl-C or the targets exit".to_string(),
+    };
+    opts.on_ready = Some(Box::new(move || eprintln!("netdrift: off-wake time of {what} {until}")));
+    offwake::install_signal_handlers();
+    let report = offwake::run(opts)?;
+    outputs.finish(&report)?;
     Ok(())
 }

@@ -1,1 +1,1040 @@
-//! stub
+//! `netdrift offwake`: off-CPU time by blocked stack and waker stack, BCC's
+//! `offwaketime` on tracepoints, summed in the kernel.
+//!
+//! `src/bpf/offwake.bpf.c` keeps, per target thread, the open blocked period
+//! (switch-out time and stacks, then the first wake-up with the waker's
+//! stacks and context) and adds it to a hash map at switch-in: blocked time
+//! and run-queue wait separately. Only the totals cross to user space, read
+//! once at the end. Stacks live in a stack-trace map, symbolized here: kernel
+//! frames from kallsyms, user frames per process (see [`symbols`]).
+//!
+//! [`model`] holds the report types and the renderers (text like BCC's,
+//! folded, JSON Lines), [`svg`] the flame graph.
+
+pub mod model;
+pub mod procmaps;
+pub mod svg;
+pub mod symbols;
+
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::io::Write;
+use std::mem::MaybeUninit;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
+use libbpf_rs::btf::ReferencesType;
+use libbpf_rs::{MapCore, MapFlags, RingBufferBuilder};
+use serde::Serialize;
+use serde_json::json;
+
+use crate::error::{Error, Result};
+use crate::events::{Task, WakerContext};
+use crate::offwake_skel::{types, OffwakeSkelBuilder};
+use crate::procfs;
+use crate::symbolize::{classify, is_tracer_frame_name, KernelSyms};
+
+pub use model::{Entry, Host, Metric, RenderOptions, Thread, Totals, WakeContext, Waker};
+
+/// At most this many `-c` names (the BPF side compares them in a bounded loop).
+pub const MAX_COMMS: usize = 8;
+/// Default `--stack-storage-size`: entries of the stack-trace map.
+pub const DEFAULT_STACK_STORAGE: u32 = 16384;
+/// Default `--max-keys`: entries of the totals map.
+pub const DEFAULT_MAX_KEYS: u32 = 16384;
+/// Entries of the per-thread state map (threads blocked at once).
+pub const SLEEP_MAP_ENTRIES: u32 = 65536;
+
+const OW_STACK_NONE: i32 = -1000;
+const N_COUNTERS: usize = 16;
+
+/// Which task states at switch-out open a blocked period.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StateFilter {
+    /// Any sleeping state (S, D, stopped, traced, parked...).
+    #[default]
+    Any,
+    /// TASK_INTERRUPTIBLE (S).
+    Interruptible,
+    /// TASK_UNINTERRUPTIBLE (D, including TASK_KILLABLE and TASK_IDLE).
+    Uninterruptible,
+}
+
+impl StateFilter {
+    /// Parse `any`, `interruptible` or `uninterruptible`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "any" => Some(StateFilter::Any),
+            "interruptible" => Some(StateFilter::Interruptible),
+            "uninterruptible" => Some(StateFilter::Uninterruptible),
+            _ => None,
+        }
+    }
+
+    /// The mask the BPF program tests prev_state with; 0 means any.
+    pub fn mask(self) -> u32 {
+        match self {
+            StateFilter::Any => 0,
+            StateFilter::Interruptible => 0x1,
+            StateFilter::Uninterruptible => 0x2,
+        }
+    }
+}
+
+/// What to trace and how; everything is given to the BPF program before load.
+pub struct OffwakeOptions {
+    /// Processes: all their threads (and children, with `follow_children`).
+    pub tgids: Vec<u32>,
+    pub tids: Vec<u32>,
+    /// Threads or processes with these names (matched in the kernel, so later ones count too).
+    pub comms: Vec<String>,
+    pub follow_children: bool,
+    pub user_threads_only: bool,
+    pub kernel_threads_only: bool,
+    pub state: StateFilter,
+    /// Blocked periods shorter than this (switch-out -> wake-up) are not counted.
+    pub min_block_us: u64,
+    /// Blocked periods longer than this are not counted.
+    pub max_block_us: Option<u64>,
+    pub user_stacks: bool,
+    pub kernel_stacks: bool,
+    pub stack_storage_size: u32,
+    pub max_keys: u32,
+    pub duration: Option<Duration>,
+    pub ready_file: Option<PathBuf>,
+    /// Stop when this is set (tests).
+    pub stop: Option<Arc<AtomicBool>>,
+    /// Called once the programs are attached.
+    pub on_ready: Option<Box<dyn FnOnce() + Send>>,
+}
+
+impl Default for OffwakeOptions {
+    fn default() -> Self {
+        OffwakeOptions {
+            tgids: Vec::new(),
+            tids: Vec::new(),
+            comms: Vec::new(),
+            follow_children: true,
+            user_threads_only: false,
+            kernel_threads_only: false,
+            state: StateFilter::Any,
+            min_block_us: 1,
+            max_block_us: None,
+            user_stacks: true,
+            kernel_stacks: true,
+            stack_storage_size: DEFAULT_STACK_STORAGE,
+            max_keys: DEFAULT_MAX_KEYS,
+            duration: None,
+            ready_file: None,
+            stop: None,
+            on_ready: None,
+        }
+    }
+}
+
+impl OffwakeOptions {
+    /// No -p/-t/-c: every thread but netdrift's own.
+    pub fn trace_all(&self) -> bool {
+        self.tgids.is_empty() && self.tids.is_empty() && self.comms.is_empty()
+    }
+}
+
+/// Stack-capture failures of one kind of stack, by errno.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct StackErrors {
+    /// -EEXIST: the hash bucket holds another stack.
+    pub eexist: u64,
+    /// -ENOMEM: the stack map is full.
+    pub enomem: u64,
+    /// -EFAULT: the stack could not be walked.
+    pub efault: u64,
+    pub other: u64,
+}
+
+impl StackErrors {
+    pub fn total(&self) -> u64 {
+        self.eexist + self.enomem + self.efault + self.other
+    }
+}
+
+/// The kernel's per-CPU counters, summed, with the per-CPU values kept.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Counters {
+    pub kernel_stack: StackErrors,
+    pub user_stack: StackErrors,
+    /// New keys refused by the full totals map (`--max-keys`).
+    pub max_keys_full: u64,
+    /// Blocked periods not recorded: the per-thread state map was full.
+    pub thread_map_full: u64,
+    /// Processes whose first sighting was not reported (their maps were not snapshotted).
+    pub new_pid_lost: u64,
+    /// Blocked periods summed.
+    pub periods: u64,
+    /// Extra wake-ups of an already woken period (the first waker is kept).
+    pub rewakes: u64,
+    /// Periods whose wake-up was not seen.
+    pub not_seen: u64,
+    /// Wake-ups seen while the thread was still switching out.
+    pub early_wakes: u64,
+    /// Periods outside --min-block-us/--max-block-us.
+    pub filtered: u64,
+    /// Raw counters per CPU, indexed by `enum ow_counter` of offwake.h.
+    pub per_cpu: Vec<Vec<u64>>,
+}
+
+impl Counters {
+    fn from_per_cpu(per_cpu: Vec<Vec<u64>>) -> Self {
+        let mut s = [0u64; N_COUNTERS];
+        for c in &per_cpu {
+            for (i, v) in c.iter().enumerate().take(N_COUNTERS) {
+                s[i] += v;
+            }
+        }
+        Counters {
+            kernel_stack: StackErrors { eexist: s[0], enomem: s[1], efault: s[2], other: s[3] },
+            user_stack: StackErrors { eexist: s[4], enomem: s[5], efault: s[6], other: s[7] },
+            max_keys_full: s[8],
+            thread_map_full: s[9],
+            periods: s[10],
+            rewakes: s[11],
+            not_seen: s[12],
+            early_wakes: s[13],
+            filtered: s[14],
+            new_pid_lost: s[15],
+            per_cpu,
+        }
+    }
+
+    /// Anything lost?
+    pub fn any_loss(&self) -> bool {
+        self.kernel_stack.total() + self.user_stack.total() + self.max_keys_full + self.thread_map_full + self.new_pid_lost > 0
+    }
+}
+
+/// What a finished `offwake` saw.
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    pub entries: Vec<Entry>,
+    pub counters: Counters,
+    pub duration_s: f64,
+    pub reason: String,
+    pub stack_storage_size: u32,
+    pub max_keys: u32,
+    /// One line per degraded feature.
+    pub notes: Vec<String>,
+}
+
+impl Report {
+    /// Sums over the entries.
+    pub fn totals(&self) -> Totals {
+        model::totals(&self.entries)
+    }
+
+    /// One line per kind of loss, with the flag (or hint) that fixes it.
+    pub fn fixes(&self) -> Vec<String> {
+        let c = &self.counters;
+        let mut v = Vec::new();
+        let full = c.kernel_stack.eexist + c.kernel_stack.enomem + c.user_stack.eexist + c.user_stack.enomem;
+        if full > 0 {
+            v.push(format!(
+                "{full} stacks lost to a full stack map or hash collisions (EEXIST {}, ENOMEM {}): raise --stack-storage-size (now {})",
+                c.kernel_stack.eexist + c.user_stack.eexist,
+                c.kernel_stack.enomem + c.user_stack.enomem,
+                self.stack_storage_size
+            ));
+        }
+        if c.user_stack.efault > 0 {
+            v.push(format!(
+                "{} user stacks could not be walked (EFAULT): user stacks need frame pointers (build with -fno-omit-frame-pointer)",
+                c.user_stack.efault
+            ));
+        }
+        if c.kernel_stack.efault + c.kernel_stack.other + c.user_stack.other > 0 {
+            v.push(format!("{} stacks failed for other reasons", c.kernel_stack.efault + c.kernel_stack.other + c.user_stack.other));
+        }
+        if c.max_keys_full > 0 {
+            v.push(format!("{} blocked periods dropped, the totals map was full: raise --max-keys (now {})", c.max_keys_full, self.max_keys));
+        }
+        if c.thread_map_full > 0 {
+            v.push(format!(
+                "{} blocked periods dropped: more than {SLEEP_MAP_ENTRIES} threads asleep at once (trace fewer with -p/-t/-c)",
+                c.thread_map_full
+            ));
+        }
+        if c.new_pid_lost > 0 {
+            v.push(format!("{} processes not snapshotted in time: their frames may show as [unknown] with an address only", c.new_pid_lost));
+        }
+        v
+    }
+}
+
+/// Set by SIGINT/SIGTERM.
+static SIGNALLED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_sig: libc::c_int) {
+    SIGNALLED.store(true, Ordering::SeqCst);
+}
+
+/// Route SIGINT and SIGTERM to a flag, so Ctrl-C ends the trace with its totals.
+pub fn install_signal_handlers() {
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe {
+            libc::signal(sig, on_signal as *const () as libc::sighandler_t);
+        }
+    }
+}
+
+/// Resolve and check the targets as `trace` does: a missing pid or tid, a
+/// thread given as -p, a bad comm are usage errors (exit 2). Returns the
+/// tgids (with descendants when `follow_children`) and tids.
+pub fn resolve_targets(pids: &[u32], tids: &[u32], comms: &[String], follow_children: bool) -> Result<(Vec<u32>, Vec<u32>)> {
+    let mut tg = Vec::new();
+    for &p in pids {
+        if !procfs::task_exists(p) {
+            return Err(Error::NoSuchPid(p));
+        }
+        if procfs::tgid_of(p) != Some(p) {
+            return Err(Error::Usage(format!("{p} is a thread, not a process: use -t {p}")));
+        }
+        tg.push(p);
+        if follow_children {
+            tg.extend(procfs::descendants(p));
+        }
+    }
+    let mut td = Vec::new();
+    for &t in tids {
+        if !procfs::task_exists(t) || procfs::tgid_of(t).is_none() {
+            return Err(Error::NoSuchTid(t));
+        }
+        td.push(t);
+    }
+    if comms.len() > MAX_COMMS {
+        return Err(Error::Usage(format!("at most {MAX_COMMS} -c names")));
+    }
+    for c in comms {
+        if c.is_empty() || c.len() > 15 {
+            return Err(Error::Usage(format!("-c {c:?}: a comm is 1 to 15 bytes (the kernel truncates names to 15)")));
+        }
+        let (p, t) = procfs::find_comm(c);
+        if p.is_empty() && t.is_empty() {
+            return Err(Error::NoSuchComm(c.clone()));
+        }
+    }
+    tg.sort_unstable();
+    tg.dedup();
+    td.sort_unstable();
+    td.dedup();
+    Ok((tg, td))
+}
+
+fn comm_bytes(s: &str) -> [i8; 16] {
+    let mut out = [0i8; 16];
+    for (i, b) in s.bytes().take(15).enumerate() {
+        out[i] = b as i8;
+    }
+    out
+}
+
+fn comm_str(c: &[i8]) -> String {
+    let b: Vec<u8> = c.iter().take_while(|&&x| x != 0).map(|&x| x as u8).collect();
+    String::from_utf8_lossy(&b).into_owned()
+}
+
+/// Copy a `T` out of a map's bytes.
+fn read<T: Copy + Default>(data: &[u8]) -> Option<T> {
+    if data.len() < std::mem::size_of::<T>() {
+        return None;
+    }
+    // SAFETY: the length is checked above, T is a plain-old-data repr(C) type
+    // generated from the BPF object's BTF, and read_unaligned has no alignment
+    // requirement.
+    Some(unsafe { std::ptr::read_unaligned(data.as_ptr() as *const T) })
+}
+
+/// Let netdrift hold many binaries open (one per executable file seen).
+fn raise_nofile() {
+    let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes into the rlimit we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } == 0 && r.rlim_cur < r.rlim_max {
+        r.rlim_cur = r.rlim_max.min(65536);
+        // SAFETY: setrlimit reads the rlimit we own; raising the soft limit up to the hard one needs no privilege.
+        unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &r) };
+    }
+}
+
+fn errno_name(e: i32) -> String {
+    match -e {
+        17 => "EEXIST".into(),
+        12 => "ENOMEM".into(),
+        14 => "EFAULT".into(),
+        n => format!("errno {n}"),
+    }
+}
+
+/// Reads stacks out of the stack-trace map, once per id.
+struct StackReader<'a> {
+    map: &'a dyn MapCore,
+    cache: HashMap<i32, Option<Vec<u64>>>,
+}
+
+impl StackReader<'_> {
+    fn get(&mut self, id: i32) -> Option<Vec<u64>> {
+        if id < 0 {
+            return None;
+        }
+        let map = self.map;
+        self.cache
+            .entry(id)
+            .or_insert_with(|| {
+                let v = map.lookup(&(id as u32).to_ne_bytes(), MapFlags::ANY).ok()??;
+                Some(v.chunks_exact(8).map(|c| u64::from_ne_bytes(c.try_into().unwrap_or([0; 8]))).take_while(|&a| a != 0).collect())
+            })
+            .clone()
+    }
+}
+
+/// Symbolizes both kinds of stacks.
+struct Namer {
+    kernel: KernelSyms,
+    user: symbols::UserSyms,
+}
+
+impl Namer {
+    /// Kernel frames, innermost first, without the tracer's own frames.
+    fn kernel(&mut self, stacks: &mut StackReader<'_>, id: i32) -> Vec<String> {
+        if id == OW_STACK_NONE {
+            return Vec::new();
+        }
+        if id < 0 {
+            return vec![format!("[missing kernel stack: {}]", errno_name(id))];
+        }
+        let Some(addrs) = stacks.get(id) else { return vec!["[missing kernel stack: not in the map]".into()] };
+        let lookup: Vec<u64> = addrs.iter().enumerate().map(|(i, &a)| if i == 0 { a } else { a - 1 }).collect();
+        let names = self.kernel.names(&lookup);
+        names
+            .into_iter()
+            .zip(&addrs)
+            .map(|(n, &a)| match n {
+                Some(n) => n.to_string(),
+                None => procmaps::unknown_kernel_frame(a),
+            })
+            .skip_while(|f| is_tracer_frame_name(f))
+            .collect()
+    }
+
+    /// User frames of `pid`, innermost first.
+    fn user(&mut self, stacks: &mut StackReader<'_>, pid: u32, id: i32) -> Vec<String> {
+        if id == OW_STACK_NONE {
+            return Vec::new();
+        }
+        if id < 0 {
+            return vec![format!("[missing user stack: {}]", errno_name(id))];
+        }
+        let Some(addrs) = stacks.get(id) else { return vec!["[missing user stack: not in the map]".into()] };
+        self.user.frames(pid, &addrs)
+    }
+}
+
+/// The waker's context: from preempt_count when the kernel gave it, else
+/// from its kernel stack. Interrupt wakers also get where they ran.
+fn waker_context(w: &types::ow_waker, comm: &str, kernel: &[String]) -> (WakeContext, Host) {
+    let names: Vec<Option<Arc<str>>> = kernel.iter().map(|f| Some(Arc::from(f.as_str()))).collect();
+    let task = Task { pid: w.pid, tid: w.tid, comm: comm.to_string() };
+    let class = classify(&task, w.is_kthread != 0, &names).context;
+    let ctx = match w.ctx {
+        0 => WakeContext::Task,
+        1 => WakeContext::Softirq,
+        2 => WakeContext::Irq,
+        3 => WakeContext::Nmi,
+        5 => WakeContext::NotSeen,
+        _ => match class {
+            WakerContext::SoftirqInSyscall | WakerContext::SoftirqOnIrqExit | WakerContext::Ksoftirqd => WakeContext::Softirq,
+            WakerContext::Irq => WakeContext::Irq,
+            WakerContext::IdleIrq => {
+                if kernel.iter().any(|f| f.starts_with("handle_softirqs") || f.starts_with("__do_softirq") || f.starts_with("net_rx_action")) {
+                    WakeContext::Softirq
+                } else {
+                    WakeContext::Irq
+                }
+            }
+            _ => WakeContext::Task,
+        },
+    };
+    let host = if w.tid == 0 {
+        Host::Idle
+    } else if w.is_kthread != 0 && comm.starts_with("ksoftirqd/") {
+        Host::Ksoftirqd
+    } else if ctx == WakeContext::Softirq && class == WakerContext::SoftirqInSyscall {
+        Host::SyscallOf
+    } else {
+        Host::Interrupting
+    };
+    (ctx, host)
+}
+
+/// Read the totals map and name everything.
+fn collect(skel: &crate::offwake_skel::OffwakeSkel<'_>, namer: &mut Namer) -> Vec<Entry> {
+    let mut stacks = StackReader { map: &skel.maps.stacks, cache: HashMap::new() };
+    let mut raw: Vec<(types::ow_key, types::ow_val)> = Vec::new();
+    for k in skel.maps.agg.keys() {
+        let Ok(Some(v)) = skel.maps.agg.lookup(&k, MapFlags::ANY) else { continue };
+        if let (Some(key), Some(val)) = (read::<types::ow_key>(&k), read::<types::ow_val>(&v)) {
+            raw.push((key, val));
+        }
+    }
+    let mut entries = Vec::with_capacity(raw.len());
+    for (k, v) in raw {
+        let w = &k.waker;
+        let wcomm = comm_str(&w.comm);
+        let blocked_kernel = namer.kernel(&mut stacks, k.kstack);
+        let blocked_user = namer.user(&mut stacks, k.pid, k.ustack);
+        let mut waker_kernel = namer.kernel(&mut stacks, w.kstack);
+        let (ctx, host) = waker_context(w, &wcomm, &waker_kernel);
+        if matches!(ctx, WakeContext::Irq | WakeContext::Nmi | WakeContext::Softirq) && matches!(host, Host::Interrupting | Host::Idle) {
+            waker_kernel = model::interrupt_frames(waker_kernel);
+        }
+        // An interrupt's user stack is the interrupted task's, not the waker's.
+        let waker_user = if ctx == WakeContext::Task { namer.user(&mut stacks, w.pid, w.ustack) } else { Vec::new() };
+        entries.push(Entry {
+            blocked: Thread { comm: comm_str(&k.comm), pid: k.pid, tid: k.tid },
+            blocked_kernel,
+            blocked_user,
+            states: vec![k.state],
+            waker: Waker {
+                context: ctx,
+                task: Thread { comm: wcomm, pid: w.pid, tid: w.tid },
+                cpu: w.cpu,
+                host,
+                kernel: waker_kernel,
+                user: waker_user,
+            },
+            blocked_ns: v.blocked_ns,
+            runq_ns: v.runq_ns,
+            count: v.count,
+        });
+    }
+    model::merge(entries)
+}
+
+fn read_counters(skel: &crate::offwake_skel::OffwakeSkel<'_>) -> Counters {
+    let mut per_cpu: Vec<Vec<u64>> = Vec::new();
+    for which in 0..N_COUNTERS as u32 {
+        if let Ok(Some(vals)) = skel.maps.counters.lookup_percpu(&which.to_ne_bytes(), MapFlags::ANY) {
+            if per_cpu.len() < vals.len() {
+                per_cpu.resize(vals.len(), vec![0; N_COUNTERS]);
+            }
+            for (cpu, v) in vals.iter().enumerate() {
+                per_cpu[cpu][which as usize] = read::<u64>(v).unwrap_or(0);
+            }
+        }
+    }
+    Counters::from_per_cpu(per_cpu)
+}
+
+/// How the BPF program finds this CPU's preempt_count (to tell softirq/irq
+/// wakers from tasks).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PreemptCount {
+    /// Through the ksym of the per-CPU variable (needs CONFIG_KALLSYMS_ALL).
+    Ksym,
+    /// At a distance from this CPU's run queue, both per-CPU data: the
+    /// distances come from the BTF of the per-CPU section.
+    Runqueue { pc_delta: i64, cpu_delta: i64 },
+    /// In thread_info (arm64 and others), read with CO-RE.
+    ThreadInfo,
+    /// Not readable: the context is read from the waker's kernel stack.
+    Stack,
+}
+
+/// Is one of `names` in /proc/kallsyms?
+fn kallsyms_has(names: &[&str]) -> bool {
+    let Ok(f) = File::open("/proc/kallsyms") else { return false };
+    use std::io::BufRead;
+    std::io::BufReader::new(f).lines().map_while(|l| l.ok()).any(|l| l.split_whitespace().nth(2).is_some_and(|n| names.contains(&n)))
+}
+
+/// Byte offset of member `name` in the struct or union `ty`, looking into anonymous members.
+fn member_offset(btf: &libbpf_rs::btf::Btf<'_>, ty: libbpf_rs::btf::TypeId, name: &str) -> Option<i64> {
+    use libbpf_rs::btf::types::{Composite, MemberAttr};
+    let t: libbpf_rs::btf::BtfType<'_> = btf.type_by_id(ty)?;
+    let c = Composite::try_from(t.skip_mods_and_typedefs()).ok()?;
+    for m in c.iter() {
+        let bits = match m.attr {
+            MemberAttr::Normal { offset } | MemberAttr::BitField { offset, .. } => offset,
+        };
+        match m.name {
+            Some(n) if n == name => return Some(bits as i64 / 8),
+            None => {
+                if let Some(o) = member_offset(btf, m.ty, name) {
+                    return Some(bits as i64 / 8 + o);
+                }
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+/// Offsets in the per-CPU section of `__preempt_count` (or
+/// `pcpu_hot.preempt_count`), `cpu_number` and `runqueues`, from BTF.
+fn percpu_offsets() -> Option<(i64, Option<i64>, i64)> {
+    use libbpf_rs::btf::types::DataSec;
+    let btf = libbpf_rs::btf::Btf::from_vmlinux().ok()?;
+    let sec: DataSec<'_> = btf.type_by_name(".data..percpu")?;
+    let mut vars: HashMap<String, (i64, libbpf_rs::btf::TypeId)> = HashMap::new();
+    for v in sec.iter() {
+        let Some(t) = btf.type_by_id::<libbpf_rs::btf::BtfType<'_>>(v.ty) else { continue };
+        let Some(name) = t.name().and_then(|n| n.to_str()) else { continue };
+        if matches!(name, "__preempt_count" | "cpu_number" | "runqueues" | "pcpu_hot") {
+            let inner = libbpf_rs::btf::types::Var::try_from(t).ok().map(|v| v.referenced_type_id());
+            vars.insert(name.to_string(), (v.offset as i64, inner.unwrap_or(v.ty)));
+        }
+    }
+    let rq = vars.get("runqueues")?.0;
+    let hot = vars.get("pcpu_hot").copied();
+    let pc = match vars.get("__preempt_count") {
+        Some(&(o, _)) => o,
+        None => {
+            let (o, ty) = hot?;
+            o + member_offset(&btf, ty, "preempt_count")?
+        }
+    };
+    let cpu = match vars.get("cpu_number") {
+        Some(&(o, _)) => Some(o),
+        None => hot.and_then(|(o, ty)| Some(o + member_offset(&btf, ty, "cpu_number")?)),
+    };
+    Some((pc, cpu, rq))
+}
+
+/// Where this kernel's preempt_count can be read from BPF.
+pub fn preempt_count_access() -> PreemptCount {
+    if !cfg!(target_arch = "x86_64") {
+        return PreemptCount::ThreadInfo;
+    }
+    if kallsyms_has(&["__preempt_count", "pcpu_hot"]) {
+        return PreemptCount::Ksym;
+    }
+    match percpu_offsets() {
+        Some((pc, cpu, rq)) => PreemptCount::Runqueue { pc_delta: pc - rq, cpu_delta: cpu.map(|c| c - rq).unwrap_or(0) },
+        None => PreemptCount::Stack,
+    }
+}
+
+/// Load, attach, wait for the end (duration, signal, `stop`, or every
+/// target gone), then read the totals and name their stacks.
+pub fn run(mut opts: OffwakeOptions) -> Result<Report> {
+    crate::probes::preflight()?;
+    if opts.comms.len() > MAX_COMMS {
+        return Err(Error::Usage(format!("at most {MAX_COMMS} -c names")));
+    }
+    raise_nofile();
+    let mut notes = Vec::new();
+    let pc = preempt_count_access();
+    if pc == PreemptCount::Stack {
+        notes.push("this kernel's preempt_count cannot be located: softirq/irq wakers are recognised from their kernel stacks".to_string());
+    }
+
+    let mut namer = Namer { kernel: KernelSyms::new(), user: symbols::UserSyms::new() };
+    // Processes known now are snapshotted before anything runs.
+    for &p in &opts.tgids {
+        namer.user.snapshot(p);
+    }
+    for &t in &opts.tids {
+        if let Some(p) = procfs::tgid_of(t) {
+            namer.user.snapshot(p);
+        }
+    }
+
+    let mut open_object = MaybeUninit::uninit();
+    let mut open = OffwakeSkelBuilder::default().open(&mut open_object)?;
+    {
+        let ro = open.maps.rodata_data.as_deref_mut().ok_or_else(|| Error::Bpf("no .rodata in the offwake BPF object".into()))?;
+        ro.trace_all = opts.trace_all();
+        ro.has_tids = !opts.tids.is_empty();
+        ro.follow_children = opts.follow_children;
+        ro.n_comms = opts.comms.len() as u32;
+        for (i, c) in opts.comms.iter().enumerate() {
+            ro.comms[i] = comm_bytes(c);
+        }
+        ro.user_threads_only = opts.user_threads_only;
+        ro.kernel_threads_only = opts.kernel_threads_only;
+        ro.state_mask = opts.state.mask();
+        ro.min_block_ns = opts.min_block_us.saturating_mul(1000);
+        ro.max_block_ns = opts.max_block_us.map(|m| m.saturating_mul(1000)).unwrap_or(u64::MAX);
+        ro.user_stacks = opts.user_stacks;
+        ro.kernel_stacks = opts.kernel_stacks;
+        ro.self_tgid = std::process::id();
+        if let PreemptCount::Runqueue { pc_delta, cpu_delta } = pc {
+            ro.pc_via_rq = true;
+            ro.pc_rq_delta = pc_delta;
+            ro.cpu_rq_delta = cpu_delta;
+        }
+    }
+    // Only one sched_waking program loads: the ksym one needs kallsyms to know the variable.
+    if pc == PreemptCount::Ksym {
+        open.progs.ow_sched_waking.set_autoload(false);
+    } else {
+        open.progs.ow_sched_waking_ksym.set_autoload(false);
+    }
+    open.maps.stacks.set_max_entries(opts.stack_storage_size)?;
+    open.maps.agg.set_max_entries(opts.max_keys)?;
+    open.maps.sleeps.set_max_entries(SLEEP_MAP_ENTRIES)?;
+    let mut skel = open.load().map_err(|e| Error::Bpf(format!("loading the offwake BPF programs failed: {e:#}")))?;
+    for t in &opts.tgids {
+        skel.maps.targets_tgid.update(&t.to_ne_bytes(), &[1], MapFlags::ANY)?;
+    }
+    for t in &opts.tids {
+        skel.maps.targets_tid.update(&t.to_ne_bytes(), &[1], MapFlags::ANY)?;
+    }
+    skel.attach().map_err(|e| Error::Bpf(format!("attaching the offwake BPF programs failed: {e:#}")))?;
+    let started = Instant::now();
+
+    let new_pids: Rc<RefCell<Vec<u32>>> = Rc::default();
+    let mut builder = RingBufferBuilder::new();
+    {
+        let q = new_pids.clone();
+        builder.add(&skel.maps.new_pids, move |data: &[u8]| {
+            if let Some(n) = read::<types::ow_new_pid>(data) {
+                q.borrow_mut().push(n.pid);
+            }
+            0
+        })?;
+    }
+    let rb = builder.build()?;
+
+    if let Some(p) = &opts.ready_file {
+        crate::trace::write_ready_file(p)?;
+    }
+    if let Some(f) = opts.on_ready.take() {
+        f();
+    }
+
+    // Targets whose exit ends the trace (not with -c, nor all threads).
+    let watch_exit = opts.comms.is_empty() && !opts.trace_all();
+    let mut last_check = Instant::now();
+    let reason;
+    loop {
+        if let Err(e) = rb.poll(Duration::from_millis(100)) {
+            if !SIGNALLED.load(Ordering::SeqCst) {
+                return Err(e.into());
+            }
+        }
+        for p in std::mem::take(&mut *new_pids.borrow_mut()) {
+            namer.user.snapshot(p);
+        }
+        if SIGNALLED.load(Ordering::SeqCst) {
+            reason = "interrupted".to_string();
+            break;
+        }
+        if opts.stop.as_ref().map(|s| s.load(Ordering::SeqCst)).unwrap_or(false) {
+            reason = "done".to_string();
+            break;
+        }
+        if let Some(d) = opts.duration {
+            if started.elapsed() >= d {
+                reason = "duration reached".to_string();
+                break;
+            }
+        }
+        if watch_exit && last_check.elapsed() >= Duration::from_millis(250) {
+            last_check = Instant::now();
+            let tgids: Vec<u32> = skel.maps.targets_tgid.keys().filter_map(|k| Some(u32::from_ne_bytes(k.get(..4)?.try_into().ok()?))).collect();
+            let any = tgids.iter().chain(opts.tids.iter()).any(|&p| symbols::alive(p));
+            if !any {
+                reason = "target exited".to_string();
+                break;
+            }
+        }
+    }
+    // Freeze the totals: detach, then read.
+    skel.links = Default::default();
+    let _ = rb.consume();
+    for p in std::mem::take(&mut *new_pids.borrow_mut()) {
+        namer.user.snapshot(p);
+    }
+    let duration_s = started.elapsed().as_secs_f64();
+    let counters = read_counters(&skel);
+    let entries = collect(&skel, &mut namer);
+    Ok(Report {
+        entries,
+        counters,
+        duration_s,
+        reason,
+        stack_storage_size: opts.stack_storage_size,
+        max_keys: opts.max_keys,
+        notes,
+    })
+}
+
+/// The main output's format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Format {
+    /// Blocks like BCC's offwaketime.
+    #[default]
+    Text,
+    /// One `stack N` line per stack, for flame graph tools.
+    Folded,
+    /// JSON Lines: one object per key, then a summary object.
+    Json,
+}
+
+/// Where and how to write a report.
+#[derive(Debug, Clone, Default)]
+pub struct OutputOptions {
+    pub format: Format,
+    pub render: RenderOptions,
+    /// The main output goes to this file (as FILE.partial until done), else stdout.
+    pub output_file: Option<PathBuf>,
+    /// Also write an SVG flame graph here.
+    pub svg: Option<PathBuf>,
+}
+
+fn partial_path(p: &Path) -> PathBuf {
+    let mut s = p.as_os_str().to_owned();
+    s.push(".partial");
+    PathBuf::from(s)
+}
+
+/// Output files created before anything is loaded (so an unwritable path
+/// fails first), written and renamed into place by [`Outputs::finish`].
+pub struct Outputs {
+    opts: OutputOptions,
+    files: Vec<(PathBuf, File)>,
+    done: bool,
+}
+
+impl Outputs {
+    /// Create FILE.partial for the output file and the SVG.
+    pub fn open(opts: &OutputOptions) -> Result<Self> {
+        let mut files = Vec::new();
+        for p in opts.output_file.iter().chain(opts.svg.iter()) {
+            match File::create(partial_path(p)) {
+                Ok(f) => files.push((p.clone(), f)),
+                Err(e) => {
+                    for (q, _) in &files {
+                        let _ = std::fs::remove_file(partial_path(q));
+                    }
+                    return Err(Error::Output { path: p.clone(), source: e });
+                }
+            }
+        }
+        Ok(Outputs { opts: opts.clone(), files, done: false })
+    }
+
+    /// Write the report (main output, SVG) and the summary (stdout for
+    /// text on stdout, else stderr).
+    pub fn finish(mut self, report: &Report) -> Result<()> {
+        let main = render(report, &self.opts);
+        let summary = summary_text(report);
+        let mut files = std::mem::take(&mut self.files).into_iter();
+        match &self.opts.output_file {
+            Some(p) => {
+                let (_, mut f) = files.next().ok_or_else(|| Error::Output { path: p.clone(), source: std::io::Error::other("not opened") })?;
+                f.write_all(main.as_bytes()).map_err(|e| Error::Output { path: p.clone(), source: e })?;
+                drop(f);
+                std::fs::rename(partial_path(p), p).map_err(|e| Error::Output { path: p.clone(), source: e })?;
+            }
+            None => {
+                let mut out = std::io::stdout().lock();
+                out.write_all(main.as_bytes())?;
+                out.flush()?;
+            }
+        }
+        if let Some(p) = &self.opts.svg {
+            let (_, mut f) = files.next().ok_or_else(|| Error::Output { path: p.clone(), source: std::io::Error::other("not opened") })?;
+            let bytes = svg::render(&report.entries, &self.opts.render, "Off-Wake Time Flame Graph").map_err(|e| Error::Output { path: p.clone(), source: e })?;
+            f.write_all(&bytes).map_err(|e| Error::Output { path: p.clone(), source: e })?;
+            drop(f);
+            std::fs::rename(partial_path(p), p).map_err(|e| Error::Output { path: p.clone(), source: e })?;
+        }
+        self.done = true;
+        if self.opts.format == Format::Text && self.opts.output_file.is_none() {
+            print!("{summary}");
+        } else {
+            eprint!("{summary}");
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Outputs {
+    fn drop(&mut self) {
+        if !self.done {
+            for p in self.opts.output_file.iter().chain(self.opts.svg.iter()) {
+                let _ = std::fs::remove_file(partial_path(p));
+            }
+        }
+    }
+}
+
+/// The main output of a report in the chosen format (JSON ends with its summary object).
+pub fn render(report: &Report, opts: &OutputOptions) -> String {
+    match opts.format {
+        Format::Text => model::text(&report.entries, &opts.render),
+        Format::Folded => model::folded(&report.entries, &opts.render),
+        Format::Json => {
+            let mut s = model::json_lines(&report.entries);
+            s.push_str(&summary_json(report).to_string());
+            s.push('\n');
+            s
+        }
+    }
+}
+
+/// The summary object closing the JSON output.
+pub fn summary_json(report: &Report) -> serde_json::Value {
+    let t = report.totals();
+    json!({
+        "type": "summary",
+        "reason": report.reason,
+        "duration_s": report.duration_s,
+        "keys": t.keys,
+        "periods": t.count,
+        "blocked_us": t.blocked_us,
+        "runq_us": t.runq_us,
+        "total_us": t.total_us,
+        "rewakes": report.counters.rewakes,
+        "early_wakes": report.counters.early_wakes,
+        "not_seen": report.counters.not_seen,
+        "filtered": report.counters.filtered,
+        "lost": {
+            "kernel_stack": report.counters.kernel_stack,
+            "user_stack": report.counters.user_stack,
+            "max_keys_full": report.counters.max_keys_full,
+            "thread_map_full": report.counters.thread_map_full,
+            "new_pid_lost": report.counters.new_pid_lost,
+            "per_cpu": report.counters.per_cpu,
+        },
+        "stack_storage_size": report.stack_storage_size,
+        "max_keys": report.max_keys,
+        "fixes": report.fixes(),
+        "notes": report.notes,
+    })
+}
+
+/// The closing summary for people: totals, losses and their fixes.
+pub fn summary_text(report: &Report) -> String {
+    let t = report.totals();
+    let c = &report.counters;
+    let mut o = String::new();
+    for n in &report.notes {
+        o.push_str(&format!("netdrift: {n}\n"));
+    }
+    o.push_str(&format!("netdrift offwake: {} after {:.1}s\n", report.reason, report.duration_s));
+    o.push_str(&format!(
+        "  {} keys, {} blocked periods: {} us blocked + {} us run-queue wait = {} us off CPU\n",
+        t.keys, t.count, t.blocked_us, t.runq_us, t.total_us
+    ));
+    o.push_str(&format!(
+        "  {} extra wake-ups ignored (first waker kept), {} woken while switching out, {} wake-ups not seen, {} periods outside -m/-M\n",
+        c.rewakes, c.early_wakes, c.not_seen, c.filtered
+    ));
+    let lost_cpus: Vec<String> = c
+        .per_cpu
+        .iter()
+        .enumerate()
+        .filter_map(|(cpu, v)| {
+            let n: u64 = v.iter().take(10).sum::<u64>() + v.get(15).copied().unwrap_or(0);
+            (n > 0).then(|| format!("CPU{cpu} {n}"))
+        })
+        .collect();
+    o.push_str(&format!(
+        "  lost: {} kernel stacks, {} user stacks, {} periods (totals map full), {} periods (thread map full){}\n",
+        c.kernel_stack.total(),
+        c.user_stack.total(),
+        c.max_keys_full,
+        c.thread_map_full,
+        if lost_cpus.is_empty() { String::new() } else { format!("; per CPU: {}", lost_cpus.join(", ")) }
+    ));
+    for f in report.fixes() {
+        o.push_str(&format!("  fix: {f}\n"));
+    }
+    o
+}
+
+/// Targets in words, for the "tracing ..." line.
+pub fn describe_targets(o: &OffwakeOptions) -> String {
+    if o.trace_all() {
+        return "all threads (but netdrift's)".into();
+    }
+    let mut v = Vec::new();
+    let join = |x: &[u32]| x.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(",");
+    if !o.tgids.is_empty() {
+        v.push(format!("pid {}", join(&o.tgids)));
+    }
+    if !o.tids.is_empty() {
+        v.push(format!("tid {}", join(&o.tids)));
+    }
+    if !o.comms.is_empty() {
+        v.push(format!("comm {}", o.comms.join(",")));
+    }
+    v.join(", ")
+}
+
+/// Set of pids in the report, for tests and tools.
+pub fn pids(report: &Report) -> HashSet<u32> {
+    report.entries.iter().flat_map(|e| [e.blocked.pid, e.waker.task.pid]).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_filters_and_metrics_parse() {
+        assert_eq!(StateFilter::parse("any").map(|s| s.mask()), Some(0));
+        assert_eq!(StateFilter::parse("interruptible").map(|s| s.mask()), Some(1));
+        assert_eq!(StateFilter::parse("uninterruptible").map(|s| s.mask()), Some(2));
+        assert_eq!(StateFilter::parse("running"), None);
+        assert_eq!(Metric::parse("runq"), Some(Metric::Runq));
+    }
+
+    #[test]
+    fn counters_sum_per_cpu_and_name_fixes() {
+        let mut a = vec![0u64; N_COUNTERS];
+        let mut b = vec![0u64; N_COUNTERS];
+        a[0] = 2; // kernel EEXIST
+        b[5] = 1; // user ENOMEM
+        b[6] = 3; // user EFAULT
+        a[8] = 4; // totals map full
+        b[10] = 7;
+        let c = Counters::from_per_cpu(vec![a, b]);
+        assert_eq!(c.kernel_stack.eexist, 2);
+        assert_eq!(c.user_stack.enomem, 1);
+        assert_eq!(c.periods, 7);
+        assert!(c.any_loss());
+        let r = Report { counters: c, stack_storage_size: 16384, max_keys: 100, ..Default::default() };
+        let f = r.fixes().join("\n");
+        assert!(f.contains("--stack-storage-size (now 16384)"), "{f}");
+        assert!(f.contains("frame pointers"), "{f}");
+        assert!(f.contains("--max-keys (now 100)"), "{f}");
+        let s = summary_text(&r);
+        assert!(s.contains("per CPU: CPU0 6, CPU1 4"), "{s}");
+        let j = summary_json(&r);
+        assert_eq!(j["lost"]["user_stack"]["efault"], 3);
+    }
+
+    #[test]
+    fn context_from_the_stack_when_preempt_count_is_unknown() {
+        let f = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let mut w = types::ow_waker { pid: 42, tid: 42, ctx: 4, ..Default::default() };
+        let loopback = f(&["try_to_wake_up", "ep_poll_callback", "sock_def_readable", "tcp_v4_rcv", "net_rx_action", "handle_softirqs", "do_softirq", "__local_bh_enable_ip", "ip_finish_output2", "tcp_sendmsg", "do_syscall_64"]);
+        assert_eq!(waker_context(&w, "curl", &loopback), (WakeContext::Softirq, Host::SyscallOf));
+        let pipe = f(&["try_to_wake_up", "__wake_up_common", "pipe_write", "vfs_write", "do_syscall_64"]);
+        assert_eq!(waker_context(&w, "writer", &pipe), (WakeContext::Task, Host::Interrupting));
+        w.ctx = 2;
+        w.tid = 0;
+        w.pid = 0;
+        assert_eq!(waker_context(&w, "swapper/1", &pipe), (WakeContext::Irq, Host::Idle));
+        w.ctx = 5;
+        assert_eq!(waker_context(&w, "", &[]).0, WakeContext::NotSeen);
+    }
+}

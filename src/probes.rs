@@ -28,6 +28,8 @@ pub struct ProbeConfig {
     pub sock_window_ns: u64,
     /// Trace the receive path (netif_receive_skb, napi_poll) before the socket.
     pub packets: bool,
+    /// Application handlers to attach uprobes to.
+    pub handlers: Vec<crate::handlers::Resolved>,
 }
 
 impl Default for ProbeConfig {
@@ -43,6 +45,7 @@ impl Default for ProbeConfig {
             epoll_enter: true,
             sock_window_ns: 2_000_000,
             packets: false,
+            handlers: Vec::new(),
         }
     }
 }
@@ -99,6 +102,8 @@ pub struct Probes<'obj> {
     pub features: Features,
     /// One line per degraded feature, for the user.
     pub notes: Vec<String>,
+    /// Handler uprobes; detached when dropped.
+    pub handler_links: Vec<libbpf_rs::Link>,
 }
 
 fn comm_bytes(s: &str) -> [i8; 16] {
@@ -179,7 +184,24 @@ impl<'obj> Probes<'obj> {
         };
         probes_targets(&skel)?;
         skel.attach().map_err(|e| Error::Bpf(format!("attaching the BPF programs failed: {e:#}")))?;
-        Ok(Probes { skel, features, notes })
+        let mut handler_links = Vec::new();
+        for h in &cfg.handlers {
+            let c = crate::skel::types::nd_handler_cfg {
+                fd_arg: h.fd_arg.map(i32::from).unwrap_or(-1),
+                events_arg: h.events_arg.map(i32::from).unwrap_or(-1),
+            };
+            // SAFETY: nd_handler_cfg is a repr(C) struct of two i32, viewed as its bytes.
+            let bytes = unsafe { std::slice::from_raw_parts(&c as *const _ as *const u8, std::mem::size_of_val(&c)) };
+            skel.maps.handler_cfg.update(&h.id.to_ne_bytes(), bytes, MapFlags::ANY)?;
+            let opts = libbpf_rs::UprobeOpts { cookie: h.id as u64, ..Default::default() };
+            let link = skel
+                .progs
+                .nd_handler
+                .attach_uprobe_with_opts(-1, &h.path, h.offset as usize, opts)
+                .map_err(|e| Error::Bpf(format!("uprobe on {} in {}: {e:#}", h.name, h.path.display())))?;
+            handler_links.push(link);
+        }
+        Ok(Probes { skel, features, notes, handler_links })
     }
 
     /// Add a process to the targets at run time.

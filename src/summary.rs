@@ -150,6 +150,14 @@ pub struct Summary {
     pub slowest: Vec<Waterfall>,
 }
 
+/// A function name without its parameter list, for narrow columns.
+pub fn short_name(n: &str) -> &str {
+    match n.find('(') {
+        Some(i) if i > 0 => &n[..i],
+        _ => n,
+    }
+}
+
 /// Collects the summary from events and completed chains.
 #[derive(Debug, Default)]
 pub struct SummaryBuilder {
@@ -259,10 +267,7 @@ impl SummaryBuilder {
             }
             if let Some(e) = &h.epoll {
                 if let Some(first) = h.actions.first() {
-                    let ts = match first {
-                        Action::Accept { ts, .. } | Action::Close { ts, .. } => *ts,
-                    };
-                    self.latency.return_to_handler.add(ts.saturating_sub(e.ts));
+                    self.latency.return_to_handler.add(first.ts().saturating_sub(e.ts));
                 }
             }
         }
@@ -309,6 +314,7 @@ impl SummaryBuilder {
                 match a {
                     Action::Accept { ts, syscall, ret, .. } => steps.push((format!("{who} {} = {ret}", syscall.name()), off(*ts))),
                     Action::Close { ts, fd, .. } => steps.push((format!("{who} close({fd})"), off(*ts))),
+                    Action::Handler { ts, name, .. } => steps.push((format!("{who} {}", short_name(name)), off(*ts))),
                 }
             }
             if let Some(ts) = h.slept_again {

@@ -79,6 +79,12 @@ fn is_tracer_frame(f: &str) -> bool {
     f.starts_with("bpf_prog_") || f.starts_with("bpf_trace_run") || f.starts_with("__bpf_trace_") || f.starts_with("__traceiter_")
 }
 
+/// Is `f` a frame of the tracer itself (a BPF program, its tracepoint
+/// trampoline)? Such frames top every stack captured in a BPF program.
+pub fn is_tracer_frame_name(f: &str) -> bool {
+    is_tracer_frame(f)
+}
+
 /// What the waker's stack says: the cause, the context, whether epoll relayed it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WakeClass {

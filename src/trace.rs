@@ -175,6 +175,7 @@ pub fn write_ready_file(p: &Path) -> Result<()> {
 struct Enricher {
     tried_inos: HashSet<u64>,
     tried_epoll: HashSet<(u32, i32, u64)>,
+    handlers: Vec<crate::handlers::Resolved>,
 }
 
 impl Enricher {
@@ -187,6 +188,12 @@ impl Enricher {
                 *cause = Some(c.cause);
                 *context = Some(c.context);
                 *via_epoll = c.via_epoll;
+            }
+            Kind::Handler { id, events, name, flags, .. } => {
+                if let Some(h) = self.handlers.get(*id as usize) {
+                    *name = Some(h.name.clone());
+                    *flags = events.map(|e| h.decoder.decode(e));
+                }
             }
             Kind::SockReady { sock, .. } => {
                 if sock.ino != 0 && !corr.fds.knows(sock.ino) && self.tried_inos.insert(sock.ino) {
@@ -446,6 +453,7 @@ pub fn run(mut opts: TraceOptions) -> Result<TraceResult> {
         "notes": probes.notes,
         "ringbuf_bytes": opts.probe.ringbuf_bytes,
         "packets": opts.probe.packets,
+        "handlers": opts.probe.handlers,
     });
     pipe.start_line(&start)?;
     if let Some(p) = &opts.ready_file {
@@ -455,7 +463,7 @@ pub fn run(mut opts: TraceOptions) -> Result<TraceResult> {
         f();
     }
 
-    let mut enr = Enricher { tried_inos: HashSet::new(), tried_epoll: HashSet::new() };
+    let mut enr = Enricher { tried_inos: HashSet::new(), tried_epoll: HashSet::new(), handlers: opts.probe.handlers.clone() };
     let mut last_check = Instant::now();
     let reason;
 

@@ -50,6 +50,8 @@ struct nd_task_new _nd_task_new = {};
 struct nd_task_exit _nd_task_exit = {};
 struct nd_epoll_ctl _nd_epoll_ctl = {};
 struct nd_napi _nd_napi = {};
+struct nd_handler _nd_handler = {};
+struct nd_handler_cfg _nd_handler_cfg = {};
 enum nd_rec_type _nd_rec_type = 0;
 enum nd_loss _nd_loss = 0;
 enum nd_syscall _nd_syscall = 0;
@@ -146,6 +148,14 @@ struct {
 	__type(key, __u32);
 	__type(value, struct pkt_slot);
 } pkt SEC(".maps");
+
+/* Per attached handler symbol (the uprobe's cookie): which args to read. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, ND_MAX_HANDLERS);
+	__type(key, __u32);
+	__type(value, struct nd_handler_cfg);
+} handler_cfg SEC(".maps");
 
 /* Sockets the targets own, for state changes. */
 struct {
@@ -909,6 +919,52 @@ int nd_enter_close(struct trace_event_raw_sys_enter *ctx)
 	sk = fd_sock(fd);
 	r->is_socket = sk != NULL;
 	fill_sock(&r->sock, sk);
+	bpf_ringbuf_submit(r, 0);
+	return 0;
+}
+
+/* ---- application handlers (uprobes) ------------------------------------- */
+
+static __always_inline __u64 uarg(__u64 *args, int n)
+{
+	return args[n & 7];
+}
+
+/* Attached once per matched symbol; the cookie says which. */
+SEC("uprobe")
+int nd_handler(struct pt_regs *ctx)
+{
+	__u32 id = (__u32)bpf_get_attach_cookie(ctx);
+	struct nd_handler_cfg *cfg;
+	struct nd_handler *r;
+
+	if (!current_is_target())
+		return 0;
+	cfg = bpf_map_lookup_elem(&handler_cfg, &id);
+	if (!cfg)
+		return 0;
+	r = reserve(sizeof(*r), ND_REC_HANDLER);
+	if (!r)
+		return 0;
+	hdr_current(&r->hdr);
+	/* Fixed-offset loads: the verifier refuses a computed ctx offset. */
+	__u64 args[8] = {
+		PT_REGS_PARM1(ctx), PT_REGS_PARM2(ctx), PT_REGS_PARM3(ctx),
+		PT_REGS_PARM4(ctx), PT_REGS_PARM5(ctx), PT_REGS_PARM6(ctx),
+	};
+
+	r->id = id;
+	r->has = 0;
+	r->fd = -1;
+	r->events = 0;
+	if (cfg->fd_arg >= 0 && cfg->fd_arg < 6) {
+		r->fd = (int)uarg(args, cfg->fd_arg);
+		r->has |= 1;
+	}
+	if (cfg->events_arg >= 0 && cfg->events_arg < 6) {
+		r->events = uarg(args, cfg->events_arg);
+		r->has |= 2;
+	}
 	bpf_ringbuf_submit(r, 0);
 	return 0;
 }

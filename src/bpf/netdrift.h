@@ -26,7 +26,10 @@ enum nd_rec_type {
 	ND_REC_TASK_EXIT = 11,
 	ND_REC_EPOLL_CTL = 12,
 	ND_REC_NAPI = 13,
+	ND_REC_HANDLER = 14,
 };
+
+#define ND_MAX_HANDLERS 256
 
 /* Index into the per-CPU loss counters. */
 enum nd_loss {
@@ -140,6 +143,21 @@ struct nd_epoll_enter {
 	__s32 maxevents;
 	__u32 syscall;		/* enum nd_syscall */
 	__u32 pad;
+};
+
+/* An application handler was entered (uprobe from --handler / --preset). */
+struct nd_handler {
+	struct nd_hdr hdr;
+	__u32 id;		/* index of the attached symbol */
+	__u32 has;		/* bit 0: fd read, bit 1: events read */
+	__s64 fd;
+	__u64 events;
+};
+
+/* What a handler probe reads: argument indexes, -1 for none. */
+struct nd_handler_cfg {
+	__s32 fd_arg;
+	__s32 events_arg;
 };
 
 /* epoll_ctl(): lets user space map an epoll_event's data back to its fd. */

@@ -57,6 +57,16 @@ const volatile __u64 max_block_ns = ~0ULL;
 const volatile bool user_stacks = true;
 const volatile bool kernel_stacks = true;
 const volatile __u32 self_tgid = 0;
+/*
+ * preempt_count without ksyms (kernels without CONFIG_KALLSYMS_ALL cannot
+ * resolve the address of a per-CPU variable): this CPU's `struct rq` is
+ * per-CPU data too, so this CPU's __preempt_count sits at a fixed distance
+ * from it, which user space reads from the BTF of the per-CPU section.
+ */
+const volatile bool pc_via_rq = false;
+const volatile __s64 pc_rq_delta = 0;
+/* Distance to this CPU's cpu_number, to check the arithmetic; 0: no check. */
+const volatile __s64 cpu_rq_delta = 0;
 
 /* Force the shared types into BTF so the skeleton generates them. */
 struct ow_key _ow_key = {};
@@ -276,26 +286,58 @@ static __always_inline __s32 ustack_id(void *ctx, __u32 tgid)
 	return id;
 }
 
-/* In which context is this CPU: task, softirq, hard irq or NMI? */
-static __always_inline __u32 wake_ctx(void)
+/* preempt_count found through this CPU's run queue; -1: not available. */
+static __always_inline __s64 pc_from_runqueue(void)
 {
-	__u64 pc;
+	struct task_struct *cur = bpf_get_current_task_btf();
+	__u32 this_cpu = bpf_get_smp_processor_id();
+	struct rq *rq;
+	int cpu = -1, pc = 0;
 
-	if (bpf_ksym_exists(&__preempt_count)) {
-		int *p = bpf_this_cpu_ptr(&__preempt_count);
+	if (!bpf_core_field_exists(cur->se.cfs_rq) || !bpf_core_field_exists(struct cfs_rq, rq))
+		return -1;
+	/* The running task's cfs_rq is on this CPU's rq (checked below). */
+	rq = BPF_CORE_READ(cur, se.cfs_rq, rq);
+	if (!rq || BPF_CORE_READ(rq, cpu) != this_cpu)
+		return -1;
+	if (cpu_rq_delta) {
+		if (bpf_probe_read_kernel(&cpu, sizeof(cpu), (void *)rq + cpu_rq_delta) || cpu != this_cpu)
+			return -1;
+	}
+	if (bpf_probe_read_kernel(&pc, sizeof(pc), (void *)rq + pc_rq_delta))
+		return -1;
+	return (__u32)pc;
+}
 
-		pc = (__u32)*p;
-	} else if (bpf_ksym_exists(&pcpu_hot)) {
-		struct pcpu_hot___ow *h = bpf_this_cpu_ptr(&pcpu_hot);
+/*
+ * In which context is this CPU: task, softirq, hard irq or NMI? With
+ * `use_ksym` (a constant: two programs are built, user space loads the one
+ * this kernel can resolve), preempt_count is read through its ksym.
+ */
+static __always_inline __u32 wake_ctx(bool use_ksym)
+{
+	__s64 pc = -1;
 
-		pc = (__u32)h->preempt_count;
-	} else if (bpf_core_field_exists(((struct task_struct___ow *)0)->thread_info.preempt_count)) {
+	if (use_ksym) {
+		if (bpf_ksym_exists(&__preempt_count)) {
+			int *p = bpf_this_cpu_ptr(&__preempt_count);
+
+			pc = (__u32)*p;
+		} else if (bpf_ksym_exists(&pcpu_hot)) {
+			struct pcpu_hot___ow *h = bpf_this_cpu_ptr(&pcpu_hot);
+
+			pc = (__u32)h->preempt_count;
+		}
+	} else if (pc_via_rq) {
+		pc = pc_from_runqueue();
+	}
+	if (pc < 0 && bpf_core_field_exists(((struct task_struct___ow *)0)->thread_info.preempt_count)) {
 		struct task_struct___ow *t = (void *)bpf_get_current_task_btf();
 
-		pc = BPF_CORE_READ(t, thread_info.preempt_count);
-	} else {
-		return OW_CTX_UNKNOWN;
+		pc = (__u32)BPF_CORE_READ(t, thread_info.preempt_count);
 	}
+	if (pc < 0)
+		return OW_CTX_UNKNOWN;
 	if (pc & NMI_MASK)
 		return OW_CTX_NMI;
 	if (pc & HARDIRQ_MASK)
@@ -306,11 +348,11 @@ static __always_inline __u32 wake_ctx(void)
 }
 
 /* Fill `w` with the current task / context as the waker. */
-static __always_inline void fill_waker(void *ctx, struct ow_waker *w)
+static __always_inline void fill_waker(void *ctx, struct ow_waker *w, bool use_ksym)
 {
 	struct task_struct *cur = bpf_get_current_task_btf();
 	__u64 id = bpf_get_current_pid_tgid();
-	__u32 c = wake_ctx();
+	__u32 c = wake_ctx(use_ksym);
 
 	w->pid = id >> 32;
 	w->tid = (__u32)id;
@@ -321,18 +363,17 @@ static __always_inline void fill_waker(void *ctx, struct ow_waker *w)
 	w->kstack = kstack_id(ctx);
 	/*
 	 * An interrupt's "user stack" is whatever the interrupted task was
-	 * doing: not the waker's. A kernel thread has none.
+	 * doing: not the waker's. A kernel thread has none, nor has an exiting
+	 * task past exit_mm() (it wakes its parent from there). With the context
+	 * unknown, it is taken and user space drops it if the stack says irq.
 	 */
-	if (c == OW_CTX_TASK && !w->is_kthread && w->pid != 0)
+	if ((c == OW_CTX_TASK || c == OW_CTX_UNKNOWN) && !w->is_kthread && w->pid != 0 && cur->mm)
 		w->ustack = ustack_id(ctx, w->pid);
-	else if (c == OW_CTX_UNKNOWN && !w->is_kthread && w->pid != 0)
-		w->ustack = ustack_id(ctx, w->pid);	/* user space drops it if the stack says irq */
 	else
 		w->ustack = OW_STACK_NONE;
 }
 
-SEC("tp_btf/sched_waking")
-int BPF_PROG(ow_sched_waking, struct task_struct *p)
+static __always_inline int on_waking(void *ctx, struct task_struct *p, bool use_ksym)
 {
 	__u32 tid = p->pid;
 	struct sleep *s, early = {};
@@ -346,7 +387,7 @@ int BPF_PROG(ow_sched_waking, struct task_struct *p)
 			return 0;
 		}
 		now = bpf_ktime_get_ns();
-		fill_waker(ctx, &s->waker);
+		fill_waker(ctx, &s->waker, use_ksym);
 		s->wake_ts = now;
 		return 0;
 	}
@@ -358,10 +399,24 @@ int BPF_PROG(ow_sched_waking, struct task_struct *p)
 	if (!p->on_cpu || p == bpf_get_current_task_btf() || !is_target(p))
 		return 0;
 	early.wake_ts = bpf_ktime_get_ns();
-	fill_waker(ctx, &early.waker);
+	fill_waker(ctx, &early.waker, use_ksym);
 	if (bpf_map_update_elem(&sleeps, &tid, &early, BPF_NOEXIST) == -E2BIG)
 		count(OW_LOSS_SLEEP_FULL);
 	return 0;
+}
+
+/* Kernels whose per-CPU preempt_count has no kallsyms address. */
+SEC("tp_btf/sched_waking")
+int BPF_PROG(ow_sched_waking, struct task_struct *p)
+{
+	return on_waking(ctx, p, false);
+}
+
+/* Kernels with CONFIG_KALLSYMS_ALL: preempt_count through its ksym. */
+SEC("tp_btf/sched_waking")
+int BPF_PROG(ow_sched_waking_ksym, struct task_struct *p)
+{
+	return on_waking(ctx, p, true);
 }
 
 static __always_inline void switch_out(void *ctx, bool preempt, struct task_struct *prev)
@@ -389,13 +444,13 @@ static __always_inline void switch_out(void *ctx, bool preempt, struct task_stru
 		s->off_ts = now;
 		s->state = state;
 		s->kstack = kstack_id(ctx);
-		s->ustack = (prev->flags & PF_KTHREAD) ? OW_STACK_NONE : ustack_id(ctx, prev->tgid);
+		s->ustack = (prev->flags & PF_KTHREAD) || !prev->mm ? OW_STACK_NONE : ustack_id(ctx, prev->tgid);
 		return;
 	}
 	fresh.off_ts = now;
 	fresh.state = state;
 	fresh.kstack = kstack_id(ctx);
-	fresh.ustack = (prev->flags & PF_KTHREAD) ? OW_STACK_NONE : ustack_id(ctx, prev->tgid);
+	fresh.ustack = (prev->flags & PF_KTHREAD) || !prev->mm ? OW_STACK_NONE : ustack_id(ctx, prev->tgid);
 	fresh.waker.ctx = OW_CTX_NOT_SEEN;
 	fresh.waker.kstack = OW_STACK_NONE;
 	fresh.waker.ustack = OW_STACK_NONE;

@@ -246,6 +246,31 @@ pub fn merge(entries: Vec<Entry>) -> Vec<Entry> {
     out
 }
 
+/// Is `f` the entry of a hard interrupt or NMI (x86_64, arm64)?
+pub fn is_interrupt_entry(f: &str) -> bool {
+    f.starts_with("asm_sysvec_")
+        || f.starts_with("asm_common_interrupt")
+        || f.starts_with("asm_exc_nmi")
+        || f.starts_with("el1h_64_irq")
+        || f.starts_with("el0t_64_irq")
+        || f.starts_with("el1h_64_fiq")
+        || f.starts_with("el0t_64_fiq")
+}
+
+/// An interrupt's kernel stack (innermost first) goes on into the code it
+/// interrupted, which did not cause the wake-up: keep it up to the
+/// interrupt's entry.
+pub fn interrupt_frames(kernel: Vec<String>) -> Vec<String> {
+    match kernel.iter().position(|f| is_interrupt_entry(f)) {
+        Some(i) => {
+            let mut k = kernel;
+            k.truncate(i + 1);
+            k
+        }
+        None => kernel,
+    }
+}
+
 /// A string from the traced system, safe for one line of output: control
 /// characters become `?`.
 pub fn clean(s: &str) -> String {
@@ -501,6 +526,14 @@ mod tests {
         assert_eq!(e.waker.name(), "[irq CPU1]");
         e.waker.context = WakeContext::NotSeen;
         assert_eq!(e.waker.name(), "[waker not seen]");
+    }
+
+    #[test]
+    fn interrupt_stacks_stop_at_the_interrupt_entry() {
+        let k = v(&["try_to_wake_up", "hrtimer_wakeup", "__hrtimer_run_queues", "hrtimer_interrupt", "__sysvec_apic_timer_interrupt", "sysvec_apic_timer_interrupt", "asm_sysvec_apic_timer_interrupt", "clear_page_erms", "do_anonymous_page", "asm_exc_page_fault"]);
+        assert_eq!(interrupt_frames(k).last().map(|s| s.as_str()), Some("asm_sysvec_apic_timer_interrupt"));
+        let ksoftirqd = v(&["try_to_wake_up", "sock_def_readable", "net_rx_action", "handle_softirqs", "run_ksoftirqd", "kthread"]);
+        assert_eq!(interrupt_frames(ksoftirqd.clone()), ksoftirqd);
     }
 
     #[test]

@@ -175,9 +175,20 @@ impl TextRenderer {
                         let p = peer.as_ref().map(|p| p.remote.to_string()).unwrap_or_else(|| "?".into());
                         let _ = writeln!(o, "  {cont}   {}({listen_fd}) {:>9}  = fd {ret}  peer {p}  backlog {backlog}/{max_backlog}", syscall.name(), rel(*ts));
                     } else {
-                        let hint = if *ret == -11 { "  (nothing to accept: woken for nothing)" } else { "" };
+                        let hint = if *ret == -11 && !h.accepted() { "  (nothing to accept: woken for nothing)" } else { "" };
                         let _ = writeln!(o, "  {cont}   {}({listen_fd}) {:>9}  = -{}{hint}", syscall.name(), rel(*ts), errno_name(-ret));
                     }
+                }
+                Action::Handler { ts, name, fd, flags } => {
+                    let mut args = Vec::new();
+                    if let Some(fd) = fd {
+                        args.push(format!("fd={fd}"));
+                    }
+                    if let Some(fl) = flags {
+                        args.push(fl.clone());
+                    }
+                    let args = if args.is_empty() { String::new() } else { format!("  ({})", args.join(", ")) };
+                    let _ = writeln!(o, "  {cont}   handler {} {:>9}{args}", term_safe(name), rel(*ts));
                 }
                 Action::Close { ts, fd, sock } => {
                     let s = sock.as_ref().map(|s| format!("  {}", sock_line(s))).unwrap_or_default();
@@ -194,8 +205,16 @@ pub fn summary(stats: &Stats, losses: &Losses, secs: f64, ringbuf_mib: u32, why:
     let _ = writeln!(o, "\nnetdrift: {why} after {secs:.1}s");
     let _ = writeln!(
         o,
-        "  {} events, {} chains ({} incomplete), {} wake-ups, {} accepts ({} EAGAIN, {} other errors), {} closes",
-        stats.events, stats.chains, stats.chains_incomplete, stats.wakes, stats.accepts, stats.accept_eagain, stats.accept_errors, stats.closes
+        "  {} events, {} chains ({} incomplete), {} wake-ups, {} accepts ({} EAGAIN, {} other errors), {} closes{}",
+        stats.events,
+        stats.chains,
+        stats.chains_incomplete,
+        stats.wakes,
+        stats.accepts,
+        stats.accept_eagain,
+        stats.accept_errors,
+        stats.closes,
+        if stats.handlers > 0 { format!(", {} handler calls", stats.handlers) } else { String::new() }
     );
     let _ = writeln!(o, "  {} chains woke more than one thread; {} wake-ups were for nothing", stats.herd_chains, stats.wasted_wakes);
     let _ = writeln!(o, "  context switches of the targets: {} voluntary, {} involuntary", stats.voluntary_switches, stats.involuntary_switches);

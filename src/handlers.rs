@@ -1,0 +1,524 @@
+//! Handler probes: `--handler BINARY:GLOB[:fd=argN][:events=argM/DECODER]`
+//! and `--preset NAME`. Resolves the binary (inside the target's mount
+//! namespace, in its maps, or its own executable), matches the glob against
+//! mangled and demangled symbol names, and says what was searched when
+//! nothing matches.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use blazesym::inspect::source::{Elf, Source};
+use blazesym::inspect::{Inspector, SymInfo};
+use blazesym::SymType;
+
+use crate::error::Error;
+
+/// How a handler's events argument is turned into names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Decoder {
+    /// libevent: EV_TIMEOUT, EV_READ, EV_WRITE, EV_SIGNAL, EV_PERSIST, EV_ET, EV_FINALIZE, EV_CLOSED.
+    Libevent,
+    /// epoll: EPOLLIN, EPOLLOUT...
+    Epoll,
+    /// redis ae: AE_READABLE, AE_WRITABLE, AE_BARRIER.
+    Ae,
+    /// hex.
+    Raw,
+}
+
+impl Decoder {
+    pub fn decode(self, v: u64) -> String {
+        let table: &[(u64, &str)] = match self {
+            Decoder::Libevent => &[(0x01, "EV_TIMEOUT"), (0x02, "EV_READ"), (0x04, "EV_WRITE"), (0x08, "EV_SIGNAL"), (0x10, "EV_PERSIST"), (0x20, "EV_ET"), (0x40, "EV_FINALIZE"), (0x80, "EV_CLOSED")],
+            Decoder::Ae => &[(1, "AE_READABLE"), (2, "AE_WRITABLE"), (4, "AE_BARRIER")],
+            Decoder::Epoll => return crate::events::epoll_flags(v as u32),
+            Decoder::Raw => return format!("0x{v:x}"),
+        };
+        // Only the low 16 bits are flags (a `short` in libevent).
+        let v = if self == Decoder::Libevent { v & 0xffff } else { v & 0xffff_ffff };
+        let mut out: Vec<String> = table.iter().filter(|(b, _)| v & b != 0).map(|(_, n)| n.to_string()).collect();
+        let rest = table.iter().fold(v, |r, (b, _)| r & !b);
+        if rest != 0 {
+            out.push(format!("0x{rest:x}"));
+        }
+        if out.is_empty() {
+            "0".into()
+        } else {
+            out.join("|")
+        }
+    }
+}
+
+impl FromStr for Decoder {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "libevent" => Ok(Decoder::Libevent),
+            "epoll" => Ok(Decoder::Epoll),
+            "ae" | "redis" => Ok(Decoder::Ae),
+            "raw" => Ok(Decoder::Raw),
+            _ => Err(format!("unknown decoder {s:?}: use libevent, epoll, ae or raw")),
+        }
+    }
+}
+
+/// A shell-style glob: `*`, `?`, `[abc]`, `[a-z]`, `[!x]`, `\x`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Glob {
+    text: String,
+    toks: Vec<Tok>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Tok {
+    Lit(char),
+    Any,
+    Star,
+    Class(bool, Vec<(char, char)>),
+}
+
+impl Glob {
+    pub fn new(text: &str) -> Result<Glob, String> {
+        if text.is_empty() {
+            return Err("empty glob".into());
+        }
+        let mut toks = Vec::new();
+        let mut it = text.chars().peekable();
+        while let Some(c) = it.next() {
+            match c {
+                '*' => {
+                    if toks.last() != Some(&Tok::Star) {
+                        toks.push(Tok::Star);
+                    }
+                }
+                '?' => toks.push(Tok::Any),
+                '\\' => toks.push(Tok::Lit(it.next().ok_or_else(|| format!("glob {text:?} ends with a lone '\\'"))?)),
+                '[' => {
+                    let neg = matches!(it.peek(), Some('!') | Some('^'));
+                    if neg {
+                        it.next();
+                    }
+                    let mut ranges = Vec::new();
+                    let mut first = true;
+                    loop {
+                        let c = it.next().ok_or_else(|| format!("glob {text:?} has an unclosed '['"))?;
+                        if c == ']' && !first {
+                            break;
+                        }
+                        first = false;
+                        if it.peek() == Some(&'-') {
+                            let mut look = it.clone();
+                            look.next();
+                            if let Some(&hi) = look.peek() {
+                                if hi != ']' {
+                                    it.next();
+                                    it.next();
+                                    ranges.push((c, hi));
+                                    continue;
+                                }
+                            }
+                        }
+                        ranges.push((c, c));
+                    }
+                    toks.push(Tok::Class(neg, ranges));
+                }
+                c => toks.push(Tok::Lit(c)),
+            }
+        }
+        Ok(Glob { text: text.to_string(), toks })
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    pub fn matches(&self, s: &str) -> bool {
+        let chars: Vec<char> = s.chars().collect();
+        // Iterative matching with one backtrack point per star.
+        let (mut p, mut i) = (0usize, 0usize);
+        let (mut star_p, mut star_i) = (usize::MAX, 0usize);
+        while i < chars.len() {
+            let ok = match self.toks.get(p) {
+                Some(Tok::Lit(c)) => *c == chars[i],
+                Some(Tok::Any) => true,
+                Some(Tok::Class(neg, r)) => r.iter().any(|(lo, hi)| (*lo..=*hi).contains(&chars[i])) != *neg,
+                Some(Tok::Star) => {
+                    star_p = p;
+                    star_i = i;
+                    p += 1;
+                    continue;
+                }
+                None => false,
+            };
+            if ok {
+                p += 1;
+                i += 1;
+            } else if star_p != usize::MAX {
+                p = star_p + 1;
+                star_i += 1;
+                i = star_i;
+            } else {
+                return false;
+            }
+        }
+        self.toks[p..].iter().all(|t| *t == Tok::Star)
+    }
+
+    /// The literal pieces, for suggesting close names.
+    fn literals(&self) -> Vec<String> {
+        let mut out = vec![String::new()];
+        for t in &self.toks {
+            match t {
+                Tok::Lit(c) => out.last_mut().unwrap().push(*c),
+                _ => out.push(String::new()),
+            }
+        }
+        out.into_iter().filter(|s| s.len() >= 2).collect()
+    }
+}
+
+/// One `--handler` argument.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HandlerSpec {
+    pub binary: String,
+    pub glob: Glob,
+    pub fd_arg: Option<u8>,
+    pub events_arg: Option<u8>,
+    pub decoder: Decoder,
+}
+
+fn parse_arg(v: &str, what: &str) -> Result<u8, String> {
+    let n: u8 = v.strip_prefix("arg").and_then(|n| n.parse().ok()).ok_or_else(|| format!("{what}={v}: give argN with N from 0 to 5"))?;
+    if n > 5 {
+        return Err(format!("{what}={v}: only arg0..arg5 (register arguments) can be read"));
+    }
+    Ok(n)
+}
+
+impl FromStr for HandlerSpec {
+    type Err = String;
+
+    /// `BINARY:GLOB[:fd=argN][:events=argM/DECODER]`; the glob may hold `::`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (binary, mut rest) = s.split_once(':').ok_or_else(|| format!("--handler {s:?}: expected BINARY:GLOB[:fd=argN][:events=argM/DECODER]"))?;
+        if binary.is_empty() {
+            return Err(format!("--handler {s:?}: empty BINARY (use exe, a path or a library name)"));
+        }
+        let (mut fd_arg, mut events_arg, mut decoder) = (None, None, Decoder::Raw);
+        loop {
+            let Some((head, tail)) = rest.rsplit_once(':') else { break };
+            if let Some(v) = tail.strip_prefix("fd=") {
+                fd_arg = Some(parse_arg(v, "fd")?);
+            } else if let Some(v) = tail.strip_prefix("events=") {
+                let (a, d) = v.split_once('/').unwrap_or((v, "raw"));
+                events_arg = Some(parse_arg(a, "events")?);
+                decoder = d.parse()?;
+            } else {
+                break;
+            }
+            rest = head;
+        }
+        let glob = Glob::new(rest).map_err(|e| format!("--handler {s:?}: {e}"))?;
+        Ok(HandlerSpec { binary: binary.to_string(), glob, fd_arg, events_arg, decoder })
+    }
+}
+
+impl fmt::Display for HandlerSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.binary, self.glob.as_str())?;
+        if let Some(a) = self.fd_arg {
+            write!(f, ":fd=arg{a}")?;
+        }
+        if let Some(a) = self.events_arg {
+            write!(f, ":events=arg{a}/{}", serde_json::to_value(self.decoder).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default())?;
+        }
+        Ok(())
+    }
+}
+
+/// The probes of `--preset NAME`. A preset's spec may match nothing (builds
+/// differ); the preset fails only if none matches.
+pub fn preset(name: &str) -> Option<Vec<HandlerSpec>> {
+    let specs: &[&str] = match name {
+        // The reference article's probe: the lambda registered with libevent
+        // inside FileEventImpl::assignEvents (GCC names it _FUN, clang __invoke).
+        "envoy" => &[
+            "exe:*FileEventImpl::assignEvents*::_FUN*:fd=arg0:events=arg1/libevent",
+            "exe:*FileEventImpl::assignEvents*::__invoke*:fd=arg0:events=arg1/libevent",
+        ],
+        // acceptTcpHandler(aeEventLoop *el, int fd, void *privdata, int mask); readQueryFromClient(connection *conn).
+        "redis" => &["exe:acceptTcpHandler:fd=arg1:events=arg3/ae", "exe:readQueryFromClient"],
+        // ngx_event_accept(ngx_event_t *ev); ngx_http_init_connection(ngx_connection_t *c).
+        "nginx" => &["exe:ngx_event_accept", "exe:ngx_http_init_connection"],
+        // memcached exports no handlers; libevent's activation of each ready event: event_active_nolock_(ev, res, ncalls).
+        "memcached" | "libevent" => &["libevent:event_active_nolock_:events=arg1/libevent"],
+        _ => return None,
+    };
+    Some(specs.iter().map(|s| s.parse().expect("built-in preset parses")).collect())
+}
+
+/// Symbols one trace can attach to (ND_MAX_HANDLERS in netdrift.h).
+pub const MAX_HANDLERS: usize = 256;
+
+pub const PRESETS: &[&str] = &["envoy", "redis", "nginx", "memcached", "libevent"];
+
+/// A symbol a handler probe is attached to.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Resolved {
+    /// Index: the uprobe's cookie and the record's id.
+    pub id: u32,
+    /// The file opened for the uprobe.
+    pub path: PathBuf,
+    /// Demangled (or plain) name.
+    pub name: String,
+    pub offset: u64,
+    pub fd_arg: Option<u8>,
+    pub events_arg: Option<u8>,
+    pub decoder: Decoder,
+    /// The `--handler` text it came from.
+    pub spec: String,
+}
+
+/// A name as a human reads it: demangled C++ or Rust, or as is.
+pub fn demangle(name: &str) -> String {
+    if let Ok(d) = rustc_demangle::try_demangle(name) {
+        return format!("{d:#}");
+    }
+    if name.starts_with("_Z") {
+        if let Ok(sym) = cpp_demangle::Symbol::new(name) {
+            if let Ok(d) = sym.demangle() {
+                return d;
+            }
+        }
+    }
+    name.to_string()
+}
+
+fn is_elf(p: &Path) -> std::io::Result<bool> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(p)?;
+    let mut magic = [0u8; 4];
+    Ok(f.read_exact(&mut magic).is_ok() && magic == *b"\x7fELF")
+}
+
+/// Find BINARY: `exe`, a path (inside the target's root first), or a library
+/// name in the target's maps.
+pub fn resolve_binary(binary: &str, pid: Option<u32>) -> Result<PathBuf, Error> {
+    let mut searched: Vec<String> = Vec::new();
+    if binary == "exe" {
+        let pid = pid.ok_or_else(|| Error::Usage("--handler exe:...: `exe` needs a target process (-p PID or -c COMM)".into()))?;
+        let p = PathBuf::from(format!("/proc/{pid}/exe"));
+        if p.exists() {
+            return Ok(p);
+        }
+        return Err(Error::Usage(format!("--handler exe: {} is gone (did pid {pid} exit?)", p.display())));
+    }
+    if binary.contains('/') {
+        if let (Some(pid), true) = (pid, binary.starts_with('/')) {
+            let inside = PathBuf::from(format!("/proc/{pid}/root{binary}"));
+            searched.push(inside.display().to_string());
+            if inside.exists() {
+                return Ok(inside);
+            }
+        }
+        let p = PathBuf::from(binary);
+        searched.push(p.display().to_string());
+        if p.exists() {
+            return Ok(p);
+        }
+    } else if let Some(pid) = pid {
+        // A library name: look in what the target has mapped.
+        let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
+        let mut libs: Vec<&str> = maps.lines().filter_map(|l| l.split_whitespace().nth(5)).filter(|p| p.starts_with('/')).collect();
+        libs.dedup();
+        let want = binary.trim_start_matches("lib");
+        for l in &libs {
+            let base = l.rsplit('/').next().unwrap_or(l);
+            let stem = base.trim_start_matches("lib");
+            if base == binary || stem.starts_with(&format!("{want}.")) || stem.starts_with(&format!("{want}-")) {
+                return Ok(PathBuf::from(format!("/proc/{pid}/root{l}")));
+            }
+        }
+        searched.push(format!("the {} files mapped by pid {pid}", libs.len()));
+    } else {
+        searched.push("nothing: a library name needs a target process (-p PID)".into());
+    }
+    Err(Error::Usage(format!("--handler {binary}: binary not found (searched {})", searched.join(", "))))
+}
+
+/// Every function symbol of an ELF file: (raw name, demangled, file offset).
+pub fn functions(path: &Path) -> Result<Vec<(String, String, u64)>, Error> {
+    match is_elf(path) {
+        Ok(true) => {}
+        Ok(false) => return Err(Error::Usage(format!("--handler: {} is not an ELF file", path.display()))),
+        Err(e) => return Err(Error::Usage(format!("--handler: cannot read {}: {e}", path.display()))),
+    }
+    let inspector = Inspector::new();
+    let mut elf = Elf::new(path);
+    elf.debug_syms = false;
+    let src = Source::Elf(elf);
+    let mut out = Vec::new();
+    inspector
+        .for_each(&src, |s: &SymInfo<'_>| {
+            if s.sym_type == SymType::Function {
+                if let Some(off) = s.file_offset {
+                    if off != 0 {
+                        out.push((s.name.to_string(), demangle(&s.name), off));
+                    }
+                }
+            }
+            std::ops::ControlFlow::Continue(())
+        })
+        .map_err(|e| Error::Usage(format!("--handler: reading symbols of {}: {e}", path.display())))?;
+    out.sort_by(|a, b| a.2.cmp(&b.2).then(a.0.cmp(&b.0)));
+    out.dedup_by(|a, b| a.2 == b.2);
+    Ok(out)
+}
+
+/// Length of the longest common substring (bytes).
+fn common_substring(a: &str, b: &str) -> usize {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    let mut prev = vec![0usize; b.len() + 1];
+    let mut best = 0;
+    for &x in a {
+        let mut cur = vec![0usize; b.len() + 1];
+        for (j, &y) in b.iter().enumerate() {
+            if x == y {
+                cur[j + 1] = prev[j] + 1;
+                best = best.max(cur[j + 1]);
+            }
+        }
+        prev = cur;
+    }
+    best
+}
+
+/// Up to three names closest to what the glob asks for.
+fn closest(glob: &Glob, names: &[(String, String, u64)]) -> Vec<String> {
+    let lits: Vec<String> = glob.literals().into_iter().map(|l| l.to_lowercase()).collect();
+    let mut scored: Vec<(usize, &str)> = names
+        .iter()
+        .map(|(_, d, _)| {
+            let low = d.to_lowercase();
+            let hits: usize = lits.iter().map(|l| common_substring(l, &low)).sum();
+            (hits, d.as_str())
+        })
+        .filter(|(h, _)| *h >= 4)
+        .collect();
+    scored.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.len().cmp(&b.1.len())));
+    let mut out: Vec<String> = Vec::new();
+    for (_, n) in scored {
+        if !out.iter().any(|o| o == n) {
+            out.push(n.to_string());
+        }
+        if out.len() == 3 {
+            break;
+        }
+    }
+    out
+}
+
+/// Resolve specs into symbols to attach. `tolerant`: a spec matching
+/// nothing is fine as long as one spec matched (presets).
+pub fn resolve(specs: &[HandlerSpec], pid: Option<u32>, tolerant: bool) -> Result<Vec<Resolved>, Error> {
+    let mut out: Vec<Resolved> = Vec::new();
+    let mut misses: Vec<String> = Vec::new();
+    for spec in specs {
+        let path = resolve_binary(&spec.binary, pid)?;
+        let funcs = functions(&path)?;
+        let before = out.len();
+        for (raw, dem, off) in &funcs {
+            if spec.glob.matches(raw) || spec.glob.matches(dem) {
+                if out.len() >= MAX_HANDLERS {
+                    return Err(Error::Usage(format!("--handler {spec}: more than 256 symbols match: narrow the glob")));
+                }
+                out.push(Resolved {
+                    id: out.len() as u32,
+                    path: path.clone(),
+                    name: dem.clone(),
+                    offset: *off,
+                    fd_arg: spec.fd_arg,
+                    events_arg: spec.events_arg,
+                    decoder: spec.decoder,
+                    spec: spec.to_string(),
+                });
+            }
+        }
+        if out.len() == before {
+            let near = closest(&spec.glob, &funcs);
+            let hint = if funcs.is_empty() {
+                " (the binary is stripped: it has no function symbols)".to_string()
+            } else if near.is_empty() {
+                String::new()
+            } else {
+                format!("; closest: {}", near.join(", "))
+            };
+            misses.push(format!("--handler {spec}: no function of {} matches {:?} ({} function symbols searched){hint}", path.display(), spec.glob.as_str(), funcs.len()));
+        }
+    }
+    if !misses.is_empty() && (!tolerant || out.is_empty()) {
+        return Err(Error::Usage(misses.join("; ")));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs() {
+        let g = Glob::new("*FileEventImpl*assignEvents*").unwrap();
+        assert!(g.matches("Envoy::Event::FileEventImpl::assignEvents(unsigned int, event_base*)::$_1::__invoke(int, short, void*)"));
+        assert!(!g.matches("Envoy::Event::FileEventImpl::activate(unsigned int)"));
+        assert!(Glob::new("accept?cpHandler").unwrap().matches("acceptTcpHandler"));
+        assert!(Glob::new("read[QR]uery*").unwrap().matches("readQueryFromClient"));
+        assert!(!Glob::new("read[!Q]uery*").unwrap().matches("readQueryFromClient"));
+        assert!(Glob::new("a[a-c]z").unwrap().matches("abz"));
+        assert!(Glob::new("x\\*").unwrap().matches("x*"));
+        assert!(Glob::new("abc[").is_err());
+        assert!(Glob::new("").is_err());
+        assert!(Glob::new("**a**").unwrap().matches("xxa"));
+    }
+
+    #[test]
+    fn specs_with_cpp_colons() {
+        let s: HandlerSpec = "exe:*FileEventImpl::assignEvents*::_FUN*:fd=arg0:events=arg1/libevent".parse().unwrap();
+        assert_eq!(s.binary, "exe");
+        assert_eq!(s.glob.as_str(), "*FileEventImpl::assignEvents*::_FUN*");
+        assert_eq!((s.fd_arg, s.events_arg, s.decoder), (Some(0), Some(1), Decoder::Libevent));
+        assert_eq!(s.to_string(), "exe:*FileEventImpl::assignEvents*::_FUN*:fd=arg0:events=arg1/libevent");
+        let s: HandlerSpec = "/usr/bin/redis-server:readQueryFromClient".parse().unwrap();
+        assert_eq!((s.fd_arg, s.events_arg), (None, None));
+        assert!("exe".parse::<HandlerSpec>().is_err());
+        assert!("exe:f:fd=arg9".parse::<HandlerSpec>().is_err());
+        assert!("exe:f:events=arg1/zzz".parse::<HandlerSpec>().is_err());
+        assert!("exe:f[".parse::<HandlerSpec>().unwrap_err().contains("unclosed"));
+        for p in PRESETS {
+            assert!(!preset(p).unwrap().is_empty());
+        }
+    }
+
+    #[test]
+    fn decoders() {
+        assert_eq!(Decoder::Libevent.decode(0x22), "EV_READ|EV_ET");
+        assert_eq!(Decoder::Libevent.decode(0x2), "EV_READ");
+        assert_eq!(Decoder::Ae.decode(1), "AE_READABLE");
+        assert_eq!(Decoder::Ae.decode(0x11), "AE_READABLE|0x10");
+        assert_eq!(Decoder::Raw.decode(255), "0xff");
+        assert_eq!(Decoder::Epoll.decode(0x2001), "EPOLLIN|EPOLLRDHUP");
+    }
+
+    #[test]
+    fn demangles_and_reads_own_symbols() {
+        assert_eq!(demangle("_ZN5Envoy5Event13FileEventImpl12assignEventsEj"), "Envoy::Event::FileEventImpl::assignEvents(unsigned int)");
+        assert_eq!(demangle("plain_c"), "plain_c");
+        let me = std::env::current_exe().unwrap();
+        let f = functions(&me).unwrap();
+        assert!(f.iter().any(|(_, d, _)| d.contains("demangles_and_reads_own_symbols")), "test binary has its own symbols");
+        let err = functions(Path::new("/proc/self/status")).unwrap_err().to_string();
+        assert!(err.contains("not an ELF"), "{err}");
+    }
+}

@@ -1,0 +1,229 @@
+//! Handler probes end to end: an Envoy-like C++ program on real libevent
+//! (`--preset envoy`), Debian's redis-server (`--preset redis`), and the
+//! errors for stripped binaries, globs without a match, missing and non-ELF
+//! binaries.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+mod common;
+use common::require_root;
+
+fn nd() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_netdrift"))
+}
+
+/// Build tests/progs/envoy_like.cc (needs g++ and libevent-dev).
+fn build_envoy_like(dir: &Path) -> PathBuf {
+    let out = dir.join("envoy_like");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/progs/envoy_like.cc");
+    let st = Command::new("g++")
+        .args(["-O1", "-g", "-fno-omit-frame-pointer", "-o"])
+        .arg(&out)
+        .arg(&src)
+        .arg("-levent")
+        .status()
+        .expect("g++ (apt-get install g++ libevent-dev)");
+    assert!(st.success(), "building {} failed: install g++ and libevent-dev", src.display());
+    out
+}
+
+struct Proc(Child);
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Start the Envoy-like server; returns it and its port.
+fn start_envoy_like(bin: &Path) -> (Proc, u16) {
+    let mut child = Command::new(bin).arg("0").stdout(Stdio::piped()).spawn().unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let mut line = Vec::new();
+    let mut b = [0u8; 1];
+    while out.read(&mut b).unwrap() == 1 && b[0] != b'\n' {
+        line.push(b[0]);
+    }
+    let s = String::from_utf8(line).unwrap();
+    let port = s.strip_prefix("ready ").and_then(|p| p.parse().ok()).unwrap_or_else(|| panic!("envoy_like said {s:?}"));
+    (Proc(child), port)
+}
+
+/// Trace `pid` with extra args until `client` is done; returns the JSON lines.
+fn trace_json(pid: u32, extra: &[&str], client: impl FnOnce()) -> Vec<Value> {
+    let dir = tempfile::tempdir().unwrap();
+    let (ready, out) = (dir.path().join("ready"), dir.path().join("out.jsonl"));
+    let mut child = nd()
+        .args(["trace", "-p", &pid.to_string(), "--json", "--ready-file"])
+        .arg(&ready)
+        .arg("-o")
+        .arg(&out)
+        .args(extra)
+        .arg("30")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    while !ready.exists() {
+        if let Ok(Some(st)) = child.try_wait() {
+            let mut e = String::new();
+            child.stderr.take().unwrap().read_to_string(&mut e).unwrap();
+            panic!("netdrift exited ({st}): {e}");
+        }
+        assert!(t.elapsed() < Duration::from_secs(20), "no ready file");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    client();
+    std::thread::sleep(Duration::from_millis(300));
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    std::fs::read_to_string(&out).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+fn of_type<'a>(v: &'a [Value], t: &str) -> Vec<&'a Value> {
+    v.iter().filter(|e| e["type"] == t).collect()
+}
+
+#[test]
+fn envoy_preset_on_libevent_program() {
+    if !require_root() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let bin = build_envoy_like(dir.path());
+    let (srv, port) = start_envoy_like(&bin);
+    let k = 5;
+    let mut client_ports = Vec::new();
+    let lines = trace_json(srv.0.id(), &["--preset", "envoy"], || {
+        for _ in 0..k {
+            let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            client_ports.push(s.local_addr().unwrap().port());
+            // Let the server accept and sleep again, so the request is its own chain.
+            std::thread::sleep(Duration::from_millis(30));
+            s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+            let mut r = String::new();
+            s.read_to_string(&mut r).unwrap();
+            assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+            std::thread::sleep(Duration::from_millis(30));
+        }
+    });
+    assert_eq!(lines[0]["handlers"].as_array().map(|a| a.len()), Some(1), "one symbol for the preset: {}", lines[0]["handlers"]);
+    assert!(lines[0]["handlers"][0]["name"].as_str().unwrap().contains("FileEventImpl::assignEvents"));
+    let handlers = of_type(&lines, "handler");
+    let accepts: Vec<&Value> = of_type(&lines, "accept").into_iter().filter(|a| a["ret"].as_i64().unwrap() >= 0).collect();
+    assert_eq!(accepts.len(), k);
+    let lfd = accepts[0]["listen_fd"].as_i64().unwrap();
+    // One handler call on the listen fd with EV_READ per connection.
+    let on_listen: Vec<_> = handlers.iter().filter(|h| h["fd"] == lfd).collect();
+    assert_eq!(on_listen.len(), k, "{on_listen:?}");
+    assert!(on_listen.iter().all(|h| h["flags"] == "EV_READ"), "{on_listen:?}");
+    for a in &accepts {
+        let fd = a["ret"].as_i64().unwrap();
+        let port = a["peer"]["remote"].as_str().unwrap().rsplit(':').next().unwrap().parse::<u16>().unwrap();
+        assert!(client_ports.contains(&port));
+        // The request: a handler call with that fd and EV_READ|EV_ET, in the
+        // chain of the socket event and of the epoll_wait return listing it.
+        let h = handlers
+            .iter()
+            .find(|h| h["fd"] == fd && h["ts"].as_u64() > a["ts"].as_u64() && h["flags"] == "EV_READ|EV_ET")
+            .unwrap_or_else(|| panic!("no EV_READ|EV_ET handler for fd {fd}: {handlers:?}"));
+        let chain = &h["chain"];
+        assert!(chain.is_u64(), "handler in a chain: {h}");
+        let sr = of_type(&lines, "sock_ready").into_iter().find(|s| &s["chain"] == chain).unwrap_or_else(|| panic!("socket event in chain {chain}"));
+        assert_eq!(sr["sock"]["remote"].as_str().unwrap().rsplit(':').next().unwrap().parse::<u16>().unwrap(), port);
+        let ep = of_type(&lines, "epoll_exit").into_iter().find(|e| &e["chain"] == chain).unwrap_or_else(|| panic!("epoll_exit in chain {chain}"));
+        assert!(ep["events"].as_array().unwrap().iter().any(|e| e["fd"] == fd), "epoll_wait returned fd {fd}: {ep}");
+    }
+}
+
+#[test]
+fn redis_preset() {
+    if !require_root() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let child = Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir"])
+        .arg(dir.path())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("redis-server (apt-get install redis-server)");
+    let srv = Proc(child);
+    let t = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(t.elapsed() < Duration::from_secs(10), "redis did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    let (k, cmds) = (4, 3);
+    let lines = trace_json(srv.0.id(), &["--preset", "redis"], || {
+        for _ in 0..k {
+            let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            for _ in 0..cmds {
+                s.write_all(b"PING\r\n").unwrap();
+                let mut b = [0u8; 7];
+                s.read_exact(&mut b).unwrap();
+                assert_eq!(&b, b"+PONG\r\n");
+            }
+            std::thread::sleep(Duration::from_millis(30));
+        }
+    });
+    let handlers = of_type(&lines, "handler");
+    let accepts: Vec<&Value> = of_type(&lines, "accept").into_iter().filter(|a| a["ret"].as_i64().unwrap() >= 0).collect();
+    assert_eq!(accepts.len(), k);
+    let lfd = accepts[0]["listen_fd"].as_i64().unwrap();
+    let ath: Vec<_> = handlers.iter().filter(|h| h["name"] == "acceptTcpHandler").collect();
+    assert_eq!(ath.len(), k, "one acceptTcpHandler per connection: {ath:?}");
+    assert!(ath.iter().all(|h| h["fd"] == lfd && h["flags"] == "AE_READABLE"), "listening fd {lfd} and AE_READABLE: {ath:?}");
+    // Each handler call sits in a chain, before the accept it leads to.
+    for h in &ath {
+        assert!(h["chain"].is_u64(), "{h}");
+        assert!(accepts.iter().any(|a| a["chain"] == h["chain"] && a["ts"].as_u64() > h["ts"].as_u64()), "accept after acceptTcpHandler in chain {}", h["chain"]);
+    }
+    let rq = handlers.iter().filter(|h| h["name"] == "readQueryFromClient").count();
+    assert!(rq >= k * cmds, "readQueryFromClient for each command: {rq} < {}", k * cmds);
+}
+
+fn usage_error(args: &[&str], needle: &str) {
+    let o = nd().args(args).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+    assert_eq!(err.lines().count(), 1, "{args:?}: one line: {err}");
+    assert!(err.contains(needle), "{args:?}: {err:?} lacks {needle:?}");
+}
+
+#[test]
+fn handler_errors() {
+    if !require_root() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let bin = build_envoy_like(dir.path());
+    let stripped = dir.path().join("envoy_stripped");
+    std::fs::copy(&bin, &stripped).unwrap();
+    assert!(Command::new("strip").arg("--strip-all").arg(&stripped).status().unwrap().success());
+    let (srv, _) = start_envoy_like(&stripped);
+    let pid = srv.0.id().to_string();
+    // Stripped: the preset finds nothing, and says what it searched.
+    usage_error(&["trace", "-p", &pid, "--preset", "envoy"], "function symbols searched");
+    drop(srv);
+    let (srv, _) = start_envoy_like(&bin);
+    let pid = srv.0.id().to_string();
+    // A glob without a match suggests the closest names.
+    usage_error(&["trace", "-p", &pid, "--handler", "exe:*FileEventImpl::assignEventz*"], "closest: Envoy::Event::FileEventImpl::assignEvents");
+    usage_error(&["trace", "-p", &pid, "--handler", "/no/such/binary:main"], "binary not found");
+    usage_error(&["trace", "-p", &pid, "--handler", "/etc/passwd:main"], "is not an ELF file");
+    usage_error(&["trace", "-p", &pid, "--handler", "exe:main["], "unclosed '['");
+    usage_error(&["trace", "-p", &pid, "--handler", "exe:main:fd=arg7"], "arg0..arg5");
+    usage_error(&["trace", "-p", &pid, "--preset", "apache"], "invalid value");
+}
