@@ -103,6 +103,46 @@ cpu_ticks() {
   echo $(( ${12} + ${13} ))
 }
 
+# System-wide CPU from /proc/stat, in ticks: "busy steal" (busy: user, nice,
+# system, irq, softirq; steal: time the hypervisor gave to other guests).
+cpu_stat() {
+  awk '/^cpu / {print $2 + $3 + $4 + $7 + $8, $9}' /proc/stat
+}
+
+# CHILDREN_TICKS := utime+stime of this shell's reaped children (the
+# `times` builtin, second line), in ticks of 1/100 s. Not a function
+# returning on stdout: `times` in a $(...) subshell would see no children.
+children_ticks() {
+  local f
+  f=$(mktemp)
+  times >"$f"
+  CHILDREN_TICKS=$(awk 'NR == 2 {
+    split($1, u, /[ms]/); split($2, s, /[ms]/)
+    printf "%d\n", (u[1] * 60 + u[2] + s[1] * 60 + s[2]) * 100 + 0.5 }' "$f")
+  rm -f "$f"
+}
+
+# Wait until the machine is quiet (CPU busy below QUIET_PCT percent over 1 s)
+# or QUIET_WAIT_S seconds have passed: other work on a 2-CPU machine moves
+# the figures more than the tracers do.
+wait_quiet() {
+  local max=${QUIET_WAIT_S:-120} pct=${QUIET_PCT:-15} waited=0 a b busy total
+  while :; do
+    a=$(awk '/^cpu / {t = 0; for (i = 2; i <= NF; i++) t += $i; print $2 + $3 + $4 + $7 + $8 + $9, t}' /proc/stat)
+    sleep 1
+    b=$(awk '/^cpu / {t = 0; for (i = 2; i <= NF; i++) t += $i; print $2 + $3 + $4 + $7 + $8 + $9, t}' /proc/stat)
+    set -- $a $b
+    busy=$(( $3 - $1 )) total=$(( $4 - $2 ))
+    QUIET_BUSY_PCT=$(( total > 0 ? busy * 100 / total : 0 ))
+    [ "$QUIET_BUSY_PCT" -lt "$pct" ] && return 0
+    waited=$((waited + 1))
+    if [ "$waited" -ge "$max" ]; then
+      note "the machine is still busy ($(( busy * 100 / total ))% CPU by others) after ${max} s: measuring anyway"
+      return 0
+    fi
+  done
+}
+
 # BPF program ids a process holds (program fds and link fds), one per line.
 bpf_prog_ids() {
   local pid=$1 f

@@ -73,9 +73,23 @@ def load_run(d):
         run = dict(meta, **parse_wrk(f.read()))
     window = meta["t"][1] - meta["t"][0]
     run["window_s"] = window
+    tck = meta["clk_tck"]
+
+    def pct(pair):
+        return 100.0 * (pair[1] - pair[0]) / tck / window
+
+    tracer = meta["cpu_ticks"][1] - meta["cpu_ticks"][0] if meta["tracer_pid"] else 0
     if meta["tracer_pid"]:
-        ticks = meta["cpu_ticks"][1] - meta["cpu_ticks"][0]
-        run["tracer_cpu_pct"] = 100.0 * ticks / meta["clk_tck"] / window
+        run["tracer_cpu_pct"] = 100.0 * tracer / tck / window
+    if "system_busy_steal" in meta:
+        (b0, st0), (b1, st1) = meta["system_busy_steal"]
+        run["nginx_cpu_pct"] = pct(meta["nginx_ticks"])
+        run["wrk_cpu_pct"] = pct(meta["wrk_ticks"])
+        run["counter_cpu_pct"] = pct(meta["counter_ticks"])
+        ours = sum(p[1] - p[0] for p in (meta["nginx_ticks"], meta["wrk_ticks"], meta["counter_ticks"])) + tracer
+        # CPU used by everything else on the machine during the window (% of one CPU).
+        run["other_cpu_pct"] = max(0.0, 100.0 * ((b1 - b0) - ours) / tck / window)
+        run["steal_pct"] = 100.0 * (st1 - st0) / tck / window
     err = ""
     if os.path.exists(os.path.join(d, "tracer.err")):
         with open(os.path.join(d, "tracer.err"), errors="replace") as f:
@@ -143,6 +157,11 @@ def main():
             "p99_ms": mean(r["p99_ms"] for r in rs),
             "p99_ms_each": [r["p99_ms"] for r in rs],
             "socket_errors": sum(r["socket_errors"] for r in rs),
+            "nginx_cpu_pct": mean(r.get("nginx_cpu_pct") for r in rs),
+            "wrk_cpu_pct": mean(r.get("wrk_cpu_pct") for r in rs),
+            "other_cpu_pct": mean(r.get("other_cpu_pct") for r in rs),
+            "other_cpu_pct_each": [r.get("other_cpu_pct") for r in rs],
+            "steal_pct": mean(r.get("steal_pct") for r in rs),
         }
         c["rps_ratio"] = c["rps"] / base_rps if base_rps and c["rps"] else None
         c["p99_ratio"] = c["p99_ms"] / base_p99 if base_p99 and c["p99_ms"] else None
@@ -155,6 +174,8 @@ def main():
                 c["lost_stacks"] = sum(r.get("lost_stacks") or 0 for r in rs)
                 c["lost_map_full"] = sum(r.get("lost_map_full") or 0 for r in rs)
             c["tracer_cpu_pct"] = mean(r.get("tracer_cpu_pct") for r in rs)
+            if cfg == "peer":
+                c["line_counter_cpu_pct"] = mean(r.get("counter_cpu_pct") for r in rs)
             c["tracer_vmhwm_kb"] = max((r.get("vmhwm_kb") or 0) for r in rs)
             c["bpf_ms_per_s"] = mean(r.get("bpf_ms_per_s") for r in rs)
             by_type, by_name = {}, {}
@@ -205,18 +226,22 @@ def main():
     print()
     print(f"netdrift overhead on nginx, wrk -t1 -c{meta.get('connections', '?')} -d{meta.get('duration_s', '?')}s, "
           f"{meta.get('rounds', '?')} rounds interleaved; untraced: {fmt(base_rps, ',.0f')} req/s, p99 {fmt(base_p99, '.2f')} ms")
-    hdr = f"{'config':<10} {'req/s':>9} {'ratio':>6} {'p99 ms':>7} {'ratio':>6} {'events/s':>9} {'lost':>5} {'cpu %':>6} {'bpf ms/s':>8}  bpf ns/run by type"
+    hdr = f"{'config':<11} {'req/s':>9} {'ratio':>6} {'p99 ms':>7} {'ratio':>6} {'events/s':>9} {'lost':>5} {'cpu %':>6} {'bpf ms/s':>8} {'other %':>7}  bpf ns/run by type"
     print(hdr)
     print("-" * len(hdr))
     for cfg, c in configs.items():
         types = ", ".join(f"{k} {fmt(v, '.0f')}" for k, v in sorted(c.get("bpf_ns_per_run_by_type", {}).items()))
-        print(f"{cfg:<10} {fmt(c['rps'], '9.0f')} {fmt(c['rps_ratio'], '6.3f')} {fmt(c['p99_ms'], '7.2f')} {fmt(c['p99_ratio'], '6.2f')} "
-              f"{fmt(c.get('events_per_s'), '9.0f')} {fmt(c.get('lost'), '5d')} {fmt(c.get('tracer_cpu_pct'), '6.1f')} {fmt(c.get('bpf_ms_per_s'), '8.1f')}  {types}")
+        types = ", ".join(f"{k} {fmt(v, '.0f')}" for k, v in sorted(c.get("bpf_ns_per_run_by_type", {}).items()) if v is not None)
+        print(f"{cfg:<11} {fmt(c['rps'], '9.0f')} {fmt(c['rps_ratio'], '6.3f')} {fmt(c['p99_ms'], '7.2f')} {fmt(c['p99_ratio'], '6.2f')} "
+              f"{fmt(c.get('events_per_s'), '9.0f')} {fmt(c.get('lost'), '5d')} {fmt(c.get('tracer_cpu_pct'), '6.1f')} {fmt(c.get('bpf_ms_per_s'), '8.1f')} {fmt(c.get('other_cpu_pct'), '7.1f')}  {types}")
     if meta.get("skipped", "").strip():
         print(f"skipped: {meta['skipped'].strip()}")
     for k, v in targets.items():
         print(f"target {k}: {'met' if v['met'] else 'NOT met'} {json.dumps({a: b for a, b in v.items() if a != 'met'})}")
-    print(f"(cpu % = tracer utime+stime per second of the wrk window; bpf ms/s = run time of the tracer's programs per second; results: {results})")
+    for cfg, c in configs.items():
+        print(f"  {cfg}: req/s per round {[round(x) for x in c['rps_each'] if x]}, p99 ms {c['p99_ms_each']}, other CPU % {[round(x, 1) for x in c['other_cpu_pct_each'] if x is not None]}")
+    print("(cpu % = the tracer's utime+stime per second of the wrk window, % of one CPU; bpf ms/s = run time of the tracer's BPF programs")
+    print(f" per second (charged to the traced tasks, not the tracer); other % = CPU used by unrelated processes during the window; results: {results})")
 
 
 if __name__ == "__main__":

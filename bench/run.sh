@@ -11,6 +11,8 @@
 #   trace      netdrift trace -p <nginx master> --json > /dev/null
 #   offwake    netdrift offwake -p <nginx master>   (only if that command exists)
 #   peer       bpftrace bench/peer.bt (same tracepoints, one line per event) | line counter
+# Optional (CONFIGS="untraced trace trace-batch peer"):
+#   trace-batch  the same trace under SCHED_BATCH (chrt -b 0): no wake-up preemption
 # Pinning (2 CPUs): both nginx workers on CPU 1 (worker_cpu_affinity 10 10),
 # wrk on CPU 0, the tracer unpinned (it competes with both, as in production).
 # Change with NGINX_AFFINITY / WRK_CPU.
@@ -68,13 +70,23 @@ note "configurations: ${run_configs[*]}; $ROUNDS rounds; netdrift $ND"
 # Warm up nginx and the page cache of the binaries.
 taskset -c "$WRK_CPU" wrk -t1 -c"$CONNS" -d2s "$URL" >/dev/null
 
+nginx_ticks() {
+  echo $(( $(cpu_ticks "$NGINX_MASTER") + $(cpu_ticks "$NGINX_W1") + $(cpu_ticks "$NGINX_W2") ))
+}
+
 run_one() {
   local cfg=$1 round=$2 rd="$WORK/run.$cfg.$round" tpid="" apid=""
   mkdir -p "$rd"
+  wait_quiet
   case $cfg in
     untraced) ;;
     trace)
       "$ND" trace -p "$NGINX_MASTER" --json --ready-file "$rd/ready" >/dev/null 2>"$rd/tracer.err" &
+      tpid=$!
+      ;;
+    trace-batch)
+      # Same, with the tracer under SCHED_BATCH: its wake-ups never preempt nginx.
+      chrt -b 0 "$ND" trace -p "$NGINX_MASTER" --json --ready-file "$rd/ready" >/dev/null 2>"$rd/tracer.err" &
       tpid=$!
       ;;
     offwake)
@@ -108,17 +120,25 @@ run_one() {
     fi
   fi
   sleep "$SETTLE"
-  local ids="" c0=0 c1=0 hwm=0
+  local ids="" c0=0 c1=0 hwm=0 a0=0 a1=0
   if [ -n "$tpid" ]; then
     ids=$(bpf_prog_ids "$tpid" | tr '\n' ' ')
     c0=$(cpu_ticks "$tpid")
   fi
+  [ -z "$apid" ] || a0=$(cpu_ticks "$apid")
   bpftool prog show -j >"$rd/bpf.before.json"
-  local t0 t1
+  local t0 t1 s0 s1 n0 n1 w0 w1
+  s0=$(cpu_stat) n0=$(nginx_ticks)
+  children_ticks
+  w0=$CHILDREN_TICKS
   t0=$(date +%s.%N)
   taskset -c "$WRK_CPU" wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "$URL" >"$rd/wrk.txt"
   t1=$(date +%s.%N)
+  s1=$(cpu_stat) n1=$(nginx_ticks)
+  children_ticks
+  w1=$CHILDREN_TICKS
   bpftool prog show -j >"$rd/bpf.after.json"
+  [ -z "$apid" ] || a1=$(cpu_ticks "$apid")
   if [ -n "$tpid" ]; then
     c1=$(cpu_ticks "$tpid")
     hwm=$(awk '/^VmHWM:/ {print $2}' "/proc/$tpid/status" 2>/dev/null || echo 0)
@@ -128,7 +148,9 @@ run_one() {
   [ -z "$apid" ] || wait "$apid" || true
   cat >"$rd/meta.json" <<EOF
 {"cfg": "$cfg", "round": $round, "tracer_pid": ${tpid:-0}, "cpu_ticks": [$c0, $c1], "clk_tck": $(getconf CLK_TCK),
- "t": [$t0, $t1], "prog_ids": [$(echo $ids | sed 's/ /, /g')], "vmhwm_kb": ${hwm:-0}}
+ "t": [$t0, $t1], "prog_ids": [$(echo $ids | sed 's/ /, /g')], "vmhwm_kb": ${hwm:-0},
+ "system_busy_steal": [[$(echo $s0 | tr ' ' ,)], [$(echo $s1 | tr ' ' ,)]], "nginx_ticks": [$n0, $n1], "wrk_ticks": [$w0, $w1],
+ "counter_ticks": [$a0, $a1], "busy_before_pct": ${QUIET_BUSY_PCT:-0}}
 EOF
   note "round $round $cfg: $(grep -E 'Requests/sec' "$rd/wrk.txt" | tr -s ' ')"
 }

@@ -194,6 +194,10 @@ fn build_stream(n: usize) -> Stream {
 }
 
 fn replay(s: &Stream) -> u64 {
+    replay_with(s).0
+}
+
+fn replay_with(s: &Stream) -> (u64, Correlator) {
     let mut corr = Correlator::new();
     let mut chains = 0u64;
     for (i, &(off, len)) in s.recs.iter().enumerate() {
@@ -203,14 +207,22 @@ fn replay(s: &Stream) -> u64 {
             chains += corr.drain_completed().len() as u64;
         }
     }
-    chains + corr.finish().len() as u64
+    chains += corr.finish().len() as u64;
+    (chains, corr)
 }
 
 fn bench(c: &mut Criterion) {
     let s = build_stream(N);
     // Sanity: every record decodes, and the stream forms chains.
-    let chains = replay(&s);
+    let (chains, corr) = replay_with(&s);
     assert!(chains > 1000, "the synthetic stream should form chains, got {chains}");
+    eprintln!(
+        "replay stream: {} records ({} bytes), {chains} chains ({} incomplete), by type {:?}",
+        s.recs.len(),
+        s.buf.len(),
+        corr.stats.chains_incomplete,
+        corr.stats.by_type
+    );
     let mut g = c.benchmark_group("replay");
     g.throughput(Throughput::Elements(N as u64));
     g.sample_size(20);

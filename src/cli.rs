@@ -48,6 +48,9 @@ pub enum Command {
     /// Off-CPU time by blocked stack and waker stack (BCC's offwaketime), summed in the kernel: blocked time and run-queue wait per key.
     #[command(after_help = OFFWAKE_EXAMPLES)]
     Offwake(OffwakeArgs),
+    /// Write one self-contained HTML report (summary, herd table, latency histograms, off-wake flame graph, chain diagrams with kernel source links), from a live trace or from a `--record` file.
+    #[command(after_help = REPORT_EXAMPLES)]
+    Report(ReportArgs),
 }
 
 #[derive(Debug, Args, Clone)]
@@ -73,6 +76,9 @@ pub struct OutputArgs {
     /// Also trace the receive path before the socket (net:netif_receive_skb, napi:napi_poll), so chains start at the packet. Runs a program on every received packet.
     #[arg(long)]
     pub packets: bool,
+    /// Also write a Perfetto / chrome://tracing timeline (Chrome trace-event JSON) to FILE: a track per thread, per-CPU waker tracks, arrows socket -> wake-up -> epoll_wait return. See docs/report.md.
+    #[arg(long, value_name = "FILE")]
+    pub perfetto: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -146,6 +152,9 @@ pub struct AnalyzeArgs {
     /// Print only the thundering-herd table.
     #[arg(long)]
     pub herd: bool,
+    /// Also write a Perfetto / chrome://tracing timeline (Chrome trace-event JSON) to FILE. See docs/report.md.
+    #[arg(long, value_name = "FILE")]
+    pub perfetto: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -226,12 +235,6 @@ pub struct OffwakeArgs {
     /// With -p, do not follow child processes.
     #[arg(long)]
     pub no_children: bool,
-    /// Join an application handler to the chains: BINARY:GLOB[:fd=argN][:events=argM/DECODER]. BINARY is `exe`, a path (looked up inside the target's mount namespace first) or a library name in the target's maps (`libevent`); GLOB matches mangled and demangled names; DECODER is libevent, epoll, ae or raw. Repeatable.
-    #[arg(long = "handler", value_name = "SPEC", value_parser = parse_handler)]
-    pub handlers: Vec<crate::handlers::HandlerSpec>,
-    /// Handler probes for a known server: envoy, redis, nginx, memcached (libevent). Repeatable.
-    #[arg(long = "preset", value_name = "NAME", value_parser = ["envoy", "redis", "nginx", "memcached", "libevent"])]
-    pub presets: Vec<String>,
     /// Only user threads (no kernel threads).
     #[arg(short = 'u', long = "user-threads-only", conflicts_with = "kernel_threads_only")]
     pub user_threads_only: bool,
@@ -244,10 +247,10 @@ pub struct OffwakeArgs {
     /// Capture kernel stacks only (no user stacks).
     #[arg(short = 'K', long = "kernel-stacks-only")]
     pub kernel_stacks_only: bool,
-    /// Count only blocked periods (switch-out -> wake-up) of at least this many microseconds.
+    /// Count only periods off CPU (switch-out -> back on CPU, as BCC's -m) of at least this many microseconds.
     #[arg(short = 'm', long = "min-block-us", value_name = "US", default_value_t = 1)]
     pub min_block_us: u64,
-    /// Count only blocked periods of at most this many microseconds.
+    /// Count only periods off CPU of at most this many microseconds.
     #[arg(short = 'M', long = "max-block-us", value_name = "US")]
     pub max_block_us: Option<u64>,
     /// Task state at switch-out that counts: interruptible (S), uninterruptible (D) or any sleeping state.
@@ -283,4 +286,23 @@ pub struct OffwakeArgs {
     /// Stop after this many seconds (default: until Ctrl-C or the targets exit).
     #[arg(value_name = "DURATION")]
     pub duration: Option<f64>,
+}
+
+const REPORT_EXAMPLES: &str = "\
+EXAMPLES:
+    netdrift report nginx.html -p $(pgrep -o nginx) 30      # trace nginx for 30 s, write the report
+    netdrift report run.html --from run.ndr                 # from a recording (no root needed)
+    netdrift report demo.html -t 4449 --perfetto demo.json 10   # also a Perfetto timeline";
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// The HTML file to write (as FILE.partial until it is complete). Open it in any browser: it fetches nothing.
+    #[arg(value_name = "FILE.html")]
+    pub file: PathBuf,
+    /// Build the report from a file saved with `netdrift trace --record` instead of tracing (no root needed; stacks are symbolized with this machine's kallsyms).
+    #[arg(long, value_name = "RECORDING")]
+    pub from: Option<PathBuf>,
+    /// What to trace when not --from: the targets, duration and flags of `netdrift trace`.
+    #[command(flatten)]
+    pub trace: TraceArgs,
 }

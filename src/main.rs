@@ -31,6 +31,7 @@ fn main() {
         Command::Demo(a) => cmd_demo(a),
         Command::Doctor(a) => cmd_doctor(a),
         Command::Offwake(a) => cmd_offwake(a),
+        Command::Report(a) => cmd_report(a),
     };
     if let Err(e) = res {
         eprintln!("netdrift: {e:#}");
@@ -47,6 +48,7 @@ fn base_options(out: &OutputArgs) -> TraceOptions {
         idle: Duration::from_millis(out.idle_ms),
         probe: ProbeConfig { ringbuf_bytes: out.ringbuf_mib << 20, packets: out.packets, ..Default::default() },
         record: out.record.clone(),
+        observers: perfetto_observers(out.perfetto.as_deref()),
         ..Default::default()
     }
 }
@@ -58,11 +60,11 @@ fn cmd_analyze(a: AnalyzeArgs) -> anyhow::Result<()> {
         sink: a.output_file.clone().map(Sink::File).unwrap_or_default(),
         report: if a.herd { Report::Herd } else { Report::Full },
     };
-    trace::analyze(&a.file, &opts)?;
+    trace::analyze_with(&a.file, &opts, perfetto_observers(a.perfetto.as_deref()), false)?;
     Ok(())
 }
 
-fn cmd_trace(a: TraceArgs, report: Report) -> anyhow::Result<()> {
+fn cmd_trace_with(a: TraceArgs, report: Report, tweak: impl FnOnce(&mut TraceOptions)) -> anyhow::Result<()> {
     if a.pids.is_empty() && a.tids.is_empty() && a.comms.is_empty() {
         return Err(Error::Usage("no target: give -p PID, -t TID or -c COMM (or try `netdrift demo`)".into()).into());
     }
@@ -132,6 +134,7 @@ fn cmd_trace(a: TraceArgs, report: Report) -> anyhow::Result<()> {
     opts.duration = a.duration.map(Duration::from_secs_f64);
     opts.ready_file = a.ready_file.clone();
     opts.report = report;
+    tweak(&mut opts);
     trace::install_signal_handlers();
     let what = describe_targets(&opts.probe);
     let until = match a.duration {
@@ -304,5 +307,37 @@ fn cmd_offwake(a: netdrift::cli::OffwakeArgs) -> anyhow::Result<()> {
     offwake::install_signal_handlers();
     let report = offwake::run(opts)?;
     outputs.finish(&report)?;
+    Ok(())
+}
+
+fn cmd_trace(a: TraceArgs, report: Report) -> anyhow::Result<()> {
+    cmd_trace_with(a, report, |_| {})
+}
+
+/// `--perfetto FILE`: the timeline writer, if asked for.
+fn perfetto_observers(p: Option<&std::path::Path>) -> Vec<Box<dyn trace::Observer>> {
+    p.map(|p| Box::new(netdrift::output::perfetto::PerfettoWriter::new(p)) as Box<dyn trace::Observer>).into_iter().collect()
+}
+
+fn cmd_report(a: netdrift::cli::ReportArgs) -> anyhow::Result<()> {
+    use netdrift::output::html::ReportWriter;
+    let file = a.file.clone();
+    match &a.from {
+        Some(rec) => {
+            let t = &a.trace;
+            if !t.pids.is_empty() || !t.tids.is_empty() || !t.comms.is_empty() || t.duration.is_some() || t.out.record.is_some() {
+                return Err(Error::Usage("--from builds the report from a recording: drop the targets, the duration and --record".into()).into());
+            }
+            let mut observers: Vec<Box<dyn trace::Observer>> = vec![Box::new(ReportWriter::new(&file, Some(rec)))];
+            observers.extend(perfetto_observers(t.out.perfetto.as_deref()));
+            let opts = AnalyzeOptions { json: t.out.json, stacks: t.out.stacks, sink: t.out.output_file.clone().map(Sink::File).unwrap_or_default(), report: Report::Full };
+            trace::analyze_with(rec, &opts, observers, true)?;
+        }
+        None => cmd_trace_with(a.trace, Report::Full, move |o| {
+            o.quiet = true;
+            o.observers.push(Box::new(ReportWriter::new(&file, None)));
+        })?,
+    }
+    eprintln!("netdrift: report written to {}", a.file.display());
     Ok(())
 }

@@ -27,15 +27,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
 use libbpf_rs::btf::ReferencesType;
+use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
 use libbpf_rs::{MapCore, MapFlags, RingBufferBuilder};
 use serde::Serialize;
 use serde_json::json;
 
 use crate::error::{Error, Result};
 use crate::events::{Task, WakerContext};
-use crate::offwake_skel::{types, OffwakeSkelBuilder};
+use crate::offwake_skel::{types, OffwakeSkel, OffwakeSkelBuilder};
 use crate::procfs;
 use crate::symbolize::{classify, is_tracer_frame_name, KernelSyms};
 
@@ -51,7 +51,7 @@ pub const DEFAULT_MAX_KEYS: u32 = 16384;
 pub const SLEEP_MAP_ENTRIES: u32 = 65536;
 
 const OW_STACK_NONE: i32 = -1000;
-const N_COUNTERS: usize = 16;
+const N_COUNTERS: usize = 17;
 
 /// Which task states at switch-out open a blocked period.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
@@ -91,22 +91,33 @@ impl StateFilter {
 pub struct OffwakeOptions {
     /// Processes: all their threads (and children, with `follow_children`).
     pub tgids: Vec<u32>,
+    /// Threads.
     pub tids: Vec<u32>,
     /// Threads or processes with these names (matched in the kernel, so later ones count too).
     pub comms: Vec<String>,
+    /// With `tgids`: processes they fork later are traced too.
     pub follow_children: bool,
+    /// Only user threads.
     pub user_threads_only: bool,
+    /// Only kernel threads.
     pub kernel_threads_only: bool,
+    /// Which task states at switch-out count.
     pub state: StateFilter,
-    /// Blocked periods shorter than this (switch-out -> wake-up) are not counted.
+    /// Periods off CPU (switch-out -> back on CPU) shorter than this are not counted (BCC's -m).
     pub min_block_us: u64,
-    /// Blocked periods longer than this are not counted.
+    /// Periods off CPU longer than this are not counted (BCC's -M).
     pub max_block_us: Option<u64>,
+    /// Capture user stacks.
     pub user_stacks: bool,
+    /// Capture kernel stacks.
     pub kernel_stacks: bool,
+    /// Entries of the stack-trace map (`--stack-storage-size`).
     pub stack_storage_size: u32,
+    /// Entries of the totals map (`--max-keys`).
     pub max_keys: u32,
+    /// Stop after this long.
     pub duration: Option<Duration>,
+    /// Written (with netdrift's pid) once the programs are attached.
     pub ready_file: Option<PathBuf>,
     /// Stop when this is set (tests).
     pub stop: Option<Arc<AtomicBool>>,
@@ -154,10 +165,12 @@ pub struct StackErrors {
     pub enomem: u64,
     /// -EFAULT: the stack could not be walked.
     pub efault: u64,
+    /// Any other errno.
     pub other: u64,
 }
 
 impl StackErrors {
+    /// All failures.
     pub fn total(&self) -> u64 {
         self.eexist + self.enomem + self.efault + self.other
     }
@@ -166,7 +179,9 @@ impl StackErrors {
 /// The kernel's per-CPU counters, summed, with the per-CPU values kept.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Counters {
+    /// Kernel stacks not captured.
     pub kernel_stack: StackErrors,
+    /// User stacks not captured.
     pub user_stack: StackErrors,
     /// New keys refused by the full totals map (`--max-keys`).
     pub max_keys_full: u64,
@@ -184,6 +199,8 @@ pub struct Counters {
     pub early_wakes: u64,
     /// Periods outside --min-block-us/--max-block-us.
     pub filtered: u64,
+    /// Wake-ups whose context was read from the kernel stack (preempt_count not readable).
+    pub ctx_from_stack: u64,
     /// Raw counters per CPU, indexed by `enum ow_counter` of offwake.h.
     pub per_cpu: Vec<Vec<u64>>,
 }
@@ -207,6 +224,7 @@ impl Counters {
             early_wakes: s[13],
             filtered: s[14],
             new_pid_lost: s[15],
+            ctx_from_stack: s[16],
             per_cpu,
         }
     }
@@ -220,12 +238,20 @@ impl Counters {
 /// What a finished `offwake` saw.
 #[derive(Debug, Clone, Default)]
 pub struct Report {
+    /// One per distinct blocked thread, stacks and waker.
     pub entries: Vec<Entry>,
+    /// Losses and statistics from the kernel.
     pub counters: Counters,
+    /// Seconds the programs were attached.
     pub duration_s: f64,
+    /// Why it ended: duration reached, interrupted, target exited, done.
     pub reason: String,
+    /// Entries of the stack-trace map (`--stack-storage-size`).
     pub stack_storage_size: u32,
+    /// Entries of the totals map (`--max-keys`).
     pub max_keys: u32,
+    /// How the waker's context (task, softirq, irq) was read.
+    pub preempt_count: PreemptCount,
     /// One line per degraded feature.
     pub notes: Vec<String>,
 }
@@ -262,10 +288,7 @@ impl Report {
             v.push(format!("{} blocked periods dropped, the totals map was full: raise --max-keys (now {})", c.max_keys_full, self.max_keys));
         }
         if c.thread_map_full > 0 {
-            v.push(format!(
-                "{} blocked periods dropped: more than {SLEEP_MAP_ENTRIES} threads asleep at once (trace fewer with -p/-t/-c)",
-                c.thread_map_full
-            ));
+            v.push(format!("{} blocked periods dropped: more than {SLEEP_MAP_ENTRIES} threads asleep at once (trace fewer with -p/-t/-c)", c.thread_map_full));
         }
         if c.new_pid_lost > 0 {
             v.push(format!("{} processes not snapshotted in time: their frames may show as [unknown] with an address only", c.new_pid_lost));
@@ -363,7 +386,7 @@ fn raise_nofile() {
     let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: getrlimit writes into the rlimit we own.
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } == 0 && r.rlim_cur < r.rlim_max {
-        r.rlim_cur = r.rlim_max.min(65536);
+        r.rlim_cur = r.rlim_max.min(65536).max(r.rlim_cur);
         // SAFETY: setrlimit reads the rlimit we own; raising the soft limit up to the hard one needs no privilege.
         unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &r) };
     }
@@ -507,14 +530,7 @@ fn collect(skel: &crate::offwake_skel::OffwakeSkel<'_>, namer: &mut Namer) -> Ve
             blocked_kernel,
             blocked_user,
             states: vec![k.state],
-            waker: Waker {
-                context: ctx,
-                task: Thread { comm: wcomm, pid: w.pid, tid: w.tid },
-                cpu: w.cpu,
-                host,
-                kernel: waker_kernel,
-                user: waker_user,
-            },
+            waker: Waker { context: ctx, task: Thread { comm: wcomm, pid: w.pid, tid: w.tid }, cpu: w.cpu, host, kernel: waker_kernel, user: waker_user },
             blocked_ns: v.blocked_ns,
             runq_ns: v.runq_ns,
             count: v.count,
@@ -540,17 +556,23 @@ fn read_counters(skel: &crate::offwake_skel::OffwakeSkel<'_>) -> Counters {
 
 /// How the BPF program finds this CPU's preempt_count (to tell softirq/irq
 /// wakers from tasks).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PreemptCount {
     /// Through the ksym of the per-CPU variable (needs CONFIG_KALLSYMS_ALL).
     Ksym,
     /// At a distance from this CPU's run queue, both per-CPU data: the
     /// distances come from the BTF of the per-CPU section.
-    Runqueue { pc_delta: i64, cpu_delta: i64 },
+    Runqueue {
+        /// Bytes from this CPU's `struct rq` to its preempt_count.
+        pc_delta: i64,
+        /// Bytes from it to its cpu_number (checked against the CPU); 0: not checked.
+        cpu_delta: i64,
+    },
     /// In thread_info (arm64 and others), read with CO-RE.
     ThreadInfo,
     /// Not readable: the context is read from the waker's kernel stack.
+    #[default]
     Stack,
 }
 
@@ -622,39 +644,20 @@ pub fn preempt_count_access() -> PreemptCount {
     if kallsyms_has(&["__preempt_count", "pcpu_hot"]) {
         return PreemptCount::Ksym;
     }
+    preempt_count_without_ksym()
+}
+
+/// Where preempt_count can be read from BPF without a ksym (x86_64).
+fn preempt_count_without_ksym() -> PreemptCount {
     match percpu_offsets() {
         Some((pc, cpu, rq)) => PreemptCount::Runqueue { pc_delta: pc - rq, cpu_delta: cpu.map(|c| c - rq).unwrap_or(0) },
         None => PreemptCount::Stack,
     }
 }
 
-/// Load, attach, wait for the end (duration, signal, `stop`, or every
-/// target gone), then read the totals and name their stacks.
-pub fn run(mut opts: OffwakeOptions) -> Result<Report> {
-    crate::probes::preflight()?;
-    if opts.comms.len() > MAX_COMMS {
-        return Err(Error::Usage(format!("at most {MAX_COMMS} -c names")));
-    }
-    raise_nofile();
-    let mut notes = Vec::new();
-    let pc = preempt_count_access();
-    if pc == PreemptCount::Stack {
-        notes.push("this kernel's preempt_count cannot be located: softirq/irq wakers are recognised from their kernel stacks".to_string());
-    }
-
-    let mut namer = Namer { kernel: KernelSyms::new(), user: symbols::UserSyms::new() };
-    // Processes known now are snapshotted before anything runs.
-    for &p in &opts.tgids {
-        namer.user.snapshot(p);
-    }
-    for &t in &opts.tids {
-        if let Some(p) = procfs::tgid_of(t) {
-            namer.user.snapshot(p);
-        }
-    }
-
-    let mut open_object = MaybeUninit::uninit();
-    let mut open = OffwakeSkelBuilder::default().open(&mut open_object)?;
+/// Open, configure and load the programs, with the sched_waking program that reads preempt_count as `pc` says.
+fn load<'o>(opts: &OffwakeOptions, pc: PreemptCount, open_object: &'o mut MaybeUninit<libbpf_rs::OpenObject>) -> Result<OffwakeSkel<'o>> {
+    let mut open = OffwakeSkelBuilder::default().open(open_object)?;
     {
         let ro = open.maps.rodata_data.as_deref_mut().ok_or_else(|| Error::Bpf("no .rodata in the offwake BPF object".into()))?;
         ro.trace_all = opts.trace_all();
@@ -687,7 +690,46 @@ pub fn run(mut opts: OffwakeOptions) -> Result<Report> {
     open.maps.stacks.set_max_entries(opts.stack_storage_size)?;
     open.maps.agg.set_max_entries(opts.max_keys)?;
     open.maps.sleeps.set_max_entries(SLEEP_MAP_ENTRIES)?;
-    let mut skel = open.load().map_err(|e| Error::Bpf(format!("loading the offwake BPF programs failed: {e:#}")))?;
+    open.load().map_err(|e| Error::Bpf(format!("loading the offwake BPF programs failed: {e:#}")))
+}
+
+/// Load, attach, wait for the end (duration, signal, `stop`, or every
+/// target gone), then read the totals and name their stacks.
+pub fn run(mut opts: OffwakeOptions) -> Result<Report> {
+    crate::probes::preflight()?;
+    if opts.comms.len() > MAX_COMMS {
+        return Err(Error::Usage(format!("at most {MAX_COMMS} -c names")));
+    }
+    raise_nofile();
+    let mut notes = Vec::new();
+    let pc = preempt_count_access();
+    if pc == PreemptCount::Stack {
+        notes.push("this kernel's preempt_count cannot be located: softirq/irq wakers are recognised from their kernel stacks".to_string());
+    }
+
+    let mut namer = Namer { kernel: KernelSyms::new(), user: symbols::UserSyms::new() };
+    // Processes known now are snapshotted before anything runs.
+    for &p in &opts.tgids {
+        namer.user.snapshot(p);
+    }
+    for &t in &opts.tids {
+        if let Some(p) = procfs::tgid_of(t) {
+            namer.user.snapshot(p);
+        }
+    }
+
+    let mut open_object = MaybeUninit::uninit();
+    let mut retry_object = MaybeUninit::uninit();
+    let mut pc_used = pc;
+    let mut skel = match load(&opts, pc, &mut open_object) {
+        Ok(s) => s,
+        Err(e) if pc == PreemptCount::Ksym => {
+            pc_used = preempt_count_without_ksym();
+            notes.push(format!("reading preempt_count through its ksym failed ({e}): using {pc_used:?} instead"));
+            load(&opts, pc_used, &mut retry_object)?
+        }
+        Err(e) => return Err(e),
+    };
     for t in &opts.tgids {
         skel.maps.targets_tgid.update(&t.to_ne_bytes(), &[1], MapFlags::ANY)?;
     }
@@ -763,15 +805,7 @@ pub fn run(mut opts: OffwakeOptions) -> Result<Report> {
     let duration_s = started.elapsed().as_secs_f64();
     let counters = read_counters(&skel);
     let entries = collect(&skel, &mut namer);
-    Ok(Report {
-        entries,
-        counters,
-        duration_s,
-        reason,
-        stack_storage_size: opts.stack_storage_size,
-        max_keys: opts.max_keys,
-        notes,
-    })
+    Ok(Report { entries, counters, duration_s, reason, stack_storage_size: opts.stack_storage_size, max_keys: opts.max_keys, preempt_count: pc_used, notes })
 }
 
 /// The main output's format.
@@ -789,7 +823,9 @@ pub enum Format {
 /// Where and how to write a report.
 #[derive(Debug, Clone, Default)]
 pub struct OutputOptions {
+    /// Format of the main output.
     pub format: Format,
+    /// Stack layout and value of the folded output and the flame graph.
     pub render: RenderOptions,
     /// The main output goes to this file (as FILE.partial until done), else stdout.
     pub output_file: Option<PathBuf>,
@@ -850,7 +886,8 @@ impl Outputs {
         }
         if let Some(p) = &self.opts.svg {
             let (_, mut f) = files.next().ok_or_else(|| Error::Output { path: p.clone(), source: std::io::Error::other("not opened") })?;
-            let bytes = svg::render(&report.entries, &self.opts.render, "Off-Wake Time Flame Graph").map_err(|e| Error::Output { path: p.clone(), source: e })?;
+            let bytes =
+                svg::render(&report.entries, &self.opts.render, "Off-Wake Time Flame Graph").map_err(|e| Error::Output { path: p.clone(), source: e })?;
             f.write_all(&bytes).map_err(|e| Error::Output { path: p.clone(), source: e })?;
             drop(f);
             std::fs::rename(partial_path(p), p).map_err(|e| Error::Output { path: p.clone(), source: e })?;
@@ -916,6 +953,8 @@ pub fn summary_json(report: &Report) -> serde_json::Value {
         "stack_storage_size": report.stack_storage_size,
         "max_keys": report.max_keys,
         "fixes": report.fixes(),
+        "preempt_count": report.preempt_count,
+        "ctx_from_stack": report.counters.ctx_from_stack,
         "notes": report.notes,
     })
 }
@@ -1023,10 +1062,34 @@ mod tests {
     }
 
     #[test]
+    fn per_cpu_offsets_from_this_kernels_btf() {
+        // Reads /sys/kernel/btf/vmlinux (world-readable): no root needed.
+        if !cfg!(target_arch = "x86_64") || !Path::new("/sys/kernel/btf/vmlinux").exists() {
+            return;
+        }
+        match preempt_count_without_ksym() {
+            PreemptCount::Runqueue { pc_delta, .. } => assert_ne!(pc_delta, 0),
+            other => eprintln!("no per-CPU offsets in this kernel's BTF: {other:?}"),
+        }
+    }
+
+    #[test]
     fn context_from_the_stack_when_preempt_count_is_unknown() {
         let f = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         let mut w = types::ow_waker { pid: 42, tid: 42, ctx: 4, ..Default::default() };
-        let loopback = f(&["try_to_wake_up", "ep_poll_callback", "sock_def_readable", "tcp_v4_rcv", "net_rx_action", "handle_softirqs", "do_softirq", "__local_bh_enable_ip", "ip_finish_output2", "tcp_sendmsg", "do_syscall_64"]);
+        let loopback = f(&[
+            "try_to_wake_up",
+            "ep_poll_callback",
+            "sock_def_readable",
+            "tcp_v4_rcv",
+            "net_rx_action",
+            "handle_softirqs",
+            "do_softirq",
+            "__local_bh_enable_ip",
+            "ip_finish_output2",
+            "tcp_sendmsg",
+            "do_syscall_64",
+        ]);
         assert_eq!(waker_context(&w, "curl", &loopback), (WakeContext::Softirq, Host::SyscallOf));
         let pipe = f(&["try_to_wake_up", "__wake_up_common", "pipe_write", "vfs_write", "do_syscall_64"]);
         assert_eq!(waker_context(&w, "writer", &pipe), (WakeContext::Task, Host::Interrupting));

@@ -142,6 +142,7 @@ impl<'obj> Probes<'obj> {
             ro.capture_stacks = cfg.capture_stacks;
             ro.self_tgid = std::process::id();
             ro.trace_packets = cfg.packets;
+            ro.wakeup_bytes = (cfg.ringbuf_bytes / 8) as u64;
         }
         open.maps.events.set_max_entries(cfg.ringbuf_bytes)?;
         if !cfg.packets {

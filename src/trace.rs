@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use libbpf_rs::RingBufferBuilder;
 use serde_json::{json, Value};
 
-use crate::analysis::{Chain, Correlator, Stats};
+use crate::analysis::{Annotation, Chain, Correlator, Stats};
 use crate::error::{Error, Result};
 use crate::events::{decode, Event, Kind, Task};
 use crate::output::json;
@@ -83,6 +83,35 @@ pub struct TraceOptions {
     /// Print no chains (the caller wants only the result).
     pub quiet: bool,
     pub report: Report,
+    /// Extra outputs fed every event and chain (`--perfetto`, `netdrift report`).
+    pub observers: Vec<Box<dyn Observer>>,
+}
+
+/// An extra output: fed every event (as ingested, with what the correlator
+/// joined it to) and every completed chain, written when the trace ends.
+/// `--perfetto` (output::perfetto) and `netdrift report` (output::html).
+pub trait Observer {
+    /// Check the output can be written, before anything is loaded.
+    fn open(&mut self) -> Result<()> {
+        Ok(())
+    }
+    /// The `start` record (`t0_ns`, targets, features).
+    fn start(&mut self, _start: &Value) {}
+    fn event(&mut self, ev: &Event, ann: &Annotation);
+    fn chain(&mut self, c: &Chain);
+    /// The trace ended: write the output.
+    fn finish(&mut self, end: &TraceEnd<'_>, syms: &mut KernelSyms) -> Result<()>;
+}
+
+/// What the trace saw, for [`Observer::finish`].
+pub struct TraceEnd<'a> {
+    pub stats: &'a Stats,
+    pub summary: &'a Summary,
+    pub losses: &'a Losses,
+    pub secs: f64,
+    pub reason: &'a str,
+    pub ringbuf_mib: u32,
+    pub decode_errors: u64,
 }
 
 impl Default for TraceOptions {
@@ -101,6 +130,7 @@ impl Default for TraceOptions {
             on_ready: None,
             quiet: false,
             report: Report::Full,
+            observers: Vec::new(),
         }
     }
 }
@@ -247,6 +277,7 @@ pub struct Pipeline {
     keep_chains: bool,
     report: Report,
     chains: Vec<Chain>,
+    observers: Vec<Box<dyn Observer>>,
 }
 
 /// The first line of a recording.
@@ -267,6 +298,7 @@ impl Pipeline {
             keep_chains: opts.keep_chains,
             report: opts.report,
             chains: Vec::new(),
+            observers: Vec::new(),
         }
     }
 
@@ -276,6 +308,9 @@ impl Pipeline {
         }
         if let Some(r) = &mut self.record {
             writeln!(r.w, "{}", json::record(RECORD_MAGIC, json!({"version": 1, "start": start})))?;
+        }
+        for o in self.observers.iter_mut() {
+            o.start(start);
         }
         Ok(())
     }
@@ -294,11 +329,17 @@ impl Pipeline {
             };
             writeln!(self.out, "{}", json::event(ev, &ann, stack.as_deref()))?;
         }
+        for o in self.observers.iter_mut() {
+            o.event(ev, &ann);
+        }
         Ok(())
     }
 
     fn flush_chains(&mut self, chains: Vec<Chain>) -> Result<()> {
         for c in chains {
+            for o in self.observers.iter_mut() {
+                o.chain(&c);
+            }
             if !self.json && !self.quiet {
                 writeln!(self.out, "{}", self.renderer.chain(&c, &mut self.syms))?;
             }
@@ -346,6 +387,10 @@ impl Pipeline {
             let end = json!({"type": "netdrift-record-end", "reason": reason, "duration_s": secs, "lost": losses, "decode_errors": decode_errors, "ringbuf_mib": ringbuf_mib});
             writeln!(r.w, "{end}")?;
             r.commit()?;
+        }
+        let end = TraceEnd { stats: &stats, summary: &analysis, losses: &losses, secs, reason, ringbuf_mib, decode_errors };
+        for o in self.observers.iter_mut() {
+            o.finish(&end, &mut self.syms)?;
         }
         self.out.flush()?;
         let Pipeline { out, out_path, .. } = self;
@@ -405,6 +450,12 @@ pub fn run(mut opts: TraceOptions) -> Result<TraceResult> {
         },
         None => None,
     };
+    for o in opts.observers.iter_mut() {
+        if let Err(e) = o.open() {
+            cleanup(&opts);
+            return Err(e);
+        }
+    }
     let mut open_object = MaybeUninit::uninit();
     let probes = match Probes::load(&opts.probe, &mut open_object) {
         Ok(p) => p,
@@ -443,6 +494,7 @@ pub fn run(mut opts: TraceOptions) -> Result<TraceResult> {
     }
     let mut pipe = Pipeline::new(&opts, t0, out, out_path);
     pipe.record = record;
+    pipe.observers = std::mem::take(&mut opts.observers);
     let start = json!({
         "version": env!("CARGO_PKG_VERSION"),
         "t0_ns": t0,
@@ -492,8 +544,17 @@ pub fn run(mut opts: TraceOptions) -> Result<TraceResult> {
     };
 
     loop {
+        // EINTR: a signal (SIGCONT after a stop, SIGWINCH...) is not an error.
+        let interrupted = |e: &libbpf_rs::Error| e.kind() == libbpf_rs::ErrorKind::Interrupted || SIGNALLED.load(Ordering::SeqCst);
         if let Err(e) = rb.poll(Duration::from_millis(100)) {
-            if !SIGNALLED.load(Ordering::SeqCst) {
+            if !interrupted(&e) {
+                return Err(e.into());
+            }
+        }
+        // Records are submitted without a wake-up until 1/8 of the ring is
+        // full (see submit() in netdrift.bpf.c): read what is there anyway.
+        if let Err(e) = rb.consume() {
+            if !interrupted(&e) {
                 return Err(e.into());
             }
         }
@@ -546,6 +607,11 @@ pub struct AnalyzeOptions {
 
 /// Replay a recording through the same pipeline as the live trace.
 pub fn analyze(path: &Path, aopts: &AnalyzeOptions) -> Result<TraceResult> {
+    analyze_with(path, aopts, Vec::new(), false)
+}
+
+/// [`analyze`], feeding `observers` too; `quiet` prints no chains.
+pub fn analyze_with(path: &Path, aopts: &AnalyzeOptions, mut observers: Vec<Box<dyn Observer>>, quiet: bool) -> Result<TraceResult> {
     let f = File::open(path).map_err(|e| Error::Usage(format!("cannot read {}: {e}", path.display())))?;
     let mut lines = BufReader::new(f).lines();
     let bad = |n: usize, why: String| Error::Usage(format!("{}: line {n}: {why} (not a netdrift --record file?)", path.display()));
@@ -556,9 +622,13 @@ pub fn analyze(path: &Path, aopts: &AnalyzeOptions) -> Result<TraceResult> {
     }
     let start = head["start"].clone();
     let t0 = start["t0_ns"].as_u64().unwrap_or(0);
-    let opts = TraceOptions { json: aopts.json, stacks: aopts.stacks, sink: aopts.sink.clone(), report: aopts.report, ..Default::default() };
+    let opts = TraceOptions { json: aopts.json, stacks: aopts.stacks, sink: aopts.sink.clone(), report: aopts.report, quiet, ..Default::default() };
+    for o in observers.iter_mut() {
+        o.open()?;
+    }
     let (out, out_path) = open_sink(&opts.sink)?;
     let mut pipe = Pipeline::new(&opts, t0, out, out_path);
+    pipe.observers = observers;
     pipe.start_line(&start)?;
     let mut end: Option<Value> = None;
     for (i, line) in lines.enumerate() {

@@ -227,3 +227,47 @@ fn handler_errors() {
     usage_error(&["trace", "-p", &pid, "--handler", "exe:main:fd=arg7"], "arg0..arg5");
     usage_error(&["trace", "-p", &pid, "--preset", "apache"], "invalid value");
 }
+
+#[test]
+fn memcached_preset_dispatcher_to_worker() {
+    if !require_root() {
+        return;
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let child = Command::new("memcached")
+        .args(["-p", &port.to_string(), "-U", "0", "-l", "127.0.0.1", "-t", "2", "-u", "nobody"])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("memcached (apt-get install memcached)");
+    let srv = Proc(child);
+    let t = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(t.elapsed() < Duration::from_secs(10), "memcached did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let k = 4;
+    let pid = srv.0.id();
+    let lines = trace_json(pid, &["--preset", "memcached"], || {
+        for _ in 0..k {
+            let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            std::thread::sleep(Duration::from_millis(20));
+            s.write_all(b"version\r\n").unwrap();
+            let mut b = [0u8; 8];
+            s.read_exact(&mut b).unwrap();
+            assert_eq!(&b, b"VERSION ");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    });
+    assert!(lines[0]["handlers"][0]["path"].as_str().unwrap().contains("libevent"), "resolved in the target's maps: {}", lines[0]["handlers"]);
+    // The dispatcher (main thread) accepts...
+    let accepts: Vec<&Value> = of_type(&lines, "accept").into_iter().filter(|a| a["ret"].as_i64().unwrap() >= 0).collect();
+    assert_eq!(accepts.len(), k);
+    assert!(accepts.iter().all(|a| a["task"]["tid"] == pid), "accepted by the dispatcher thread");
+    // ...then wakes a worker through its eventfd (libevent's notify pipe).
+    let handoffs = of_type(&lines, "wake").into_iter().filter(|w| w["cause"] == "eventfd" || w["cause"] == "pipe").filter(|w| w["task"]["tid"] == pid && w["target"]["tid"] != pid).count();
+    assert!(handoffs >= k, "dispatcher -> worker hand-offs: {handoffs}");
+    let handlers = of_type(&lines, "handler");
+    assert!(handlers.iter().filter(|h| h["flags"].as_str().unwrap_or("").contains("EV_READ")).count() >= 2 * k, "libevent activations with EV_READ: {handlers:?}");
+    assert!(handlers.iter().all(|h| h["name"] == "event_active_nolock_"));
+}

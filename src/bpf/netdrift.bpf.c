@@ -35,6 +35,8 @@ const volatile bool emit_epoll_enter = true;
 const volatile bool capture_stacks = true;
 const volatile __u32 self_tgid = 0;
 const volatile bool trace_packets = false;
+/* Wake the reader only once this much is waiting (it also polls every 100 ms). */
+const volatile __u64 wakeup_bytes = 1 << 20;
 
 /* Force the record types into BTF so the skeleton generates them. */
 struct nd_sock_ready _nd_sock_ready = {};
@@ -213,6 +215,17 @@ static __always_inline void *reserve(__u64 size, __u32 type)
 	return h;
 }
 
+/*
+ * A wake-up per record would cost an IPI and a context switch per event on a
+ * busy server: batch them.
+ */
+static __always_inline void submit(void *rec)
+{
+	__u64 avail = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
+
+	bpf_ringbuf_submit(rec, avail >= wakeup_bytes ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
+}
+
 static __always_inline void hdr_current(struct nd_hdr *h)
 {
 	__u64 id = bpf_get_current_pid_tgid();
@@ -377,7 +390,7 @@ int BPF_PROG(nd_sched_waking, struct task_struct *p)
 						ps->pending_seq = seq;
 					}
 				}
-				bpf_ringbuf_submit(r, 0);
+				submit(r);
 				slot->emitted = 1;
 				remember_sock(sk);
 			}
@@ -413,7 +426,7 @@ int BPF_PROG(nd_sched_waking, struct task_struct *p)
 	} else {
 		w->stack_sz = 0;
 	}
-	bpf_ringbuf_submit(w, 0);
+	submit(w);
 	return 0;
 }
 
@@ -451,7 +464,7 @@ int BPF_PROG(nd_sched_switch, bool preempt, struct task_struct *prev, struct tas
 				o->state = state;
 				o->next_tid = next_tid;
 				bpf_probe_read_kernel_str(o->next_comm, sizeof(o->next_comm), next->comm);
-				bpf_ringbuf_submit(o, 0);
+				submit(o);
 			}
 		}
 	}
@@ -485,7 +498,7 @@ int BPF_PROG(nd_sched_switch, bool preempt, struct task_struct *prev, struct tas
 		in->after_preempt = after_preempt;
 		in->prev_tid = prev_tid;
 		bpf_probe_read_kernel_str(in->prev_comm, sizeof(in->prev_comm), prev->comm);
-		bpf_ringbuf_submit(in, 0);
+		submit(in);
 	}
 	return 0;
 }
@@ -506,7 +519,7 @@ int BPF_PROG(nd_inet_sock_set_state, const struct sock *sk, const int oldstate, 
 		fill_sock(&r->sock, (struct sock *)sk);
 		r->oldstate = oldstate;
 		r->newstate = newstate;
-		bpf_ringbuf_submit(r, 0);
+		submit(r);
 	}
 	if (newstate == TCP_CLOSE)
 		bpf_map_delete_elem(&known_socks, &key);
@@ -556,7 +569,7 @@ int BPF_PROG(nd_napi_poll, struct napi_struct *napi, int work, int budget)
 			bpf_probe_read_kernel_str(r->dev, sizeof(r->dev), dev->name);
 		else
 			r->dev[0] = 0;
-		bpf_ringbuf_submit(r, 0);
+		submit(r);
 	}
 	ps->pending_seq = 0;
 	return 0;
@@ -586,7 +599,7 @@ int BPF_PROG(nd_process_fork, struct task_struct *parent, struct task_struct *ch
 		r->child_tid = child->pid;
 		bpf_probe_read_kernel_str(r->child_comm, sizeof(r->child_comm), child->comm);
 		r->reason = 1;
-		bpf_ringbuf_submit(r, 0);
+		submit(r);
 	}
 	return 0;
 }
@@ -628,7 +641,7 @@ int BPF_PROG(nd_process_exec, struct task_struct *p)
 			r->child_tid = p->pid;
 			__builtin_memcpy(r->child_comm, comm, sizeof(comm));
 			r->reason = 2;
-			bpf_ringbuf_submit(r, 0);
+			submit(r);
 		}
 		return 0;
 	}
@@ -661,7 +674,7 @@ int BPF_PROG(nd_process_exit, struct task_struct *p)
 	if (r) {
 		hdr_task(&r->hdr, p);
 		r->group_dead = tid == tgid;
-		bpf_ringbuf_submit(r, 0);
+		submit(r);
 	}
 	return 0;
 }
@@ -692,7 +705,7 @@ static __always_inline int epoll_enter(struct trace_event_raw_sys_enter *ctx, __
 			r->epfd = a.fd;
 			r->maxevents = a.n;
 			r->syscall = sc;
-			bpf_ringbuf_submit(r, 0);
+			submit(r);
 		}
 	}
 	return 0;
@@ -754,7 +767,7 @@ static __always_inline int epoll_exit(struct trace_event_raw_sys_exit *ctx, __u3
 		r->ev[i].data = e.data;
 		r->n_events = i + 1;
 	}
-	bpf_ringbuf_submit(r, 0);
+	submit(r);
 	bpf_map_delete_elem(&inflight, &tid);
 	return 0;
 }
@@ -816,7 +829,7 @@ int nd_enter_epoll_ctl(struct trace_event_raw_sys_enter *ctx)
 		r->ret = -14;
 	r->events = e.events;
 	r->data = e.data;
-	bpf_ringbuf_submit(r, 0);
+	submit(r);
 	return 0;
 }
 
@@ -873,7 +886,7 @@ static __always_inline int accept_exit(struct trace_event_raw_sys_exit *ctx, __u
 		fill_sock(&r->peer, nsk);
 		remember_sock((__u64)nsk);
 	}
-	bpf_ringbuf_submit(r, 0);
+	submit(r);
 	bpf_map_delete_elem(&inflight, &tid);
 	return 0;
 }
@@ -919,7 +932,7 @@ int nd_enter_close(struct trace_event_raw_sys_enter *ctx)
 	sk = fd_sock(fd);
 	r->is_socket = sk != NULL;
 	fill_sock(&r->sock, sk);
-	bpf_ringbuf_submit(r, 0);
+	submit(r);
 	return 0;
 }
 
@@ -965,6 +978,6 @@ int nd_handler(struct pt_regs *ctx)
 		r->events = uarg(args, cfg->events_arg);
 		r->has |= 2;
 	}
-	bpf_ringbuf_submit(r, 0);
+	submit(r);
 	return 0;
 }

@@ -336,8 +336,10 @@ static __always_inline __u32 wake_ctx(bool use_ksym)
 
 		pc = (__u32)BPF_CORE_READ(t, thread_info.preempt_count);
 	}
-	if (pc < 0)
+	if (pc < 0) {
+		count(OW_STAT_CTX_UNKNOWN);
 		return OW_CTX_UNKNOWN;
+	}
 	if (pc & NMI_MASK)
 		return OW_CTX_NMI;
 	if (pc & HARDIRQ_MASK)
@@ -485,7 +487,8 @@ static __always_inline void switch_in(struct task_struct *next)
 		blocked = now - s->off_ts;
 		runq = 0;
 	}
-	if (blocked < min_block_ns || blocked > max_block_ns) {
+	/* Like BCC's -m/-M: on the whole time off CPU. */
+	if (now - s->off_ts < min_block_ns || now - s->off_ts > max_block_ns) {
 		count(OW_STAT_FILTERED);
 		bpf_map_delete_elem(&sleeps, &tid);
 		return;

@@ -51,7 +51,8 @@ enum ow_counter {
 	OW_STAT_EARLY_WAKES = 13,	/* wake-ups seen while the thread was still switching out */
 	OW_STAT_FILTERED = 14,		/* periods outside --min-block-us/--max-block-us */
 	OW_STAT_NEW_PID_LOST = 15,	/* "new process" notifications dropped (ring buffer full) */
-	OW_COUNTER_MAX = 16,
+	OW_STAT_CTX_UNKNOWN = 16,	/* wake-ups whose context preempt_count could not tell */
+	OW_COUNTER_MAX = 17,
 };
 
 /* Who woke a blocked period. */

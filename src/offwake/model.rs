@@ -16,11 +16,11 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 /// In which context a wake-up ran.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum WakeContext {
     /// Process context of the waker task (a syscall, a kernel thread).
@@ -36,7 +36,7 @@ pub enum WakeContext {
 }
 
 /// Where an interrupt-context wake-up ran, for its description.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Host {
     /// It interrupted the task (or ran on irq exit while it was interrupted).
@@ -50,17 +50,20 @@ pub enum Host {
 }
 
 /// A thread, as the kernel named it.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Thread {
+    /// Thread name (15 bytes at most).
     pub comm: String,
     /// Thread group id.
     pub pid: u32,
+    /// Thread id.
     pub tid: u32,
 }
 
 /// Who woke a blocked period.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Waker {
+    /// Task, softirq, irq, NMI, or not seen.
     pub context: WakeContext,
     /// The waker task; for interrupt contexts, the task that was on the CPU.
     pub task: Thread,
@@ -91,28 +94,24 @@ impl Waker {
         let t = format!("{} {}", clean(&self.task.comm), self.task.tid);
         match self.context {
             WakeContext::Task => t,
-            WakeContext::NotSeen => format!("{} (woken before the trace saw it)", self.name()),
+            WakeContext::NotSeen => format!("{} (the wake-up was not seen: it raced with the switch-out)", self.name()),
             _ => {
-                let ctx = match self.context {
-                    WakeContext::Softirq => "softirq",
-                    WakeContext::Irq => "irq",
-                    _ => "nmi",
-                };
                 let how = match self.host {
                     Host::Interrupting => format!("interrupting {t}"),
-                    Host::SyscallOf => format!("run in the syscall of {t}"),
+                    Host::SyscallOf => format!("in the syscall of {t}"),
                     Host::Ksoftirqd => format!("in {t}"),
-                    Host::Idle => format!("on the idle CPU, {t}"),
+                    Host::Idle => format!("idle CPU, {}", clean(&self.task.comm)),
                 };
-                format!("{} {ctx} on CPU{} ({how})", self.name(), self.cpu)
+                format!("{} ({how})", self.name())
             }
         }
     }
 }
 
 /// One key of the kernel's totals: a blocked thread and stacks, its waker, the times.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
+    /// The thread that was off CPU.
     pub blocked: Thread,
     /// Kernel stack at switch-out, innermost first.
     pub blocked_kernel: Vec<String>,
@@ -120,6 +119,7 @@ pub struct Entry {
     pub blocked_user: Vec<String>,
     /// Task states at switch-out (1 interruptible, 2 uninterruptible, ...), merged.
     pub states: Vec<u32>,
+    /// Who woke it.
     pub waker: Waker,
     /// Switch-out -> wake-up, summed.
     pub blocked_ns: u64,
@@ -188,6 +188,7 @@ impl Metric {
 /// How the renderers lay stacks out.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RenderOptions {
+    /// The number of the folded lines and the flame graph.
     pub metric: Metric,
     /// Put `-` between the user and the kernel stack of each side (BCC's -d).
     pub delimited: bool,
@@ -196,10 +197,15 @@ pub struct RenderOptions {
 /// Sums over all entries.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct Totals {
+    /// Entries.
     pub keys: u64,
+    /// Blocked periods.
     pub count: u64,
+    /// Switch-out -> wake-up, microseconds.
     pub blocked_us: u64,
+    /// Wake-up -> on CPU, microseconds.
     pub runq_us: u64,
+    /// blocked_us + runq_us.
     pub total_us: u64,
 }
 
@@ -280,7 +286,17 @@ pub fn clean(s: &str) -> String {
 /// A frame or name for the folded format: `;` separates frames there, so it
 /// becomes `:`; control characters become `?`.
 pub fn folded_frame(s: &str) -> String {
-    s.chars().map(|c| if c == ';' { ':' } else if c.is_control() { '?' } else { c }).collect()
+    s.chars()
+        .map(|c| {
+            if c == ';' {
+                ':'
+            } else if c.is_control() {
+                '?'
+            } else {
+                c
+            }
+        })
+        .collect()
 }
 
 /// The stack part of a folded line (everything but the value).
@@ -323,9 +339,11 @@ pub fn folded(entries: &[Entry], opts: &RenderOptions) -> String {
     o
 }
 
-/// Task state letters of `ps` for the states of a period.
+/// Task state letters of `ps` for the states of a period (I: TASK_IDLE, an idle kernel thread).
 pub fn state_name(state: u32) -> &'static str {
-    if state & 0x2 != 0 {
+    if state & 0x402 == 0x402 {
+        "I"
+    } else if state & 0x2 != 0 {
         "D"
     } else if state & 0x1 != 0 {
         "S"
@@ -365,11 +383,12 @@ pub fn text_block(e: &Entry, opts: &RenderOptions) -> String {
     let states: Vec<&str> = e.states.iter().map(|s| state_name(*s)).collect();
     let _ = writeln!(
         o,
-        "        {} us total = {} us blocked + {} us run-queue wait  ({} times, state {})",
+        "        {} us total = {} us blocked + {} us run-queue wait  ({} wake-up{}, state {})",
         e.total_us(),
         e.blocked_us(),
         e.runq_us(),
         e.count,
+        if e.count == 1 { "" } else { "s" },
         if states.is_empty() { "?".to_string() } else { states.join(",") }
     );
     o
@@ -421,7 +440,7 @@ pub fn json_entry(e: &Entry) -> Value {
 /// JSON Lines: one object per entry, largest total first (no summary: the caller adds it).
 pub fn json_lines(entries: &[Entry]) -> String {
     let mut v: Vec<&Entry> = entries.iter().collect();
-    v.sort_by(|a, b| b.total_us().cmp(&a.total_us()));
+    v.sort_by_key(|e| std::cmp::Reverse(e.total_us()));
     let mut o = String::new();
     for e in v {
         let _ = writeln!(o, "{}", json_entry(e));
@@ -488,7 +507,7 @@ mod tests {
         let d = folded_stack(&e, &RenderOptions { delimited: true, ..Default::default() });
         assert!(d.contains("netdrift_test_blocked_reader;read;-;do_syscall_64"), "{d}");
         assert!(d.contains("do_syscall_64;-;write;netdrift_test_waker_writer"), "{d}");
-        assert_eq!(folded(&[e.clone()], &RenderOptions::default()), format!("{s} 1001020\n"));
+        assert_eq!(folded(std::slice::from_ref(&e), &RenderOptions::default()), format!("{s} 1001019\n"));
         let b = folded(&[e], &RenderOptions { metric: Metric::Blocked, ..Default::default() });
         assert!(b.ends_with(" 1000999\n"), "{b}");
     }
@@ -507,7 +526,7 @@ mod tests {
         assert_eq!(lines[11], "__schedule");
         assert_eq!(lines[16], "read");
         assert_eq!(lines[20], "target:          pw:reader 101");
-        assert_eq!(lines[21], "1001020 us total = 1000999 us blocked + 20 us run-queue wait  (20 times, state S)");
+        assert_eq!(lines[21], "1001019 us total = 1000999 us blocked + 20 us run-queue wait  (20 wake-ups, state S)");
     }
 
     #[test]
@@ -518,9 +537,9 @@ mod tests {
         e.waker.user.clear();
         e.waker.task = Thread { comm: "curl".into(), pid: 1234, tid: 1234 };
         assert_eq!(e.waker.name(), "[softirq CPU1]");
-        assert_eq!(e.waker.describe(), "[softirq CPU1] softirq on CPU1 (interrupting curl 1234)");
+        assert_eq!(e.waker.describe(), "[softirq CPU1] (interrupting curl 1234)");
         e.waker.host = Host::SyscallOf;
-        assert_eq!(e.waker.describe(), "[softirq CPU1] softirq on CPU1 (run in the syscall of curl 1234)");
+        assert_eq!(e.waker.describe(), "[softirq CPU1] (in the syscall of curl 1234)");
         assert!(folded_stack(&e, &RenderOptions::default()).ends_with("do_syscall_64;[softirq CPU1]"));
         e.waker.context = WakeContext::Irq;
         assert_eq!(e.waker.name(), "[irq CPU1]");
@@ -530,7 +549,18 @@ mod tests {
 
     #[test]
     fn interrupt_stacks_stop_at_the_interrupt_entry() {
-        let k = v(&["try_to_wake_up", "hrtimer_wakeup", "__hrtimer_run_queues", "hrtimer_interrupt", "__sysvec_apic_timer_interrupt", "sysvec_apic_timer_interrupt", "asm_sysvec_apic_timer_interrupt", "clear_page_erms", "do_anonymous_page", "asm_exc_page_fault"]);
+        let k = v(&[
+            "try_to_wake_up",
+            "hrtimer_wakeup",
+            "__hrtimer_run_queues",
+            "hrtimer_interrupt",
+            "__sysvec_apic_timer_interrupt",
+            "sysvec_apic_timer_interrupt",
+            "asm_sysvec_apic_timer_interrupt",
+            "clear_page_erms",
+            "do_anonymous_page",
+            "asm_exc_page_fault",
+        ]);
         assert_eq!(interrupt_frames(k).last().map(|s| s.as_str()), Some("asm_sysvec_apic_timer_interrupt"));
         let ksoftirqd = v(&["try_to_wake_up", "sock_def_readable", "net_rx_action", "handle_softirqs", "run_ksoftirqd", "kthread"]);
         assert_eq!(interrupt_frames(ksoftirqd.clone()), ksoftirqd);
@@ -567,7 +597,11 @@ mod tests {
     fn merge_sums_identical_renderings() {
         let mut b = entry();
         b.states = vec![2];
-        let m = merge(vec![entry(), b, { let mut c = entry(); c.blocked.tid = 7; c }]);
+        let m = merge(vec![entry(), b, {
+            let mut c = entry();
+            c.blocked.tid = 7;
+            c
+        }]);
         assert_eq!(m.len(), 2);
         assert_eq!(m[0].count, 40);
         assert_eq!(m[0].states, vec![1, 2]);

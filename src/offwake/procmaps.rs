@@ -6,7 +6,9 @@
 /// One line of /proc/PID/maps.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mapping {
+    /// First address.
     pub start: u64,
+    /// One past the last address.
     pub end: u64,
     /// `rwxp`-style permissions.
     pub perms: String,
@@ -14,6 +16,7 @@ pub struct Mapping {
     pub offset: u64,
     /// `major:minor` of the file's device.
     pub dev: String,
+    /// Inode of the file, 0 for anonymous memory.
     pub inode: u64,
     /// File path, `[heap]`-style pseudo name, or empty for anonymous memory.
     pub path: String,

@@ -127,10 +127,11 @@ impl UserSyms {
         }
         let lookup = |(a, leaf): (u64, bool)| if leaf { a } else { a.saturating_sub(1) };
         let snap_start = self.snapshots.get(&pid).map(|s| s.start_time);
-        let live_same = alive(pid) && match snap_start {
-            Some(Some(st)) => start_time(pid) == Some(st),
-            _ => true,
-        };
+        let live_same = alive(pid)
+            && match snap_start {
+                Some(Some(st)) => start_time(pid) == Some(st),
+                _ => true,
+            };
         let mut names: Vec<Option<String>> = vec![None; missing.len()];
         if live_same {
             let addrs: Vec<u64> = missing.iter().map(|&m| lookup(m)).collect();
@@ -187,6 +188,8 @@ mod tests {
         let f = stat_start_time as *const () as u64;
         let names = s.frames(me, &[f + 1, 0x10]);
         assert!(names[0].contains("stat_start_time"), "{names:?}");
+        // Rust names come demangled, without the hash.
+        assert!(names[0].contains("::") && !names[0].starts_with("_ZN") && !names[0].starts_with("_R"), "{names:?}");
         assert_eq!(names[1], "[unknown] 0x10");
     }
 }

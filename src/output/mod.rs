@@ -1,7 +1,9 @@
 //! Renderers, one module per format, and the escaping every format needs:
 //! comm names, paths and symbols come from the traced system.
 
+pub mod html;
 pub mod json;
+pub mod perfetto;
 pub mod text;
 
 /// A string from the traced system, safe for a terminal: control characters

@@ -1,0 +1,542 @@
+//! Reliability: loss accounting under a full ring buffer, the trace lifetime
+//! under SIGINT/SIGTERM/SIGKILL, and bad input that must load nothing.
+//!
+//! Root tests (they load BPF programs, start nginx): without root they fail
+//! and say so, unless NETDRIFT_SKIP_ROOT_TESTS=1. Each test is bounded in
+//! time (the whole file runs in well under a minute) and sends traffic to
+//! loopback only.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const NETDRIFT: &str = env!("CARGO_BIN_EXE_netdrift");
+
+/// BPF needs root; CI is root. Say so loudly rather than skip silently.
+fn require_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    if std::env::var("NETDRIFT_SKIP_ROOT_TESTS").as_deref() == Ok("1") {
+        eprintln!("skipped: needs root (NETDRIFT_SKIP_ROOT_TESTS=1)");
+        return false;
+    }
+    panic!("this test loads BPF programs and needs root: run `sudo make test` (or set NETDRIFT_SKIP_ROOT_TESTS=1 to skip)");
+}
+
+/// One netdrift at a time within this file: the tests compare the kernel's
+/// program list before and after.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn nd() -> Command {
+    Command::new(NETDRIFT)
+}
+
+fn signal(pid: u32, sig: libc::c_int) {
+    // SAFETY: kill has no memory-safety preconditions; the pid is our child.
+    unsafe {
+        libc::kill(pid as libc::pid_t, sig);
+    }
+}
+
+/// A child process killed and reaped when dropped, even on panic.
+struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A process to trace that does nothing for a minute.
+fn sleeper() -> Guard {
+    Guard(Command::new("sleep").arg("60").spawn().expect("spawn sleep"))
+}
+
+/// Wait for netdrift's ready file; fail with its stderr if it exits first.
+fn wait_ready(ready: &Path, child: &mut Child) {
+    let t = Instant::now();
+    while !ready.exists() {
+        if let Ok(Some(st)) = child.try_wait() {
+            let mut err = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                let _ = e.read_to_string(&mut err);
+            }
+            panic!("netdrift exited before it was ready ({st}): {err}");
+        }
+        assert!(t.elapsed() < Duration::from_secs(30), "netdrift not ready after 30 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Wait for a child with a deadline; kill it and fail if it hangs.
+fn wait_output(child: Child, timeout: Duration, what: &str) -> Output {
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(timeout) {
+        Ok(o) => o.expect("wait for netdrift"),
+        Err(_) => {
+            signal(pid, libc::SIGKILL);
+            panic!("{what}: netdrift did not exit within {timeout:?}");
+        }
+    }
+}
+
+// ---- BPF objects in the kernel -------------------------------------------
+
+fn bpftool_json(what: &str) -> Vec<Value> {
+    let out = Command::new("bpftool").args([what, "show", "-j"]).output().expect("bpftool (apt-get install bpftool)");
+    assert!(out.status.success(), "bpftool {what} show: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice::<Value>(&out.stdout).ok().and_then(|v| v.as_array().cloned()).unwrap_or_default()
+}
+
+/// Ids of loaded programs named nd_* (netdrift's).
+fn nd_programs() -> BTreeSet<u64> {
+    bpftool_json("prog")
+        .iter()
+        .filter(|p| p["name"].as_str().map(|n| n.starts_with("nd_")).unwrap_or(false))
+        .filter_map(|p| p["id"].as_u64())
+        .collect()
+}
+
+fn all_ids(what: &str) -> BTreeSet<u64> {
+    bpftool_json(what).iter().filter_map(|p| p["id"].as_u64()).collect()
+}
+
+/// (program ids, link ids) a process holds through its fds.
+fn held_bpf_ids(pid: u32) -> (BTreeSet<u64>, BTreeSet<u64>) {
+    let (mut progs, mut links) = (BTreeSet::new(), BTreeSet::new());
+    let Ok(dir) = fs::read_dir(format!("/proc/{pid}/fdinfo")) else { return (progs, links) };
+    for e in dir.flatten() {
+        let Ok(text) = fs::read_to_string(e.path()) else { continue };
+        for l in text.lines() {
+            if let Some(v) = l.strip_prefix("prog_id:") {
+                if let Ok(id) = v.trim().parse() {
+                    progs.insert(id);
+                }
+            }
+            if let Some(v) = l.strip_prefix("link_id:") {
+                if let Ok(id) = v.trim().parse() {
+                    links.insert(id);
+                }
+            }
+        }
+    }
+    (progs, links)
+}
+
+// ---- a private nginx ------------------------------------------------------
+
+const NGINX: &str = "/usr/sbin/nginx";
+
+/// nginx with 2 workers on a free loopback port, stopped when dropped.
+struct Nginx {
+    dir: tempfile::TempDir,
+    master: u32,
+    port: u16,
+}
+
+impl Nginx {
+    fn start() -> Nginx {
+        assert!(Path::new(NGINX).exists(), "{NGINX} missing: apt-get install nginx (scripts/deps.sh test)");
+        let mut last = String::new();
+        for _ in 0..3 {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+            let d = dir.path().display();
+            fs::write(
+                dir.path().join("nginx.conf"),
+                format!(
+                    "worker_processes 2;\ndaemon on;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
+                     events {{ worker_connections 1024; }}\n\
+                     http {{ access_log off; keepalive_requests 1000000;\n  server {{ listen 127.0.0.1:{port} backlog=1024; location / {{ return 200 \"ok\"; }} }}\n}}\n"
+                ),
+            )
+            .unwrap();
+            let out = Command::new(NGINX).arg("-c").arg(dir.path().join("nginx.conf")).arg("-p").arg(dir.path()).output().expect("run nginx");
+            if !out.status.success() {
+                last = format!("{}{}", String::from_utf8_lossy(&out.stderr), fs::read_to_string(dir.path().join("error.log")).unwrap_or_default());
+                if last.contains("Address already in use") {
+                    continue;
+                }
+                panic!("nginx did not start: {last}");
+            }
+            let deadline = Instant::now() + Duration::from_secs(5);
+            loop {
+                if let Some(master) = fs::read_to_string(dir.path().join("nginx.pid")).ok().and_then(|s| s.trim().parse().ok()) {
+                    let n = Nginx { dir, master, port };
+                    // Both workers up and accepting.
+                    while TcpStream::connect(n.addr()).is_err() {
+                        assert!(Instant::now() < deadline, "nginx does not accept");
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    return n;
+                }
+                assert!(Instant::now() < deadline, "nginx wrote no pid file");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        panic!("nginx found no free port: {last}");
+    }
+
+    fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        signal(self.master, libc::SIGTERM);
+        let t = Instant::now();
+        while Path::new(&format!("/proc/{}", self.master)).exists() && t.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if Path::new(&format!("/proc/{}", self.master)).exists() {
+            signal(self.master, libc::SIGKILL);
+        }
+        let _ = &self.dir;
+    }
+}
+
+/// Keep-alive GETs from `conns` connections until `max` requests each or
+/// `dur` elapse; returns the responses received.
+fn load(addr: SocketAddr, conns: usize, max: usize, dur: Duration) -> usize {
+    let handles: Vec<_> = (0..conns)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let mut s = TcpStream::connect(addr).expect("connect to nginx");
+                s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                s.set_nodelay(true).unwrap();
+                let t = Instant::now();
+                let mut buf = [0u8; 4096];
+                let mut n = 0;
+                while n < max && t.elapsed() < dur {
+                    s.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n").expect("send");
+                    // The response ends with the 2-byte body "ok".
+                    let mut got = Vec::new();
+                    loop {
+                        let k = s.read(&mut buf).expect("read response");
+                        assert!(k > 0, "nginx closed the connection");
+                        got.extend_from_slice(&buf[..k]);
+                        if got.ends_with(b"\r\n\r\nok") {
+                            break;
+                        }
+                    }
+                    n += 1;
+                }
+                n
+            })
+        })
+        .collect();
+    handles.into_iter().map(|h| h.join().expect("client thread")).sum()
+}
+
+fn json_lines(p: &Path) -> Vec<Value> {
+    fs::read_to_string(p).unwrap_or_else(|e| panic!("read {}: {e}", p.display())).lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}"))).collect()
+}
+
+// ---- loss accounting ------------------------------------------------------
+
+/// A 1 MiB ring and a stopped consumer: the records of a burst of requests
+/// must be counted as lost, per CPU, with the flag that fixes it.
+#[test]
+fn full_ring_buffer_is_reported_as_lost() {
+    if !require_root() {
+        return;
+    }
+    let _s = serial();
+    let nginx = Nginx::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (ready, out) = (dir.path().join("ready"), dir.path().join("out.jsonl"));
+    let mut child = nd()
+        .args(["trace", "--json", "--ringbuf-size", "1", "-p", &nginx.master.to_string(), "--ready-file"])
+        .arg(&ready)
+        .arg("-o")
+        .arg(&out)
+        .arg("60")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_ready(&ready, &mut child);
+    // Warm-up: nginx's workers are in epoll_wait, not mid-accept.
+    load(nginx.addr(), 1, 10, Duration::from_secs(2));
+    signal(child.id(), libc::SIGSTOP);
+    // Thousands of requests while nobody reads the ring: each costs a few
+    // hundred bytes of records (epoll exit/enter, switches, wake-ups).
+    let served = load(nginx.addr(), 4, 5_000, Duration::from_millis(1500));
+    signal(child.id(), libc::SIGCONT);
+    std::thread::sleep(Duration::from_millis(300));
+    signal(child.id(), libc::SIGINT);
+    let o = wait_output(child, Duration::from_secs(30), "after SIGINT");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "exit 0 after SIGINT: {err}");
+    assert!(served >= 2_000, "the burst should be big enough to overflow 1 MiB: {served} requests");
+
+    let lines = json_lines(&out);
+    let sum = lines.last().unwrap();
+    assert_eq!(sum["type"], "summary", "{sum}");
+    let lost = &sum["lost"];
+    let ringbuf = lost["ringbuf"].as_u64().expect("lost.ringbuf");
+    assert!(ringbuf > 0, "a 1 MiB ring with a stopped reader must drop records ({served} requests): {lost}");
+    let per_cpu = lost["per_cpu"].as_array().expect("lost.per_cpu is an array");
+    assert!(!per_cpu.is_empty(), "one entry per CPU: {lost}");
+    let mut by_cpu = 0;
+    for c in per_cpu {
+        let c = c.as_array().expect("per-CPU entry is [ringbuf, stack, map_full, user_read]");
+        assert_eq!(c.len(), 4, "{lost}");
+        by_cpu += c[0].as_u64().unwrap();
+    }
+    assert_eq!(by_cpu, ringbuf, "per-CPU ring-buffer drops add up to the total: {lost}");
+    let fix = sum["fix"].as_str().unwrap_or_default();
+    assert!(fix.contains("--ringbuf-size"), "fix names the flag: {sum}");
+    assert!(fix.contains("1 MiB"), "fix says the current size: {fix}");
+    // The text summary (stderr with -o) says so too.
+    assert!(err.contains("LOST"), "text summary shows LOST: {err}");
+    assert!(err.contains("--ringbuf-size"), "text summary names the flag: {err}");
+    // The records it kept still decode and the stream still ends cleanly.
+    assert_eq!(lines[0]["type"], "start");
+    assert_eq!(sum["reason"], "interrupted");
+}
+
+// ---- lifetime -------------------------------------------------------------
+
+fn signal_ends_with_summary(sig: libc::c_int, json: bool) {
+    let name = if sig == libc::SIGINT { "SIGINT" } else { "SIGTERM" };
+    let target = sleeper();
+    let dir = tempfile::tempdir().unwrap();
+    let (ready, out) = (dir.path().join("ready"), dir.path().join("out.jsonl"));
+    let mut cmd = nd();
+    cmd.args(["trace", "-p", &target.0.id().to_string(), "--ready-file"]).arg(&ready);
+    if json {
+        cmd.arg("--json").arg("-o").arg(&out);
+    }
+    let mut child = cmd.arg("60").stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    wait_ready(&ready, &mut child);
+    signal(child.id(), sig);
+    let o = wait_output(child, Duration::from_secs(20), name);
+    let (stdout, stderr) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert_eq!(o.status.code(), Some(0), "{name} ({}) exits 0: {stderr}", if json { "json" } else { "text" });
+    if json {
+        // Summary text on stderr, the complete JSON file under its final name.
+        assert!(stderr.contains("interrupted after"), "{name}: summary on stderr: {stderr}");
+        let lines = json_lines(&out);
+        assert_eq!(lines[0]["type"], "start");
+        let last = lines.last().unwrap();
+        assert_eq!(last["type"], "summary", "{name}: the file ends with the summary");
+        assert_eq!(last["reason"], "interrupted");
+        assert!(!dir.path().join("out.jsonl.partial").exists(), "{name}: no .partial left");
+    } else {
+        assert!(stdout.contains("interrupted after"), "{name}: text summary on stdout: {stdout}");
+        assert!(stdout.contains(" events"), "{name}: summary counts events: {stdout}");
+        assert!(stdout.contains("lost:") || stdout.contains("LOST"), "{name}: summary reports losses: {stdout}");
+    }
+}
+
+#[test]
+fn sigterm_and_sigint_print_the_summary_and_exit_0() {
+    if !require_root() {
+        return;
+    }
+    let _s = serial();
+    // tests/cli.rs covers SIGINT with --json.
+    signal_ends_with_summary(libc::SIGTERM, true);
+    signal_ends_with_summary(libc::SIGTERM, false);
+    signal_ends_with_summary(libc::SIGINT, false);
+}
+
+/// SIGKILL cannot be caught: the kernel must drop every program and link
+/// with the process's fds, and the output must stay marked incomplete.
+#[test]
+fn sigkill_leaves_no_bpf_and_only_a_partial_file() {
+    if !require_root() {
+        return;
+    }
+    let _s = serial();
+    let target = sleeper();
+    let dir = tempfile::tempdir().unwrap();
+    let (ready, out) = (dir.path().join("ready"), dir.path().join("out.jsonl"));
+    let partial = dir.path().join("out.jsonl.partial");
+    let mut child = nd()
+        .args(["trace", "--json", "-p", &target.0.id().to_string(), "--ready-file"])
+        .arg(&ready)
+        .arg("-o")
+        .arg(&out)
+        .arg("60")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_ready(&ready, &mut child);
+    let (progs, links) = held_bpf_ids(child.id());
+    assert!(!progs.is_empty(), "a running netdrift holds its programs by fd");
+    assert!(!links.is_empty(), "and its attachments as BPF links");
+    let loaded = bpftool_json("prog");
+    for id in &progs {
+        let p = loaded.iter().find(|p| p["id"].as_u64() == Some(*id)).unwrap_or_else(|| panic!("prog {id} not in bpftool prog show"));
+        assert!(p["name"].as_str().unwrap_or("").starts_with("nd_"), "netdrift's programs are named nd_*: {p}");
+    }
+    assert!(partial.exists() && !out.exists(), "FILE.partial while running");
+
+    signal(child.id(), libc::SIGKILL);
+    let o = wait_output(child, Duration::from_secs(10), "SIGKILL");
+    assert_eq!(o.status.code(), None, "killed by a signal");
+    // Programs and links are freed once their last fd closes (after an RCU
+    // grace period): poll briefly.
+    let t = Instant::now();
+    loop {
+        let (p_left, l_left): (Vec<u64>, Vec<u64>) = {
+            let (p, l) = (all_ids("prog"), all_ids("link"));
+            (progs.iter().filter(|i| p.contains(i)).copied().collect(), links.iter().filter(|i| l.contains(i)).copied().collect())
+        };
+        if p_left.is_empty() && l_left.is_empty() {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(5), "after SIGKILL, programs {p_left:?} and links {l_left:?} are still loaded");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(partial.exists(), "the output stays as FILE.partial");
+    assert!(!out.exists(), "never FILE after SIGKILL: the trace did not end cleanly");
+}
+
+// ---- bad input ------------------------------------------------------------
+
+/// bpf() syscalls of a run, when strace is installed.
+fn strace_available() -> bool {
+    Command::new("strace").arg("-V").stdout(Stdio::null()).stderr(Stdio::null()).status().map(|s| s.success()).unwrap_or(false)
+}
+
+/// Run netdrift (optionally as nobody) and check: exit code 2, one line on
+/// stderr containing `needle`, nothing on stdout, and nothing loaded: no
+/// bpf() call at all (with strace) and no new nd_* program.
+fn bad_input(args: &[&str], needle: &str, as_nobody: bool, log: &Path) {
+    let before = nd_programs();
+    let strace = strace_available();
+    let mut cmd;
+    if strace {
+        cmd = Command::new("strace");
+        cmd.args(["-f", "-qq", "-e", "trace=bpf", "-o"]).arg(log);
+    } else {
+        cmd = Command::new(if as_nobody { "setpriv" } else { NETDRIFT });
+    }
+    if as_nobody {
+        if strace {
+            cmd.arg("setpriv");
+        }
+        cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", NETDRIFT]);
+    } else if strace {
+        cmd.arg(NETDRIFT);
+    }
+    let o = cmd.args(args).stdin(Stdio::null()).output().expect("run netdrift");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{args:?}: exit 2, got {:?}: {err}", o.status);
+    assert_eq!(err.lines().count(), 1, "{args:?}: one line on stderr, got: {err}");
+    assert!(err.starts_with("netdrift: "), "{args:?}: {err}");
+    assert!(err.contains(needle), "{args:?}: {err:?} should contain {needle:?}");
+    assert!(o.stdout.is_empty(), "{args:?}: nothing on stdout: {:?}", String::from_utf8_lossy(&o.stdout));
+    if strace {
+        let calls = fs::read_to_string(log).unwrap_or_default();
+        let bpf: Vec<&str> = calls.lines().filter(|l| l.contains("bpf(")).collect();
+        assert!(bpf.is_empty(), "{args:?}: must not touch BPF, made {} bpf() calls, e.g. {:?}", bpf.len(), bpf.first());
+    }
+    let new: Vec<u64> = nd_programs().difference(&before).copied().collect();
+    assert!(new.is_empty(), "{args:?}: new nd_* programs {new:?}");
+}
+
+fn has_subcommand(sub: &str) -> bool {
+    nd().args([sub, "--help"]).output().map(|o| o.status.success()).unwrap_or(false)
+}
+
+fn help_mentions(sub: &str, flag: &str) -> bool {
+    nd().args([sub, "--help"]).output().map(|o| String::from_utf8_lossy(&o.stdout).contains(flag)).unwrap_or(false)
+}
+
+#[test]
+fn bad_input_gives_one_line_exit_2_and_loads_nothing() {
+    if !require_root() {
+        return;
+    }
+    let _s = serial();
+    if !strace_available() {
+        eprintln!("note: strace is not installed: checking `bpftool prog show` only, not the absence of bpf() calls");
+    }
+    let target = sleeper();
+    let pid = target.0.id().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("strace.log");
+    let missing_dir: PathBuf = dir.path().join("no-such-dir").join("out.jsonl");
+    let missing = missing_dir.to_str().unwrap();
+
+    bad_input(&["trace", "-p", "4194304", "1"], "no process with pid 4194304", false, &log);
+    bad_input(&["trace", "-p", "0", "1"], "0 is not a valid id", false, &log);
+    bad_input(&["trace", "-p", "12ab", "1"], "not a number", false, &log);
+    bad_input(&["trace", "-p", "-3", "1"], "", false, &log);
+    bad_input(&["trace", "-t", "4194304", "1"], "no thread with tid 4194304", false, &log);
+    bad_input(&["trace", "-c", "nd-no-such-comm", "1"], "no running process or thread is named", false, &log);
+    bad_input(&["trace", "-p", &pid, "--json", "-o", missing, "1"], "cannot write", false, &log);
+    bad_input(&["trace", "-p", &pid, "--ringbuf-size", "0", "1"], "power of two", false, &log);
+    bad_input(&["trace", "-p", &pid, "--", "0"], "positive number of seconds", false, &log);
+    // Not root: one line naming the fix, before anything is loaded.
+    bad_input(&["trace", "-p", &pid, "1"], "needs root", true, &log);
+    bad_input(&["trace", "-p", &pid, "--json", "-o", "/tmp/nd-nobody.jsonl", "1"], "needs root", true, &log);
+    assert!(!Path::new("/tmp/nd-nobody.jsonl.partial").exists(), "not root: no output file created");
+
+    // Flag conflicts declared in the CLI (offwake has some; trace none yet).
+    if has_subcommand("offwake") {
+        bad_input(&["offwake", "-p", &pid, "-u", "-k", "1"], "cannot be used with", false, &log);
+        bad_input(&["offwake", "-p", &pid, "-U", "-K", "1"], "cannot be used with", false, &log);
+        if help_mentions("offwake", "--folded") && help_mentions("offwake", "--json") {
+            bad_input(&["offwake", "-p", &pid, "--folded", "--json", "1"], "cannot be used with", false, &log);
+        }
+    } else {
+        eprintln!("note: no `offwake` subcommand in this build: its flag conflicts are not checked");
+    }
+
+    // Handler specs: an invalid glob, a missing binary, a binary that is not ELF.
+    if help_mentions("trace", "--handler") {
+        let not_elf = dir.path().join("not-elf");
+        fs::write(&not_elf, "#!/bin/sh\necho not an ELF file\n").unwrap();
+        let not_elf_spec = format!("{}:main*", not_elf.display());
+        bad_input(&["trace", "-p", &pid, "--handler", "/nonexistent/bin/server:handle*", "1"], "not found", false, &log);
+        bad_input(&["trace", "-p", &pid, "--handler", &not_elf_spec, "1"], "not an ELF file", false, &log);
+        bad_input(&["trace", "-p", &pid, "--handler", "exe:[", "1"], "unclosed '['", false, &log);
+        bad_input(&["trace", "-p", &pid, "--handler", "exe:", "1"], "empty glob", false, &log);
+    } else {
+        eprintln!("note: no --handler flag in this build: invalid glob / missing binary / non-ELF not checked");
+    }
+}
+
+/// Known bugs: these paths are only found unwritable after the programs are
+/// loaded (or, for a directory, after the whole trace). Un-ignore once fixed.
+#[test]
+#[ignore = "bug: --ready-file and -o DIR are checked only after loading (see docs/benchmark.md, reliability findings)"]
+fn unwritable_ready_file_or_output_dir_loads_nothing() {
+    if !require_root() {
+        return;
+    }
+    let _s = serial();
+    let target = sleeper();
+    let pid = target.0.id().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("strace.log");
+    let missing = dir.path().join("no-such-dir").join("ready");
+    bad_input(&["trace", "-p", &pid, "--ready-file", missing.to_str().unwrap(), "1"], "cannot write", false, &log);
+    let out_dir = dir.path().join("a-directory");
+    fs::create_dir(&out_dir).unwrap();
+    bad_input(&["trace", "-p", &pid, "-o", out_dir.to_str().unwrap(), "1"], "cannot write", false, &log);
+}
