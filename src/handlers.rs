@@ -250,8 +250,9 @@ pub fn preset(name: &str) -> Option<Vec<HandlerSpec>> {
         ],
         // acceptTcpHandler(aeEventLoop *el, int fd, void *privdata, int mask); readQueryFromClient(connection *conn).
         "redis" => &["exe:acceptTcpHandler:fd=arg1:events=arg3/ae", "exe:readQueryFromClient"],
-        // ngx_event_accept(ngx_event_t *ev); ngx_http_init_connection(ngx_connection_t *c).
-        "nginx" => &["exe:ngx_event_accept", "exe:ngx_http_init_connection"],
+        // ngx_event_accept(ngx_event_t *ev); ngx_http_init_connection(ngx_connection_t *c);
+        // ngx_http_process_request(ngx_http_request_t *r), once per request.
+        "nginx" => &["exe:ngx_event_accept", "exe:ngx_http_init_connection", "exe:ngx_http_process_request"],
         // memcached exports no handlers; libevent's activation of each ready event: event_active_nolock_(ev, res, ncalls).
         "memcached" | "libevent" => &["libevent:event_active_nolock_:events=arg1/libevent"],
         _ => return None,

@@ -271,3 +271,45 @@ fn memcached_preset_dispatcher_to_worker() {
     assert!(handlers.iter().filter(|h| h["flags"].as_str().unwrap_or("").contains("EV_READ")).count() >= 2 * k, "libevent activations with EV_READ: {handlers:?}");
     assert!(handlers.iter().all(|h| h["name"] == "event_active_nolock_"));
 }
+
+#[test]
+fn nginx_preset() {
+    if !require_root() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let conf = dir.path().join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "daemon off; master_process off; pid {d}/nginx.pid; error_log {d}/error.log;\nevents {{ worker_connections 64; }}\nhttp {{ access_log off; server {{ listen 127.0.0.1:{port}; location / {{ return 200 \"ok\\n\"; }} }} }}\n",
+            d = dir.path().display()
+        ),
+    )
+    .unwrap();
+    let child = Command::new("nginx").arg("-c").arg(&conf).arg("-p").arg(dir.path()).spawn().expect("nginx (apt-get install nginx)");
+    let srv = Proc(child);
+    let t = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(t.elapsed() < Duration::from_secs(10), "nginx did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    let k = 4;
+    let lines = trace_json(srv.0.id(), &["--preset", "nginx"], || {
+        for _ in 0..k {
+            let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            s.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+            let mut r = String::new();
+            s.read_to_string(&mut r).unwrap();
+            assert!(r.contains("ok"));
+            std::thread::sleep(Duration::from_millis(30));
+        }
+    });
+    let handlers = of_type(&lines, "handler");
+    let count = |n: &str| handlers.iter().filter(|h| h["name"] == n).count();
+    assert_eq!(count("ngx_event_accept"), k, "{handlers:?}");
+    assert_eq!(count("ngx_http_process_request"), k, "{handlers:?}");
+    assert!(handlers.iter().filter(|h| h["name"] == "ngx_event_accept").all(|h| h["chain"].is_u64()), "accept handler joined to its chain");
+}
