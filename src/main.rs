@@ -73,42 +73,7 @@ fn cmd_trace_with(a: TraceArgs, report: Report, tweak: impl FnOnce(&mut TraceOpt
             return Err(Error::Usage(format!("duration {d}: give a positive number of seconds")).into());
         }
     }
-    let mut tgids = Vec::new();
-    for &p in &a.pids {
-        if !procfs::task_exists(p) {
-            return Err(Error::NoSuchPid(p).into());
-        }
-        if procfs::tgid_of(p) != Some(p) {
-            return Err(Error::Usage(format!("{p} is a thread, not a process: use -t {p}")).into());
-        }
-        tgids.push(p);
-        if !a.no_children {
-            tgids.extend(procfs::descendants(p));
-        }
-    }
-    let mut tids = Vec::new();
-    for &t in &a.tids {
-        if !procfs::task_exists(t) || procfs::tgid_of(t).is_none() {
-            return Err(Error::NoSuchTid(t).into());
-        }
-        tids.push(t);
-    }
-    for c in &a.comms {
-        if c.is_empty() || c.len() > 15 {
-            return Err(Error::Usage(format!("-c {c:?}: a comm is 1 to 15 bytes (the kernel truncates names to 15)")).into());
-        }
-        let (p, t) = procfs::find_comm(c);
-        if p.is_empty() && t.is_empty() {
-            return Err(Error::NoSuchComm(c.clone()).into());
-        }
-        tgids.extend(p);
-        tids.extend(t);
-    }
-    tgids.sort_unstable();
-    tgids.dedup();
-    tids.sort_unstable();
-    tids.dedup();
-
+    let (tgids, tids) = procfs::resolve_targets(&a.pids, &a.tids, &a.comms, !a.no_children, true)?;
     let first_pid = tgids.first().copied().or_else(|| tids.first().and_then(|&t| procfs::tgid_of(t)));
     let mut handlers = netdrift::handlers::resolve(&a.handlers, first_pid, false)?;
     for p in &a.presets {

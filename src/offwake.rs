@@ -297,78 +297,21 @@ impl Report {
     }
 }
 
-/// Set by SIGINT/SIGTERM.
-static SIGNALLED: AtomicBool = AtomicBool::new(false);
+/// Ctrl-C and SIGTERM end the trace with its totals, as for `trace`.
+pub use crate::trace::install_signal_handlers;
+use crate::trace::signalled;
 
-extern "C" fn on_signal(_sig: libc::c_int) {
-    SIGNALLED.store(true, Ordering::SeqCst);
-}
-
-/// Route SIGINT and SIGTERM to a flag, so Ctrl-C ends the trace with its totals.
-pub fn install_signal_handlers() {
-    for sig in [libc::SIGINT, libc::SIGTERM] {
-        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-        unsafe {
-            libc::signal(sig, on_signal as *const () as libc::sighandler_t);
-        }
-    }
-}
-
-/// Resolve and check the targets as `trace` does: a missing pid or tid, a
-/// thread given as -p, a bad comm are usage errors (exit 2). Returns the
-/// tgids (with descendants when `follow_children`) and tids.
+/// Resolve and check the targets as `trace` does (comms are matched in the
+/// kernel, so running processes of that name are not added here).
 pub fn resolve_targets(pids: &[u32], tids: &[u32], comms: &[String], follow_children: bool) -> Result<(Vec<u32>, Vec<u32>)> {
-    let mut tg = Vec::new();
-    for &p in pids {
-        if !procfs::task_exists(p) {
-            return Err(Error::NoSuchPid(p));
-        }
-        if procfs::tgid_of(p) != Some(p) {
-            return Err(Error::Usage(format!("{p} is a thread, not a process: use -t {p}")));
-        }
-        tg.push(p);
-        if follow_children {
-            tg.extend(procfs::descendants(p));
-        }
-    }
-    let mut td = Vec::new();
-    for &t in tids {
-        if !procfs::task_exists(t) || procfs::tgid_of(t).is_none() {
-            return Err(Error::NoSuchTid(t));
-        }
-        td.push(t);
-    }
     if comms.len() > MAX_COMMS {
         return Err(Error::Usage(format!("at most {MAX_COMMS} -c names")));
     }
-    for c in comms {
-        if c.is_empty() || c.len() > 15 {
-            return Err(Error::Usage(format!("-c {c:?}: a comm is 1 to 15 bytes (the kernel truncates names to 15)")));
-        }
-        let (p, t) = procfs::find_comm(c);
-        if p.is_empty() && t.is_empty() {
-            return Err(Error::NoSuchComm(c.clone()));
-        }
-    }
-    tg.sort_unstable();
-    tg.dedup();
-    td.sort_unstable();
-    td.dedup();
-    Ok((tg, td))
+    procfs::resolve_targets(pids, tids, comms, follow_children, false)
 }
 
-fn comm_bytes(s: &str) -> [i8; 16] {
-    let mut out = [0i8; 16];
-    for (i, b) in s.bytes().take(15).enumerate() {
-        out[i] = b as i8;
-    }
-    out
-}
-
-fn comm_str(c: &[i8]) -> String {
-    let b: Vec<u8> = c.iter().take_while(|&&x| x != 0).map(|&x| x as u8).collect();
-    String::from_utf8_lossy(&b).into_owned()
-}
+use crate::events::comm_str;
+use crate::probes::comm_bytes;
 
 /// Copy a `T` out of a map's bytes.
 fn read<T: Copy + Default>(data: &[u8]) -> Option<T> {
@@ -765,14 +708,14 @@ pub fn run(mut opts: OffwakeOptions) -> Result<Report> {
     let reason;
     loop {
         if let Err(e) = rb.poll(Duration::from_millis(100)) {
-            if !SIGNALLED.load(Ordering::SeqCst) {
+            if !signalled() {
                 return Err(e.into());
             }
         }
         for p in std::mem::take(&mut *new_pids.borrow_mut()) {
             namer.user.snapshot(p);
         }
-        if SIGNALLED.load(Ordering::SeqCst) {
+        if signalled() {
             reason = "interrupted".to_string();
             break;
         }

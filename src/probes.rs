@@ -106,7 +106,8 @@ pub struct Probes<'obj> {
     pub handler_links: Vec<libbpf_rs::Link>,
 }
 
-fn comm_bytes(s: &str) -> [i8; 16] {
+/// A name as the kernel's `char comm[16]`.
+pub fn comm_bytes(s: &str) -> [i8; 16] {
     let mut out = [0i8; 16];
     for (i, b) in s.bytes().take(15).enumerate() {
         out[i] = b as i8;

@@ -146,6 +146,52 @@ pub fn epoll_entries(pid: u32, epfd: i32) -> Vec<EpollEntry> {
     fs::read_to_string(format!("/proc/{pid}/fdinfo/{epfd}")).map(|s| parse_epoll_fdinfo(&s)).unwrap_or_default()
 }
 
+/// Check the targets of -p/-t/-c: a missing pid or tid, a thread given as
+/// -p, or a comm that names nothing are usage errors (exit 2). Returns the
+/// tgids (with descendants when `follow_children`) and tids, sorted; with
+/// `add_comm_matches`, the processes and threads named by -c are added.
+pub fn resolve_targets(pids: &[u32], tids: &[u32], comms: &[String], follow_children: bool, add_comm_matches: bool) -> crate::Result<(Vec<u32>, Vec<u32>)> {
+    use crate::Error;
+    let mut tg = Vec::new();
+    for &p in pids {
+        if !task_exists(p) {
+            return Err(Error::NoSuchPid(p));
+        }
+        if tgid_of(p) != Some(p) {
+            return Err(Error::Usage(format!("{p} is a thread, not a process: use -t {p}")));
+        }
+        tg.push(p);
+        if follow_children {
+            tg.extend(descendants(p));
+        }
+    }
+    let mut td = Vec::new();
+    for &t in tids {
+        if !task_exists(t) || tgid_of(t).is_none() {
+            return Err(Error::NoSuchTid(t));
+        }
+        td.push(t);
+    }
+    for c in comms {
+        if c.is_empty() || c.len() > 15 {
+            return Err(Error::Usage(format!("-c {c:?}: a comm is 1 to 15 bytes (the kernel truncates names to 15)")));
+        }
+        let (p, t) = find_comm(c);
+        if p.is_empty() && t.is_empty() {
+            return Err(Error::NoSuchComm(c.clone()));
+        }
+        if add_comm_matches {
+            tg.extend(p);
+            td.extend(t);
+        }
+    }
+    tg.sort_unstable();
+    tg.dedup();
+    td.sort_unstable();
+    td.dedup();
+    Ok((tg, td))
+}
+
 /// Effective capabilities bitmask of this process.
 pub fn cap_eff() -> u64 {
     fs::read_to_string("/proc/self/status")

@@ -34,6 +34,11 @@ extern "C" fn on_signal(_sig: libc::c_int) {
     SIGNALLED.store(true, Ordering::SeqCst);
 }
 
+/// Whether SIGINT or SIGTERM arrived.
+pub fn signalled() -> bool {
+    SIGNALLED.load(Ordering::SeqCst)
+}
+
 /// Route SIGINT and SIGTERM to a flag so the trace ends with its summary.
 pub fn install_signal_handlers() {
     for sig in [libc::SIGINT, libc::SIGTERM] {

@@ -14,21 +14,8 @@ use netdrift::demo::{self, DemoConfig, DemoServer, ListenMode};
 use netdrift::offwake::model::{self, Entry, RenderOptions};
 use netdrift::offwake::{self, Format, OffwakeOptions, OutputOptions, Report, WakeContext};
 
-/// BPF needs root; CI is root. Say so loudly rather than skip silently.
-fn require_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    if std::env::var("NETDRIFT_SKIP_ROOT_TESTS").as_deref() == Ok("1") {
-        eprintln!("skipped: needs root (NETDRIFT_SKIP_ROOT_TESTS=1)");
-        return false;
-    }
-    panic!("this test loads BPF programs and needs root: run `sudo make test` (or set NETDRIFT_SKIP_ROOT_TESTS=1 to skip)");
-}
-
-// One trace at a time: the tests share the kernel's programs and CPUs.
-static SERIAL: Mutex<()> = Mutex::new(());
+mod common;
+use common::{require_root, SERIAL};
 
 const READER_FN: &str = "netdrift_test_blocked_reader";
 const WRITER_FN: &str = "netdrift_test_waker_writer";
