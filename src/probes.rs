@@ -146,6 +146,10 @@ impl<'obj> Probes<'obj> {
             ro.wakeup_bytes = (cfg.ringbuf_bytes / 8) as u64;
         }
         open.maps.events.set_max_entries(cfg.ringbuf_bytes)?;
+        if cfg.handlers.is_empty() {
+            // Needs bpf_get_attach_cookie (5.15): load it only when used.
+            open.progs.nd_handler.set_autoload(false);
+        }
         if !cfg.packets {
             // Every received packet would run them: off unless asked for.
             open.progs.nd_netif_receive_skb.set_autoload(false);
