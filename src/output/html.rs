@@ -587,8 +587,8 @@ fn hop_json(h: &Hop, start: u64, stack_of: &mut dyn FnMut(&[u64]) -> Option<usiz
         steps.push(node("wasted", Some(format!("+{}", dur(ts.saturating_sub(last)))), "asleep again".into(), vec!["epoll_wait found nothing: woken for nothing".into(), rel(ts)], None));
     }
     for a in &h.actions {
-        let (ts, title, lines) = action_text(a);
-        let kind = if title.contains("EAGAIN") { "wasted" } else { "action" };
+        let (ts, title, lines) = action_text(a, h.accepted());
+        let kind = if title.contains("EAGAIN") && !h.accepted() { "wasted" } else { "action" };
         let edge = ts.map(|t| {
             let e = format!("+{}", dur(t.saturating_sub(last)));
             last = last.max(t);
@@ -605,18 +605,28 @@ fn hop_json(h: &Hop, start: u64, stack_of: &mut dyn FnMut(&[u64]) -> Option<usiz
 
 /// (time, title, detail lines) of an action; unknown kinds by their JSON.
 #[allow(unreachable_patterns)]
-fn action_text(a: &Action) -> (Option<u64>, String, Vec<String>) {
+fn action_text(a: &Action, accepted: bool) -> (Option<u64>, String, Vec<String>) {
     match a {
         Action::Accept { ts, syscall, listen_fd, ret, peer, backlog, max_backlog, .. } => {
             if *ret >= 0 {
                 let p = peer.as_ref().map(|p| p.remote.to_string()).unwrap_or_else(|| "?".into());
                 (Some(*ts), format!("{}({listen_fd}) = fd {ret}", syscall.name()), vec![format!("peer {p}"), format!("backlog {backlog}/{max_backlog}")])
             } else {
-                let hint = if *ret == -11 { vec!["nothing to accept: woken for nothing".to_string()] } else { vec![] };
+                let hint = if *ret == -11 && !accepted { vec!["nothing to accept: woken for nothing".to_string()] } else { vec![] };
                 (Some(*ts), format!("{}({listen_fd}) = -{}", syscall.name(), errno_name(-ret)), hint)
             }
         }
         Action::Close { ts, fd, sock } => (Some(*ts), format!("close({fd})"), sock.as_ref().map(sock_line).into_iter().collect()),
+        Action::Handler { ts, name, fd, flags } => {
+            let mut lines = Vec::new();
+            if let Some(fd) = fd {
+                lines.push(format!("fd {fd}"));
+            }
+            if let Some(f) = flags {
+                lines.push(term_safe(f).into_owned());
+            }
+            (Some(*ts), format!("handler {}", term_safe(name)), lines)
+        }
         other => {
             let v = serde_json::to_value(other).unwrap_or(Value::Null);
             let name = v["action"].as_str().unwrap_or("action").to_string();

@@ -12,7 +12,7 @@
 //!   with `--packets`), instants for socket events;
 //! * flow arrows socket ready -> each wake-up it caused -> the woken thread's
 //!   epoll_wait return (or, for a thread woken for nothing, its first moment
-//!   on a CPU).
+//!   on a CPU); with `--packets`, packet -> socket ready too.
 //!
 //! Events are buffered in a compact form and written when the trace ends, as
 //! `FILE.partial` renamed to FILE once complete. Slices on one track nest
@@ -349,6 +349,11 @@ impl PerfettoWriter {
                 self.instant(me, ev.ts, "exit".into(), json!({"group_dead": group_dead}));
             }
             Kind::EpollCtl { .. } => self.push_tev(&ev.task, ev.ts, ev.cpu, TK::Running),
+            Kind::Handler { id, fd, name, flags, .. } => {
+                self.push_tev(&ev.task, ev.ts, ev.cpu, TK::Running);
+                let n = name.clone().unwrap_or_else(|| format!("handler #{id}"));
+                self.instant(me, ev.ts, format!("handler {n}"), json!({"fd": fd, "flags": flags, "chain": chain}));
+            }
             // Facts from /proc and receive-path ends carry no thread activity.
             _ => {}
         }
@@ -356,6 +361,10 @@ impl PerfettoWriter {
 
     /// Feed one completed chain: its arrows.
     pub fn add_chain(&mut self, c: &Chain) {
+        if let Some(s) = c.sock.as_ref().filter(|s| s.packet.is_some() && c.hops.iter().any(|h| h.wake.is_some())) {
+            let p = s.packet.as_ref().map(|p| p.ts).unwrap_or(s.ts);
+            self.flows.push(FlowRec { name: "packet -> socket", from: Anchor::Point { cpu: s.cpu, ts: p, key: PointKey::Packet }, to: Anchor::Point { cpu: s.cpu, ts: s.ts, key: PointKey::Sock } });
+        }
         for h in &c.hops {
             let Some(w) = &h.wake else { continue };
             let wake = Anchor::Point { cpu: w.cpu, ts: w.ts, key: PointKey::Wake(h.target.tid) };
