@@ -91,9 +91,10 @@ def load_run(d):
         run["other_cpu_pct"] = max(0.0, 100.0 * ((b1 - b0) - ours) / tck / window)
         run["steal_pct"] = 100.0 * (st1 - st0) / tck / window
     err = ""
-    if os.path.exists(os.path.join(d, "tracer.err")):
-        with open(os.path.join(d, "tracer.err"), errors="replace") as f:
-            err = f.read()
+    for name in ("tracer.err", "tracer.out"):
+        if os.path.exists(os.path.join(d, name)):
+            with open(os.path.join(d, name), errors="replace") as f:
+                err += f.read()
     if meta["cfg"] == "peer":
         try:
             with open(os.path.join(d, "bt.count")) as f:

@@ -11,8 +11,10 @@
 #   trace      netdrift trace -p <nginx master> --json > /dev/null
 #   offwake    netdrift offwake -p <nginx master>   (only if that command exists)
 #   peer       bpftrace bench/peer.bt (same tracepoints, one line per event) | line counter
-# Optional (CONFIGS="untraced trace trace-batch peer"):
+# Optional (e.g. CONFIGS="untraced trace trace-batch trace-text"):
 #   trace-batch  the same trace under SCHED_BATCH (chrt -b 0): no wake-up preemption
+#   trace-text   netdrift trace -p <master> > /dev/null-like sink (chain blocks, not JSON)
+#   trace-b      NETDRIFT_B=/other/netdrift: the same trace with another build
 # Pinning (2 CPUs): both nginx workers on CPU 1 (worker_cpu_affinity 10 10),
 # wrk on CPU 0, the tracer unpinned (it competes with both, as in production).
 # Change with NGINX_AFFINITY / WRK_CPU.
@@ -87,6 +89,22 @@ run_one() {
     trace-batch)
       # Same, with the tracer under SCHED_BATCH: its wake-ups never preempt nginx.
       chrt -b 0 "$ND" trace -p "$NGINX_MASTER" --json --ready-file "$rd/ready" >/dev/null 2>"$rd/tracer.err" &
+      tpid=$!
+      ;;
+    trace-text)
+      # Chain blocks instead of JSON Lines (the summary is then on stdout too).
+      # The summary is on stdout then: keep it, drop the chains.
+      "$ND" trace -p "$NGINX_MASTER" --ready-file "$rd/ready" 2>"$rd/tracer.err" |
+        awk '/^netdrift: .* after [0-9.]+s/ { keep = 1 } keep' >"$rd/tracer.out" &
+      apid=$!
+      sleep 0.2
+      tpid=$(pgrep -n -f -- "--ready-file $rd/ready" || true)
+      [ -n "$tpid" ] || die "trace-text did not start: $(tail -3 "$rd/tracer.err")"
+      ;;
+    trace-b)
+      # Another build, to compare two versions in one run: NETDRIFT_B=path.
+      [ -n "${NETDRIFT_B:-}" ] || die "trace-b needs NETDRIFT_B=/path/to/netdrift"
+      "$NETDRIFT_B" trace -p "$NGINX_MASTER" --json --ready-file "$rd/ready" >/dev/null 2>"$rd/tracer.err" &
       tpid=$!
       ;;
     offwake)

@@ -112,6 +112,6 @@ print(f"netdrift: peak RSS (VmHWM) {int(hwm)/1024:.1f} MiB, RSS at the end {int(
 if rss_series:
     print("netdrift RSS over time (s: MiB): " + ", ".join(f"{t}: {k/1024:.1f}" for t, k in rss_series[:: max(1, len(rss_series) // 12)]))
 if "accepts_minus_requests" in out:
-    print(f"accepts - requests = {out['accepts_minus_requests']} (0 to {conns}: connections open when wrk stopped)")
+    print(f"accepts - requests = {out['accepts_minus_requests']} (expected: about the {conns} connections still open when wrk stopped)")
 print(f"results: {results}")
 EOF

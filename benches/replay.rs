@@ -57,12 +57,32 @@ fn comm(name: &str) -> [i8; 16] {
     c
 }
 
+// `..Default::default()` keeps building if the header grows a field.
+#[allow(clippy::needless_update)]
 fn hdr(tag: u32, ts: u64, cpu: u32, pid: u32, tid: u32, name: &str) -> types::nd_hdr {
-    types::nd_hdr { r#type: tag, cpu, ts, pid, tid, comm: comm(name), ..Default::default() }
+    types::nd_hdr {
+        r#type: tag,
+        cpu,
+        ts,
+        pid,
+        tid,
+        comm: comm(name),
+        ..Default::default()
+    }
 }
 
 fn sock(sk: u64, ino: u64, lport: u16, rport: u16, state: u8) -> types::nd_sock {
-    let mut s = types::nd_sock { sk, ino, netns: 4026531840, family: 2, protocol: 6, lport, rport, state, ..Default::default() };
+    let mut s = types::nd_sock {
+        sk,
+        ino,
+        netns: 4026531840,
+        family: 2,
+        protocol: 6,
+        lport,
+        rport,
+        state,
+        ..Default::default()
+    };
     s.laddr[..4].copy_from_slice(&[127, 0, 0, 1]);
     s.raddr[..4].copy_from_slice(&[127, 0, 0, 1]);
     s
@@ -97,7 +117,10 @@ struct Conn {
 }
 
 fn build_stream(n: usize) -> Stream {
-    let mut s = Stream { buf: Vec::with_capacity(n * 160), recs: Vec::with_capacity(n) };
+    let mut s = Stream {
+        buf: Vec::with_capacity(n * 160),
+        recs: Vec::with_capacity(n),
+    };
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let mut ts: u64 = 1_000_000_000;
     let mut seq: u64 = 0;
@@ -117,21 +140,49 @@ fn build_stream(n: usize) -> Stream {
 
         // A new connection now and then: accept4, epoll_ctl(ADD), later close.
         if conns[w].len() < 25 || rng.below(1000) == 0 {
-            let c = Conn { fd: next_fd, data: 0x7f00_0000_0000 + next_fd as u64 * 0x1e0, sk: 0xffff_8881_0000_0000 + next_ino * 0x800, ino: next_ino, port: next_port };
+            let c = Conn {
+                fd: next_fd,
+                data: 0x7f00_0000_0000 + next_fd as u64 * 0x1e0,
+                sk: 0xffff_8881_0000_0000 + next_ino * 0x800,
+                ino: next_ino,
+                port: next_port,
+            };
             next_fd += 1;
             next_port = next_port.wrapping_add(1).max(32768);
             next_ino += 1;
-            let mut a = types::nd_accept { hdr: hdr(7, ts, cpu, tid, tid, "nginx"), enter_ts: ts - 800, listen_fd: LISTEN_FD, ret: c.fd, syscall: 5, backlog: 0, max_backlog: 4096, ..Default::default() };
+            let mut a = types::nd_accept {
+                hdr: hdr(7, ts, cpu, tid, tid, "nginx"),
+                enter_ts: ts - 800,
+                listen_fd: LISTEN_FD,
+                ret: c.fd,
+                syscall: 5,
+                backlog: 0,
+                max_backlog: 4096,
+                ..Default::default()
+            };
             a.listen = listen;
             a.peer = sock(c.sk, c.ino, PORT, c.port, 1);
             s.push(&a);
             ts += 500;
-            let e = types::nd_epoll_ctl { hdr: hdr(12, ts, cpu, tid, tid, "nginx"), epfd: EPFD, op: 1, fd: c.fd, events: 0x8000_2001, data: c.data, ..Default::default() };
+            let e = types::nd_epoll_ctl {
+                hdr: hdr(12, ts, cpu, tid, tid, "nginx"),
+                epfd: EPFD,
+                op: 1,
+                fd: c.fd,
+                events: 0x8000_2001,
+                data: c.data,
+                ..Default::default()
+            };
             s.push(&e);
             conns[w].push(c);
             if conns[w].len() > 25 {
                 let old = conns[w].remove(0);
-                let mut cl = types::nd_close { hdr: hdr(8, ts + 100, cpu, tid, tid, "nginx"), fd: old.fd, is_socket: 1, ..Default::default() };
+                let mut cl = types::nd_close {
+                    hdr: hdr(8, ts + 100, cpu, tid, tid, "nginx"),
+                    fd: old.fd,
+                    is_socket: 1,
+                    ..Default::default()
+                };
                 cl.sock = sock(old.sk, old.ino, PORT, old.port, 8);
                 s.push(&cl);
             }
@@ -140,18 +191,37 @@ fn build_stream(n: usize) -> Stream {
 
         // epoll_wait: enter, then either sleep (switch out, socket ready,
         // wake-up, switch in) or return at once with ready connections.
-        let en = types::nd_epoll_enter { hdr: hdr(5, ts, cpu, tid, tid, "nginx"), epfd: EPFD, maxevents: 512, syscall: 1, ..Default::default() };
+        let en = types::nd_epoll_enter {
+            hdr: hdr(5, ts, cpu, tid, tid, "nginx"),
+            epfd: EPFD,
+            maxevents: 512,
+            syscall: 1,
+            ..Default::default()
+        };
         s.push(&en);
         let enter_ts = ts;
         let sleeps = rng.below(100) < 5;
         if sleeps {
             ts += 300;
-            let so = types::nd_switch_out { hdr: hdr(4, ts, cpu, tid, tid, "nginx"), preempt: 0, state: 1, next_tid: WRK, next_comm: comm("wrk"), ..Default::default() };
+            let so = types::nd_switch_out {
+                hdr: hdr(4, ts, cpu, tid, tid, "nginx"),
+                preempt: 0,
+                state: 1,
+                next_tid: WRK,
+                next_comm: comm("wrk"),
+                ..Default::default()
+            };
             s.push(&so);
             let c = conns[w][rng.below(conns[w].len() as u64) as usize];
             seq += 1;
             ts += 2_000;
-            let sr = types::nd_sock_ready { hdr: hdr(1, ts, 0, WRK, WRK, "wrk"), sock: sock(c.sk, c.ino, PORT, c.port, 1), seq, hook: 1, ..Default::default() };
+            let sr = types::nd_sock_ready {
+                hdr: hdr(1, ts, 0, WRK, WRK, "wrk"),
+                sock: sock(c.sk, c.ino, PORT, c.port, 1),
+                seq,
+                hook: 1,
+                ..Default::default()
+            };
             s.push(&sr);
             let mut wk = types::nd_wake {
                 hdr: hdr(2, ts + 300, 0, WRK, WRK, "wrk"),
@@ -167,20 +237,50 @@ fn build_stream(n: usize) -> Stream {
             wk.stack[..stack.len()].copy_from_slice(&stack);
             s.push(&wk);
             ts += 2_000;
-            let si = types::nd_switch_in { hdr: hdr(3, ts, cpu, tid, tid, "nginx"), runnable_ts: ts - 1_700, prev_cpu: cpu, prev_tid: WRK, prev_comm: comm("wrk"), ..Default::default() };
+            let si = types::nd_switch_in {
+                hdr: hdr(3, ts, cpu, tid, tid, "nginx"),
+                runnable_ts: ts - 1_700,
+                prev_cpu: cpu,
+                prev_tid: WRK,
+                prev_comm: comm("wrk"),
+                ..Default::default()
+            };
             s.push(&si);
         } else if rng.below(100) < 55 {
             // Preempted and back (the tracer or wrk took the CPU for a moment).
             ts += 200;
-            let so = types::nd_switch_out { hdr: hdr(4, ts, cpu, tid, tid, "nginx"), preempt: 1, state: 0, next_tid: WRK, next_comm: comm("wrk"), ..Default::default() };
+            let so = types::nd_switch_out {
+                hdr: hdr(4, ts, cpu, tid, tid, "nginx"),
+                preempt: 1,
+                state: 0,
+                next_tid: WRK,
+                next_comm: comm("wrk"),
+                ..Default::default()
+            };
             s.push(&so);
             ts += 1_500;
-            let si = types::nd_switch_in { hdr: hdr(3, ts, cpu, tid, tid, "nginx"), runnable_ts: ts - 1_500, prev_cpu: cpu, after_preempt: 1, prev_tid: WRK, prev_comm: comm("wrk"), ..Default::default() };
+            let si = types::nd_switch_in {
+                hdr: hdr(3, ts, cpu, tid, tid, "nginx"),
+                runnable_ts: ts - 1_500,
+                prev_cpu: cpu,
+                after_preempt: 1,
+                prev_tid: WRK,
+                prev_comm: comm("wrk"),
+                ..Default::default()
+            };
             s.push(&si);
         }
         ts += 500;
         let ready = 1 + rng.below(3) as usize;
-        let mut ex = types::nd_epoll_exit { hdr: hdr(6, ts, cpu, tid, tid, "nginx"), enter_ts, epfd: EPFD, ret: ready as i32, syscall: 1, n_events: ready as u32, ..Default::default() };
+        let mut ex = types::nd_epoll_exit {
+            hdr: hdr(6, ts, cpu, tid, tid, "nginx"),
+            enter_ts,
+            epfd: EPFD,
+            ret: ready as i32,
+            syscall: 1,
+            n_events: ready as u32,
+            ..Default::default()
+        };
         for i in 0..ready {
             let c = conns[w][rng.below(conns[w].len() as u64) as usize];
             ex.ev[i].events = 0x2001;
@@ -233,7 +333,9 @@ fn bench(c: &mut Criterion) {
             }
         })
     });
-    g.bench_function("decode+correlate", |b| b.iter_batched(|| (), |_| black_box(replay(&s)), BatchSize::PerIteration));
+    g.bench_function("decode+correlate", |b| {
+        b.iter_batched(|| (), |_| black_box(replay(&s)), BatchSize::PerIteration)
+    });
     g.finish();
 }
 
