@@ -442,7 +442,7 @@ impl Correlator {
         self.last_ts = self.last_ts.max(ev.ts);
         if self.idle_ns > 0 && self.last_ts >= self.next_expiry_ts {
             self.expire(self.idle_ns);
-            self.next_expiry_ts = self.last_ts + self.idle_ns / 10;
+            self.next_expiry_ts = self.last_ts.saturating_add(self.idle_ns / 10);
         }
         self.summary.event(ev);
         let tid = ev.task.tid;

@@ -93,7 +93,7 @@ pub struct TraceArgs {
     #[arg(short = 'c', long = "comm", value_name = "COMM")]
     pub comms: Vec<String>,
     /// With -p, do not follow child processes.
-    #[arg(long)]
+    #[arg(long, requires = "pids")]
     pub no_children: bool,
     /// Join an application handler to the chains: BINARY:GLOB[:fd=argN][:events=argM/DECODER]. BINARY is `exe`, a path (looked up inside the target's mount namespace first) or a library name in the target's maps (`libevent`); GLOB matches mangled and demangled names; DECODER is libevent, epoll, ae or raw. Repeatable.
     #[arg(long = "handler", value_name = "SPEC", value_parser = parse_handler)]
@@ -233,7 +233,7 @@ pub struct OffwakeArgs {
     #[arg(short = 'c', long = "comm", value_name = "COMM")]
     pub comms: Vec<String>,
     /// With -p, do not follow child processes.
-    #[arg(long)]
+    #[arg(long, requires = "pids")]
     pub no_children: bool,
     /// Only user threads (no kernel threads).
     #[arg(short = 'u', long = "user-threads-only", conflicts_with = "kernel_threads_only")]

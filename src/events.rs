@@ -26,11 +26,11 @@ impl fmt::Display for Task {
     }
 }
 
-/// A socket as seen from the kernel.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A socket as seen from the kernel. Serialized with its `state_name` too.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct SockInfo {
     /// `struct sock` address.
-    #[serde(with = "hex_u64")]
+    #[serde(deserialize_with = "hex_u64::deserialize")]
     pub sk: u64,
     /// Socket inode (what `/proc/PID/fd` shows as `socket:[ino]`), 0 if none.
     pub ino: u64,
@@ -41,6 +41,23 @@ pub struct SockInfo {
     pub remote: SocketAddr,
     /// Kernel TCP state number (`include/net/tcp_states.h`).
     pub state: u8,
+}
+
+impl Serialize for SockInfo {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut st = s.serialize_struct("SockInfo", 10)?;
+        st.serialize_field("sk", &format_args!("0x{:x}", self.sk))?;
+        st.serialize_field("ino", &self.ino)?;
+        st.serialize_field("netns", &self.netns)?;
+        st.serialize_field("family", &self.family)?;
+        st.serialize_field("protocol", &self.protocol)?;
+        st.serialize_field("local", &self.local)?;
+        st.serialize_field("remote", &self.remote)?;
+        st.serialize_field("state", &self.state)?;
+        st.serialize_field("state_name", self.state_name())?;
+        st.end()
+    }
 }
 
 impl SockInfo {
@@ -71,11 +88,27 @@ pub fn tcp_state_name(s: i32) -> &'static str {
     }
 }
 
-/// One entry of the array `epoll_wait` returned.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// One entry of the array `epoll_wait` returned. Serialized with its
+/// `flags` (EPOLLIN|...) and, once known, the `fd` the data stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 pub struct EpEvent {
     pub events: u32,
     pub data: u64,
+    /// Filled for output from the correlator's epoll_ctl / fdinfo map.
+    #[serde(default)]
+    pub fd: Option<i32>,
+}
+
+impl Serialize for EpEvent {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut st = s.serialize_struct("EpEvent", 4)?;
+        st.serialize_field("events", &self.events)?;
+        st.serialize_field("flags", &epoll_flags(self.events))?;
+        st.serialize_field("data", &self.data)?;
+        st.serialize_field("fd", &self.fd)?;
+        st.end()
+    }
 }
 
 /// Which syscall an epoll or accept record came from.
@@ -450,7 +483,7 @@ pub fn decode(data: &[u8]) -> Result<Event, DecodeError> {
                 epfd: r.epfd,
                 ret: r.ret,
                 syscall: Syscall::from_raw(r.syscall),
-                events: r.ev[..n].iter().map(|e| EpEvent { events: e.events, data: e.data }).collect(),
+                events: r.ev[..n].iter().map(|e| EpEvent { events: e.events, data: e.data, fd: None }).collect(),
             }
         }
         7 => {
@@ -580,11 +613,8 @@ pub fn errno_name(e: i32) -> String {
 }
 
 mod hex_u64 {
-    use serde::{Deserialize, Deserializer, Serializer};
+    use serde::{Deserialize, Deserializer};
 
-    pub fn serialize<S: Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&format!("0x{v:x}"))
-    }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
         let s = String::deserialize(d)?;

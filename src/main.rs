@@ -18,9 +18,13 @@ fn main() {
         Err(e) if matches!(e.kind(), clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion | clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand) => e.exit(),
         Err(e) => {
             // One line, like every other error; --help has the rest.
+            // The message may span lines (a list of missing arguments): join
+            // them, and leave usage and tips to --help.
             let text = e.render().to_string();
-            let first = text.lines().next().unwrap_or("bad arguments").trim_start_matches("error: ");
-            eprintln!("netdrift: {first} (see netdrift --help)");
+            let msg: Vec<&str> = text.lines().take_while(|l| !l.trim().is_empty()).map(str::trim).collect();
+            let msg = msg.join(" ");
+            let msg = msg.trim_start_matches("error: ");
+            eprintln!("netdrift: {} (see netdrift --help)", if msg.is_empty() { "bad arguments" } else { msg });
             std::process::exit(2);
         }
     };
@@ -73,6 +77,9 @@ fn cmd_trace_with(a: TraceArgs, report: Report, tweak: impl FnOnce(&mut TraceOpt
             return Err(Error::Usage(format!("duration {d}: give a positive number of seconds")).into());
         }
     }
+    let outs: Vec<&std::path::Path> =
+        [a.out.output_file.as_deref(), a.out.record.as_deref(), a.out.perfetto.as_deref(), a.ready_file.as_deref()].into_iter().flatten().collect();
+    trace::check_outputs(&outs)?;
     let (tgids, tids) = procfs::resolve_targets(&a.pids, &a.tids, &a.comms, !a.no_children, true)?;
     let first_pid = tgids.first().copied().or_else(|| tids.first().and_then(|&t| procfs::tgid_of(t)));
     let mut handlers = netdrift::handlers::resolve(&a.handlers, first_pid, false)?;

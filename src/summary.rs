@@ -11,52 +11,97 @@ use serde::Serialize;
 use crate::analysis::{Action, Chain};
 use crate::events::{Cause, Event, Kind, SockInfo, Task, WakerContext};
 
-/// Latency samples of one stage, in ns.
-#[derive(Debug, Clone, Default, Serialize)]
+/// Latency samples of one stage, in ns, in bounded memory: a log-linear
+/// histogram (32 sub-buckets per power of two, so a percentile is within
+/// 1/32 of the true value) plus exact count, sum and max. A day-long trace
+/// costs the same 16 KiB as a second-long one.
+#[derive(Debug, Clone, Serialize)]
 pub struct Hist {
     #[serde(skip)]
-    samples: Vec<u64>,
+    buckets: Vec<u64>,
     pub count: u64,
     pub sum_ns: u64,
     pub max_ns: u64,
 }
 
+impl Default for Hist {
+    fn default() -> Self {
+        Hist { buckets: Vec::new(), count: 0, sum_ns: 0, max_ns: 0 }
+    }
+}
+
+const SUB_BITS: u32 = 5;
+const SUB: u64 = 1 << SUB_BITS;
+
+/// Bucket of a value: exact below 32, then 32 buckets per power of two.
+fn bucket_of(v: u64) -> usize {
+    if v < SUB {
+        return v as usize;
+    }
+    let e = 63 - v.leading_zeros();
+    let sub = (v >> (e - SUB_BITS)) & (SUB - 1);
+    ((e - SUB_BITS + 1) as u64 * SUB + sub) as usize
+}
+
+/// Smallest value of a bucket.
+fn bucket_low(i: usize) -> u64 {
+    let i = i as u64;
+    if i < SUB {
+        return i;
+    }
+    let e = i / SUB + SUB_BITS as u64 - 1;
+    let sub = i % SUB;
+    (1u64 << e) | (sub << (e - SUB_BITS as u64))
+}
+
 impl Hist {
     pub fn add(&mut self, ns: u64) {
-        self.samples.push(ns);
+        let b = bucket_of(ns);
+        if self.buckets.len() <= b {
+            self.buckets.resize(b + 1, 0);
+        }
+        self.buckets[b] += 1;
         self.count += 1;
-        self.sum_ns += ns;
+        self.sum_ns = self.sum_ns.saturating_add(ns);
         self.max_ns = self.max_ns.max(ns);
     }
 
-    /// Nearest-rank percentile (p in 0..=100), None when empty.
+    /// Nearest-rank percentile (p in 0..=100), None when empty: the lowest
+    /// value of the bucket holding that rank (the exact max for p = 100).
     pub fn percentile(&self, p: f64) -> Option<u64> {
-        if self.samples.is_empty() {
+        if self.count == 0 {
             return None;
         }
-        let mut v = self.samples.clone();
-        v.sort_unstable();
-        let rank = ((p / 100.0) * v.len() as f64).ceil().max(1.0) as usize;
-        Some(v[rank.min(v.len()) - 1])
+        let rank = ((p / 100.0) * self.count as f64).ceil().max(1.0) as u64;
+        if rank >= self.count {
+            return Some(self.max_ns);
+        }
+        let mut seen = 0;
+        for (i, &n) in self.buckets.iter().enumerate() {
+            seen += n;
+            if seen >= rank {
+                return Some(bucket_low(i).min(self.max_ns));
+            }
+        }
+        Some(self.max_ns)
     }
 
     /// log2 buckets over microseconds, like runqlat: bucket i holds
     /// [2^i, 2^(i+1)-1] us (bucket 0 holds 0 and 1).
     pub fn log2_us(&self) -> Vec<u64> {
         let mut b: Vec<u64> = Vec::new();
-        for &ns in &self.samples {
-            let us = ns / 1000;
-            let i = if us <= 1 { 0 } else { 63 - us.leading_zeros() as usize };
-            if b.len() <= i {
-                b.resize(i + 1, 0);
+        for (i, &n) in self.buckets.iter().enumerate() {
+            if n == 0 {
+                continue;
             }
-            b[i] += 1;
+            let us = bucket_low(i) / 1000;
+            let j = if us <= 1 { 0 } else { 63 - us.leading_zeros() as usize };
+            if b.len() <= j {
+                b.resize(j + 1, 0);
+            }
+            b[j] += n;
         }
         b
-    }
-
-    pub fn samples(&self) -> &[u64] {
-        &self.samples
     }
 }
 
@@ -346,11 +391,27 @@ mod tests {
         for ns in [500, 1_500, 3_000, 7_000, 1_000_000] {
             h.add(ns);
         }
-        assert_eq!(h.percentile(50.0), Some(3_000));
+        let p50 = h.percentile(50.0).unwrap();
+        assert!((3_000 - 3_000 / 32..=3_000).contains(&p50), "{p50}");
         assert_eq!(h.percentile(100.0), Some(1_000_000));
-        assert_eq!(h.percentile(1.0), Some(500));
+        assert_eq!(h.percentile(1.0), Some(496), "within 1/32 below 500");
         // 0us,1us -> 0; 3us -> 1; 7us -> 2; 1000us -> 9
         assert_eq!(h.log2_us(), vec![2, 1, 1, 0, 0, 0, 0, 0, 0, 1]);
         assert_eq!(Hist::default().percentile(99.0), None);
+    }
+
+    #[test]
+    fn hist_buckets_are_tight_and_bounded() {
+        for v in [0u64, 1, 31, 32, 33, 63, 64, 1000, 123_456, 1 << 40, u64::MAX] {
+            let lo = bucket_low(bucket_of(v));
+            assert!(lo <= v && v - lo <= v / 32, "{v} -> {lo}");
+        }
+        let mut h = Hist::default();
+        for v in 0..200_000u64 {
+            h.add(v * 1000);
+        }
+        assert!(h.buckets.len() < 2048, "memory is bounded: {}", h.buckets.len());
+        let p50 = h.percentile(50.0).unwrap();
+        assert!((96_000_000..=100_000_000).contains(&p50), "{p50}");
     }
 }

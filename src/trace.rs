@@ -197,6 +197,26 @@ fn open_sink(sink: &Sink) -> Result<(Box<dyn Write>, Option<PathBuf>)> {
     }
 }
 
+/// An output path must name a file, not a directory (checked before anything
+/// is loaded, so a bad path costs nothing).
+pub fn check_file_path(p: &Path) -> Result<()> {
+    if p.is_dir() {
+        return Err(Error::Output { path: p.to_path_buf(), source: std::io::Error::other("it is a directory: give a file name") });
+    }
+    Ok(())
+}
+
+/// Outputs of one run: files, not directories, all different, each creatable.
+pub fn check_outputs(paths: &[&Path]) -> Result<()> {
+    for (i, p) in paths.iter().enumerate() {
+        check_file_path(p)?;
+        if paths[..i].iter().any(|q| q == p) {
+            return Err(Error::Usage(format!("{} is given for two outputs: give each output its own file", p.display())));
+        }
+    }
+    Ok(())
+}
+
 /// Write the ready file atomically, so a waiting script never reads half of it.
 pub fn write_ready_file(p: &Path) -> Result<()> {
     let tmp = partial_path(p);
@@ -271,6 +291,8 @@ impl Enricher {
 /// Correlate and render events; shared by the live trace and `analyze`.
 pub struct Pipeline {
     pub corr: Correlator,
+    /// Reused for every JSON line.
+    json_buf: Vec<u8>,
     syms: KernelSyms,
     renderer: TextRenderer,
     out: Box<dyn Write>,
@@ -291,6 +313,7 @@ pub const RECORD_MAGIC: &str = "netdrift-record";
 impl Pipeline {
     fn new(opts: &TraceOptions, t0: u64, out: Box<dyn Write>, out_path: Option<PathBuf>) -> Self {
         Pipeline {
+            json_buf: Vec::with_capacity(1024),
             corr: Correlator::with_idle(opts.idle.as_nanos() as u64),
             syms: KernelSyms::new(),
             renderer: TextRenderer { t0, stacks: opts.stacks },
@@ -321,21 +344,34 @@ impl Pipeline {
     }
 
     /// One event, enriched already.
-    fn ingest(&mut self, ev: &Event) -> Result<()> {
+    fn ingest(&mut self, mut ev: Event) -> Result<()> {
         if let Some(r) = &mut self.record {
-            serde_json::to_writer(&mut r.w, ev).map_err(std::io::Error::from)?;
+            serde_json::to_writer(&mut r.w, &ev).map_err(std::io::Error::from)?;
             r.w.write_all(b"\n")?;
         }
-        let ann = self.corr.ingest(ev);
-        if self.json {
-            let stack = match (&ev.kind, self.stacks) {
-                (Kind::Wake { stack, .. }, true) => Some(self.syms.frames(stack)),
-                _ => None,
-            };
-            writeln!(self.out, "{}", json::event(ev, &ann, stack.as_deref()))?;
-        }
+        let ann = self.corr.ingest(&ev);
         for o in self.observers.iter_mut() {
-            o.event(ev, &ann);
+            o.event(&ev, &ann);
+        }
+        if self.json {
+            // The event is ours now: shape it for output in place.
+            let mut stack = None;
+            match &mut ev.kind {
+                Kind::Wake { stack: raw, .. } => {
+                    let raw = std::mem::take(raw);
+                    if self.stacks {
+                        stack = Some(self.syms.frames(&raw));
+                    }
+                }
+                Kind::EpollExit { events, .. } => {
+                    for (e, fd) in events.iter_mut().zip(&ann.ep_fds) {
+                        e.fd = *fd;
+                    }
+                }
+                _ => {}
+            }
+            json::write_event(&mut self.json_buf, &ev, &ann, stack.as_deref()).map_err(std::io::Error::from)?;
+            self.out.write_all(&self.json_buf)?;
         }
         Ok(())
     }
@@ -436,6 +472,19 @@ fn herd_only(s: &Summary) -> String {
 /// or `opts.stop` is set.
 pub fn run(mut opts: TraceOptions) -> Result<TraceResult> {
     crate::probes::preflight()?;
+    let mut outs: Vec<&Path> = Vec::new();
+    if let Sink::File(p) = &opts.sink {
+        outs.push(p);
+    }
+    outs.extend(opts.record.as_deref());
+    outs.extend(opts.ready_file.as_deref());
+    check_outputs(&outs)?;
+    if let Some(p) = &opts.ready_file {
+        // Can it be written at all? Find out now, not after attaching.
+        let tmp = partial_path(p);
+        File::create(&tmp).map_err(|e| Error::Output { path: p.clone(), source: e })?;
+        let _ = std::fs::remove_file(&tmp);
+    }
     let (out, out_path) = open_sink(&opts.sink)?;
     let cleanup = |opts: &TraceOptions| {
         if let Sink::File(p) = &opts.sink {
@@ -541,7 +590,7 @@ pub fn run(mut opts: TraceOptions) -> Result<TraceResult> {
                 _ => {}
             }
             let facts = enr.facts(&mut ev, &pipe.corr, pids, &mut pipe.syms);
-            for f in facts.iter().chain(std::iter::once(&ev)) {
+            for f in facts.into_iter().chain(std::iter::once(ev)) {
                 pipe.ingest(f)?;
             }
         }
@@ -644,7 +693,7 @@ pub fn analyze_with(path: &Path, aopts: &AnalyzeOptions, mut observers: Vec<Box<
             break;
         }
         let ev: Event = serde_json::from_value(v).map_err(|e| bad(i + 2, e.to_string()))?;
-        pipe.ingest(&ev)?;
+        pipe.ingest(ev)?;
         pipe.drain()?;
     }
     let end = end.ok_or_else(|| Error::Usage(format!("{}: no end record: the recording is incomplete (netdrift was killed?)", path.display())))?;

@@ -575,7 +575,6 @@ fn bad_input_gives_one_line_exit_2_and_loads_nothing() {
 /// Known bugs: these paths are only found unwritable after the programs are
 /// loaded (or, for a directory, after the whole trace). Un-ignore once fixed.
 #[test]
-#[ignore = "bug: --ready-file and -o DIR are checked only after loading (docs/benchmark.md, findings, bug 2)"]
 fn unwritable_ready_file_or_output_dir_loads_nothing() {
     if !require_root() {
         return;

@@ -38,7 +38,7 @@ fn epoll_exit(epfd: i32, data: &[u64]) -> Kind {
         epfd,
         ret: data.len() as i32,
         syscall: Syscall::EpollWait,
-        events: data.iter().map(|&d| EpEvent { events: 1, data: d }).collect(),
+        events: data.iter().map(|&d| EpEvent { events: 1, data: d, fd: None }).collect(),
     }
 }
 

@@ -959,6 +959,7 @@ pub fn svg_is_inert(s: &str) -> bool {
 
 impl Observer for ReportWriter {
     fn open(&mut self) -> Result<()> {
+        crate::trace::check_file_path(&self.path)?;
         let f = File::create(partial_path(&self.path)).map_err(|e| Error::Output { path: self.path.clone(), source: e })?;
         self.file = Some(f);
         Ok(())

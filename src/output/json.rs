@@ -3,64 +3,62 @@
 use serde_json::{json, Map, Value};
 
 use crate::analysis::Annotation;
-use crate::events::{epoll_flags, tcp_state_name, Event, Kind};
+use crate::events::{epoll_flags, Event, Kind};
 
-/// Add readable names next to raw numbers (TCP state, epoll flags).
-fn decorate(v: &mut Value) {
-    match v {
-        Value::Object(m) => {
-            if m.contains_key("sk") {
-                if let Some(s) = m.get("state").and_then(|s| s.as_i64()) {
-                    m.insert("state_name".into(), Value::from(tcp_state_name(s as i32)));
-                }
-            }
-            for (_, x) in m.iter_mut() {
-                decorate(x);
+/// Write one event as a JSON line into `buf` (cleared first): the event as
+/// serialized (sockets carry `state_name`, epoll entries `flags` and `fd`),
+/// with `chain` first and, by type, `fds` (sock_ready), `flags`
+/// (epoll_ctl) and `waker_stack` (wake, with --stacks). Serializes straight
+/// into the buffer: no intermediate JSON tree, this runs for every event.
+pub fn write_event(buf: &mut Vec<u8>, ev: &Event, ann: &Annotation, waker_stack: Option<&[String]>) -> serde_json::Result<()> {
+    buf.clear();
+    buf.extend_from_slice(b"{\"chain\":");
+    match ann.chain {
+        Some(c) => buf.extend_from_slice(c.to_string().as_bytes()),
+        None => buf.extend_from_slice(b"null"),
+    }
+    buf.push(b',');
+    let body_start = buf.len();
+    serde_json::to_writer(&mut *buf, ev)?;
+    // Drop the event's own '{', keep the fields, reopen the object's end.
+    buf.remove(body_start);
+    buf.pop();
+    match &ev.kind {
+        Kind::SockReady { .. } => {
+            buf.extend_from_slice(b",\"fds\":");
+            let fds: Vec<Value> = ann.fds.iter().map(|(p, f)| json!({"pid": p, "fd": f})).collect();
+            serde_json::to_writer(&mut *buf, &fds)?;
+        }
+        Kind::EpollCtl { events, .. } => {
+            buf.extend_from_slice(b",\"flags\":");
+            serde_json::to_writer(&mut *buf, &epoll_flags(*events))?;
+        }
+        Kind::Wake { .. } => {
+            if let Some(st) = waker_stack {
+                buf.extend_from_slice(b",\"waker_stack\":");
+                serde_json::to_writer(&mut *buf, st)?;
             }
         }
-        Value::Array(a) => a.iter_mut().for_each(decorate),
         _ => {}
     }
+    buf.extend_from_slice(b"}\n");
+    Ok(())
 }
 
-/// One event as a JSON object; `waker_stack` is the symbolized stack when asked for.
+/// One event as a JSON value (tests, tools); the live path uses [`write_event`].
 pub fn event(ev: &Event, ann: &Annotation, waker_stack: Option<&[String]>) -> Value {
-    let mut v = serde_json::to_value(ev).unwrap_or(Value::Null);
-    decorate(&mut v);
-    if let Value::Object(m) = &mut v {
-        m.insert("chain".into(), ann.chain.map(Value::from).unwrap_or(Value::Null));
-        match &ev.kind {
-            Kind::SockReady { .. } => {
-                m.insert("fds".into(), json!(ann.fds.iter().map(|(p, f)| json!({"pid": p, "fd": f})).collect::<Vec<_>>()));
-            }
-            Kind::EpollExit { events, .. } => {
-                let evs: Vec<Value> = events
-                    .iter()
-                    .enumerate()
-                    .map(|(i, e)| {
-                        json!({
-                            "events": e.events,
-                            "flags": epoll_flags(e.events),
-                            "data": e.data,
-                            "fd": ann.ep_fds.get(i).copied().flatten(),
-                        })
-                    })
-                    .collect();
-                m.insert("events".into(), Value::Array(evs));
-            }
-            Kind::EpollCtl { events, .. } => {
-                m.insert("flags".into(), Value::from(epoll_flags(*events)));
-            }
-            Kind::Wake { .. } => {
-                if let Some(st) = waker_stack {
-                    m.insert("waker_stack".into(), json!(st));
-                }
-                m.remove("stack");
-            }
-            _ => {}
+    let mut buf = Vec::new();
+    let mut ev = ev.clone();
+    if let Kind::EpollExit { events, .. } = &mut ev.kind {
+        for (e, fd) in events.iter_mut().zip(&ann.ep_fds) {
+            e.fd = *fd;
         }
     }
-    v
+    if let Kind::Wake { stack, .. } = &mut ev.kind {
+        stack.clear();
+    }
+    write_event(&mut buf, &ev, ann, waker_stack).ok();
+    serde_json::from_slice(&buf).unwrap_or(Value::Null)
 }
 
 /// A non-event line (`start`, `summary`): `{"type": kind, ...fields}`.

@@ -717,6 +717,7 @@ fn thread_slices(tid: u32, t: &ThreadRec, t_end: u64) -> (Vec<Slice>, Vec<Slice>
 
 impl Observer for PerfettoWriter {
     fn open(&mut self) -> Result<()> {
+        crate::trace::check_file_path(&self.path)?;
         let f = File::create(partial_path(&self.path)).map_err(|e| Error::Output { path: self.path.clone(), source: e })?;
         self.file = Some(f);
         Ok(())
@@ -805,7 +806,7 @@ pub(crate) mod tests {
             ev(10_100, 1, &client, wake(&w0)),
             ev(10_150, 1, &client, wake(&w1)),
             ev(12_000, 0, &w0, Kind::SwitchIn { runnable_ts: 10_100, prev_cpu: 0, after_preempt: false, prev_tid: 0, prev_comm: "swapper/0".into() }),
-            ev(12_500, 0, &w0, Kind::EpollExit { enter_ts: 1_100, epfd: 5, ret: 1, syscall: Syscall::EpollWait, events: vec![EpEvent { events: 1, data: 3 }] }),
+            ev(12_500, 0, &w0, Kind::EpollExit { enter_ts: 1_100, epfd: 5, ret: 1, syscall: Syscall::EpollWait, events: vec![EpEvent { events: 1, data: 3, fd: None }] }),
             ev(13_000, 0, &w0, Kind::Accept { enter_ts: 12_900, listen_fd: 3, ret: 7, syscall: Syscall::Accept4, backlog: 0, max_backlog: 128, listen: Some(listen()), peer: None }),
             ev(14_000, 1, &w1, Kind::SwitchIn { runnable_ts: 10_150, prev_cpu: 1, after_preempt: false, prev_tid: 0, prev_comm: "swapper/1".into() }),
             ev(14_300, 1, &w1, Kind::SwitchOut { involuntary: false, state: 1, next_tid: 0, next_comm: "swapper/1".into() }),
