@@ -11,7 +11,8 @@
 #   trace      netdrift trace -p <nginx master> --json > /dev/null
 #   offwake    netdrift offwake -p <nginx master>   (only if that command exists)
 #   peer       bpftrace bench/peer.bt (same tracepoints, one line per event) | line counter
-# Optional (e.g. CONFIGS="untraced trace trace-batch trace-text"):
+# Optional (e.g. CONFIGS="untraced trace trace-packets trace-batch trace-text"):
+#   trace-packets  trace with --packets (a program on every received packet)
 #   trace-batch  the same trace under SCHED_BATCH (chrt -b 0): no wake-up preemption
 #   trace-text   netdrift trace -p <master> > /dev/null-like sink (chain blocks, not JSON)
 #   trace-b      NETDRIFT_B=/other/netdrift: the same trace with another build
@@ -84,6 +85,11 @@ run_one() {
     untraced) ;;
     trace)
       "$ND" trace -p "$NGINX_MASTER" --json --ready-file "$rd/ready" >/dev/null 2>"$rd/tracer.err" &
+      tpid=$!
+      ;;
+    trace-packets)
+      # trace plus the receive path (netif_receive_skb, napi_poll on every packet).
+      "$ND" trace -p "$NGINX_MASTER" --packets --json --ready-file "$rd/ready" >/dev/null 2>"$rd/tracer.err" &
       tpid=$!
       ;;
     trace-batch)
