@@ -228,6 +228,8 @@ pub fn write_ready_file(p: &Path) -> Result<()> {
 /// socket, which fd an epoll data word stands for. Live only: a recording
 /// keeps these facts as events.
 struct Enricher {
+    /// Waker stacks repeat: classify each distinct one once.
+    classes: std::collections::HashMap<u64, (Vec<u64>, crate::symbolize::WakeClass)>,
     tried_inos: HashSet<u64>,
     tried_epoll: HashSet<(u32, i32, u64)>,
     handlers: Vec<crate::handlers::Resolved>,
@@ -238,8 +240,24 @@ impl Enricher {
         let mut out = Vec::new();
         match &mut ev.kind {
             Kind::Wake { stack, cause, context, via_epoll, waker_is_kthread, .. } => {
-                let names = syms.names(stack);
-                let c = classify(&ev.task, *waker_is_kthread, &names);
+                // The class depends on the stack and on who the waker is.
+                let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+                for a in stack.iter().chain([ev.task.tid as u64, *waker_is_kthread as u64].iter()) {
+                    h = (h ^ a).wrapping_mul(0x100_0000_01b3);
+                }
+                h ^= ev.task.comm.len() as u64;
+                let c = match self.classes.get(&h) {
+                    Some((st, c)) if st == stack => *c,
+                    _ => {
+                        let names = syms.names(stack);
+                        let c = classify(&ev.task, *waker_is_kthread, &names);
+                        if self.classes.len() > 65_536 {
+                            self.classes.clear();
+                        }
+                        self.classes.insert(h, (stack.clone(), c));
+                        c
+                    }
+                };
                 *cause = Some(c.cause);
                 *context = Some(c.context);
                 *via_epoll = c.via_epoll;
@@ -251,6 +269,9 @@ impl Enricher {
                 }
             }
             Kind::SockReady { sock, .. } => {
+                if self.tried_inos.len() > 100_000 {
+                    self.tried_inos.clear();
+                }
                 if sock.ino != 0 && !corr.fds.knows(sock.ino) && self.tried_inos.insert(sock.ino) {
                     let mut ps: Vec<u32> = pids.iter().copied().collect();
                     ps.sort_unstable();
@@ -272,6 +293,9 @@ impl Enricher {
                 let pid = ev.task.pid;
                 let missing = events.iter().any(|e| corr.epoll_fd(pid, *epfd, e.data).is_none() && !self.tried_epoll.contains(&(pid, *epfd, e.data)));
                 if missing {
+                    if self.tried_epoll.len() > 100_000 {
+                        self.tried_epoll.clear();
+                    }
                     for e in events.iter() {
                         self.tried_epoll.insert((pid, *epfd, e.data));
                     }
@@ -569,7 +593,7 @@ pub fn run(mut opts: TraceOptions) -> Result<TraceResult> {
         f();
     }
 
-    let mut enr = Enricher { tried_inos: HashSet::new(), tried_epoll: HashSet::new(), handlers: opts.probe.handlers.clone() };
+    let mut enr = Enricher { classes: Default::default(), tried_inos: HashSet::new(), tried_epoll: HashSet::new(), handlers: opts.probe.handlers.clone() };
     let mut last_check = Instant::now();
     let reason;
 

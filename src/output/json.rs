@@ -7,22 +7,20 @@ use crate::events::{epoll_flags, Event, Kind};
 
 /// Write one event as a JSON line into `buf` (cleared first): the event as
 /// serialized (sockets carry `state_name`, epoll entries `flags` and `fd`),
-/// with `chain` first and, by type, `fds` (sock_ready), `flags`
+/// with `chain` and, by type, `fds` (sock_ready), `flags`
 /// (epoll_ctl) and `waker_stack` (wake, with --stacks). Serializes straight
 /// into the buffer: no intermediate JSON tree, this runs for every event.
 pub fn write_event(buf: &mut Vec<u8>, ev: &Event, ann: &Annotation, waker_stack: Option<&[String]>) -> serde_json::Result<()> {
     buf.clear();
-    buf.extend_from_slice(b"{\"chain\":");
+    serde_json::to_writer(&mut *buf, ev)?;
+    // Reopen the object's end and add the chain and the extras after the
+    // event's own fields (appending: no copy of what is already written).
+    buf.pop();
+    buf.extend_from_slice(b",\"chain\":");
     match ann.chain {
         Some(c) => buf.extend_from_slice(c.to_string().as_bytes()),
         None => buf.extend_from_slice(b"null"),
     }
-    buf.push(b',');
-    let body_start = buf.len();
-    serde_json::to_writer(&mut *buf, ev)?;
-    // Drop the event's own '{', keep the fields, reopen the object's end.
-    buf.remove(body_start);
-    buf.pop();
     match &ev.kind {
         Kind::SockReady { .. } => {
             buf.extend_from_slice(b",\"fds\":");
