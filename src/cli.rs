@@ -45,7 +45,7 @@ pub enum Command {
     /// Rebuild chains and every summary from a file saved with `--record`.
     #[command(after_help = "EXAMPLES:\n    netdrift trace -p 1234 --record run.ndr 30 && netdrift analyze run.ndr\n    netdrift analyze run.ndr --json -o run.jsonl")]
     Analyze(AnalyzeArgs),
-    /// Off-CPU time by blocked stack and waker stack (BCC's offwaketime), summed in the kernel: blocked time and run-queue wait per key.
+    /// Off-CPU time by blocked stack and waker stack (BCC's offwaketime), summed in the kernel: blocked time and run-queue wait per key. Without -p/-t/-c, every thread but netdrift's.
     #[command(after_help = OFFWAKE_EXAMPLES)]
     Offwake(OffwakeArgs),
     /// Write one self-contained HTML report (summary, herd table, latency histograms, off-wake flame graph, chain diagrams with kernel source links), from a live trace or from a `--record` file.
@@ -81,20 +81,33 @@ pub struct OutputArgs {
     pub perfetto: Option<PathBuf>,
 }
 
-#[derive(Debug, Args)]
-pub struct TraceArgs {
+/// Who to trace: shared by every tracing command.
+#[derive(Debug, Args, Clone, Default)]
+pub struct TargetArgs {
     /// Trace this process: all its threads and its child processes, including ones created later. Repeatable.
     #[arg(short = 'p', long = "pid", value_name = "PID", value_parser = parse_id)]
     pub pids: Vec<u32>,
     /// Trace this thread only. Repeatable.
     #[arg(short = 't', long = "tid", value_name = "TID", value_parser = parse_id)]
     pub tids: Vec<u32>,
-    /// Trace processes (or threads) with this name, and processes that exec it later. Repeatable.
+    /// Trace processes (or threads) with this name, and processes that exec it later. Repeatable, at most 8.
     #[arg(short = 'c', long = "comm", value_name = "COMM")]
     pub comms: Vec<String>,
     /// With -p, do not follow child processes.
     #[arg(long, requires = "pids")]
     pub no_children: bool,
+}
+
+impl TargetArgs {
+    pub fn is_empty(&self) -> bool {
+        self.pids.is_empty() && self.tids.is_empty() && self.comms.is_empty()
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct TraceArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
     /// Join an application handler to the chains: BINARY:GLOB[:fd=argN][:events=argM/DECODER]. BINARY is `exe`, a path (looked up inside the target's mount namespace first) or a library name in the target's maps (`libevent`); GLOB matches mangled and demangled names; DECODER is libevent, epoll, ae or raw. Repeatable.
     #[arg(long = "handler", value_name = "SPEC", value_parser = parse_handler)]
     pub handlers: Vec<crate::handlers::HandlerSpec>,
@@ -199,8 +212,8 @@ mod tests {
         let c = Cli::try_parse_from(["netdrift", "trace", "-p", "12", "-p", "13", "-t", "14", "--json", "5"]).unwrap();
         match c.command {
             Command::Trace(t) => {
-                assert_eq!(t.pids, vec![12, 13]);
-                assert_eq!(t.tids, vec![14]);
+                assert_eq!(t.target.pids, vec![12, 13]);
+                assert_eq!(t.target.tids, vec![14]);
                 assert_eq!(t.duration, Some(5.0));
                 assert!(t.out.json);
             }
@@ -223,18 +236,8 @@ EXAMPLES:
 /// `netdrift offwake`: BCC-style flags (-p/-t/-c, -u/-k, -U/-K, -m/-M, -f, -d).
 #[derive(Debug, Args)]
 pub struct OffwakeArgs {
-    /// Trace this process: all its threads and its child processes. Repeatable. No -p/-t/-c: every thread but netdrift's.
-    #[arg(short = 'p', long = "pid", value_name = "PID", value_parser = parse_id)]
-    pub pids: Vec<u32>,
-    /// Trace this thread. Repeatable.
-    #[arg(short = 't', long = "tid", value_name = "TID", value_parser = parse_id)]
-    pub tids: Vec<u32>,
-    /// Trace threads or processes with this name (matched in the kernel, so later ones count too). Repeatable, at most 8.
-    #[arg(short = 'c', long = "comm", value_name = "COMM")]
-    pub comms: Vec<String>,
-    /// With -p, do not follow child processes.
-    #[arg(long, requires = "pids")]
-    pub no_children: bool,
+    #[command(flatten)]
+    pub target: TargetArgs,
     /// Only user threads (no kernel threads).
     #[arg(short = 'u', long = "user-threads-only", conflicts_with = "kernel_threads_only")]
     pub user_threads_only: bool,

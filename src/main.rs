@@ -69,7 +69,7 @@ fn cmd_analyze(a: AnalyzeArgs) -> anyhow::Result<()> {
 }
 
 fn cmd_trace_with(a: TraceArgs, report: Report, tweak: impl FnOnce(&mut TraceOptions)) -> anyhow::Result<()> {
-    if a.pids.is_empty() && a.tids.is_empty() && a.comms.is_empty() {
+    if a.target.is_empty() {
         return Err(Error::Usage("no target: give -p PID, -t TID or -c COMM (or try `netdrift demo`)".into()).into());
     }
     if let Some(d) = a.duration {
@@ -80,7 +80,7 @@ fn cmd_trace_with(a: TraceArgs, report: Report, tweak: impl FnOnce(&mut TraceOpt
     let outs: Vec<&std::path::Path> =
         [a.out.output_file.as_deref(), a.out.record.as_deref(), a.out.perfetto.as_deref(), a.ready_file.as_deref()].into_iter().flatten().collect();
     trace::check_outputs(&outs)?;
-    let (tgids, tids) = procfs::resolve_targets(&a.pids, &a.tids, &a.comms, !a.no_children, true)?;
+    let (tgids, tids) = procfs::resolve_targets(&a.target.pids, &a.target.tids, &a.target.comms, !a.target.no_children, true)?;
     let first_pid = tgids.first().copied().or_else(|| tids.first().and_then(|&t| procfs::tgid_of(t)));
     let mut handlers = netdrift::handlers::resolve(&a.handlers, first_pid, false)?;
     for p in &a.presets {
@@ -101,8 +101,8 @@ fn cmd_trace_with(a: TraceArgs, report: Report, tweak: impl FnOnce(&mut TraceOpt
     opts.probe.handlers = handlers;
     opts.probe.tgids = tgids;
     opts.probe.tids = tids;
-    opts.probe.comms = a.comms.clone();
-    opts.probe.follow_children = !a.no_children;
+    opts.probe.comms = a.target.comms.clone();
+    opts.probe.follow_children = !a.target.no_children;
     opts.duration = a.duration.map(Duration::from_secs_f64);
     opts.ready_file = a.ready_file.clone();
     opts.report = report;
@@ -241,7 +241,7 @@ fn cmd_offwake(a: netdrift::cli::OffwakeArgs) -> anyhow::Result<()> {
     if a.max_keys == 0 || a.max_keys > 1 << 22 {
         return Err(Error::Usage(format!("--max-keys {}: give 1 to {}", a.max_keys, 1u32 << 22)).into());
     }
-    let (tgids, tids) = offwake::resolve_targets(&a.pids, &a.tids, &a.comms, !a.no_children)?;
+    let (tgids, tids) = offwake::resolve_targets(&a.target.pids, &a.target.tids, &a.target.comms, !a.target.no_children)?;
     let render = RenderOptions { metric: Metric::parse(&a.metric).unwrap_or_default(), delimited: a.delimited };
     let out = OutputOptions {
         format: if a.folded { Format::Folded } else if a.json { Format::Json } else { Format::Text },
@@ -254,8 +254,8 @@ fn cmd_offwake(a: netdrift::cli::OffwakeArgs) -> anyhow::Result<()> {
     let mut opts = OffwakeOptions {
         tgids,
         tids,
-        comms: a.comms.clone(),
-        follow_children: !a.no_children,
+        comms: a.target.comms.clone(),
+        follow_children: !a.target.no_children,
         user_threads_only: a.user_threads_only,
         kernel_threads_only: a.kernel_threads_only,
         state: StateFilter::parse(&a.state).unwrap_or_default(),
@@ -297,7 +297,7 @@ fn cmd_report(a: netdrift::cli::ReportArgs) -> anyhow::Result<()> {
     match &a.from {
         Some(rec) => {
             let t = &a.trace;
-            if !t.pids.is_empty() || !t.tids.is_empty() || !t.comms.is_empty() || t.duration.is_some() || t.out.record.is_some() {
+            if !t.target.pids.is_empty() || !t.target.tids.is_empty() || !t.target.comms.is_empty() || t.duration.is_some() || t.out.record.is_some() {
                 return Err(Error::Usage("--from builds the report from a recording: drop the targets, the duration and --record".into()).into());
             }
             let mut observers: Vec<Box<dyn trace::Observer>> = vec![Box::new(ReportWriter::new(&file, Some(rec)))];
