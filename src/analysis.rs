@@ -273,6 +273,8 @@ pub struct Stats {
     pub closes: u64,
     pub handlers: u64,
     pub herd_chains: u64,
+    /// Wake-ups of a thread already woken in the same chain (not a new hop).
+    pub repeated_wakes: u64,
     pub wasted_wakes: u64,
     pub voluntary_switches: u64,
     pub involuntary_switches: u64,
@@ -498,7 +500,11 @@ impl Correlator {
                     preempted_ns: 0,
                     done: false,
                 };
-                if let Some(c) = self.open.get_mut(&id) {
+                // Woken again for the same socket event before it ran: one hop.
+                let again = self.threads.get(&target.tid).map(|t| t.pending.iter().any(|p| p.0 == id)).unwrap_or(false);
+                if again {
+                    self.stats.repeated_wakes += 1;
+                } else if let Some(c) = self.open.get_mut(&id) {
                     c.hops.push(hop);
                     let idx = c.hops.len() - 1;
                     self.threads.entry(target.tid).or_default().pending.push((id, idx));

@@ -177,3 +177,20 @@ fn fdtable_dup_and_shared() {
     f.remove(2, 3);
     assert_eq!(f.fds(7), &[(1, 9)]);
 }
+
+#[test]
+fn a_thread_woken_twice_by_one_event_is_one_hop() {
+    let mut c = Correlator::new();
+    let mut evs = herd_events();
+    // A second wake of worker_1 for the same listen-socket event.
+    let dup = evs[4].clone();
+    evs.insert(5, Event { ts: 1150, ..dup });
+    for e in &evs {
+        c.ingest(e);
+    }
+    let chains = c.drain_completed();
+    assert_eq!(chains.len(), 1);
+    assert_eq!(chains[0].woken(), 2);
+    assert_eq!(chains[0].wasted(), 1);
+    assert_eq!(c.stats.repeated_wakes, 1);
+}
