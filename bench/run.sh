@@ -188,4 +188,4 @@ done
 mkdir -p "$(dirname "$RESULTS")"
 python3 "$ND_ROOT/bench/report.py" "$WORK" "$RESULTS" \
   --meta "rounds=$ROUNDS" "duration_s=$DURATION" "connections=$CONNS" "nginx_affinity=$NGINX_AFFINITY" \
-  "wrk_cpu=$WRK_CPU" "netdrift=$ND" "skipped=$(echo $CONFIGS | tr ' ' '\n' | grep -vxF -f <(printf '%s\n' "${run_configs[@]}") | tr '\n' ' ')"
+  "wrk_cpu=$WRK_CPU" "netdrift=${ND#$ND_ROOT/}" "skipped=$(echo $CONFIGS | tr ' ' '\n' | grep -vxF -f <(printf '%s\n' "${run_configs[@]}") | tr '\n' ' ')"
