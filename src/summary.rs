@@ -120,6 +120,24 @@ pub struct Latency {
     pub packet_to_ready: Hist,
     /// first event -> last event of the chain.
     pub total: Hist,
+    /// Every wait for a CPU of the targets, after a wake-up or a preemption
+    /// (what runqlat measures).
+    pub runq_all: Hist,
+}
+
+impl Latency {
+    /// The stages in chain order, with the names the outputs show.
+    pub fn stages(&self) -> [(&'static str, &Hist); 7] {
+        [
+            ("packet -> socket ready", &self.packet_to_ready),
+            ("socket ready -> woken", &self.ready_to_wake),
+            ("woken -> on CPU (run queue)", &self.wake_to_cpu),
+            ("on CPU -> epoll_wait returned", &self.cpu_to_return),
+            ("returned -> accept/close/handler", &self.return_to_handler),
+            ("whole chain", &self.total),
+            ("run queue, every wait (runqlat)", &self.runq_all),
+        ]
+    }
 }
 
 /// Thundering herd on one listen socket.
@@ -251,6 +269,11 @@ impl SummaryBuilder {
     /// Per-event counts (switches, accepts) that chains do not hold.
     pub fn event(&mut self, ev: &Event) {
         match &ev.kind {
+            Kind::SwitchIn { runnable_ts, .. } => {
+                let w = ev.ts.saturating_sub(*runnable_ts);
+                self.latency.runq_all.add(w);
+                self.thread(&ev.task).runq.add(w);
+            }
             Kind::SwitchOut { involuntary, .. } => {
                 let t = self.thread(&ev.task);
                 if *involuntary {
@@ -302,7 +325,6 @@ impl SummaryBuilder {
             if let Some(o) = &h.on_cpu {
                 if !o.never_left {
                     self.latency.wake_to_cpu.add(o.runq_ns);
-                    self.thread(&h.target).runq.add(o.runq_ns);
                 }
                 if let Some(e) = &h.epoll {
                     if h.wake.is_some() {

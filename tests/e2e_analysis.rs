@@ -107,8 +107,9 @@ fn cpu_hog_moves_runqueue_wait_up_and_preempts() {
     stop.store(true, Ordering::Relaxed);
     hs.into_iter().for_each(|h| h.join().unwrap());
 
-    let q = &quiet.result.summary.latency.wake_to_cpu;
-    let b = &busy.result.summary.latency.wake_to_cpu;
+    // Every wait for a CPU (after wake-ups and preemptions), as runqlat shows it.
+    let q = &quiet.result.summary.latency.runq_all;
+    let b = &busy.result.summary.latency.runq_all;
     let (q50, b50) = (q.percentile(50.0).unwrap(), b.percentile(50.0).unwrap());
     eprintln!("run-queue wait p50: quiet {q50} ns, with competitor {b50} ns");
     eprintln!("quiet buckets {:?}\nbusy buckets {:?}", q.log2_us(), b.log2_us());

@@ -145,4 +145,13 @@ fn demo_command_prints_the_herd() {
         assert!(stdout.contains("thundering herd"), "{stdout}");
     }
     assert!(stderr.contains("client got 4/4 responses"), "{stderr}");
+
+    // --stacks: the waker's kernel stack, symbolized, through epoll and the socket.
+    let out = Command::new(env!("CARGO_BIN_EXE_netdrift")).args(["demo", "-n", "1", "--stacks"]).output().expect("run demo");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    for f in ["try_to_wake_up", "ep_poll_callback", "sock_def_readable", "tcp_v4_rcv"] {
+        assert!(stdout.contains(&format!("| {f}")), "--stacks shows {f}:\n{stdout}");
+    }
+    assert!(!stdout.contains("bpf_prog_"), "netdrift's own frames are hidden");
 }

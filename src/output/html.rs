@@ -720,16 +720,8 @@ fn pct(h: &Hist, p: f64) -> String {
 }
 
 /// Latency stages, as the text summary names them.
-fn stages(s: &Summary) -> [(&'static str, &Hist); 6] {
-    let l = &s.latency;
-    [
-        ("packet -> socket ready", &l.packet_to_ready),
-        ("socket ready -> woken", &l.ready_to_wake),
-        ("woken -> on CPU (run queue)", &l.wake_to_cpu),
-        ("on CPU -> epoll_wait returned", &l.cpu_to_return),
-        ("returned -> accept/close/handler", &l.return_to_handler),
-        ("whole chain", &l.total),
-    ]
+fn stages(s: &Summary) -> [(&'static str, &Hist); 7] {
+    s.latency.stages()
 }
 
 fn latency(o: &mut String, s: &Summary) {

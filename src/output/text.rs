@@ -286,14 +286,7 @@ pub fn summary_sections(s: &Summary) -> String {
         }
     }
     let l = &s.latency;
-    let stages: [(&str, &Hist); 6] = [
-        ("packet -> socket ready", &l.packet_to_ready),
-        ("socket ready -> woken", &l.ready_to_wake),
-        ("woken -> on CPU (run queue)", &l.wake_to_cpu),
-        ("on CPU -> epoll_wait returned", &l.cpu_to_return),
-        ("returned -> accept/close/handler", &l.return_to_handler),
-        ("whole chain", &l.total),
-    ];
+    let stages = l.stages();
     if stages.iter().any(|(_, h)| h.count > 0) {
         let _ = writeln!(o, "\nlatency per stage:");
         let _ = writeln!(o, "  {:<34} {:>7} {:>9} {:>9} {:>9} {:>9}", "stage", "count", "p50", "p90", "p99", "max");
