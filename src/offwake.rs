@@ -21,7 +21,7 @@ use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::Write;
 use std::mem::MaybeUninit;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -33,6 +33,7 @@ use libbpf_rs::{MapCore, MapFlags, RingBufferBuilder};
 use serde::Serialize;
 use serde_json::json;
 
+use crate::output::partial_path;
 use crate::error::{Error, Result};
 use crate::events::{Task, WakerContext};
 use crate::offwake_skel::{types, OffwakeSkel, OffwakeSkelBuilder};
@@ -776,12 +777,6 @@ pub struct OutputOptions {
     pub svg: Option<PathBuf>,
 }
 
-fn partial_path(p: &Path) -> PathBuf {
-    let mut s = p.as_os_str().to_owned();
-    s.push(".partial");
-    PathBuf::from(s)
-}
-
 /// Output files created before anything is loaded (so an unwritable path
 /// fails first), written and renamed into place by [`Outputs::finish`].
 pub struct Outputs {
@@ -1007,7 +1002,7 @@ mod tests {
     #[test]
     fn per_cpu_offsets_from_this_kernels_btf() {
         // Reads /sys/kernel/btf/vmlinux (world-readable): no root needed.
-        if !cfg!(target_arch = "x86_64") || !Path::new("/sys/kernel/btf/vmlinux").exists() {
+        if !cfg!(target_arch = "x86_64") || !std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
             return;
         }
         match preempt_count_without_ksym() {

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use libbpf_rs::RingBufferBuilder;
 use serde_json::{json, Value};
 
+use crate::output::partial_path;
 use crate::analysis::{Annotation, Chain, Correlator, Stats};
 use crate::error::{Error, Result};
 use crate::events::{decode, Event, Kind, Task};
@@ -160,12 +161,6 @@ pub fn monotonic_ns() -> u64 {
     // SAFETY: clock_gettime writes into the timespec we own.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
-fn partial_path(p: &Path) -> PathBuf {
-    let mut s = p.as_os_str().to_owned();
-    s.push(".partial");
-    PathBuf::from(s)
 }
 
 /// A file written as `PATH.partial` and renamed to PATH only when complete.

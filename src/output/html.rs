@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
 
+use crate::output::partial_path;
 use crate::analysis::{Action, Annotation, Chain, Hop};
 use crate::error::{Error, Result};
 use crate::events::{epoll_flags, errno_name, Event, Kind, ReadyHook, SockInfo, Task};
@@ -37,12 +38,6 @@ pub const MAX_CHAINS: usize = 2000;
 
 /// Where kernel functions link to.
 pub const ELIXIR: &str = "https://elixir.bootlin.com/linux";
-
-fn partial_path(p: &Path) -> PathBuf {
-    let mut s = p.as_os_str().to_owned();
-    s.push(".partial");
-    PathBuf::from(s)
-}
 
 /// Escape for HTML text and (quoted) attribute values.
 pub fn esc(s: &str) -> String {

@@ -6,6 +6,14 @@ pub mod json;
 pub mod perfetto;
 pub mod text;
 
+/// Where an output file is written until it is complete: `PATH.partial`,
+/// renamed to PATH at the end, so a file at PATH is never half-written.
+pub fn partial_path(p: &std::path::Path) -> std::path::PathBuf {
+    let mut s = p.as_os_str().to_owned();
+    s.push(".partial");
+    std::path::PathBuf::from(s)
+}
+
 /// A string from the traced system, safe for a terminal: control characters
 /// (escape sequences included) become `\xNN` / `\u{..}`.
 pub fn term_safe(s: &str) -> std::borrow::Cow<'_, str> {

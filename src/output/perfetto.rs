@@ -26,6 +26,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
 
+use crate::output::partial_path;
 use crate::analysis::{Annotation, Chain};
 use crate::error::{Error, Result};
 use crate::events::{epoll_flags, Event, Kind, SockInfo, Task};
@@ -43,12 +44,6 @@ pub const SOFTIRQ_PROCESS: &str = "kernel: softirq / wakers";
 /// Length of a waker-side point slice (socket ready, wake), unless the next
 /// point on that CPU comes sooner.
 const POINT_NS: u64 = 1_000;
-
-fn partial_path(p: &Path) -> PathBuf {
-    let mut s = p.as_os_str().to_owned();
-    s.push(".partial");
-    PathBuf::from(s)
-}
 
 #[derive(Debug, Clone)]
 enum TK {
