@@ -577,11 +577,16 @@ pub fn epoll_flags(bits: u32) -> String {
         (1 << 30, "EPOLLONESHOT"),
         (1 << 31, "EPOLLET"),
     ];
+    flag_names(bits as u64, NAMES.iter().map(|&(b, n)| (b as u64, n)))
+}
+
+/// Bits as `NAME|NAME|0xREST` from a table of (bit, name); "0" for none.
+pub fn flag_names<'a>(bits: u64, table: impl IntoIterator<Item = (u64, &'a str)>) -> String {
     let mut out: Vec<String> = Vec::new();
     let mut rest = bits;
-    for (bit, name) in NAMES {
+    for (bit, name) in table {
         if bits & bit != 0 {
-            out.push((*name).to_string());
+            out.push(name.to_string());
             rest &= !bit;
         }
     }

@@ -38,16 +38,7 @@ impl Decoder {
         };
         // Only the low 16 bits are flags (a `short` in libevent).
         let v = if self == Decoder::Libevent { v & 0xffff } else { v & 0xffff_ffff };
-        let mut out: Vec<String> = table.iter().filter(|(b, _)| v & b != 0).map(|(_, n)| n.to_string()).collect();
-        let rest = table.iter().fold(v, |r, (b, _)| r & !b);
-        if rest != 0 {
-            out.push(format!("0x{rest:x}"));
-        }
-        if out.is_empty() {
-            "0".into()
-        } else {
-            out.join("|")
-        }
+        crate::events::flag_names(v, table.iter().copied())
     }
 }
 
@@ -207,8 +198,7 @@ impl FromStr for HandlerSpec {
             return Err(format!("--handler {s:?}: empty BINARY (use exe, a path or a library name)"));
         }
         let (mut fd_arg, mut events_arg, mut decoder) = (None, None, Decoder::Raw);
-        loop {
-            let Some((head, tail)) = rest.rsplit_once(':') else { break };
+        while let Some((head, tail)) = rest.rsplit_once(':') {
             if let Some(v) = tail.strip_prefix("fd=") {
                 fd_arg = Some(parse_arg(v, "fd")?);
             } else if let Some(v) = tail.strip_prefix("events=") {

@@ -108,7 +108,7 @@ fn cmd_trace_with(a: TraceArgs, report: Report, tweak: impl FnOnce(&mut TraceOpt
     opts.report = report;
     tweak(&mut opts);
     trace::install_signal_handlers();
-    let what = describe_targets(&opts.probe);
+    let what = procfs::describe_targets(&opts.probe.tgids, &opts.probe.tids, &opts.probe.comms);
     let until = match a.duration {
         Some(d) => format!("for {d} s (Ctrl-C ends it sooner)"),
         None => "until Ctrl-C or the targets exit".to_string(),
@@ -116,24 +116,6 @@ fn cmd_trace_with(a: TraceArgs, report: Report, tweak: impl FnOnce(&mut TraceOpt
     opts.on_ready = Some(Box::new(move || eprintln!("netdrift: tracing {what} {until}")));
     trace::run(opts)?;
     Ok(())
-}
-
-fn describe_targets(p: &ProbeConfig) -> String {
-    let mut v = Vec::new();
-    if !p.tgids.is_empty() {
-        v.push(format!("pid {}", join(&p.tgids)));
-    }
-    if !p.tids.is_empty() {
-        v.push(format!("tid {}", join(&p.tids)));
-    }
-    if !p.comms.is_empty() {
-        v.push(format!("comm {}", p.comms.join(",")));
-    }
-    v.join(", ")
-}
-
-fn join(v: &[u32]) -> String {
-    v.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(",")
 }
 
 fn cmd_demo(a: DemoArgs) -> anyhow::Result<()> {

@@ -942,18 +942,7 @@ pub fn describe_targets(o: &OffwakeOptions) -> String {
     if o.trace_all() {
         return "all threads (but netdrift's)".into();
     }
-    let mut v = Vec::new();
-    let join = |x: &[u32]| x.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(",");
-    if !o.tgids.is_empty() {
-        v.push(format!("pid {}", join(&o.tgids)));
-    }
-    if !o.tids.is_empty() {
-        v.push(format!("tid {}", join(&o.tids)));
-    }
-    if !o.comms.is_empty() {
-        v.push(format!("comm {}", o.comms.join(",")));
-    }
-    v.join(", ")
+    procfs::describe_targets(&o.tgids, &o.tids, &o.comms)
 }
 
 /// Set of pids in the report, for tests and tools.

@@ -192,6 +192,22 @@ pub fn resolve_targets(pids: &[u32], tids: &[u32], comms: &[String], follow_chil
     Ok((tg, td))
 }
 
+/// Targets in words, for the "tracing ..." line: `pid 1,2, tid 3, comm x`.
+pub fn describe_targets(tgids: &[u32], tids: &[u32], comms: &[String]) -> String {
+    let join = |x: &[u32]| x.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(",");
+    let mut v = Vec::new();
+    if !tgids.is_empty() {
+        v.push(format!("pid {}", join(tgids)));
+    }
+    if !tids.is_empty() {
+        v.push(format!("tid {}", join(tids)));
+    }
+    if !comms.is_empty() {
+        v.push(format!("comm {}", comms.join(",")));
+    }
+    v.join(", ")
+}
+
 /// Effective capabilities bitmask of this process.
 pub fn cap_eff() -> u64 {
     fs::read_to_string("/proc/self/status")

@@ -15,19 +15,13 @@ use crate::events::{Cause, Event, Kind, SockInfo, Task, WakerContext};
 /// histogram (32 sub-buckets per power of two, so a percentile is within
 /// 1/32 of the true value) plus exact count, sum and max. A day-long trace
 /// costs the same 16 KiB as a second-long one.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct Hist {
     #[serde(skip)]
     buckets: Vec<u64>,
     pub count: u64,
     pub sum_ns: u64,
     pub max_ns: u64,
-}
-
-impl Default for Hist {
-    fn default() -> Self {
-        Hist { buckets: Vec::new(), count: 0, sum_ns: 0, max_ns: 0 }
-    }
 }
 
 const SUB_BITS: u32 = 5;

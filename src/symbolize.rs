@@ -174,7 +174,7 @@ pub fn classify(waker: &Task, is_kthread: bool, frames: &[Option<Arc<str>>]) -> 
     let cause = if frames.is_empty() {
         Cause::Unknown
     } else {
-        cause.unwrap_or(if via_epoll { Cause::Other } else { Cause::Other })
+        cause.unwrap_or(Cause::Other)
     };
     let context = if frames.is_empty() && waker.tid != 0 {
         WakerContext::Unknown
