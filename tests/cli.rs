@@ -7,6 +7,9 @@ use std::time::{Duration, Instant};
 use assert_cmd::prelude::*;
 use predicates::prelude::*;
 
+mod common;
+use common::require_root;
+
 fn nd() -> Command {
     Command::cargo_bin("netdrift").unwrap()
 }
@@ -16,16 +19,6 @@ fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-fn require_root() -> bool {
-    if is_root() {
-        return true;
-    }
-    if std::env::var("NETDRIFT_SKIP_ROOT_TESTS").as_deref() == Ok("1") {
-        eprintln!("skipped: needs root (NETDRIFT_SKIP_ROOT_TESTS=1)");
-        return false;
-    }
-    panic!("this test loads BPF programs and needs root: run `sudo make test` (or set NETDRIFT_SKIP_ROOT_TESTS=1 to skip)");
-}
 
 /// One line on stderr, exit code 2, nothing on stdout.
 fn usage_error(args: &[&str], needle: &str) {

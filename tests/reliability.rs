@@ -17,20 +17,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+mod common;
+use common::require_root;
+
 const NETDRIFT: &str = env!("CARGO_BIN_EXE_netdrift");
 
-/// BPF needs root; CI is root. Say so loudly rather than skip silently.
-fn require_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    if std::env::var("NETDRIFT_SKIP_ROOT_TESTS").as_deref() == Ok("1") {
-        eprintln!("skipped: needs root (NETDRIFT_SKIP_ROOT_TESTS=1)");
-        return false;
-    }
-    panic!("this test loads BPF programs and needs root: run `sudo make test` (or set NETDRIFT_SKIP_ROOT_TESTS=1 to skip)");
-}
 
 /// One netdrift at a time within this file: the tests compare the kernel's
 /// program list before and after.
