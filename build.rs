@@ -20,13 +20,7 @@ fn main() {
         let src = format!("src/bpf/{name}.bpf.c");
         SkeletonBuilder::new()
             .source(&src)
-            .clang_args([
-                "-I",
-                "src/bpf",
-                "-Wall",
-                "-Wno-unused-variable",
-                &format!("-D__TARGET_ARCH_{target_arch}"),
-            ])
+            .clang_args(["-I", "src/bpf", "-Wall", "-Wno-unused-variable", &format!("-D__TARGET_ARCH_{target_arch}")])
             .build_and_generate(out.join(format!("{name}.skel.rs")))
             .unwrap_or_else(|e| panic!("building {src}: {e:#}"));
         println!("cargo:rerun-if-changed={src}");

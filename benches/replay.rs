@@ -60,29 +60,11 @@ fn comm(name: &str) -> [i8; 16] {
 // `..Default::default()` keeps building if the header grows a field.
 #[allow(clippy::needless_update)]
 fn hdr(tag: u32, ts: u64, cpu: u32, pid: u32, tid: u32, name: &str) -> types::nd_hdr {
-    types::nd_hdr {
-        r#type: tag,
-        cpu,
-        ts,
-        pid,
-        tid,
-        comm: comm(name),
-        ..Default::default()
-    }
+    types::nd_hdr { r#type: tag, cpu, ts, pid, tid, comm: comm(name), ..Default::default() }
 }
 
 fn sock(sk: u64, ino: u64, lport: u16, rport: u16, state: u8) -> types::nd_sock {
-    let mut s = types::nd_sock {
-        sk,
-        ino,
-        netns: 4026531840,
-        family: 2,
-        protocol: 6,
-        lport,
-        rport,
-        state,
-        ..Default::default()
-    };
+    let mut s = types::nd_sock { sk, ino, netns: 4026531840, family: 2, protocol: 6, lport, rport, state, ..Default::default() };
     s.laddr[..4].copy_from_slice(&[127, 0, 0, 1]);
     s.raddr[..4].copy_from_slice(&[127, 0, 0, 1]);
     s
@@ -117,10 +99,7 @@ struct Conn {
 }
 
 fn build_stream(n: usize) -> Stream {
-    let mut s = Stream {
-        buf: Vec::with_capacity(n * 160),
-        recs: Vec::with_capacity(n),
-    };
+    let mut s = Stream { buf: Vec::with_capacity(n * 160), recs: Vec::with_capacity(n) };
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let mut ts: u64 = 1_000_000_000;
     let mut seq: u64 = 0;
@@ -177,12 +156,8 @@ fn build_stream(n: usize) -> Stream {
             conns[w].push(c);
             if conns[w].len() > 25 {
                 let old = conns[w].remove(0);
-                let mut cl = types::nd_close {
-                    hdr: hdr(8, ts + 100, cpu, tid, tid, "nginx"),
-                    fd: old.fd,
-                    is_socket: 1,
-                    ..Default::default()
-                };
+                let mut cl =
+                    types::nd_close { hdr: hdr(8, ts + 100, cpu, tid, tid, "nginx"), fd: old.fd, is_socket: 1, ..Default::default() };
                 cl.sock = sock(old.sk, old.ino, PORT, old.port, 8);
                 s.push(&cl);
             }
@@ -191,13 +166,8 @@ fn build_stream(n: usize) -> Stream {
 
         // epoll_wait: enter, then either sleep (switch out, socket ready,
         // wake-up, switch in) or return at once with ready connections.
-        let en = types::nd_epoll_enter {
-            hdr: hdr(5, ts, cpu, tid, tid, "nginx"),
-            epfd: EPFD,
-            maxevents: 512,
-            syscall: 1,
-            ..Default::default()
-        };
+        let en =
+            types::nd_epoll_enter { hdr: hdr(5, ts, cpu, tid, tid, "nginx"), epfd: EPFD, maxevents: 512, syscall: 1, ..Default::default() };
         s.push(&en);
         let enter_ts = ts;
         let sleeps = rng.below(100) < 5;
@@ -333,9 +303,7 @@ fn bench(c: &mut Criterion) {
             }
         })
     });
-    g.bench_function("decode+correlate", |b| {
-        b.iter_batched(|| (), |_| black_box(replay(&s)), BatchSize::PerIteration)
-    });
+    g.bench_function("decode+correlate", |b| b.iter_batched(|| (), |_| black_box(replay(&s)), BatchSize::PerIteration));
     g.finish();
 }
 

@@ -14,14 +14,7 @@ fn bytes<T: Copy>(v: &T) -> Vec<u8> {
 }
 
 fn hdr(tag: u32, ts: u64, pid: u32) -> types::nd_hdr {
-    let mut h = types::nd_hdr {
-        r#type: tag,
-        cpu: 1,
-        ts,
-        pid,
-        tid: pid,
-        ..Default::default()
-    };
+    let mut h = types::nd_hdr { r#type: tag, cpu: 1, ts, pid, tid: pid, ..Default::default() };
     for (i, b) in b"nginx".iter().enumerate() {
         h.comm[i] = *b as i8;
     }
@@ -29,17 +22,7 @@ fn hdr(tag: u32, ts: u64, pid: u32) -> types::nd_hdr {
 }
 
 fn sock(sk: u64, ino: u64, state: u8) -> types::nd_sock {
-    let mut s = types::nd_sock {
-        sk,
-        ino,
-        netns: 1,
-        family: 2,
-        protocol: 6,
-        lport: 80,
-        rport: 40000,
-        state,
-        ..Default::default()
-    };
+    let mut s = types::nd_sock { sk, ino, netns: 1, family: 2, protocol: 6, lport: 80, rport: 40000, state, ..Default::default() };
     s.laddr[..4].copy_from_slice(&[127, 0, 0, 1]);
     s.raddr[..4].copy_from_slice(&[127, 0, 0, 1]);
     s
@@ -60,15 +43,8 @@ fn main() {
     };
     wake.stack[0] = 0xffff_ffff_8100_0000;
     wake.stack[1] = 0xffff_ffff_8100_0100;
-    let mut exit = types::nd_epoll_exit {
-        hdr: hdr(6, 1_500, w),
-        enter_ts: 1_000,
-        epfd: 7,
-        ret: 1,
-        syscall: 1,
-        n_events: 1,
-        ..Default::default()
-    };
+    let mut exit =
+        types::nd_epoll_exit { hdr: hdr(6, 1_500, w), enter_ts: 1_000, epfd: 7, ret: 1, syscall: 1, n_events: 1, ..Default::default() };
     exit.ev[0].events = 1;
     exit.ev[0].data = 3;
     let mut accept = types::nd_accept {
@@ -82,73 +58,21 @@ fn main() {
     };
     accept.listen = sock(0x1000, 11, 10);
     accept.peer = sock(0x2000, 12, 1);
-    let mut close = types::nd_close {
-        hdr: hdr(8, 1_900, w),
-        fd: 9,
-        is_socket: 1,
-        ..Default::default()
-    };
+    let mut close = types::nd_close { hdr: hdr(8, 1_900, w), fd: 9, is_socket: 1, ..Default::default() };
     close.sock = sock(0x2000, 12, 8);
     let chain: Vec<Vec<u8>> = vec![
-        bytes(&types::nd_epoll_enter {
-            hdr: hdr(5, 1_000, w),
-            epfd: 7,
-            maxevents: 512,
-            syscall: 1,
-            ..Default::default()
-        }),
-        bytes(&types::nd_switch_out {
-            hdr: hdr(4, 1_100, w),
-            preempt: 0,
-            state: 1,
-            next_tid: 0,
-            ..Default::default()
-        }),
-        bytes(&types::nd_sock_ready {
-            hdr: hdr(1, 1_200, waker),
-            sock: sock(0x1000, 11, 10),
-            seq: 1,
-            hook: 1,
-            ..Default::default()
-        }),
+        bytes(&types::nd_epoll_enter { hdr: hdr(5, 1_000, w), epfd: 7, maxevents: 512, syscall: 1, ..Default::default() }),
+        bytes(&types::nd_switch_out { hdr: hdr(4, 1_100, w), preempt: 0, state: 1, next_tid: 0, ..Default::default() }),
+        bytes(&types::nd_sock_ready { hdr: hdr(1, 1_200, waker), sock: sock(0x1000, 11, 10), seq: 1, hook: 1, ..Default::default() }),
         bytes(&wake),
-        bytes(&types::nd_switch_in {
-            hdr: hdr(3, 1_400, w),
-            runnable_ts: 1_300,
-            prev_cpu: 1,
-            ..Default::default()
-        }),
+        bytes(&types::nd_switch_in { hdr: hdr(3, 1_400, w), runnable_ts: 1_300, prev_cpu: 1, ..Default::default() }),
         bytes(&exit),
         bytes(&accept),
-        bytes(&types::nd_epoll_ctl {
-            hdr: hdr(12, 1_700, w),
-            epfd: 7,
-            op: 1,
-            fd: 9,
-            events: 0x2001,
-            data: 9,
-            ..Default::default()
-        }),
-        bytes(&types::nd_sock_state {
-            hdr: hdr(9, 1_800, w),
-            sock: sock(0x2000, 12, 8),
-            oldstate: 1,
-            newstate: 8,
-            ..Default::default()
-        }),
+        bytes(&types::nd_epoll_ctl { hdr: hdr(12, 1_700, w), epfd: 7, op: 1, fd: 9, events: 0x2001, data: 9, ..Default::default() }),
+        bytes(&types::nd_sock_state { hdr: hdr(9, 1_800, w), sock: sock(0x2000, 12, 8), oldstate: 1, newstate: 8, ..Default::default() }),
         bytes(&close),
-        bytes(&types::nd_task_new {
-            hdr: hdr(10, 2_000, w),
-            child_pid: 101,
-            child_tid: 101,
-            reason: 1,
-            ..Default::default()
-        }),
-        bytes(&types::nd_task_exit {
-            hdr: hdr(11, 2_100, w),
-            group_dead: 1,
-            ..Default::default()
-        }),
+        bytes(&types::nd_task_new { hdr: hdr(10, 2_000, w), child_pid: 101, child_tid: 101, reason: 1, ..Default::default() }),
+        bytes(&types::nd_task_exit { hdr: hdr(11, 2_100, w), group_dead: 1, ..Default::default() }),
     ];
     let dir = root.join("decode");
     fs::create_dir_all(&dir).expect("create corpus dir");

@@ -152,9 +152,18 @@ pub enum Action {
         backlog: u32,
         max_backlog: u32,
     },
-    Close { ts: u64, fd: i32, sock: Option<SockInfo> },
+    Close {
+        ts: u64,
+        fd: i32,
+        sock: Option<SockInfo>,
+    },
     /// An application handler entered (uprobe).
-    Handler { ts: u64, name: String, fd: Option<i64>, flags: Option<String> },
+    Handler {
+        ts: u64,
+        name: String,
+        fd: Option<i64>,
+        flags: Option<String>,
+    },
 }
 
 impl Action {
@@ -457,7 +466,16 @@ impl Correlator {
                 let fds = self.fds.fds(sock.ino).to_vec();
                 ann.fds = fds.clone();
                 if let Some(c) = self.open.get_mut(&id) {
-                    c.sock = Some(ChainSock { hook: *hook, ts: ev.ts, cpu: ev.cpu, task: ev.task.clone(), sock: sock.clone(), fds, packet: packet.clone(), napi: None });
+                    c.sock = Some(ChainSock {
+                        hook: *hook,
+                        ts: ev.ts,
+                        cpu: ev.cpu,
+                        task: ev.task.clone(),
+                        sock: sock.clone(),
+                        fds,
+                        packet: packet.clone(),
+                        napi: None,
+                    });
                 }
                 self.by_seq.insert(*seq, (id, *hook));
                 ann.chain = Some(id);
@@ -553,7 +571,12 @@ impl Correlator {
                     for p in pending {
                         if let Some(h) = self.hop_mut(p) {
                             let via_epoll = h.wake.as_ref().map(|w| w.via_epoll).unwrap_or(false);
-                            if h.on_cpu.is_some() && h.epoll.is_none() && h.actions.is_empty() && h.wake.is_some() && (in_epoll || via_epoll) {
+                            if h.on_cpu.is_some()
+                                && h.epoll.is_none()
+                                && h.actions.is_empty()
+                                && h.wake.is_some()
+                                && (in_epoll || via_epoll)
+                            {
                                 h.slept_again = Some(ts);
                             }
                         }
@@ -583,7 +606,17 @@ impl Correlator {
                     // Events were ready: epoll_wait returned without sleeping.
                     let id = self.new_chain(ev.ts);
                     if let Some(c) = self.open.get_mut(&id) {
-                        c.hops.push(Hop { target: ev.task.clone(), wake: None, on_cpu: None, epoll: None, actions: Vec::new(), slept_again: None, preemptions: 0, preempted_ns: 0, done: false });
+                        c.hops.push(Hop {
+                            target: ev.task.clone(),
+                            wake: None,
+                            on_cpu: None,
+                            epoll: None,
+                            actions: Vec::new(),
+                            slept_again: None,
+                            preemptions: 0,
+                            preempted_ns: 0,
+                            done: false,
+                        });
                     }
                     self.threads.entry(tid).or_default().pending.push((id, 0));
                     pending.push((id, 0));
@@ -652,7 +685,9 @@ impl Correlator {
                 let lino = listen.as_ref().map(|l| l.sk);
                 let id = self.active_chain(tid, |c| {
                     c.sock.as_ref().map(|s| Some(s.sock.sk) == lino).unwrap_or(false)
-                        || c.hops.iter().any(|h| h.target.tid == tid && h.epoll.as_ref().map(|e| e.events.iter().any(|r| r.fd == Some(lfd))).unwrap_or(false))
+                        || c.hops.iter().any(|h| {
+                            h.target.tid == tid && h.epoll.as_ref().map(|e| e.events.iter().any(|r| r.fd == Some(lfd))).unwrap_or(false)
+                        })
                 });
                 if let Some(id) = id {
                     let action = Action::Accept {
@@ -675,7 +710,9 @@ impl Correlator {
                 let sk = sock.as_ref().map(|s| s.sk);
                 let id = self.active_chain(tid, |c| {
                     c.sock.as_ref().map(|s| Some(s.sock.sk) == sk).unwrap_or(false)
-                        || c.hops.iter().any(|h| h.target.tid == tid && h.epoll.as_ref().map(|e| e.events.iter().any(|r| r.fd == Some(f))).unwrap_or(false))
+                        || c.hops.iter().any(|h| {
+                            h.target.tid == tid && h.epoll.as_ref().map(|e| e.events.iter().any(|r| r.fd == Some(f))).unwrap_or(false)
+                        })
                 });
                 if let Some(id) = id {
                     self.push_action(id, tid, Action::Close { ts: ev.ts, fd: *fd, sock: sock.clone() });
@@ -701,10 +738,18 @@ impl Correlator {
                 self.stats.handlers += 1;
                 let f = fd.map(|f| f as i32);
                 let id = self.active_chain(tid, |c| {
-                    f.is_some() && c.hops.iter().any(|h| h.target.tid == tid && h.epoll.as_ref().map(|e| e.events.iter().any(|r| r.fd == f)).unwrap_or(false))
+                    f.is_some()
+                        && c.hops
+                            .iter()
+                            .any(|h| h.target.tid == tid && h.epoll.as_ref().map(|e| e.events.iter().any(|r| r.fd == f)).unwrap_or(false))
                 });
                 if let Some(cid) = id {
-                    let action = Action::Handler { ts: ev.ts, name: name.clone().unwrap_or_else(|| format!("handler #{hid}")), fd: *fd, flags: flags.clone() };
+                    let action = Action::Handler {
+                        ts: ev.ts,
+                        name: name.clone().unwrap_or_else(|| format!("handler #{hid}")),
+                        fd: *fd,
+                        flags: flags.clone(),
+                    };
                     self.push_action(cid, tid, action);
                 }
                 ann.chain = id;

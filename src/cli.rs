@@ -43,7 +43,9 @@ pub enum Command {
     #[command(after_help = "EXAMPLES:\n    netdrift herd -p $(pgrep -o nginx) 30   # does nginx wake several workers per connection?")]
     Herd(TraceArgs),
     /// Rebuild chains and every summary from a file saved with `--record`.
-    #[command(after_help = "EXAMPLES:\n    netdrift trace -p 1234 --record run.ndr 30 && netdrift analyze run.ndr\n    netdrift analyze run.ndr --json -o run.jsonl")]
+    #[command(
+        after_help = "EXAMPLES:\n    netdrift trace -p 1234 --record run.ndr 30 && netdrift analyze run.ndr\n    netdrift analyze run.ndr --json -o run.jsonl"
+    )]
     Analyze(AnalyzeArgs),
     /// Off-CPU time by blocked stack and waker stack (BCC's offwaketime), summed in the kernel: blocked time and run-queue wait per key. Without -p/-t/-c, every thread but netdrift's.
     #[command(after_help = OFFWAKE_EXAMPLES)]

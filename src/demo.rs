@@ -175,10 +175,7 @@ impl DemoServer {
     /// made right after this returns is seen by a waiting worker.
     pub fn start(cfg: &DemoConfig) -> io::Result<DemoServer> {
         if cfg.workers == 0 || cfg.workers > MAX_WORKERS {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("workers must be 1..={MAX_WORKERS}, not {}", cfg.workers),
-            ));
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("workers must be 1..={MAX_WORKERS}, not {}", cfg.workers)));
         }
         let reuseport = cfg.mode == ListenMode::ReusePort;
         let first = listen_socket(cfg.port, reuseport)?;
@@ -228,9 +225,8 @@ impl DemoServer {
             let name = format!("demo:worker_{i}");
             let (tx, rx) = mpsc::sync_channel(1);
             let worker_name = name.clone();
-            let handle = thread::Builder::new()
-                .name(name.clone())
-                .spawn(move || worker_main(worker_name, listen, exclusive, stop, work_us, tx))?;
+            let handle =
+                thread::Builder::new().name(name.clone()).spawn(move || worker_main(worker_name, listen, exclusive, stop, work_us, tx))?;
             self.handles.push(handle);
             self.names.push(name);
             ready.push(rx);
@@ -343,13 +339,7 @@ fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
 fn set_int_opt(fd: RawFd, level: libc::c_int, opt: libc::c_int, val: libc::c_int) -> io::Result<()> {
     // SAFETY: optval points at a live c_int and optlen is its size.
     cvt(unsafe {
-        libc::setsockopt(
-            fd,
-            level,
-            opt,
-            (&val as *const libc::c_int).cast(),
-            mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
+        libc::setsockopt(fd, level, opt, (&val as *const libc::c_int).cast(), mem::size_of::<libc::c_int>() as libc::socklen_t)
     })?;
     Ok(())
 }
@@ -357,9 +347,7 @@ fn set_int_opt(fd: RawFd, level: libc::c_int, opt: libc::c_int, val: libc::c_int
 /// A nonblocking TCP listen socket on 127.0.0.1:`port`.
 fn listen_socket(port: u16, reuseport: bool) -> io::Result<OwnedFd> {
     // SAFETY: socket takes no pointers; the result is checked by cvt.
-    let fd = cvt(unsafe {
-        libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0)
-    })?;
+    let fd = cvt(unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0) })?;
     // SAFETY: fd is a fresh socket that nothing else owns.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
     let raw = fd.as_raw_fd();
@@ -375,13 +363,7 @@ fn listen_socket(port: u16, reuseport: bool) -> io::Result<OwnedFd> {
         sin_zero: [0; 8],
     };
     // SAFETY: addr points at a live sockaddr_in and addrlen is its size.
-    cvt(unsafe {
-        libc::bind(
-            raw,
-            (&sin as *const libc::sockaddr_in).cast(),
-            mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-        )
-    })?;
+    cvt(unsafe { libc::bind(raw, (&sin as *const libc::sockaddr_in).cast(), mem::size_of::<libc::sockaddr_in>() as libc::socklen_t) })?;
     // SAFETY: listen takes no pointers.
     cvt(unsafe { libc::listen(raw, BACKLOG) })?;
     Ok(fd)
@@ -477,9 +459,7 @@ impl Worker {
         loop {
             // SAFETY: events is a live array of MAX_EVENTS entries for the
             // kernel to fill.
-            let n = unsafe {
-                libc::epoll_wait(self.epfd.as_raw_fd(), events.as_mut_ptr(), MAX_EVENTS as libc::c_int, -1)
-            };
+            let n = unsafe { libc::epoll_wait(self.epfd.as_raw_fd(), events.as_mut_ptr(), MAX_EVENTS as libc::c_int, -1) };
             if n < 0 {
                 let e = io::Error::last_os_error();
                 if e.kind() == io::ErrorKind::Interrupted {
@@ -513,9 +493,7 @@ impl Worker {
     /// losers of a shared-socket race show up as `accept_eagain`.
     fn accept_one(&mut self, lfd: RawFd) {
         // SAFETY: null addr/addrlen are allowed and ask for no peer address.
-        let fd = unsafe {
-            libc::accept4(lfd, std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC)
-        };
+        let fd = unsafe { libc::accept4(lfd, std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC) };
         if fd < 0 {
             let e = io::Error::last_os_error();
             if e.kind() == io::ErrorKind::WouldBlock {

@@ -17,9 +17,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
-use libbpf_rs::{
-    Link, MapCore, MapFlags, PrintCallback, PrintLevel, ProgramMut, RingBufferBuilder, UprobeOpts,
-};
+use libbpf_rs::{Link, MapCore, MapFlags, PrintCallback, PrintLevel, ProgramMut, RingBufferBuilder, UprobeOpts};
 
 use crate::probe_skel::{ProbeSkel, ProbeSkelBuilder};
 use crate::tracefs;
@@ -58,10 +56,7 @@ pub struct Report {
 impl Report {
     /// The check (or, failing that, the feature) named `name`.
     pub fn check(&self, name: &str) -> Option<&Check> {
-        self.checks
-            .iter()
-            .chain(self.features.iter())
-            .find(|c| c.name == name)
+        self.checks.iter().chain(self.features.iter()).find(|c| c.name == name)
     }
 
     fn ok(&self, name: &str) -> bool {
@@ -71,11 +66,7 @@ impl Report {
 
 impl Check {
     fn new(name: &str, ok: bool, detail: impl Into<String>) -> Self {
-        Check {
-            name: name.to_string(),
-            ok,
-            detail: detail.into(),
-        }
+        Check { name: name.to_string(), ok, detail: detail.into() }
     }
     fn pass(name: &str, detail: impl Into<String>) -> Self {
         Self::new(name, true, detail)
@@ -94,10 +85,7 @@ const INFORMATIONAL: &[&str] = &["prog:raw_tp", "prog:fentry", "prog:kprobe"];
 
 /// The `CapEff:` mask of a `/proc/<pid>/status` text.
 pub fn parse_cap_eff(status: &str) -> Option<u64> {
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+    status.lines().find_map(|l| l.strip_prefix("CapEff:")).and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
 }
 
 /// Whether capability number `cap` is set in `mask`.
@@ -140,10 +128,7 @@ fn capture_libbpf(_level: PrintLevel, msg: String) {
 }
 
 fn take_libbpf_log() -> String {
-    LIBBPF_LOG
-        .lock()
-        .map(|mut l| std::mem::take(&mut *l))
-        .unwrap_or_default()
+    LIBBPF_LOG.lock().map(|mut l| std::mem::take(&mut *l)).unwrap_or_default()
 }
 
 /// Routes libbpf's print to the buffer until dropped, then restores it.
@@ -222,17 +207,10 @@ fn uname() -> (String, String) {
     // SAFETY: `u` is a valid, writable utsname.
     if unsafe { libc::uname(&mut u) } != 0 {
         let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-        return (
-            release.trim().to_string(),
-            std::env::consts::ARCH.to_string(),
-        );
+        return (release.trim().to_string(), std::env::consts::ARCH.to_string());
     }
     let field = |f: &[libc::c_char]| {
-        let bytes: Vec<u8> = f
-            .iter()
-            .take_while(|&&c| c != 0)
-            .map(|&c| c as u8)
-            .collect();
+        let bytes: Vec<u8> = f.iter().take_while(|&&c| c != 0).map(|&c| c as u8).collect();
         String::from_utf8_lossy(&bytes).into_owned()
     };
     (field(&u.release), field(&u.machine))
@@ -240,24 +218,15 @@ fn uname() -> (String, String) {
 
 fn check_kernel(release: &str, machine: &str) -> Check {
     match parse_kernel_version(release) {
-        Some((ma, mi)) => Check::pass(
-            "kernel",
-            format!("Linux {release} ({machine}), version {ma}.{mi}"),
-        ),
-        None => Check::pass(
-            "kernel",
-            format!("Linux {release} ({machine}), version not parsable"),
-        ),
+        Some((ma, mi)) => Check::pass("kernel", format!("Linux {release} ({machine}), version {ma}.{mi}")),
+        None => Check::pass("kernel", format!("Linux {release} ({machine}), version not parsable")),
     }
 }
 
 fn check_btf() -> Check {
     match fs::metadata(BTF_PATH) {
         Ok(m) if m.len() > 0 => match fs::File::open(BTF_PATH) {
-            Ok(_) => Check::pass(
-                "btf",
-                format!("{BTF_PATH} ({:.1} MiB)", m.len() as f64 / (1024.0 * 1024.0)),
-            ),
+            Ok(_) => Check::pass("btf", format!("{BTF_PATH} ({:.1} MiB)", m.len() as f64 / (1024.0 * 1024.0))),
             Err(e) => Check::fail("btf", format!("{BTF_PATH} exists but cannot be read: {e}"), "no CO-RE or tp_btf: netdrift cannot run"),
         },
         Ok(_) => Check::fail("btf", format!("{BTF_PATH} is empty"), "no CO-RE or tp_btf: netdrift cannot run"),
@@ -274,15 +243,7 @@ fn mount_fs(fstype: &str, target: &str, flags: libc::c_ulong) -> std::io::Result
     let tgt = CString::new(target).map_err(std::io::Error::other)?;
     let ty = CString::new(fstype).map_err(std::io::Error::other)?;
     // SAFETY: valid NUL-terminated strings that outlive the call; no data.
-    let rc = unsafe {
-        libc::mount(
-            src.as_ptr(),
-            tgt.as_ptr(),
-            ty.as_ptr(),
-            flags,
-            std::ptr::null(),
-        )
-    };
+    let rc = unsafe { libc::mount(src.as_ptr(), tgt.as_ptr(), ty.as_ptr(), flags, std::ptr::null()) };
     if rc == 0 {
         Ok(())
     } else {
@@ -320,20 +281,13 @@ fn check_lockdown() -> Check {
         unsafe { libc::umount2(tgt.as_ptr(), libc::MNT_DETACH) };
     }
     let Some(text) = text else {
-        return Check::pass(
-            "lockdown",
-            format!(
-                "none (no {}: lockdown LSM not built in){note}",
-                file.display()
-            ),
-        );
+        return Check::pass("lockdown", format!("none (no {}: lockdown LSM not built in){note}", file.display()));
     };
     match parse_lockdown(&text).as_deref() {
         Some("none") => Check::pass("lockdown", format!("none{note}")),
-        Some("integrity") => Check::pass(
-            "lockdown",
-            format!("integrity{note}: debugfs and bpf_probe_write_user restricted, netdrift needs neither"),
-        ),
+        Some("integrity") => {
+            Check::pass("lockdown", format!("integrity{note}: debugfs and bpf_probe_write_user restricted, netdrift needs neither"))
+        }
         Some("confidentiality") => Check::fail(
             "lockdown",
             format!("confidentiality{note}: BPF reads of kernel memory, perf and tracefs are blocked"),
@@ -345,12 +299,7 @@ fn check_lockdown() -> Check {
 }
 
 fn securityfs_mounted() -> bool {
-    fs::read_to_string("/proc/self/mounts")
-        .map(|m| {
-            m.lines()
-                .any(|l| l.split_whitespace().nth(2) == Some("securityfs"))
-        })
-        .unwrap_or(false)
+    fs::read_to_string("/proc/self/mounts").map(|m| m.lines().any(|l| l.split_whitespace().nth(2) == Some("securityfs"))).unwrap_or(false)
 }
 
 struct Privileges {
@@ -362,9 +311,7 @@ impl Privileges {
     fn read() -> Self {
         // SAFETY: geteuid cannot fail and has no preconditions.
         let euid = unsafe { libc::geteuid() };
-        let cap_eff = fs::read_to_string("/proc/self/status")
-            .ok()
-            .and_then(|s| parse_cap_eff(&s));
+        let cap_eff = fs::read_to_string("/proc/self/status").ok().and_then(|s| parse_cap_eff(&s));
         Privileges { euid, cap_eff }
     }
     fn cap(&self, cap: u32) -> bool {
@@ -389,13 +336,7 @@ fn check_privileges(p: &Privileges) -> Vec<Check> {
     out.push(if p.euid == 0 {
         Check::pass("root", format!("euid 0, {caps}"))
     } else if p.bpf() && p.perfmon() {
-        Check::pass(
-            "root",
-            format!(
-                "euid {} (not root, but CAP_BPF and CAP_PERFMON suffice), {caps}",
-                p.euid
-            ),
-        )
+        Check::pass("root", format!("euid {} (not root, but CAP_BPF and CAP_PERFMON suffice), {caps}", p.euid))
     } else {
         Check::fail("root", format!("euid {}, {caps}", p.euid), NEED_PRIV)
     });
@@ -403,26 +344,15 @@ fn check_privileges(p: &Privileges) -> Vec<Check> {
         if p.cap(cap) {
             Check::pass(name, format!("{label} ({cap}) effective"))
         } else if p.cap(CAP_SYS_ADMIN) {
-            Check::pass(
-                name,
-                format!("{label} ({cap}) not effective, CAP_SYS_ADMIN is (enough)"),
-            )
+            Check::pass(name, format!("{label} ({cap}) not effective, CAP_SYS_ADMIN is (enough)"))
         } else {
-            Check::fail(
-                name,
-                format!("neither {label} ({cap}) nor CAP_SYS_ADMIN effective"),
-                NEED_PRIV,
-            )
+            Check::fail(name, format!("neither {label} ({cap}) nor CAP_SYS_ADMIN effective"), NEED_PRIV)
         }
     };
     out.push(cap_line("cap_bpf", CAP_BPF, "CAP_BPF"));
     out.push(cap_line("cap_perfmon", CAP_PERFMON, "CAP_PERFMON"));
 
-    let sysctl = |f: &str| {
-        fs::read_to_string(f)
-            .ok()
-            .and_then(|s| s.trim().parse::<i64>().ok())
-    };
+    let sysctl = |f: &str| fs::read_to_string(f).ok().and_then(|s| s.trim().parse::<i64>().ok());
     out.push(match sysctl("/proc/sys/kernel/unprivileged_bpf_disabled") {
         Some(v) => {
             let meaning = match v {
@@ -432,46 +362,24 @@ fn check_privileges(p: &Privileges) -> Vec<Check> {
                 _ => "unknown value",
             };
             if v == 0 || p.bpf() {
-                let why = if v == 0 {
-                    ""
-                } else {
-                    "; irrelevant with CAP_BPF"
-                };
+                let why = if v == 0 { "" } else { "; irrelevant with CAP_BPF" };
                 Check::pass("unprivileged_bpf_disabled", format!("{v} ({meaning}{why})"))
             } else {
-                Check::fail(
-                    "unprivileged_bpf_disabled",
-                    format!("{v} ({meaning}) and no CAP_BPF"),
-                    NEED_PRIV,
-                )
+                Check::fail("unprivileged_bpf_disabled", format!("{v} ({meaning}) and no CAP_BPF"), NEED_PRIV)
             }
         }
-        None => Check::pass(
-            "unprivileged_bpf_disabled",
-            "unreadable (kernel.unprivileged_bpf_disabled)",
-        ),
+        None => Check::pass("unprivileged_bpf_disabled", "unreadable (kernel.unprivileged_bpf_disabled)"),
     });
     out.push(match sysctl("/proc/sys/kernel/perf_event_paranoid") {
         Some(v) => {
             if v <= 1 || p.perfmon() {
-                let why = if v <= 1 {
-                    ""
-                } else {
-                    "; irrelevant with CAP_PERFMON"
-                };
+                let why = if v <= 1 { "" } else { "; irrelevant with CAP_PERFMON" };
                 Check::pass("perf_event_paranoid", format!("{v}{why}"))
             } else {
-                Check::fail(
-                    "perf_event_paranoid",
-                    format!("{v} and no CAP_PERFMON: perf events (uprobes, tracepoints) denied"),
-                    NEED_PRIV,
-                )
+                Check::fail("perf_event_paranoid", format!("{v} and no CAP_PERFMON: perf events (uprobes, tracepoints) denied"), NEED_PRIV)
             }
         }
-        None => Check::pass(
-            "perf_event_paranoid",
-            "unreadable (kernel.perf_event_paranoid)",
-        ),
+        None => Check::pass("perf_event_paranoid", "unreadable (kernel.perf_event_paranoid)"),
     });
     out
 }
@@ -482,16 +390,9 @@ fn check_tracefs() -> Check {
         return Check::pass("tracefs", format!("mounted at {}", dir.display()));
     }
     match tracefs::ensure_tracefs() {
-        Ok(dir) => Check::pass(
-            "tracefs",
-            format!("was not mounted; netdrift mounted it at {}", dir.display()),
-        ),
+        Ok(dir) => Check::pass("tracefs", format!("was not mounted; netdrift mounted it at {}", dir.display())),
         Err(crate::Error::Feature(e)) => Check::fail("tracefs", e, consequence),
-        Err(e) => Check::fail(
-            "tracefs",
-            format!("not mounted, and netdrift cannot mount it: {e}"),
-            consequence,
-        ),
+        Err(e) => Check::fail("tracefs", format!("not mounted, and netdrift cannot mount it: {e}"), consequence),
     }
 }
 
@@ -553,15 +454,11 @@ enum UprobeTarget {
 
 impl UprobeTarget {
     fn find() -> Result<Self, String> {
-        let maps =
-            fs::read_to_string("/proc/self/maps").map_err(|e| format!("/proc/self/maps: {e}"))?;
-        let libc = maps
-            .lines()
-            .filter_map(|l| l.split_whitespace().nth(5))
-            .find(|p| {
-                let file = p.rsplit('/').next().unwrap_or(p);
-                p.starts_with('/') && (file.starts_with("libc.so") || file.starts_with("libc-"))
-            });
+        let maps = fs::read_to_string("/proc/self/maps").map_err(|e| format!("/proc/self/maps: {e}"))?;
+        let libc = maps.lines().filter_map(|l| l.split_whitespace().nth(5)).find(|p| {
+            let file = p.rsplit('/').next().unwrap_or(p);
+            p.starts_with('/') && (file.starts_with("libc.so") || file.starts_with("libc-"))
+        });
         if let Some(path) = libc {
             return Ok(UprobeTarget::LibcGetpid(PathBuf::from(path)));
         }
@@ -599,11 +496,7 @@ fn read_hits(skel: &ProbeSkel<'_>) -> u64 {
         .lookup(&0u32.to_ne_bytes(), MapFlags::ANY)
         .ok()
         .flatten()
-        .and_then(|v| {
-            v.get(..8)
-                .and_then(|b| b.try_into().ok())
-                .map(u64::from_ne_bytes)
-        })
+        .and_then(|v| v.get(..8).and_then(|b| b.try_into().ok()).map(u64::from_ne_bytes))
         .unwrap_or(0)
 }
 
@@ -620,32 +513,22 @@ fn run_trigger(trigger: Trigger, uprobe: Option<&UprobeTarget>) -> Result<(), St
             Ok(())
         }
         Trigger::UdpLoopback => {
-            let a = UdpSocket::bind("127.0.0.1:0")
-                .map_err(|e| format!("loopback UDP unavailable: {e}"))?;
-            let b = UdpSocket::bind("127.0.0.1:0")
-                .map_err(|e| format!("loopback UDP unavailable: {e}"))?;
+            let a = UdpSocket::bind("127.0.0.1:0").map_err(|e| format!("loopback UDP unavailable: {e}"))?;
+            let b = UdpSocket::bind("127.0.0.1:0").map_err(|e| format!("loopback UDP unavailable: {e}"))?;
             let to = b.local_addr().map_err(|e| e.to_string())?;
-            a.send_to(b"netdrift", to)
-                .map_err(|e| format!("loopback UDP send: {e}"))?;
-            b.set_read_timeout(Some(Duration::from_millis(100)))
-                .map_err(|e| e.to_string())?;
+            a.send_to(b"netdrift", to).map_err(|e| format!("loopback UDP send: {e}"))?;
+            b.set_read_timeout(Some(Duration::from_millis(100))).map_err(|e| e.to_string())?;
             let mut buf = [0u8; 16];
-            b.recv_from(&mut buf)
-                .map_err(|e| format!("loopback UDP receive: {e}"))?;
+            b.recv_from(&mut buf).map_err(|e| format!("loopback UDP receive: {e}"))?;
             Ok(())
         }
         Trigger::TcpLoopback => {
-            let l = TcpListener::bind("127.0.0.1:0")
-                .map_err(|e| format!("loopback TCP unavailable: {e}"))?;
+            let l = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("loopback TCP unavailable: {e}"))?;
             let addr = l.local_addr().map_err(|e| e.to_string())?;
-            let mut c = TcpStream::connect_timeout(&addr, Duration::from_millis(200))
-                .map_err(|e| format!("loopback TCP connect: {e}"))?;
-            let (mut s, _) = l
-                .accept()
-                .map_err(|e| format!("loopback TCP accept: {e}"))?;
+            let mut c = TcpStream::connect_timeout(&addr, Duration::from_millis(200)).map_err(|e| format!("loopback TCP connect: {e}"))?;
+            let (mut s, _) = l.accept().map_err(|e| format!("loopback TCP accept: {e}"))?;
             c.write_all(b"netdrift").map_err(|e| e.to_string())?;
-            s.set_read_timeout(Some(Duration::from_millis(100)))
-                .map_err(|e| e.to_string())?;
+            s.set_read_timeout(Some(Duration::from_millis(100))).map_err(|e| e.to_string())?;
             let mut buf = [0u8; 16];
             let _ = s.read(&mut buf);
             Ok(())
@@ -660,10 +543,7 @@ fn epoll_wait_once() -> Result<(), String> {
     unsafe {
         let fd = libc::epoll_create1(libc::EPOLL_CLOEXEC);
         if fd < 0 {
-            return Err(format!(
-                "epoll_create1: {}",
-                std::io::Error::last_os_error()
-            ));
+            return Err(format!("epoll_create1: {}", std::io::Error::last_os_error()));
         }
         let mut ev: [libc::epoll_event; 1] = std::mem::zeroed();
         #[cfg(target_arch = "x86_64")]
@@ -703,10 +583,7 @@ fn probe(prog: &str, hook: Hook, trigger: Trigger) -> Outcome {
     // page size (ringbuf sizes must be page multiples).
     // SAFETY: sysconf has no preconditions.
     let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    let _ = open
-        .maps
-        .probe_rb
-        .set_max_entries(u32::try_from(page).unwrap_or(4096).max(4096));
+    let _ = open.maps.probe_rb.set_max_entries(u32::try_from(page).unwrap_or(4096).max(4096));
     let skel = match open.load() {
         Ok(s) => s,
         Err(e) => {
@@ -717,9 +594,7 @@ fn probe(prog: &str, hook: Hook, trigger: Trigger) -> Outcome {
     out.load = Ok(());
 
     let Some(program) = skel.object().progs_mut().find(|p| p.name() == prog) else {
-        out.attach = Some(Err(format!(
-            "program {prog} missing from the loaded object"
-        )));
+        out.attach = Some(Err(format!("program {prog} missing from the loaded object")));
         return out;
     };
     let uprobe_target = match hook {
@@ -771,10 +646,7 @@ fn probe(prog: &str, hook: Hook, trigger: Trigger) -> Outcome {
 }
 
 fn attach_uprobe(program: &ProgramMut<'_>, target: &UprobeTarget) -> libbpf_rs::Result<Link> {
-    let opts = UprobeOpts {
-        func_name: Some(target.symbol().to_string()),
-        ..Default::default()
-    };
+    let opts = UprobeOpts { func_name: Some(target.symbol().to_string()), ..Default::default() };
     // pid 0: this process only.
     program.attach_uprobe_with_opts(0, target.path(), 0, opts)
 }
@@ -801,47 +673,20 @@ fn outcome_check(name: &str, what: &str, o: &Outcome, expect: Expect, consequenc
     }
     match &o.attach {
         Some(Ok(())) => {}
-        Some(Err(e)) => {
-            return Check::fail(
-                name,
-                format!("{what}: loaded; attach failed: {e}"),
-                consequence,
-            )
-        }
+        Some(Err(e)) => return Check::fail(name, format!("{what}: loaded; attach failed: {e}"), consequence),
         None => return Check::fail(name, format!("{what}: loaded; not attached"), consequence),
     }
     if let Err(why) = &o.triggered {
-        return Check::pass(
-            name,
-            format!("{what}: loaded, attached (not exercised: {why})"),
-        );
+        return Check::pass(name, format!("{what}: loaded, attached (not exercised: {why})"));
     }
     match expect {
         Expect::Attach => Check::pass(name, format!("{what}: loaded, attached")),
-        Expect::Hits if o.hits > 0 => Check::pass(
-            name,
-            format!(
-                "{what}: loaded, attached, fired ({})",
-                plural(o.hits, "hit", "hits")
-            ),
-        ),
-        Expect::Records if o.records > 0 => Check::pass(
-            name,
-            format!(
-                "{what}: loaded, attached, {} received",
-                plural(o.records.unsigned_abs(), "record", "records")
-            ),
-        ),
-        Expect::Hits => Check::fail(
-            name,
-            format!("{what}: loaded and attached but never fired"),
-            consequence,
-        ),
-        Expect::Records => Check::fail(
-            name,
-            format!("{what}: loaded and attached but no record arrived"),
-            consequence,
-        ),
+        Expect::Hits if o.hits > 0 => Check::pass(name, format!("{what}: loaded, attached, fired ({})", plural(o.hits, "hit", "hits"))),
+        Expect::Records if o.records > 0 => {
+            Check::pass(name, format!("{what}: loaded, attached, {} received", plural(o.records.unsigned_abs(), "record", "records")))
+        }
+        Expect::Hits => Check::fail(name, format!("{what}: loaded and attached but never fired"), consequence),
+        Expect::Records => Check::fail(name, format!("{what}: loaded and attached but no record arrived"), consequence),
     }
 }
 
@@ -858,11 +703,7 @@ struct ProgSpec {
 
 fn prog_specs() -> Vec<ProgSpec> {
     // Syscall triggers are only certain to hit epoll_wait itself on x86_64.
-    let epoll_expect = if cfg!(target_arch = "x86_64") {
-        Expect::Hits
-    } else {
-        Expect::Attach
-    };
+    let epoll_expect = if cfg!(target_arch = "x86_64") { Expect::Hits } else { Expect::Attach };
     vec![
         ProgSpec {
             check: "prog:tp_btf",
@@ -889,8 +730,7 @@ fn prog_specs() -> Vec<ProgSpec> {
             hook: Hook::Auto,
             trigger: Trigger::Sleep,
             expect: Expect::Hits,
-            consequence:
-                "classic tracepoints unusable: syscall events (epoll_wait/accept/close) missing",
+            consequence: "classic tracepoints unusable: syscall events (epoll_wait/accept/close) missing",
         },
         ProgSpec {
             check: "prog:syscall_tracepoint",
@@ -935,8 +775,7 @@ fn prog_specs() -> Vec<ProgSpec> {
             hook: Hook::Auto,
             trigger: Trigger::Sleep,
             expect: Expect::Records,
-            consequence:
-                "no event channel: netdrift trace cannot run (ring buffers need Linux >= 5.8)",
+            consequence: "no event channel: netdrift trace cannot run (ring buffers need Linux >= 5.8)",
         },
         ProgSpec {
             check: "helper:get_stack",
@@ -970,22 +809,14 @@ fn prog_specs() -> Vec<ProgSpec> {
 
 fn run_prog_check(spec: &ProgSpec, kernel: Option<(u32, u32)>) -> Check {
     let outcome = probe(spec.prog, spec.hook, spec.trigger);
-    let mut check = outcome_check(
-        spec.check,
-        spec.what,
-        &outcome,
-        spec.expect,
-        spec.consequence,
-    );
+    let mut check = outcome_check(spec.check, spec.what, &outcome, spec.expect, spec.consequence);
     if !check.ok {
         let old_kernel = |min: (u32, u32)| kernel.is_some_and(|k| k < min);
         let hint = match spec.check {
             "prog:tracepoint" | "prog:syscall_tracepoint" if tracefs::tracefs_dir().is_none() => {
                 Some("tracefs is not mounted (`mount -t tracefs nodev /sys/kernel/tracing`)")
             }
-            "tp:sk_data_ready" if old_kernel((6, 3)) => {
-                Some("the sk_data_ready tracepoint exists since Linux 6.3")
-            }
+            "tp:sk_data_ready" if old_kernel((6, 3)) => Some("the sk_data_ready tracepoint exists since Linux 6.3"),
             "map:ringbuf" if old_kernel((5, 8)) => Some("ring buffers exist since Linux 5.8"),
             "prog:tp_btf" if !Path::new(BTF_PATH).exists() => Some("tp_btf needs kernel BTF"),
             _ => None,
@@ -1002,45 +833,22 @@ fn run_prog_check(spec: &ProgSpec, kernel: Option<(u32, u32)>) -> Check {
 
 fn features(r: &Report) -> Vec<Check> {
     // Which checks are missing; their own lines say why.
-    let missing = |names: &[&str]| -> Vec<String> {
-        names
-            .iter()
-            .filter(|n| !r.ok(n))
-            .map(|n| n.to_string())
-            .collect()
-    };
+    let missing = |names: &[&str]| -> Vec<String> { names.iter().filter(|n| !r.ok(n)).map(|n| n.to_string()).collect() };
     let mut out = Vec::new();
 
-    let core = [
-        "prog:tp_btf",
-        "map:ringbuf",
-        "helper:get_stack",
-        "prog:syscall_tracepoint",
-        "tracefs",
-    ];
+    let core = ["prog:tp_btf", "map:ringbuf", "helper:get_stack", "prog:syscall_tracepoint", "tracefs"];
     let m = missing(&core);
     out.push(if m.is_empty() {
-        Check::pass(
-            "trace",
-            "core chain: tp_btf scheduler hooks, ring buffer, kernel stacks, syscall tracepoints",
-        )
+        Check::pass("trace", "core chain: tp_btf scheduler hooks, ring buffer, kernel stacks, syscall tracepoints")
     } else {
-        Check::new(
-            "trace",
-            false,
-            format!("core chain incomplete: {} failed (see above)", m.join(", ")),
-        )
+        Check::new("trace", false, format!("core chain incomplete: {} failed (see above)", m.join(", ")))
     });
 
     let kernel = parse_kernel_version(&r.kernel);
     out.push(if r.ok("tp:sk_data_ready") {
         Check::pass("socket_identity", "sk_data_ready names the socket (address, port) behind each wake-up")
     } else if kernel.is_some_and(|k| k < (6, 3)) {
-        Check::new(
-            "socket_identity",
-            false,
-            "kernel older than 6.3: wake-up causes still classified from stacks, socket address unknown",
-        )
+        Check::new("socket_identity", false, "kernel older than 6.3: wake-up causes still classified from stacks, socket address unknown")
     } else {
         Check::new(
             "socket_identity",
@@ -1052,32 +860,18 @@ fn features(r: &Report) -> Vec<Check> {
     out.push(if r.ok("tp:inet_sock_set_state") {
         Check::pass("tcp_state", "inet_sock_set_state reports TCP state changes")
     } else {
-        Check::new(
-            "tcp_state",
-            false,
-            "tp:inet_sock_set_state failed (see above): TCP state changes not shown",
-        )
+        Check::new("tcp_state", false, "tp:inet_sock_set_state failed (see above): TCP state changes not shown")
     });
 
     out.push(if r.ok("prog:uprobe") {
-        Check::pass(
-            "handler_probes",
-            "uprobes attach and fire: handler functions can be timed",
-        )
+        Check::pass("handler_probes", "uprobes attach and fire: handler functions can be timed")
     } else {
-        Check::new(
-            "handler_probes",
-            false,
-            "prog:uprobe failed (see above): no handler probes",
-        )
+        Check::new("handler_probes", false, "prog:uprobe failed (see above): no handler probes")
     });
 
     let state = |name: &str| if r.ok(name) { "works" } else { "unavailable" };
-    let fallbacks = format!(
-        "kprobe/fentry fallbacks (informational, not needed): kprobe {}, fentry {}",
-        state("prog:kprobe"),
-        state("prog:fentry")
-    );
+    let fallbacks =
+        format!("kprobe/fentry fallbacks (informational, not needed): kprobe {}, fentry {}", state("prog:kprobe"), state("prog:fentry"));
     let m = missing(&["prog:tp_btf", "helper:get_stack"]);
     out.push(if m.is_empty() {
         Check::pass("offwake", format!("off-CPU/wake-up analysis from tp_btf sched_switch + sched_waking stacks; {fallbacks}"))
@@ -1097,11 +891,7 @@ fn guarded(name: &str, f: impl FnOnce() -> Vec<Check>) -> Vec<Check> {
             .map(|s| s.to_string())
             .or_else(|| p.downcast_ref::<String>().cloned())
             .unwrap_or_else(|| "unknown panic".into());
-        vec![Check::new(
-            name,
-            false,
-            format!("check panicked: {msg} (a netdrift bug)"),
-        )]
+        vec![Check::new(name, false, format!("check panicked: {msg} (a netdrift bug)"))]
     })
 }
 
@@ -1123,11 +913,7 @@ pub fn run() -> Report {
     for spec in prog_specs() {
         checks.extend(guarded(spec.check, || vec![run_prog_check(&spec, kernel)]));
     }
-    let mut report = Report {
-        kernel: release,
-        checks,
-        features: Vec::new(),
-    };
+    let mut report = Report { kernel: release, checks, features: Vec::new() };
     report.features = guarded("features", || features(&report));
     report
 }
@@ -1138,13 +924,7 @@ pub fn run() -> Report {
 /// The report as aligned text: `ok`/`no`, the check name, what was found
 /// (and, when not ok, what it means). `color` adds ANSI colors.
 pub fn render_text(r: &Report, color: bool) -> String {
-    let width = r
-        .checks
-        .iter()
-        .chain(r.features.iter())
-        .map(|c| c.name.len())
-        .max()
-        .unwrap_or(0);
+    let width = r.checks.iter().chain(r.features.iter()).map(|c| c.name.len()).max().unwrap_or(0);
     let paint = |code: &str, s: &str| {
         if color {
             format!("\x1b[{code}m{s}\x1b[0m")
@@ -1174,10 +954,7 @@ pub fn render_text(r: &Report, color: bool) -> String {
     let summary = if r.ok("trace") {
         paint("32", "netdrift trace can run on this machine")
     } else {
-        paint(
-            "31",
-            "netdrift trace cannot run as is: see the lines marked no",
-        )
+        paint("31", "netdrift trace cannot run as is: see the lines marked no")
     };
     out.push('\n');
     out.push_str(&summary);

@@ -268,7 +268,12 @@ pub enum Kind {
         flags: Option<String>,
     },
     /// With --packets: the NAPI poll that carried chain `seq`'s packet ended.
-    Napi { seq: u64, dev: String, work: i32, budget: i32 },
+    Napi {
+        seq: u64,
+        dev: String,
+        work: i32,
+        budget: i32,
+    },
     /// A target thread was woken. The task is the waker.
     Wake {
         target: Task,
@@ -294,12 +299,40 @@ pub enum Kind {
         via_epoll: bool,
     },
     /// A target thread got a CPU after being woken or preempted.
-    SwitchIn { runnable_ts: u64, prev_cpu: u32, after_preempt: bool, prev_tid: u32, prev_comm: String },
+    SwitchIn {
+        runnable_ts: u64,
+        prev_cpu: u32,
+        after_preempt: bool,
+        prev_tid: u32,
+        prev_comm: String,
+    },
     /// A target thread left the CPU.
-    SwitchOut { involuntary: bool, state: u32, next_tid: u32, next_comm: String },
-    EpollEnter { epfd: i32, maxevents: i32, syscall: Syscall },
-    EpollExit { enter_ts: u64, epfd: i32, ret: i32, syscall: Syscall, events: Vec<EpEvent> },
-    EpollCtl { epfd: i32, op: i32, fd: i32, events: u32, data: u64, err: i32 },
+    SwitchOut {
+        involuntary: bool,
+        state: u32,
+        next_tid: u32,
+        next_comm: String,
+    },
+    EpollEnter {
+        epfd: i32,
+        maxevents: i32,
+        syscall: Syscall,
+    },
+    EpollExit {
+        enter_ts: u64,
+        epfd: i32,
+        ret: i32,
+        syscall: Syscall,
+        events: Vec<EpEvent>,
+    },
+    EpollCtl {
+        epfd: i32,
+        op: i32,
+        fd: i32,
+        events: u32,
+        data: u64,
+        err: i32,
+    },
     Accept {
         enter_ts: u64,
         listen_fd: i32,
@@ -311,15 +344,34 @@ pub enum Kind {
         listen: Option<SockInfo>,
         peer: Option<SockInfo>,
     },
-    Close { fd: i32, sock: Option<SockInfo> },
-    SockState { sock: SockInfo, old: i32, new: i32 },
+    Close {
+        fd: i32,
+        sock: Option<SockInfo>,
+    },
+    SockState {
+        sock: SockInfo,
+        old: i32,
+        new: i32,
+    },
     /// A process joined the targets (fork of a target, or exec matching -c).
-    TaskNew { child: Task, reason: u32 },
-    TaskExit { group_dead: bool },
+    TaskNew {
+        child: Task,
+        reason: u32,
+    },
+    TaskExit {
+        group_dead: bool,
+    },
     /// A fact read from /proc by the live pipeline: socket inode `ino` is `fd` in `pid`.
-    FdMap { ino: u64, fd: i32 },
+    FdMap {
+        ino: u64,
+        fd: i32,
+    },
     /// A fact read from /proc/PID/fdinfo/EPFD: in `epfd`, `data` stands for `fd`.
-    EpollMap { epfd: i32, fd: i32, data: u64 },
+    EpollMap {
+        epfd: i32,
+        fd: i32,
+        data: u64,
+    },
 }
 
 fn is_zero_i32(v: &i32) -> bool {
@@ -427,8 +479,10 @@ pub fn decode(data: &[u8]) -> Result<Event, DecodeError> {
         1 => {
             let r: types::nd_sock_ready = need(tag, data)?;
             let s = sock(&r.sock).unwrap_or_else(|| null_sock(r.sock.sk));
-            let (hook, new_state) = if r.hook == 2 { (ReadyHook::InetSockSetState, Some(r.newstate)) } else { (ReadyHook::SkDataReady, None) };
-            let packet = (r.pkt_ts != 0).then(|| Packet { ts: r.pkt_ts, len: r.pkt_len, ifindex: r.pkt_ifindex, dev: comm_str(&r.pkt_dev) });
+            let (hook, new_state) =
+                if r.hook == 2 { (ReadyHook::InetSockSetState, Some(r.newstate)) } else { (ReadyHook::SkDataReady, None) };
+            let packet =
+                (r.pkt_ts != 0).then(|| Packet { ts: r.pkt_ts, len: r.pkt_len, ifindex: r.pkt_ifindex, dev: comm_str(&r.pkt_dev) });
             Kind::SockReady { sock: s, seq: r.seq, hook, new_state, packet }
         }
         2 => {
@@ -464,12 +518,7 @@ pub fn decode(data: &[u8]) -> Result<Event, DecodeError> {
         }
         4 => {
             let r: types::nd_switch_out = need(tag, data)?;
-            Kind::SwitchOut {
-                involuntary: r.preempt != 0,
-                state: r.state,
-                next_tid: r.next_tid,
-                next_comm: comm_str(&r.next_comm),
-            }
+            Kind::SwitchOut { involuntary: r.preempt != 0, state: r.state, next_tid: r.next_tid, next_comm: comm_str(&r.next_comm) }
         }
         5 => {
             let r: types::nd_epoll_enter = need(tag, data)?;
@@ -505,18 +554,11 @@ pub fn decode(data: &[u8]) -> Result<Event, DecodeError> {
         }
         9 => {
             let r: types::nd_sock_state = need(tag, data)?;
-            Kind::SockState {
-                sock: sock(&r.sock).unwrap_or_else(|| null_sock(0)),
-                old: r.oldstate,
-                new: r.newstate,
-            }
+            Kind::SockState { sock: sock(&r.sock).unwrap_or_else(|| null_sock(0)), old: r.oldstate, new: r.newstate }
         }
         10 => {
             let r: types::nd_task_new = need(tag, data)?;
-            Kind::TaskNew {
-                child: Task { pid: r.child_pid, tid: r.child_tid, comm: comm_str(&r.child_comm) },
-                reason: r.reason,
-            }
+            Kind::TaskNew { child: Task { pid: r.child_pid, tid: r.child_tid, comm: comm_str(&r.child_comm) }, reason: r.reason }
         }
         11 => {
             let r: types::nd_task_exit = need(tag, data)?;
@@ -620,7 +662,6 @@ pub fn errno_name(e: i32) -> String {
 mod hex_u64 {
     use serde::{Deserialize, Deserializer};
 
-
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
         let s = String::deserialize(d)?;
         u64::from_str_radix(s.trim_start_matches("0x"), 16).map_err(serde::de::Error::custom)
@@ -717,12 +758,7 @@ mod tests {
 
     #[test]
     fn event_json_roundtrip() {
-        let e = Event {
-            ts: 1,
-            cpu: 0,
-            task: Task { pid: 1, tid: 1, comm: "a\"b".into() },
-            kind: Kind::Close { fd: 5, sock: None },
-        };
+        let e = Event { ts: 1, cpu: 0, task: Task { pid: 1, tid: 1, comm: "a\"b".into() }, kind: Kind::Close { fd: 5, sock: None } };
         let s = serde_json::to_string(&e).unwrap();
         assert!(s.contains("\"type\":\"close\""), "{s}");
         assert_eq!(serde_json::from_str::<Event>(&s).unwrap(), e);

@@ -31,7 +31,16 @@ pub enum Decoder {
 impl Decoder {
     pub fn decode(self, v: u64) -> String {
         let table: &[(u64, &str)] = match self {
-            Decoder::Libevent => &[(0x01, "EV_TIMEOUT"), (0x02, "EV_READ"), (0x04, "EV_WRITE"), (0x08, "EV_SIGNAL"), (0x10, "EV_PERSIST"), (0x20, "EV_ET"), (0x40, "EV_FINALIZE"), (0x80, "EV_CLOSED")],
+            Decoder::Libevent => &[
+                (0x01, "EV_TIMEOUT"),
+                (0x02, "EV_READ"),
+                (0x04, "EV_WRITE"),
+                (0x08, "EV_SIGNAL"),
+                (0x10, "EV_PERSIST"),
+                (0x20, "EV_ET"),
+                (0x40, "EV_FINALIZE"),
+                (0x80, "EV_CLOSED"),
+            ],
             Decoder::Ae => &[(1, "AE_READABLE"), (2, "AE_WRITABLE"), (4, "AE_BARRIER")],
             Decoder::Epoll => return crate::events::epoll_flags(v as u32),
             Decoder::Raw => return format!("0x{v:x}"),
@@ -193,7 +202,8 @@ impl FromStr for HandlerSpec {
 
     /// `BINARY:GLOB[:fd=argN][:events=argM/DECODER]`; the glob may hold `::`.
     fn from_str(s: &str) -> Result<Self, String> {
-        let (binary, mut rest) = s.split_once(':').ok_or_else(|| format!("--handler {s:?}: expected BINARY:GLOB[:fd=argN][:events=argM/DECODER]"))?;
+        let (binary, mut rest) =
+            s.split_once(':').ok_or_else(|| format!("--handler {s:?}: expected BINARY:GLOB[:fd=argN][:events=argM/DECODER]"))?;
         if binary.is_empty() {
             return Err(format!("--handler {s:?}: empty BINARY (use exe, a path or a library name)"));
         }
@@ -222,7 +232,11 @@ impl fmt::Display for HandlerSpec {
             write!(f, ":fd=arg{a}")?;
         }
         if let Some(a) = self.events_arg {
-            write!(f, ":events=arg{a}/{}", serde_json::to_value(self.decoder).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default())?;
+            write!(
+                f,
+                ":events=arg{a}/{}",
+                serde_json::to_value(self.decoder).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
+            )?;
         }
         Ok(())
     }
@@ -446,7 +460,12 @@ pub fn resolve(specs: &[HandlerSpec], pid: Option<u32>, tolerant: bool) -> Resul
             } else {
                 format!("; closest: {}", near.join(", "))
             };
-            misses.push(format!("--handler {spec}: no function of {} matches {:?} ({} function symbols searched){hint}", path.display(), spec.glob.as_str(), funcs.len()));
+            misses.push(format!(
+                "--handler {spec}: no function of {} matches {:?} ({} function symbols searched){hint}",
+                path.display(),
+                spec.glob.as_str(),
+                funcs.len()
+            ));
         }
     }
     if !misses.is_empty() && (!tolerant || out.is_empty()) {

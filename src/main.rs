@@ -15,7 +15,16 @@ use netdrift::trace::{self, AnalyzeOptions, Report, Sink, TraceOptions};
 fn main() {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
-        Err(e) if matches!(e.kind(), clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion | clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand) => e.exit(),
+        Err(e)
+            if matches!(
+                e.kind(),
+                clap::error::ErrorKind::DisplayHelp
+                    | clap::error::ErrorKind::DisplayVersion
+                    | clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            ) =>
+        {
+            e.exit()
+        }
         Err(e) => {
             // One line, like every other error; --help has the rest.
             // The message may span lines (a list of missing arguments): join
@@ -78,7 +87,10 @@ fn cmd_trace_with(a: TraceArgs, report: Report, tweak: impl FnOnce(&mut TraceOpt
         }
     }
     let outs: Vec<&std::path::Path> =
-        [a.out.output_file.as_deref(), a.out.record.as_deref(), a.out.perfetto.as_deref(), a.ready_file.as_deref()].into_iter().flatten().collect();
+        [a.out.output_file.as_deref(), a.out.record.as_deref(), a.out.perfetto.as_deref(), a.ready_file.as_deref()]
+            .into_iter()
+            .flatten()
+            .collect();
     trace::check_outputs(&outs)?;
     let (tgids, tids) = procfs::resolve_targets(&a.target.pids, &a.target.tids, &a.target.comms, !a.target.no_children, true)?;
     let first_pid = tgids.first().copied().or_else(|| tids.first().and_then(|&t| procfs::tgid_of(t)));
@@ -91,10 +103,22 @@ fn cmd_trace_with(a: TraceArgs, report: Report, tweak: impl FnOnce(&mut TraceOpt
         }
     }
     if handlers.len() > netdrift::handlers::MAX_HANDLERS {
-        return Err(Error::Usage(format!("{} handler symbols: at most {}; narrow the globs", handlers.len(), netdrift::handlers::MAX_HANDLERS)).into());
+        return Err(Error::Usage(format!(
+            "{} handler symbols: at most {}; narrow the globs",
+            handlers.len(),
+            netdrift::handlers::MAX_HANDLERS
+        ))
+        .into());
     }
     for h in &handlers {
-        eprintln!("netdrift: handler {}: {} in {} (+0x{:x}) from {}", h.id, netdrift::output::term_safe(&h.name), h.path.display(), h.offset, h.spec);
+        eprintln!(
+            "netdrift: handler {}: {} in {} (+0x{:x}) from {}",
+            h.id,
+            netdrift::output::term_safe(&h.name),
+            h.path.display(),
+            h.offset,
+            h.spec
+        );
     }
 
     let mut opts = base_options(&a.out);
@@ -127,7 +151,8 @@ fn cmd_demo(a: DemoArgs) -> anyhow::Result<()> {
     }
     let mode = ListenMode::parse(&a.mode).ok_or_else(|| Error::Usage(format!("--mode {}", a.mode)))?;
     netdrift::probes::preflight().context("demo")?;
-    let server = DemoServer::start(&DemoConfig { workers: a.workers, mode, port: 0, work_us: a.work_us }).context("starting the demo server")?;
+    let server =
+        DemoServer::start(&DemoConfig { workers: a.workers, mode, port: 0, work_us: a.work_us }).context("starting the demo server")?;
     let addr = server.addr();
     let names = server.worker_names();
     let tids = server.worker_tids();
@@ -226,7 +251,13 @@ fn cmd_offwake(a: netdrift::cli::OffwakeArgs) -> anyhow::Result<()> {
     let (tgids, tids) = offwake::resolve_targets(&a.target.pids, &a.target.tids, &a.target.comms, !a.target.no_children)?;
     let render = RenderOptions { metric: Metric::parse(&a.metric).unwrap_or_default(), delimited: a.delimited };
     let out = OutputOptions {
-        format: if a.folded { Format::Folded } else if a.json { Format::Json } else { Format::Text },
+        format: if a.folded {
+            Format::Folded
+        } else if a.json {
+            Format::Json
+        } else {
+            Format::Text
+        },
         render,
         output_file: a.output_file.clone(),
         svg: a.svg.clone(),
@@ -279,12 +310,24 @@ fn cmd_report(a: netdrift::cli::ReportArgs) -> anyhow::Result<()> {
     match &a.from {
         Some(rec) => {
             let t = &a.trace;
-            if !t.target.pids.is_empty() || !t.target.tids.is_empty() || !t.target.comms.is_empty() || t.duration.is_some() || t.out.record.is_some() {
-                return Err(Error::Usage("--from builds the report from a recording: drop the targets, the duration and --record".into()).into());
+            if !t.target.pids.is_empty()
+                || !t.target.tids.is_empty()
+                || !t.target.comms.is_empty()
+                || t.duration.is_some()
+                || t.out.record.is_some()
+            {
+                return Err(
+                    Error::Usage("--from builds the report from a recording: drop the targets, the duration and --record".into()).into()
+                );
             }
             let mut observers: Vec<Box<dyn trace::Observer>> = vec![Box::new(ReportWriter::new(&file, Some(rec)))];
             observers.extend(perfetto_observers(t.out.perfetto.as_deref()));
-            let opts = AnalyzeOptions { json: t.out.json, stacks: t.out.stacks, sink: t.out.output_file.clone().map(Sink::File).unwrap_or_default(), report: Report::Full };
+            let opts = AnalyzeOptions {
+                json: t.out.json,
+                stacks: t.out.stacks,
+                sink: t.out.output_file.clone().map(Sink::File).unwrap_or_default(),
+                report: Report::Full,
+            };
             trace::analyze_with(rec, &opts, observers, true)?;
         }
         None => cmd_trace_with(a.trace, Report::Full, move |o| {

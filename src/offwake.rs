@@ -33,10 +33,10 @@ use libbpf_rs::{MapCore, MapFlags, RingBufferBuilder};
 use serde::Serialize;
 use serde_json::json;
 
-use crate::output::partial_path;
 use crate::error::{Error, Result};
 use crate::events::{Task, WakerContext};
 use crate::offwake_skel::{types, OffwakeSkel, OffwakeSkelBuilder};
+use crate::output::partial_path;
 use crate::procfs;
 use crate::symbolize::{classify, is_tracer_frame_name, KernelSyms};
 
@@ -286,13 +286,22 @@ impl Report {
             v.push(format!("{} stacks failed for other reasons", c.kernel_stack.efault + c.kernel_stack.other + c.user_stack.other));
         }
         if c.max_keys_full > 0 {
-            v.push(format!("{} blocked periods dropped, the totals map was full: raise --max-keys (now {})", c.max_keys_full, self.max_keys));
+            v.push(format!(
+                "{} blocked periods dropped, the totals map was full: raise --max-keys (now {})",
+                c.max_keys_full, self.max_keys
+            ));
         }
         if c.thread_map_full > 0 {
-            v.push(format!("{} blocked periods dropped: more than {SLEEP_MAP_ENTRIES} threads asleep at once (trace fewer with -p/-t/-c)", c.thread_map_full));
+            v.push(format!(
+                "{} blocked periods dropped: more than {SLEEP_MAP_ENTRIES} threads asleep at once (trace fewer with -p/-t/-c)",
+                c.thread_map_full
+            ));
         }
         if c.new_pid_lost > 0 {
-            v.push(format!("{} processes not snapshotted in time: their frames may show as [unknown] with an address only", c.new_pid_lost));
+            v.push(format!(
+                "{} processes not snapshotted in time: their frames may show as [unknown] with an address only",
+                c.new_pid_lost
+            ));
         }
         v
     }
@@ -425,7 +434,10 @@ fn waker_context(w: &types::ow_waker, comm: &str, kernel: &[String]) -> (WakeCon
             WakerContext::SoftirqInSyscall | WakerContext::SoftirqOnIrqExit | WakerContext::Ksoftirqd => WakeContext::Softirq,
             WakerContext::Irq => WakeContext::Irq,
             WakerContext::IdleIrq => {
-                if kernel.iter().any(|f| f.starts_with("handle_softirqs") || f.starts_with("__do_softirq") || f.starts_with("net_rx_action")) {
+                if kernel
+                    .iter()
+                    .any(|f| f.starts_with("handle_softirqs") || f.starts_with("__do_softirq") || f.starts_with("net_rx_action"))
+                {
                     WakeContext::Softirq
                 } else {
                     WakeContext::Irq
@@ -474,7 +486,14 @@ fn collect(skel: &crate::offwake_skel::OffwakeSkel<'_>, namer: &mut Namer) -> Ve
             blocked_kernel,
             blocked_user,
             states: vec![k.state],
-            waker: Waker { context: ctx, task: Thread { comm: wcomm, pid: w.pid, tid: w.tid }, cpu: w.cpu, host, kernel: waker_kernel, user: waker_user },
+            waker: Waker {
+                context: ctx,
+                task: Thread { comm: wcomm, pid: w.pid, tid: w.tid },
+                cpu: w.cpu,
+                host,
+                kernel: waker_kernel,
+                user: waker_user,
+            },
             blocked_ns: v.blocked_ns,
             runq_ns: v.runq_ns,
             count: v.count,
@@ -732,7 +751,8 @@ pub fn run(mut opts: OffwakeOptions) -> Result<Report> {
         }
         if watch_exit && last_check.elapsed() >= Duration::from_millis(250) {
             last_check = Instant::now();
-            let tgids: Vec<u32> = skel.maps.targets_tgid.keys().filter_map(|k| Some(u32::from_ne_bytes(k.get(..4)?.try_into().ok()?))).collect();
+            let tgids: Vec<u32> =
+                skel.maps.targets_tgid.keys().filter_map(|k| Some(u32::from_ne_bytes(k.get(..4)?.try_into().ok()?))).collect();
             let any = tgids.iter().chain(opts.tids.iter()).any(|&p| symbols::alive(p));
             if !any {
                 reason = "target exited".to_string();
@@ -749,7 +769,16 @@ pub fn run(mut opts: OffwakeOptions) -> Result<Report> {
     let duration_s = started.elapsed().as_secs_f64();
     let counters = read_counters(&skel);
     let entries = collect(&skel, &mut namer);
-    Ok(Report { entries, counters, duration_s, reason, stack_storage_size: opts.stack_storage_size, max_keys: opts.max_keys, preempt_count: pc_used, notes })
+    Ok(Report {
+        entries,
+        counters,
+        duration_s,
+        reason,
+        stack_storage_size: opts.stack_storage_size,
+        max_keys: opts.max_keys,
+        preempt_count: pc_used,
+        notes,
+    })
 }
 
 /// The main output's format.
@@ -811,7 +840,8 @@ impl Outputs {
         let mut files = std::mem::take(&mut self.files).into_iter();
         match &self.opts.output_file {
             Some(p) => {
-                let (_, mut f) = files.next().ok_or_else(|| Error::Output { path: p.clone(), source: std::io::Error::other("not opened") })?;
+                let (_, mut f) =
+                    files.next().ok_or_else(|| Error::Output { path: p.clone(), source: std::io::Error::other("not opened") })?;
                 f.write_all(main.as_bytes()).map_err(|e| Error::Output { path: p.clone(), source: e })?;
                 drop(f);
                 std::fs::rename(partial_path(p), p).map_err(|e| Error::Output { path: p.clone(), source: e })?;
@@ -824,8 +854,8 @@ impl Outputs {
         }
         if let Some(p) = &self.opts.svg {
             let (_, mut f) = files.next().ok_or_else(|| Error::Output { path: p.clone(), source: std::io::Error::other("not opened") })?;
-            let bytes =
-                svg::render(&report.entries, &self.opts.render, "Off-Wake Time Flame Graph").map_err(|e| Error::Output { path: p.clone(), source: e })?;
+            let bytes = svg::render(&report.entries, &self.opts.render, "Off-Wake Time Flame Graph")
+                .map_err(|e| Error::Output { path: p.clone(), source: e })?;
             f.write_all(&bytes).map_err(|e| Error::Output { path: p.clone(), source: e })?;
             drop(f);
             std::fs::rename(partial_path(p), p).map_err(|e| Error::Output { path: p.clone(), source: e })?;

@@ -39,9 +39,7 @@ pub fn comm(pid: u32, tid: u32) -> Option<String> {
 }
 
 fn all_pids() -> Vec<u32> {
-    fs::read_dir("/proc")
-        .map(|d| d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect())
-        .unwrap_or_default()
+    fs::read_dir("/proc").map(|d| d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect()).unwrap_or_default()
 }
 
 /// Parent pid from the text of /proc/PID/stat (comm may hold spaces and parens).
@@ -52,10 +50,8 @@ pub fn stat_ppid(stat: &str) -> Option<u32> {
 
 /// Every living descendant process of `pid`.
 pub fn descendants(pid: u32) -> Vec<u32> {
-    let pairs: Vec<(u32, u32)> = all_pids()
-        .into_iter()
-        .filter_map(|p| Some((p, stat_ppid(&fs::read_to_string(format!("/proc/{p}/stat")).ok()?)?)))
-        .collect();
+    let pairs: Vec<(u32, u32)> =
+        all_pids().into_iter().filter_map(|p| Some((p, stat_ppid(&fs::read_to_string(format!("/proc/{p}/stat")).ok()?)?))).collect();
     let mut out = Vec::new();
     let mut frontier = vec![pid];
     while let Some(parent) = frontier.pop() {
@@ -150,7 +146,13 @@ pub fn epoll_entries(pid: u32, epfd: i32) -> Vec<EpollEntry> {
 /// -p, or a comm that names nothing are usage errors (exit 2). Returns the
 /// tgids (with descendants when `follow_children`) and tids, sorted; with
 /// `add_comm_matches`, the processes and threads named by -c are added.
-pub fn resolve_targets(pids: &[u32], tids: &[u32], comms: &[String], follow_children: bool, add_comm_matches: bool) -> crate::Result<(Vec<u32>, Vec<u32>)> {
+pub fn resolve_targets(
+    pids: &[u32],
+    tids: &[u32],
+    comms: &[String],
+    follow_children: bool,
+    add_comm_matches: bool,
+) -> crate::Result<(Vec<u32>, Vec<u32>)> {
     use crate::Error;
     let mut tg = Vec::new();
     for &p in pids {
@@ -231,10 +233,7 @@ mod tests {
     fn parses_fdinfo_of_epoll() {
         let text = "pos:\t0\nflags:\t02\nmnt_id:\t15\nino:\t1057\ntfd:        6 events:       19 data:     55d6a8c3f1e0  pos:0 ino:4a9f sdev:8\ntfd:        3 events: 80000001 data:                3  pos:0 ino:4a90 sdev:8\n";
         let v = parse_epoll_fdinfo(text);
-        assert_eq!(v, vec![
-            EpollEntry { fd: 6, events: 0x19, data: 0x55d6a8c3f1e0 },
-            EpollEntry { fd: 3, events: 0x8000_0001, data: 3 },
-        ]);
+        assert_eq!(v, vec![EpollEntry { fd: 6, events: 0x19, data: 0x55d6a8c3f1e0 }, EpollEntry { fd: 3, events: 0x8000_0001, data: 3 },]);
     }
 
     #[test]

@@ -110,8 +110,12 @@ fn is_plumbing(f: &str) -> bool {
 
 fn cause_of(f: &str) -> Option<Cause> {
     let c = match f {
-        "sock_def_readable" | "tcp_data_ready" | "sk_psock_data_ready" | "unix_stream_sendmsg" | "unix_dgram_sendmsg" => Cause::SocketReadable,
-        "sock_def_write_space" | "sk_stream_write_space" | "tcp_check_space" | "tcp_new_space" | "unix_write_space" => Cause::SocketWritable,
+        "sock_def_readable" | "tcp_data_ready" | "sk_psock_data_ready" | "unix_stream_sendmsg" | "unix_dgram_sendmsg" => {
+            Cause::SocketReadable
+        }
+        "sock_def_write_space" | "sk_stream_write_space" | "tcp_check_space" | "tcp_new_space" | "unix_write_space" => {
+            Cause::SocketWritable
+        }
         "sock_def_wakeup" | "sock_def_error_report" | "inet_csk_listen_stop" | "tcp_done" | "tcp_fin" | "tcp_reset" => Cause::SocketState,
         "hrtimer_wakeup" | "timerfd_tmrproc" | "process_timeout" | "hrtimer_run_queues" | "call_timer_fn" => Cause::Timer,
         "eventfd_write" | "eventfd_signal_mask" | "eventfd_signal" => Cause::Eventfd,
@@ -124,7 +128,21 @@ fn cause_of(f: &str) -> Option<Cause> {
 }
 
 fn is_softirq(f: &str) -> bool {
-    matches!(f, "handle_softirqs" | "__do_softirq" | "do_softirq" | "net_rx_action" | "__softirqentry_text_start" | "run_ksoftirqd" | "do_softirq_own_stack" | "__local_bh_enable_ip" | "run_timer_softirq" | "tasklet_action_common" | "irq_exit_rcu" | "__irq_exit_rcu")
+    matches!(
+        f,
+        "handle_softirqs"
+            | "__do_softirq"
+            | "do_softirq"
+            | "net_rx_action"
+            | "__softirqentry_text_start"
+            | "run_ksoftirqd"
+            | "do_softirq_own_stack"
+            | "__local_bh_enable_ip"
+            | "run_timer_softirq"
+            | "tasklet_action_common"
+            | "irq_exit_rcu"
+            | "__irq_exit_rcu"
+    )
 }
 
 fn is_irq(f: &str) -> bool {
@@ -167,15 +185,15 @@ pub fn classify(waker: &Task, is_kthread: bool, frames: &[Option<Arc<str>>]) -> 
         if is_irq(base) {
             irq = true;
         }
-        if base == "do_syscall_64" || base.starts_with("entry_SYSCALL") || base.starts_with("__x64_sys_") || base.starts_with("__arm64_sys_") {
+        if base == "do_syscall_64"
+            || base.starts_with("entry_SYSCALL")
+            || base.starts_with("__x64_sys_")
+            || base.starts_with("__arm64_sys_")
+        {
             syscall = true;
         }
     }
-    let cause = if frames.is_empty() {
-        Cause::Unknown
-    } else {
-        cause.unwrap_or(Cause::Other)
-    };
+    let cause = if frames.is_empty() { Cause::Unknown } else { cause.unwrap_or(Cause::Other) };
     let context = if frames.is_empty() && waker.tid != 0 {
         WakerContext::Unknown
     } else if waker.tid == 0 {
@@ -185,7 +203,11 @@ pub fn classify(waker: &Task, is_kthread: bool, frames: &[Option<Arc<str>>]) -> 
     } else if softirq && (irq || irq_exit) {
         WakerContext::SoftirqOnIrqExit
     } else if softirq {
-        if is_kthread { WakerContext::KernelThread } else { WakerContext::SoftirqInSyscall }
+        if is_kthread {
+            WakerContext::KernelThread
+        } else {
+            WakerContext::SoftirqInSyscall
+        }
     } else if irq {
         WakerContext::Irq
     } else if is_kthread {
@@ -213,11 +235,33 @@ mod tests {
     fn loopback_sender_softirq_readable_via_epoll() {
         // The article's kubelet -> envoy stack, innermost first.
         let f = fr(&[
-            "try_to_wake_up", "ep_autoremove_wake_function", "__wake_up_common", "__wake_up", "ep_poll_callback",
-            "__wake_up_common", "__wake_up_sync_key", "sock_def_readable", "tcp_data_queue", "tcp_rcv_established",
-            "tcp_v4_do_rcv", "tcp_v4_rcv", "ip_local_deliver_finish", "__netif_receive_skb_one_core", "process_backlog",
-            "net_rx_action", "handle_softirqs", "do_softirq", "__local_bh_enable_ip", "__dev_queue_xmit", "ip_finish_output2",
-            "tcp_sendmsg", "sock_write_iter", "vfs_write", "ksys_write", "do_syscall_64", "entry_SYSCALL_64_after_hwframe",
+            "try_to_wake_up",
+            "ep_autoremove_wake_function",
+            "__wake_up_common",
+            "__wake_up",
+            "ep_poll_callback",
+            "__wake_up_common",
+            "__wake_up_sync_key",
+            "sock_def_readable",
+            "tcp_data_queue",
+            "tcp_rcv_established",
+            "tcp_v4_do_rcv",
+            "tcp_v4_rcv",
+            "ip_local_deliver_finish",
+            "__netif_receive_skb_one_core",
+            "process_backlog",
+            "net_rx_action",
+            "handle_softirqs",
+            "do_softirq",
+            "__local_bh_enable_ip",
+            "__dev_queue_xmit",
+            "ip_finish_output2",
+            "tcp_sendmsg",
+            "sock_write_iter",
+            "vfs_write",
+            "ksys_write",
+            "do_syscall_64",
+            "entry_SYSCALL_64_after_hwframe",
         ]);
         let c = classify(&task(4242, "curl"), false, &f);
         assert_eq!(c, WakeClass { cause: Cause::SocketReadable, context: WakerContext::SoftirqInSyscall, via_epoll: true });
@@ -225,9 +269,27 @@ mod tests {
 
     #[test]
     fn ksoftirqd_idle_and_timer() {
-        let f = fr(&["try_to_wake_up", "ep_poll_callback", "sock_def_readable", "tcp_v4_rcv", "net_rx_action", "handle_softirqs", "run_ksoftirqd", "kthread"]);
+        let f = fr(&[
+            "try_to_wake_up",
+            "ep_poll_callback",
+            "sock_def_readable",
+            "tcp_v4_rcv",
+            "net_rx_action",
+            "handle_softirqs",
+            "run_ksoftirqd",
+            "kthread",
+        ]);
         assert_eq!(classify(&task(18, "ksoftirqd/1"), true, &f).context, WakerContext::Ksoftirqd);
-        let f = fr(&["try_to_wake_up", "hrtimer_wakeup", "__hrtimer_run_queues", "hrtimer_interrupt", "__sysvec_apic_timer_interrupt", "sysvec_apic_timer_interrupt", "asm_sysvec_apic_timer_interrupt", "default_idle"]);
+        let f = fr(&[
+            "try_to_wake_up",
+            "hrtimer_wakeup",
+            "__hrtimer_run_queues",
+            "hrtimer_interrupt",
+            "__sysvec_apic_timer_interrupt",
+            "sysvec_apic_timer_interrupt",
+            "asm_sysvec_apic_timer_interrupt",
+            "default_idle",
+        ]);
         let c = classify(&task(0, "swapper/0"), true, &f);
         assert_eq!((c.cause, c.context, c.via_epoll), (Cause::Timer, WakerContext::IdleIrq, false));
     }

@@ -17,11 +17,11 @@ use std::time::{Duration, Instant};
 use libbpf_rs::RingBufferBuilder;
 use serde_json::{json, Value};
 
-use crate::output::partial_path;
 use crate::analysis::{Annotation, Chain, Correlator, Stats};
 use crate::error::{Error, Result};
 use crate::events::{decode, Event, Kind, Task};
 use crate::output::json;
+use crate::output::partial_path;
 use crate::output::text::{summary, summary_sections, Losses, TextRenderer};
 use crate::probes::{ProbeConfig, Probes};
 use crate::procfs;
@@ -286,7 +286,8 @@ impl Enricher {
             }
             Kind::EpollExit { epfd, events, .. } => {
                 let pid = ev.task.pid;
-                let missing = events.iter().any(|e| corr.epoll_fd(pid, *epfd, e.data).is_none() && !self.tried_epoll.contains(&(pid, *epfd, e.data)));
+                let missing =
+                    events.iter().any(|e| corr.epoll_fd(pid, *epfd, e.data).is_none() && !self.tried_epoll.contains(&(pid, *epfd, e.data)));
                 if missing {
                     if self.tried_epoll.len() > 100_000 {
                         self.tried_epoll.clear();
@@ -296,7 +297,12 @@ impl Enricher {
                     }
                     for ent in procfs::epoll_entries(pid, *epfd) {
                         if corr.epoll_fd(pid, *epfd, ent.data).is_none() {
-                            out.push(Event { ts: ev.ts, cpu: ev.cpu, task: ev.task.clone(), kind: Kind::EpollMap { epfd: *epfd, fd: ent.fd, data: ent.data } });
+                            out.push(Event {
+                                ts: ev.ts,
+                                cpu: ev.cpu,
+                                task: ev.task.clone(),
+                                kind: Kind::EpollMap { epfd: *epfd, fd: ent.fd, data: ent.data },
+                            });
                         }
                     }
                 }
@@ -588,33 +594,39 @@ pub fn run(mut opts: TraceOptions) -> Result<TraceResult> {
         f();
     }
 
-    let mut enr = Enricher { classes: Default::default(), tried_inos: HashSet::new(), tried_epoll: HashSet::new(), handlers: opts.probe.handlers.clone() };
+    let mut enr = Enricher {
+        classes: Default::default(),
+        tried_inos: HashSet::new(),
+        tried_epoll: HashSet::new(),
+        handlers: opts.probe.handlers.clone(),
+    };
     let mut last_check = Instant::now();
     let reason;
 
-    let mut process = |pipe: &mut Pipeline, live_tgids: &mut HashSet<u32>, live_tids: &mut HashSet<u32>, pids: &mut HashSet<u32>| -> Result<()> {
-        let batch: Vec<Event> = std::mem::take(&mut *queue.borrow_mut());
-        for mut ev in batch {
-            match &ev.kind {
-                Kind::TaskNew { child, .. } => {
-                    live_tgids.insert(child.pid);
-                    pids.insert(child.pid);
-                }
-                Kind::TaskExit { group_dead } => {
-                    if *group_dead {
-                        live_tgids.remove(&ev.task.pid);
+    let mut process =
+        |pipe: &mut Pipeline, live_tgids: &mut HashSet<u32>, live_tids: &mut HashSet<u32>, pids: &mut HashSet<u32>| -> Result<()> {
+            let batch: Vec<Event> = std::mem::take(&mut *queue.borrow_mut());
+            for mut ev in batch {
+                match &ev.kind {
+                    Kind::TaskNew { child, .. } => {
+                        live_tgids.insert(child.pid);
+                        pids.insert(child.pid);
                     }
-                    live_tids.remove(&ev.task.tid);
+                    Kind::TaskExit { group_dead } => {
+                        if *group_dead {
+                            live_tgids.remove(&ev.task.pid);
+                        }
+                        live_tids.remove(&ev.task.tid);
+                    }
+                    _ => {}
                 }
-                _ => {}
+                let facts = enr.facts(&mut ev, &pipe.corr, pids, &mut pipe.syms);
+                for f in facts.into_iter().chain(std::iter::once(ev)) {
+                    pipe.ingest(f)?;
+                }
             }
-            let facts = enr.facts(&mut ev, &pipe.corr, pids, &mut pipe.syms);
-            for f in facts.into_iter().chain(std::iter::once(ev)) {
-                pipe.ingest(f)?;
-            }
-        }
-        pipe.drain()
-    };
+            pipe.drain()
+        };
 
     loop {
         // EINTR: a signal (SIGCONT after a stop, SIGWINCH...) is not an error.
@@ -695,7 +707,14 @@ pub fn analyze_with(path: &Path, aopts: &AnalyzeOptions, mut observers: Vec<Box<
     }
     let start = head["start"].clone();
     let t0 = start["t0_ns"].as_u64().unwrap_or(0);
-    let opts = TraceOptions { json: aopts.json, stacks: aopts.stacks, sink: aopts.sink.clone(), report: aopts.report, quiet, ..Default::default() };
+    let opts = TraceOptions {
+        json: aopts.json,
+        stacks: aopts.stacks,
+        sink: aopts.sink.clone(),
+        report: aopts.report,
+        quiet,
+        ..Default::default()
+    };
     for o in observers.iter_mut() {
         o.open()?;
     }
@@ -715,7 +734,8 @@ pub fn analyze_with(path: &Path, aopts: &AnalyzeOptions, mut observers: Vec<Box<
         pipe.ingest(ev)?;
         pipe.drain()?;
     }
-    let end = end.ok_or_else(|| Error::Usage(format!("{}: no end record: the recording is incomplete (netdrift was killed?)", path.display())))?;
+    let end =
+        end.ok_or_else(|| Error::Usage(format!("{}: no end record: the recording is incomplete (netdrift was killed?)", path.display())))?;
     let losses: Losses = serde_json::from_value(end["lost"].clone()).unwrap_or_default();
     pipe.finish(
         losses,

@@ -18,11 +18,7 @@ pub const DEBUGFS_TRACING: &str = "/sys/kernel/debug/tracing";
 /// The mounted tracefs directory: `/sys/kernel/tracing` if it has `events/`,
 /// else `/sys/kernel/debug/tracing` if that has `events/`, else `None`.
 pub fn tracefs_dir() -> Option<PathBuf> {
-    [TRACEFS, DEBUGFS_TRACING]
-        .iter()
-        .map(Path::new)
-        .find(|dir| dir.join("events").is_dir())
-        .map(Path::to_path_buf)
+    [TRACEFS, DEBUGFS_TRACING].iter().map(Path::new).find(|dir| dir.join("events").is_dir()).map(Path::to_path_buf)
 }
 
 /// The tracefs directory, mounting tracefs at `/sys/kernel/tracing` first if
@@ -33,29 +29,17 @@ pub fn ensure_tracefs() -> Result<PathBuf> {
     }
     let how = format!("mount it by hand with `mount -t tracefs nodev {TRACEFS}`");
     if !Path::new(TRACEFS).is_dir() {
-        return Err(Error::Feature(format!(
-            "tracefs is not mounted and {TRACEFS} does not exist (is sysfs mounted at /sys?): {how}"
-        )));
+        return Err(Error::Feature(format!("tracefs is not mounted and {TRACEFS} does not exist (is sysfs mounted at /sys?): {how}")));
     }
     let source = CString::new("nodev").expect("literal has no NUL");
     let target = CString::new(TRACEFS).expect("literal has no NUL");
     let fstype = CString::new("tracefs").expect("literal has no NUL");
     // SAFETY: the three pointers come from live, NUL-terminated CStrings that
     // outlive the call; tracefs takes no mount data, so NULL is allowed.
-    let rc = unsafe {
-        libc::mount(
-            source.as_ptr(),
-            target.as_ptr(),
-            fstype.as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
+    let rc = unsafe { libc::mount(source.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, std::ptr::null()) };
     if rc != 0 {
         let err = std::io::Error::last_os_error();
-        return Err(Error::Feature(format!(
-            "tracefs is not mounted and mounting it at {TRACEFS} failed ({err}): {how}"
-        )));
+        return Err(Error::Feature(format!("tracefs is not mounted and mounting it at {TRACEFS} failed ({err}): {how}")));
     }
     if Path::new(TRACEFS).join("events").is_dir() {
         Ok(PathBuf::from(TRACEFS))
@@ -70,11 +54,5 @@ pub fn ensure_tracefs() -> Result<PathBuf> {
 /// Whether the classic tracepoint `<category>:<name>` exists in the mounted
 /// tracefs (`events/<category>/<name>/id`). False when tracefs is not mounted.
 pub fn has_tracepoint(category: &str, name: &str) -> bool {
-    tracefs_dir().is_some_and(|dir| {
-        dir.join("events")
-            .join(category)
-            .join(name)
-            .join("id")
-            .is_file()
-    })
+    tracefs_dir().is_some_and(|dir| dir.join("events").join(category).join(name).join("id").is_file())
 }

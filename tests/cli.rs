@@ -19,7 +19,6 @@ fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-
 /// One line on stderr, exit code 2, nothing on stdout.
 fn usage_error(args: &[&str], needle: &str) {
     let out = nd().args(args).output().unwrap();

@@ -25,8 +25,8 @@ fn check_mode(mode: ListenMode) {
     assert_eq!(tids.iter().collect::<HashSet<_>>().len(), tids.len(), "{mode}: duplicate tids {tids:?}");
     for (i, (tid, name)) in tids.iter().zip(&names).enumerate() {
         assert_eq!(name, &format!("demo:worker_{i}"));
-        let comm = std::fs::read_to_string(format!("/proc/self/task/{tid}/comm"))
-            .unwrap_or_else(|e| panic!("{mode}: comm of tid {tid}: {e}"));
+        let comm =
+            std::fs::read_to_string(format!("/proc/self/task/{tid}/comm")).unwrap_or_else(|e| panic!("{mode}: comm of tid {tid}: {e}"));
         assert_eq!(comm.trim_end(), name, "{mode}: kernel comm of tid {tid}");
     }
 

@@ -28,32 +28,19 @@ fn root_or_skip(test: &str) -> bool {
 
 /// (major, minor) of the running kernel, parsed here, not by netdrift.
 fn kernel_version() -> (u32, u32) {
-    let release =
-        fs::read_to_string("/proc/sys/kernel/osrelease").expect("read /proc/sys/kernel/osrelease");
+    let release = fs::read_to_string("/proc/sys/kernel/osrelease").expect("read /proc/sys/kernel/osrelease");
     let mut it = release.trim().split(['.', '-']);
-    let major = it
-        .next()
-        .and_then(|s| s.parse().ok())
-        .expect("kernel major");
+    let major = it.next().and_then(|s| s.parse().ok()).expect("kernel major");
     let minor = it
         .next()
-        .map(|s| {
-            s.chars()
-                .take_while(char::is_ascii_digit)
-                .collect::<String>()
-        })
+        .map(|s| s.chars().take_while(char::is_ascii_digit).collect::<String>())
         .and_then(|s| s.parse().ok())
         .expect("kernel minor");
     (major, minor)
 }
 
 fn get<'r>(r: &'r Report, name: &str) -> &'r Check {
-    r.check(name).unwrap_or_else(|| {
-        panic!(
-            "doctor reported no {name:?} line:\n{}",
-            doctor::render_text(r, false)
-        )
-    })
+    r.check(name).unwrap_or_else(|| panic!("doctor reported no {name:?} line:\n{}", doctor::render_text(r, false)))
 }
 
 #[test]
@@ -90,24 +77,12 @@ fn doctor_matches_this_kernel() {
     ] {
         let c = get(&r, name);
         assert!(!c.detail.trim().is_empty(), "{name} has no detail:\n{text}");
-        assert!(
-            r.checks.iter().any(|c| c.name == name),
-            "{name} is not among the checks"
-        );
+        assert!(r.checks.iter().any(|c| c.name == name), "{name} is not among the checks");
     }
-    for name in [
-        "trace",
-        "socket_identity",
-        "tcp_state",
-        "handler_probes",
-        "offwake",
-    ] {
+    for name in ["trace", "socket_identity", "tcp_state", "handler_probes", "offwake"] {
         let c = get(&r, name);
         assert!(!c.detail.trim().is_empty(), "{name} has no detail:\n{text}");
-        assert!(
-            r.features.iter().any(|c| c.name == name),
-            "{name} is not among the features"
-        );
+        assert!(r.features.iter().any(|c| c.name == name), "{name} is not among the features");
     }
 
     let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
@@ -115,20 +90,10 @@ fn doctor_matches_this_kernel() {
     assert!(get(&r, "root").ok, "running as root, yet:\n{text}");
 
     let btf = Path::new("/sys/kernel/btf/vmlinux").exists();
-    assert_eq!(
-        get(&r, "btf").ok,
-        btf,
-        "btf line disagrees with /sys/kernel/btf/vmlinux existing={btf}:\n{text}"
-    );
+    assert_eq!(get(&r, "btf").ok, btf, "btf line disagrees with /sys/kernel/btf/vmlinux existing={btf}:\n{text}");
 
-    assert!(
-        get(&r, "prog:tp_btf").ok,
-        "tp_btf must load, attach and fire here:\n{text}"
-    );
-    assert!(
-        get(&r, "map:ringbuf").ok,
-        "ring buffer must work here:\n{text}"
-    );
+    assert!(get(&r, "prog:tp_btf").ok, "tp_btf must load, attach and fire here:\n{text}");
+    assert!(get(&r, "map:ringbuf").ok, "ring buffer must work here:\n{text}");
 
     let version = kernel_version();
     assert_eq!(
@@ -140,15 +105,9 @@ fn doctor_matches_this_kernel() {
     // kprobe_events exists in tracefs only with CONFIG_KPROBE_EVENTS.
     let tracefs = netdrift::tracefs::ensure_tracefs().ok();
     let kprobes = Path::new("/sys/kernel/debug/kprobes").exists()
-        || tracefs
-            .as_ref()
-            .is_some_and(|d| d.join("kprobe_events").exists())
+        || tracefs.as_ref().is_some_and(|d| d.join("kprobe_events").exists())
         || Path::new("/sys/kernel/tracing/kprobe_events").exists();
-    assert_eq!(
-        get(&r, "prog:kprobe").ok,
-        kprobes,
-        "kprobe line disagrees with kprobe support in debugfs/tracefs ({kprobes}):\n{text}"
-    );
+    assert_eq!(get(&r, "prog:kprobe").ok, kprobes, "kprobe line disagrees with kprobe support in debugfs/tracefs ({kprobes}):\n{text}");
 
     // Reported either way; whether it works depends on the kernel.
     assert!(get(&r, "prog:fentry").detail.contains("fentry"), "{text}");
@@ -161,26 +120,11 @@ fn doctor_matches_this_kernel() {
     }
 
     // Features follow from the checks.
-    assert_eq!(
-        get(&r, "socket_identity").ok,
-        get(&r, "tp:sk_data_ready").ok
-    );
-    assert_eq!(
-        get(&r, "tcp_state").ok,
-        get(&r, "tp:inet_sock_set_state").ok
-    );
+    assert_eq!(get(&r, "socket_identity").ok, get(&r, "tp:sk_data_ready").ok);
+    assert_eq!(get(&r, "tcp_state").ok, get(&r, "tp:inet_sock_set_state").ok);
     assert_eq!(get(&r, "handler_probes").ok, get(&r, "prog:uprobe").ok);
-    let core = [
-        "prog:tp_btf",
-        "map:ringbuf",
-        "helper:get_stack",
-        "prog:syscall_tracepoint",
-    ];
-    assert_eq!(
-        get(&r, "trace").ok,
-        core.iter().all(|n| get(&r, n).ok),
-        "{text}"
-    );
+    let core = ["prog:tp_btf", "map:ringbuf", "helper:get_stack", "prog:syscall_tracepoint"];
+    assert_eq!(get(&r, "trace").ok, core.iter().all(|n| get(&r, n).ok), "{text}");
 
     // Every line is rendered, and the JSON form works.
     for c in r.checks.iter().chain(&r.features) {
@@ -202,14 +146,8 @@ fn cap_eff_decoding() {
     assert!(doctor::has_cap(mask, doctor::CAP_BPF));
     assert!(doctor::has_cap(mask, doctor::CAP_PERFMON));
     assert!(doctor::has_cap(mask, doctor::CAP_SYS_ADMIN));
-    assert!(
-        !doctor::has_cap(mask, 24),
-        "CAP_SYS_RESOURCE is cleared in this mask"
-    );
-    assert_eq!(
-        (doctor::CAP_SYS_ADMIN, doctor::CAP_PERFMON, doctor::CAP_BPF),
-        (21, 38, 39)
-    );
+    assert!(!doctor::has_cap(mask, 24), "CAP_SYS_RESOURCE is cleared in this mask");
+    assert_eq!((doctor::CAP_SYS_ADMIN, doctor::CAP_PERFMON, doctor::CAP_BPF), (21, 38, 39));
 
     // An unprivileged process.
     let mask = doctor::parse_cap_eff("CapEff:\t0000000000000000\n").unwrap();
@@ -218,10 +156,7 @@ fn cap_eff_decoding() {
     let mask = doctor::parse_cap_eff("CapEff:\t000000c000000000").unwrap();
     assert!(doctor::has_cap(mask, doctor::CAP_BPF) && doctor::has_cap(mask, doctor::CAP_PERFMON));
     assert!(!doctor::has_cap(mask, doctor::CAP_SYS_ADMIN));
-    assert!(
-        !doctor::has_cap(u64::MAX, 64),
-        "out-of-range capability numbers are never set"
-    );
+    assert!(!doctor::has_cap(u64::MAX, 64), "out-of-range capability numbers are never set");
 
     assert_eq!(doctor::parse_cap_eff("CapPrm:\t0000000000000000\n"), None);
     assert_eq!(doctor::parse_cap_eff("CapEff:\tzz\n"), None);
@@ -229,22 +164,10 @@ fn cap_eff_decoding() {
 
 #[test]
 fn lockdown_parsing() {
-    assert_eq!(
-        doctor::parse_lockdown("[none] integrity confidentiality\n").as_deref(),
-        Some("none")
-    );
-    assert_eq!(
-        doctor::parse_lockdown("none [integrity] confidentiality\n").as_deref(),
-        Some("integrity")
-    );
-    assert_eq!(
-        doctor::parse_lockdown("none integrity [confidentiality]\n").as_deref(),
-        Some("confidentiality")
-    );
-    assert_eq!(
-        doctor::parse_lockdown("none integrity confidentiality\n"),
-        None
-    );
+    assert_eq!(doctor::parse_lockdown("[none] integrity confidentiality\n").as_deref(), Some("none"));
+    assert_eq!(doctor::parse_lockdown("none [integrity] confidentiality\n").as_deref(), Some("integrity"));
+    assert_eq!(doctor::parse_lockdown("none integrity [confidentiality]\n").as_deref(), Some("confidentiality"));
+    assert_eq!(doctor::parse_lockdown("none integrity confidentiality\n"), None);
     assert_eq!(doctor::parse_lockdown(""), None);
     assert_eq!(doctor::parse_lockdown("[] x"), None);
 }
@@ -254,22 +177,10 @@ fn render_text_is_aligned_and_says_consequences() {
     let r = Report {
         kernel: "6.1.0-test".into(),
         checks: vec![
-            Check {
-                name: "btf".into(),
-                ok: true,
-                detail: "/sys/kernel/btf/vmlinux (5.3 MiB)".into(),
-            },
-            Check {
-                name: "tp:sk_data_ready".into(),
-                ok: false,
-                detail: "load failed -> socket address unknown".into(),
-            },
+            Check { name: "btf".into(), ok: true, detail: "/sys/kernel/btf/vmlinux (5.3 MiB)".into() },
+            Check { name: "tp:sk_data_ready".into(), ok: false, detail: "load failed -> socket address unknown".into() },
         ],
-        features: vec![Check {
-            name: "trace".into(),
-            ok: true,
-            detail: "core chain".into(),
-        }],
+        features: vec![Check { name: "trace".into(), ok: true, detail: "core chain".into() }],
     };
     let plain = doctor::render_text(&r, false);
     assert!(plain.contains("6.1.0-test"), "{plain}");
@@ -277,10 +188,7 @@ fn render_text_is_aligned_and_says_consequences() {
     let lines: Vec<&str> = plain.lines().filter(|l| l.starts_with("  ")).collect();
     assert_eq!(lines.len(), 3, "{plain}");
     assert!(lines[0].trim_start().starts_with("ok  btf "), "{plain}");
-    assert!(
-        lines[1].trim_start().starts_with("no  tp:sk_data_ready "),
-        "{plain}"
-    );
+    assert!(lines[1].trim_start().starts_with("no  tp:sk_data_ready "), "{plain}");
     assert!(lines[1].contains("socket address unknown"), "{plain}");
     // Details start in the same column.
     let col = |l: &str, d: &str| l.find(d).unwrap();

@@ -115,10 +115,16 @@ fn cpu_hog_moves_runqueue_wait_up_and_preempts() {
     eprintln!("quiet buckets {:?}\nbusy buckets {:?}", q.log2_us(), b.log2_us());
     // Samples of 1 ms and more (log2 bucket 10 and up): a competitor's slice.
     let slow = |h: &netdrift::summary::Hist| h.log2_us().iter().skip(10).sum::<u64>();
-    assert!(slow(b) > slow(q) && slow(b) >= 2, "the competitor moves run-queue waits to the >= 1 ms buckets: quiet {:?}, busy {:?}", q.log2_us(), b.log2_us());
+    assert!(
+        slow(b) > slow(q) && slow(b) >= 2,
+        "the competitor moves run-queue waits to the >= 1 ms buckets: quiet {:?}, busy {:?}",
+        q.log2_us(),
+        b.log2_us()
+    );
     assert!(b.sum_ns > q.sum_ns, "more time in the run queue with a competitor: {} vs {} ns", b.sum_ns, q.sum_ns);
     unpin(me);
-    let invol = |r: &common::DemoRun| -> u64 { r.result.summary.threads.iter().filter(|t| r.tids.contains(&t.tid)).map(|t| t.involuntary).sum() };
+    let invol =
+        |r: &common::DemoRun| -> u64 { r.result.summary.threads.iter().filter(|t| r.tids.contains(&t.tid)).map(|t| t.involuntary).sum() };
     // Time spent waiting for the CPU again after a preemption, mid-request.
     let preempted = |r: &common::DemoRun| -> u64 { r.result.chains.iter().flat_map(|c| c.hops.iter()).map(|h| h.preempted_ns).sum() };
     eprintln!("involuntary switches of the worker: quiet {}, with competitor {}", invol(&quiet), invol(&busy));

@@ -69,7 +69,13 @@ fn demo_shared_listener_k_connections() {
             // Run-queue wait fits inside the chain.
             if let (Some(w), Some(o)) = (&h.wake, &h.on_cpu) {
                 assert!(o.ts >= w.ts, "on CPU before the wake-up in chain {}", c.id);
-                assert!(o.runq_ns <= c.end_ts() - c.start_ts, "run-queue wait {} longer than chain {} ({} ns)", o.runq_ns, c.id, c.end_ts() - c.start_ts);
+                assert!(
+                    o.runq_ns <= c.end_ts() - c.start_ts,
+                    "run-queue wait {} longer than chain {} ({} ns)",
+                    o.runq_ns,
+                    c.id,
+                    c.end_ts() - c.start_ts
+                );
             }
         }
     }

@@ -138,9 +138,15 @@ fn envoy_preset_on_libevent_program() {
             .unwrap_or_else(|| panic!("no EV_READ|EV_ET handler for fd {fd}: {handlers:?}"));
         let chain = &h["chain"];
         assert!(chain.is_u64(), "handler in a chain: {h}");
-        let sr = of_type(&lines, "sock_ready").into_iter().find(|s| &s["chain"] == chain).unwrap_or_else(|| panic!("socket event in chain {chain}"));
+        let sr = of_type(&lines, "sock_ready")
+            .into_iter()
+            .find(|s| &s["chain"] == chain)
+            .unwrap_or_else(|| panic!("socket event in chain {chain}"));
         assert_eq!(sr["sock"]["remote"].as_str().unwrap().rsplit(':').next().unwrap().parse::<u16>().unwrap(), port);
-        let ep = of_type(&lines, "epoll_exit").into_iter().find(|e| &e["chain"] == chain).unwrap_or_else(|| panic!("epoll_exit in chain {chain}"));
+        let ep = of_type(&lines, "epoll_exit")
+            .into_iter()
+            .find(|e| &e["chain"] == chain)
+            .unwrap_or_else(|| panic!("epoll_exit in chain {chain}"));
         assert!(ep["events"].as_array().unwrap().iter().any(|e| e["fd"] == fd), "epoll_wait returned fd {fd}: {ep}");
     }
 }
@@ -188,7 +194,11 @@ fn redis_preset() {
     // Each handler call sits in a chain, before the accept it leads to.
     for h in &ath {
         assert!(h["chain"].is_u64(), "{h}");
-        assert!(accepts.iter().any(|a| a["chain"] == h["chain"] && a["ts"].as_u64() > h["ts"].as_u64()), "accept after acceptTcpHandler in chain {}", h["chain"]);
+        assert!(
+            accepts.iter().any(|a| a["chain"] == h["chain"] && a["ts"].as_u64() > h["ts"].as_u64()),
+            "accept after acceptTcpHandler in chain {}",
+            h["chain"]
+        );
     }
     let rq = handlers.iter().filter(|h| h["name"] == "readQueryFromClient").count();
     assert!(rq >= k * cmds, "readQueryFromClient for each command: {rq} < {}", k * cmds);
@@ -220,7 +230,10 @@ fn handler_errors() {
     let (srv, _) = start_envoy_like(&bin);
     let pid = srv.0.id().to_string();
     // A glob without a match suggests the closest names.
-    usage_error(&["trace", "-p", &pid, "--handler", "exe:*FileEventImpl::assignEventz*"], "closest: Envoy::Event::FileEventImpl::assignEvents");
+    usage_error(
+        &["trace", "-p", &pid, "--handler", "exe:*FileEventImpl::assignEventz*"],
+        "closest: Envoy::Event::FileEventImpl::assignEvents",
+    );
     usage_error(&["trace", "-p", &pid, "--handler", "/no/such/binary:main"], "binary not found");
     usage_error(&["trace", "-p", &pid, "--handler", "/etc/passwd:main"], "is not an ELF file");
     usage_error(&["trace", "-p", &pid, "--handler", "exe:main["], "unclosed '['");
@@ -259,16 +272,27 @@ fn memcached_preset_dispatcher_to_worker() {
             std::thread::sleep(Duration::from_millis(20));
         }
     });
-    assert!(lines[0]["handlers"][0]["path"].as_str().unwrap().contains("libevent"), "resolved in the target's maps: {}", lines[0]["handlers"]);
+    assert!(
+        lines[0]["handlers"][0]["path"].as_str().unwrap().contains("libevent"),
+        "resolved in the target's maps: {}",
+        lines[0]["handlers"]
+    );
     // The dispatcher (main thread) accepts...
     let accepts: Vec<&Value> = of_type(&lines, "accept").into_iter().filter(|a| a["ret"].as_i64().unwrap() >= 0).collect();
     assert_eq!(accepts.len(), k);
     assert!(accepts.iter().all(|a| a["task"]["tid"] == pid), "accepted by the dispatcher thread");
     // ...then wakes a worker through its eventfd (libevent's notify pipe).
-    let handoffs = of_type(&lines, "wake").into_iter().filter(|w| w["cause"] == "eventfd" || w["cause"] == "pipe").filter(|w| w["task"]["tid"] == pid && w["target"]["tid"] != pid).count();
+    let handoffs = of_type(&lines, "wake")
+        .into_iter()
+        .filter(|w| w["cause"] == "eventfd" || w["cause"] == "pipe")
+        .filter(|w| w["task"]["tid"] == pid && w["target"]["tid"] != pid)
+        .count();
     assert!(handoffs >= k, "dispatcher -> worker hand-offs: {handoffs}");
     let handlers = of_type(&lines, "handler");
-    assert!(handlers.iter().filter(|h| h["flags"].as_str().unwrap_or("").contains("EV_READ")).count() >= 2 * k, "libevent activations with EV_READ: {handlers:?}");
+    assert!(
+        handlers.iter().filter(|h| h["flags"].as_str().unwrap_or("").contains("EV_READ")).count() >= 2 * k,
+        "libevent activations with EV_READ: {handlers:?}"
+    );
     assert!(handlers.iter().all(|h| h["name"] == "event_active_nolock_"));
 }
 

@@ -145,13 +145,7 @@ impl Nginx {
                 ),
             )
             .expect("write nginx.conf");
-            let out = Command::new(bin)
-                .arg("-c")
-                .arg(&conf)
-                .arg("-p")
-                .arg(dir)
-                .output()
-                .expect("run nginx");
+            let out = Command::new(bin).arg("-c").arg(&conf).arg("-p").arg(dir).output().expect("run nginx");
             if !out.status.success() {
                 last_err = format!(
                     "nginx exited with {}: {}{}",
@@ -167,25 +161,14 @@ impl Nginx {
             // daemon on: the master writes its pid file, then forks the workers.
             let deadline = Instant::now() + Duration::from_secs(5);
             let master = loop {
-                if let Some(p) = fs::read_to_string(&pid_file)
-                    .ok()
-                    .and_then(|s| s.trim().parse::<u32>().ok())
-                {
+                if let Some(p) = fs::read_to_string(&pid_file).ok().and_then(|s| s.trim().parse::<u32>().ok()) {
                     break p;
                 }
-                assert!(
-                    Instant::now() < deadline,
-                    "nginx wrote no pid file {}",
-                    pid_file.display()
-                );
+                assert!(Instant::now() < deadline, "nginx wrote no pid file {}", pid_file.display());
                 std::thread::sleep(Duration::from_millis(20));
             };
             // From here on the guard owns the master.
-            let mut n = Nginx {
-                master,
-                workers: Vec::new(),
-                port,
-            };
+            let mut n = Nginx { master, workers: Vec::new(), port };
             loop {
                 let kids = children_of(master);
                 if kids.len() == 2 {
@@ -262,22 +245,14 @@ impl Drop for Tracer {
 
 /// One request on a new connection; returns the client's local port.
 fn request(port: u16) -> u16 {
-    let mut s = TcpStream::connect(("127.0.0.1", port))
-        .unwrap_or_else(|e| panic!("connect to nginx on {port}: {e}"));
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap_or_else(|e| panic!("connect to nginx on {port}: {e}"));
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let local = s.local_addr().unwrap().port();
-    s.write_all(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n")
-        .expect("write request");
+    s.write_all(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n").expect("write request");
     let mut resp = String::new();
     s.read_to_string(&mut resp).expect("read response");
-    assert!(
-        resp.starts_with("HTTP/1.1 200"),
-        "nginx answered (client port {local}):\n{resp}"
-    );
-    assert!(
-        resp.contains("ok"),
-        "no \"ok\" in the body (client port {local}):\n{resp}"
-    );
+    assert!(resp.starts_with("HTTP/1.1 200"), "nginx answered (client port {local}):\n{resp}");
+    assert!(resp.contains("ok"), "no \"ok\" in the body (client port {local}):\n{resp}");
     local
 }
 
@@ -308,10 +283,7 @@ fn nginx_accepts_are_traced_with_ports_chains_and_epoll_fds() {
     }
     let nginx_bin = nginx_binary();
     let started = Instant::now();
-    let tmp = tempfile::Builder::new()
-        .prefix("netdrift-e2e-nginx")
-        .tempdir()
-        .expect("tempdir");
+    let tmp = tempfile::Builder::new().prefix("netdrift-e2e-nginx").tempdir().expect("tempdir");
     let dir = tmp.path();
 
     let ngx = Nginx::start(&nginx_bin, dir);
@@ -333,9 +305,7 @@ fn nginx_accepts_are_traced_with_ports_chains_and_epoll_fds() {
         .arg(&ready)
         .arg(TRACE_DURATION_S)
         .stdin(Stdio::null())
-        .stdout(Stdio::from(
-            fs::File::create(dir.join("netdrift.stdout")).unwrap(),
-        ))
+        .stdout(Stdio::from(fs::File::create(dir.join("netdrift.stdout")).unwrap()))
         .stderr(Stdio::from(fs::File::create(&stderr_path).unwrap()))
         .spawn()
         .expect("spawn netdrift");
@@ -343,16 +313,9 @@ fn nginx_accepts_are_traced_with_ports_chains_and_epoll_fds() {
     let deadline = Instant::now() + Duration::from_secs(20);
     while !ready.exists() {
         if let Some(st) = tracer.child.try_wait().unwrap() {
-            panic!(
-                "netdrift exited ({st}) before writing its ready file; stderr:\n{}",
-                tracer.stderr()
-            );
+            panic!("netdrift exited ({st}) before writing its ready file; stderr:\n{}", tracer.stderr());
         }
-        assert!(
-            Instant::now() < deadline,
-            "netdrift wrote no ready file in 20 s; stderr:\n{}",
-            tracer.stderr()
-        );
+        assert!(Instant::now() < deadline, "netdrift wrote no ready file in 20 s; stderr:\n{}", tracer.stderr());
         std::thread::sleep(Duration::from_millis(20));
     }
     eprintln!("netdrift ready after {:?}", started.elapsed());
@@ -372,57 +335,28 @@ fn nginx_accepts_are_traced_with_ports_chains_and_epoll_fds() {
     signal(tracer.child.id(), libc::SIGINT);
     let status = tracer
         .wait_timeout(Duration::from_secs(15))
-        .unwrap_or_else(|| {
-            panic!(
-                "netdrift did not exit within 15 s of SIGINT; stderr:\n{}",
-                tracer.stderr()
-            )
-        });
+        .unwrap_or_else(|| panic!("netdrift did not exit within 15 s of SIGINT; stderr:\n{}", tracer.stderr()));
     let stderr = tracer.stderr();
-    assert!(
-        status.success(),
-        "netdrift exited with {status}; stderr:\n{stderr}"
-    );
+    assert!(status.success(), "netdrift exited with {status}; stderr:\n{stderr}");
     eprintln!("netdrift stderr:\n{stderr}");
 
     let mut partial = out_path.as_os_str().to_owned();
     partial.push(".partial");
-    assert!(
-        !Path::new(&partial).exists(),
-        "{} is left over after a clean exit",
-        Path::new(&partial).display()
-    );
-    let text = fs::read_to_string(&out_path).unwrap_or_else(|e| {
-        panic!(
-            "read {}: {e} (netdrift writes FILE.partial, then renames it)\nstderr:\n{stderr}",
-            out_path.display()
-        )
-    });
+    assert!(!Path::new(&partial).exists(), "{} is left over after a clean exit", Path::new(&partial).display());
+    let text = fs::read_to_string(&out_path)
+        .unwrap_or_else(|e| panic!("read {}: {e} (netdrift writes FILE.partial, then renames it)\nstderr:\n{stderr}", out_path.display()));
     let lines: Vec<Value> = text
         .lines()
         .enumerate()
-        .map(|(i, l)| {
-            serde_json::from_str(l)
-                .unwrap_or_else(|e| panic!("line {} is not JSON ({e}): {l}", i + 1))
-        })
+        .map(|(i, l)| serde_json::from_str(l).unwrap_or_else(|e| panic!("line {} is not JSON ({e}): {l}", i + 1)))
         .collect();
-    assert!(
-        lines.len() >= 2,
-        "output has {} lines:\n{text}",
-        lines.len()
-    );
+    assert!(lines.len() >= 2, "output has {} lines:\n{text}", lines.len());
     let first = &lines[0];
     let summary = lines.last().unwrap();
     assert_eq!(ty(first), "start", "first line: {first}");
     assert_eq!(ty(summary), "summary", "last line: {summary}");
-    let start_pids: BTreeSet<u64> = first["pids"]
-        .as_array()
-        .map(|a| a.iter().filter_map(Value::as_u64).collect())
-        .unwrap_or_default();
-    assert!(
-        start_pids.contains(&(master as u64)),
-        "start line does not list the master {master}: {first}"
-    );
+    let start_pids: BTreeSet<u64> = first["pids"].as_array().map(|a| a.iter().filter_map(Value::as_u64).collect()).unwrap_or_default();
+    assert!(start_pids.contains(&(master as u64)), "start line does not list the master {master}: {first}");
     let events: Vec<&Value> = lines[1..lines.len() - 1].iter().collect();
     for e in &events {
         assert!(
@@ -435,69 +369,31 @@ fn nginx_accepts_are_traced_with_ports_chains_and_epoll_fds() {
             "event lacks ts/cpu/task/chain: {e}"
         );
     }
-    let by_type =
-        |t: &str| -> Vec<&Value> { events.iter().copied().filter(|e| ty(e) == t).collect() };
+    let by_type = |t: &str| -> Vec<&Value> { events.iter().copied().filter(|e| ty(e) == t).collect() };
     let is_worker = |p: u32| workers.contains(&p);
 
     // No records lost.
-    assert_eq!(
-        summary["lost"]["ringbuf"].as_u64(),
-        Some(0),
-        "ring buffer lost records: {summary}"
-    );
+    assert_eq!(summary["lost"]["ringbuf"].as_u64(), Some(0), "ring buffer lost records: {summary}");
 
     // Accepts: exactly K successful ones, all in workers, one per client connection.
     let accepts = by_type("accept");
-    let ok_accepts: Vec<&Value> = accepts
-        .iter()
-        .copied()
-        .filter(|e| e["ret"].as_i64().map(|r| r >= 0).unwrap_or(false))
-        .collect();
-    assert_eq!(
-        ok_accepts.len(),
-        K,
-        "expected {K} accepts with ret >= 0, got {}:\n{}",
-        ok_accepts.len(),
-        show(&accepts)
-    );
-    let not_in_worker: Vec<&Value> = ok_accepts
-        .iter()
-        .copied()
-        .filter(|e| !is_worker(pid_of(e)))
-        .collect();
-    assert!(
-        not_in_worker.is_empty(),
-        "accepts not made by a worker {workers:?} (master {master}):\n{}",
-        show(&not_in_worker)
-    );
+    let ok_accepts: Vec<&Value> = accepts.iter().copied().filter(|e| e["ret"].as_i64().map(|r| r >= 0).unwrap_or(false)).collect();
+    assert_eq!(ok_accepts.len(), K, "expected {K} accepts with ret >= 0, got {}:\n{}", ok_accepts.len(), show(&accepts));
+    let not_in_worker: Vec<&Value> = ok_accepts.iter().copied().filter(|e| !is_worker(pid_of(e))).collect();
+    assert!(not_in_worker.is_empty(), "accepts not made by a worker {workers:?} (master {master}):\n{}", show(&not_in_worker));
     let mut traced_ports = Vec::new();
     for a in &ok_accepts {
-        let remote =
-            addr(&a["peer"]["remote"]).unwrap_or_else(|| panic!("accept without peer.remote: {a}"));
-        let local =
-            addr(&a["peer"]["local"]).unwrap_or_else(|| panic!("accept without peer.local: {a}"));
-        assert_eq!(
-            remote.ip(),
-            IpAddr::V4(Ipv4Addr::LOCALHOST),
-            "peer.remote is not 127.0.0.1: {a}"
-        );
-        assert_eq!(
-            local.port(),
-            port,
-            "peer.local port is not nginx's {port}: {a}"
-        );
+        let remote = addr(&a["peer"]["remote"]).unwrap_or_else(|| panic!("accept without peer.remote: {a}"));
+        let local = addr(&a["peer"]["local"]).unwrap_or_else(|| panic!("accept without peer.local: {a}"));
+        assert_eq!(remote.ip(), IpAddr::V4(Ipv4Addr::LOCALHOST), "peer.remote is not 127.0.0.1: {a}");
+        assert_eq!(local.port(), port, "peer.local port is not nginx's {port}: {a}");
         assert!(!a["chain"].is_null(), "accept has no chain: {a}");
         traced_ports.push(remote.port());
     }
     let mut want = client_ports.clone();
     want.sort_unstable();
     traced_ports.sort_unstable();
-    assert_eq!(
-        traced_ports,
-        want,
-        "peer.remote ports of the accepts != the client's local ports:\n{}",
-        show(&ok_accepts)
-    );
+    assert_eq!(traced_ports, want, "peer.remote ports of the accepts != the client's local ports:\n{}", show(&ok_accepts));
 
     // Each accepted fd later comes back from epoll_wait in the same process,
     // mapped to that fd (epoll data -> fd through the traced epoll_ctl),
@@ -517,20 +413,14 @@ fn nginx_accepts_are_traced_with_ports_chains_and_epoll_fds() {
             pid_of(e) == pid
                 && ts(e) > at
                 && ts(e) < until
-                && e["events"]
-                    .as_array()
-                    .map(|evs| evs.iter().any(|x| x["fd"].as_i64() == Some(fd)))
-                    .unwrap_or(false)
+                && e["events"].as_array().map(|evs| evs.iter().any(|x| x["fd"].as_i64() == Some(fd))).unwrap_or(false)
         });
         if !found {
             let related: Vec<&Value> = events
                 .iter()
                 .copied()
                 .filter(|e| {
-                    pid_of(e) == pid
-                        && ts(e) >= at
-                        && ts(e) < until
-                        && matches!(ty(e), "epoll_exit" | "epoll_ctl" | "epoll_map" | "close")
+                    pid_of(e) == pid && ts(e) >= at && ts(e) < until && matches!(ty(e), "epoll_exit" | "epoll_ctl" | "epoll_map" | "close")
                 })
                 .collect();
             panic!(
@@ -546,45 +436,26 @@ fn nginx_accepts_are_traced_with_ports_chains_and_epoll_fds() {
                 && addr(&c["sock"]["remote"]).map(|r| r.port()) == Some(client)
         });
         if !closed {
-            let related: Vec<&Value> = closes
-                .iter()
-                .copied()
-                .filter(|c| pid_of(c) == pid && ts(c) > at)
-                .collect();
-            panic!("no close of fd {fd} (client port {client}) by pid {pid} after its accept:\n  {a}\ncloses of pid {pid} after it:\n{}", show(&related));
+            let related: Vec<&Value> = closes.iter().copied().filter(|c| pid_of(c) == pid && ts(c) > at).collect();
+            panic!(
+                "no close of fd {fd} (client port {client}) by pid {pid} after its accept:\n  {a}\ncloses of pid {pid} after it:\n{}",
+                show(&related)
+            );
         }
     }
 
     // The listen socket became ready, and /proc mapped it to fds in both workers.
     let listen_ready: Vec<&Value> = by_type("sock_ready")
         .into_iter()
-        .filter(|e| {
-            e["sock"]["state_name"] == "LISTEN"
-                && addr(&e["sock"]["local"]).map(|a| a.port()) == Some(port)
-        })
+        .filter(|e| e["sock"]["state_name"] == "LISTEN" && addr(&e["sock"]["local"]).map(|a| a.port()) == Some(port))
         .collect();
-    assert!(
-        !listen_ready.is_empty(),
-        "no sock_ready for the LISTEN socket on port {port}:\n{}",
-        show(&by_type("sock_ready"))
-    );
+    assert!(!listen_ready.is_empty(), "no sock_ready for the LISTEN socket on port {port}:\n{}", show(&by_type("sock_ready")));
     let with_workers = listen_ready.iter().any(|e| {
-        let pids: BTreeSet<u32> = e["fds"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|f| f["pid"].as_u64())
-                    .map(|p| p as u32)
-                    .collect()
-            })
-            .unwrap_or_default();
+        let pids: BTreeSet<u32> =
+            e["fds"].as_array().map(|a| a.iter().filter_map(|f| f["pid"].as_u64()).map(|p| p as u32).collect()).unwrap_or_default();
         workers.iter().all(|w| pids.contains(w))
     });
-    assert!(
-        with_workers,
-        "no LISTEN sock_ready whose fds list both workers {workers:?}:\n{}",
-        show(&listen_ready)
-    );
+    assert!(with_workers, "no LISTEN sock_ready whose fds list both workers {workers:?}:\n{}", show(&listen_ready));
 
     // Only targets are woken.
     let stray: Vec<&Value> = by_type("wake")
@@ -594,11 +465,7 @@ fn nginx_accepts_are_traced_with_ports_chains_and_epoll_fds() {
             p != master && !is_worker(p)
         })
         .collect();
-    assert!(
-        stray.is_empty(),
-        "wake events for a task that is neither the master {master} nor a worker {workers:?}:\n{}",
-        show(&stray)
-    );
+    assert!(stray.is_empty(), "wake events for a task that is neither the master {master} nor a worker {workers:?}:\n{}", show(&stray));
 
     let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
     for e in &events {
@@ -647,10 +514,12 @@ fn herd_run(listen_opts: &str) -> (Vec<Value>, Vec<u16>, Vec<u32>) {
         std::thread::sleep(Duration::from_millis(20));
     }
     // Both workers asleep before each connection.
-    let ports: Vec<u16> = (0..K).map(|_| {
-        std::thread::sleep(Duration::from_millis(40));
-        request(ngx.port)
-    }).collect();
+    let ports: Vec<u16> = (0..K)
+        .map(|_| {
+            std::thread::sleep(Duration::from_millis(40));
+            request(ngx.port)
+        })
+        .collect();
     std::thread::sleep(Duration::from_millis(500));
     signal(tracer.child.id(), libc::SIGINT);
     let st = tracer.wait_timeout(Duration::from_secs(15)).expect("netdrift exits after SIGINT");

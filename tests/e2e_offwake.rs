@@ -106,7 +106,8 @@ fn reader_writer_lines(folded: &str) -> Vec<(&str, u64)> {
             let (stack, n) = l.rsplit_once(' ')?;
             let n: u64 = n.parse().ok()?;
             let (blocked, waker) = stack.split_once(";--;")?;
-            (blocked.starts_with("pw:reader;") && blocked.contains(READER_FN) && waker.contains(WRITER_FN) && waker.ends_with(";pw:writer")).then_some((l, n))
+            (blocked.starts_with("pw:reader;") && blocked.contains(READER_FN) && waker.contains(WRITER_FN) && waker.ends_with(";pw:writer"))
+                .then_some((l, n))
         })
         .collect()
 }
@@ -203,7 +204,14 @@ fn usage_errors_are_one_line_exit_2() {
 /// Run the CLI on pipewake with the given extra arguments and duration;
 /// returns the output file's contents and netdrift's stderr. With -p the
 /// trace must end by itself when pipewake exits.
-fn cli_on_pipewake(dir: &Path, n: u32, period_ms: u32, extra: &[&str], target: impl Fn(u32) -> Vec<String>, duration: &str) -> (String, String) {
+fn cli_on_pipewake(
+    dir: &Path,
+    n: u32,
+    period_ms: u32,
+    extra: &[&str],
+    target: impl Fn(u32) -> Vec<String>,
+    duration: &str,
+) -> (String, String) {
     let bin = build_pipewake(dir);
     let (mut pw, pid) = start_pipewake(&bin, n, period_ms);
     let out = dir.join("out");
@@ -270,7 +278,10 @@ fn comm_target_and_text_output() {
     let targets: Vec<&str> = text.lines().filter(|l| l.trim_start().starts_with("target:")).collect();
     assert!(!targets.is_empty(), "no blocks:\n{text}");
     assert!(targets.iter().all(|l| l.contains("pw:reader")), "{targets:?}");
-    let block = text.split("\n\n").find(|b| b.contains(READER_FN) && b.contains(WRITER_FN)).unwrap_or_else(|| panic!("no reader/writer block:\n{text}"));
+    let block = text
+        .split("\n\n")
+        .find(|b| b.contains(READER_FN) && b.contains(WRITER_FN))
+        .unwrap_or_else(|| panic!("no reader/writer block:\n{text}"));
     assert!(block.contains("waker:           pw:writer"), "{block}");
     // Waker frames above the separator, blocked below.
     let sep = block.find("--               --").expect("separator");

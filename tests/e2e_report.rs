@@ -59,7 +59,8 @@ fn check_perfetto(path: &Path) -> Value {
 
     // Every event's thread is named.
     let named: HashSet<(u64, u64)> = evs.iter().filter(|e| e["ph"] == "M" && e["name"] == "thread_name").map(id).collect();
-    let procs: HashSet<u64> = evs.iter().filter(|e| e["ph"] == "M" && e["name"] == "process_name").map(|e| e["pid"].as_u64().unwrap()).collect();
+    let procs: HashSet<u64> =
+        evs.iter().filter(|e| e["ph"] == "M" && e["name"] == "process_name").map(|e| e["pid"].as_u64().unwrap()).collect();
     for e in evs.iter().filter(|e| e["ph"] != "M") {
         assert!(named.contains(&id(e)), "event on a track without thread_name: {e}");
         assert!(procs.contains(&id(e).0), "event of a process without process_name: {e}");
@@ -334,7 +335,10 @@ fn check_in_browser(html: &Path, name: &str) -> PageCheck {
     // Statically: nothing to fetch. Links are fragments or elixir.bootlin.com.
     for attr in ["src", "href", "action", "formaction", "poster", "srcset", "data"] {
         for v in attr_values(&src, attr) {
-            assert!(attr != "src" && attr != "srcset" && attr != "poster" && attr != "action" && attr != "formaction", "a {attr}= attribute in the report: {v:?}");
+            assert!(
+                attr != "src" && attr != "srcset" && attr != "poster" && attr != "action" && attr != "formaction",
+                "a {attr}= attribute in the report: {v:?}"
+            );
             if attr == "href" {
                 assert!(v.starts_with('#') || v.starts_with(ELIXIR), "href to {v:?}");
             }
@@ -358,10 +362,17 @@ fn check_in_browser(html: &Path, name: &str) -> PageCheck {
     let requests = page_requests(&netlog);
     assert!(requests.is_empty(), "the page made network requests: {requests:?}");
     for l in log.lines() {
-        assert!(!l.contains(":CONSOLE") && !l.contains("Uncaught") && !l.contains("net::ERR_") && !l.contains("Content Security Policy"), "browser console: {l}");
+        assert!(
+            !l.contains(":CONSOLE") && !l.contains("Uncaught") && !l.contains("net::ERR_") && !l.contains("Content Security Policy"),
+            "browser console: {l}"
+        );
     }
     let elements = tags(&dom);
-    let root: HashMap<&str, &str> = elements.iter().find(|(n, _)| n == "html").map(|(_, a)| a.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()).unwrap_or_default();
+    let root: HashMap<&str, &str> = elements
+        .iter()
+        .find(|(n, _)| n == "html")
+        .map(|(_, a)| a.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect())
+        .unwrap_or_default();
     assert_eq!(root.get("data-nd-ready"), Some(&"1"), "the page's script ran to the end: {root:?}");
     for marker in ["data-nd-error", "data-nd-alert", "data-nd-csp"] {
         assert!(!root.contains_key(marker), "{marker} = {:?}", root.get(marker));
@@ -419,7 +430,16 @@ fn task(pid: u32, tid: u32, comm: &str) -> Task {
 }
 
 fn sock(state: u8, local: &str, remote: &str) -> SockInfo {
-    SockInfo { sk: 0xffff_8881_0000_1000, ino: 4242, netns: 1, family: 2, protocol: 6, local: local.parse().unwrap(), remote: remote.parse().unwrap(), state }
+    SockInfo {
+        sk: 0xffff_8881_0000_1000,
+        ino: 4242,
+        netns: 1,
+        family: 2,
+        protocol: 6,
+        local: local.parse().unwrap(),
+        remote: remote.parse().unwrap(),
+        state,
+    }
 }
 
 /// A recording: one connection wakes three hostile-named workers (one
@@ -444,7 +464,13 @@ fn fixture_recording(path: &Path) {
         via_epoll: true,
     };
     let ev = |ts: u64, cpu: u32, t: &Task, kind: Kind| Event { ts: t0 + ts, cpu, task: t.clone(), kind };
-    let sin = |prev: u64| Kind::SwitchIn { runnable_ts: t0 + prev, prev_cpu: 0, after_preempt: false, prev_tid: 0, prev_comm: "swapper/0".into() };
+    let sin = |prev: u64| Kind::SwitchIn {
+        runnable_ts: t0 + prev,
+        prev_cpu: 0,
+        after_preempt: false,
+        prev_tid: 0,
+        prev_comm: "swapper/0".into(),
+    };
     let sout = || Kind::SwitchOut { involuntary: false, state: 1, next_tid: 0, next_comm: "swapper/0".into() };
     let mut evs = vec![ev(1_000, 0, &w[0], Kind::FdMap { ino: 4242, fd: 3 })];
     for (i, t) in w.iter().enumerate() {
@@ -455,13 +481,43 @@ fn fixture_recording(path: &Path) {
         evs.push(ev(at + 200, (i % 2) as u32, t, sout()));
     }
     evs.extend([
-        ev(100_000, 1, &client, Kind::SockReady { sock: listen.clone(), seq: 1, hook: ReadyHook::SkDataReady, new_state: None, packet: None }),
+        ev(
+            100_000,
+            1,
+            &client,
+            Kind::SockReady { sock: listen.clone(), seq: 1, hook: ReadyHook::SkDataReady, new_state: None, packet: None },
+        ),
         ev(100_300, 1, &client, wake(&w[0], 1)),
         ev(100_600, 1, &client, wake(&w[1], 1)),
         ev(100_900, 1, &client, wake(&w[2], 1)),
         ev(110_000, 0, &w[0], sin(100_300)),
-        ev(111_000, 0, &w[0], Kind::EpollExit { enter_ts: t0 + 2_100, epfd: 5, ret: 1, syscall: Syscall::EpollWait, events: vec![EpEvent { events: 1, data: 3, fd: None }] }),
-        ev(112_000, 0, &w[0], Kind::Accept { enter_ts: t0 + 111_500, listen_fd: 3, ret: 9, syscall: Syscall::Accept4, backlog: 0, max_backlog: 128, listen: Some(listen.clone()), peer: Some(conn.clone()) }),
+        ev(
+            111_000,
+            0,
+            &w[0],
+            Kind::EpollExit {
+                enter_ts: t0 + 2_100,
+                epfd: 5,
+                ret: 1,
+                syscall: Syscall::EpollWait,
+                events: vec![EpEvent { events: 1, data: 3, fd: None }],
+            },
+        ),
+        ev(
+            112_000,
+            0,
+            &w[0],
+            Kind::Accept {
+                enter_ts: t0 + 111_500,
+                listen_fd: 3,
+                ret: 9,
+                syscall: Syscall::Accept4,
+                backlog: 0,
+                max_backlog: 128,
+                listen: Some(listen.clone()),
+                peer: Some(conn.clone()),
+            },
+        ),
         ev(113_000, 0, &w[0], Kind::EpollCtl { epfd: 5, op: 1, fd: 9, events: 1, data: 9, err: 0 }),
         ev(113_500, 0, &w[0], Kind::EpollEnter { epfd: 5, maxevents: 64, syscall: Syscall::EpollWait }),
         ev(113_600, 0, &w[0], sout()),
@@ -469,10 +525,26 @@ fn fixture_recording(path: &Path) {
         ev(121_000, 1, &w[1], sout()),
         ev(130_000, 0, &w[2], sin(100_900)),
         ev(131_000, 0, &w[2], sout()),
-        ev(200_000, 1, &client, Kind::SockReady { sock: conn.clone(), seq: 2, hook: ReadyHook::SkDataReady, new_state: None, packet: None }),
+        ev(
+            200_000,
+            1,
+            &client,
+            Kind::SockReady { sock: conn.clone(), seq: 2, hook: ReadyHook::SkDataReady, new_state: None, packet: None },
+        ),
         ev(200_200, 1, &client, wake(&w[0], 2)),
         ev(205_000, 0, &w[0], sin(200_200)),
-        ev(205_500, 0, &w[0], Kind::EpollExit { enter_ts: t0 + 113_500, epfd: 5, ret: 1, syscall: Syscall::EpollWait, events: vec![EpEvent { events: 1, data: 9, fd: None }] }),
+        ev(
+            205_500,
+            0,
+            &w[0],
+            Kind::EpollExit {
+                enter_ts: t0 + 113_500,
+                epfd: 5,
+                ret: 1,
+                syscall: Syscall::EpollWait,
+                events: vec![EpEvent { events: 1, data: 9, fd: None }],
+            },
+        ),
         ev(207_000, 0, &w[0], Kind::Close { fd: 9, sock: Some(conn.clone()) }),
         ev(207_500, 0, &w[0], Kind::EpollEnter { epfd: 5, maxevents: 64, syscall: Syscall::EpollWait }),
         ev(207_600, 0, &w[0], sout()),
@@ -515,7 +587,8 @@ fn report_and_timeline_from_a_recording_need_no_root_and_are_safe() {
     // report --from: no root, and the same timeline from it.
     let html = dir.path().join("fixture.html");
     let tl2 = dir.path().join("report.json");
-    let o = unprivileged(&["report".as_ref(), html.as_os_str(), "--from".as_ref(), rec.as_os_str(), "--perfetto".as_ref(), tl2.as_os_str()]);
+    let o =
+        unprivileged(&["report".as_ref(), html.as_os_str(), "--from".as_ref(), rec.as_os_str(), "--perfetto".as_ref(), tl2.as_os_str()]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{err}");
     assert!(err.contains("report written"), "{err}");
@@ -606,7 +679,13 @@ fn hostile_names_live_trace_timeline_and_reports() {
     // trace --stacks --perfetto --record: the terminal gets no escape byte.
     let tl = dir.path().join("live.json");
     let rec = dir.path().join("live.ndr");
-    let (out, err) = traced(&["trace".as_ref(), "--stacks".as_ref(), "--perfetto".as_ref(), tl.as_os_str(), "--record".as_ref(), rec.as_os_str()], &tids, addr, k, dir.path());
+    let (out, err) = traced(
+        &["trace".as_ref(), "--stacks".as_ref(), "--perfetto".as_ref(), tl.as_os_str(), "--record".as_ref(), rec.as_os_str()],
+        &tids,
+        addr,
+        k,
+        dir.path(),
+    );
     let text = String::from_utf8_lossy(&out);
     assert!(!out.contains(&0x1b), "escape byte in the trace output:\n{text}");
     assert!(!err.contains(&0x1b), "escape byte on stderr");
@@ -635,7 +714,12 @@ fn hostile_names_live_trace_timeline_and_reports() {
     let p = check_in_browser(&html, "report-live");
     assert!(p.nodes >= 4, "chain diagram: socket, wake, on CPU, epoll return...: {} nodes", p.nodes);
     assert!(p.links >= 5, "the waker's kernel stack links to elixir: {} links", p.links);
-    assert!(p.dom.contains("/C/ident/try_to_wake_up") || p.dom.contains("/C/ident/ep_poll_callback") || p.dom.contains("/C/ident/sock_def_readable"), "wake-up functions linked");
+    assert!(
+        p.dom.contains("/C/ident/try_to_wake_up")
+            || p.dom.contains("/C/ident/ep_poll_callback")
+            || p.dom.contains("/C/ident/sock_def_readable"),
+        "wake-up functions linked"
+    );
     assert!(p.dom.contains("&lt;img src=x oner"), "hostile comm shown as text");
     let version = netdrift::output::html::elixir_version(&netdrift::output::html::kernel_release()).expect("kernel version");
     assert!(p.dom.contains(&format!("{ELIXIR}{version}/C/ident/")), "links to this kernel's version {version}");

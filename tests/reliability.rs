@@ -22,7 +22,6 @@ use common::require_root;
 
 const NETDRIFT: &str = env!("CARGO_BIN_EXE_netdrift");
 
-
 /// One netdrift at a time within this file: the tests compare the kernel's
 /// program list before and after.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -92,15 +91,9 @@ fn wait_output(child: Child, timeout: Duration, what: &str) -> Output {
 // ---- BPF objects in the kernel -------------------------------------------
 
 fn bpftool_json(what: &str) -> Vec<Value> {
-    let out = Command::new("bpftool")
-        .args([what, "show", "-j"])
-        .output()
-        .expect("bpftool (apt-get install bpftool)");
+    let out = Command::new("bpftool").args([what, "show", "-j"]).output().expect("bpftool (apt-get install bpftool)");
     assert!(out.status.success(), "bpftool {what} show: {}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice::<Value>(&out.stdout)
-        .ok()
-        .and_then(|v| v.as_array().cloned())
-        .unwrap_or_default()
+    serde_json::from_slice::<Value>(&out.stdout).ok().and_then(|v| v.as_array().cloned()).unwrap_or_default()
 }
 
 /// Ids of loaded programs named nd_* (netdrift's).
@@ -168,13 +161,8 @@ impl Nginx {
                 ),
             )
             .unwrap();
-            let out = Command::new(NGINX)
-                .arg("-c")
-                .arg(dir.path().join("nginx.conf"))
-                .arg("-p")
-                .arg(dir.path())
-                .output()
-                .expect("run nginx");
+            let out =
+                Command::new(NGINX).arg("-c").arg(dir.path().join("nginx.conf")).arg("-p").arg(dir.path()).output().expect("run nginx");
             if !out.status.success() {
                 last = format!(
                     "{}{}",
@@ -402,10 +390,7 @@ fn sigkill_leaves_no_bpf_and_only_a_partial_file() {
     assert!(!links.is_empty(), "and its attachments as BPF links");
     let loaded = bpftool_json("prog");
     for id in &progs {
-        let p = loaded
-            .iter()
-            .find(|p| p["id"].as_u64() == Some(*id))
-            .unwrap_or_else(|| panic!("prog {id} not in bpftool prog show"));
+        let p = loaded.iter().find(|p| p["id"].as_u64() == Some(*id)).unwrap_or_else(|| panic!("prog {id} not in bpftool prog show"));
         assert!(p["name"].as_str().unwrap_or("").starts_with("nd_"), "netdrift's programs are named nd_*: {p}");
     }
     assert!(partial.exists() && !out.exists(), "FILE.partial while running");
@@ -419,18 +404,12 @@ fn sigkill_leaves_no_bpf_and_only_a_partial_file() {
     loop {
         let (p_left, l_left): (Vec<u64>, Vec<u64>) = {
             let (p, l) = (all_ids("prog"), all_ids("link"));
-            (
-                progs.iter().filter(|i| p.contains(i)).copied().collect(),
-                links.iter().filter(|i| l.contains(i)).copied().collect(),
-            )
+            (progs.iter().filter(|i| p.contains(i)).copied().collect(), links.iter().filter(|i| l.contains(i)).copied().collect())
         };
         if p_left.is_empty() && l_left.is_empty() {
             break;
         }
-        assert!(
-            t.elapsed() < Duration::from_secs(5),
-            "after SIGKILL, programs {p_left:?} and links {l_left:?} are still loaded"
-        );
+        assert!(t.elapsed() < Duration::from_secs(5), "after SIGKILL, programs {p_left:?} and links {l_left:?} are still loaded");
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(partial.exists(), "the output stays as FILE.partial");
@@ -441,13 +420,7 @@ fn sigkill_leaves_no_bpf_and_only_a_partial_file() {
 
 /// bpf() syscalls of a run, when strace is installed.
 fn strace_available() -> bool {
-    Command::new("strace")
-        .arg("-V")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
+    Command::new("strace").arg("-V").stdout(Stdio::null()).stderr(Stdio::null()).status().map(|s| s.success()).unwrap_or(false)
 }
 
 /// Run netdrift (optionally as nobody) and check: exit code 2, one line on
@@ -481,12 +454,7 @@ fn bad_input(args: &[&str], needle: &str, as_nobody: bool, log: &Path) {
     if strace {
         let calls = fs::read_to_string(log).unwrap_or_default();
         let bpf: Vec<&str> = calls.lines().filter(|l| l.contains("bpf(")).collect();
-        assert!(
-            bpf.is_empty(),
-            "{args:?}: must not touch BPF, made {} bpf() calls, e.g. {:?}",
-            bpf.len(),
-            bpf.first()
-        );
+        assert!(bpf.is_empty(), "{args:?}: must not touch BPF, made {} bpf() calls, e.g. {:?}", bpf.len(), bpf.first());
     }
     let new: Vec<u64> = nd_programs().difference(&before).copied().collect();
     assert!(new.is_empty(), "{args:?}: new nd_* programs {new:?}");
@@ -497,10 +465,7 @@ fn has_subcommand(sub: &str) -> bool {
 }
 
 fn help_mentions(sub: &str, flag: &str) -> bool {
-    nd().args([sub, "--help"])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).contains(flag))
-        .unwrap_or(false)
+    nd().args([sub, "--help"]).output().map(|o| String::from_utf8_lossy(&o.stdout).contains(flag)).unwrap_or(false)
 }
 
 #[test]
@@ -549,12 +514,7 @@ fn bad_input_gives_one_line_exit_2_and_loads_nothing() {
         let not_elf = dir.path().join("not-elf");
         fs::write(&not_elf, "#!/bin/sh\necho not an ELF file\n").unwrap();
         let not_elf_spec = format!("{}:main*", not_elf.display());
-        bad_input(
-            &["trace", "-p", &pid, "--handler", "/nonexistent/bin/server:handle*", "1"],
-            "not found",
-            false,
-            &log,
-        );
+        bad_input(&["trace", "-p", &pid, "--handler", "/nonexistent/bin/server:handle*", "1"], "not found", false, &log);
         bad_input(&["trace", "-p", &pid, "--handler", &not_elf_spec, "1"], "not an ELF file", false, &log);
         bad_input(&["trace", "-p", &pid, "--handler", "exe:[", "1"], "unclosed '['", false, &log);
         bad_input(&["trace", "-p", &pid, "--handler", "exe:", "1"], "empty glob", false, &log);
@@ -576,12 +536,7 @@ fn unwritable_ready_file_or_output_dir_loads_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("strace.log");
     let missing = dir.path().join("no-such-dir").join("ready");
-    bad_input(
-        &["trace", "-p", &pid, "--ready-file", missing.to_str().unwrap(), "1"],
-        "cannot write",
-        false,
-        &log,
-    );
+    bad_input(&["trace", "-p", &pid, "--ready-file", missing.to_str().unwrap(), "1"], "cannot write", false, &log);
     let out_dir = dir.path().join("a-directory");
     fs::create_dir(&out_dir).unwrap();
     bad_input(&["trace", "-p", &pid, "-o", out_dir.to_str().unwrap(), "1"], "cannot write", false, &log);

@@ -113,7 +113,12 @@ fn data_connection_chain_and_close() {
     let client = t(20, 20, "client");
     let conn = sock(0xbbb, 501, "127.0.0.1:8080", "127.0.0.1:40000", 1);
     let evs = vec![
-        ev(10_000, 1, client.clone(), Kind::SockReady { sock: conn.clone(), seq: 8, hook: ReadyHook::SkDataReady, new_state: None, packet: None }),
+        ev(
+            10_000,
+            1,
+            client.clone(),
+            Kind::SockReady { sock: conn.clone(), seq: 8, hook: ReadyHook::SkDataReady, new_state: None, packet: None },
+        ),
         ev(10_010, 1, client.clone(), wake(w0.clone(), 8, Cause::SocketReadable)),
         ev(10_500, 1, w0.clone(), switch_in(10_010, 0)),
         ev(10_600, 1, w0.clone(), epoll_exit(4, &[6])),
@@ -138,7 +143,18 @@ fn timer_wake_is_not_joined_to_socket_and_idle_expiry() {
     let mut c = Correlator::new();
     let w = t(10, 11, "w");
     let other = t(30, 30, "x");
-    c.ingest(&ev(100, 0, other.clone(), Kind::SockReady { sock: sock(1, 2, "1.1.1.1:1", "2.2.2.2:2", 1), seq: 1, hook: ReadyHook::SkDataReady, new_state: None, packet: None }));
+    c.ingest(&ev(
+        100,
+        0,
+        other.clone(),
+        Kind::SockReady {
+            sock: sock(1, 2, "1.1.1.1:1", "2.2.2.2:2", 1),
+            seq: 1,
+            hook: ReadyHook::SkDataReady,
+            new_state: None,
+            packet: None,
+        },
+    ));
     let a = c.ingest(&ev(110, 0, other.clone(), wake(w.clone(), 1, Cause::Timer)));
     assert_ne!(a.chain, Some(1), "a timer wake is not the socket's");
     c.ingest(&ev(10_000_000_000, 0, w.clone(), Kind::EpollEnter { epfd: 4, maxevents: 1, syscall: Syscall::EpollWait }));

@@ -589,7 +589,8 @@ mod tests {
         let j: u64 = json_lines(&es).lines().map(|l| serde_json::from_str::<Value>(l).unwrap()["total_us"].as_u64().unwrap()).sum();
         assert_eq!(j, tot.total_us);
         // Text is smallest first.
-        let firsts: Vec<u64> = t.lines().filter(|l| l.contains("us total")).map(|l| l.trim().split(' ').next().unwrap().parse().unwrap()).collect();
+        let firsts: Vec<u64> =
+            t.lines().filter(|l| l.contains("us total")).map(|l| l.trim().split(' ').next().unwrap().parse().unwrap()).collect();
         assert!(firsts.windows(2).all(|w| w[0] <= w[1]), "{firsts:?}");
     }
 

@@ -65,7 +65,15 @@ pub fn parse(text: &str) -> Vec<Mapping> {
             let inode = it.next()?.parse().ok()?;
             let path = it.next().unwrap_or("").trim_start().to_string();
             let (s, e) = range.split_once('-')?;
-            Some(Mapping { start: u64::from_str_radix(s, 16).ok()?, end: u64::from_str_radix(e, 16).ok()?, perms, offset, dev, inode, path })
+            Some(Mapping {
+                start: u64::from_str_radix(s, 16).ok()?,
+                end: u64::from_str_radix(e, 16).ok()?,
+                perms,
+                offset,
+                dev,
+                inode,
+                path,
+            })
         })
         .collect();
     v.sort_by_key(|m| m.start);

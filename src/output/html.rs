@@ -20,10 +20,10 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
 
-use crate::output::partial_path;
 use crate::analysis::{Action, Annotation, Chain, Hop};
 use crate::error::{Error, Result};
 use crate::events::{epoll_flags, errno_name, Event, Kind, ReadyHook, SockInfo, Task};
+use crate::output::partial_path;
 use crate::output::{dur, term_safe};
 use crate::summary::{Hist, Summary};
 use crate::symbolize::{is_tracer_frame_name, KernelSyms};
@@ -308,7 +308,11 @@ impl ReportWriter {
         o.push_str("<header>\n<h1>netdrift report</h1>\n");
         let s = &self.start;
         let mut targets: Vec<String> = Vec::new();
-        let list = |v: &Value| -> Vec<String> { v.as_array().map(|a| a.iter().map(|x| x.as_str().map(str::to_string).unwrap_or_else(|| x.to_string())).collect()).unwrap_or_default() };
+        let list = |v: &Value| -> Vec<String> {
+            v.as_array()
+                .map(|a| a.iter().map(|x| x.as_str().map(str::to_string).unwrap_or_else(|| x.to_string())).collect())
+                .unwrap_or_default()
+        };
         for (k, name) in [("pids", "pid"), ("tids", "tid"), ("comms", "comm")] {
             let l = list(&s[k]);
             if !l.is_empty() {
@@ -372,7 +376,8 @@ impl ReportWriter {
         let mut links: HashMap<String, String> = HashMap::new();
         let clean = |s: &str| -> String { term_safe(s).replace(';', ":").replace(['\n', '\r'], " ") };
         for ((stack, comm, state), (w, _, _)) in &self.folded {
-            let mut frames: Vec<String> = if stack.is_empty() { vec!["[no stack captured]".to_string()] } else { waker_frames(syms, stack) };
+            let mut frames: Vec<String> =
+                if stack.is_empty() { vec!["[no stack captured]".to_string()] } else { waker_frames(syms, stack) };
             frames.reverse();
             let mut parts = vec![clean(comm), clean(state), "--".to_string()];
             for f in frames {
@@ -468,24 +473,45 @@ fn chain_json(c: &Chain, t0: u64, stack_of: &mut dyn FnMut(&[u64]) -> Option<usi
         Some(s) => {
             if let Some(p) = &s.packet {
                 let dev = if p.dev.is_empty() { "?".to_string() } else { term_safe(&p.dev).into_owned() };
-                head.push(node("packet", None, "packet".into(), vec![format!("{} bytes on {dev} (netif_receive_skb)", p.len), format!("CPU{}", s.cpu)], None));
+                head.push(node(
+                    "packet",
+                    None,
+                    "packet".into(),
+                    vec![format!("{} bytes on {dev} (netif_receive_skb)", p.len), format!("CPU{}", s.cpu)],
+                    None,
+                ));
             }
             let what = match s.hook {
                 ReadyHook::SkDataReady => "socket ready".to_string(),
                 ReadyHook::InetSockSetState => format!("state -> {}", s.sock.state_name()),
             };
-            let fds = if s.fds.is_empty() { "fd unknown".to_string() } else { s.fds.iter().map(|(p, f)| format!("fd {f} of pid {p}")).collect::<Vec<_>>().join(", ") };
+            let fds = if s.fds.is_empty() {
+                "fd unknown".to_string()
+            } else {
+                s.fds.iter().map(|(p, f)| format!("fd {f} of pid {p}")).collect::<Vec<_>>().join(", ")
+            };
             let edge = s.packet.as_ref().map(|p| dur(s.ts.saturating_sub(p.ts)));
             head.push(node(
                 "sock",
                 edge,
                 what,
-                vec![sock_line(&s.sock), format!("CPU{} in {}", s.cpu, task(&s.task)), format!("sk=0x{:x} ino={} netns={}", s.sock.sk, s.sock.ino, s.sock.netns), fds],
+                vec![
+                    sock_line(&s.sock),
+                    format!("CPU{} in {}", s.cpu, task(&s.task)),
+                    format!("sk=0x{:x} ino={} netns={}", s.sock.sk, s.sock.ino, s.sock.netns),
+                    fds,
+                ],
                 None,
             ));
             if let Some(np) = &s.napi {
                 let dev = if np.dev.is_empty() { "the per-CPU backlog".to_string() } else { term_safe(&np.dev).into_owned() };
-                head.push(node("packet", Some(rel(np.ts)), "napi poll ended".into(), vec![format!("{} of budget {} packets from {dev}", np.work, np.budget)], None));
+                head.push(node(
+                    "packet",
+                    Some(rel(np.ts)),
+                    "napi poll ended".into(),
+                    vec![format!("{} of budget {} packets from {dev}", np.work, np.budget)],
+                    None,
+                ));
             }
             sock_line(&s.sock)
         }
@@ -499,7 +525,12 @@ fn chain_json(c: &Chain, t0: u64, stack_of: &mut dyn FnMut(&[u64]) -> Option<usi
     if c.woken() > 1 {
         let winners = c.hops.iter().filter(|h| h.accepted()).count();
         if c.sock.as_ref().map(|s| s.sock.is_listen()).unwrap_or(false) {
-            notes.push(format!("! thundering herd: one listen-socket event woke {} threads, {} accepted, {} woken for nothing", c.woken(), winners, c.wasted()));
+            notes.push(format!(
+                "! thundering herd: one listen-socket event woke {} threads, {} accepted, {} woken for nothing",
+                c.woken(),
+                winners,
+                c.wasted()
+            ));
         } else {
             notes.push(format!("! one event woke {} threads, {} woken for nothing", c.woken(), c.wasted()));
         }
@@ -539,11 +570,23 @@ fn hop_json(h: &Hop, start: u64, stack_of: &mut dyn FnMut(&[u64]) -> Option<usiz
             ));
             last = w.ts;
         }
-        None => steps.push(node("wake", None, format!("{} was running", task(&h.target)), vec!["its epoll_wait returned without sleeping".into()], None)),
+        None => steps.push(node(
+            "wake",
+            None,
+            format!("{} was running", task(&h.target)),
+            vec!["its epoll_wait returned without sleeping".into()],
+            None,
+        )),
     }
     if let Some(c) = &h.on_cpu {
         if c.never_left {
-            steps.push(node("cpu", Some("no wait".into()), format!("still on CPU{}", c.cpu), vec!["woken before it left its CPU: no run-queue wait".into()], None));
+            steps.push(node(
+                "cpu",
+                Some("no wait".into()),
+                format!("still on CPU{}", c.cpu),
+                vec!["woken before it left its CPU: no run-queue wait".into()],
+                None,
+            ));
         } else {
             let mut lines = vec![rel(c.ts)];
             if c.migrated {
@@ -572,14 +615,32 @@ fn hop_json(h: &Hop, start: u64, stack_of: &mut dyn FnMut(&[u64]) -> Option<usiz
             lines.push(format!("+{} more", e.ret as usize - e.events.len()));
         }
         lines.push(rel(e.ts));
-        steps.push(node("epoll", Some(format!("+{}", dur(e.ts.saturating_sub(last)))), format!("{}({}) returned {}", e.syscall.name(), e.epfd, e.ret), lines, None));
+        steps.push(node(
+            "epoll",
+            Some(format!("+{}", dur(e.ts.saturating_sub(last)))),
+            format!("{}({}) returned {}", e.syscall.name(), e.epfd, e.ret),
+            lines,
+            None,
+        ));
         last = last.max(e.ts);
     }
     if h.preemptions > 0 {
-        steps.push(node("preempt", None, format!("preempted {} time(s)", h.preemptions), vec![format!("{} waiting for a CPU again (involuntary switches)", dur(h.preempted_ns))], None));
+        steps.push(node(
+            "preempt",
+            None,
+            format!("preempted {} time(s)", h.preemptions),
+            vec![format!("{} waiting for a CPU again (involuntary switches)", dur(h.preempted_ns))],
+            None,
+        ));
     }
     if let Some(ts) = h.slept_again {
-        steps.push(node("wasted", Some(format!("+{}", dur(ts.saturating_sub(last)))), "asleep again".into(), vec!["epoll_wait found nothing: woken for nothing".into(), rel(ts)], None));
+        steps.push(node(
+            "wasted",
+            Some(format!("+{}", dur(ts.saturating_sub(last)))),
+            "asleep again".into(),
+            vec!["epoll_wait found nothing: woken for nothing".into(), rel(ts)],
+            None,
+        ));
     }
     for a in &h.actions {
         let (ts, title, lines) = action_text(a, h.accepted());
@@ -605,7 +666,11 @@ fn action_text(a: &Action, accepted: bool) -> (Option<u64>, String, Vec<String>)
         Action::Accept { ts, syscall, listen_fd, ret, peer, backlog, max_backlog, .. } => {
             if *ret >= 0 {
                 let p = peer.as_ref().map(|p| p.remote.to_string()).unwrap_or_else(|| "?".into());
-                (Some(*ts), format!("{}({listen_fd}) = fd {ret}", syscall.name()), vec![format!("peer {p}"), format!("backlog {backlog}/{max_backlog}")])
+                (
+                    Some(*ts),
+                    format!("{}({listen_fd}) = fd {ret}", syscall.name()),
+                    vec![format!("peer {p}"), format!("backlog {backlog}/{max_backlog}")],
+                )
             } else {
                 let hint = if *ret == -11 && !accepted { vec!["nothing to accept: woken for nothing".to_string()] } else { vec![] };
                 (Some(*ts), format!("{}({listen_fd}) = -{}", syscall.name(), errno_name(-ret)), hint)
@@ -628,7 +693,12 @@ fn action_text(a: &Action, accepted: bool) -> (Option<u64>, String, Vec<String>)
             let ts = v["ts"].as_u64();
             let lines = v
                 .as_object()
-                .map(|m| m.iter().filter(|(k, _)| *k != "action" && *k != "ts").map(|(k, v)| format!("{k}: {}", term_safe(&v.to_string()))).collect())
+                .map(|m| {
+                    m.iter()
+                        .filter(|(k, _)| *k != "action" && *k != "ts")
+                        .map(|(k, v)| format!("{k}: {}", term_safe(&v.to_string())))
+                        .collect()
+                })
                 .unwrap_or_default();
             (ts, term_safe(&name).into_owned(), lines)
         }
@@ -785,7 +855,14 @@ pub fn hist_svg(title: &str, h: &Hist) -> String {
     );
     let _ = write!(o, "<title>{}</title>", esc(&format!("{title}: {} samples", h.count)));
     let _ = write!(o, "<text x=\"{}\" y=\"16\" font-size=\"12\" font-weight=\"bold\" fill=\"#1d2330\">{}</text>", left, esc(title));
-    let _ = write!(o, "<text x=\"{}\" y=\"28\" fill=\"#5b6474\">{} samples, p50 {}, p99 {}</text>", left, h.count, esc(&pct(h, 50.0)), esc(&pct(h, 99.0)));
+    let _ = write!(
+        o,
+        "<text x=\"{}\" y=\"28\" fill=\"#5b6474\">{} samples, p50 {}, p99 {}</text>",
+        left,
+        h.count,
+        esc(&pct(h, 50.0)),
+        esc(&pct(h, 99.0))
+    );
     let base_y = top + plot_h;
     let _ = write!(o, "<line x1=\"{left}\" y1=\"{base_y}\" x2=\"{}\" y2=\"{base_y}\" stroke=\"#9aa8bd\"/>", left + n * bw);
     let _ = write!(o, "<text x=\"{}\" y=\"{}\" text-anchor=\"end\" fill=\"#5b6474\">{max}</text>", left - 4, top + 8);
@@ -804,7 +881,8 @@ pub fn hist_svg(title: &str, h: &Hist) -> String {
             esc(&format!("{lo} .. {hi} us: {count}"))
         );
         if count > 0 {
-            let _ = write!(o, "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\" fill=\"#1d2330\">{count}</text>", x + bw / 2, base_y - bh - 3);
+            let _ =
+                write!(o, "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\" fill=\"#1d2330\">{count}</text>", x + bw / 2, base_y - bh - 3);
         }
         let _ = write!(
             o,
@@ -827,7 +905,8 @@ fn threads(o: &mut String, s: &Summary) {
         return;
     }
     o.push_str("<table class=\"threads\">\n<tr><th>thread</th><th class=\"num\">wake-ups</th><th class=\"num\">voluntary</th><th class=\"num\">involuntary</th><th class=\"num\">run queue p50</th><th class=\"num\">p99</th><th>causes</th><th>waker contexts</th><th>top wakers</th></tr>\n");
-    let join = |m: &std::collections::BTreeMap<String, u64>| m.iter().map(|(k, v)| format!("{} {v}", text(k))).collect::<Vec<_>>().join(", ");
+    let join =
+        |m: &std::collections::BTreeMap<String, u64>| m.iter().map(|(k, v)| format!("{} {v}", text(k))).collect::<Vec<_>>().join(", ");
     for t in &s.threads {
         let mut w: Vec<(&String, &u64)> = t.wakers.iter().collect();
         w.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
@@ -1017,7 +1096,10 @@ mod tests {
         assert_eq!(kernel_ident("sock_def_readable.isra.0"), Some("sock_def_readable"));
         assert_eq!(kernel_ident("[unknown] 0xffff"), None);
         assert_eq!(kernel_ident("<img"), None);
-        assert_eq!(ident_url("https://elixir.bootlin.com/linux/v6.18", "tcp_v4_rcv"), "https://elixir.bootlin.com/linux/v6.18/C/ident/tcp_v4_rcv");
+        assert_eq!(
+            ident_url("https://elixir.bootlin.com/linux/v6.18", "tcp_v4_rcv"),
+            "https://elixir.bootlin.com/linux/v6.18/C/ident/tcp_v4_rcv"
+        );
     }
 
     #[test]
@@ -1063,7 +1145,8 @@ mod tests {
         let stats: Stats = c.stats.clone();
         let losses = Losses::default();
         let summary = c.summary.build();
-        let end = TraceEnd { stats: &stats, summary: &summary, losses: &losses, secs: 1.0, reason: "done", ringbuf_mib: 8, decode_errors: 0 };
+        let end =
+            TraceEnd { stats: &stats, summary: &summary, losses: &losses, secs: 1.0, reason: "done", ringbuf_mib: 8, decode_errors: 0 };
         let mut syms = KernelSyms::new();
         let page = r.render(&end, &mut syms);
         assert!(page.starts_with("<!DOCTYPE html>"));

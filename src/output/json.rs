@@ -81,7 +81,16 @@ mod tests {
             cpu: 1,
             task: Task { pid: 1, tid: 1, comm: "<img src=x onerror=alert(1)>\u{1b}".into() },
             kind: Kind::SockReady {
-                sock: SockInfo { sk: 0xff, ino: 9, netns: 1, family: 2, protocol: 6, local: "127.0.0.1:80".parse().unwrap(), remote: "0.0.0.0:0".parse().unwrap(), state: 10 },
+                sock: SockInfo {
+                    sk: 0xff,
+                    ino: 9,
+                    netns: 1,
+                    family: 2,
+                    protocol: 6,
+                    local: "127.0.0.1:80".parse().unwrap(),
+                    remote: "0.0.0.0:0".parse().unwrap(),
+                    state: 10,
+                },
                 seq: 3,
                 hook: crate::events::ReadyHook::SkDataReady,
                 new_state: None,

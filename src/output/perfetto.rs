@@ -26,10 +26,10 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
 
-use crate::output::partial_path;
 use crate::analysis::{Annotation, Chain};
 use crate::error::{Error, Result};
 use crate::events::{epoll_flags, Event, Kind, SockInfo, Task};
+use crate::output::partial_path;
 use crate::symbolize::KernelSyms;
 use crate::trace::{Observer, TraceEnd};
 
@@ -47,11 +47,25 @@ const POINT_NS: u64 = 1_000;
 
 #[derive(Debug, Clone)]
 enum TK {
-    In { cpu: u32 },
-    Out { involuntary: bool, state: u32 },
+    In {
+        cpu: u32,
+    },
+    Out {
+        involuntary: bool,
+        state: u32,
+    },
     Woken,
-    Enter { epfd: i32, syscall: &'static str },
-    Exit { epfd: i32, ret: i32, enter_ts: u64, syscall: &'static str, args: Value },
+    Enter {
+        epfd: i32,
+        syscall: &'static str,
+    },
+    Exit {
+        epfd: i32,
+        ret: i32,
+        enter_ts: u64,
+        syscall: &'static str,
+        args: Value,
+    },
     Gone,
     /// Any other event of the thread: it was running.
     Running,
@@ -305,7 +319,12 @@ impl PerfettoWriter {
                     })
                     .collect();
                 let args = json!({"epfd": epfd, "ret": ret, "events": evs, "chain": chain});
-                self.push_tev(&ev.task, ev.ts, ev.cpu, TK::Exit { epfd: *epfd, ret: *ret, enter_ts: *enter_ts, syscall: syscall.name(), args });
+                self.push_tev(
+                    &ev.task,
+                    ev.ts,
+                    ev.cpu,
+                    TK::Exit { epfd: *epfd, ret: *ret, enter_ts: *enter_ts, syscall: syscall.name(), args },
+                );
             }
             Kind::Accept { listen_fd, ret, syscall, peer, listen, backlog, max_backlog, .. } => {
                 self.push_tev(&ev.task, ev.ts, ev.cpu, TK::Running);
@@ -332,7 +351,12 @@ impl PerfettoWriter {
             }
             Kind::SockState { sock, old, new } => {
                 let args = json!({"sock": sock_label(sock), "old": crate::events::tcp_state_name(*old), "new": crate::events::tcp_state_name(*new), "in_task": task_label(&ev.task)});
-                self.instant(Track::Cpu(ev.cpu), ev.ts, format!("tcp {} -> {}", crate::events::tcp_state_name(*old), crate::events::tcp_state_name(*new)), args);
+                self.instant(
+                    Track::Cpu(ev.cpu),
+                    ev.ts,
+                    format!("tcp {} -> {}", crate::events::tcp_state_name(*old), crate::events::tcp_state_name(*new)),
+                    args,
+                );
             }
             Kind::TaskNew { child, reason } => {
                 self.thread(child);
@@ -358,13 +382,21 @@ impl PerfettoWriter {
     pub fn add_chain(&mut self, c: &Chain) {
         if let Some(s) = c.sock.as_ref().filter(|s| s.packet.is_some() && c.hops.iter().any(|h| h.wake.is_some())) {
             let p = s.packet.as_ref().map(|p| p.ts).unwrap_or(s.ts);
-            self.flows.push(FlowRec { name: "packet -> socket", from: Anchor::Point { cpu: s.cpu, ts: p, key: PointKey::Packet }, to: Anchor::Point { cpu: s.cpu, ts: s.ts, key: PointKey::Sock } });
+            self.flows.push(FlowRec {
+                name: "packet -> socket",
+                from: Anchor::Point { cpu: s.cpu, ts: p, key: PointKey::Packet },
+                to: Anchor::Point { cpu: s.cpu, ts: s.ts, key: PointKey::Sock },
+            });
         }
         for h in &c.hops {
             let Some(w) = &h.wake else { continue };
             let wake = Anchor::Point { cpu: w.cpu, ts: w.ts, key: PointKey::Wake(h.target.tid) };
             if let Some(s) = &c.sock {
-                self.flows.push(FlowRec { name: "socket -> wake-up", from: Anchor::Point { cpu: s.cpu, ts: s.ts, key: PointKey::Sock }, to: wake });
+                self.flows.push(FlowRec {
+                    name: "socket -> wake-up",
+                    from: Anchor::Point { cpu: s.cpu, ts: s.ts, key: PointKey::Sock },
+                    to: wake,
+                });
             }
             let end = match (&h.epoll, &h.on_cpu) {
                 (Some(e), _) => Some(Anchor::Before { tid: h.target.tid, ts: e.ts }),
@@ -449,7 +481,12 @@ impl PerfettoWriter {
                 Track::Cpu(c) => placed.get(&(c, i.ts, PointKey::Sock)).map(|p| p.0).unwrap_or(i.ts),
                 Track::Thread { .. } => i.ts,
             };
-            out.push((us(ts), 1, i.seq as i64, json!({"ph": "i", "s": "t", "name": i.name, "cat": "netdrift", "pid": pid, "tid": tid, "ts": us(ts), "args": i.args})));
+            out.push((
+                us(ts),
+                1,
+                i.seq as i64,
+                json!({"ph": "i", "s": "t", "name": i.name, "cat": "netdrift", "pid": pid, "tid": tid, "ts": us(ts), "args": i.args}),
+            ));
         }
 
         // Flows: both ends must resolve to a point strictly inside a slice.
@@ -483,8 +520,18 @@ impl PerfettoWriter {
                 continue;
             }
             id += 1;
-            out.push((us_f(fts), 2, id as i64, json!({"ph": "s", "id": id, "name": f.name, "cat": "netdrift.flow", "pid": fp, "tid": ft, "ts": us_f(fts)})));
-            out.push((us_f(tts), 3, id as i64, json!({"ph": "f", "bp": "e", "id": id, "name": f.name, "cat": "netdrift.flow", "pid": tp, "tid": tt, "ts": us_f(tts)})));
+            out.push((
+                us_f(fts),
+                2,
+                id as i64,
+                json!({"ph": "s", "id": id, "name": f.name, "cat": "netdrift.flow", "pid": fp, "tid": ft, "ts": us_f(fts)}),
+            ));
+            out.push((
+                us_f(tts),
+                3,
+                id as i64,
+                json!({"ph": "f", "bp": "e", "id": id, "name": f.name, "cat": "netdrift.flow", "pid": tp, "tid": tt, "ts": us_f(tts)}),
+            ));
         }
         out.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
 
@@ -533,7 +580,9 @@ impl PerfettoWriter {
         cpus.sort_unstable();
         cpus.dedup();
         if !cpus.is_empty() {
-            meta.push(json!({"ph": "M", "name": "process_name", "pid": SOFTIRQ_PID, "tid": SOFTIRQ_PID, "args": {"name": SOFTIRQ_PROCESS}}));
+            meta.push(
+                json!({"ph": "M", "name": "process_name", "pid": SOFTIRQ_PID, "tid": SOFTIRQ_PID, "args": {"name": SOFTIRQ_PROCESS}}),
+            );
             meta.push(json!({"ph": "M", "name": "process_sort_index", "pid": SOFTIRQ_PID, "tid": SOFTIRQ_PID, "args": {"sort_index": 1}}));
         }
         for c in cpus {
@@ -696,7 +745,8 @@ fn thread_slices(tid: u32, t: &ThreadRec, t_end: u64) -> (Vec<Slice>, Vec<Slice>
     let mut edges: Vec<u64> = spans.iter().flat_map(|s| [s.start, s.end]).collect();
     edges.sort_unstable();
     edges.dedup();
-    let spans: Vec<Slice> = spans.into_iter().map(|s| Slice { pid: t.pid, tid, ts: s.start, dur: s.end - s.start, name: s.name, args: s.args }).collect();
+    let spans: Vec<Slice> =
+        spans.into_iter().map(|s| Slice { pid: t.pid, tid, ts: s.start, dur: s.end - s.start, name: s.name, args: s.args }).collect();
     let mut out: Vec<Slice> = Vec::new();
     for s in states {
         let mut a = s.start;
@@ -770,7 +820,16 @@ pub(crate) mod tests {
     }
 
     fn listen() -> SockInfo {
-        SockInfo { sk: 0xff, ino: 9, netns: 1, family: 2, protocol: 6, local: "127.0.0.1:80".parse().unwrap(), remote: "0.0.0.0:0".parse().unwrap(), state: 10 }
+        SockInfo {
+            sk: 0xff,
+            ino: 9,
+            netns: 1,
+            family: 2,
+            protocol: 6,
+            local: "127.0.0.1:80".parse().unwrap(),
+            remote: "0.0.0.0:0".parse().unwrap(),
+            state: 10,
+        }
     }
 
     /// A herd: one connection wakes two workers, one accepts.
@@ -800,10 +859,45 @@ pub(crate) mod tests {
             ev(10_000, 1, &client, Kind::SockReady { sock: listen(), seq: 1, hook: ReadyHook::SkDataReady, new_state: None, packet: None }),
             ev(10_100, 1, &client, wake(&w0)),
             ev(10_150, 1, &client, wake(&w1)),
-            ev(12_000, 0, &w0, Kind::SwitchIn { runnable_ts: 10_100, prev_cpu: 0, after_preempt: false, prev_tid: 0, prev_comm: "swapper/0".into() }),
-            ev(12_500, 0, &w0, Kind::EpollExit { enter_ts: 1_100, epfd: 5, ret: 1, syscall: Syscall::EpollWait, events: vec![EpEvent { events: 1, data: 3, fd: None }] }),
-            ev(13_000, 0, &w0, Kind::Accept { enter_ts: 12_900, listen_fd: 3, ret: 7, syscall: Syscall::Accept4, backlog: 0, max_backlog: 128, listen: Some(listen()), peer: None }),
-            ev(14_000, 1, &w1, Kind::SwitchIn { runnable_ts: 10_150, prev_cpu: 1, after_preempt: false, prev_tid: 0, prev_comm: "swapper/1".into() }),
+            ev(
+                12_000,
+                0,
+                &w0,
+                Kind::SwitchIn { runnable_ts: 10_100, prev_cpu: 0, after_preempt: false, prev_tid: 0, prev_comm: "swapper/0".into() },
+            ),
+            ev(
+                12_500,
+                0,
+                &w0,
+                Kind::EpollExit {
+                    enter_ts: 1_100,
+                    epfd: 5,
+                    ret: 1,
+                    syscall: Syscall::EpollWait,
+                    events: vec![EpEvent { events: 1, data: 3, fd: None }],
+                },
+            ),
+            ev(
+                13_000,
+                0,
+                &w0,
+                Kind::Accept {
+                    enter_ts: 12_900,
+                    listen_fd: 3,
+                    ret: 7,
+                    syscall: Syscall::Accept4,
+                    backlog: 0,
+                    max_backlog: 128,
+                    listen: Some(listen()),
+                    peer: None,
+                },
+            ),
+            ev(
+                14_000,
+                1,
+                &w1,
+                Kind::SwitchIn { runnable_ts: 10_150, prev_cpu: 1, after_preempt: false, prev_tid: 0, prev_comm: "swapper/1".into() },
+            ),
             ev(14_300, 1, &w1, Kind::SwitchOut { involuntary: false, state: 1, next_tid: 0, next_comm: "swapper/1".into() }),
             ev(15_000, 0, &w0, Kind::Close { fd: 7, sock: None }),
             ev(15_100, 0, &w0, Kind::EpollEnter { epfd: 5, maxevents: 8, syscall: Syscall::EpollWait }),
@@ -867,12 +961,22 @@ pub(crate) mod tests {
         for f in starts.iter().chain(ends.iter()) {
             let ts = f["ts"].as_f64().unwrap();
             assert!(
-                xs.iter().any(|x| x["pid"] == f["pid"] && x["tid"] == f["tid"] && x["ts"].as_f64().unwrap() < ts && ts < x["ts"].as_f64().unwrap() + x["dur"].as_f64().unwrap()),
+                xs.iter().any(|x| x["pid"] == f["pid"]
+                    && x["tid"] == f["tid"]
+                    && x["ts"].as_f64().unwrap() < ts
+                    && ts < x["ts"].as_f64().unwrap() + x["dur"].as_f64().unwrap()),
                 "flow point not inside a slice: {f}"
             );
         }
         let has = |n: &str| xs.iter().any(|x| x["name"].as_str().unwrap().starts_with(n));
-        assert!(has("on CPU") && has("blocked in epoll_wait") && has("run queue") && has("epoll_wait(5) = 1") && has("socket ready") && has("wake "));
+        assert!(
+            has("on CPU")
+                && has("blocked in epoll_wait")
+                && has("run queue")
+                && has("epoll_wait(5) = 1")
+                && has("socket ready")
+                && has("wake ")
+        );
         assert!(evs.iter().any(|e| e["ph"] == "i" && e["name"] == "accept4(3) = fd 7"));
         assert!(evs.iter().any(|e| e["ph"] == "i" && e["name"] == "close(7)"));
         // Proper nesting per track.

@@ -76,11 +76,26 @@ impl TextRenderer {
                 }
             },
         };
-        let _ = writeln!(o, "chain {}  at {}  {}{}", c.id, dur(c.start_ts.saturating_sub(self.t0)), title, if c.incomplete { "  [incomplete]" } else { "" });
+        let _ = writeln!(
+            o,
+            "chain {}  at {}  {}{}",
+            c.id,
+            dur(c.start_ts.saturating_sub(self.t0)),
+            title,
+            if c.incomplete { "  [incomplete]" } else { "" }
+        );
         if let Some(p) = c.sock.as_ref().and_then(|s| s.packet.as_ref()) {
             let s = c.sock.as_ref().unwrap();
             let dev = if p.dev.is_empty() { "?".to_string() } else { term_safe(&p.dev).into_owned() };
-            let _ = writeln!(o, "  {:<14} CPU{}  {} bytes on {} (netif_receive_skb), {} before the socket was ready", "packet", s.cpu, p.len, dev, dur(s.ts.saturating_sub(p.ts)));
+            let _ = writeln!(
+                o,
+                "  {:<14} CPU{}  {} bytes on {} (netif_receive_skb), {} before the socket was ready",
+                "packet",
+                s.cpu,
+                p.len,
+                dev,
+                dur(s.ts.saturating_sub(p.ts))
+            );
         }
         if let Some(s) = &c.sock {
             let what = match s.hook {
@@ -99,7 +114,16 @@ impl TextRenderer {
         }
         if let Some(np) = c.sock.as_ref().and_then(|s| s.napi.as_ref()) {
             let dev = if np.dev.is_empty() { "the per-CPU backlog (loopback/RPS)".to_string() } else { term_safe(&np.dev).into_owned() };
-            let _ = writeln!(o, "  {:<14} CPU{}  {} of budget {} packets from {} {:>9}  (napi_poll ended)", "napi poll", np.cpu, np.work, np.budget, dev, rel(np.ts));
+            let _ = writeln!(
+                o,
+                "  {:<14} CPU{}  {} of budget {} packets from {} {:>9}  (napi_poll ended)",
+                "napi poll",
+                np.cpu,
+                np.work,
+                np.budget,
+                dev,
+                rel(np.ts)
+            );
         }
         let n = c.hops.len();
         for (i, h) in c.hops.iter().enumerate() {
@@ -110,7 +134,13 @@ impl TextRenderer {
         if c.woken() > 1 {
             let winners = c.hops.iter().filter(|h| h.accepted()).count();
             if c.sock.as_ref().map(|s| s.sock.is_listen()).unwrap_or(false) {
-                let _ = writeln!(o, "  ! thundering herd: one listen-socket event woke {} threads, {} accepted, {} woken for nothing", c.woken(), winners, c.wasted());
+                let _ = writeln!(
+                    o,
+                    "  ! thundering herd: one listen-socket event woke {} threads, {} accepted, {} woken for nothing",
+                    c.woken(),
+                    winners,
+                    c.wasted()
+                );
             } else {
                 let _ = writeln!(o, "  ! one event woke {} threads, {} woken for nothing", c.woken(), c.wasted());
             }
@@ -159,11 +189,26 @@ impl TextRenderer {
                     None => format!("data 0x{:x} {}", r.data, epoll_flags(r.events)),
                 })
                 .collect();
-            let more = if e.ret as usize > e.events.len() { format!(" (+{} more)", e.ret as usize - e.events.len()) } else { String::new() };
-            let _ = writeln!(o, "  {cont}   {}({}) {:>9}  returned {}: {}{}", e.syscall.name(), e.epfd, rel(e.ts), e.ret, list.join(", "), more);
+            let more =
+                if e.ret as usize > e.events.len() { format!(" (+{} more)", e.ret as usize - e.events.len()) } else { String::new() };
+            let _ = writeln!(
+                o,
+                "  {cont}   {}({}) {:>9}  returned {}: {}{}",
+                e.syscall.name(),
+                e.epfd,
+                rel(e.ts),
+                e.ret,
+                list.join(", "),
+                more
+            );
         }
         if h.preemptions > 0 {
-            let _ = writeln!(o, "  {cont}   preempted {} time(s), {} waiting for a CPU again (involuntary switches)", h.preemptions, dur(h.preempted_ns));
+            let _ = writeln!(
+                o,
+                "  {cont}   preempted {} time(s), {} waiting for a CPU again (involuntary switches)",
+                h.preemptions,
+                dur(h.preempted_ns)
+            );
         }
         if let Some(ts) = h.slept_again {
             let _ = writeln!(o, "  {cont}   asleep again {:>9}  epoll_wait found nothing: woken for nothing", rel(ts));
@@ -173,7 +218,12 @@ impl TextRenderer {
                 Action::Accept { ts, syscall, listen_fd, ret, peer, backlog, max_backlog, .. } => {
                     if *ret >= 0 {
                         let p = peer.as_ref().map(|p| p.remote.to_string()).unwrap_or_else(|| "?".into());
-                        let _ = writeln!(o, "  {cont}   {}({listen_fd}) {:>9}  = fd {ret}  peer {p}  backlog {backlog}/{max_backlog}", syscall.name(), rel(*ts));
+                        let _ = writeln!(
+                            o,
+                            "  {cont}   {}({listen_fd}) {:>9}  = fd {ret}  peer {p}  backlog {backlog}/{max_backlog}",
+                            syscall.name(),
+                            rel(*ts)
+                        );
                     } else {
                         let hint = if *ret == -11 && !h.accepted() { "  (nothing to accept: woken for nothing)" } else { "" };
                         let _ = writeln!(o, "  {cont}   {}({listen_fd}) {:>9}  = -{}{hint}", syscall.name(), rel(*ts), errno_name(-ret));
@@ -217,7 +267,11 @@ pub fn summary(stats: &Stats, losses: &Losses, secs: f64, ringbuf_mib: u32, why:
         if stats.handlers > 0 { format!(", {} handler calls", stats.handlers) } else { String::new() }
     );
     let _ = writeln!(o, "  {} chains woke more than one thread; {} wake-ups were for nothing", stats.herd_chains, stats.wasted_wakes);
-    let _ = writeln!(o, "  context switches of the targets: {} voluntary, {} involuntary", stats.voluntary_switches, stats.involuntary_switches);
+    let _ = writeln!(
+        o,
+        "  context switches of the targets: {} voluntary, {} involuntary",
+        stats.voluntary_switches, stats.involuntary_switches
+    );
     if losses.any() {
         let _ = writeln!(
             o,
@@ -255,7 +309,11 @@ pub fn summary_sections(s: &Summary) -> String {
     let mut o = String::new();
     if !s.herd.is_empty() {
         let _ = writeln!(o, "\nthundering herd, per listen socket:");
-        let _ = writeln!(o, "  {:<24} {:>6} {:>7} {:>6} {:>7} {:>12} {:>12}", "socket", "conns", "events", "woken", "wasted", "woken/event", "wasted/conn");
+        let _ = writeln!(
+            o,
+            "  {:<24} {:>6} {:>7} {:>6} {:>7} {:>12} {:>12}",
+            "socket", "conns", "events", "woken", "wasted", "woken/event", "wasted/conn"
+        );
         for r in &s.herd {
             let _ = writeln!(
                 o,
@@ -291,7 +349,16 @@ pub fn summary_sections(s: &Summary) -> String {
         let _ = writeln!(o, "\nlatency per stage:");
         let _ = writeln!(o, "  {:<34} {:>7} {:>9} {:>9} {:>9} {:>9}", "stage", "count", "p50", "p90", "p99", "max");
         for (name, h) in stages.iter().filter(|(_, h)| h.count > 0) {
-            let _ = writeln!(o, "  {:<34} {:>7} {:>9} {:>9} {:>9} {:>9}", name, h.count, pct(h, 50.0), pct(h, 90.0), pct(h, 99.0), dur(h.max_ns));
+            let _ = writeln!(
+                o,
+                "  {:<34} {:>7} {:>9} {:>9} {:>9} {:>9}",
+                name,
+                h.count,
+                pct(h, 50.0),
+                pct(h, 90.0),
+                pct(h, 99.0),
+                dur(h.max_ns)
+            );
         }
         for (name, h) in stages.iter().filter(|(_, h)| h.count > 0) {
             let _ = writeln!(o);
@@ -313,7 +380,8 @@ pub fn summary_sections(s: &Summary) -> String {
     if !s.threads.is_empty() {
         let _ = writeln!(o, "\nwake-ups per thread:");
         for t in &s.threads {
-            let join = |m: &std::collections::BTreeMap<String, u64>| m.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", ");
+            let join =
+                |m: &std::collections::BTreeMap<String, u64>| m.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", ");
             let _ = writeln!(
                 o,
                 "  {}[{}]  {} wake-ups, switches {} voluntary / {} involuntary, run queue p50 {} p99 {}",
