@@ -10,7 +10,8 @@
 //! ~19% each switch_in/switch_out, ~1.5% each sock_ready/wake (with a
 //! 15-frame kernel stack), and new connections (epoll_ctl, accept, close).
 //!
-//! Measured: `decode` then `Correlator::ingest` for every record, with
+//! Measured: `decode` then `Correlator::ingest` for every record (and, in
+//! `decode+correlate+json`, its JSON line as `trace --json` writes it), with
 //! `drain_completed` every 256 records, as the live pipeline does per batch.
 //! Throughput is reported in elements (events) per second on one core.
 
@@ -20,6 +21,7 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughpu
 
 use netdrift::analysis::Correlator;
 use netdrift::events::decode;
+use netdrift::output::json::write_event;
 use netdrift::skel::types;
 
 /// Records in one replayed stream.
@@ -281,6 +283,24 @@ fn replay_with(s: &Stream) -> (u64, Correlator) {
     (chains, corr)
 }
 
+/// As `replay`, plus each event written as its JSON line (`trace --json`).
+fn replay_json(s: &Stream) -> usize {
+    let mut corr = Correlator::new();
+    let mut buf = Vec::with_capacity(4096);
+    let mut bytes = 0;
+    for (i, &(off, len)) in s.recs.iter().enumerate() {
+        let ev = decode(&s.buf[off..off + len]).expect("synthetic records decode");
+        let ann = corr.ingest(&ev);
+        write_event(&mut buf, &ev, &ann, None).expect("serializes");
+        bytes += black_box(&buf).len();
+        if i % BATCH == BATCH - 1 {
+            black_box(corr.drain_completed());
+        }
+    }
+    black_box(corr.finish());
+    bytes
+}
+
 fn bench(c: &mut Criterion) {
     let s = build_stream(N);
     // Sanity: every record decodes, and the stream forms chains.
@@ -304,6 +324,7 @@ fn bench(c: &mut Criterion) {
         })
     });
     g.bench_function("decode+correlate", |b| b.iter_batched(|| (), |_| black_box(replay(&s)), BatchSize::PerIteration));
+    g.bench_function("decode+correlate+json", |b| b.iter_batched(|| (), |_| black_box(replay_json(&s)), BatchSize::PerIteration));
     g.finish();
 }
 

@@ -308,6 +308,61 @@ fn hook_matches(hook: ReadyHook, cause: Cause) -> bool {
     }
 }
 
+/// Which fd each epoll data word stands for, per (pid, epfd), indexed both
+/// ways: a close or EPOLL_CTL_DEL finds its entries without a scan (a busy
+/// server closes thousands of fds a second, with thousands registered).
+#[derive(Debug, Default)]
+struct EpollMap {
+    by_data: HashMap<(u32, i32, u64), i32>,
+    /// (pid, fd) -> the (epfd, data) it is registered with.
+    by_fd: HashMap<(u32, i32), Vec<(i32, u64)>>,
+}
+
+impl EpollMap {
+    fn get(&self, pid: u32, epfd: i32, data: u64) -> Option<i32> {
+        self.by_data.get(&(pid, epfd, data)).copied()
+    }
+
+    /// `fd` is registered in `epfd` with `data` (an ADD, a MOD, or /proc).
+    fn insert(&mut self, pid: u32, epfd: i32, data: u64, fd: i32) {
+        self.remove_in(pid, epfd, fd);
+        if let Some(old) = self.by_data.insert((pid, epfd, data), fd) {
+            // The word stood for another fd before: that fd lost it.
+            if let Some(v) = self.by_fd.get_mut(&(pid, old)) {
+                v.retain(|&(e, d)| !(e == epfd && d == data));
+            }
+        }
+        self.by_fd.entry((pid, fd)).or_default().push((epfd, data));
+    }
+
+    /// `fd` left `epfd` (EPOLL_CTL_DEL).
+    fn remove_in(&mut self, pid: u32, epfd: i32, fd: i32) {
+        if let Some(v) = self.by_fd.get_mut(&(pid, fd)) {
+            v.retain(|&(e, d)| {
+                if e != epfd {
+                    return true;
+                }
+                if self.by_data.get(&(pid, e, d)) == Some(&fd) {
+                    self.by_data.remove(&(pid, e, d));
+                }
+                false
+            });
+            if v.is_empty() {
+                self.by_fd.remove(&(pid, fd));
+            }
+        }
+    }
+
+    /// `fd` was closed: it left every epoll set.
+    fn remove_fd(&mut self, pid: u32, fd: i32) {
+        for (e, d) in self.by_fd.remove(&(pid, fd)).unwrap_or_default() {
+            if self.by_data.get(&(pid, e, d)) == Some(&fd) {
+                self.by_data.remove(&(pid, e, d));
+            }
+        }
+    }
+}
+
 /// Builds chains from events in ring-buffer order.
 #[derive(Debug, Default)]
 pub struct Correlator {
@@ -319,7 +374,9 @@ pub struct Correlator {
     pub fds: FdTable,
     /// Last known view of each socket inode the targets hold.
     socks: HashMap<u64, SockInfo>,
-    epoll_map: HashMap<(u32, i32, u64), i32>,
+    epoll_map: EpollMap,
+    /// chain id -> the sock seq that started it (to forget it when the chain ends).
+    chain_seq: HashMap<u64, u64>,
     completed: Vec<Chain>,
     pub stats: Stats,
     pub summary: SummaryBuilder,
@@ -389,9 +446,8 @@ impl Correlator {
     }
 
     fn complete(&mut self, c: Chain) {
-        if let Some(s) = &c.sock {
-            self.by_seq.retain(|_, v| v.0 != c.id);
-            let _ = s;
+        if let Some(seq) = self.chain_seq.remove(&c.id) {
+            self.by_seq.remove(&seq);
         }
         if c.hops.is_empty() {
             return;
@@ -449,7 +505,13 @@ impl Correlator {
     /// Feed one event; returns what it was joined to.
     pub fn ingest(&mut self, ev: &Event) -> Annotation {
         self.stats.events += 1;
-        *self.stats.by_type.entry(ev.type_name().to_string()).or_default() += 1;
+        // No String per event: only the first of each type allocates.
+        match self.stats.by_type.get_mut(ev.type_name()) {
+            Some(n) => *n += 1,
+            None => {
+                self.stats.by_type.insert(ev.type_name().to_string(), 1);
+            }
+        }
         self.last_ts = self.last_ts.max(ev.ts);
         if self.idle_ns > 0 && self.last_ts >= self.next_expiry_ts {
             self.expire(self.idle_ns);
@@ -478,6 +540,7 @@ impl Correlator {
                     });
                 }
                 self.by_seq.insert(*seq, (id, *hook));
+                self.chain_seq.insert(id, *seq);
                 ann.chain = Some(id);
             }
             Kind::Wake { target, sock_seq, stack, target_on_rq, cause, context, via_epoll, target_cpu, .. } => {
@@ -594,7 +657,7 @@ impl Correlator {
                 let returned: Vec<ReturnedEvent> = events
                     .iter()
                     .map(|e: &EpEvent| {
-                        let fd = self.epoll_map.get(&(pid, *epfd, e.data)).copied();
+                        let fd = self.epoll_map.get(pid, *epfd, e.data);
                         let sock = fd.and_then(|f| self.fds.ino(pid, f)).and_then(|ino| self.socks.get(&ino)).cloned();
                         ReturnedEvent { events: e.events, data: e.data, fd, sock }
                     })
@@ -653,18 +716,13 @@ impl Correlator {
             }
             Kind::EpollCtl { epfd, op, fd, data, err, .. } => {
                 match *op {
-                    EPOLL_CTL_ADD | EPOLL_CTL_MOD if *err == 0 => {
-                        self.epoll_map.retain(|k, v| !(k.0 == pid && k.1 == *epfd && *v == *fd));
-                        self.epoll_map.insert((pid, *epfd, *data), *fd);
-                    }
-                    EPOLL_CTL_DEL => self.epoll_map.retain(|k, v| !(k.0 == pid && k.1 == *epfd && *v == *fd)),
+                    EPOLL_CTL_ADD | EPOLL_CTL_MOD if *err == 0 => self.epoll_map.insert(pid, *epfd, *data, *fd),
+                    EPOLL_CTL_DEL => self.epoll_map.remove_in(pid, *epfd, *fd),
                     _ => {}
                 }
                 ann.chain = self.active_chain(tid, |_| false);
             }
-            Kind::EpollMap { epfd, fd, data } => {
-                self.epoll_map.insert((pid, *epfd, *data), *fd);
-            }
+            Kind::EpollMap { epfd, fd, data } => self.epoll_map.insert(pid, *epfd, *data, *fd),
             Kind::FdMap { ino, fd } => self.fds.insert(*ino, pid, *fd),
             Kind::Accept { syscall, listen_fd, ret, peer, listen, backlog, max_backlog, .. } => {
                 if *ret >= 0 {
@@ -723,7 +781,7 @@ impl Correlator {
                     }
                 }
                 self.fds.remove(pid, *fd);
-                self.epoll_map.retain(|k, v| !(k.0 == pid && *v == f));
+                self.epoll_map.remove_fd(pid, f);
                 ann.chain = id;
             }
             Kind::Napi { seq, dev, work, budget } => {
@@ -792,7 +850,7 @@ impl Correlator {
 
     /// The fd an epoll data word stands for in `pid`'s `epfd`, if known.
     pub fn epoll_fd(&self, pid: u32, epfd: i32, data: u64) -> Option<i32> {
-        self.epoll_map.get(&(pid, epfd, data)).copied()
+        self.epoll_map.get(pid, epfd, data)
     }
 
     pub fn open_chains(&self) -> usize {

@@ -104,7 +104,22 @@ impl Serialize for EpEvent {
         use serde::ser::SerializeStruct;
         let mut st = s.serialize_struct("EpEvent", 4)?;
         st.serialize_field("events", &self.events)?;
-        st.serialize_field("flags", &epoll_flags(self.events))?;
+        // A server uses a handful of masks: name each once per thread.
+        thread_local! {
+            static NAMES: std::cell::RefCell<std::collections::HashMap<u32, std::rc::Rc<str>>> = Default::default();
+        }
+        let flags = NAMES.with(|m| {
+            let mut m = m.borrow_mut();
+            if let Some(n) = m.get(&self.events) {
+                return n.clone();
+            }
+            let n: std::rc::Rc<str> = epoll_flags(self.events).into();
+            if m.len() < 1024 {
+                m.insert(self.events, n.clone());
+            }
+            n
+        });
+        st.serialize_field("flags", &*flags)?;
         st.serialize_field("data", &self.data)?;
         st.serialize_field("fd", &self.fd)?;
         st.end()
@@ -439,8 +454,11 @@ fn need<T: Copy + Default>(tag: u32, data: &[u8]) -> Result<T, DecodeError> {
 
 /// A kernel `char[16]` as a String (lossy, up to the first NUL).
 pub fn comm_str(c: &[i8]) -> String {
-    let bytes: Vec<u8> = c.iter().take_while(|&&b| b != 0).map(|&b| b as u8).collect();
-    String::from_utf8_lossy(&bytes).into_owned()
+    let n = c.iter().position(|&b| b == 0).unwrap_or(c.len());
+    // SAFETY: i8 and u8 have the same size and alignment; n <= c.len().
+    let bytes: &[u8] = unsafe { std::slice::from_raw_parts(c.as_ptr() as *const u8, n) };
+    // One allocation per name: this runs for every record.
+    String::from_utf8_lossy(bytes).into_owned()
 }
 
 fn ip(family: u16, raw: &[u8; 16]) -> IpAddr {
@@ -624,22 +642,27 @@ pub fn epoll_flags(bits: u32) -> String {
 
 /// Bits as `NAME|NAME|0xREST` from a table of (bit, name); "0" for none.
 pub fn flag_names<'a>(bits: u64, table: impl IntoIterator<Item = (u64, &'a str)>) -> String {
-    let mut out: Vec<String> = Vec::new();
+    let mut out = String::with_capacity(32);
     let mut rest = bits;
     for (bit, name) in table {
         if bits & bit != 0 {
-            out.push(name.to_string());
+            if !out.is_empty() {
+                out.push('|');
+            }
+            out.push_str(name);
             rest &= !bit;
         }
     }
     if rest != 0 {
-        out.push(format!("0x{rest:x}"));
+        if !out.is_empty() {
+            out.push('|');
+        }
+        out.push_str(&format!("0x{rest:x}"));
     }
     if out.is_empty() {
-        "0".into()
-    } else {
-        out.join("|")
+        out.push('0');
     }
+    out
 }
 
 /// errno name for the common accept/epoll failures.

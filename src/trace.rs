@@ -603,10 +603,13 @@ pub fn run(mut opts: TraceOptions) -> Result<TraceResult> {
     let mut last_check = Instant::now();
     let reason;
 
+    // Swapped with the queue each round: both keep their capacity, so a
+    // batch of thousands of records is not regrown (and copied) every time.
+    let mut batch: Vec<Event> = Vec::new();
     let mut process =
         |pipe: &mut Pipeline, live_tgids: &mut HashSet<u32>, live_tids: &mut HashSet<u32>, pids: &mut HashSet<u32>| -> Result<()> {
-            let batch: Vec<Event> = std::mem::take(&mut *queue.borrow_mut());
-            for mut ev in batch {
+            std::mem::swap(&mut *queue.borrow_mut(), &mut batch);
+            for mut ev in batch.drain(..) {
                 match &ev.kind {
                     Kind::TaskNew { child, .. } => {
                         live_tgids.insert(child.pid);

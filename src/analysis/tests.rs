@@ -112,7 +112,7 @@ fn data_connection_chain_and_close() {
     let w0 = t(10, 11, "demo:worker_0");
     let client = t(20, 20, "client");
     let conn = sock(0xbbb, 501, "127.0.0.1:8080", "127.0.0.1:40000", 1);
-    let evs = vec![
+    let evs = [
         ev(
             10_000,
             1,

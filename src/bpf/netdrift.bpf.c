@@ -59,8 +59,6 @@ enum nd_loss _nd_loss = 0;
 enum nd_syscall _nd_syscall = 0;
 enum nd_ready_hook _nd_ready_hook = 0;
 
-__u64 ready_seq = 0;
-
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 8 << 20);
@@ -122,7 +120,8 @@ struct {
 struct ready_slot {
 	__u64 sk;
 	__u64 ts;
-	__u64 seq;
+	__u64 seq;	/* 0 until a target wake-up needs it */
+	__u64 count;	/* seqs handed out on this CPU */
 	__u32 hook;
 	__s32 newstate;
 	__u32 emitted;
@@ -334,9 +333,13 @@ static __always_inline void slot_set(const struct sock *sk, __u32 hook, int news
 
 	if (!slot)
 		return;
+	/*
+	 * Runs for every socket of the machine: no shared counter here (an atomic
+	 * on one cache line from every CPU cost more than the rest of the program).
+	 */
 	slot->sk = (__u64)sk;
 	slot->ts = bpf_ktime_get_ns();
-	slot->seq = __sync_fetch_and_add(&ready_seq, 1) + 1;
+	slot->seq = 0;
 	slot->hook = hook;
 	slot->newstate = newstate;
 	slot->emitted = 0;
@@ -367,6 +370,11 @@ int BPF_PROG(nd_sched_waking, struct task_struct *p)
 
 	slot = bpf_map_lookup_elem(&ready, &zero);
 	if (slot && slot->sk && now - slot->ts <= sock_window_ns) {
+		if (!slot->seq) {
+			/* Unique across CPUs, below 2^53 (exact in JavaScript). */
+			slot->count++;
+			slot->seq = (slot->count << 13) | (bpf_get_smp_processor_id() & 0x1fff);
+		}
 		seq = slot->seq;
 		sk = slot->sk;
 		if (!slot->emitted) {
