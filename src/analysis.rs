@@ -367,7 +367,8 @@ impl EpollMap {
 #[derive(Debug, Default)]
 pub struct Correlator {
     next_id: u64,
-    open: BTreeMap<u64, Chain>,
+    /// Boxed: a chain is large, and B-tree nodes move their values on insert.
+    open: BTreeMap<u64, Box<Chain>>,
     /// sock seq -> (chain id, hook).
     by_seq: HashMap<u64, (u64, ReadyHook)>,
     threads: HashMap<u32, ThreadCtx>,
@@ -377,7 +378,8 @@ pub struct Correlator {
     epoll_map: EpollMap,
     /// chain id -> the sock seq that started it (to forget it when the chain ends).
     chain_seq: HashMap<u64, u64>,
-    completed: Vec<Chain>,
+    /// Finished chains by id, held until no older chain is open.
+    completed: BTreeMap<u64, Box<Chain>>,
     pub stats: Stats,
     pub summary: SummaryBuilder,
     last_ts: u64,
@@ -401,7 +403,7 @@ impl Correlator {
     fn new_chain(&mut self, ts: u64) -> u64 {
         self.next_id += 1;
         let id = self.next_id;
-        self.open.insert(id, Chain { id, start_ts: ts, sock: None, hops: Vec::new(), incomplete: false });
+        self.open.insert(id, Box::new(Chain { id, start_ts: ts, sock: None, hops: Vec::new(), incomplete: false }));
         id
     }
 
@@ -445,7 +447,7 @@ impl Correlator {
         }
     }
 
-    fn complete(&mut self, c: Chain) {
+    fn complete(&mut self, c: Box<Chain>) {
         if let Some(seq) = self.chain_seq.remove(&c.id) {
             self.by_seq.remove(&seq);
         }
@@ -461,17 +463,15 @@ impl Correlator {
         }
         self.stats.wasted_wakes += c.wasted() as u64;
         self.summary.chain(&c);
-        self.completed.push(c);
+        self.completed.insert(c.id, c);
     }
 
     /// Chains finished since the last call, in id order: a chain is held
     /// back while an older one is still open, so output reads in time order.
     pub fn drain_completed(&mut self) -> Vec<Chain> {
         let oldest_open = self.open.keys().next().copied().unwrap_or(u64::MAX);
-        self.completed.sort_by_key(|c| c.id);
-        let split = self.completed.partition_point(|c| c.id < oldest_open);
-        let rest = self.completed.split_off(split);
-        std::mem::replace(&mut self.completed, rest)
+        let rest = self.completed.split_off(&oldest_open);
+        std::mem::replace(&mut self.completed, rest).into_values().map(|c| *c).collect()
     }
 
     /// Close chains idle for `idle_ns` before the newest event seen.
@@ -836,7 +836,7 @@ impl Correlator {
             .filter(|p| self.open.get(&p.0).and_then(|c| c.hops.get(p.1)).map(|h| h.epoll.is_some()).unwrap_or(false))
             .map(|p| p.0)
             .collect();
-        active.iter().copied().find(|id| self.open.get(id).map(&prefer).unwrap_or(false)).or_else(|| active.first().copied())
+        active.iter().copied().find(|id| self.open.get(id).map(|c| prefer(c)).unwrap_or(false)).or_else(|| active.first().copied())
     }
 
     fn push_action(&mut self, id: u64, tid: u32, a: Action) {

@@ -104,22 +104,7 @@ impl Serialize for EpEvent {
         use serde::ser::SerializeStruct;
         let mut st = s.serialize_struct("EpEvent", 4)?;
         st.serialize_field("events", &self.events)?;
-        // A server uses a handful of masks: name each once per thread.
-        thread_local! {
-            static NAMES: std::cell::RefCell<std::collections::HashMap<u32, std::rc::Rc<str>>> = Default::default();
-        }
-        let flags = NAMES.with(|m| {
-            let mut m = m.borrow_mut();
-            if let Some(n) = m.get(&self.events) {
-                return n.clone();
-            }
-            let n: std::rc::Rc<str> = epoll_flags(self.events).into();
-            if m.len() < 1024 {
-                m.insert(self.events, n.clone());
-            }
-            n
-        });
-        st.serialize_field("flags", &*flags)?;
+        st.serialize_field("flags", &*epoll_flags_cached(self.events))?;
         st.serialize_field("data", &self.data)?;
         st.serialize_field("fd", &self.fd)?;
         st.end()
@@ -616,6 +601,25 @@ fn null_sock(sk: u64) -> SockInfo {
         remote: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0),
         state: 0,
     }
+}
+
+/// [`epoll_flags`], named once per mask and thread: a server uses a handful
+/// of masks, and every epoll_wait return carries them.
+pub fn epoll_flags_cached(bits: u32) -> std::rc::Rc<str> {
+    thread_local! {
+        static NAMES: std::cell::RefCell<std::collections::HashMap<u32, std::rc::Rc<str>>> = Default::default();
+    }
+    NAMES.with(|m| {
+        let mut m = m.borrow_mut();
+        if let Some(n) = m.get(&bits) {
+            return n.clone();
+        }
+        let n: std::rc::Rc<str> = epoll_flags(bits).into();
+        if m.len() < 1024 {
+            m.insert(bits, n.clone());
+        }
+        n
+    })
 }
 
 /// epoll event bits as names: `EPOLLIN|EPOLLET`.

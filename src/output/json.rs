@@ -3,7 +3,7 @@
 use serde_json::{json, Map, Value};
 
 use crate::analysis::Annotation;
-use crate::events::{epoll_flags, Event, Kind, Syscall};
+use crate::events::{epoll_flags, epoll_flags_cached, Event, Kind, Syscall};
 
 /// Write one event as a JSON line into `buf` (cleared first): the event as
 /// serialized (sockets carry `state_name`, epoll entries `flags` and `fd`),
@@ -105,10 +105,16 @@ fn write_hot(buf: &mut Vec<u8>, ev: &Event) -> serde_json::Result<bool> {
             syscall(buf, *sc);
             buf.extend_from_slice(b",\"events\":[");
             for (i, e) in events.iter().enumerate() {
-                if i > 0 {
-                    buf.push(b',');
+                kv(buf, if i > 0 { b",{\"events\":" } else { b"{\"events\":" }, e.events);
+                // Flag names are plain ASCII: no escaping needed.
+                buf.extend_from_slice(b",\"flags\":\"");
+                buf.extend_from_slice(epoll_flags_cached(e.events).as_bytes());
+                kv(buf, b"\",\"data\":", e.data);
+                match e.fd {
+                    Some(fd) => kv(buf, b",\"fd\":", fd),
+                    None => buf.extend_from_slice(b",\"fd\":null"),
                 }
-                serde_json::to_writer(&mut *buf, e)?;
+                buf.push(b'}');
             }
             buf.push(b']');
         }
