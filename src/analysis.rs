@@ -722,7 +722,7 @@ impl Correlator {
                 }
                 ann.chain = self.active_chain(tid, |_| false);
             }
-            Kind::EpollMap { epfd, fd, data } => self.epoll_map.insert(pid, *epfd, *data, *fd),
+            Kind::EpollMap { epfd, fd, data } | Kind::EpollReg { epfd, fd, data, .. } => self.epoll_map.insert(pid, *epfd, *data, *fd),
             Kind::FdMap { ino, fd } => self.fds.insert(*ino, pid, *fd),
             Kind::Accept { syscall, listen_fd, ret, peer, listen, backlog, max_backlog, .. } => {
                 if *ret >= 0 {

@@ -366,6 +366,14 @@ pub enum Kind {
         ino: u64,
         fd: i32,
     },
+    /// An accepted socket's registration, read from the kernel's epoll item at
+    /// the accepting thread's next epoll_wait: in `epfd`, `data` stands for `fd`.
+    EpollReg {
+        epfd: i32,
+        fd: i32,
+        events: u32,
+        data: u64,
+    },
     /// A fact read from /proc/PID/fdinfo/EPFD: in `epfd`, `data` stands for `fd`.
     EpollMap {
         epfd: i32,
@@ -405,6 +413,7 @@ impl Event {
             Kind::TaskExit { .. } => "task_exit",
             Kind::FdMap { .. } => "fd_map",
             Kind::EpollMap { .. } => "epoll_map",
+            Kind::EpollReg { .. } => "epoll_reg",
             Kind::Napi { .. } => "napi",
             Kind::Handler { .. } => "handler",
         }
@@ -584,6 +593,10 @@ pub fn decode(data: &[u8]) -> Result<Event, DecodeError> {
                 name: None,
                 flags: None,
             }
+        }
+        15 => {
+            let r: types::nd_epoll_reg = need(tag, data)?;
+            Kind::EpollReg { epfd: r.epfd, fd: r.fd, events: r.events, data: r.data }
         }
         other => return Err(DecodeError::UnknownType(other)),
     };

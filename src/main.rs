@@ -59,7 +59,7 @@ fn base_options(out: &OutputArgs) -> TraceOptions {
         stacks: out.stacks,
         sink: out.output_file.clone().map(Sink::File).unwrap_or_default(),
         idle: Duration::from_millis(out.idle_ms),
-        probe: ProbeConfig { ringbuf_bytes: out.ringbuf_mib << 20, packets: out.packets, ..Default::default() },
+        probe: ProbeConfig { ringbuf_bytes: out.ringbuf_mib << 20, packets: out.packets, epoll_ctl: out.epoll_ctl, ..Default::default() },
         record: out.record.clone(),
         observers: perfetto_observers(out.perfetto.as_deref()),
         ..Default::default()

@@ -30,6 +30,8 @@ pub struct ProbeConfig {
     pub packets: bool,
     /// Application handlers to attach uprobes to.
     pub handlers: Vec<crate::handlers::Resolved>,
+    /// Trace epoll_ctl(2) instead of reading accepted sockets' epoll items.
+    pub epoll_ctl: bool,
 }
 
 impl Default for ProbeConfig {
@@ -46,6 +48,7 @@ impl Default for ProbeConfig {
             sock_window_ns: 2_000_000,
             packets: false,
             handlers: Vec::new(),
+            epoll_ctl: false,
         }
     }
 }
@@ -59,6 +62,8 @@ pub struct Features {
     pub accept: bool,
     pub netif_receive_skb: bool,
     pub napi_poll: bool,
+    /// `struct file` lists the epoll items watching it (`f_ep`, 5.11+).
+    pub file_epoll_items: bool,
 }
 
 const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
@@ -93,6 +98,7 @@ pub fn features() -> Result<Features> {
         accept: crate::tracefs::has_tracepoint("syscalls", "sys_enter_accept"),
         netif_receive_skb: btf_has(&btf, "btf_trace_netif_receive_skb"),
         napi_poll: btf_has(&btf, "btf_trace_napi_poll"),
+        file_epoll_items: btf_has(&btf, "f_ep"),
     })
 }
 
@@ -143,6 +149,7 @@ impl<'obj> Probes<'obj> {
             ro.capture_stacks = cfg.capture_stacks;
             ro.self_tgid = std::process::id();
             ro.trace_packets = cfg.packets;
+            ro.epoll_ctl_traced = cfg.epoll_ctl || !features.file_epoll_items;
             ro.wakeup_bytes = (cfg.ringbuf_bytes / 8) as u64;
         }
         open.maps.events.set_max_entries(cfg.ringbuf_bytes)?;
@@ -177,6 +184,14 @@ impl<'obj> Probes<'obj> {
             // Architectures without accept(2) only have accept4.
             open.progs.nd_enter_accept.set_autoload(false);
             open.progs.nd_exit_accept.set_autoload(false);
+        }
+        if !cfg.epoll_ctl && features.file_epoll_items {
+            // Runs for every process's epoll_ctl (see --epoll-ctl): off unless asked for.
+            open.progs.nd_enter_epoll_ctl.set_autoload(false);
+        } else if !cfg.epoll_ctl {
+            notes.push(
+                "kernel has no file->f_ep (Linux < 5.11): epoll data words are mapped by tracing every epoll_ctl (costs more)".into(),
+            );
         }
         let mut skel = open.load().map_err(|e| Error::Bpf(format!("loading the BPF programs failed: {e:#}")))?;
         let probes_targets = |skel: &NetdriftSkel<'_>| -> Result<()> {

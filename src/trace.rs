@@ -4,7 +4,7 @@
 //! [`Pipeline`], so its output is the live one.
 
 use std::cell::RefCell;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::mem::MaybeUninit;
@@ -226,7 +226,10 @@ struct Enricher {
     /// Waker stacks repeat: classify each distinct one once.
     classes: std::collections::HashMap<u64, (Vec<u64>, crate::symbolize::WakeClass)>,
     tried_inos: HashSet<u64>,
-    tried_epoll: HashSet<(u32, i32, u64)>,
+    /// (pid, epfd, data) looked up in fdinfo, with the pid's close count then:
+    /// after a close, data words can stand for new fds, so look again.
+    tried_epoll: HashMap<(u32, i32, u64), u64>,
+    closes: HashMap<u32, u64>,
     handlers: Vec<crate::handlers::Resolved>,
 }
 
@@ -284,16 +287,19 @@ impl Enricher {
                     }
                 }
             }
+            Kind::Close { .. } => *self.closes.entry(ev.task.pid).or_default() += 1,
             Kind::EpollExit { epfd, events, .. } => {
                 let pid = ev.task.pid;
-                let missing =
-                    events.iter().any(|e| corr.epoll_fd(pid, *epfd, e.data).is_none() && !self.tried_epoll.contains(&(pid, *epfd, e.data)));
+                let gen = self.closes.get(&pid).copied().unwrap_or(0);
+                let missing = events
+                    .iter()
+                    .any(|e| corr.epoll_fd(pid, *epfd, e.data).is_none() && self.tried_epoll.get(&(pid, *epfd, e.data)) != Some(&gen));
                 if missing {
                     if self.tried_epoll.len() > 100_000 {
                         self.tried_epoll.clear();
                     }
                     for e in events.iter() {
-                        self.tried_epoll.insert((pid, *epfd, e.data));
+                        self.tried_epoll.insert((pid, *epfd, e.data), gen);
                     }
                     for ent in procfs::epoll_entries(pid, *epfd) {
                         if corr.epoll_fd(pid, *epfd, ent.data).is_none() {
@@ -584,6 +590,7 @@ pub fn run(mut opts: TraceOptions) -> Result<TraceResult> {
         "notes": probes.notes,
         "ringbuf_bytes": opts.probe.ringbuf_bytes,
         "packets": opts.probe.packets,
+        "epoll_ctl": opts.probe.epoll_ctl,
         "handlers": opts.probe.handlers,
     });
     pipe.start_line(&start)?;
@@ -597,7 +604,8 @@ pub fn run(mut opts: TraceOptions) -> Result<TraceResult> {
     let mut enr = Enricher {
         classes: Default::default(),
         tried_inos: HashSet::new(),
-        tried_epoll: HashSet::new(),
+        tried_epoll: HashMap::new(),
+        closes: HashMap::new(),
         handlers: opts.probe.handlers.clone(),
     };
     let mut last_check = Instant::now();

@@ -161,3 +161,37 @@ fn demo_command_prints_the_herd() {
     }
     assert!(!stdout.contains("bpf_prog_"), "netdrift's own frames are hidden");
 }
+
+/// Accepted sockets are mapped from the kernel's epoll item (`epoll_reg`) by
+/// default, with no epoll_ctl program loaded; `--epoll-ctl` traces every
+/// registration instead. Either way each accepted fd's data word is known.
+#[test]
+fn accepted_fds_are_mapped_with_and_without_epoll_ctl() {
+    if !require_root() {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    for (flag, want) in [(None, "epoll_reg"), (Some("--epoll-ctl"), "epoll_ctl")] {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_netdrift"));
+        cmd.args(["demo", "-n", "3", "--json"]);
+        cmd.args(flag);
+        let out = cmd.output().expect("run demo");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "demo {flag:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        let lines: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).expect("JSON line")).collect();
+        let of = |t: &str| -> Vec<&serde_json::Value> { lines.iter().filter(|e| e["type"] == t).collect() };
+        assert_eq!(lines[0]["epoll_ctl"], flag.is_some(), "start line says whether epoll_ctl is traced: {}", lines[0]);
+        let other = if want == "epoll_reg" { "epoll_ctl" } else { "epoll_reg" };
+        assert!(of(other).is_empty(), "{flag:?}: no {other} expected, got {:?}", of(other));
+        let accepts: Vec<_> = of("accept").into_iter().filter(|a| a["ret"].as_i64().unwrap_or(-1) >= 0).collect();
+        assert_eq!(accepts.len(), 3, "{flag:?}: 3 accepts");
+        for a in accepts {
+            let (tid, fd) = (&a["task"]["tid"], &a["ret"]);
+            let reg = of(want).into_iter().find(|r| &r["task"]["tid"] == tid && &r["fd"] == fd && r["ts"].as_u64() > a["ts"].as_u64());
+            let reg = reg.unwrap_or_else(|| panic!("{flag:?}: no {want} of fd {fd} by thread {tid} after {a}"));
+            // The demo server registers fd as its own data word, for reading.
+            assert_eq!(reg["data"].as_i64(), fd.as_i64(), "{reg}");
+            assert!(reg["flags"].as_str().unwrap_or("").contains("EPOLLIN"), "{reg}");
+        }
+    }
+}

@@ -396,9 +396,25 @@ fn nginx_accepts_are_traced_with_ports_chains_and_epoll_fds() {
     assert_eq!(traced_ports, want, "peer.remote ports of the accepts != the client's local ports:\n{}", show(&ok_accepts));
 
     // Each accepted fd later comes back from epoll_wait in the same process,
-    // mapped to that fd (epoll data -> fd through the traced epoll_ctl),
-    // before the fd is accepted again; and is closed by that process.
+    // mapped to that fd (epoll data -> fd read from the kernel's epoll item:
+    // an `epoll_reg` by the accepting thread, with the data word epoll_wait
+    // returns), before the fd is accepted again; and is closed by that process.
     let epoll_exits = by_type("epoll_exit");
+    let regs = by_type("epoll_reg");
+    for a in &ok_accepts {
+        let (tid, fd, at) = (a["task"]["tid"].as_u64(), a["ret"].as_i64(), ts(a));
+        let reg = regs.iter().find(|r| r["task"]["tid"].as_u64() == tid && r["fd"].as_i64() == fd && ts(r) > at);
+        let reg = reg.unwrap_or_else(|| {
+            panic!("no epoll_reg of fd {fd:?} by thread {tid:?} after its accept:\n  {a}\nepoll_regs:\n{}", show(&regs))
+        });
+        let data = reg["data"].as_u64();
+        let returned = epoll_exits.iter().any(|e| {
+            ts(e) > ts(reg)
+                && e["task"]["tid"].as_u64() == tid
+                && e["events"].as_array().map(|v| v.iter().any(|x| x["data"].as_u64() == data && x["fd"].as_i64() == fd)).unwrap_or(false)
+        });
+        assert!(returned, "epoll_wait never returned the data word {data:?} of {reg} as fd {fd:?}");
+    }
     let closes = by_type("close");
     for a in &ok_accepts {
         let (pid, fd, at) = (pid_of(a), a["ret"].as_i64().unwrap(), ts(a));

@@ -35,6 +35,8 @@ const volatile bool emit_epoll_enter = true;
 const volatile bool capture_stacks = true;
 const volatile __u32 self_tgid = 0;
 const volatile bool trace_packets = false;
+/* --epoll-ctl: every registration is traced, no need to read epitems. */
+const volatile bool epoll_ctl_traced = false;
 /* Wake the reader only once this much is waiting (it also polls every 100 ms). */
 const volatile __u64 wakeup_bytes = 1 << 20;
 
@@ -54,6 +56,7 @@ struct nd_epoll_ctl _nd_epoll_ctl = {};
 struct nd_napi _nd_napi = {};
 struct nd_handler _nd_handler = {};
 struct nd_handler_cfg _nd_handler_cfg = {};
+struct nd_epoll_reg _nd_epoll_reg = {};
 enum nd_rec_type _nd_rec_type = 0;
 enum nd_loss _nd_loss = 0;
 enum nd_syscall _nd_syscall = 0;
@@ -166,6 +169,23 @@ struct {
 	__type(value, __u8);
 } known_socks SEC(".maps");
 
+#define ND_MAX_PENDING 8
+
+/* Sockets a thread accepted since its last epoll_wait: their registrations are read then. */
+struct pending_regs {
+	__u64 file[ND_MAX_PENDING];
+	__s32 fd[ND_MAX_PENDING];
+	__u32 n;
+	__u32 tries;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32);
+	__type(value, struct pending_regs);
+} pending SEC(".maps");
+
 /* Kernels before 5.14 name it `state`. */
 struct task_struct___o {
 	volatile long state;
@@ -275,15 +295,13 @@ static __always_inline void fill_sock(struct nd_sock *s, struct sock *sk)
 	}
 }
 
-static __always_inline struct sock *fd_sock(int fd)
+static __always_inline struct file *fd_file(int fd)
 {
 	struct task_struct *t = (struct task_struct *)bpf_get_current_task();
 	struct fdtable *fdt;
 	struct file **fds;
 	struct file *f = NULL;
-	struct socket *so;
 	unsigned int max;
-	umode_t mode;
 
 	if (fd < 0)
 		return NULL;
@@ -293,6 +311,15 @@ static __always_inline struct sock *fd_sock(int fd)
 		return NULL;
 	fds = BPF_CORE_READ(fdt, fd);
 	bpf_probe_read_kernel(&f, sizeof(f), &fds[fd]);
+	return f;
+}
+
+static __always_inline struct sock *fd_sock(int fd)
+{
+	struct file *f = fd_file(fd);
+	struct socket *so;
+	umode_t mode;
+
 	if (!f)
 		return NULL;
 	mode = BPF_CORE_READ(f, f_inode, i_mode);
@@ -669,6 +696,7 @@ int BPF_PROG(nd_process_exit, struct task_struct *p)
 		return 0;
 	bpf_map_delete_elem(&threads, &tid);
 	bpf_map_delete_elem(&inflight, &tid);
+	bpf_map_delete_elem(&pending, &tid);
 	if (trace_all)
 		return 0;
 	/* Report a whole target process once, when its leader goes, and each -t thread. */
@@ -689,6 +717,109 @@ int BPF_PROG(nd_process_exit, struct task_struct *p)
 
 /* ---- syscalls ----------------------------------------------------------- */
 
+struct file___fep {
+	struct hlist_head *f_ep;
+} __attribute__((preserve_access_index));
+
+/*
+ * The epitem of `file` in the epoll set `ep`: files keep the epitems watching
+ * them on file->f_ep (5.11+), linked through epitem.fllink.
+ */
+static __always_inline struct epitem *epitem_of(struct file *file, struct eventpoll *ep)
+{
+	struct hlist_node *n;
+
+	if (!bpf_core_field_exists(((struct file___fep *)0)->f_ep))
+		return NULL;
+	n = BPF_CORE_READ((struct file___fep *)file, f_ep, first);
+	for (int i = 0; i < 4 && n; i++) {
+		struct epitem *epi = (void *)n - bpf_core_field_offset(struct epitem, fllink);
+
+		if (BPF_CORE_READ(epi, ep) == ep && BPF_CORE_READ(epi, ffd.file) == file)
+			return epi;
+		n = BPF_CORE_READ(n, next);
+	}
+	return NULL;
+}
+
+/*
+ * Sockets this thread accepted since its last epoll_wait: by now it has
+ * registered them (nginx, libevent and redis do it in the accept handler).
+ * Report each one's data word; try twice more for those not registered yet.
+ */
+static __always_inline void resolve_pending(__u32 tid, int epfd)
+{
+	struct pending_regs *p = bpf_map_lookup_elem(&pending, &tid);
+	struct eventpoll *ep;
+	struct file *epf;
+	__u32 left = 0;
+
+	if (!p || !p->n)
+		return;
+	epf = fd_file(epfd);
+	ep = epf ? BPF_CORE_READ(epf, private_data) : NULL;
+	for (int i = 0; i < ND_MAX_PENDING; i++) {
+		struct file *f;
+		struct epitem *epi;
+		struct nd_epoll_reg *r;
+
+		if (i >= p->n)
+			break;
+		f = (struct file *)p->file[i];
+		epi = ep ? epitem_of(f, ep) : NULL;
+		if (!epi) {
+			if (left < ND_MAX_PENDING && left <= i) {
+				p->file[left & (ND_MAX_PENDING - 1)] = p->file[i];
+				p->fd[left & (ND_MAX_PENDING - 1)] = p->fd[i];
+				left++;
+			}
+			continue;
+		}
+		r = reserve(sizeof(*r), ND_REC_EPOLL_REG);
+		if (!r)
+			continue;
+		hdr_current(&r->hdr);
+		r->epfd = epfd;
+		r->fd = BPF_CORE_READ(epi, ffd.fd);
+		r->events = BPF_CORE_READ(epi, event.events);
+		r->data = BPF_CORE_READ(epi, event.data);
+		submit(r);
+	}
+	p->tries++;
+	if (!left || p->tries >= 3) {
+		p->n = 0;
+		p->tries = 0;
+	} else {
+		p->n = left;
+	}
+}
+
+static __always_inline void add_pending(__u32 tid, int fd)
+{
+	struct pending_regs zero = {}, *p;
+	struct file *f = fd_file(fd);
+
+	if (!f)
+		return;
+	p = bpf_map_lookup_elem(&pending, &tid);
+	if (!p) {
+		if (bpf_map_update_elem(&pending, &tid, &zero, BPF_NOEXIST) && !bpf_map_lookup_elem(&pending, &tid)) {
+			count_loss(ND_LOSS_MAP_FULL);
+			return;
+		}
+		p = bpf_map_lookup_elem(&pending, &tid);
+		if (!p)
+			return;
+	}
+	/* More than 8 accepts in one round: the rest are mapped from /proc. */
+	if (p->n >= ND_MAX_PENDING)
+		return;
+	p->file[p->n & (ND_MAX_PENDING - 1)] = (__u64)f;
+	p->fd[p->n & (ND_MAX_PENDING - 1)] = fd;
+	p->n++;
+	p->tries = 0;
+}
+
 static __always_inline int epoll_enter(struct trace_event_raw_sys_enter *ctx, __u32 sc)
 {
 	__u64 id = bpf_get_current_pid_tgid();
@@ -704,6 +835,7 @@ static __always_inline int epoll_enter(struct trace_event_raw_sys_enter *ctx, __
 	a.syscall = sc;
 	if (bpf_map_update_elem(&inflight, &tid, &a, BPF_ANY))
 		count_loss(ND_LOSS_MAP_FULL);
+	resolve_pending(tid, a.fd);
 	if (emit_epoll_enter) {
 		struct nd_epoll_enter *r = reserve(sizeof(*r), ND_REC_EPOLL_ENTER);
 
@@ -893,6 +1025,8 @@ static __always_inline int accept_exit(struct trace_event_raw_sys_exit *ctx, __u
 		nsk = fd_sock(ret);
 		fill_sock(&r->peer, nsk);
 		remember_sock((__u64)nsk);
+		if (!epoll_ctl_traced)
+			add_pending(tid, ret);
 	}
 	submit(r);
 	bpf_map_delete_elem(&inflight, &tid);

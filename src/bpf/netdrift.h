@@ -27,6 +27,7 @@ enum nd_rec_type {
 	ND_REC_EPOLL_CTL = 12,
 	ND_REC_NAPI = 13,
 	ND_REC_HANDLER = 14,
+	ND_REC_EPOLL_REG = 15,
 };
 
 #define ND_MAX_HANDLERS 256
@@ -170,6 +171,21 @@ struct nd_epoll_ctl {
 	__u64 data;
 	__s32 ret;		/* -EFAULT when the event could not be read */
 	__u32 pad;
+};
+
+/*
+ * An accepted socket's registration in the epoll set its thread waits on,
+ * read from the kernel's epitem at that thread's next epoll_wait: maps
+ * epoll_wait's data word back to the fd without tracing epoll_ctl (a syscall
+ * tracepoint every process on the machine would pay for).
+ */
+struct nd_epoll_reg {
+	struct nd_hdr hdr;
+	__s32 epfd;
+	__s32 fd;
+	__u32 events;
+	__u32 pad;
+	__u64 data;
 };
 
 struct nd_ep_event {

@@ -29,7 +29,7 @@ pub fn write_event(buf: &mut Vec<u8>, ev: &Event, ann: &Annotation, waker_stack:
             let fds: Vec<Value> = ann.fds.iter().map(|(p, f)| json!({"pid": p, "fd": f})).collect();
             serde_json::to_writer(&mut *buf, &fds)?;
         }
-        Kind::EpollCtl { events, .. } => {
+        Kind::EpollCtl { events, .. } | Kind::EpollReg { events, .. } => {
             buf.extend_from_slice(b",\"flags\":");
             serde_json::to_writer(&mut *buf, &epoll_flags(*events))?;
         }
