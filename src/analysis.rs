@@ -2,7 +2,11 @@
 //! CPU -> epoll_wait returned -> accept/close. Pure Rust over [`Event`]s, so
 //! it runs the same on a live trace, a recording or a fixture.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+/// The correlator looks up several maps per event: a fast hasher, keyed at
+/// random (keys come from the traced system).
+type HashMap<K, V> = std::collections::HashMap<K, V, ahash::RandomState>;
 
 use serde::Serialize;
 
@@ -295,6 +299,9 @@ struct ThreadCtx {
     pending: Vec<(u64, usize)>,
     /// Inside epoll_wait (entered, not returned).
     in_epoll: bool,
+    /// Time of the last epoll_enter seen: an exit whose enter_ts is newer
+    /// had its enter left out (it returned without blocking).
+    last_enter_ts: u64,
 }
 
 const EPOLL_CTL_ADD: i32 = 1;
@@ -502,6 +509,14 @@ impl Correlator {
         self.drain_completed()
     }
 
+    fn epoll_entered(&mut self, tid: u32, ts: u64) {
+        let t = self.threads.entry(tid).or_default();
+        t.in_epoll = true;
+        t.last_enter_ts = ts;
+        // Back to waiting: this thread's part of its chains is over.
+        self.finish_hops(tid, |h| h.on_cpu.is_some() || h.epoll.is_some() || h.wake.is_none());
+    }
+
     /// Feed one event; returns what it was joined to.
     pub fn ingest(&mut self, ev: &Event) -> Annotation {
         self.stats.events += 1;
@@ -647,12 +662,12 @@ impl Correlator {
                     self.finish_hops(tid, |h| h.slept_again.is_some());
                 }
             }
-            Kind::EpollEnter { .. } => {
-                self.threads.entry(tid).or_default().in_epoll = true;
-                // Back to waiting: this thread's part of its chains is over.
-                self.finish_hops(tid, |h| h.on_cpu.is_some() || h.epoll.is_some() || h.wake.is_none());
-            }
-            Kind::EpollExit { epfd, ret, syscall, events, .. } => {
+            Kind::EpollEnter { .. } => self.epoll_entered(tid, ev.ts),
+            Kind::EpollExit { epfd, ret, syscall, events, enter_ts } => {
+                if *enter_ts != 0 && self.threads.get(&tid).map(|t| *enter_ts > t.last_enter_ts).unwrap_or(true) {
+                    // Its enter was not written (nothing happened to the thread in the call): it is implied.
+                    self.epoll_entered(tid, *enter_ts);
+                }
                 self.threads.entry(tid).or_default().in_epoll = false;
                 let returned: Vec<ReturnedEvent> = events
                     .iter()
@@ -684,23 +699,26 @@ impl Correlator {
                     self.threads.entry(tid).or_default().pending.push((id, 0));
                     pending.push((id, 0));
                 }
-                for p in &pending {
+                let all_known = returned.iter().all(|r| r.fd.is_some());
+                let mut returned = Some(returned);
+                for (i, p) in pending.iter().enumerate() {
+                    let evs = returned.as_deref().unwrap_or_default();
                     let lists_sock = self.open.get(&p.0).and_then(|c| c.sock.as_ref()).map(|s| {
-                        let fds: Vec<i32> = s.fds.iter().filter(|(fp, _)| *fp == pid).map(|(_, fd)| *fd).collect();
-                        if fds.is_empty() {
+                        if !s.fds.iter().any(|(fp, _)| *fp == pid) {
                             None
                         } else {
-                            Some(returned.iter().any(|r| r.fd.map(|f| fds.contains(&f)).unwrap_or(false)))
+                            Some(evs.iter().any(|r| r.fd.map(|f| s.fds.contains(&(pid, f))).unwrap_or(false)))
                         }
                     });
-                    let all_known = returned.iter().all(|r| r.fd.is_some());
+                    // The last hop takes the array, the others a copy.
+                    let evs = if i + 1 == pending.len() { returned.take().unwrap_or_default() } else { evs.to_vec() };
                     if let Some(h) = self.hop_mut(*p) {
                         h.epoll = Some(EpollReturn {
                             ts: ev.ts,
                             epfd: *epfd,
                             ret: *ret,
                             syscall: *syscall,
-                            events: returned.clone(),
+                            events: evs,
                             lists_sock: match lists_sock.flatten() {
                                 Some(false) if !all_known => None,
                                 other => other,

@@ -23,6 +23,7 @@ pub struct ProbeConfig {
     pub ringbuf_bytes: u32,
     pub capture_stacks: bool,
     pub switch_out: bool,
+    /// Write every epoll_enter at the syscall (else only when the thread blocks, is preempted or woken in it).
     pub epoll_enter: bool,
     /// How long after sk_data_ready a wake-up on the same CPU is its consequence.
     pub sock_window_ns: u64,
@@ -44,7 +45,7 @@ impl Default for ProbeConfig {
             ringbuf_bytes: 8 << 20,
             capture_stacks: true,
             switch_out: true,
-            epoll_enter: true,
+            epoll_enter: false,
             sock_window_ns: 2_000_000,
             packets: false,
             handlers: Vec::new(),

@@ -210,3 +210,29 @@ fn a_thread_woken_twice_by_one_event_is_one_hop() {
     assert_eq!(chains[0].wasted(), 1);
     assert_eq!(c.stats.repeated_wakes, 1);
 }
+
+/// An epoll_wait that returned without blocking has no epoll_enter record,
+/// only its exit's enter_ts: the chains are the same as with the enter written.
+#[test]
+fn unwritten_epoll_enter_is_implied_by_the_exit() {
+    let w0 = t(10, 11, "demo:worker_0");
+    // herd_events ends with both workers back in epoll_wait; here w0's next
+    // call (entered at 5100) returns at once with data on fd 6.
+    let mut with_enter = herd_events();
+    let events = vec![EpEvent { events: 1, data: 6, fd: None }];
+    with_enter.push(ev(5200, 0, w0.clone(), Kind::EpollExit { enter_ts: 5100, epfd: 4, ret: 1, syscall: Syscall::EpollWait, events }));
+    let without: Vec<Event> = with_enter.iter().filter(|e| !(e.ts == 5100 && matches!(e.kind, Kind::EpollEnter { .. }))).cloned().collect();
+    assert_eq!(without.len() + 1, with_enter.len());
+    let run = |evs: &[Event]| {
+        let mut c = Correlator::new();
+        let anns: Vec<Option<u64>> = evs.iter().map(|e| (e.ts, c.ingest(e).chain)).filter(|(ts, _)| *ts != 5100).map(|(_, a)| a).collect();
+        let chains = c.finish();
+        (format!("{chains:?}"), anns, c.stats.chains, c.stats.chains_incomplete)
+    };
+    let (a, b) = (run(&with_enter), run(&without));
+    // The herd chain, complete (w0's part ended when it entered epoll_wait
+    // again), and one for the call that returned at once, still being handled.
+    assert_eq!((a.2, a.3), (2, 1), "{}", a.0);
+    assert!(a.0.starts_with("[Chain { id: 1,") && a.0.contains("incomplete: false }, Chain { id: 2,"), "{}", a.0);
+    assert_eq!(a, b);
+}

@@ -31,7 +31,8 @@ const volatile __u32 n_comms = 0;
 const volatile char comms[ND_MAX_COMMS][ND_COMM_LEN] = {};
 const volatile __u64 sock_window_ns = 2000000;
 const volatile bool emit_switch_out = true;
-const volatile bool emit_epoll_enter = true;
+/* Write epoll_enter at the syscall, not only when the thread blocks in it. */
+const volatile bool emit_epoll_enter = false;
 const volatile bool capture_stacks = true;
 const volatile __u32 self_tgid = 0;
 const volatile bool trace_packets = false;
@@ -109,6 +110,8 @@ struct sys_args {
 	__s32 fd;
 	__s32 n;
 	__u32 syscall;
+	__u32 cpu;
+	__u32 enter_emitted;	/* the epoll_enter record was written */
 	__u32 pad;
 };
 
@@ -351,6 +354,33 @@ static __always_inline struct thread_state *thread_get(__u32 tid)
 	return bpf_map_lookup_elem(&threads, &tid);
 }
 
+/*
+ * epoll_enter is written lazily: on a busy server most epoll_wait calls
+ * return at once, and their exit record (which carries enter_ts) says it
+ * all. It is written, with its own time, before the first other record about
+ * the thread during the call (it blocks, is preempted or is woken), so the
+ * stream reads as if it had been written at the syscall.
+ */
+static __always_inline void flush_enter(struct task_struct *t, __u32 tid)
+{
+	struct sys_args *a = bpf_map_lookup_elem(&inflight, &tid);
+	struct nd_epoll_enter *r;
+
+	if (!a || a->enter_emitted || !a->ts || a->syscall > ND_SYS_EPOLL_PWAIT2)
+		return;
+	r = reserve(sizeof(*r), ND_REC_EPOLL_ENTER);
+	if (!r)
+		return;
+	r->hdr.ts = a->ts;
+	r->hdr.cpu = a->cpu;
+	hdr_task(&r->hdr, t);
+	r->epfd = a->fd;
+	r->maxevents = a->n;
+	r->syscall = a->syscall;
+	submit(r);
+	a->enter_emitted = 1;
+}
+
 /* ---- socket and scheduler hooks ---------------------------------------- */
 
 static __always_inline void slot_set(const struct sock *sk, __u32 hook, int newstate)
@@ -432,6 +462,7 @@ int BPF_PROG(nd_sched_waking, struct task_struct *p)
 		}
 	}
 
+	flush_enter(p, tid);
 	on_rq = BPF_CORE_READ(p, on_rq);
 	ts = thread_get(tid);
 	if (ts && !ts->runnable_ts && !on_rq) {
@@ -478,6 +509,7 @@ int BPF_PROG(nd_sched_switch, bool preempt, struct task_struct *prev, struct tas
 		bool involuntary = preempt || state == 0;
 
 		now = bpf_ktime_get_ns();
+		flush_enter(prev, prev_tid);
 		ts = thread_get(prev_tid);
 		if (ts) {
 			ts->last_cpu = cpu;
@@ -833,8 +865,7 @@ static __always_inline int epoll_enter(struct trace_event_raw_sys_enter *ctx, __
 	a.ptr = ctx->args[1];
 	a.n = (int)ctx->args[2];
 	a.syscall = sc;
-	if (bpf_map_update_elem(&inflight, &tid, &a, BPF_ANY))
-		count_loss(ND_LOSS_MAP_FULL);
+	a.cpu = bpf_get_smp_processor_id();
 	resolve_pending(tid, a.fd);
 	if (emit_epoll_enter) {
 		struct nd_epoll_enter *r = reserve(sizeof(*r), ND_REC_EPOLL_ENTER);
@@ -846,8 +877,11 @@ static __always_inline int epoll_enter(struct trace_event_raw_sys_enter *ctx, __
 			r->maxevents = a.n;
 			r->syscall = sc;
 			submit(r);
+			a.enter_emitted = 1;
 		}
 	}
+	if (bpf_map_update_elem(&inflight, &tid, &a, BPF_ANY))
+		count_loss(ND_LOSS_MAP_FULL);
 	return 0;
 }
 
