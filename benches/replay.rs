@@ -251,12 +251,14 @@ fn build_stream(n: usize) -> Stream {
             ret: ready as i32,
             syscall: 1,
             n_events: ready as u32,
+            ev_size: 12,
             ..Default::default()
         };
+        // x86_64's packed struct epoll_event: events (4 bytes), data (8).
         for i in 0..ready {
             let c = conns[w][rng.below(conns[w].len() as u64) as usize];
-            ex.ev[i].events = 0x2001;
-            ex.ev[i].data = c.data;
+            ex.ev_raw[i * 12..i * 12 + 4].copy_from_slice(&0x2001u32.to_ne_bytes());
+            ex.ev_raw[i * 12 + 4..i * 12 + 12].copy_from_slice(&c.data.to_ne_bytes());
         }
         s.push(&ex);
     }

@@ -475,10 +475,10 @@ impl Correlator {
 
     /// Chains finished since the last call, in id order: a chain is held
     /// back while an older one is still open, so output reads in time order.
-    pub fn drain_completed(&mut self) -> Vec<Chain> {
+    pub fn drain_completed(&mut self) -> Vec<Box<Chain>> {
         let oldest_open = self.open.keys().next().copied().unwrap_or(u64::MAX);
         let rest = self.completed.split_off(&oldest_open);
-        std::mem::replace(&mut self.completed, rest).into_values().map(|c| *c).collect()
+        std::mem::replace(&mut self.completed, rest).into_values().collect()
     }
 
     /// Close chains idle for `idle_ns` before the newest event seen.
@@ -501,7 +501,7 @@ impl Correlator {
     }
 
     /// Close every open chain (end of trace) and return all completed ones.
-    pub fn finish(&mut self) -> Vec<Chain> {
+    pub fn finish(&mut self) -> Vec<Box<Chain>> {
         let ids: Vec<u64> = self.open.keys().copied().collect();
         for id in ids {
             self.force_close(id);

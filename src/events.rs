@@ -538,13 +538,21 @@ pub fn decode(data: &[u8]) -> Result<Event, DecodeError> {
         }
         6 => {
             let r: types::nd_epoll_exit = need(tag, data)?;
-            let n = (r.n_events as usize).min(r.ev.len());
+            // The user's array as the kernel laid it out: `events` first, `data` in the last 8 bytes.
+            let size = r.ev_size as usize;
+            let n = if (12..=16).contains(&size) { (r.n_events as usize).min(r.ev_raw.len() / size) } else { 0 };
+            let entry = |i: usize| {
+                let e = &r.ev_raw[i * size..(i + 1) * size];
+                let events = u32::from_ne_bytes(e[..4].try_into().unwrap_or_default());
+                let data = u64::from_ne_bytes(e[size - 8..].try_into().unwrap_or_default());
+                EpEvent { events, data, fd: None }
+            };
             Kind::EpollExit {
                 enter_ts: r.enter_ts,
                 epfd: r.epfd,
                 ret: r.ret,
                 syscall: Syscall::from_raw(r.syscall),
-                events: r.ev[..n].iter().map(|e| EpEvent { events: e.events, data: e.data, fd: None }).collect(),
+                events: (0..n).map(entry).collect(),
             }
         }
         7 => {
@@ -771,17 +779,26 @@ mod tests {
 
     #[test]
     fn epoll_exit_respects_n_events_and_v6() {
-        let mut r = types::nd_epoll_exit { hdr: hdr(6), ret: 20, n_events: 99, ..Default::default() };
-        r.ev[0].events = 0x1 | 0x8000_0000;
-        r.ev[0].data = 7;
-        match decode(&bytes(&r)).unwrap().kind {
-            Kind::EpollExit { events, ret, .. } => {
-                assert_eq!(ret, 20);
-                assert_eq!(events.len(), 16, "clamped to the array");
-                assert_eq!(epoll_flags(events[0].events), "EPOLLIN|EPOLLET");
+        // Packed 12-byte entries (x86_64) and padded 16-byte ones (other arches).
+        for size in [12usize, 16] {
+            let mut r = types::nd_epoll_exit { hdr: hdr(6), ret: 20, n_events: 99, ev_size: size as u32, ..Default::default() };
+            for i in 0..2 {
+                r.ev_raw[i * size..i * size + 4].copy_from_slice(&(0x1u32 | 0x8000_0000).to_ne_bytes());
+                r.ev_raw[(i + 1) * size - 8..(i + 1) * size].copy_from_slice(&(7 + i as u64).to_ne_bytes());
             }
-            k => panic!("wrong kind {k:?}"),
+            match decode(&bytes(&r)).unwrap().kind {
+                Kind::EpollExit { events, ret, .. } => {
+                    assert_eq!(ret, 20);
+                    assert_eq!(events.len(), 256 / size, "clamped to the array ({size})");
+                    assert_eq!(epoll_flags(events[0].events), "EPOLLIN|EPOLLET");
+                    assert_eq!((events[0].data, events[1].data), (7, 8), "{size}");
+                }
+                k => panic!("wrong kind {k:?}"),
+            }
         }
+        // A size the decoder does not know gives no entries, not garbage.
+        let r = types::nd_epoll_exit { hdr: hdr(6), ret: 1, n_events: 1, ev_size: 40, ..Default::default() };
+        assert!(matches!(decode(&bytes(&r)).unwrap().kind, Kind::EpollExit { events, .. } if events.is_empty()));
         let mut s = types::nd_sock { sk: 1, family: 10, lport: 80, ..Default::default() };
         s.laddr[15] = 1;
         assert_eq!(sock(&s).unwrap().local, "[::1]:80".parse().unwrap());

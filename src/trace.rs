@@ -407,7 +407,9 @@ impl Pipeline {
         Ok(())
     }
 
-    fn flush_chains(&mut self, chains: Vec<Chain>) -> Result<()> {
+    // Boxed on purpose: a chain is large, and they are moved in and out of the correlator's maps.
+    #[allow(clippy::vec_box)]
+    fn flush_chains(&mut self, chains: Vec<Box<Chain>>) -> Result<()> {
         for c in chains {
             for o in self.observers.iter_mut() {
                 o.chain(&c);
@@ -416,7 +418,7 @@ impl Pipeline {
                 writeln!(self.out, "{}", self.renderer.chain(&c, &mut self.syms))?;
             }
             if self.keep_chains {
-                self.chains.push(c);
+                self.chains.push(*c);
             }
         }
         Ok(())

@@ -340,6 +340,30 @@ static __always_inline void remember_sock(__u64 sk)
 		bpf_map_update_elem(&known_socks, &sk, &one, BPF_ANY);
 }
 
+/*
+ * The syscall a thread is in. Entries stay in the map (until the thread
+ * exits) and are overwritten in place: an update and a delete per syscall
+ * cost more than the rest of the program. syscall == 0: none.
+ */
+static __always_inline void args_put(__u32 tid, struct sys_args *a)
+{
+	struct sys_args *cur = bpf_map_lookup_elem(&inflight, &tid);
+
+	if (cur) {
+		*cur = *a;
+		return;
+	}
+	if (bpf_map_update_elem(&inflight, &tid, a, BPF_ANY))
+		count_loss(ND_LOSS_MAP_FULL);
+}
+
+static __always_inline struct sys_args *args_get(__u32 tid)
+{
+	struct sys_args *a = bpf_map_lookup_elem(&inflight, &tid);
+
+	return a && a->syscall ? a : NULL;
+}
+
 static __always_inline struct thread_state *thread_get(__u32 tid)
 {
 	struct thread_state zero = {}, *ts;
@@ -366,7 +390,7 @@ static __always_inline void flush_enter(struct task_struct *t, __u32 tid)
 	struct sys_args *a = bpf_map_lookup_elem(&inflight, &tid);
 	struct nd_epoll_enter *r;
 
-	if (!a || a->enter_emitted || !a->ts || a->syscall > ND_SYS_EPOLL_PWAIT2)
+	if (!a || a->enter_emitted || !a->ts || !a->syscall || a->syscall > ND_SYS_EPOLL_PWAIT2)
 		return;
 	r = reserve(sizeof(*r), ND_REC_EPOLL_ENTER);
 	if (!r)
@@ -880,8 +904,7 @@ static __always_inline int epoll_enter(struct trace_event_raw_sys_enter *ctx, __
 			a.enter_emitted = 1;
 		}
 	}
-	if (bpf_map_update_elem(&inflight, &tid, &a, BPF_ANY))
-		count_loss(ND_LOSS_MAP_FULL);
+	args_put(tid, &a);
 	return 0;
 }
 
@@ -906,19 +929,19 @@ static __always_inline int epoll_exit(struct trace_event_raw_sys_exit *ctx, __u3
 	__u32 tid = (__u32)id;
 	struct sys_args *a, late = {};
 	struct nd_epoll_exit *r;
-	struct epoll_event *uev;
+	__u32 esz = bpf_core_type_size(struct epoll_event), n;
 	long ret = ctx->ret;
 
 	if (!is_target(id >> 32, tid))
 		return 0;
-	a = bpf_map_lookup_elem(&inflight, &tid);
+	a = args_get(tid);
 	if (!a) {
 		args_from_regs(&late, sc);
 		a = &late;
 	}
 	r = reserve(sizeof(*r), ND_REC_EPOLL_EXIT);
 	if (!r) {
-		bpf_map_delete_elem(&inflight, &tid);
+		a->syscall = 0;
 		return 0;
 	}
 	hdr_current(&r->hdr);
@@ -926,23 +949,21 @@ static __always_inline int epoll_exit(struct trace_event_raw_sys_exit *ctx, __u3
 	r->epfd = a->fd;
 	r->ret = ret;
 	r->syscall = a->syscall;
-	r->n_events = 0;
-	uev = (struct epoll_event *)a->ptr;
-	for (int i = 0; i < ND_MAX_EP_EVENTS; i++) {
-		struct epoll_event e;
+	r->ev_size = esz;
+	n = ret > 0 ? (ret < ND_MAX_EP_EVENTS ? ret : ND_MAX_EP_EVENTS) : 0;
+	r->n_events = n;
+	if (n && esz && esz <= 16) {
+		__u32 bytes = n * esz;
 
-		if (i >= ret)
-			break;
-		if (bpf_probe_read_user(&e, sizeof(e), &uev[i])) {
+		if (bytes > sizeof(r->ev_raw))
+			bytes = sizeof(r->ev_raw);
+		if (bpf_probe_read_user(r->ev_raw, bytes, (void *)a->ptr)) {
 			count_loss(ND_LOSS_USER_READ);
-			break;
+			r->n_events = 0;
 		}
-		r->ev[i].events = e.events;
-		r->ev[i].data = e.data;
-		r->n_events = i + 1;
 	}
 	submit(r);
-	bpf_map_delete_elem(&inflight, &tid);
+	a->syscall = 0;
 	return 0;
 }
 
@@ -1018,8 +1039,7 @@ static __always_inline int accept_enter(struct trace_event_raw_sys_enter *ctx, _
 	a.ts = bpf_ktime_get_ns();
 	a.fd = (int)ctx->args[0];
 	a.syscall = sc;
-	if (bpf_map_update_elem(&inflight, &tid, &a, BPF_ANY))
-		count_loss(ND_LOSS_MAP_FULL);
+	args_put(tid, &a);
 	return 0;
 }
 
@@ -1034,14 +1054,14 @@ static __always_inline int accept_exit(struct trace_event_raw_sys_exit *ctx, __u
 
 	if (!is_target(id >> 32, tid))
 		return 0;
-	a = bpf_map_lookup_elem(&inflight, &tid);
+	a = args_get(tid);
 	if (!a) {
 		args_from_regs(&late, sc);
 		a = &late;
 	}
 	r = reserve(sizeof(*r), ND_REC_ACCEPT);
 	if (!r) {
-		bpf_map_delete_elem(&inflight, &tid);
+		a->syscall = 0;
 		return 0;
 	}
 	hdr_current(&r->hdr);
@@ -1063,7 +1083,7 @@ static __always_inline int accept_exit(struct trace_event_raw_sys_exit *ctx, __u
 			add_pending(tid, ret);
 	}
 	submit(r);
-	bpf_map_delete_elem(&inflight, &tid);
+	a->syscall = 0;
 	return 0;
 }
 

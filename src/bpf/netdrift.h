@@ -188,12 +188,6 @@ struct nd_epoll_reg {
 	__u64 data;
 };
 
-struct nd_ep_event {
-	__u32 events;
-	__u32 pad;
-	__u64 data;
-};
-
 struct nd_epoll_exit {
 	struct nd_hdr hdr;
 	__u64 enter_ts;
@@ -201,7 +195,10 @@ struct nd_epoll_exit {
 	__s32 ret;
 	__u32 syscall;
 	__u32 n_events;		/* entries copied below (<= ND_MAX_EP_EVENTS) */
-	struct nd_ep_event ev[ND_MAX_EP_EVENTS];
+	__u32 ev_size;		/* sizeof(struct epoll_event): 12 on x86_64 (packed), 16 elsewhere */
+	__u32 pad;
+	/* The user's epoll_event array as is, in one read: ev_size bytes per entry. */
+	__u8 ev_raw[ND_MAX_EP_EVENTS * 16];
 };
 
 struct nd_accept {
