@@ -43,10 +43,19 @@ fn main() {
     };
     wake.stack[0] = 0xffff_ffff_8100_0000;
     wake.stack[1] = 0xffff_ffff_8100_0100;
-    let mut exit =
-        types::nd_epoll_exit { hdr: hdr(6, 1_500, w), enter_ts: 1_000, epfd: 7, ret: 1, syscall: 1, n_events: 1, ..Default::default() };
-    exit.ev[0].events = 1;
-    exit.ev[0].data = 3;
+    let mut exit = types::nd_epoll_exit {
+        hdr: hdr(6, 1_500, w),
+        enter_ts: 1_000,
+        epfd: 7,
+        ret: 1,
+        syscall: 1,
+        n_events: 1,
+        ev_size: 12,
+        ..Default::default()
+    };
+    // x86_64's packed epoll_event: events (4 bytes), data (8).
+    exit.ev_raw[..4].copy_from_slice(&1u32.to_ne_bytes());
+    exit.ev_raw[4..12].copy_from_slice(&3u64.to_ne_bytes());
     let mut accept = types::nd_accept {
         hdr: hdr(7, 1_600, w),
         enter_ts: 1_550,
@@ -69,6 +78,7 @@ fn main() {
         bytes(&exit),
         bytes(&accept),
         bytes(&types::nd_epoll_ctl { hdr: hdr(12, 1_700, w), epfd: 7, op: 1, fd: 9, events: 0x2001, data: 9, ..Default::default() }),
+        bytes(&types::nd_epoll_reg { hdr: hdr(15, 1_750, w), epfd: 7, fd: 9, events: 0x8000_2019, data: 9, ..Default::default() }),
         bytes(&types::nd_sock_state { hdr: hdr(9, 1_800, w), sock: sock(0x2000, 12, 8), oldstate: 1, newstate: 8, ..Default::default() }),
         bytes(&close),
         bytes(&types::nd_task_new { hdr: hdr(10, 2_000, w), child_pid: 101, child_tid: 101, reason: 1, ..Default::default() }),
