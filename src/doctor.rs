@@ -863,6 +863,20 @@ fn features(r: &Report) -> Vec<Check> {
         Check::new("tcp_state", false, "tp:inet_sock_set_state failed (see above): TCP state changes not shown")
     });
 
+    let f_ep = crate::probes::features().map(|f| f.file_epoll_items).unwrap_or(false);
+    out.push(if f_ep {
+        Check::pass(
+            "epoll_mapping",
+            "accepted sockets' epoll data words read from the kernel's epoll item (file->f_ep): no epoll_ctl tracepoint",
+        )
+    } else {
+        Check::new(
+            "epoll_mapping",
+            false,
+            "no file->f_ep in this kernel's BTF (Linux < 5.11): trace falls back to tracing every epoll_ctl (costs more)",
+        )
+    });
+
     out.push(if r.ok("prog:uprobe") {
         Check::pass("handler_probes", "uprobes attach and fire: handler functions can be timed")
     } else {
