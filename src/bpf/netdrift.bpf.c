@@ -13,6 +13,7 @@
 #include <bpf/bpf_core_read.h>
 #include <bpf/bpf_endian.h>
 #include "netdrift.h"
+#include "targets.bpf.h"
 
 char LICENSE[] SEC("license") = "Dual MIT/GPL";
 
@@ -24,9 +25,6 @@ char LICENSE[] SEC("license") = "Dual MIT/GPL";
 #define TCP_CLOSE 7
 
 /* Configuration, set by user space before load. */
-const volatile bool trace_all = false;
-const volatile bool has_tids = false;
-const volatile bool follow_children = true;
 const volatile __u32 n_comms = 0;
 const volatile char comms[ND_MAX_COMMS][ND_COMM_LEN] = {};
 const volatile __u64 sock_window_ns = 2000000;
@@ -34,7 +32,6 @@ const volatile bool emit_switch_out = true;
 /* Write epoll_enter at the syscall, not only when the thread blocks in it. */
 const volatile bool emit_epoll_enter = false;
 const volatile bool capture_stacks = true;
-const volatile __u32 self_tgid = 0;
 const volatile bool trace_packets = false;
 /* --epoll-ctl: every registration is traced, no need to read epitems. */
 const volatile bool epoll_ctl_traced = false;
@@ -74,20 +71,6 @@ struct {
 	__type(key, __u32);
 	__type(value, __u64);
 } losses SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 4096);
-	__type(key, __u32);
-	__type(value, __u8);
-} targets_tgid SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 4096);
-	__type(key, __u32);
-	__type(value, __u8);
-} targets_tid SEC(".maps");
 
 struct thread_state {
 	__u64 runnable_ts;	/* 0: not waiting for a CPU */
@@ -204,11 +187,7 @@ static __always_inline void count_loss(__u32 which)
 
 static __always_inline bool is_target(__u32 tgid, __u32 tid)
 {
-	if (trace_all)
-		return tgid != 0 && tgid != self_tgid;
-	if (has_tids && bpf_map_lookup_elem(&targets_tid, &tid))
-		return true;
-	return bpf_map_lookup_elem(&targets_tgid, &tgid) != NULL;
+	return target_ids(tgid, tid);
 }
 
 static __always_inline bool task_is_target(struct task_struct *t)

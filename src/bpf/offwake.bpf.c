@@ -18,6 +18,7 @@
 #include <bpf/bpf_tracing.h>
 #include <bpf/bpf_core_read.h>
 #include "offwake.h"
+#include "targets.bpf.h"
 
 char LICENSE[] SEC("license") = "Dual MIT/GPL";
 
@@ -43,9 +44,6 @@ char LICENSE[] SEC("license") = "Dual MIT/GPL";
 #define EARLY_WAKE_NS 200000ULL
 
 /* Configuration, set by user space before load. */
-const volatile bool trace_all = false;
-const volatile bool has_tids = false;
-const volatile bool follow_children = true;
 const volatile __u32 n_comms = 0;
 const volatile char comms[OW_MAX_COMMS][OW_COMM_LEN] = {};
 const volatile bool user_threads_only = false;
@@ -56,7 +54,6 @@ const volatile __u64 min_block_ns = 0;
 const volatile __u64 max_block_ns = ~0ULL;
 const volatile bool user_stacks = true;
 const volatile bool kernel_stacks = true;
-const volatile __u32 self_tgid = 0;
 /*
  * preempt_count without ksyms (kernels without CONFIG_KALLSYMS_ALL cannot
  * resolve the address of a per-CPU variable): this CPU's `struct rq` is
@@ -137,20 +134,6 @@ struct {
 	__type(value, __u64);
 } counters SEC(".maps");
 
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 4096);
-	__type(key, __u32);
-	__type(value, __u8);
-} targets_tgid SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 4096);
-	__type(key, __u32);
-	__type(value, __u8);
-} targets_tid SEC(".maps");
-
 /* Processes whose user stacks were captured: user space snapshots their maps. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -209,13 +192,9 @@ static __always_inline bool is_target(struct task_struct *t)
 		return false;
 	if (kernel_threads_only && !kthread)
 		return false;
-	if (trace_all)
-		return tgid != self_tgid;	/* never netdrift itself */
-	if (has_tids && bpf_map_lookup_elem(&targets_tid, &tid))
+	if (target_ids(tgid, tid))
 		return true;
-	if (bpf_map_lookup_elem(&targets_tgid, &tgid))
-		return true;
-	return n_comms && comm_match(t);
+	return !trace_all && n_comms && comm_match(t);
 }
 
 static __always_inline long task_state(struct task_struct *t)
