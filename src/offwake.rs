@@ -36,7 +36,7 @@ use serde_json::json;
 use crate::error::{Error, Result};
 use crate::events::{Task, WakerContext};
 use crate::offwake_skel::{types, OffwakeSkel, OffwakeSkelBuilder};
-use crate::output::partial_path;
+use crate::output::{OnDrop, PartialFile};
 use crate::procfs;
 use crate::symbolize::{classify, is_tracer_frame_name, KernelSyms};
 
@@ -810,26 +810,16 @@ pub struct OutputOptions {
 /// fails first), written and renamed into place by [`Outputs::finish`].
 pub struct Outputs {
     opts: OutputOptions,
-    files: Vec<(PathBuf, File)>,
-    done: bool,
+    /// Removed if dropped before `finish` (the run failed).
+    files: Vec<PartialFile>,
 }
 
 impl Outputs {
     /// Create FILE.partial for the output file and the SVG.
     pub fn open(opts: &OutputOptions) -> Result<Self> {
-        let mut files = Vec::new();
-        for p in opts.output_file.iter().chain(opts.svg.iter()) {
-            match File::create(partial_path(p)) {
-                Ok(f) => files.push((p.clone(), f)),
-                Err(e) => {
-                    for (q, _) in &files {
-                        let _ = std::fs::remove_file(partial_path(q));
-                    }
-                    return Err(Error::Output { path: p.clone(), source: e });
-                }
-            }
-        }
-        Ok(Outputs { opts: opts.clone(), files, done: false })
+        let files =
+            opts.output_file.iter().chain(opts.svg.iter()).map(|p| PartialFile::create(p, OnDrop::Remove)).collect::<Result<_>>()?;
+        Ok(Outputs { opts: opts.clone(), files })
     }
 
     /// Write the report (main output, SVG) and the summary (stdout for
@@ -840,11 +830,9 @@ impl Outputs {
         let mut files = std::mem::take(&mut self.files).into_iter();
         match &self.opts.output_file {
             Some(p) => {
-                let (_, mut f) =
-                    files.next().ok_or_else(|| Error::Output { path: p.clone(), source: std::io::Error::other("not opened") })?;
+                let mut f = files.next().ok_or_else(|| Error::Output { path: p.clone(), source: std::io::Error::other("not opened") })?;
                 f.write_all(main.as_bytes()).map_err(|e| Error::Output { path: p.clone(), source: e })?;
-                drop(f);
-                std::fs::rename(partial_path(p), p).map_err(|e| Error::Output { path: p.clone(), source: e })?;
+                f.commit()?;
             }
             None => {
                 let mut out = std::io::stdout().lock();
@@ -853,30 +841,18 @@ impl Outputs {
             }
         }
         if let Some(p) = &self.opts.svg {
-            let (_, mut f) = files.next().ok_or_else(|| Error::Output { path: p.clone(), source: std::io::Error::other("not opened") })?;
+            let mut f = files.next().ok_or_else(|| Error::Output { path: p.clone(), source: std::io::Error::other("not opened") })?;
             let bytes = svg::render(&report.entries, &self.opts.render, "Off-Wake Time Flame Graph")
                 .map_err(|e| Error::Output { path: p.clone(), source: e })?;
             f.write_all(&bytes).map_err(|e| Error::Output { path: p.clone(), source: e })?;
-            drop(f);
-            std::fs::rename(partial_path(p), p).map_err(|e| Error::Output { path: p.clone(), source: e })?;
+            f.commit()?;
         }
-        self.done = true;
         if self.opts.format == Format::Text && self.opts.output_file.is_none() {
             print!("{summary}");
         } else {
             eprint!("{summary}");
         }
         Ok(())
-    }
-}
-
-impl Drop for Outputs {
-    fn drop(&mut self) {
-        if !self.done {
-            for p in self.opts.output_file.iter().chain(self.opts.svg.iter()) {
-                let _ = std::fs::remove_file(partial_path(p));
-            }
-        }
     }
 }
 

@@ -21,8 +21,8 @@ use crate::analysis::{Annotation, Chain, Correlator, Stats};
 use crate::error::{Error, Result};
 use crate::events::{decode, Event, Kind, Task};
 use crate::output::json;
-use crate::output::partial_path;
 use crate::output::text::{summary, summary_sections, Losses, TextRenderer};
+use crate::output::{partial_path, OnDrop, PartialFile};
 use crate::probes::{ProbeConfig, Probes};
 use crate::procfs;
 use crate::summary::Summary;
@@ -163,32 +163,53 @@ pub fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-/// A file written as `PATH.partial` and renamed to PATH only when complete.
-struct AtomicFile {
-    path: PathBuf,
-    w: BufWriter<File>,
+/// Where the chains or JSON lines go.
+enum Out {
+    Stdout(BufWriter<std::io::Stdout>),
+    /// Kept as FILE.partial if the trace fails after it started.
+    File(PartialFile),
 }
 
-impl AtomicFile {
-    fn create(path: &Path) -> Result<Self> {
-        let f = File::create(partial_path(path)).map_err(|e| Error::Output { path: path.to_path_buf(), source: e })?;
-        Ok(AtomicFile { path: path.to_path_buf(), w: BufWriter::new(f) })
+impl Out {
+    fn is_file(&self) -> bool {
+        matches!(self, Out::File(_))
     }
 
-    fn commit(mut self) -> Result<()> {
-        self.w.flush().map_err(|e| Error::Output { path: self.path.clone(), source: e })?;
-        std::fs::rename(partial_path(&self.path), &self.path).map_err(|e| Error::Output { path: self.path.clone(), source: e })
+    fn commit(self) -> Result<()> {
+        match self {
+            Out::Stdout(mut w) => Ok(w.flush()?),
+            Out::File(f) => f.commit(),
+        }
+    }
+
+    /// The trace failed before it started: leave nothing behind.
+    fn discard(self) {
+        if let Out::File(f) = self {
+            f.discard();
+        }
+    }
+}
+
+impl Write for Out {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Out::Stdout(w) => w.write(buf),
+            Out::File(f) => f.write(buf),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Out::Stdout(w) => w.flush(),
+            Out::File(f) => f.flush(),
+        }
     }
 }
 
 /// Open the output: a file is checked writable before anything is loaded.
-fn open_sink(sink: &Sink) -> Result<(Box<dyn Write>, Option<PathBuf>)> {
+fn open_sink(sink: &Sink) -> Result<Out> {
     match sink {
-        Sink::Stdout => Ok((Box::new(BufWriter::new(std::io::stdout())), None)),
-        Sink::File(p) => {
-            let f = File::create(partial_path(p)).map_err(|e| Error::Output { path: p.clone(), source: e })?;
-            Ok((Box::new(BufWriter::new(f)), Some(p.clone())))
-        }
+        Sink::Stdout => Ok(Out::Stdout(BufWriter::with_capacity(1 << 16, std::io::stdout()))),
+        Sink::File(p) => Ok(Out::File(PartialFile::create(p, OnDrop::Keep)?)),
     }
 }
 
@@ -326,9 +347,8 @@ pub struct Pipeline {
     json_buf: Vec<u8>,
     syms: KernelSyms,
     renderer: TextRenderer,
-    out: Box<dyn Write>,
-    out_path: Option<PathBuf>,
-    record: Option<AtomicFile>,
+    out: Out,
+    record: Option<PartialFile>,
     json: bool,
     stacks: bool,
     quiet: bool,
@@ -342,14 +362,13 @@ pub struct Pipeline {
 pub const RECORD_MAGIC: &str = "netdrift-record";
 
 impl Pipeline {
-    fn new(opts: &TraceOptions, t0: u64, out: Box<dyn Write>, out_path: Option<PathBuf>) -> Self {
+    fn new(opts: &TraceOptions, t0: u64, out: Out) -> Self {
         Pipeline {
             json_buf: Vec::with_capacity(1024),
             corr: Correlator::with_idle(opts.idle.as_nanos() as u64),
             syms: KernelSyms::new(),
             renderer: TextRenderer { t0, stacks: opts.stacks },
             out,
-            out_path,
             record: None,
             json: opts.json,
             stacks: opts.stacks,
@@ -366,7 +385,7 @@ impl Pipeline {
             writeln!(self.out, "{}", json::record("start", start.clone()))?;
         }
         if let Some(r) = &mut self.record {
-            writeln!(r.w, "{}", json::record(RECORD_MAGIC, json!({"version": 1, "start": start})))?;
+            writeln!(r, "{}", json::record(RECORD_MAGIC, json!({"version": 1, "start": start})))?;
         }
         for o in self.observers.iter_mut() {
             o.start(start);
@@ -377,8 +396,8 @@ impl Pipeline {
     /// One event, enriched already.
     fn ingest(&mut self, mut ev: Event) -> Result<()> {
         if let Some(r) = &mut self.record {
-            serde_json::to_writer(&mut r.w, &ev).map_err(std::io::Error::from)?;
-            r.w.write_all(b"\n")?;
+            serde_json::to_writer(&mut *r, &ev).map_err(std::io::Error::from)?;
+            r.write_all(b"\n")?;
         }
         let ann = self.corr.ingest(&ev);
         for o in self.observers.iter_mut() {
@@ -459,20 +478,17 @@ impl Pipeline {
         }
         if let Some(mut r) = self.record.take() {
             let end = json!({"type": "netdrift-record-end", "reason": reason, "duration_s": secs, "lost": losses, "decode_errors": decode_errors, "ringbuf_mib": ringbuf_mib});
-            writeln!(r.w, "{end}")?;
+            writeln!(r, "{end}")?;
             r.commit()?;
         }
         let end = TraceEnd { stats: &stats, summary: &analysis, losses: &losses, secs, reason, ringbuf_mib, decode_errors };
         for o in self.observers.iter_mut() {
             o.finish(&end, &mut self.syms)?;
         }
-        self.out.flush()?;
-        let Pipeline { out, out_path, .. } = self;
-        drop(out);
-        if let Some(p) = &out_path {
-            std::fs::rename(partial_path(p), p).map_err(|e| Error::Output { path: p.clone(), source: e })?;
-        }
-        if self.json || out_path.is_some() {
+        let Pipeline { out, .. } = self;
+        let to_file = out.is_file();
+        out.commit()?;
+        if self.json || to_file {
             eprint!("{text}");
         } else {
             print!("{text}");
@@ -518,38 +534,28 @@ pub fn run(mut opts: TraceOptions) -> Result<TraceResult> {
         File::create(&tmp).map_err(|e| Error::Output { path: p.clone(), source: e })?;
         let _ = std::fs::remove_file(&tmp);
     }
-    let (out, out_path) = open_sink(&opts.sink)?;
-    let cleanup = |opts: &TraceOptions| {
-        if let Sink::File(p) = &opts.sink {
-            let _ = std::fs::remove_file(partial_path(p));
+    let out = open_sink(&opts.sink)?;
+    // Until the probes are attached, a failure leaves no file behind.
+    let fail = |out: Out, record: Option<PartialFile>, e: Error| -> Result<TraceResult> {
+        out.discard();
+        if let Some(r) = record {
+            r.discard();
         }
-        if let Some(p) = &opts.record {
-            let _ = std::fs::remove_file(partial_path(p));
-        }
+        Err(e)
     };
-    let record = match &opts.record {
-        Some(p) => match AtomicFile::create(p) {
-            Ok(f) => Some(f),
-            Err(e) => {
-                cleanup(&opts);
-                return Err(e);
-            }
-        },
-        None => None,
+    let record = match opts.record.as_deref().map(|p| PartialFile::create(p, OnDrop::Keep)).transpose() {
+        Ok(r) => r,
+        Err(e) => return fail(out, None, e),
     };
     for o in opts.observers.iter_mut() {
         if let Err(e) = o.open() {
-            cleanup(&opts);
-            return Err(e);
+            return fail(out, record, e);
         }
     }
     let mut open_object = MaybeUninit::uninit();
     let probes = match Probes::load(&opts.probe, &mut open_object) {
         Ok(p) => p,
-        Err(e) => {
-            cleanup(&opts);
-            return Err(e);
-        }
+        Err(e) => return fail(out, record, e),
     };
     let t0 = monotonic_ns();
     let started = Instant::now();
@@ -579,7 +585,7 @@ pub fn run(mut opts: TraceOptions) -> Result<TraceResult> {
     for n in &probes.notes {
         eprintln!("netdrift: {n}");
     }
-    let mut pipe = Pipeline::new(&opts, t0, out, out_path);
+    let mut pipe = Pipeline::new(&opts, t0, out);
     pipe.record = record;
     pipe.observers = std::mem::take(&mut opts.observers);
     let start = json!({
@@ -731,8 +737,7 @@ pub fn analyze_with(path: &Path, aopts: &AnalyzeOptions, mut observers: Vec<Box<
     for o in observers.iter_mut() {
         o.open()?;
     }
-    let (out, out_path) = open_sink(&opts.sink)?;
-    let mut pipe = Pipeline::new(&opts, t0, out, out_path);
+    let mut pipe = Pipeline::new(&opts, t0, open_sink(&opts.sink)?);
     pipe.observers = observers;
     pipe.start_line(&start)?;
     let mut end: Option<Value> = None;

@@ -23,8 +23,8 @@ use serde_json::{json, Value};
 use crate::analysis::{Action, Annotation, Chain, Hop};
 use crate::error::{Error, Result};
 use crate::events::{epoll_flags, errno_name, Event, Kind, ReadyHook, SockInfo, Task};
-use crate::output::partial_path;
 use crate::output::{dur, term_safe};
+use crate::output::{OnDrop, PartialFile};
 use crate::summary::{Hist, Summary};
 use crate::symbolize::{is_tracer_frame_name, KernelSyms};
 use crate::trace::{Observer, TraceEnd};
@@ -153,8 +153,8 @@ type FoldVal = (u64, u64, u64);
 pub struct ReportWriter {
     path: PathBuf,
     recording: Option<PathBuf>,
-    file: Option<File>,
-    committed: bool,
+    /// FILE.partial, created before tracing starts (a bad path fails first).
+    file: Option<PartialFile>,
     start: Value,
     t0: u64,
     threads: HashMap<u32, FlameThread>,
@@ -177,7 +177,6 @@ impl ReportWriter {
             path: path.to_path_buf(),
             recording: recording.map(Path::to_path_buf),
             file: None,
-            committed: false,
             start: Value::Null,
             t0: 0,
             threads: HashMap::new(),
@@ -1026,8 +1025,7 @@ pub fn svg_is_inert(s: &str) -> bool {
 impl Observer for ReportWriter {
     fn open(&mut self) -> Result<()> {
         crate::trace::check_file_path(&self.path)?;
-        let f = File::create(partial_path(&self.path)).map_err(|e| Error::Output { path: self.path.clone(), source: e })?;
-        self.file = Some(f);
+        self.file = Some(PartialFile::create(&self.path, OnDrop::Remove)?);
         Ok(())
     }
 
@@ -1045,26 +1043,13 @@ impl Observer for ReportWriter {
     }
 
     fn finish(&mut self, end: &TraceEnd<'_>, syms: &mut KernelSyms) -> Result<()> {
-        let err = |e: std::io::Error| Error::Output { path: self.path.clone(), source: e };
         let page = self.render(end, syms);
         let mut f = match self.file.take() {
             Some(f) => f,
-            None => File::create(partial_path(&self.path)).map_err(err)?,
+            None => PartialFile::create(&self.path, OnDrop::Remove)?,
         };
-        f.write_all(page.as_bytes()).map_err(err)?;
-        f.flush().map_err(err)?;
-        drop(f);
-        std::fs::rename(partial_path(&self.path), &self.path).map_err(err)?;
-        self.committed = true;
-        Ok(())
-    }
-}
-
-impl Drop for ReportWriter {
-    fn drop(&mut self) {
-        if self.file.is_some() && !self.committed {
-            let _ = std::fs::remove_file(partial_path(&self.path));
-        }
+        f.write_all(page.as_bytes()).map_err(|e| Error::Output { path: self.path.clone(), source: e })?;
+        f.commit()
     }
 }
 

@@ -14,6 +14,78 @@ pub fn partial_path(p: &std::path::Path) -> std::path::PathBuf {
     std::path::PathBuf::from(s)
 }
 
+/// What an uncommitted [`PartialFile`] leaves when dropped (the run failed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnDrop {
+    /// `PATH.partial` stays, with what was written: clearly marked incomplete.
+    Keep,
+    /// It is removed: an output written only at the end has nothing worth keeping.
+    Remove,
+}
+
+/// An output file written as `PATH.partial` and renamed to PATH by
+/// [`PartialFile::commit`] only, so a file at PATH is never half-written.
+pub struct PartialFile {
+    path: std::path::PathBuf,
+    w: Option<std::io::BufWriter<std::fs::File>>,
+    on_drop: OnDrop,
+}
+
+impl PartialFile {
+    pub fn create(path: &std::path::Path, on_drop: OnDrop) -> crate::error::Result<Self> {
+        let f =
+            std::fs::File::create(partial_path(path)).map_err(|e| crate::error::Error::Output { path: path.to_path_buf(), source: e })?;
+        Ok(PartialFile { path: path.to_path_buf(), w: Some(std::io::BufWriter::with_capacity(1 << 16, f)), on_drop })
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
+    /// Flush and rename to PATH.
+    pub fn commit(mut self) -> crate::error::Result<()> {
+        let err = |path: &std::path::Path, e| crate::error::Error::Output { path: path.to_path_buf(), source: e };
+        let mut w = self.w.take().ok_or_else(|| err(&self.path, std::io::Error::other("already committed")))?;
+        std::io::Write::flush(&mut w).map_err(|e| err(&self.path, e))?;
+        drop(w);
+        std::fs::rename(partial_path(&self.path), &self.path).map_err(|e| err(&self.path, e))
+    }
+
+    /// Remove `PATH.partial` now (the run failed before writing anything).
+    pub fn discard(mut self) {
+        self.w = None;
+        let _ = std::fs::remove_file(partial_path(&self.path));
+    }
+}
+
+impl std::fmt::Debug for PartialFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PartialFile({}, open: {})", self.path.display(), self.w.is_some())
+    }
+}
+
+impl std::io::Write for PartialFile {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.w.as_mut().ok_or_else(|| std::io::Error::other("committed"))?.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.w.as_mut().map_or(Ok(()), |w| w.flush())
+    }
+}
+
+impl Drop for PartialFile {
+    fn drop(&mut self) {
+        if let Some(mut w) = self.w.take() {
+            if self.on_drop == OnDrop::Remove {
+                drop(w);
+                let _ = std::fs::remove_file(partial_path(&self.path));
+            } else {
+                let _ = std::io::Write::flush(&mut w);
+            }
+        }
+    }
+}
+
 /// A string from the traced system, safe for a terminal: control characters
 /// (escape sequences included) become `\xNN` / `\u{..}`.
 pub fn term_safe(s: &str) -> std::borrow::Cow<'_, str> {
@@ -65,5 +137,30 @@ mod tests {
         assert_eq!(dur(12_345), "12.3us");
         assert_eq!(dur(4_560_000), "4.56ms");
         assert_eq!(dur(1_234_000_000), "1.234s");
+    }
+
+    #[test]
+    fn partial_file_is_renamed_only_on_commit() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let path = |n: &str| dir.path().join(n);
+        let exists = |n: &str| path(n).exists();
+
+        let mut f = PartialFile::create(&path("a"), OnDrop::Keep).unwrap();
+        f.write_all(b"x").unwrap();
+        assert!(exists("a.partial") && !exists("a"));
+        f.commit().unwrap();
+        assert!(!exists("a.partial") && std::fs::read(path("a")).unwrap() == b"x");
+
+        // A failed run: Keep leaves what was written, marked partial; Remove leaves nothing.
+        let mut f = PartialFile::create(&path("b"), OnDrop::Keep).unwrap();
+        f.write_all(b"half").unwrap();
+        drop(f);
+        assert_eq!(std::fs::read(path("b.partial")).unwrap(), b"half");
+        assert!(!exists("b"));
+        drop(PartialFile::create(&path("c"), OnDrop::Remove).unwrap());
+        assert!(!exists("c.partial") && !exists("c"));
+        PartialFile::create(&path("d"), OnDrop::Keep).unwrap().discard();
+        assert!(!exists("d.partial") && !exists("d"));
     }
 }

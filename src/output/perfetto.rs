@@ -20,8 +20,7 @@
 //! point lies strictly inside a slice of its track, so the arrows bind.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
@@ -29,7 +28,7 @@ use serde_json::{json, Value};
 use crate::analysis::{Annotation, Chain};
 use crate::error::{Error, Result};
 use crate::events::{epoll_flags, Event, Kind, SockInfo, Task};
-use crate::output::partial_path;
+use crate::output::{OnDrop, PartialFile};
 use crate::symbolize::KernelSyms;
 use crate::trace::{Observer, TraceEnd};
 
@@ -160,8 +159,8 @@ struct Slice {
 #[derive(Debug)]
 pub struct PerfettoWriter {
     path: PathBuf,
-    file: Option<File>,
-    committed: bool,
+    /// FILE.partial, created before tracing starts (a bad path fails first).
+    file: Option<PartialFile>,
     t0: Option<u64>,
     seq: u64,
     threads: HashMap<u32, ThreadRec>,
@@ -201,7 +200,6 @@ impl PerfettoWriter {
         PerfettoWriter {
             path: path.to_path_buf(),
             file: None,
-            committed: false,
             t0: None,
             seq: 0,
             threads: HashMap::new(),
@@ -763,8 +761,7 @@ fn thread_slices(tid: u32, t: &ThreadRec, t_end: u64) -> (Vec<Slice>, Vec<Slice>
 impl Observer for PerfettoWriter {
     fn open(&mut self) -> Result<()> {
         crate::trace::check_file_path(&self.path)?;
-        let f = File::create(partial_path(&self.path)).map_err(|e| Error::Output { path: self.path.clone(), source: e })?;
-        self.file = Some(f);
+        self.file = Some(PartialFile::create(&self.path, OnDrop::Remove)?);
         Ok(())
     }
 
@@ -781,27 +778,12 @@ impl Observer for PerfettoWriter {
     }
 
     fn finish(&mut self, _end: &TraceEnd<'_>, _syms: &mut KernelSyms) -> Result<()> {
-        let err = |e: std::io::Error| Error::Output { path: self.path.clone(), source: e };
-        let f = match self.file.take() {
+        let mut f = match self.file.take() {
             Some(f) => f,
-            None => File::create(partial_path(&self.path)).map_err(err)?,
+            None => PartialFile::create(&self.path, OnDrop::Remove)?,
         };
-        let mut w = BufWriter::new(f);
-        self.write_to(&mut w).map_err(err)?;
-        w.flush().map_err(err)?;
-        drop(w);
-        std::fs::rename(partial_path(&self.path), &self.path).map_err(err)?;
-        self.committed = true;
-        Ok(())
-    }
-}
-
-impl Drop for PerfettoWriter {
-    fn drop(&mut self) {
-        // A trace that failed leaves no half-written file behind.
-        if self.file.is_some() && !self.committed {
-            let _ = std::fs::remove_file(partial_path(&self.path));
-        }
+        self.write_to(&mut f).map_err(|e| Error::Output { path: self.path.clone(), source: e })?;
+        f.commit()
     }
 }
 
