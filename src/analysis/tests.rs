@@ -236,3 +236,27 @@ fn unwritten_epoll_enter_is_implied_by_the_exit() {
     assert!(a.0.starts_with("[Chain { id: 1,") && a.0.contains("incomplete: false }, Chain { id: 2,"), "{}", a.0);
     assert_eq!(a, b);
 }
+
+/// The epoll data -> fd map, both ways: a re-registration, a word reused for
+/// another fd, EPOLL_CTL_DEL and close each leave exactly the live entries.
+#[test]
+fn epoll_map_tracks_registrations_both_ways() {
+    let mut m = EpollMap::default();
+    m.insert(1, 5, 0xa, 7);
+    m.insert(1, 6, 0xa, 7); // the same fd in a second epoll set
+    m.insert(1, 5, 0xb, 8);
+    assert_eq!((m.get(1, 5, 0xa), m.get(1, 6, 0xa), m.get(1, 5, 0xb)), (Some(7), Some(7), Some(8)));
+    m.insert(1, 5, 0xc, 7); // MOD: fd 7 now has another word in set 5
+    assert_eq!((m.get(1, 5, 0xa), m.get(1, 5, 0xc)), (None, Some(7)));
+    m.insert(1, 5, 0xb, 9); // word 0xb reused for fd 9: fd 8 lost it
+    assert_eq!(m.get(1, 5, 0xb), Some(9));
+    m.remove_fd(1, 8);
+    assert_eq!(m.get(1, 5, 0xb), Some(9), "closing fd 8 does not touch fd 9's word");
+    m.remove_in(1, 6, 7); // DEL from set 6 only
+    assert_eq!((m.get(1, 6, 0xa), m.get(1, 5, 0xc)), (None, Some(7)));
+    m.remove_fd(1, 7);
+    m.remove_fd(1, 9);
+    assert_eq!((m.get(1, 5, 0xc), m.get(1, 5, 0xb)), (None, None));
+    assert!(m.by_data.is_empty() && m.by_fd.values().all(|v| v.is_empty()), "{m:?}");
+    assert_eq!(m.get(2, 5, 0xc), None, "per pid");
+}
