@@ -127,9 +127,10 @@ pub struct ReturnedEvent {
     pub data: u64,
     /// fd the data stands for, when known.
     pub fd: Option<i32>,
-    /// The socket behind that fd, when known.
+    /// The socket behind that fd, when known (shared with the correlator's
+    /// view of it: an epoll_wait return names up to 16 of them).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub sock: Option<SockInfo>,
+    pub sock: Option<std::sync::Arc<SockInfo>>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -381,7 +382,7 @@ pub struct Correlator {
     threads: HashMap<u32, ThreadCtx>,
     pub fds: FdTable,
     /// Last known view of each socket inode the targets hold.
-    socks: HashMap<u64, SockInfo>,
+    socks: HashMap<u64, std::sync::Arc<SockInfo>>,
     epoll_map: EpollMap,
     /// chain id -> the sock seq that started it (to forget it when the chain ends).
     chain_seq: HashMap<u64, u64>,
@@ -840,7 +841,7 @@ impl Correlator {
 
     fn remember(&mut self, s: &SockInfo) {
         if s.ino != 0 {
-            self.socks.insert(s.ino, s.clone());
+            self.socks.insert(s.ino, std::sync::Arc::new(s.clone()));
         }
     }
 

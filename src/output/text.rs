@@ -66,7 +66,7 @@ impl TextRenderer {
                         .iter()
                         .filter_map(|h| h.epoll.as_ref())
                         .flat_map(|e| e.events.iter())
-                        .filter_map(|r| Some(format!("fd {} {}", r.fd?, sock_line(r.sock.as_ref()?))))
+                        .filter_map(|r| Some(format!("fd {} {}", r.fd?, sock_line(r.sock.as_deref()?))))
                         .collect();
                     if socks.is_empty() {
                         "epoll_wait returned without sleeping".into()
