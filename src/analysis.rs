@@ -411,7 +411,8 @@ impl Correlator {
     fn new_chain(&mut self, ts: u64) -> u64 {
         self.next_id += 1;
         let id = self.next_id;
-        self.open.insert(id, Box::new(Chain { id, start_ts: ts, sock: None, hops: Vec::new(), incomplete: false }));
+        // Most chains have one hop: room for one, not the four a first push reserves.
+        self.open.insert(id, Box::new(Chain { id, start_ts: ts, sock: None, hops: Vec::with_capacity(1), incomplete: false }));
         id
     }
 
@@ -422,24 +423,22 @@ impl Correlator {
     /// Mark a thread's pending hops done when `pred` holds, and close chains
     /// whose hops are all done.
     fn finish_hops(&mut self, tid: u32, pred: impl Fn(&Hop) -> bool) {
-        let pending = match self.threads.get_mut(&tid) {
-            Some(t) => std::mem::take(&mut t.pending),
-            None => return,
+        let mut pending = match self.threads.get_mut(&tid) {
+            Some(t) if !t.pending.is_empty() => std::mem::take(&mut t.pending),
+            _ => return,
         };
-        let mut keep = Vec::new();
         let mut touched = Vec::new();
-        for p in pending {
-            match self.hop_mut(p) {
-                Some(h) if pred(h) => {
-                    h.done = true;
-                    touched.push(p.0);
-                }
-                Some(_) => keep.push(p),
-                None => {}
+        pending.retain(|&p| match self.hop_mut(p) {
+            Some(h) if pred(h) => {
+                h.done = true;
+                touched.push(p.0);
+                false
             }
-        }
+            Some(_) => true,
+            None => false,
+        });
         if let Some(t) = self.threads.get_mut(&tid) {
-            t.pending = keep;
+            t.pending = pending;
         }
         for id in touched {
             self.maybe_complete(id);
