@@ -100,17 +100,7 @@ fn not_root_gets_one_line_and_loads_nothing() {
 }
 
 fn wait_for(p: &Path, timeout: Duration, child: &mut std::process::Child) {
-    let t = Instant::now();
-    while !p.exists() {
-        if let Ok(Some(st)) = child.try_wait() {
-            let mut err = String::new();
-            use std::io::Read;
-            child.stderr.take().map(|mut e| e.read_to_string(&mut err));
-            panic!("netdrift exited early ({st}): {err}");
-        }
-        assert!(t.elapsed() < timeout, "no ready file after {timeout:?}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    common::wait_ready(p, child, timeout, common::piped_stderr);
 }
 
 #[test]

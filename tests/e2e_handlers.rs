@@ -69,16 +69,7 @@ fn trace_json(pid: u32, extra: &[&str], client: impl FnOnce()) -> Vec<Value> {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let t = Instant::now();
-    while !ready.exists() {
-        if let Ok(Some(st)) = child.try_wait() {
-            let mut e = String::new();
-            child.stderr.take().unwrap().read_to_string(&mut e).unwrap();
-            panic!("netdrift exited ({st}): {e}");
-        }
-        assert!(t.elapsed() < Duration::from_secs(20), "no ready file");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    common::wait_ready(&ready, &mut child, Duration::from_secs(20), common::piped_stderr);
     client();
     std::thread::sleep(Duration::from_millis(300));
     // SAFETY: signalling our own child.

@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+mod common;
+
 const NGINX: &str = "/usr/sbin/nginx";
 /// Client connections.
 const K: usize = 10;
@@ -217,6 +219,12 @@ impl Tracer {
         fs::read_to_string(&self.stderr_path).unwrap_or_default()
     }
 
+    /// Wait (20 s at most) until the probes are attached.
+    fn wait_ready(&mut self, ready: &Path) {
+        let path = &self.stderr_path;
+        common::wait_ready(ready, &mut self.child, Duration::from_secs(20), |_| fs::read_to_string(path).unwrap_or_default());
+    }
+
     fn wait_timeout(&mut self, t: Duration) -> Option<ExitStatus> {
         let deadline = Instant::now() + t;
         loop {
@@ -310,14 +318,7 @@ fn nginx_accepts_are_traced_with_ports_chains_and_epoll_fds() {
         .spawn()
         .expect("spawn netdrift");
     let mut tracer = Tracer { child, stderr_path };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !ready.exists() {
-        if let Some(st) = tracer.child.try_wait().unwrap() {
-            panic!("netdrift exited ({st}) before writing its ready file; stderr:\n{}", tracer.stderr());
-        }
-        assert!(Instant::now() < deadline, "netdrift wrote no ready file in 20 s; stderr:\n{}", tracer.stderr());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    tracer.wait_ready(&ready);
     eprintln!("netdrift ready after {:?}", started.elapsed());
 
     // Client: K sequential requests, each on a new connection.
@@ -521,14 +522,7 @@ fn herd_run(listen_opts: &str) -> (Vec<Value>, Vec<u16>, Vec<u32>) {
         .spawn()
         .expect("spawn netdrift");
     let mut tracer = Tracer { child, stderr_path };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !ready.exists() {
-        if let Some(st) = tracer.child.try_wait().unwrap() {
-            panic!("netdrift exited ({st}) early; stderr:\n{}", tracer.stderr());
-        }
-        assert!(Instant::now() < deadline, "no ready file; stderr:\n{}", tracer.stderr());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    tracer.wait_ready(&ready);
     // Both workers asleep before each connection.
     let ports: Vec<u16> = (0..K)
         .map(|_| {

@@ -50,11 +50,7 @@ impl Reaper {
 
     /// Everything the (exited) child wrote to its piped stderr.
     fn stderr(&mut self) -> String {
-        let mut e = String::new();
-        if let Some(mut p) = self.child().stderr.take() {
-            let _ = std::io::Read::read_to_string(&mut p, &mut e);
-        }
-        e
+        common::piped_stderr(self.child())
     }
 }
 
@@ -219,14 +215,7 @@ fn cli_on_pipewake(
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_netdrift"));
     cmd.arg("offwake").args(target(pid)).args(extra).arg("-o").arg(&out).arg("--ready-file").arg(&ready).arg(duration);
     let mut nd = Reaper(Some(cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("netdrift")));
-    let t0 = Instant::now();
-    while !ready.exists() {
-        if let Some(st) = nd.child().try_wait().expect("try_wait") {
-            panic!("netdrift exited ({st}) before attaching: {}", nd.stderr());
-        }
-        assert!(t0.elapsed() < Duration::from_secs(30), "netdrift never wrote its ready file");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    common::wait_ready(&ready, nd.child(), Duration::from_secs(30), common::piped_stderr);
     pw.child().stdin.take().expect("stdin").write_all(b"g").expect("go");
     let st = pw.wait(Duration::from_secs(30), "pipewake");
     assert!(st.success(), "pipewake failed: {st}");

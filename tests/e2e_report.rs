@@ -619,16 +619,7 @@ fn set_comm(tid: u32, name: &str) {
 }
 
 fn wait_for(p: &Path, child: &mut std::process::Child) {
-    let t = Instant::now();
-    while !p.exists() {
-        if let Ok(Some(st)) = child.try_wait() {
-            let mut err = String::new();
-            child.stderr.take().map(|mut e| e.read_to_string(&mut err));
-            panic!("netdrift exited early ({st}): {err}");
-        }
-        assert!(t.elapsed() < Duration::from_secs(30), "no ready file after 30 s");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    common::wait_ready(p, child, Duration::from_secs(30), common::piped_stderr);
 }
 
 /// Run netdrift `args` (plus `-t` for each worker and a ready file) while the

@@ -58,18 +58,7 @@ fn sleeper() -> Guard {
 
 /// Wait for netdrift's ready file; fail with its stderr if it exits first.
 fn wait_ready(ready: &Path, child: &mut Child) {
-    let t = Instant::now();
-    while !ready.exists() {
-        if let Ok(Some(st)) = child.try_wait() {
-            let mut err = String::new();
-            if let Some(mut e) = child.stderr.take() {
-                let _ = e.read_to_string(&mut err);
-            }
-            panic!("netdrift exited before it was ready ({st}): {err}");
-        }
-        assert!(t.elapsed() < Duration::from_secs(30), "netdrift not ready after 30 s");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    common::wait_ready(ready, child, Duration::from_secs(30), common::piped_stderr);
 }
 
 /// Wait for a child with a deadline; kill it and fail if it hangs.

@@ -1,9 +1,11 @@
 //! Helpers shared by the root end-to-end tests.
 #![allow(dead_code)]
 
+use std::path::Path;
+use std::process::Child;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use netdrift::demo::{self, DemoConfig, DemoServer, ListenMode};
 use netdrift::probes::ProbeConfig;
@@ -81,4 +83,32 @@ pub fn run_demo_with(cfg: DemoConfig, k: usize, gap: Duration, setup: impl FnOnc
 
 pub fn run_demo(mode: ListenMode, k: usize) -> DemoRun {
     run_demo_with(DemoConfig { workers: 2, mode, port: 0, work_us: 0 }, k, Duration::from_millis(40), |_| {})
+}
+
+/// Everything an exited child wrote to its piped stderr ("" if not piped).
+pub fn piped_stderr(child: &mut Child) -> String {
+    let mut e = String::new();
+    if let Some(mut p) = child.stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut p, &mut e);
+    }
+    e
+}
+
+/// Wait until netdrift's ready file exists (its probes are attached). Panics
+/// with its stderr (from `stderr`, called once the child has exited) if it
+/// exits first, or if the file is not there within `timeout` (the child is
+/// killed first, so a piped stderr can be read to its end).
+pub fn wait_ready(ready: &Path, child: &mut Child, timeout: Duration, mut stderr: impl FnMut(&mut Child) -> String) {
+    let t = Instant::now();
+    while !ready.exists() {
+        if let Some(st) = child.try_wait().expect("try_wait netdrift") {
+            panic!("netdrift exited ({st}) before writing its ready file {}: {}", ready.display(), stderr(child));
+        }
+        if t.elapsed() >= timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("netdrift wrote no ready file {} within {timeout:?}; stderr: {}", ready.display(), stderr(child));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
