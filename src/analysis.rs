@@ -180,7 +180,7 @@ impl Action {
 }
 
 /// One thread's part in a chain.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct Hop {
     pub target: Task,
     /// None when epoll_wait returned without sleeping.
@@ -589,12 +589,7 @@ impl Correlator {
                         stack: stack.clone(),
                     }),
                     on_cpu,
-                    epoll: None,
-                    actions: Vec::new(),
-                    slept_again: None,
-                    preemptions: 0,
-                    preempted_ns: 0,
-                    done: false,
+                    ..Default::default()
                 };
                 // Woken again for the same socket event before it ran: one hop.
                 let again = self.threads.get(&target.tid).map(|t| t.pending.iter().any(|p| p.0 == id)).unwrap_or(false);
@@ -684,17 +679,8 @@ impl Correlator {
                     // Events were ready: epoll_wait returned without sleeping.
                     let id = self.new_chain(ev.ts);
                     if let Some(c) = self.open.get_mut(&id) {
-                        c.hops.push(Hop {
-                            target: ev.task.clone(),
-                            wake: None,
-                            on_cpu: None,
-                            epoll: None,
-                            actions: Vec::new(),
-                            slept_again: None,
-                            preemptions: 0,
-                            preempted_ns: 0,
-                            done: false,
-                        });
+                        // No wake-up: it found the event while running.
+                        c.hops.push(Hop { target: ev.task.clone(), ..Default::default() });
                     }
                     self.threads.entry(tid).or_default().pending.push((id, 0));
                     pending.push((id, 0));
