@@ -313,6 +313,8 @@ fn hook_matches(hook: ReadyHook, cause: Cause) -> bool {
     match hook {
         ReadyHook::SkDataReady => matches!(cause, Cause::SocketReadable | Cause::Unknown),
         ReadyHook::InetSockSetState => matches!(cause, Cause::SocketState | Cause::Unknown),
+        // Read where the woken thread waits: it is that wake-up's socket.
+        ReadyHook::EpollItem | ReadyHook::Accept => true,
     }
 }
 

@@ -10,7 +10,7 @@ use std::ffi::CString;
 use std::fs;
 use std::io::{Read, Write};
 use std::mem::MaybeUninit;
-use std::net::{TcpListener, TcpStream, UdpSocket};
+use std::net::{TcpListener, TcpStream};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -418,8 +418,6 @@ enum Trigger {
     EpollWait,
     /// The uprobed function.
     UprobeCall,
-    /// A UDP datagram to ourselves over loopback (sk_data_ready).
-    UdpLoopback,
     /// A TCP connection to ourselves over loopback (inet_sock_set_state).
     TcpLoopback,
 }
@@ -510,16 +508,6 @@ fn run_trigger(trigger: Trigger, uprobe: Option<&UprobeTarget>) -> Result<(), St
         Trigger::UprobeCall => {
             let target = uprobe.ok_or("no uprobe target")?;
             target.call();
-            Ok(())
-        }
-        Trigger::UdpLoopback => {
-            let a = UdpSocket::bind("127.0.0.1:0").map_err(|e| format!("loopback UDP unavailable: {e}"))?;
-            let b = UdpSocket::bind("127.0.0.1:0").map_err(|e| format!("loopback UDP unavailable: {e}"))?;
-            let to = b.local_addr().map_err(|e| e.to_string())?;
-            a.send_to(b"netdrift", to).map_err(|e| format!("loopback UDP send: {e}"))?;
-            b.set_read_timeout(Some(Duration::from_millis(100))).map_err(|e| e.to_string())?;
-            let mut buf = [0u8; 16];
-            b.recv_from(&mut buf).map_err(|e| format!("loopback UDP receive: {e}"))?;
             Ok(())
         }
         Trigger::TcpLoopback => {
@@ -787,11 +775,11 @@ fn prog_specs() -> Vec<ProgSpec> {
             consequence: "no kernel stacks: wake-up causes cannot be classified",
         },
         ProgSpec {
-            check: "tp:sk_data_ready",
-            prog: "probe_sk_data_ready",
-            what: "tp_btf/sk_data_ready",
+            check: "core:epoll_ready_list",
+            prog: "probe_epoll_ready_list",
+            what: "a woken task's registers and epoll ready list (CO-RE: eventpoll.rdllist, epitem.rdllink) from tp_btf/sched_waking",
             hook: Hook::Auto,
-            trigger: Trigger::UdpLoopback,
+            trigger: Trigger::Sleep,
             expect: Expect::Hits,
             consequence: "socket address of wake-ups unknown (causes still classified from stacks)",
         },
@@ -816,7 +804,6 @@ fn run_prog_check(spec: &ProgSpec, kernel: Option<(u32, u32)>) -> Check {
             "prog:tracepoint" | "prog:syscall_tracepoint" if tracefs::tracefs_dir().is_none() => {
                 Some("tracefs is not mounted (`mount -t tracefs nodev /sys/kernel/tracing`)")
             }
-            "tp:sk_data_ready" if old_kernel((6, 3)) => Some("the sk_data_ready tracepoint exists since Linux 6.3"),
             "map:ringbuf" if old_kernel((5, 8)) => Some("ring buffers exist since Linux 5.8"),
             "prog:tp_btf" if !Path::new(BTF_PATH).exists() => Some("tp_btf needs kernel BTF"),
             _ => None,
@@ -844,16 +831,13 @@ fn features(r: &Report) -> Vec<Check> {
         Check::new("trace", false, format!("core chain incomplete: {} failed (see above)", m.join(", ")))
     });
 
-    let kernel = parse_kernel_version(&r.kernel);
-    out.push(if r.ok("tp:sk_data_ready") {
-        Check::pass("socket_identity", "sk_data_ready names the socket (address, port) behind each wake-up")
-    } else if kernel.is_some_and(|k| k < (6, 3)) {
-        Check::new("socket_identity", false, "kernel older than 6.3: wake-up causes still classified from stacks, socket address unknown")
+    out.push(if r.ok("core:epoll_ready_list") {
+        Check::pass("socket_identity", "the woken thread's epoll ready list names the socket (address, port) behind each wake-up")
     } else {
         Check::new(
             "socket_identity",
             false,
-            "tp:sk_data_ready failed (see above): wake-up causes still classified from stacks, socket address unknown",
+            "core:epoll_ready_list failed (see above): wake-up causes still classified from stacks, socket address unknown",
         )
     });
 

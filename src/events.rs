@@ -160,10 +160,15 @@ pub struct Packet {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ReadyHook {
-    /// `sock:sk_data_ready`: data or a new connection arrived.
+    /// `sock:sk_data_ready`: data or a new connection arrived (recordings of
+    /// versions that hooked every socket).
     SkDataReady,
     /// `sock:inet_sock_set_state`: FIN, RST, handshake done.
     InetSockSetState,
+    /// The first item on the woken thread's epoll ready list.
+    EpollItem,
+    /// The listener the woken thread was blocked on in accept.
+    Accept,
 }
 
 /// Why a thread was woken, read from the waker's kernel stack.
@@ -491,8 +496,12 @@ pub fn decode(data: &[u8]) -> Result<Event, DecodeError> {
         1 => {
             let r: types::nd_sock_ready = need(tag, data)?;
             let s = sock(&r.sock).unwrap_or_else(|| null_sock(r.sock.sk));
-            let (hook, new_state) =
-                if r.hook == 2 { (ReadyHook::InetSockSetState, Some(r.newstate)) } else { (ReadyHook::SkDataReady, None) };
+            let (hook, new_state) = match r.hook {
+                2 => (ReadyHook::InetSockSetState, Some(r.newstate)),
+                3 => (ReadyHook::EpollItem, None),
+                4 => (ReadyHook::Accept, None),
+                _ => (ReadyHook::SkDataReady, None),
+            };
             let packet =
                 (r.pkt_ts != 0).then(|| Packet { ts: r.pkt_ts, len: r.pkt_len, ifindex: r.pkt_ifindex, dev: comm_str(&r.pkt_dev) });
             Kind::SockReady { sock: s, seq: r.seq, hook, new_state, packet }

@@ -25,7 +25,7 @@ pub struct ProbeConfig {
     pub switch_out: bool,
     /// Write every epoll_enter at the syscall (else only when the thread blocks, is preempted or woken in it).
     pub epoll_enter: bool,
-    /// How long after sk_data_ready a wake-up on the same CPU is its consequence.
+    /// How long after a TCP state change (FIN, RST) a wake-up on the same CPU is its consequence.
     pub sock_window_ns: u64,
     /// Trace the receive path (netif_receive_skb, napi_poll) before the socket.
     pub packets: bool,
@@ -57,7 +57,6 @@ impl Default for ProbeConfig {
 /// Which optional hooks this kernel has.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct Features {
-    pub sk_data_ready: bool,
     pub inet_sock_set_state: bool,
     pub epoll_pwait2: bool,
     pub accept: bool,
@@ -93,7 +92,6 @@ pub fn preflight() -> Result<()> {
 pub fn features() -> Result<Features> {
     let btf = std::fs::read(VMLINUX_BTF).map_err(|_| Error::NoBtf)?;
     Ok(Features {
-        sk_data_ready: btf_has(&btf, "btf_trace_sk_data_ready"),
         inet_sock_set_state: btf_has(&btf, "btf_trace_inet_sock_set_state"),
         epoll_pwait2: crate::tracefs::has_tracepoint("syscalls", "sys_enter_epoll_pwait2"),
         accept: crate::tracefs::has_tracepoint("syscalls", "sys_enter_accept"),
@@ -152,6 +150,11 @@ impl<'obj> Probes<'obj> {
             ro.trace_packets = cfg.packets;
             ro.epoll_ctl_traced = cfg.epoll_ctl || !features.file_epoll_items;
             ro.wakeup_bytes = (cfg.ringbuf_bytes / 8) as u64;
+            ro.nr_epoll_wait = sysno::EPOLL_WAIT;
+            ro.nr_epoll_pwait = libc::SYS_epoll_pwait as i32;
+            ro.nr_epoll_pwait2 = libc::SYS_epoll_pwait2 as i32;
+            ro.nr_accept = libc::SYS_accept as i32;
+            ro.nr_accept4 = libc::SYS_accept4 as i32;
         }
         open.maps.events.set_max_entries(cfg.ringbuf_bytes)?;
         if cfg.handlers.is_empty() {
@@ -166,12 +169,6 @@ impl<'obj> Probes<'obj> {
             open.progs.nd_netif_receive_skb.set_autoload(false);
             open.progs.nd_napi_poll.set_autoload(false);
             notes.push("kernel lacks net:netif_receive_skb or napi:napi_poll as tp_btf: --packets shows nothing".into());
-        }
-        if !features.sk_data_ready {
-            open.progs.nd_sk_data_ready.set_autoload(false);
-            notes.push(
-                "kernel has no sock:sk_data_ready (Linux < 6.3): wake-up causes still come from the waker's stack, but the socket (address, port, fd) is unknown".into(),
-            );
         }
         if !features.inet_sock_set_state {
             open.progs.nd_inet_sock_set_state.set_autoload(false);
@@ -269,4 +266,13 @@ mod tests {
         assert!(!btf_has(btf, "btf_trace_sk_data"));
         assert!(!btf_has(btf, "sk_data_ready"));
     }
+}
+
+/// Syscall numbers the BPF side matches a blocked task's saved registers with.
+mod sysno {
+    #[cfg(target_arch = "x86_64")]
+    pub const EPOLL_WAIT: i32 = libc::SYS_epoll_wait as i32;
+    /// Newer architectures only have epoll_pwait.
+    #[cfg(not(target_arch = "x86_64"))]
+    pub const EPOLL_WAIT: i32 = -1;
 }

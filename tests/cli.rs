@@ -164,7 +164,7 @@ fn duration_and_doctor() {
     nd().args(["trace", "-p", &target.id().to_string(), "1"]).assert().success().stdout(predicate::str::contains("duration reached"));
     let _ = target.kill();
     let _ = target.wait();
-    nd().arg("doctor").assert().success().stdout(predicate::str::contains("tp:sk_data_ready"));
+    nd().arg("doctor").assert().success().stdout(predicate::str::contains("core:epoll_ready_list"));
     let out = nd().args(["doctor", "--json"]).output().unwrap();
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(v["checks"].as_array().unwrap().iter().any(|c| c["name"] == "prog:tp_btf" && c["ok"] == true));

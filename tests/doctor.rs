@@ -26,19 +26,6 @@ fn root_or_skip(test: &str) -> bool {
     true
 }
 
-/// (major, minor) of the running kernel, parsed here, not by netdrift.
-fn kernel_version() -> (u32, u32) {
-    let release = fs::read_to_string("/proc/sys/kernel/osrelease").expect("read /proc/sys/kernel/osrelease");
-    let mut it = release.trim().split(['.', '-']);
-    let major = it.next().and_then(|s| s.parse().ok()).expect("kernel major");
-    let minor = it
-        .next()
-        .map(|s| s.chars().take_while(char::is_ascii_digit).collect::<String>())
-        .and_then(|s| s.parse().ok())
-        .expect("kernel minor");
-    (major, minor)
-}
-
 fn get<'r>(r: &'r Report, name: &str) -> &'r Check {
     r.check(name).unwrap_or_else(|| panic!("doctor reported no {name:?} line:\n{}", doctor::render_text(r, false)))
 }
@@ -72,7 +59,7 @@ fn doctor_matches_this_kernel() {
         "prog:uprobe",
         "map:ringbuf",
         "helper:get_stack",
-        "tp:sk_data_ready",
+        "core:epoll_ready_list",
         "tp:inet_sock_set_state",
     ] {
         let c = get(&r, name);
@@ -95,12 +82,7 @@ fn doctor_matches_this_kernel() {
     assert!(get(&r, "prog:tp_btf").ok, "tp_btf must load, attach and fire here:\n{text}");
     assert!(get(&r, "map:ringbuf").ok, "ring buffer must work here:\n{text}");
 
-    let version = kernel_version();
-    assert_eq!(
-        get(&r, "tp:sk_data_ready").ok,
-        version >= (6, 3),
-        "sk_data_ready exists exactly on Linux >= 6.3 (this is {version:?}):\n{text}"
-    );
+    assert!(get(&r, "core:epoll_ready_list").ok, "the epoll ready list must be readable here (BTF is present):\n{text}");
 
     // kprobe_events exists in tracefs only with CONFIG_KPROBE_EVENTS.
     let tracefs = netdrift::tracefs::ensure_tracefs().ok();
@@ -120,7 +102,7 @@ fn doctor_matches_this_kernel() {
     }
 
     // Features follow from the checks.
-    assert_eq!(get(&r, "socket_identity").ok, get(&r, "tp:sk_data_ready").ok);
+    assert_eq!(get(&r, "socket_identity").ok, get(&r, "core:epoll_ready_list").ok);
     assert_eq!(get(&r, "tcp_state").ok, get(&r, "tp:inet_sock_set_state").ok);
     assert_eq!(get(&r, "handler_probes").ok, get(&r, "prog:uprobe").ok);
     let core = ["prog:tp_btf", "map:ringbuf", "helper:get_stack", "prog:syscall_tracepoint"];
@@ -178,7 +160,7 @@ fn render_text_is_aligned_and_says_consequences() {
         kernel: "6.1.0-test".into(),
         checks: vec![
             Check { name: "btf".into(), ok: true, detail: "/sys/kernel/btf/vmlinux (5.3 MiB)".into() },
-            Check { name: "tp:sk_data_ready".into(), ok: false, detail: "load failed -> socket address unknown".into() },
+            Check { name: "core:epoll_ready_list".into(), ok: false, detail: "load failed -> socket address unknown".into() },
         ],
         features: vec![Check { name: "trace".into(), ok: true, detail: "core chain".into() }],
     };
@@ -188,7 +170,7 @@ fn render_text_is_aligned_and_says_consequences() {
     let lines: Vec<&str> = plain.lines().filter(|l| l.starts_with("  ")).collect();
     assert_eq!(lines.len(), 3, "{plain}");
     assert!(lines[0].trim_start().starts_with("ok  btf "), "{plain}");
-    assert!(lines[1].trim_start().starts_with("no  tp:sk_data_ready "), "{plain}");
+    assert!(lines[1].trim_start().starts_with("no  core:epoll_ready_list "), "{plain}");
     assert!(lines[1].contains("socket address unknown"), "{plain}");
     // Details start in the same column.
     let col = |l: &str, d: &str| l.find(d).unwrap();

@@ -35,6 +35,12 @@ const volatile bool capture_stacks = true;
 const volatile bool trace_packets = false;
 /* --epoll-ctl: every registration is traced, no need to read epitems. */
 const volatile bool epoll_ctl_traced = false;
+/* Syscall numbers of this architecture (-1: none), to read a blocked task's call. */
+const volatile __s32 nr_epoll_wait = -1;
+const volatile __s32 nr_epoll_pwait = -1;
+const volatile __s32 nr_epoll_pwait2 = -1;
+const volatile __s32 nr_accept = -1;
+const volatile __s32 nr_accept4 = -1;
 /* Wake the reader only once this much is waiting (it also polls every 100 ms). */
 const volatile __u64 wakeup_bytes = 1 << 20;
 
@@ -105,15 +111,25 @@ struct {
 	__type(value, struct sys_args);
 } inflight SEC(".maps");
 
-/* The last socket made readable on this CPU. */
+/*
+ * Per CPU: the readiness event whose wake-ups are being seen (one event can
+ * wake several threads: a herd), and the last TCP state change.
+ */
 struct ready_slot {
 	__u64 sk;
-	__u64 ts;
-	__u64 seq;	/* 0 until a target wake-up needs it */
+	__u64 ts;	/* when the event was seen (its first wake-up, or the state change) */
+	__u64 last_ts;	/* its last wake-up */
+	__u64 key;	/* the socket's progress (backlog, sequence numbers) then */
+	__u64 seq;
 	__u64 count;	/* seqs handed out on this CPU */
+	__u32 waker;
 	__u32 hook;
 	__s32 newstate;
 	__u32 emitted;
+	__u64 st_sk;	/* last inet_sock_set_state on this CPU */
+	__u64 st_ts;
+	__s32 st_newstate;
+	__u32 pad;
 };
 
 struct {
@@ -277,38 +293,40 @@ static __always_inline void fill_sock(struct nd_sock *s, struct sock *sk)
 	}
 }
 
-static __always_inline struct file *fd_file(int fd)
+static __always_inline struct file *task_fd_file(struct task_struct *t, int fd)
 {
-	struct task_struct *t = (struct task_struct *)bpf_get_current_task();
 	struct fdtable *fdt;
 	struct file **fds;
 	struct file *f = NULL;
-	unsigned int max;
 
 	if (fd < 0)
 		return NULL;
 	fdt = BPF_CORE_READ(t, files, fdt);
-	max = BPF_CORE_READ(fdt, max_fds);
-	if ((unsigned int)fd >= max)
+	if ((unsigned int)fd >= BPF_CORE_READ(fdt, max_fds))
 		return NULL;
 	fds = BPF_CORE_READ(fdt, fd);
 	bpf_probe_read_kernel(&f, sizeof(f), &fds[fd]);
 	return f;
 }
 
-static __always_inline struct sock *fd_sock(int fd)
+static __always_inline struct sock *file_sock(struct file *f)
 {
-	struct file *f = fd_file(fd);
 	struct socket *so;
-	umode_t mode;
 
-	if (!f)
-		return NULL;
-	mode = BPF_CORE_READ(f, f_inode, i_mode);
-	if ((mode & S_IFMT) != S_IFSOCK)
+	if (!f || (BPF_CORE_READ(f, f_inode, i_mode) & S_IFMT) != S_IFSOCK)
 		return NULL;
 	so = BPF_CORE_READ(f, private_data);
-	return BPF_CORE_READ(so, sk);
+	return so ? BPF_CORE_READ(so, sk) : NULL;
+}
+
+static __always_inline struct file *fd_file(int fd)
+{
+	return task_fd_file((struct task_struct *)bpf_get_current_task(), fd);
+}
+
+static __always_inline struct sock *fd_sock(int fd)
+{
+	return file_sock(fd_file(fd));
 }
 
 static __always_inline void remember_sock(__u64 sk)
@@ -386,32 +404,122 @@ static __always_inline void flush_enter(struct task_struct *t, __u32 tid)
 
 /* ---- socket and scheduler hooks ---------------------------------------- */
 
-static __always_inline void slot_set(const struct sock *sk, __u32 hook, int newstate)
+/* Runs for every socket state change of the machine: a store, no shared counter. */
+static __always_inline void state_slot_set(const struct sock *sk, int newstate)
 {
 	__u32 zero = 0;
 	struct ready_slot *slot = bpf_map_lookup_elem(&ready, &zero);
 
 	if (!slot)
 		return;
-	/*
-	 * Runs for every socket of the machine: no shared counter here (an atomic
-	 * on one cache line from every CPU cost more than the rest of the program).
-	 */
-	slot->sk = (__u64)sk;
-	slot->ts = bpf_ktime_get_ns();
-	slot->seq = 0;
-	slot->hook = hook;
-	slot->newstate = newstate;
-	slot->emitted = 0;
+	slot->st_sk = (__u64)sk;
+	slot->st_ts = bpf_ktime_get_ns();
+	slot->st_newstate = newstate;
 }
 
-/* Remember the socket; a target wake-up on this CPU right after is its doing. */
-SEC("tp_btf/sk_data_ready")
-int BPF_PROG(nd_sk_data_ready, const struct sock *sk)
+/*
+ * The socket a sleeping target is being woken for, read where it waits (no
+ * hook on every socket of the machine). In epoll_wait: the first item of its
+ * epoll ready list, which was empty when it went to sleep, so the first item
+ * is the one ep_poll_callback queued before this wake-up. In accept: the
+ * listener.
+ */
+struct pt_regs___x86 {
+	long orig_ax;
+} __attribute__((preserve_access_index));
+
+struct pt_regs___arm64 {
+	int syscallno;
+} __attribute__((preserve_access_index));
+
+/*
+ * The syscall a task blocked in before tracing started (no enter seen), from
+ * the registers it saved on entry; its first argument in *fd.
+ */
+static __always_inline __u32 blocked_syscall(struct task_struct *p, int *fd)
 {
-	slot_set(sk, ND_HOOK_DATA_READY, 0);
+	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(p);
+	long nr;
+
+	if (!regs)
+		return 0;
+	if (bpf_core_field_exists(((struct pt_regs___x86 *)0)->orig_ax))
+		nr = BPF_CORE_READ((struct pt_regs___x86 *)regs, orig_ax);
+	else if (bpf_core_field_exists(((struct pt_regs___arm64 *)0)->syscallno))
+		nr = BPF_CORE_READ((struct pt_regs___arm64 *)regs, syscallno);
+	else
+		return 0;
+	if (nr < 0)
+		return 0;
+	*fd = (int)PT_REGS_PARM1_CORE_SYSCALL(regs);
+	if (nr == nr_epoll_wait)
+		return ND_SYS_EPOLL_WAIT;
+	if (nr == nr_epoll_pwait)
+		return ND_SYS_EPOLL_PWAIT;
+	if (nr == nr_epoll_pwait2)
+		return ND_SYS_EPOLL_PWAIT2;
+	if (nr == nr_accept)
+		return ND_SYS_ACCEPT;
+	if (nr == nr_accept4)
+		return ND_SYS_ACCEPT4;
 	return 0;
 }
+
+static __always_inline struct sock *waited_sock(struct task_struct *p, __u32 tid, __u32 *hook)
+{
+	struct sys_args *a = args_get(tid);
+	struct eventpoll *ep;
+	struct list_head *first;
+	struct file *f;
+	__u32 sc;
+	int fd;
+
+	if (a) {
+		sc = a->syscall;
+		fd = a->fd;
+	} else {
+		sc = blocked_syscall(p, &fd);
+		if (!sc)
+			return NULL;
+	}
+	f = task_fd_file(p, fd);
+	if (!f)
+		return NULL;
+	if (sc == ND_SYS_ACCEPT || sc == ND_SYS_ACCEPT4) {
+		*hook = ND_HOOK_ACCEPT;
+		return file_sock(f);
+	}
+	if (sc > ND_SYS_EPOLL_PWAIT2)
+		return NULL;
+	ep = BPF_CORE_READ(f, private_data);
+	if (!ep)
+		return NULL;
+	first = BPF_CORE_READ(ep, rdllist.next);
+	if (!first || (void *)first == (void *)ep + bpf_core_field_offset(struct eventpoll, rdllist))
+		return NULL;
+	*hook = ND_HOOK_EPOLL_ITEM;
+	return file_sock(BPF_CORE_READ((struct epitem *)((void *)first - bpf_core_field_offset(struct epitem, rdllink)), ffd.file));
+}
+
+/*
+ * What moves when a socket becomes ready again: a listener's accept queue,
+ * a TCP socket's sequence numbers. Two wake-ups for one socket with the same
+ * key, from the same waker, microseconds apart, are one event (a herd).
+ */
+static __always_inline __u64 progress_key(struct sock *sk)
+{
+	__u64 k = BPF_CORE_READ(sk, sk_ack_backlog);
+
+	if (BPF_CORE_READ_BITFIELD_PROBED(sk, sk_protocol) == 6 /* IPPROTO_TCP */) {
+		struct tcp_sock *tp = (struct tcp_sock *)sk;
+
+		k ^= ((__u64)BPF_CORE_READ(tp, rcv_nxt) << 16) ^ ((__u64)BPF_CORE_READ(tp, snd_una) << 40);
+	}
+	return k;
+}
+
+/* One readiness event wakes its threads within this of each other. */
+#define HERD_GAP_NS 200000
 
 SEC("tp_btf/sched_waking")
 int BPF_PROG(nd_sched_waking, struct task_struct *p)
@@ -422,6 +530,7 @@ int BPF_PROG(nd_sched_waking, struct task_struct *p)
 	struct nd_wake *w;
 	struct task_struct *cur;
 	__u64 now, seq = 0, sk = 0;
+	__u32 hook = 0;
 	int on_rq;
 
 	if (!is_target(tgid, tid))
@@ -429,14 +538,36 @@ int BPF_PROG(nd_sched_waking, struct task_struct *p)
 	now = bpf_ktime_get_ns();
 
 	slot = bpf_map_lookup_elem(&ready, &zero);
-	if (slot && slot->sk && now - slot->ts <= sock_window_ns) {
-		if (!slot->seq) {
+	sk = (__u64)waited_sock(p, tid, &hook);
+	if (!sk && slot && slot->st_sk && now - slot->st_ts <= sock_window_ns) {
+		/* Not in epoll_wait or accept: a state change just before on this CPU. */
+		sk = slot->st_sk;
+		hook = ND_HOOK_STATE_CHANGE;
+	}
+	if (slot && sk) {
+		__u64 key = progress_key((struct sock *)sk);
+		__u32 waker = (__u32)bpf_get_current_pid_tgid();
+
+		if (slot->sk != sk || slot->key != key || slot->waker != waker || now - slot->last_ts > HERD_GAP_NS) {
 			/* Unique across CPUs, below 2^53 (exact in JavaScript). */
 			slot->count++;
 			slot->seq = (slot->count << 13) | (bpf_get_smp_processor_id() & 0x1fff);
+			slot->sk = sk;
+			slot->key = key;
+			slot->waker = waker;
+			slot->ts = now;
+			slot->hook = hook;
+			slot->newstate = 0;
+			slot->emitted = 0;
+			if (slot->st_sk == sk && now - slot->st_ts <= sock_window_ns) {
+				/* A FIN or RST: say so, with the time of the change. */
+				slot->hook = ND_HOOK_STATE_CHANGE;
+				slot->newstate = slot->st_newstate;
+				slot->ts = slot->st_ts;
+			}
 		}
+		slot->last_ts = now;
 		seq = slot->seq;
-		sk = slot->sk;
 		if (!slot->emitted) {
 			struct nd_sock_ready *r = reserve(sizeof(*r), ND_REC_SOCK_READY);
 
@@ -579,8 +710,8 @@ int BPF_PROG(nd_inet_sock_set_state, const struct sock *sk, const int oldstate, 
 	__u64 key = (__u64)sk;
 	struct nd_sock_state *r;
 
-	/* A FIN or RST wakes the owner through sk_state_change, not sk_data_ready. */
-	slot_set(sk, ND_HOOK_STATE_CHANGE, newstate);
+	/* A FIN or RST wakes the owner through sk_state_change. */
+	state_slot_set(sk, newstate);
 	if (!bpf_map_lookup_elem(&known_socks, &key))
 		return 0;
 	r = reserve(sizeof(*r), ND_REC_SOCK_STATE);

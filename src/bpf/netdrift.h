@@ -41,10 +41,12 @@ enum nd_loss {
 	ND_LOSS_MAX = 4,
 };
 
-/* What made a socket ready. */
+/* How the socket of a wake-up was found. */
 enum nd_ready_hook {
-	ND_HOOK_DATA_READY = 1,		/* sock:sk_data_ready */
+	ND_HOOK_DATA_READY = 1,		/* sock:sk_data_ready (older recordings) */
 	ND_HOOK_STATE_CHANGE = 2,	/* sock:inet_sock_set_state (FIN, RST, connect done) */
+	ND_HOOK_EPOLL_ITEM = 3,		/* first item on the woken thread's epoll ready list */
+	ND_HOOK_ACCEPT = 4,		/* the listener the woken thread waits on in accept */
 };
 
 /* Which syscall produced an epoll or accept record. */

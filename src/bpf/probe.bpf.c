@@ -6,6 +6,7 @@
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
+#include <bpf/bpf_core_read.h>
 
 char LICENSE[] SEC("license") = "Dual MIT/GPL";
 
@@ -87,10 +88,13 @@ int BPF_PROG(probe_stack, struct task_struct *p)
 	return 0;
 }
 
-SEC("tp_btf/sk_data_ready")
-int BPF_PROG(probe_sk_data_ready, const struct sock *sk)
+/* What netdrift reads to name a wake-up's socket: the woken thread's epoll ready list. */
+SEC("tp_btf/sched_waking")
+int BPF_PROG(probe_epoll_ready_list, struct task_struct *p)
 {
-	__sync_fetch_and_add(&hits, 1);
+	if (bpf_task_pt_regs(p) && bpf_core_field_offset(struct eventpoll, rdllist) >= 0 &&
+	    bpf_core_field_offset(struct epitem, rdllink) >= 0 && bpf_core_field_exists(struct epitem, ffd))
+		__sync_fetch_and_add(&hits, 1);
 	return 0;
 }
 
