@@ -7,6 +7,7 @@ use std::process::Command;
 
 use netdrift::analysis::{Action, Chain};
 use netdrift::demo::ListenMode;
+use netdrift::events::ReadyHook;
 
 mod common;
 use common::{require_root, run_demo, SERIAL};
@@ -88,6 +89,9 @@ fn demo_shared_listener_k_connections() {
         assert_eq!(c.hops.iter().filter(|h| h.accepted()).count(), 1, "exactly one winner in chain {}: {c:#?}", c.id);
         let s = c.sock.as_ref().unwrap();
         assert!(!s.fds.is_empty(), "listen socket fd resolved");
+        // Read from the woken worker's epoll ready list, at the first wake-up.
+        assert_eq!(s.hook, ReadyHook::EpollItem, "chain {}", c.id);
+        assert_eq!(Some(s.ts), c.hops.iter().filter_map(|h| h.wake.as_ref().map(|w| w.ts)).min(), "chain {}", c.id);
     }
     // With two CPUs and both workers asleep, the shared socket wakes both.
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
@@ -194,4 +198,76 @@ fn accepted_fds_are_mapped_with_and_without_epoll_ctl() {
             assert!(reg["flags"].as_str().unwrap_or("").contains("EPOLLIN"), "{reg}");
         }
     }
+}
+
+/// A thread blocked in accept(2), no epoll (a thread-per-connection server):
+/// each connection's wake-up names the listener it waits on. The thread is
+/// already blocked when the trace starts, so the first wake-up is read from
+/// its saved registers, not from a traced syscall entry.
+#[test]
+fn blocking_accept_names_the_listener() {
+    if !require_root() {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    const K: usize = 3;
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = l.local_addr().unwrap().port();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let server = std::thread::spawn(move || {
+        // SAFETY: gettid has no preconditions.
+        tx.send(unsafe { libc::gettid() } as u32).unwrap();
+        let mut peers = Vec::new();
+        for _ in 0..K {
+            let (_s, peer) = l.accept().expect("accept");
+            peers.push(peer.port());
+        }
+        peers
+    });
+    let tid = rx.recv().unwrap();
+    let dir = std::env::temp_dir().join(format!("netdrift-accept-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (ready, out) = (dir.join("ready"), dir.join("out.jsonl"));
+    let _ = std::fs::remove_file(&ready);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_netdrift"))
+        .args(["trace", "-t", &tid.to_string(), "--json", "--ready-file"])
+        .arg(&ready)
+        .arg("-o")
+        .arg(&out)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn netdrift");
+    common::wait_ready(&ready, &mut child, std::time::Duration::from_secs(30), common::piped_stderr);
+    let mut clients = Vec::new();
+    for _ in 0..K {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        clients.push(std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect"));
+    }
+    let mut want: Vec<u16> = server.join().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    // SAFETY: kill has no memory-safety preconditions; the pid is our child.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+    let st = child.wait().expect("wait netdrift");
+    assert!(st.success(), "netdrift: {st}: {}", common::piped_stderr(&mut child));
+    let text = std::fs::read_to_string(&out).expect("output file");
+    let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).expect("JSON line")).collect();
+    let ready: Vec<&serde_json::Value> = lines.iter().filter(|e| e["type"] == "sock_ready").collect();
+    assert_eq!(ready.len(), K, "one socket event per connection: {ready:#?}");
+    for r in &ready {
+        assert_eq!(r["hook"], "accept", "{r}");
+        assert_eq!(r["sock"]["local"], format!("127.0.0.1:{port}"), "the listener: {r}");
+        assert_eq!(r["sock"]["state_name"], "LISTEN", "{r}");
+    }
+    let wakes = lines.iter().filter(|e| e["type"] == "wake" && e["target"]["tid"] == tid).count();
+    assert_eq!(wakes, K, "one wake-up of the accepting thread per connection");
+    let mut got: Vec<u16> = lines
+        .iter()
+        .filter(|e| e["type"] == "accept" && e["ret"].as_i64().unwrap_or(-1) >= 0)
+        .filter_map(|e| e["peer"]["remote"].as_str()?.rsplit(':').next()?.parse().ok())
+        .collect();
+    got.sort_unstable();
+    want.sort_unstable();
+    assert_eq!(got, want, "accept peers are the client's ports");
+    drop(clients);
+    let _ = std::fs::remove_dir_all(&dir);
 }

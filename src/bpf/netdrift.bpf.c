@@ -502,24 +502,27 @@ static __always_inline struct sock *waited_sock(struct task_struct *p, __u32 tid
 }
 
 /*
- * What moves when a socket becomes ready again: a listener's accept queue,
- * a TCP socket's sequence numbers. Two wake-ups for one socket with the same
- * key, from the same waker, microseconds apart, are one event (a herd).
+ * What changes when a socket becomes ready again, and not in between the
+ * wake-ups of one readiness (a herd): for a listener, the connection that
+ * was just queued (its ESTABLISHED transition is the last state change on
+ * this CPU before the listener's wake-ups, and no other can come between
+ * them: the wait-queue walk holds its lock with interrupts off; the queue
+ * length would not do, as the first woken worker may accept before the
+ * second is woken); for a TCP socket, its sequence numbers.
  */
-static __always_inline __u64 progress_key(struct sock *sk)
+static __always_inline __u64 progress_key(struct sock *sk, struct ready_slot *slot)
 {
-	__u64 k = BPF_CORE_READ(sk, sk_ack_backlog);
+	struct tcp_sock *tp = (struct tcp_sock *)sk;
 
-	if (BPF_CORE_READ_BITFIELD_PROBED(sk, sk_protocol) == 6 /* IPPROTO_TCP */) {
-		struct tcp_sock *tp = (struct tcp_sock *)sk;
-
-		k ^= ((__u64)BPF_CORE_READ(tp, rcv_nxt) << 16) ^ ((__u64)BPF_CORE_READ(tp, snd_una) << 40);
-	}
-	return k;
+	if (BPF_CORE_READ(sk, __sk_common.skc_state) == 10 /* TCP_LISTEN */)
+		return slot->st_sk;
+	if (BPF_CORE_READ_BITFIELD_PROBED(sk, sk_protocol) != 6 /* IPPROTO_TCP */)
+		return 0;
+	return ((__u64)BPF_CORE_READ(tp, rcv_nxt) << 32) ^ BPF_CORE_READ(tp, snd_una);
 }
 
 /* One readiness event wakes its threads within this of each other. */
-#define HERD_GAP_NS 200000
+#define HERD_GAP_NS 1000000
 
 SEC("tp_btf/sched_waking")
 int BPF_PROG(nd_sched_waking, struct task_struct *p)
@@ -545,7 +548,7 @@ int BPF_PROG(nd_sched_waking, struct task_struct *p)
 		hook = ND_HOOK_STATE_CHANGE;
 	}
 	if (slot && sk) {
-		__u64 key = progress_key((struct sock *)sk);
+		__u64 key = progress_key((struct sock *)sk, slot);
 		__u32 waker = (__u32)bpf_get_current_pid_tgid();
 
 		if (slot->sk != sk || slot->key != key || slot->waker != waker || now - slot->last_ts > HERD_GAP_NS) {
