@@ -7,6 +7,7 @@
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -17,7 +18,8 @@ use crate::skel::types;
 pub struct Task {
     pub pid: u32,
     pub tid: u32,
-    pub comm: String,
+    /// Shared: a server has a handful of names and every record carries one.
+    pub comm: Arc<str>,
 }
 
 impl fmt::Display for Task {
@@ -104,7 +106,7 @@ impl Serialize for EpEvent {
         use serde::ser::SerializeStruct;
         let mut st = s.serialize_struct("EpEvent", 4)?;
         st.serialize_field("events", &self.events)?;
-        st.serialize_field("flags", &*epoll_flags_cached(self.events))?;
+        st.serialize_field("flags", &epoll_flags(self.events))?;
         st.serialize_field("data", &self.data)?;
         st.serialize_field("fd", &self.fd)?;
         st.end()
@@ -309,14 +311,14 @@ pub enum Kind {
         prev_cpu: u32,
         after_preempt: bool,
         prev_tid: u32,
-        prev_comm: String,
+        prev_comm: Arc<str>,
     },
     /// A target thread left the CPU.
     SwitchOut {
         involuntary: bool,
         state: u32,
         next_tid: u32,
-        next_comm: String,
+        next_comm: Arc<str>,
     },
     EpollEnter {
         epfd: i32,
@@ -447,8 +449,62 @@ fn read<T: Copy + Default>(data: &[u8]) -> Option<T> {
     Some(unsafe { std::ptr::read_unaligned(data.as_ptr() as *const T) })
 }
 
-fn need<T: Copy + Default>(tag: u32, data: &[u8]) -> Result<T, DecodeError> {
-    read::<T>(data).ok_or(DecodeError::Truncated { tag, need: std::mem::size_of::<T>(), got: data.len() })
+/// A record in place, or a copy when its bytes are not aligned for `T`.
+enum Rec<'a, T> {
+    Ref(&'a T),
+    Own(T),
+}
+
+impl<T> std::ops::Deref for Rec<'_, T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        match self {
+            Rec::Ref(r) => r,
+            Rec::Own(r) => r,
+        }
+    }
+}
+
+/// The record as `T`, read in place: ring-buffer records are 8-byte aligned,
+/// and copying a whole record (the epoll array, the stack) would touch cache
+/// lines the decoder never reads.
+fn need<T: Copy + Default>(tag: u32, data: &[u8]) -> Result<Rec<'_, T>, DecodeError> {
+    if data.len() < std::mem::size_of::<T>() {
+        return Err(DecodeError::Truncated { tag, need: std::mem::size_of::<T>(), got: data.len() });
+    }
+    if (data.as_ptr() as usize) % std::mem::align_of::<T>() == 0 {
+        // SAFETY: the length and the alignment are checked above, T is a
+        // plain-old-data repr(C) type generated from the BPF object's BTF (any
+        // bit pattern is a valid value), and the borrow lives as long as `data`.
+        return Ok(Rec::Ref(unsafe { &*(data.as_ptr() as *const T) }));
+    }
+    read::<T>(data).map(Rec::Own).ok_or(DecodeError::Truncated { tag, need: std::mem::size_of::<T>(), got: data.len() })
+}
+
+/// A kernel `char[16]` as a shared string, from a small per-thread cache of
+/// recent names: no allocation for a name seen lately.
+pub fn comm_arc(c: &[i8; 16]) -> Arc<str> {
+    const SLOTS: usize = 32;
+    /// (next slot to replace, recent (raw name, name) pairs)
+    type Recent = (usize, Vec<([i8; 16], Arc<str>)>);
+    thread_local! {
+        static RECENT: std::cell::RefCell<Recent> = const { std::cell::RefCell::new((0, Vec::new())) };
+    }
+    RECENT.with(|r| {
+        let mut r = r.borrow_mut();
+        if let Some((_, name)) = r.1.iter().find(|(k, _)| k == c) {
+            return name.clone();
+        }
+        let name: Arc<str> = comm_str(c).into();
+        let (next, slots) = &mut *r;
+        if slots.len() < SLOTS {
+            slots.push((*c, name.clone()));
+        } else {
+            slots[*next] = (*c, name.clone());
+            *next = (*next + 1) % SLOTS;
+        }
+        name
+    })
 }
 
 /// A kernel `char[16]` as a String (lossy, up to the first NUL).
@@ -485,7 +541,7 @@ fn sock(s: &types::nd_sock) -> Option<SockInfo> {
 }
 
 fn task(h: &types::nd_hdr) -> Task {
-    Task { pid: h.pid, tid: h.tid, comm: comm_str(&h.comm) }
+    Task { pid: h.pid, tid: h.tid, comm: comm_arc(&h.comm) }
 }
 
 /// Decode one ring-buffer record.
@@ -494,7 +550,7 @@ pub fn decode(data: &[u8]) -> Result<Event, DecodeError> {
     let tag = h.r#type;
     let kind = match tag {
         1 => {
-            let r: types::nd_sock_ready = need(tag, data)?;
+            let r = need::<types::nd_sock_ready>(tag, data)?;
             let s = sock(&r.sock).unwrap_or_else(|| null_sock(r.sock.sk));
             let (hook, new_state) = match r.hook {
                 2 => (ReadyHook::InetSockSetState, Some(r.newstate)),
@@ -507,7 +563,7 @@ pub fn decode(data: &[u8]) -> Result<Event, DecodeError> {
             Kind::SockReady { sock: s, seq: r.seq, hook, new_state, packet }
         }
         2 => {
-            let r: types::nd_wake = need(tag, data)?;
+            let r = need::<types::nd_wake>(tag, data)?;
             let (stack, stack_err) = if r.stack_sz < 0 {
                 (Vec::new(), r.stack_sz)
             } else {
@@ -515,7 +571,7 @@ pub fn decode(data: &[u8]) -> Result<Event, DecodeError> {
                 (r.stack[..n].to_vec(), 0)
             };
             Kind::Wake {
-                target: Task { pid: r.target_pid, tid: r.target_tid, comm: comm_str(&r.target_comm) },
+                target: Task { pid: r.target_pid, tid: r.target_tid, comm: comm_arc(&r.target_comm) },
                 sock_seq: r.sock_seq,
                 stack,
                 stack_err,
@@ -528,25 +584,25 @@ pub fn decode(data: &[u8]) -> Result<Event, DecodeError> {
             }
         }
         3 => {
-            let r: types::nd_switch_in = need(tag, data)?;
+            let r = need::<types::nd_switch_in>(tag, data)?;
             Kind::SwitchIn {
                 runnable_ts: r.runnable_ts,
                 prev_cpu: r.prev_cpu,
                 after_preempt: r.after_preempt != 0,
                 prev_tid: r.prev_tid,
-                prev_comm: comm_str(&r.prev_comm),
+                prev_comm: comm_arc(&r.prev_comm),
             }
         }
         4 => {
-            let r: types::nd_switch_out = need(tag, data)?;
-            Kind::SwitchOut { involuntary: r.preempt != 0, state: r.state, next_tid: r.next_tid, next_comm: comm_str(&r.next_comm) }
+            let r = need::<types::nd_switch_out>(tag, data)?;
+            Kind::SwitchOut { involuntary: r.preempt != 0, state: r.state, next_tid: r.next_tid, next_comm: comm_arc(&r.next_comm) }
         }
         5 => {
-            let r: types::nd_epoll_enter = need(tag, data)?;
+            let r = need::<types::nd_epoll_enter>(tag, data)?;
             Kind::EpollEnter { epfd: r.epfd, maxevents: r.maxevents, syscall: Syscall::from_raw(r.syscall) }
         }
         6 => {
-            let r: types::nd_epoll_exit = need(tag, data)?;
+            let r = need::<types::nd_epoll_exit>(tag, data)?;
             // The user's array as the kernel laid it out: `events` first, `data` in the last 8 bytes.
             let size = r.ev_size as usize;
             let n = if (12..=16).contains(&size) { (r.n_events as usize).min(r.ev_raw.len() / size) } else { 0 };
@@ -565,7 +621,7 @@ pub fn decode(data: &[u8]) -> Result<Event, DecodeError> {
             }
         }
         7 => {
-            let r: types::nd_accept = need(tag, data)?;
+            let r = need::<types::nd_accept>(tag, data)?;
             Kind::Accept {
                 enter_ts: r.enter_ts,
                 listen_fd: r.listen_fd,
@@ -578,31 +634,31 @@ pub fn decode(data: &[u8]) -> Result<Event, DecodeError> {
             }
         }
         8 => {
-            let r: types::nd_close = need(tag, data)?;
+            let r = need::<types::nd_close>(tag, data)?;
             Kind::Close { fd: r.fd, sock: if r.is_socket != 0 { sock(&r.sock) } else { None } }
         }
         9 => {
-            let r: types::nd_sock_state = need(tag, data)?;
+            let r = need::<types::nd_sock_state>(tag, data)?;
             Kind::SockState { sock: sock(&r.sock).unwrap_or_else(|| null_sock(0)), old: r.oldstate, new: r.newstate }
         }
         10 => {
-            let r: types::nd_task_new = need(tag, data)?;
-            Kind::TaskNew { child: Task { pid: r.child_pid, tid: r.child_tid, comm: comm_str(&r.child_comm) }, reason: r.reason }
+            let r = need::<types::nd_task_new>(tag, data)?;
+            Kind::TaskNew { child: Task { pid: r.child_pid, tid: r.child_tid, comm: comm_arc(&r.child_comm) }, reason: r.reason }
         }
         11 => {
-            let r: types::nd_task_exit = need(tag, data)?;
+            let r = need::<types::nd_task_exit>(tag, data)?;
             Kind::TaskExit { group_dead: r.group_dead != 0 }
         }
         12 => {
-            let r: types::nd_epoll_ctl = need(tag, data)?;
+            let r = need::<types::nd_epoll_ctl>(tag, data)?;
             Kind::EpollCtl { epfd: r.epfd, op: r.op, fd: r.fd, events: r.events, data: r.data, err: r.ret }
         }
         13 => {
-            let r: types::nd_napi = need(tag, data)?;
+            let r = need::<types::nd_napi>(tag, data)?;
             Kind::Napi { seq: r.seq, dev: comm_str(&r.dev), work: r.work, budget: r.budget }
         }
         14 => {
-            let r: types::nd_handler = need(tag, data)?;
+            let r = need::<types::nd_handler>(tag, data)?;
             Kind::Handler {
                 id: r.id,
                 fd: (r.has & 1 != 0).then_some(r.fd),
@@ -612,7 +668,7 @@ pub fn decode(data: &[u8]) -> Result<Event, DecodeError> {
             }
         }
         15 => {
-            let r: types::nd_epoll_reg = need(tag, data)?;
+            let r = need::<types::nd_epoll_reg>(tag, data)?;
             Kind::EpollReg { epfd: r.epfd, fd: r.fd, events: r.events, data: r.data }
         }
         other => return Err(DecodeError::UnknownType(other)),
@@ -633,45 +689,52 @@ fn null_sock(sk: u64) -> SockInfo {
     }
 }
 
-/// [`epoll_flags`], named once per mask and thread: a server uses a handful
-/// of masks, and every epoll_wait return carries them.
-pub fn epoll_flags_cached(bits: u32) -> std::rc::Rc<str> {
-    thread_local! {
-        static NAMES: std::cell::RefCell<std::collections::HashMap<u32, std::rc::Rc<str>>> = Default::default();
-    }
-    NAMES.with(|m| {
-        let mut m = m.borrow_mut();
-        if let Some(n) = m.get(&bits) {
-            return n.clone();
-        }
-        let n: std::rc::Rc<str> = epoll_flags(bits).into();
-        if m.len() < 1024 {
-            m.insert(bits, n.clone());
-        }
-        n
-    })
-}
+const EPOLL_NAMES: &[(u32, &str)] = &[
+    (0x001, "EPOLLIN"),
+    (0x002, "EPOLLPRI"),
+    (0x004, "EPOLLOUT"),
+    (0x008, "EPOLLERR"),
+    (0x010, "EPOLLHUP"),
+    (0x040, "EPOLLRDNORM"),
+    (0x080, "EPOLLRDBAND"),
+    (0x100, "EPOLLWRNORM"),
+    (0x200, "EPOLLWRBAND"),
+    (0x400, "EPOLLMSG"),
+    (0x2000, "EPOLLRDHUP"),
+    (1 << 28, "EPOLLEXCLUSIVE"),
+    (1 << 29, "EPOLLWAKEUP"),
+    (1 << 30, "EPOLLONESHOT"),
+    (1 << 31, "EPOLLET"),
+];
 
 /// epoll event bits as names: `EPOLLIN|EPOLLET`.
 pub fn epoll_flags(bits: u32) -> String {
-    const NAMES: &[(u32, &str)] = &[
-        (0x001, "EPOLLIN"),
-        (0x002, "EPOLLPRI"),
-        (0x004, "EPOLLOUT"),
-        (0x008, "EPOLLERR"),
-        (0x010, "EPOLLHUP"),
-        (0x040, "EPOLLRDNORM"),
-        (0x080, "EPOLLRDBAND"),
-        (0x100, "EPOLLWRNORM"),
-        (0x200, "EPOLLWRBAND"),
-        (0x400, "EPOLLMSG"),
-        (0x2000, "EPOLLRDHUP"),
-        (1 << 28, "EPOLLEXCLUSIVE"),
-        (1 << 29, "EPOLLWAKEUP"),
-        (1 << 30, "EPOLLONESHOT"),
-        (1 << 31, "EPOLLET"),
-    ];
-    flag_names(bits as u64, NAMES.iter().map(|&(b, n)| (b as u64, n)))
+    flag_names(bits as u64, EPOLL_NAMES.iter().map(|&(b, n)| (b as u64, n)))
+}
+
+/// [`epoll_flags`] appended to a byte buffer, without allocating: every
+/// returned epoll event is written with its names.
+pub fn push_epoll_flags(out: &mut Vec<u8>, bits: u32) {
+    let start = out.len();
+    let mut rest = bits;
+    for &(bit, name) in EPOLL_NAMES {
+        if bits & bit != 0 {
+            if out.len() > start {
+                out.push(b'|');
+            }
+            out.extend_from_slice(name.as_bytes());
+            rest &= !bit;
+        }
+    }
+    if rest != 0 {
+        if out.len() > start {
+            out.push(b'|');
+        }
+        out.extend_from_slice(format!("0x{rest:x}").as_bytes());
+    }
+    if out.len() == start {
+        out.push(b'0');
+    }
 }
 
 /// Bits as `NAME|NAME|0xREST` from a table of (bit, name); "0" for none.
@@ -784,6 +847,35 @@ mod tests {
             Kind::Wake { stack, stack_err, .. } => assert!(stack.is_empty() && stack_err == -14),
             k => panic!("wrong kind {k:?}"),
         }
+    }
+
+    #[test]
+    fn pushed_epoll_flags_match_the_names() {
+        for bits in [0, 1, 4, 5, 0x2001, 0x8000_2019, 0x4000_0000, 0x0800_0001, 0x0001_0000] {
+            let mut buf = b"x".to_vec();
+            push_epoll_flags(&mut buf, bits);
+            assert_eq!(&buf[1..], epoll_flags(bits).as_bytes(), "{bits:#x}");
+        }
+    }
+
+    #[test]
+    fn comm_names_are_shared_and_exact() {
+        let mut c = [0i8; 16];
+        for (i, b) in b"nginx".iter().enumerate() {
+            c[i] = *b as i8;
+        }
+        let a = comm_arc(&c);
+        assert_eq!(&*a, "nginx");
+        assert!(Arc::ptr_eq(&a, &comm_arc(&c)), "a recent name is not allocated again");
+        // More names than the cache holds: each still decodes to itself.
+        for n in 0..100u8 {
+            let mut d = [0i8; 16];
+            d[0] = b'w' as i8;
+            d[1] = (b'0' + n % 10) as i8;
+            d[2] = (b'0' + n / 10) as i8;
+            assert_eq!(&*comm_arc(&d), format!("w{}{}", n % 10, n / 10));
+        }
+        assert_eq!(&*comm_arc(&c), "nginx");
     }
 
     #[test]

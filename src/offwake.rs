@@ -422,7 +422,7 @@ impl Namer {
 /// from its kernel stack. Interrupt wakers also get where they ran.
 fn waker_context(w: &types::ow_waker, comm: &str, kernel: &[String]) -> (WakeContext, Host) {
     let names: Vec<Option<Arc<str>>> = kernel.iter().map(|f| Some(Arc::from(f.as_str()))).collect();
-    let task = Task { pid: w.pid, tid: w.tid, comm: comm.to_string() };
+    let task = Task { pid: w.pid, tid: w.tid, comm: comm.into() };
     let class = classify(&task, w.is_kthread != 0, &names).context;
     let ctx = match w.ctx {
         0 => WakeContext::Task,

@@ -253,7 +253,7 @@ impl SummaryBuilder {
     }
 
     fn thread(&mut self, t: &Task) -> &mut ThreadRow {
-        self.threads.entry(t.tid).or_insert_with(|| ThreadRow { pid: t.pid, tid: t.tid, comm: t.comm.clone(), ..Default::default() })
+        self.threads.entry(t.tid).or_insert_with(|| ThreadRow { pid: t.pid, tid: t.tid, comm: t.comm.to_string(), ..Default::default() })
     }
 
     fn herd_row(&mut self, s: &SockInfo) -> &mut HerdRow {

@@ -300,7 +300,7 @@ impl Enricher {
                                 out.push(Event {
                                     ts: ev.ts,
                                     cpu: ev.cpu,
-                                    task: Task { pid, tid: pid, comm: procfs::comm(pid, pid).unwrap_or_default() },
+                                    task: Task { pid, tid: pid, comm: procfs::comm(pid, pid).unwrap_or_default().into() },
                                     kind: Kind::FdMap { ino, fd },
                                 });
                             }

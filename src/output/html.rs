@@ -221,7 +221,7 @@ impl ReportWriter {
                     ),
                     (None, false) => ("wait not seen (blocked before the trace)".to_string(), None),
                 };
-                let e = self.folded.entry((stack.clone(), target.comm.clone(), state)).or_default();
+                let e = self.folded.entry((stack.clone(), target.comm.to_string(), state)).or_default();
                 match blocked {
                     Some(ns) => {
                         e.0 += (ns / 1000).max(1);

@@ -3,7 +3,7 @@
 use serde_json::{json, Map, Value};
 
 use crate::analysis::Annotation;
-use crate::events::{epoll_flags, epoll_flags_cached, Event, Kind, Syscall};
+use crate::events::{epoll_flags, push_epoll_flags, Event, Kind, Syscall};
 
 /// Write one event as a JSON line into `buf` (cleared first): the event as
 /// serialized (sockets carry `state_name`, epoll entries `flags` and `fd`),
@@ -108,7 +108,7 @@ fn write_hot(buf: &mut Vec<u8>, ev: &Event) -> serde_json::Result<bool> {
                 kv(buf, if i > 0 { b",{\"events\":" } else { b"{\"events\":" }, e.events);
                 // Flag names are plain ASCII: no escaping needed.
                 buf.extend_from_slice(b",\"flags\":\"");
-                buf.extend_from_slice(epoll_flags_cached(e.events).as_bytes());
+                push_epoll_flags(buf, e.events);
                 kv(buf, b"\",\"data\":", e.data);
                 match e.fd {
                     Some(fd) => kv(buf, b",\"fd\":", fd),
@@ -230,7 +230,7 @@ mod tests {
         kinds.push(Kind::EpollExit { enter_ts: 0, epfd: 0, ret: 0, syscall: Syscall::EpollWait, events: vec![] });
         for b in [false, true] {
             kinds.push(Kind::SwitchIn { runnable_ts: 1, prev_cpu: 2, after_preempt: b, prev_tid: 0, prev_comm: comm.into() });
-            kinds.push(Kind::SwitchOut { involuntary: b, state: 0x402, next_tid: 3, next_comm: String::new() });
+            kinds.push(Kind::SwitchOut { involuntary: b, state: 0x402, next_tid: 3, next_comm: "".into() });
         }
         for kind in kinds {
             let ev = Event { ts: u64::MAX - 1, cpu: 3, task: task.clone(), kind };

@@ -220,7 +220,7 @@ impl PerfettoWriter {
         let r = self.threads.entry(t.tid).or_default();
         r.pid = t.pid;
         if !t.comm.is_empty() {
-            r.comm = t.comm.clone();
+            r.comm = t.comm.to_string();
         }
         r
     }
