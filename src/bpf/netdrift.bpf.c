@@ -491,13 +491,14 @@ static __always_inline struct sock *waited_sock(struct task_struct *p, __u32 tid
 	}
 	if (sc > ND_SYS_EPOLL_PWAIT2)
 		return NULL;
+	/* Set even when the list is empty (a timeout): no other socket is this wake-up's. */
+	*hook = ND_HOOK_EPOLL_ITEM;
 	ep = BPF_CORE_READ(f, private_data);
 	if (!ep)
 		return NULL;
 	first = BPF_CORE_READ(ep, rdllist.next);
 	if (!first || (void *)first == (void *)ep + bpf_core_field_offset(struct eventpoll, rdllist))
 		return NULL;
-	*hook = ND_HOOK_EPOLL_ITEM;
 	return file_sock(BPF_CORE_READ((struct epitem *)((void *)first - bpf_core_field_offset(struct epitem, rdllink)), ffd.file));
 }
 
@@ -542,7 +543,7 @@ int BPF_PROG(nd_sched_waking, struct task_struct *p)
 
 	slot = bpf_map_lookup_elem(&ready, &zero);
 	sk = (__u64)waited_sock(p, tid, &hook);
-	if (!sk && slot && slot->st_sk && now - slot->st_ts <= sock_window_ns) {
+	if (!hook && slot && slot->st_sk && now - slot->st_ts <= sock_window_ns) {
 		/* Not in epoll_wait or accept: a state change just before on this CPU. */
 		sk = slot->st_sk;
 		hook = ND_HOOK_STATE_CHANGE;
