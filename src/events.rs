@@ -247,12 +247,13 @@ impl WakerContext {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Kind {
-    /// A socket became readable (`sock:sk_data_ready`) and woke a target.
-    /// The task is the one on the CPU when it fired.
+    /// A socket woke a target: read at the wake-up from the woken thread's
+    /// epoll ready list or the listener it accepts on (older recordings:
+    /// `sock:sk_data_ready`). The task is the waker.
     SockReady {
         sock: SockInfo,
         seq: u64,
-        /// The hook that fired: data arrived, or the TCP state changed (FIN, RST).
+        /// How the socket was found; a TCP state change (FIN, RST) says so.
         hook: ReadyHook,
         /// For a state change, the state it moved to.
         #[serde(default, skip_serializing_if = "Option::is_none")]
