@@ -474,6 +474,13 @@ fn nginx_accepts_are_traced_with_ports_chains_and_epoll_fds() {
     });
     assert!(with_workers, "no LISTEN sock_ready whose fds list both workers {workers:?}:\n{}", show(&listen_ready));
 
+    // Every socket event is joined by the wake-up it caused: one left alone
+    // would be an open chain holding later chains back until it expires.
+    let wake_chains: BTreeSet<u64> = by_type("wake").iter().filter_map(|e| e["chain"].as_u64()).collect();
+    let orphans: Vec<&Value> =
+        by_type("sock_ready").into_iter().filter(|e| !e["chain"].as_u64().is_some_and(|c| wake_chains.contains(&c))).collect();
+    assert!(orphans.is_empty(), "sock_ready events no wake-up joined:\n{}", show(&orphans));
+
     // Only targets are woken.
     let stray: Vec<&Value> = by_type("wake")
         .into_iter()

@@ -563,9 +563,7 @@ int BPF_PROG(nd_sched_waking, struct task_struct *p)
 			slot->hook = hook;
 			slot->newstate = 0;
 			slot->emitted = 0;
-			if (slot->st_sk == sk && now - slot->st_ts <= sock_window_ns) {
-				/* A FIN or RST: say so, with the time of the change. */
-				slot->hook = ND_HOOK_STATE_CHANGE;
+			if (hook == ND_HOOK_STATE_CHANGE) {
 				slot->newstate = slot->st_newstate;
 				slot->ts = slot->st_ts;
 			}
