@@ -102,7 +102,7 @@ impl Hist {
 /// The four stages of a chain.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Latency {
-    /// socket ready -> thread woken (sk_data_ready to sched_waking).
+    /// socket ready -> thread woken (the herd's spread: the socket is read at the first sched_waking).
     pub ready_to_wake: Hist,
     /// thread woken -> on CPU (run-queue wait).
     pub wake_to_cpu: Hist,
