@@ -388,9 +388,9 @@ pub struct Correlator {
     epoll_map: EpollMap,
     /// chain id -> the sock seq that started it (to forget it when the chain ends).
     chain_seq: HashMap<u64, u64>,
-    /// Finished chains by id, held until no older chain is open.
-    /// Finished, not yet drained; almost always in id order already. Boxed
-    /// as in `open`: a chain moves between them without copying.
+    /// Finished chains, held until no older chain is open; almost always in
+    /// id order already. Boxed as in `open`: a chain moves between them
+    /// without copying.
     #[allow(clippy::vec_box)]
     completed: Vec<Box<Chain>>,
     pub stats: Stats,

@@ -470,8 +470,9 @@ impl<T> std::ops::Deref for Rec<'_, T> {
 /// and copying a whole record (the epoll array, the stack) would touch cache
 /// lines the decoder never reads.
 fn need<T: Copy + Default>(tag: u32, data: &[u8]) -> Result<Rec<'_, T>, DecodeError> {
+    let truncated = || DecodeError::Truncated { tag, need: std::mem::size_of::<T>(), got: data.len() };
     if data.len() < std::mem::size_of::<T>() {
-        return Err(DecodeError::Truncated { tag, need: std::mem::size_of::<T>(), got: data.len() });
+        return Err(truncated());
     }
     if (data.as_ptr() as usize) % std::mem::align_of::<T>() == 0 {
         // SAFETY: the length and the alignment are checked above, T is a
@@ -479,7 +480,7 @@ fn need<T: Copy + Default>(tag: u32, data: &[u8]) -> Result<Rec<'_, T>, DecodeEr
         // bit pattern is a valid value), and the borrow lives as long as `data`.
         return Ok(Rec::Ref(unsafe { &*(data.as_ptr() as *const T) }));
     }
-    read::<T>(data).map(Rec::Own).ok_or(DecodeError::Truncated { tag, need: std::mem::size_of::<T>(), got: data.len() })
+    read::<T>(data).map(Rec::Own).ok_or_else(truncated)
 }
 
 /// A kernel `char[16]` as a shared string, from a small per-thread cache of
@@ -716,9 +717,21 @@ pub fn epoll_flags(bits: u32) -> String {
 /// [`epoll_flags`] appended to a byte buffer, without allocating: every
 /// returned epoll event is written with its names.
 pub fn push_epoll_flags(out: &mut Vec<u8>, bits: u32) {
+    push_flag_names(out, bits as u64, EPOLL_NAMES.iter().map(|&(b, n)| (b as u64, n)));
+}
+
+/// Bits as `NAME|NAME|0xREST` from a table of (bit, name); "0" for none.
+pub fn flag_names<'a>(bits: u64, table: impl IntoIterator<Item = (u64, &'a str)>) -> String {
+    let mut out = Vec::with_capacity(32);
+    push_flag_names(&mut out, bits, table);
+    String::from_utf8(out).expect("flag names and hex digits are UTF-8")
+}
+
+/// [`flag_names`] appended to a byte buffer.
+fn push_flag_names<'a>(out: &mut Vec<u8>, bits: u64, table: impl IntoIterator<Item = (u64, &'a str)>) {
     let start = out.len();
     let mut rest = bits;
-    for &(bit, name) in EPOLL_NAMES {
+    for (bit, name) in table {
         if bits & bit != 0 {
             if out.len() > start {
                 out.push(b'|');
@@ -736,31 +749,6 @@ pub fn push_epoll_flags(out: &mut Vec<u8>, bits: u32) {
     if out.len() == start {
         out.push(b'0');
     }
-}
-
-/// Bits as `NAME|NAME|0xREST` from a table of (bit, name); "0" for none.
-pub fn flag_names<'a>(bits: u64, table: impl IntoIterator<Item = (u64, &'a str)>) -> String {
-    let mut out = String::with_capacity(32);
-    let mut rest = bits;
-    for (bit, name) in table {
-        if bits & bit != 0 {
-            if !out.is_empty() {
-                out.push('|');
-            }
-            out.push_str(name);
-            rest &= !bit;
-        }
-    }
-    if rest != 0 {
-        if !out.is_empty() {
-            out.push('|');
-        }
-        out.push_str(&format!("0x{rest:x}"));
-    }
-    if out.is_empty() {
-        out.push('0');
-    }
-    out
 }
 
 /// errno name for the common accept/epoll failures.

@@ -255,6 +255,15 @@ impl<'obj> Probes<'obj> {
     }
 }
 
+/// Syscall numbers the BPF side matches a blocked task's saved registers with.
+mod sysno {
+    #[cfg(target_arch = "x86_64")]
+    pub const EPOLL_WAIT: i32 = libc::SYS_epoll_wait as i32;
+    /// Newer architectures only have epoll_pwait.
+    #[cfg(not(target_arch = "x86_64"))]
+    pub const EPOLL_WAIT: i32 = -1;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -266,13 +275,4 @@ mod tests {
         assert!(!btf_has(btf, "btf_trace_sk_data"));
         assert!(!btf_has(btf, "sk_data_ready"));
     }
-}
-
-/// Syscall numbers the BPF side matches a blocked task's saved registers with.
-mod sysno {
-    #[cfg(target_arch = "x86_64")]
-    pub const EPOLL_WAIT: i32 = libc::SYS_epoll_wait as i32;
-    /// Newer architectures only have epoll_pwait.
-    #[cfg(not(target_arch = "x86_64"))]
-    pub const EPOLL_WAIT: i32 = -1;
 }

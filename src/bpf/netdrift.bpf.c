@@ -119,7 +119,7 @@ struct ready_slot {
 	__u64 sk;
 	__u64 ts;	/* when the event was seen (its first wake-up, or the state change) */
 	__u64 last_ts;	/* its last wake-up */
-	__u64 key;	/* the socket's progress (backlog, sequence numbers) then */
+	__u64 key;	/* progress_key() of the socket then */
 	__u64 seq;
 	__u64 count;	/* seqs handed out on this CPU */
 	__u32 waker;
@@ -417,13 +417,6 @@ static __always_inline void state_slot_set(const struct sock *sk, int newstate)
 	slot->st_newstate = newstate;
 }
 
-/*
- * The socket a sleeping target is being woken for, read where it waits (no
- * hook on every socket of the machine). In epoll_wait: the first item of its
- * epoll ready list, which was empty when it went to sleep, so the first item
- * is the one ep_poll_callback queued before this wake-up. In accept: the
- * listener.
- */
 struct pt_regs___x86 {
 	long orig_ax;
 } __attribute__((preserve_access_index));
@@ -465,6 +458,13 @@ static __always_inline __u32 blocked_syscall(struct task_struct *p, int *fd)
 	return 0;
 }
 
+/*
+ * The socket a sleeping target is being woken for, read where it waits (no
+ * hook on every socket of the machine). In epoll_wait: the first item of its
+ * epoll ready list, which was empty when it went to sleep, so the first item
+ * is the one ep_poll_callback queued before this wake-up. In accept: the
+ * listener.
+ */
 static __always_inline struct sock *waited_sock(struct task_struct *p, __u32 tid, __u32 *hook)
 {
 	struct sys_args *a = args_get(tid);
