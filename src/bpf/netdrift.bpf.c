@@ -382,9 +382,8 @@ static __always_inline struct thread_state *thread_get(__u32 tid)
  * the thread during the call (it blocks, is preempted or is woken), so the
  * stream reads as if it had been written at the syscall.
  */
-static __always_inline void flush_enter(struct task_struct *t, __u32 tid)
+static __always_inline void flush_enter(struct task_struct *t, struct sys_args *a)
 {
-	struct sys_args *a = bpf_map_lookup_elem(&inflight, &tid);
 	struct nd_epoll_enter *r;
 
 	if (!a || a->enter_emitted || !a->ts || !a->syscall || a->syscall > ND_SYS_EPOLL_PWAIT2)
@@ -465,16 +464,15 @@ static __always_inline __u32 blocked_syscall(struct task_struct *p, int *fd)
  * is the one ep_poll_callback queued before this wake-up. In accept: the
  * listener.
  */
-static __always_inline struct sock *waited_sock(struct task_struct *p, __u32 tid, __u32 *hook)
+static __always_inline struct sock *waited_sock(struct task_struct *p, struct sys_args *a, __u32 *hook)
 {
-	struct sys_args *a = args_get(tid);
 	struct eventpoll *ep;
 	struct list_head *first;
 	struct file *f;
 	__u32 sc;
 	int fd;
 
-	if (a) {
+	if (a && a->syscall) {
 		sc = a->syscall;
 		fd = a->fd;
 	} else {
@@ -535,6 +533,7 @@ int BPF_PROG(nd_sched_waking, struct task_struct *p)
 	struct task_struct *cur;
 	__u64 now, seq = 0, sk = 0;
 	__u32 hook = 0;
+	struct sys_args *args;
 	int on_rq;
 
 	if (!is_target(tgid, tid))
@@ -542,7 +541,9 @@ int BPF_PROG(nd_sched_waking, struct task_struct *p)
 	now = bpf_ktime_get_ns();
 
 	slot = bpf_map_lookup_elem(&ready, &zero);
-	sk = (__u64)waited_sock(p, tid, &hook);
+	/* One lookup of the thread's syscall state for both uses below. */
+	args = bpf_map_lookup_elem(&inflight, &tid);
+	sk = (__u64)waited_sock(p, args, &hook);
 	if (!hook && slot && slot->st_sk && now - slot->st_ts <= sock_window_ns) {
 		/* Not in epoll_wait or accept: a state change just before on this CPU. */
 		sk = slot->st_sk;
@@ -598,7 +599,7 @@ int BPF_PROG(nd_sched_waking, struct task_struct *p)
 		}
 	}
 
-	flush_enter(p, tid);
+	flush_enter(p, args);
 	on_rq = BPF_CORE_READ(p, on_rq);
 	ts = thread_get(tid);
 	if (ts && !ts->runnable_ts && !on_rq) {
@@ -645,7 +646,7 @@ int BPF_PROG(nd_sched_switch, bool preempt, struct task_struct *prev, struct tas
 		bool involuntary = preempt || state == 0;
 
 		now = bpf_ktime_get_ns();
-		flush_enter(prev, prev_tid);
+		flush_enter(prev, bpf_map_lookup_elem(&inflight, &prev_tid));
 		ts = thread_get(prev_tid);
 		if (ts) {
 			ts->last_cpu = cpu;
