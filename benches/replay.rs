@@ -23,7 +23,7 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughpu
 
 use netdrift::analysis::Correlator;
 use netdrift::events::decode;
-use netdrift::output::json::write_event;
+use netdrift::output::json::{shape, write_event};
 use netdrift::skel::types;
 
 /// Records in one replayed stream.
@@ -299,8 +299,9 @@ fn replay_json(s: &Stream) -> usize {
     let mut buf = Vec::with_capacity(4096);
     let mut bytes = 0;
     for (i, &(off, len)) in s.recs.iter().enumerate() {
-        let ev = decode(&s.buf[off..off + len]).expect("synthetic records decode");
+        let mut ev = decode(&s.buf[off..off + len]).expect("synthetic records decode");
         let ann = corr.ingest(&ev);
+        black_box(shape(&mut ev, &ann));
         write_event(&mut buf, &ev, &ann, None).expect("serializes");
         bytes += black_box(&buf).len();
         if i % BATCH == BATCH - 1 {

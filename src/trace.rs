@@ -405,21 +405,8 @@ impl Pipeline {
         }
         if self.json {
             // The event is ours now: shape it for output in place.
-            let mut stack = None;
-            match &mut ev.kind {
-                Kind::Wake { stack: raw, .. } => {
-                    let raw = std::mem::take(raw);
-                    if self.stacks {
-                        stack = Some(self.syms.frames(&raw));
-                    }
-                }
-                Kind::EpollExit { events, .. } => {
-                    for (e, fd) in events.iter_mut().zip(&ann.ep_fds) {
-                        e.fd = *fd;
-                    }
-                }
-                _ => {}
-            }
+            let raw = json::shape(&mut ev, &ann);
+            let stack = (self.stacks && matches!(ev.kind, Kind::Wake { .. })).then(|| self.syms.frames(&raw));
             json::write_event(&mut self.json_buf, &ev, &ann, stack.as_deref()).map_err(std::io::Error::from)?;
             self.out.write_all(&self.json_buf)?;
         }

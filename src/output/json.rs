@@ -1,9 +1,9 @@
 //! JSON Lines: one object per event, joined to its chain. Schema: docs/json.md.
 
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 
 use crate::analysis::Annotation;
-use crate::events::{epoll_flags, push_epoll_flags, Event, Kind, Syscall};
+use crate::events::{epoll_flags, push_epoll_flags, Cause, Event, Kind, ReadyHook, SockInfo, Syscall, Task, WakerContext};
 
 /// Write one event as a JSON line into `buf` (cleared first): the event as
 /// serialized (sockets carry `state_name`, epoll entries `flags` and `fd`),
@@ -25,9 +25,13 @@ pub fn write_event(buf: &mut Vec<u8>, ev: &Event, ann: &Annotation, waker_stack:
     }
     match &ev.kind {
         Kind::SockReady { .. } => {
-            buf.extend_from_slice(b",\"fds\":");
-            let fds: Vec<Value> = ann.fds.iter().map(|(p, f)| json!({"pid": p, "fd": f})).collect();
-            serde_json::to_writer(&mut *buf, &fds)?;
+            buf.extend_from_slice(b",\"fds\":[");
+            for (i, (p, f)) in ann.fds.iter().enumerate() {
+                kv(buf, if i > 0 { b",{\"pid\":" } else { b"{\"pid\":" }, *p);
+                kv(buf, b",\"fd\":", *f);
+                buf.push(b'}');
+            }
+            buf.push(b']');
         }
         Kind::EpollCtl { events, .. } | Kind::EpollReg { events, .. } => {
             buf.extend_from_slice(b",\"flags\":");
@@ -43,6 +47,22 @@ pub fn write_event(buf: &mut Vec<u8>, ev: &Event, ann: &Annotation, waker_stack:
     }
     buf.extend_from_slice(b"}\n");
     Ok(())
+}
+
+/// Shape a decoded event for its JSON line, in place: epoll entries get the
+/// fds the correlator resolved, and the raw waker stack (not part of the
+/// line) is taken out and returned, for `--stacks` to symbolize.
+pub fn shape(ev: &mut Event, ann: &Annotation) -> Vec<u64> {
+    match &mut ev.kind {
+        Kind::Wake { stack, .. } => std::mem::take(stack),
+        Kind::EpollExit { events, .. } => {
+            for (e, fd) in events.iter_mut().zip(&ann.ep_fds) {
+                e.fd = *fd;
+            }
+            Vec::new()
+        }
+        _ => Vec::new(),
+    }
 }
 
 fn num(buf: &mut Vec<u8>, v: impl itoa::Integer) {
@@ -135,10 +155,120 @@ fn write_hot(buf: &mut Vec<u8>, ev: &Event) -> serde_json::Result<bool> {
             buf.extend_from_slice(b",\"next_comm\":");
             string(buf, next_comm)?;
         }
+        Kind::Wake { target, sock_seq, stack, stack_err, target_cpu, waker_is_kthread, target_on_rq, cause, context, via_epoll }
+            if stack.is_empty() =>
+        {
+            head(buf, "wake")?;
+            task(buf, b",\"target\":", target)?;
+            kv(buf, b",\"sock_seq\":", *sock_seq);
+            if *stack_err != 0 {
+                kv(buf, b",\"stack_err\":", *stack_err);
+            }
+            kv(buf, b",\"target_cpu\":", *target_cpu);
+            boolean(buf, b",\"waker_is_kthread\":", *waker_is_kthread);
+            boolean(buf, b",\"target_on_rq\":", *target_on_rq);
+            buf.extend_from_slice(b",\"cause\":");
+            name_or_null(buf, cause.map(cause_name));
+            buf.extend_from_slice(b",\"context\":");
+            name_or_null(buf, context.map(context_name));
+            boolean(buf, b",\"via_epoll\":", *via_epoll);
+        }
+        Kind::SockReady { sock, seq, hook, new_state, packet: None } => {
+            head(buf, "sock_ready")?;
+            buf.extend_from_slice(b",\"sock\":");
+            sock_info(buf, sock);
+            kv(buf, b",\"seq\":", *seq);
+            buf.extend_from_slice(b",\"hook\":\"");
+            buf.extend_from_slice(hook_name(*hook).as_bytes());
+            buf.push(b'"');
+            if let Some(n) = new_state {
+                kv(buf, b",\"new_state\":", *n);
+            }
+        }
         _ => return Ok(false),
     }
     buf.push(b'}');
     Ok(true)
+}
+
+fn task(buf: &mut Vec<u8>, key: &[u8], t: &Task) -> serde_json::Result<()> {
+    buf.extend_from_slice(key);
+    kv(buf, b"{\"pid\":", t.pid);
+    kv(buf, b",\"tid\":", t.tid);
+    buf.extend_from_slice(b",\"comm\":");
+    string(buf, &t.comm)?;
+    buf.push(b'}');
+    Ok(())
+}
+
+fn boolean(buf: &mut Vec<u8>, key: &[u8], v: bool) {
+    buf.extend_from_slice(key);
+    buf.extend_from_slice(if v { b"true".as_slice() } else { b"false" });
+}
+
+fn name_or_null(buf: &mut Vec<u8>, name: Option<&str>) {
+    match name {
+        Some(n) => {
+            buf.push(b'"');
+            buf.extend_from_slice(n.as_bytes());
+            buf.push(b'"');
+        }
+        None => buf.extend_from_slice(b"null"),
+    }
+}
+
+/// A socket as its `Serialize` writes it (addresses cannot need escaping).
+fn sock_info(buf: &mut Vec<u8>, s: &SockInfo) {
+    use std::io::Write;
+    // Writing to a Vec cannot fail.
+    let _ = write!(buf, "{{\"sk\":\"0x{:x}\"", s.sk);
+    kv(buf, b",\"ino\":", s.ino);
+    kv(buf, b",\"netns\":", s.netns);
+    kv(buf, b",\"family\":", s.family);
+    kv(buf, b",\"protocol\":", s.protocol);
+    let _ = write!(buf, ",\"local\":\"{}\",\"remote\":\"{}\"", s.local, s.remote);
+    kv(buf, b",\"state\":", s.state);
+    buf.extend_from_slice(b",\"state_name\":\"");
+    buf.extend_from_slice(s.state_name().as_bytes());
+    buf.extend_from_slice(b"\"}");
+}
+
+// The serde (snake_case) names, kept in step by the byte-for-byte test.
+fn cause_name(c: Cause) -> &'static str {
+    match c {
+        Cause::SocketReadable => "socket_readable",
+        Cause::SocketWritable => "socket_writable",
+        Cause::SocketState => "socket_state",
+        Cause::Timer => "timer",
+        Cause::Eventfd => "eventfd",
+        Cause::Pipe => "pipe",
+        Cause::Futex => "futex",
+        Cause::Signal => "signal",
+        Cause::Other => "other",
+        Cause::Unknown => "unknown",
+    }
+}
+
+fn context_name(c: WakerContext) -> &'static str {
+    match c {
+        WakerContext::SoftirqInSyscall => "softirq_in_syscall",
+        WakerContext::SoftirqOnIrqExit => "softirq_on_irq_exit",
+        WakerContext::Ksoftirqd => "ksoftirqd",
+        WakerContext::IdleIrq => "idle_irq",
+        WakerContext::Irq => "irq",
+        WakerContext::Process => "process",
+        WakerContext::KernelThread => "kernel_thread",
+        WakerContext::Unknown => "unknown",
+    }
+}
+
+fn hook_name(h: ReadyHook) -> &'static str {
+    match h {
+        ReadyHook::SkDataReady => "sk_data_ready",
+        ReadyHook::InetSockSetState => "inet_sock_set_state",
+        ReadyHook::EpollItem => "epoll_item",
+        ReadyHook::Accept => "accept",
+    }
 }
 
 /// One event as a JSON value (tests, tools); the live path uses [`write_event`].
@@ -170,7 +300,6 @@ pub fn record(kind: &str, fields: Value) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::events::{SockInfo, Task};
 
     #[test]
     fn sock_ready_gets_state_name_fds_and_escapes() {
@@ -231,6 +360,57 @@ mod tests {
         for b in [false, true] {
             kinds.push(Kind::SwitchIn { runnable_ts: 1, prev_cpu: 2, after_preempt: b, prev_tid: 0, prev_comm: comm.into() });
             kinds.push(Kind::SwitchOut { involuntary: b, state: 0x402, next_tid: 3, next_comm: "".into() });
+        }
+        let causes = [
+            Cause::SocketReadable,
+            Cause::SocketWritable,
+            Cause::SocketState,
+            Cause::Timer,
+            Cause::Eventfd,
+            Cause::Pipe,
+            Cause::Futex,
+            Cause::Signal,
+            Cause::Other,
+            Cause::Unknown,
+        ];
+        let contexts = [
+            WakerContext::SoftirqInSyscall,
+            WakerContext::SoftirqOnIrqExit,
+            WakerContext::Ksoftirqd,
+            WakerContext::IdleIrq,
+            WakerContext::Irq,
+            WakerContext::Process,
+            WakerContext::KernelThread,
+            WakerContext::Unknown,
+        ];
+        for (i, c) in causes.iter().enumerate() {
+            kinds.push(Kind::Wake {
+                target: Task { pid: 1, tid: u32::MAX, comm: comm.into() },
+                sock_seq: i as u64,
+                stack: vec![],
+                stack_err: if i % 2 == 1 { -14 } else { 0 },
+                target_cpu: 7,
+                waker_is_kthread: i % 3 == 0,
+                target_on_rq: i % 2 == 0,
+                cause: (i != 2).then_some(*c),
+                context: (i != 3).then_some(contexts[i % contexts.len()]),
+                via_epoll: i % 4 == 0,
+            });
+        }
+        let hooks = [ReadyHook::SkDataReady, ReadyHook::InetSockSetState, ReadyHook::EpollItem, ReadyHook::Accept];
+        for (i, (hook, state)) in hooks.iter().zip([1u8, 10, 7, 255]).enumerate() {
+            let (local, remote) = if i % 2 == 0 {
+                ("127.0.0.1:80".parse().unwrap(), "10.1.2.3:65535".parse().unwrap())
+            } else {
+                ("[::1]:8080".parse().unwrap(), "[fe80::1%2]:1".parse().unwrap())
+            };
+            kinds.push(Kind::SockReady {
+                sock: SockInfo { sk: u64::MAX - i as u64, ino: 9, netns: 4026531840, family: 10, protocol: 6, local, remote, state },
+                seq: 1 << 40,
+                hook: *hook,
+                new_state: (i % 2 == 1).then_some(-3 + i as i32),
+                packet: None,
+            });
         }
         for kind in kinds {
             let ev = Event { ts: u64::MAX - 1, cpu: 3, task: task.clone(), kind };
