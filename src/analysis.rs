@@ -269,8 +269,52 @@ pub struct Annotation {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub fds: Vec<(u32, i32)>,
     /// For epoll_exit: the fd each returned entry stands for.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub ep_fds: Vec<Option<i32>>,
+    #[serde(skip_serializing_if = "EpFds::is_empty")]
+    pub ep_fds: EpFds,
+}
+
+/// The fds of one epoll_wait return's entries, inline: an annotation is made
+/// for every record, and most records are epoll_wait returns.
+#[derive(Clone, Copy, Default)]
+pub struct EpFds {
+    len: u8,
+    fds: [Option<i32>; EpFds::CAP],
+}
+
+impl EpFds {
+    /// The BPF side copies at most this many entries (ND_MAX_EP_EVENTS).
+    pub const CAP: usize = 16;
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Entries past [`EpFds::CAP`] are left unresolved.
+    pub fn push(&mut self, fd: Option<i32>) {
+        if (self.len as usize) < Self::CAP {
+            self.fds[self.len as usize] = fd;
+            self.len += 1;
+        }
+    }
+}
+
+impl std::ops::Deref for EpFds {
+    type Target = [Option<i32>];
+    fn deref(&self) -> &[Option<i32>] {
+        &self.fds[..self.len as usize]
+    }
+}
+
+impl std::fmt::Debug for EpFds {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
+impl Serialize for EpFds {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        (**self).serialize(s)
+    }
 }
 
 /// Counters kept over the whole trace.
@@ -399,6 +443,9 @@ pub struct Correlator {
     /// Chains idle this long (in event time) are closed as incomplete.
     idle_ns: u64,
     next_expiry_ts: u64,
+    /// Reused buffers of the per-record paths (taken, used, put back).
+    scratch_pending: Vec<(u64, usize)>,
+    scratch_ids: Vec<u64>,
 }
 
 impl Correlator {
@@ -432,7 +479,8 @@ impl Correlator {
             Some(t) if !t.pending.is_empty() => std::mem::take(&mut t.pending),
             _ => return,
         };
-        let mut touched = Vec::new();
+        let mut touched = std::mem::take(&mut self.scratch_ids);
+        touched.clear();
         pending.retain(|&p| match self.hop_mut(p) {
             Some(h) if pred(h) => {
                 h.done = true;
@@ -445,9 +493,10 @@ impl Correlator {
         if let Some(t) = self.threads.get_mut(&tid) {
             t.pending = pending;
         }
-        for id in touched {
+        for &id in &touched {
             self.maybe_complete(id);
         }
+        self.scratch_ids = touched;
     }
 
     fn maybe_complete(&mut self, id: u64) {
@@ -681,8 +730,14 @@ impl Correlator {
                         ReturnedEvent { events: e.events, data: e.data, fd, sock }
                     })
                     .collect();
-                ann.ep_fds = returned.iter().map(|r| r.fd).collect();
-                let mut pending = self.threads.get(&tid).map(|t| t.pending.clone()).unwrap_or_default();
+                for r in &returned {
+                    ann.ep_fds.push(r.fd);
+                }
+                let mut pending = std::mem::take(&mut self.scratch_pending);
+                pending.clear();
+                if let Some(t) = self.threads.get(&tid) {
+                    pending.extend_from_slice(&t.pending);
+                }
                 pending.retain(|p| self.open.get(&p.0).and_then(|c| c.hops.get(p.1)).map(|h| h.epoll.is_none()).unwrap_or(false));
                 if pending.is_empty() && *ret > 0 {
                     // Events were ready: epoll_wait returned without sleeping.
@@ -722,6 +777,7 @@ impl Correlator {
                         ann.chain.get_or_insert(p.0);
                     }
                 }
+                self.scratch_pending = pending;
                 if *ret <= 0 {
                     // Timeout or error: nothing to handle.
                     self.finish_hops(tid, |h| h.epoll.is_some());

@@ -130,7 +130,7 @@ fn data_connection_chain_and_close() {
     assert_eq!(chains.len(), 1);
     let ch = &chains[0];
     assert_eq!(ch.sock.as_ref().unwrap().fds, vec![(10, 6)], "fd learned from accept");
-    assert_eq!(anns[3].ep_fds, vec![Some(6)], "data mapped through epoll_ctl");
+    assert_eq!(anns[3].ep_fds[..], [Some(6)], "data mapped through epoll_ctl");
     let h = &ch.hops[0];
     assert_eq!(h.epoll.as_ref().unwrap().lists_sock, Some(true));
     assert!(matches!(h.actions[..], [Action::Close { fd: 6, .. }]));

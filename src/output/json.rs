@@ -56,7 +56,7 @@ pub fn shape(ev: &mut Event, ann: &Annotation) -> Vec<u64> {
     match &mut ev.kind {
         Kind::Wake { stack, .. } => std::mem::take(stack),
         Kind::EpollExit { events, .. } => {
-            for (e, fd) in events.iter_mut().zip(&ann.ep_fds) {
+            for (e, fd) in events.iter_mut().zip(ann.ep_fds.iter()) {
                 e.fd = *fd;
             }
             Vec::new()
@@ -276,7 +276,7 @@ pub fn event(ev: &Event, ann: &Annotation, waker_stack: Option<&[String]>) -> Va
     let mut buf = Vec::new();
     let mut ev = ev.clone();
     if let Kind::EpollExit { events, .. } = &mut ev.kind {
-        for (e, fd) in events.iter_mut().zip(&ann.ep_fds) {
+        for (e, fd) in events.iter_mut().zip(ann.ep_fds.iter()) {
             e.fd = *fd;
         }
     }
@@ -324,7 +324,7 @@ mod tests {
                 packet: None,
             },
         };
-        let ann = Annotation { chain: Some(4), fds: vec![(1, 3), (2, 3)], ep_fds: vec![] };
+        let ann = Annotation { chain: Some(4), fds: vec![(1, 3), (2, 3)], ..Default::default() };
         let v = event(&ev, &ann, None);
         assert_eq!(v["chain"], 4);
         assert_eq!(v["sock"]["state_name"], "LISTEN");
