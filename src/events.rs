@@ -711,13 +711,44 @@ const EPOLL_NAMES: &[(u32, &str)] = &[
 
 /// epoll event bits as names: `EPOLLIN|EPOLLET`.
 pub fn epoll_flags(bits: u32) -> String {
-    flag_names(bits as u64, EPOLL_NAMES.iter().map(|&(b, n)| (b as u64, n)))
+    flag_names(bits as u64, epoll_names())
 }
 
 /// [`epoll_flags`] appended to a byte buffer, without allocating: every
 /// returned epoll event is written with its names.
 pub fn push_epoll_flags(out: &mut Vec<u8>, bits: u32) {
-    push_flag_names(out, bits as u64, EPOLL_NAMES.iter().map(|&(b, n)| (b as u64, n)));
+    // What epoll_wait returns is nearly always a mix of these six bits: their
+    // 64 combinations are rendered once, the rest is built each time.
+    const COMMON: u32 = 0x001 | 0x002 | 0x004 | 0x008 | 0x010 | 0x2000;
+    static RENDERED: std::sync::OnceLock<Vec<Vec<u8>>> = std::sync::OnceLock::new();
+    if bits & !COMMON == 0 {
+        let table = RENDERED.get_or_init(|| {
+            (0..64u32)
+                .map(|i| {
+                    let mut v = Vec::new();
+                    push_flag_names(&mut v, common_bits(i) as u64, epoll_names());
+                    v
+                })
+                .collect()
+        });
+        out.extend_from_slice(&table[common_index(bits)]);
+        return;
+    }
+    push_flag_names(out, bits as u64, epoll_names());
+}
+
+fn epoll_names() -> impl Iterator<Item = (u64, &'static str)> {
+    EPOLL_NAMES.iter().map(|&(b, n)| (b as u64, n))
+}
+
+/// The six common epoll bits packed into 0..64 (RDHUP, 0x2000, as bit 5).
+fn common_index(bits: u32) -> usize {
+    ((bits & 0x1f) | ((bits >> 8) & 0x20)) as usize
+}
+
+/// Inverse of [`common_index`].
+fn common_bits(i: u32) -> u32 {
+    (i & 0x1f) | ((i & 0x20) << 8)
 }
 
 /// Bits as `NAME|NAME|0xREST` from a table of (bit, name); "0" for none.
@@ -840,7 +871,8 @@ mod tests {
 
     #[test]
     fn pushed_epoll_flags_match_the_names() {
-        for bits in [0, 1, 4, 5, 0x2001, 0x8000_2019, 0x4000_0000, 0x0800_0001, 0x0001_0000] {
+        let common = (0..64).map(common_bits);
+        for bits in common.chain([0x2001, 0x8000_2019, 0x4000_0000, 0x0800_0001, 0x0001_0000, 0x20, 0x2040]) {
             let mut buf = b"x".to_vec();
             push_epoll_flags(&mut buf, bits);
             assert_eq!(&buf[1..], epoll_flags(bits).as_bytes(), "{bits:#x}");
