@@ -606,9 +606,9 @@ impl Correlator {
                         ts: ev.ts,
                         cpu: ev.cpu,
                         task: ev.task.clone(),
-                        sock: sock.clone(),
+                        sock: (**sock).clone(),
                         fds,
-                        packet: packet.clone(),
+                        packet: packet.as_deref().cloned(),
                         napi: None,
                     });
                 }
@@ -822,8 +822,8 @@ impl Correlator {
                         syscall: *syscall,
                         listen_fd: *listen_fd,
                         ret: *ret,
-                        peer: peer.clone(),
-                        listen: listen.clone(),
+                        peer: peer.as_deref().cloned(),
+                        listen: listen.as_deref().cloned(),
                         backlog: *backlog,
                         max_backlog: *max_backlog,
                     };
@@ -842,7 +842,7 @@ impl Correlator {
                         })
                 });
                 if let Some(id) = id {
-                    self.push_action(id, tid, Action::Close { ts: ev.ts, fd: *fd, sock: sock.clone() });
+                    self.push_action(id, tid, Action::Close { ts: ev.ts, fd: *fd, sock: sock.as_deref().cloned() });
                 }
                 if let Some(ino) = self.fds.ino(pid, *fd) {
                     if self.fds.fds(ino).len() <= 1 {

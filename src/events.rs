@@ -251,7 +251,7 @@ pub enum Kind {
     /// epoll ready list or the listener it accepts on (older recordings:
     /// `sock:sk_data_ready`). The task is the waker.
     SockReady {
-        sock: SockInfo,
+        sock: Box<SockInfo>,
         seq: u64,
         /// How the socket was found; a TCP state change (FIN, RST) says so.
         hook: ReadyHook,
@@ -260,7 +260,7 @@ pub enum Kind {
         new_state: Option<i32>,
         /// With --packets: the packet received on this CPU just before.
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        packet: Option<Packet>,
+        packet: Option<Box<Packet>>,
     },
     /// An application handler was entered (`--handler`, `--preset`).
     Handler {
@@ -349,15 +349,15 @@ pub enum Kind {
         syscall: Syscall,
         backlog: u32,
         max_backlog: u32,
-        listen: Option<SockInfo>,
-        peer: Option<SockInfo>,
+        listen: Option<Box<SockInfo>>,
+        peer: Option<Box<SockInfo>>,
     },
     Close {
         fd: i32,
-        sock: Option<SockInfo>,
+        sock: Option<Box<SockInfo>>,
     },
     SockState {
-        sock: SockInfo,
+        sock: Box<SockInfo>,
         old: i32,
         new: i32,
     },
@@ -562,7 +562,7 @@ pub fn decode(data: &[u8]) -> Result<Event, DecodeError> {
             };
             let packet =
                 (r.pkt_ts != 0).then(|| Packet { ts: r.pkt_ts, len: r.pkt_len, ifindex: r.pkt_ifindex, dev: comm_str(&r.pkt_dev) });
-            Kind::SockReady { sock: s, seq: r.seq, hook, new_state, packet }
+            Kind::SockReady { sock: Box::new(s), seq: r.seq, hook, new_state, packet: packet.map(Box::new) }
         }
         2 => {
             let r = need::<types::nd_wake>(tag, data)?;
@@ -631,17 +631,17 @@ pub fn decode(data: &[u8]) -> Result<Event, DecodeError> {
                 syscall: Syscall::from_raw(r.syscall),
                 backlog: r.backlog,
                 max_backlog: r.max_backlog,
-                listen: sock(&r.listen),
-                peer: sock(&r.peer),
+                listen: sock(&r.listen).map(Box::new),
+                peer: sock(&r.peer).map(Box::new),
             }
         }
         8 => {
             let r = need::<types::nd_close>(tag, data)?;
-            Kind::Close { fd: r.fd, sock: if r.is_socket != 0 { sock(&r.sock) } else { None } }
+            Kind::Close { fd: r.fd, sock: if r.is_socket != 0 { sock(&r.sock).map(Box::new) } else { None } }
         }
         9 => {
             let r = need::<types::nd_sock_state>(tag, data)?;
-            Kind::SockState { sock: sock(&r.sock).unwrap_or_else(|| null_sock(0)), old: r.oldstate, new: r.newstate }
+            Kind::SockState { sock: Box::new(sock(&r.sock).unwrap_or_else(|| null_sock(0))), old: r.oldstate, new: r.newstate }
         }
         10 => {
             let r = need::<types::nd_task_new>(tag, data)?;

@@ -626,10 +626,10 @@ pub fn run(mut opts: TraceOptions) -> Result<TraceResult> {
                     }
                     _ => {}
                 }
-                let facts = enr.facts(&mut ev, &pipe.corr, pids, &mut pipe.syms);
-                for f in facts.into_iter().chain(std::iter::once(ev)) {
+                for f in enr.facts(&mut ev, &pipe.corr, pids, &mut pipe.syms) {
                     pipe.ingest(f)?;
                 }
+                pipe.ingest(ev)?;
             }
             pipe.drain()
         };

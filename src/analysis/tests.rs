@@ -43,7 +43,16 @@ fn epoll_exit(epfd: i32, data: &[u64]) -> Kind {
 }
 
 fn accept(lfd: i32, ret: i32, peer: Option<SockInfo>) -> Kind {
-    Kind::Accept { enter_ts: 0, listen_fd: lfd, ret, syscall: Syscall::Accept4, backlog: 0, max_backlog: 128, listen: None, peer }
+    Kind::Accept {
+        enter_ts: 0,
+        listen_fd: lfd,
+        ret,
+        syscall: Syscall::Accept4,
+        backlog: 0,
+        max_backlog: 128,
+        listen: None,
+        peer: peer.map(Box::new),
+    }
 }
 
 /// Two workers of pid 10 watch listen socket ino 500 (fd 3) in their own
@@ -58,7 +67,12 @@ fn herd_events() -> Vec<Event> {
         ev(0, 0, w0.clone(), Kind::FdMap { ino: 500, fd: 3 }),
         ev(0, 0, w0.clone(), Kind::EpollMap { epfd: 4, fd: 3, data: 3 }),
         ev(0, 0, w1.clone(), Kind::EpollMap { epfd: 5, fd: 3, data: 3 }),
-        ev(1000, 1, client.clone(), Kind::SockReady { sock: lsock, seq: 7, hook: ReadyHook::SkDataReady, new_state: None, packet: None }),
+        ev(
+            1000,
+            1,
+            client.clone(),
+            Kind::SockReady { sock: lsock.into(), seq: 7, hook: ReadyHook::SkDataReady, new_state: None, packet: None },
+        ),
         ev(1100, 1, client.clone(), wake(w1.clone(), 7, Cause::SocketReadable)),
         ev(1200, 1, client.clone(), wake(w0.clone(), 7, Cause::SocketReadable)),
         ev(3000, 0, w0.clone(), switch_in(1200, 0)),
@@ -117,12 +131,12 @@ fn data_connection_chain_and_close() {
             10_000,
             1,
             client.clone(),
-            Kind::SockReady { sock: conn.clone(), seq: 8, hook: ReadyHook::SkDataReady, new_state: None, packet: None },
+            Kind::SockReady { sock: conn.clone().into(), seq: 8, hook: ReadyHook::SkDataReady, new_state: None, packet: None },
         ),
         ev(10_010, 1, client.clone(), wake(w0.clone(), 8, Cause::SocketReadable)),
         ev(10_500, 1, w0.clone(), switch_in(10_010, 0)),
         ev(10_600, 1, w0.clone(), epoll_exit(4, &[6])),
-        ev(10_700, 1, w0.clone(), Kind::Close { fd: 6, sock: Some(conn) }),
+        ev(10_700, 1, w0.clone(), Kind::Close { fd: 6, sock: Some(conn.into()) }),
         ev(10_800, 1, w0.clone(), Kind::EpollEnter { epfd: 4, maxevents: 64, syscall: Syscall::EpollWait }),
     ];
     let anns: Vec<_> = evs.iter().map(|e| c.ingest(e)).collect();
@@ -148,7 +162,7 @@ fn timer_wake_is_not_joined_to_socket_and_idle_expiry() {
         0,
         other.clone(),
         Kind::SockReady {
-            sock: sock(1, 2, "1.1.1.1:1", "2.2.2.2:2", 1),
+            sock: sock(1, 2, "1.1.1.1:1", "2.2.2.2:2", 1).into(),
             seq: 1,
             hook: ReadyHook::SkDataReady,
             new_state: None,

@@ -308,7 +308,7 @@ mod tests {
             cpu: 1,
             task: Task { pid: 1, tid: 1, comm: "<img src=x onerror=alert(1)>\u{1b}".into() },
             kind: Kind::SockReady {
-                sock: SockInfo {
+                sock: Box::new(SockInfo {
                     sk: 0xff,
                     ino: 9,
                     netns: 1,
@@ -317,7 +317,7 @@ mod tests {
                     local: "127.0.0.1:80".parse().unwrap(),
                     remote: "0.0.0.0:0".parse().unwrap(),
                     state: 10,
-                },
+                }),
                 seq: 3,
                 hook: crate::events::ReadyHook::SkDataReady,
                 new_state: None,
@@ -405,7 +405,7 @@ mod tests {
                 ("[::1]:8080".parse().unwrap(), "[fe80::1%2]:1".parse().unwrap())
             };
             kinds.push(Kind::SockReady {
-                sock: SockInfo { sk: u64::MAX - i as u64, ino: 9, netns: 4026531840, family: 10, protocol: 6, local, remote, state },
+                sock: SockInfo { sk: u64::MAX - i as u64, ino: 9, netns: 4026531840, family: 10, protocol: 6, local, remote, state }.into(),
                 seq: 1 << 40,
                 hook: *hook,
                 new_state: (i % 2 == 1).then_some(-3 + i as i32),

@@ -344,7 +344,7 @@ impl PerfettoWriter {
             }
             Kind::Close { fd, sock } => {
                 self.push_tev(&ev.task, ev.ts, ev.cpu, TK::Running);
-                let args = json!({"fd": fd, "sock": sock.as_ref().map(sock_label), "chain": chain});
+                let args = json!({"fd": fd, "sock": sock.as_deref().map(sock_label), "chain": chain});
                 self.instant(me, ev.ts, format!("close({fd})"), args);
             }
             Kind::SockState { sock, old, new } => {
@@ -838,7 +838,12 @@ pub(crate) mod tests {
             ev(1_200, 0, &w0, Kind::SwitchOut { involuntary: false, state: 1, next_tid: 0, next_comm: "swapper/0".into() }),
             ev(1_300, 1, &w1, Kind::EpollEnter { epfd: 6, maxevents: 8, syscall: Syscall::EpollWait }),
             ev(1_400, 1, &w1, Kind::SwitchOut { involuntary: false, state: 1, next_tid: 0, next_comm: "swapper/1".into() }),
-            ev(10_000, 1, &client, Kind::SockReady { sock: listen(), seq: 1, hook: ReadyHook::SkDataReady, new_state: None, packet: None }),
+            ev(
+                10_000,
+                1,
+                &client,
+                Kind::SockReady { sock: listen().into(), seq: 1, hook: ReadyHook::SkDataReady, new_state: None, packet: None },
+            ),
             ev(10_100, 1, &client, wake(&w0)),
             ev(10_150, 1, &client, wake(&w1)),
             ev(
@@ -870,7 +875,7 @@ pub(crate) mod tests {
                     syscall: Syscall::Accept4,
                     backlog: 0,
                     max_backlog: 128,
-                    listen: Some(listen()),
+                    listen: Some(listen().into()),
                     peer: None,
                 },
             ),
