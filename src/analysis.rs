@@ -10,7 +10,7 @@ type HashMap<K, V> = std::collections::HashMap<K, V, ahash::RandomState>;
 
 use serde::Serialize;
 
-use crate::events::{Cause, EpEvent, Event, Kind, Packet, ReadyHook, SockInfo, Syscall, Task, WakerContext};
+use crate::events::{Cause, Event, Kind, Packet, ReadyHook, SockInfo, Syscall, Task, WakerContext};
 use crate::summary::SummaryBuilder;
 
 /// Where a socket inode is open: (pid, fd) pairs.
@@ -18,6 +18,8 @@ use crate::summary::SummaryBuilder;
 pub struct FdTable {
     by_ino: HashMap<u64, Vec<(u32, i32)>>,
     by_fd: HashMap<(u32, i32), u64>,
+    /// Bumped by every change (see `Resolved`).
+    gen: u64,
 }
 
 impl FdTable {
@@ -25,6 +27,7 @@ impl FdTable {
         if ino == 0 || fd < 0 {
             return;
         }
+        self.gen += 1;
         if let Some(old) = self.by_fd.insert((pid, fd), ino) {
             if old != ino {
                 self.unlink(old, pid, fd);
@@ -47,6 +50,7 @@ impl FdTable {
     }
 
     pub fn remove(&mut self, pid: u32, fd: i32) {
+        self.gen += 1;
         if let Some(ino) = self.by_fd.remove(&(pid, fd)) {
             self.unlink(ino, pid, fd);
         }
@@ -370,6 +374,8 @@ struct EpollMap {
     by_data: HashMap<(u32, i32, u64), i32>,
     /// (pid, fd) -> the (epfd, data) it is registered with.
     by_fd: HashMap<(u32, i32), Vec<(i32, u64)>>,
+    /// Bumped by every change (see `Resolved`).
+    gen: u64,
 }
 
 impl EpollMap {
@@ -379,6 +385,7 @@ impl EpollMap {
 
     /// `fd` is registered in `epfd` with `data` (an ADD, a MOD, or /proc).
     fn insert(&mut self, pid: u32, epfd: i32, data: u64, fd: i32) {
+        self.gen += 1;
         self.remove_in(pid, epfd, fd);
         if let Some(old) = self.by_data.insert((pid, epfd, data), fd) {
             // The word stood for another fd before: that fd lost it.
@@ -391,6 +398,7 @@ impl EpollMap {
 
     /// `fd` left `epfd` (EPOLL_CTL_DEL).
     fn remove_in(&mut self, pid: u32, epfd: i32, fd: i32) {
+        self.gen += 1;
         if let Some(v) = self.by_fd.get_mut(&(pid, fd)) {
             v.retain(|&(e, d)| {
                 if e != epfd {
@@ -409,12 +417,28 @@ impl EpollMap {
 
     /// `fd` was closed: it left every epoll set.
     fn remove_fd(&mut self, pid: u32, fd: i32) {
+        self.gen += 1;
         for (e, d) in self.by_fd.remove(&(pid, fd)).unwrap_or_default() {
             if self.by_data.get(&(pid, e, d)) == Some(&fd) {
                 self.by_data.remove(&(pid, e, d));
             }
         }
     }
+}
+
+/// A cached [`Correlator::resolve`] answer, valid while `gen` (the sum of
+/// the change counters of the fd table, the epoll map and the socket view,
+/// which only grow) is unchanged.
+#[derive(Debug, Default, Clone)]
+struct Resolved {
+    key: (u32, i32, u64),
+    gen: u64,
+    fd: Option<i32>,
+    sock: Option<std::sync::Arc<SockInfo>>,
+}
+
+impl Resolved {
+    const SLOTS: usize = 512;
 }
 
 /// Builds chains from events in ring-buffer order.
@@ -443,6 +467,9 @@ pub struct Correlator {
     /// Chains idle this long (in event time) are closed as incomplete.
     idle_ns: u64,
     next_expiry_ts: u64,
+    /// Bumped when `socks` changes (see `Resolved`).
+    socks_gen: u64,
+    resolved: Vec<Resolved>,
     /// Reused buffers of the per-record paths (taken, used, put back).
     scratch_pending: Vec<(u64, usize)>,
     scratch_ids: Vec<u64>,
@@ -722,14 +749,11 @@ impl Correlator {
                     self.epoll_entered(tid, *enter_ts);
                 }
                 self.threads.entry(tid).or_default().in_epoll = false;
-                let returned: Vec<ReturnedEvent> = events
-                    .iter()
-                    .map(|e: &EpEvent| {
-                        let fd = self.epoll_map.get(pid, *epfd, e.data);
-                        let sock = fd.and_then(|f| self.fds.ino(pid, f)).and_then(|ino| self.socks.get(&ino)).cloned();
-                        ReturnedEvent { events: e.events, data: e.data, fd, sock }
-                    })
-                    .collect();
+                let mut returned: Vec<ReturnedEvent> = Vec::with_capacity(events.len());
+                for e in events.iter() {
+                    let (fd, sock) = self.resolve(pid, *epfd, e.data);
+                    returned.push(ReturnedEvent { events: e.events, data: e.data, fd, sock });
+                }
                 for r in &returned {
                     ann.ep_fds.push(r.fd);
                 }
@@ -847,6 +871,7 @@ impl Correlator {
                 if let Some(ino) = self.fds.ino(pid, *fd) {
                     if self.fds.fds(ino).len() <= 1 {
                         self.socks.remove(&ino);
+                        self.socks_gen += 1;
                     }
                 }
                 self.fds.remove(pid, *fd);
@@ -892,7 +917,29 @@ impl Correlator {
     fn remember(&mut self, s: &SockInfo) {
         if s.ino != 0 {
             self.socks.insert(s.ino, std::sync::Arc::new(s.clone()));
+            self.socks_gen += 1;
         }
+    }
+
+    /// The fd and socket an epoll data word stands for. Three map lookups,
+    /// for each of the ~5 entries of every epoll_wait return, and the
+    /// answer rarely changes: cached until any of the three maps changes.
+    fn resolve(&mut self, pid: u32, epfd: i32, data: u64) -> (Option<i32>, Option<std::sync::Arc<SockInfo>>) {
+        let gen = self.fds.gen + self.epoll_map.gen + self.socks_gen;
+        let key = (pid, epfd, data);
+        if self.resolved.is_empty() {
+            self.resolved.resize(Resolved::SLOTS, Resolved::default());
+        }
+        // data is usually a pointer: drop its alignment bits.
+        let h = (data >> 4) ^ (data >> 13) ^ (epfd as u64) ^ ((pid as u64) << 3);
+        let slot = &mut self.resolved[h as usize % Resolved::SLOTS];
+        if slot.gen == gen && slot.key == key && gen != 0 {
+            return (slot.fd, slot.sock.clone());
+        }
+        let fd = self.epoll_map.get(pid, epfd, data);
+        let sock = fd.and_then(|f| self.fds.ino(pid, f)).and_then(|ino| self.socks.get(&ino)).cloned();
+        *slot = Resolved { key, gen, fd, sock: sock.clone() };
+        (fd, sock)
     }
 
     /// The chain this thread is handling now (it returned from epoll_wait in

@@ -274,3 +274,46 @@ fn epoll_map_tracks_registrations_both_ways() {
     assert!(m.by_data.is_empty() && m.by_fd.values().all(|v| v.is_empty()), "{m:?}");
     assert_eq!(m.get(2, 5, 0xc), None, "per pid");
 }
+
+#[test]
+fn epoll_data_resolution_follows_close_and_reuse() {
+    let mut c = Correlator::new();
+    let w = t(10, 11, "nginx");
+    let reg = |fd: i32| Kind::EpollCtl { epfd: 7, op: 1, fd, events: 1, data: 0x7f00_1000, err: 0 };
+    let sock_a = sock(0xa, 601, "127.0.0.1:80", "127.0.0.1:40001", 1);
+    let sock_b = sock(0xb, 602, "127.0.0.1:80", "127.0.0.1:40002", 1);
+    let steps: Vec<(Kind, Option<i32>, Option<u64>)> = vec![
+        (reg(6), None, None),
+        (Kind::FdMap { ino: 601, fd: 6 }, None, None),
+        (Kind::SockReady { sock: sock_a.clone().into(), seq: 1, hook: ReadyHook::EpollItem, new_state: None, packet: None }, None, None),
+        (epoll_exit(7, &[0x7f00_1000]), Some(6), Some(601)),
+        (epoll_exit(7, &[0x7f00_1000]), Some(6), Some(601)),
+        // Closed: the word stands for nothing until it is registered again.
+        (Kind::Close { fd: 6, sock: Some(sock_a.into()) }, None, None),
+        (epoll_exit(7, &[0x7f00_1000]), None, None),
+        // The same word for another fd (nginx reuses its connection slots).
+        (reg(9), None, None),
+        (epoll_exit(7, &[0x7f00_1000]), Some(9), None),
+        (Kind::FdMap { ino: 602, fd: 9 }, None, None),
+        (Kind::SockReady { sock: sock_b.into(), seq: 2, hook: ReadyHook::EpollItem, new_state: None, packet: None }, None, None),
+        (epoll_exit(7, &[0x7f00_1000]), Some(9), Some(602)),
+    ];
+    for (i, (kind, fd, ino)) in steps.into_iter().enumerate() {
+        let is_exit = matches!(kind, Kind::EpollExit { .. });
+        let ann = c.ingest(&ev(1000 + i as u64 * 100, 1, w.clone(), kind));
+        if !is_exit {
+            continue;
+        }
+        assert_eq!(ann.ep_fds[..], [fd], "step {i}");
+        let chain = c.open.values().chain(c.completed.iter()).find(|ch| Some(ch.id) == ann.chain).expect("the return joins a chain");
+        let got = chain
+            .hops
+            .iter()
+            .filter_map(|h| h.epoll.as_ref())
+            .flat_map(|e| e.events.iter())
+            .last()
+            .and_then(|r| r.sock.as_ref())
+            .map(|s| s.ino);
+        assert_eq!(got, ino, "step {i}: the socket behind the fd");
+    }
+}
