@@ -492,6 +492,12 @@ pub fn comm_arc(c: &[i8; 16]) -> Arc<str> {
     thread_local! {
         static RECENT: std::cell::RefCell<Recent> = const { std::cell::RefCell::new((0, Vec::new())) };
     }
+    // The BPF side copies a name up to its NUL into unzeroed ring-buffer
+    // memory: the bytes after it are garbage, and must not split the key.
+    let mut key = [0i8; 16];
+    let n = c.iter().position(|&b| b == 0).unwrap_or(c.len());
+    key[..n].copy_from_slice(&c[..n]);
+    let c = &key;
     RECENT.with(|r| {
         let mut r = r.borrow_mut();
         if let Some((_, name)) = r.1.iter().find(|(k, _)| k == c) {
@@ -877,6 +883,20 @@ mod tests {
             push_epoll_flags(&mut buf, bits);
             assert_eq!(&buf[1..], epoll_flags(bits).as_bytes(), "{bits:#x}");
         }
+    }
+
+    #[test]
+    fn comm_names_ignore_bytes_after_the_nul() {
+        let mut a = [0i8; 16];
+        let mut b = [0x55i8; 16];
+        for (i, &ch) in b"nginx".iter().enumerate() {
+            a[i] = ch as i8;
+            b[i] = ch as i8;
+        }
+        b[5] = 0;
+        let (x, y) = (comm_arc(&a), comm_arc(&b));
+        assert_eq!(&*y, "nginx");
+        assert!(Arc::ptr_eq(&x, &y), "one cached name whatever follows the NUL");
     }
 
     #[test]
