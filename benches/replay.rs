@@ -14,8 +14,7 @@
 //!
 //! Measured: `decode` then `Correlator::ingest` for every record (and, in
 //! `decode+correlate+json`, its JSON line as `trace --json` writes it), with
-//! `drain_completed` (and `recycle`) every 256 records, as the live pipeline
-//! does per batch.
+//! `drain_completed` every 256 records, as the live pipeline does per batch.
 //! Throughput is reported in elements (events) per second on one core.
 
 use std::hint::black_box;
@@ -287,9 +286,7 @@ fn replay_with(s: &Stream) -> (u64, Correlator) {
         let ev = decode(&s.buf[off..off + len]).expect("synthetic records decode");
         black_box(corr.ingest(&ev));
         if i % BATCH == BATCH - 1 {
-            let done = corr.drain_completed();
-            chains += done.len() as u64;
-            corr.recycle(done);
+            chains += corr.drain_completed().len() as u64;
         }
     }
     chains += corr.finish().len() as u64;
@@ -308,9 +305,7 @@ fn replay_json(s: &Stream) -> usize {
         write_event(&mut buf, &ev, &ann, None).expect("serializes");
         bytes += black_box(&buf).len();
         if i % BATCH == BATCH - 1 {
-            let done = corr.drain_completed();
-            bytes += black_box(&done).len();
-            corr.recycle(done);
+            black_box(corr.drain_completed());
         }
     }
     black_box(corr.finish());

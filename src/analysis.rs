@@ -470,10 +470,6 @@ pub struct Correlator {
     /// Bumped when `socks` changes (see `Resolved`).
     socks_gen: u64,
     resolved: Vec<Resolved>,
-    /// Emptied chains and entry lists given back by `recycle`.
-    #[allow(clippy::vec_box)]
-    spare_chains: Vec<Box<Chain>>,
-    spare_returns: Vec<Vec<ReturnedEvent>>,
     /// Reused buffers of the per-record paths (taken, used, put back).
     scratch_pending: Vec<(u64, usize)>,
     scratch_ids: Vec<u64>,
@@ -494,43 +490,9 @@ impl Correlator {
     fn new_chain(&mut self, ts: u64) -> u64 {
         self.next_id += 1;
         let id = self.next_id;
-        let chain = match self.spare_chains.pop() {
-            Some(mut c) => {
-                // Recycled empty (see `recycle`): keeps its box and hop capacity.
-                c.id = id;
-                c.start_ts = ts;
-                c
-            }
-            // Most chains have one hop: room for one, not the four a first push reserves.
-            None => Box::new(Chain { id, start_ts: ts, sock: None, hops: Vec::with_capacity(1), incomplete: false }),
-        };
-        self.open.insert(id, chain);
+        // Most chains have one hop: room for one, not the four a first push reserves.
+        self.open.insert(id, Box::new(Chain { id, start_ts: ts, sock: None, hops: Vec::with_capacity(1), incomplete: false }));
         id
-    }
-
-    /// Give chains the caller is done with back for reuse: a busy server
-    /// completes a chain for nearly every epoll_wait return, and their
-    /// allocations (the chain, its hops, the returned entries) are then
-    /// made once instead of per chain.
-    #[allow(clippy::vec_box)]
-    pub fn recycle(&mut self, chains: Vec<Box<Chain>>) {
-        const KEEP: usize = 4096;
-        for mut c in chains {
-            if self.spare_chains.len() >= KEEP {
-                break;
-            }
-            for h in c.hops.drain(..) {
-                if let Some(mut e) = h.epoll {
-                    if self.spare_returns.len() < KEEP {
-                        e.events.clear();
-                        self.spare_returns.push(e.events);
-                    }
-                }
-            }
-            c.sock = None;
-            c.incomplete = false;
-            self.spare_chains.push(c);
-        }
     }
 
     fn hop_mut(&mut self, (id, idx): (u64, usize)) -> Option<&mut Hop> {
@@ -787,8 +749,7 @@ impl Correlator {
                     self.epoll_entered(tid, *enter_ts);
                 }
                 self.threads.entry(tid).or_default().in_epoll = false;
-                let mut returned: Vec<ReturnedEvent> = self.spare_returns.pop().unwrap_or_default();
-                returned.reserve(events.len());
+                let mut returned: Vec<ReturnedEvent> = Vec::with_capacity(events.len());
                 for e in events.iter() {
                     let (fd, sock) = self.resolve(pid, *epfd, e.data);
                     returned.push(ReturnedEvent { events: e.events, data: e.data, fd, sock });

@@ -416,7 +416,6 @@ impl Pipeline {
     // Boxed on purpose: a chain is large, and they are moved in and out of the correlator's maps.
     #[allow(clippy::vec_box)]
     fn flush_chains(&mut self, chains: Vec<Box<Chain>>) -> Result<()> {
-        let mut spent = Vec::with_capacity(chains.len());
         for c in chains {
             for o in self.observers.iter_mut() {
                 o.chain(&c);
@@ -426,11 +425,8 @@ impl Pipeline {
             }
             if self.keep_chains {
                 self.chains.push(*c);
-            } else {
-                spent.push(c);
             }
         }
-        self.corr.recycle(spent);
         Ok(())
     }
 
