@@ -16,6 +16,10 @@
 #   trace-batch  the same trace under SCHED_BATCH (chrt -b 0): no wake-up preemption
 #   trace-text   netdrift trace -p <master> > /dev/null-like sink (chain blocks, not JSON)
 #   trace-b      NETDRIFT_B=/other/netdrift: the same trace with another build
+# Where the cost of trace goes (hidden benchmark-only flags of trace):
+#   trace-nostacks          no waker stacks (wake-ups lose their cause and context)
+#   trace-discard           records read and dropped undecoded: the kernel side alone
+#   trace-discard-nostacks  both: the BPF programs without the stack
 # Pinning (2 CPUs): both nginx workers on CPU 1 (worker_cpu_affinity 10 10),
 # wrk on CPU 0, the tracer unpinned (it competes with both, as in production).
 # Change with NGINX_AFFINITY / WRK_CPU.
@@ -106,6 +110,13 @@ run_one() {
       sleep 0.2
       tpid=$(pgrep -n -f -- "--ready-file $rd/ready" || true)
       [ -n "$tpid" ] || die "trace-text did not start: $(tail -3 "$rd/tracer.err")"
+      ;;
+    trace-nostacks | trace-discard | trace-discard-nostacks)
+      local extra=()
+      case $cfg in *nostacks) extra+=(--bench-no-stacks) ;; esac
+      case $cfg in trace-discard*) extra+=(--bench-discard) ;; esac
+      "$ND" trace -p "$NGINX_MASTER" --json "${extra[@]}" --ready-file "$rd/ready" >/dev/null 2>"$rd/tracer.err" &
+      tpid=$!
       ;;
     trace-b)
       # Another build, to compare two versions in one run: NETDRIFT_B=path.

@@ -130,6 +130,12 @@ pub struct TraceArgs {
     /// Stop after this many seconds (default: until Ctrl-C or the targets exit).
     #[arg(value_name = "DURATION")]
     pub duration: Option<f64>,
+    /// Benchmark only (bench/run.sh): capture no waker stacks, so wake-ups have no cause or context.
+    #[arg(long, hide = true)]
+    pub bench_no_stacks: bool,
+    /// Benchmark only (bench/run.sh): read the ring buffer and drop the records undecoded, to measure the kernel side alone.
+    #[arg(long, hide = true)]
+    pub bench_discard: bool,
 }
 
 #[derive(Debug, Args)]

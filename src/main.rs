@@ -130,6 +130,8 @@ fn cmd_trace_with(a: TraceArgs, report: Report, tweak: impl FnOnce(&mut TraceOpt
     opts.duration = a.duration.map(Duration::from_secs_f64);
     opts.ready_file = a.ready_file.clone();
     opts.report = report;
+    opts.probe.capture_stacks = !a.bench_no_stacks;
+    opts.discard = a.bench_discard;
     tweak(&mut opts);
     trace::install_signal_handlers();
     let what = procfs::describe_targets(&opts.probe.tgids, &opts.probe.tids, &opts.probe.comms);

@@ -91,6 +91,8 @@ pub struct TraceOptions {
     pub report: Report,
     /// Extra outputs fed every event and chain (`--perfetto`, `netdrift report`).
     pub observers: Vec<Box<dyn Observer>>,
+    /// Benchmark only: count the records and drop them undecoded.
+    pub discard: bool,
 }
 
 /// An extra output: fed every event (as ingested, with what the correlator
@@ -137,6 +139,7 @@ impl Default for TraceOptions {
             quiet: false,
             report: Report::Full,
             observers: Vec::new(),
+            discard: false,
         }
     }
 }
@@ -555,11 +558,18 @@ pub fn run(mut opts: TraceOptions) -> Result<TraceResult> {
 
     let queue: Rc<RefCell<Vec<Event>>> = Rc::new(RefCell::new(Vec::new()));
     let bad = Rc::new(RefCell::new(0u64));
+    let discarded = Rc::new(std::cell::Cell::new(0u64));
     let mut builder = RingBufferBuilder::new();
     {
         let q = queue.clone();
         let bad = bad.clone();
+        let discarded = discarded.clone();
+        let discard = opts.discard;
         builder.add(&probes.skel.maps.events, move |data: &[u8]| {
+            if discard {
+                discarded.set(discarded.get() + 1);
+                return 0;
+            }
             match decode(data) {
                 Ok(e) => q.borrow_mut().push(e),
                 Err(_) => *bad.borrow_mut() += 1,
@@ -679,6 +689,11 @@ pub fn run(mut opts: TraceOptions) -> Result<TraceResult> {
     process(&mut pipe, &mut live_tgids, &mut live_tids, &mut pids)?;
     let losses = probes.losses();
     let decode_errors = *bad.borrow();
+    if opts.discard {
+        // Counted as events, so the benchmark's events/s stays comparable.
+        pipe.corr.stats.events += discarded.get();
+        eprintln!("netdrift: --bench-discard: {} records read and dropped undecoded", discarded.get());
+    }
     // Round like the text does, so a replay prints the same figure.
     let secs = (started.elapsed().as_secs_f64() * 10.0).round() / 10.0;
     let mut result = pipe.finish(losses, decode_errors, secs, opts.probe.ringbuf_bytes >> 20, reason)?;
