@@ -9,22 +9,8 @@ use std::path::Path;
 
 use netdrift::doctor::{self, Check, Report};
 
-/// Whether to run a root test: true as root; false (with a message) when
-/// NETDRIFT_SKIP_ROOT_TESTS=1; otherwise the test fails.
-fn root_or_skip(test: &str) -> bool {
-    if std::env::var("NETDRIFT_SKIP_ROOT_TESTS").as_deref() == Ok("1") {
-        eprintln!("{test}: skipped (NETDRIFT_SKIP_ROOT_TESTS=1)");
-        return false;
-    }
-    // SAFETY: geteuid has no preconditions.
-    let euid = unsafe { libc::geteuid() };
-    assert_eq!(
-        euid, 0,
-        "{test} needs root (it loads BPF programs): run `sudo -E cargo test --test doctor`, \
-         or set NETDRIFT_SKIP_ROOT_TESTS=1 to skip it"
-    );
-    true
-}
+mod common;
+use common::require_root;
 
 fn get<'r>(r: &'r Report, name: &str) -> &'r Check {
     r.check(name).unwrap_or_else(|| panic!("doctor reported no {name:?} line:\n{}", doctor::render_text(r, false)))
@@ -32,7 +18,7 @@ fn get<'r>(r: &'r Report, name: &str) -> &'r Check {
 
 #[test]
 fn doctor_matches_this_kernel() {
-    if !root_or_skip("doctor_matches_this_kernel") {
+    if !require_root() {
         return;
     }
     let start = std::time::Instant::now();

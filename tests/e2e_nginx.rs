@@ -16,29 +16,13 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 mod common;
+use common::require_root;
 
 const NGINX: &str = "/usr/sbin/nginx";
 /// Client connections.
 const K: usize = 10;
 /// netdrift's own duration: a backstop, the test stops it with SIGINT.
 const TRACE_DURATION_S: &str = "30";
-
-/// Whether to run a root test: true as root; false (with a message) when
-/// NETDRIFT_SKIP_ROOT_TESTS=1; otherwise the test fails.
-fn root_or_skip(test: &str) -> bool {
-    if std::env::var("NETDRIFT_SKIP_ROOT_TESTS").as_deref() == Ok("1") {
-        eprintln!("{test}: skipped: needs root (NETDRIFT_SKIP_ROOT_TESTS=1)");
-        return false;
-    }
-    // SAFETY: geteuid has no preconditions.
-    let euid = unsafe { libc::geteuid() };
-    assert_eq!(
-        euid, 0,
-        "{test} needs root (it loads BPF programs and starts nginx): run `sudo -E cargo test --test e2e_nginx`, \
-         or set NETDRIFT_SKIP_ROOT_TESTS=1 to skip it"
-    );
-    true
-}
 
 fn nginx_binary() -> PathBuf {
     let p = Path::new(NGINX);
@@ -286,7 +270,7 @@ fn show(evs: &[&Value]) -> String {
 
 #[test]
 fn nginx_accepts_are_traced_with_ports_chains_and_epoll_fds() {
-    if !root_or_skip("nginx_accepts_are_traced_with_ports_chains_and_epoll_fds") {
+    if !require_root() {
         return;
     }
     let nginx_bin = nginx_binary();
@@ -553,7 +537,7 @@ fn herd_run(listen_opts: &str) -> (Vec<Value>, Vec<u16>, Vec<u32>) {
 
 #[test]
 fn nginx_herd_plain_and_reuseport() {
-    if !root_or_skip("nginx_herd_plain_and_reuseport") {
+    if !require_root() {
         return;
     }
     let n = |v: &Value, k: &str| v[k].as_u64().unwrap_or(0);
