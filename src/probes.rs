@@ -124,6 +124,8 @@ impl<'obj> Probes<'obj> {
     /// Open, configure, load and attach. Needs tracefs for the syscall
     /// tracepoints: mounted here when absent.
     pub fn load(cfg: &ProbeConfig, open_object: &'obj mut MaybeUninit<OpenObject>) -> Result<Self> {
+        // Commands check earlier too, to fail before their side effects (a
+        // demo server, output files); this one guards library callers.
         preflight()?;
         crate::tracefs::ensure_tracefs()?;
         let features = features()?;
