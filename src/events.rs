@@ -173,6 +173,18 @@ pub enum ReadyHook {
     Accept,
 }
 
+impl ReadyHook {
+    /// The name in JSON (serde's snake_case), without serializing.
+    pub fn key(self) -> &'static str {
+        match self {
+            ReadyHook::SkDataReady => "sk_data_ready",
+            ReadyHook::InetSockSetState => "inet_sock_set_state",
+            ReadyHook::EpollItem => "epoll_item",
+            ReadyHook::Accept => "accept",
+        }
+    }
+}
+
 /// Why a thread was woken, read from the waker's kernel stack.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -196,6 +208,22 @@ impl Cause {
             Cause::SocketReadable => "socket readable",
             Cause::SocketWritable => "socket writable",
             Cause::SocketState => "socket state change",
+            Cause::Timer => "timer",
+            Cause::Eventfd => "eventfd",
+            Cause::Pipe => "pipe",
+            Cause::Futex => "futex",
+            Cause::Signal => "signal",
+            Cause::Other => "other",
+            Cause::Unknown => "unknown",
+        }
+    }
+
+    /// The name in JSON (serde's snake_case), without serializing.
+    pub fn key(self) -> &'static str {
+        match self {
+            Cause::SocketReadable => "socket_readable",
+            Cause::SocketWritable => "socket_writable",
+            Cause::SocketState => "socket_state",
             Cause::Timer => "timer",
             Cause::Eventfd => "eventfd",
             Cause::Pipe => "pipe",
@@ -239,6 +267,20 @@ impl WakerContext {
             WakerContext::Process => "process context",
             WakerContext::KernelThread => "kernel thread",
             WakerContext::Unknown => "unknown context",
+        }
+    }
+
+    /// The name in JSON (serde's snake_case), without serializing.
+    pub fn key(self) -> &'static str {
+        match self {
+            WakerContext::SoftirqInSyscall => "softirq_in_syscall",
+            WakerContext::SoftirqOnIrqExit => "softirq_on_irq_exit",
+            WakerContext::Ksoftirqd => "ksoftirqd",
+            WakerContext::IdleIrq => "idle_irq",
+            WakerContext::Irq => "irq",
+            WakerContext::Process => "process",
+            WakerContext::KernelThread => "kernel_thread",
+            WakerContext::Unknown => "unknown",
         }
     }
 }
@@ -882,6 +924,24 @@ mod tests {
             let mut buf = b"x".to_vec();
             push_epoll_flags(&mut buf, bits);
             assert_eq!(&buf[1..], epoll_flags(bits).as_bytes(), "{bits:#x}");
+        }
+    }
+
+    #[test]
+    fn keys_are_the_serde_names() {
+        fn same<T: Serialize>(v: T, key: &str) {
+            assert_eq!(serde_json::to_value(v).unwrap(), key);
+        }
+        use Cause::*;
+        for c in [SocketReadable, SocketWritable, SocketState, Timer, Eventfd, Pipe, Futex, Signal, Other, Unknown] {
+            same(c, c.key());
+        }
+        use WakerContext as W;
+        for c in [W::SoftirqInSyscall, W::SoftirqOnIrqExit, W::Ksoftirqd, W::IdleIrq, W::Irq, W::Process, W::KernelThread, W::Unknown] {
+            same(c, c.key());
+        }
+        for h in [ReadyHook::SkDataReady, ReadyHook::InetSockSetState, ReadyHook::EpollItem, ReadyHook::Accept] {
+            same(h, h.key());
         }
     }
 

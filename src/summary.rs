@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use serde::Serialize;
 
 use crate::analysis::{Action, Chain};
-use crate::events::{Cause, Event, Kind, SockInfo, Task, WakerContext};
+use crate::events::{Event, Kind, SockInfo, Task, WakerContext};
 
 /// Latency samples of one stage, in ns, in bounded memory: a log-linear
 /// histogram (32 sub-buckets per power of two, so a percentile is within
@@ -239,14 +239,6 @@ fn thread_key(t: &Task) -> String {
     format!("{}[{}]", t.comm, t.tid)
 }
 
-fn cause_key(c: Cause) -> String {
-    serde_json::to_value(c).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
-}
-
-fn ctx_key(c: WakerContext) -> String {
-    serde_json::to_value(c).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
-}
-
 impl SummaryBuilder {
     pub fn new() -> Self {
         SummaryBuilder { keep_slowest: 5, ..Default::default() }
@@ -312,8 +304,8 @@ impl SummaryBuilder {
                 }
                 let t = self.thread(&h.target);
                 t.wakeups += 1;
-                *t.by_cause.entry(cause_key(w.cause)).or_default() += 1;
-                *t.by_context.entry(ctx_key(w.context)).or_default() += 1;
+                *t.by_cause.entry(w.cause.key().to_string()).or_default() += 1;
+                *t.by_context.entry(w.context.key().to_string()).or_default() += 1;
                 *t.wakers.entry(waker_label(&w.waker, w.context, w.cpu)).or_default() += 1;
             }
             if let Some(o) = &h.on_cpu {

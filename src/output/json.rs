@@ -3,7 +3,7 @@
 use serde_json::{Map, Value};
 
 use crate::analysis::Annotation;
-use crate::events::{epoll_flags, push_epoll_flags, Cause, Event, Kind, ReadyHook, SockInfo, Syscall, Task, WakerContext};
+use crate::events::{epoll_flags, push_epoll_flags, Cause, Event, Kind, SockInfo, Syscall, Task, WakerContext};
 
 /// Write one event as a JSON line into `buf` (cleared first): the event as
 /// serialized (sockets carry `state_name`, epoll entries `flags` and `fd`),
@@ -99,11 +99,8 @@ fn write_hot(buf: &mut Vec<u8>, ev: &Event) -> serde_json::Result<bool> {
     let head = |buf: &mut Vec<u8>, ty: &str| -> serde_json::Result<()> {
         kv(buf, b"{\"ts\":", ev.ts);
         kv(buf, b",\"cpu\":", ev.cpu);
-        kv(buf, b",\"task\":{\"pid\":", ev.task.pid);
-        kv(buf, b",\"tid\":", ev.task.tid);
-        buf.extend_from_slice(b",\"comm\":");
-        string(buf, &ev.task.comm)?;
-        buf.extend_from_slice(b"},\"type\":\"");
+        task(buf, b",\"task\":", &ev.task)?;
+        buf.extend_from_slice(b",\"type\":\"");
         buf.extend_from_slice(ty.as_bytes());
         buf.push(b'"');
         Ok(())
@@ -168,9 +165,9 @@ fn write_hot(buf: &mut Vec<u8>, ev: &Event) -> serde_json::Result<bool> {
             boolean(buf, b",\"waker_is_kthread\":", *waker_is_kthread);
             boolean(buf, b",\"target_on_rq\":", *target_on_rq);
             buf.extend_from_slice(b",\"cause\":");
-            name_or_null(buf, cause.map(cause_name));
+            name_or_null(buf, cause.map(Cause::key));
             buf.extend_from_slice(b",\"context\":");
-            name_or_null(buf, context.map(context_name));
+            name_or_null(buf, context.map(WakerContext::key));
             boolean(buf, b",\"via_epoll\":", *via_epoll);
         }
         Kind::SockReady { sock, seq, hook, new_state, packet: None } => {
@@ -179,7 +176,7 @@ fn write_hot(buf: &mut Vec<u8>, ev: &Event) -> serde_json::Result<bool> {
             sock_info(buf, sock);
             kv(buf, b",\"seq\":", *seq);
             buf.extend_from_slice(b",\"hook\":\"");
-            buf.extend_from_slice(hook_name(*hook).as_bytes());
+            buf.extend_from_slice(hook.key().as_bytes());
             buf.push(b'"');
             if let Some(n) = new_state {
                 kv(buf, b",\"new_state\":", *n);
@@ -233,56 +230,11 @@ fn sock_info(buf: &mut Vec<u8>, s: &SockInfo) {
     buf.extend_from_slice(b"\"}");
 }
 
-// The serde (snake_case) names, kept in step by the byte-for-byte test.
-fn cause_name(c: Cause) -> &'static str {
-    match c {
-        Cause::SocketReadable => "socket_readable",
-        Cause::SocketWritable => "socket_writable",
-        Cause::SocketState => "socket_state",
-        Cause::Timer => "timer",
-        Cause::Eventfd => "eventfd",
-        Cause::Pipe => "pipe",
-        Cause::Futex => "futex",
-        Cause::Signal => "signal",
-        Cause::Other => "other",
-        Cause::Unknown => "unknown",
-    }
-}
-
-fn context_name(c: WakerContext) -> &'static str {
-    match c {
-        WakerContext::SoftirqInSyscall => "softirq_in_syscall",
-        WakerContext::SoftirqOnIrqExit => "softirq_on_irq_exit",
-        WakerContext::Ksoftirqd => "ksoftirqd",
-        WakerContext::IdleIrq => "idle_irq",
-        WakerContext::Irq => "irq",
-        WakerContext::Process => "process",
-        WakerContext::KernelThread => "kernel_thread",
-        WakerContext::Unknown => "unknown",
-    }
-}
-
-fn hook_name(h: ReadyHook) -> &'static str {
-    match h {
-        ReadyHook::SkDataReady => "sk_data_ready",
-        ReadyHook::InetSockSetState => "inet_sock_set_state",
-        ReadyHook::EpollItem => "epoll_item",
-        ReadyHook::Accept => "accept",
-    }
-}
-
 /// One event as a JSON value (tests, tools); the live path uses [`write_event`].
 pub fn event(ev: &Event, ann: &Annotation, waker_stack: Option<&[String]>) -> Value {
     let mut buf = Vec::new();
     let mut ev = ev.clone();
-    if let Kind::EpollExit { events, .. } = &mut ev.kind {
-        for (e, fd) in events.iter_mut().zip(ann.ep_fds.iter()) {
-            e.fd = *fd;
-        }
-    }
-    if let Kind::Wake { stack, .. } = &mut ev.kind {
-        stack.clear();
-    }
+    shape(&mut ev, ann);
     write_event(&mut buf, &ev, ann, waker_stack).ok();
     serde_json::from_slice(&buf).unwrap_or(Value::Null)
 }
@@ -300,6 +252,7 @@ pub fn record(kind: &str, fields: Value) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::events::ReadyHook;
 
     #[test]
     fn sock_ready_gets_state_name_fds_and_escapes() {
