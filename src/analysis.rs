@@ -752,10 +752,8 @@ impl Correlator {
                 let mut returned: Vec<ReturnedEvent> = Vec::with_capacity(events.len());
                 for e in events.iter() {
                     let (fd, sock) = self.resolve(pid, *epfd, e.data);
+                    ann.ep_fds.push(fd);
                     returned.push(ReturnedEvent { events: e.events, data: e.data, fd, sock });
-                }
-                for r in &returned {
-                    ann.ep_fds.push(r.fd);
                 }
                 let mut pending = std::mem::take(&mut self.scratch_pending);
                 pending.clear();
@@ -870,8 +868,7 @@ impl Correlator {
                 }
                 if let Some(ino) = self.fds.ino(pid, *fd) {
                     if self.fds.fds(ino).len() <= 1 {
-                        self.socks.remove(&ino);
-                        self.socks_gen += 1;
+                        self.forget(ino);
                     }
                 }
                 self.fds.remove(pid, *fd);
@@ -914,11 +911,17 @@ impl Correlator {
         ann
     }
 
+    // The socket view changes only here (its counter feeds `resolve`'s cache).
     fn remember(&mut self, s: &SockInfo) {
         if s.ino != 0 {
             self.socks.insert(s.ino, std::sync::Arc::new(s.clone()));
             self.socks_gen += 1;
         }
+    }
+
+    fn forget(&mut self, ino: u64) {
+        self.socks.remove(&ino);
+        self.socks_gen += 1;
     }
 
     /// The fd and socket an epoll data word stands for. Three map lookups,
