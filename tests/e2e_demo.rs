@@ -41,6 +41,33 @@ fn accepts(chains: &[Chain]) -> Vec<(u32, u16, i32)> {
     v
 }
 
+/// One line per hop, for failure messages.
+fn brief(chains: &[&Chain]) -> String {
+    let mut out = String::new();
+    for c in chains {
+        out += &format!("chain {} at {}:\n", c.id, c.start_ts);
+        for h in &c.hops {
+            out += &format!(
+                "  tid {} wake {:?} on_cpu {:?} epoll {:?} slept_again {:?} actions {:?}\n",
+                h.target.tid,
+                h.wake.as_ref().map(|w| w.ts - c.start_ts),
+                h.on_cpu.as_ref().map(|o| o.ts - c.start_ts),
+                h.epoll.as_ref().map(|e| (e.ts - c.start_ts, e.lists_sock)),
+                h.slept_again.map(|t| t - c.start_ts),
+                h.actions
+                    .iter()
+                    .map(|a| match a {
+                        Action::Accept { ret, .. } => format!("accept={ret}"),
+                        Action::Close { fd, .. } => format!("close({fd})"),
+                        Action::Handler { name, .. } => name.clone(),
+                    })
+                    .collect::<Vec<_>>()
+            );
+        }
+    }
+    out
+}
+
 #[test]
 fn demo_shared_listener_k_connections() {
     if !require_root() {
@@ -84,7 +111,7 @@ fn demo_shared_listener_k_connections() {
     // Each connection's listen-socket chain: the accept sits in a chain that
     // started at the listen socket and whose woken threads are workers.
     let listen_chains: Vec<&Chain> = r.chains.iter().filter(|c| c.sock.as_ref().map(|s| s.sock.is_listen()).unwrap_or(false)).collect();
-    assert_eq!(listen_chains.len(), k, "one listen-socket chain per connection");
+    assert_eq!(listen_chains.len(), k, "one listen-socket chain per connection:\n{}", brief(&listen_chains));
     for c in &listen_chains {
         assert_eq!(c.hops.iter().filter(|h| h.accepted()).count(), 1, "exactly one winner in chain {}: {c:#?}", c.id);
         let s = c.sock.as_ref().unwrap();
