@@ -198,6 +198,12 @@ pub struct Hop {
     /// Preempted while handling: how often, and how long it waited for a CPU again.
     pub preemptions: u32,
     pub preempted_ns: u64,
+    /// Blocked while handling (asleep between its epoll_wait return and the
+    /// next epoll_wait: a lock, a blocking call): how often, and how long.
+    pub blocked: u32,
+    pub blocked_ns: u64,
+    #[serde(skip)]
+    blocked_since: Option<u64>,
     #[serde(skip)]
     done: bool,
 }
@@ -645,6 +651,12 @@ impl Correlator {
             }
             Kind::Wake { target, sock_seq, stack, target_on_rq, cause, context, via_epoll, target_cpu, .. } => {
                 self.stats.wakes += 1;
+                if let Some(p) = self.handling(target.tid) {
+                    // It slept inside its handler (the listener's lock in a
+                    // herd's losing accept, a blocking call): still that hop.
+                    ann.chain = Some(p.0);
+                    return ann;
+                }
                 // A new blocking period: what the thread did since its last wake is over.
                 self.finish_hops(target.tid, |h| h.on_cpu.is_some() || h.wake.is_none());
                 let cause = cause.unwrap_or(Cause::Unknown);
@@ -697,6 +709,10 @@ impl Correlator {
                             h.preemptions += 1;
                             h.preempted_ns += ev.ts.saturating_sub(*runnable_ts);
                             ann.chain.get_or_insert(p.0);
+                        } else if let Some(since) = h.blocked_since.take() {
+                            h.blocked += 1;
+                            h.blocked_ns += ev.ts.saturating_sub(since);
+                            ann.chain.get_or_insert(p.0);
                         } else if h.on_cpu.is_none() && h.wake.is_some() {
                             let since = if first { *runnable_ts } else { h.wake.as_ref().map(|w| w.ts).unwrap_or(*runnable_ts) };
                             first = false;
@@ -729,7 +745,9 @@ impl Correlator {
                     for p in pending {
                         if let Some(h) = self.hop_mut(p) {
                             let via_epoll = h.wake.as_ref().map(|w| w.via_epoll).unwrap_or(false);
-                            if h.on_cpu.is_some()
+                            if h.epoll.is_some() && !in_epoll {
+                                h.blocked_since = Some(ts);
+                            } else if h.on_cpu.is_some()
                                 && h.epoll.is_none()
                                 && h.actions.is_empty()
                                 && h.wake.is_some()
@@ -943,6 +961,13 @@ impl Correlator {
         let sock = fd.and_then(|f| self.fds.ino(pid, f)).and_then(|ino| self.socks.get(&ino)).cloned();
         *slot = Resolved { key, gen, fd, sock: sock.clone() };
         (fd, sock)
+    }
+
+    /// A hop the thread is handling: its epoll_wait returned in it, and it
+    /// has not called epoll_wait again.
+    fn handling(&self, tid: u32) -> Option<(u64, usize)> {
+        let t = self.threads.get(&tid).filter(|t| !t.in_epoll)?;
+        t.pending.iter().copied().find(|p| self.open.get(&p.0).and_then(|c| c.hops.get(p.1)).map(|h| h.epoll.is_some()).unwrap_or(false))
     }
 
     /// The chain this thread is handling now (it returned from epoll_wait in

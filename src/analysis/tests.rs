@@ -317,3 +317,55 @@ fn epoll_data_resolution_follows_close_and_reuse() {
         assert_eq!(got, ino, "step {i}: the socket behind the fd");
     }
 }
+
+/// The recorded case: w1 wins the herd and holds the listener's lock in
+/// accept4; w0's accept4 sleeps on that lock and w1's release_sock wakes it
+/// (cause other, no socket). That wake-up is part of w0's handling, not a
+/// new chain: its EAGAIN still counts against the herd's chain.
+#[test]
+fn a_wake_up_while_handling_stays_in_the_hop() {
+    let w0 = t(10, 11, "demo:worker_0");
+    let w1 = t(10, 12, "demo:worker_1");
+    let mut evs = herd_events();
+    // Drop the original accepts and enters (from 4500 on); replay the contention.
+    evs.retain(|e| e.ts < 4500);
+    let lock_wake = Kind::Wake {
+        target: w1.clone(),
+        sock_seq: 0,
+        stack: vec![],
+        stack_err: 0,
+        target_cpu: 1,
+        waker_is_kthread: false,
+        target_on_rq: false,
+        cause: Some(Cause::Other),
+        context: Some(WakerContext::Process),
+        via_epoll: false,
+    };
+    evs.extend([
+        // w1 blocks inside accept4 on the socket lock w0 holds.
+        ev(4400, 1, w1.clone(), Kind::SwitchOut { involuntary: false, state: 2, next_tid: 0, next_comm: "swapper/1".into() }),
+        ev(4500, 0, w0.clone(), lock_wake),
+        ev(4550, 0, w0.clone(), accept(3, 6, Some(sock(0xbbb, 501, "127.0.0.1:8080", "127.0.0.1:40000", 1)))),
+        ev(4600, 1, w1.clone(), switch_in(4500, 1)),
+        ev(4700, 1, w1.clone(), accept(3, -11, None)),
+        ev(5000, 1, w1.clone(), Kind::EpollEnter { epfd: 5, maxevents: 64, syscall: Syscall::EpollWait }),
+        ev(5100, 0, w0.clone(), Kind::EpollEnter { epfd: 4, maxevents: 64, syscall: Syscall::EpollWait }),
+    ]);
+    let mut c = Correlator::new();
+    for e in &evs {
+        c.ingest(e);
+    }
+    let mut chains = c.drain_completed();
+    chains.extend(c.finish());
+    assert_eq!(chains.len(), 1, "no chain of its own for the lock wake-up: {chains:#?}");
+    let ch = &chains[0];
+    assert!(!ch.incomplete);
+    assert_eq!((ch.woken(), ch.wasted()), (2, 1));
+    let h1 = ch.hops.iter().find(|h| h.target.tid == 12).unwrap();
+    assert!(h1.accept_failed(), "w1's EAGAIN is in the herd's chain: {h1:#?}");
+    assert_eq!((h1.blocked, h1.blocked_ns), (1, 200), "blocked once, 4400 -> 4600");
+    assert_eq!(c.stats.wakes, 3);
+    assert_eq!(c.stats.wasted_wakes, 1);
+    let text = crate::output::text::TextRenderer { t0: 0, stacks: false }.chain(ch, &mut crate::symbolize::KernelSyms::new());
+    assert!(text.contains("blocked 1 time(s), 200ns off CPU while handling"), "{text}");
+}

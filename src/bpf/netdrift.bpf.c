@@ -480,6 +480,18 @@ static __always_inline struct sock *waited_sock(struct task_struct *p, struct sy
 		if (!sc)
 			return NULL;
 	}
+	/*
+	 * Both wait for readiness interruptibly. An uninterruptible sleep in
+	 * them is a lock (lock_sock in a herd's losing accept, ep->mtx): no
+	 * socket is that wake-up's, not even a state change's.
+	 */
+	if (!(task_state(p) & 1 /* TASK_INTERRUPTIBLE */)) {
+		if (sc == ND_SYS_ACCEPT || sc == ND_SYS_ACCEPT4)
+			*hook = ND_HOOK_ACCEPT;
+		else if (sc <= ND_SYS_EPOLL_PWAIT2)
+			*hook = ND_HOOK_EPOLL_ITEM;
+		return NULL;
+	}
 	f = task_fd_file(p, fd);
 	if (!f)
 		return NULL;

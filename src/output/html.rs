@@ -623,14 +623,14 @@ fn hop_json(h: &Hop, start: u64, stack_of: &mut dyn FnMut(&[u64]) -> Option<usiz
         ));
         last = last.max(e.ts);
     }
-    if h.preemptions > 0 {
-        steps.push(node(
-            "preempt",
-            None,
-            format!("preempted {} time(s)", h.preemptions),
-            vec![format!("{} waiting for a CPU again (involuntary switches)", dur(h.preempted_ns))],
-            None,
-        ));
+    // Time off CPU in the middle of handling.
+    for (n, what, ns, why) in [
+        (h.preemptions, "preempted", h.preempted_ns, "waiting for a CPU again (involuntary switches)"),
+        (h.blocked, "blocked", h.blocked_ns, "off CPU while handling (a lock or a blocking call)"),
+    ] {
+        if n > 0 {
+            steps.push(node("preempt", None, format!("{what} {n} time(s)"), vec![format!("{} {why}", dur(ns))], None));
+        }
     }
     if let Some(ts) = h.slept_again {
         steps.push(node(

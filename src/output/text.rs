@@ -210,6 +210,14 @@ impl TextRenderer {
                 dur(h.preempted_ns)
             );
         }
+        if h.blocked > 0 {
+            let _ = writeln!(
+                o,
+                "  {cont}   blocked {} time(s), {} off CPU while handling (a lock or a blocking call)",
+                h.blocked,
+                dur(h.blocked_ns)
+            );
+        }
         if let Some(ts) = h.slept_again {
             let _ = writeln!(o, "  {cont}   asleep again {:>9}  epoll_wait found nothing: woken for nothing", rel(ts));
         }
