@@ -563,7 +563,8 @@ impl Correlator {
     /// Chains finished since the last call, in id order: a chain is held
     /// back while an older one is still open, so output reads in time order.
     pub fn drain_completed(&mut self) -> Vec<Box<Chain>> {
-        let oldest_open = self.open.keys().next().copied().unwrap_or(u64::MAX);
+        // A chain no wake-up joined (yet) prints nothing: it holds nothing back.
+        let oldest_open = self.open.values().find(|c| !c.hops.is_empty()).map(|c| c.id).unwrap_or(u64::MAX);
         if !self.completed.is_sorted_by_key(|c| c.id) {
             self.completed.sort_unstable_by_key(|c| c.id);
         }
@@ -663,6 +664,14 @@ impl Correlator {
                 // The stack must agree with the hook, or the socket was another wake-up's.
                 let id = match self.by_seq.get(sock_seq) {
                     Some(&(id, hook)) if *sock_seq != 0 && self.open.contains_key(&id) && hook_matches(hook, cause) => id,
+                    Some(&(id, _)) if *sock_seq != 0 => {
+                        // Its socket was a guess the stack disproves: a chain
+                        // nothing joined would hold later ones back until it expired.
+                        if self.open.get(&id).is_some_and(|c| c.hops.is_empty()) {
+                            self.force_close(id);
+                        }
+                        self.new_chain(ev.ts)
+                    }
                     _ => self.new_chain(ev.ts),
                 };
                 let on_cpu = target_on_rq.then(|| OnCpu {

@@ -238,12 +238,7 @@ fn blocking_accept_names_the_listener() {
     }
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     const K: usize = 3;
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = l.local_addr().unwrap().port();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let server = std::thread::spawn(move || {
-        // SAFETY: gettid has no preconditions.
-        tx.send(unsafe { libc::gettid() } as u32).unwrap();
+    let (port, tid, _rx, server) = server_thread(|l, _tx| {
         let mut peers = Vec::new();
         for _ in 0..K {
             let (_s, peer) = l.accept().expect("accept");
@@ -251,33 +246,14 @@ fn blocking_accept_names_the_listener() {
         }
         peers
     });
-    let tid = rx.recv().unwrap();
-    let dir = std::env::temp_dir().join(format!("netdrift-accept-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let (ready, out) = (dir.join("ready"), dir.join("out.jsonl"));
-    let _ = std::fs::remove_file(&ready);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_netdrift"))
-        .args(["trace", "-t", &tid.to_string(), "--json", "--ready-file"])
-        .arg(&ready)
-        .arg("-o")
-        .arg(&out)
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn netdrift");
-    common::wait_ready(&ready, &mut child, std::time::Duration::from_secs(30), common::piped_stderr);
-    let mut clients = Vec::new();
-    for _ in 0..K {
-        std::thread::sleep(std::time::Duration::from_millis(50));
-        clients.push(std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect"));
-    }
-    let mut want: Vec<u16> = server.join().unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(200));
-    // SAFETY: kill has no memory-safety preconditions; the pid is our child.
-    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
-    let st = child.wait().expect("wait netdrift");
-    assert!(st.success(), "netdrift: {st}: {}", common::piped_stderr(&mut child));
-    let text = std::fs::read_to_string(&out).expect("output file");
-    let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).expect("JSON line")).collect();
+    let (lines, (clients, mut want)) = trace_thread(tid, "accept", || {
+        let mut clients = Vec::new();
+        for _ in 0..K {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            clients.push(std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect"));
+        }
+        (clients, server.join().unwrap())
+    });
     let ready: Vec<&serde_json::Value> = lines.iter().filter(|e| e["type"] == "sock_ready").collect();
     assert_eq!(ready.len(), K, "one socket event per connection: {ready:#?}");
     for r in &ready {
@@ -296,5 +272,100 @@ fn blocking_accept_names_the_listener() {
     want.sort_unstable();
     assert_eq!(got, want, "accept peers are the client's ports");
     drop(clients);
+}
+
+/// A thread serving a new loopback listener: its port, its tid, what it sends
+/// after the tid, and its handle.
+fn server_thread<T: Send + 'static>(
+    serve: impl FnOnce(std::net::TcpListener, &std::sync::mpsc::Sender<u32>) -> T + Send + 'static,
+) -> (u16, u32, std::sync::mpsc::Receiver<u32>, std::thread::JoinHandle<T>) {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = l.local_addr().unwrap().port();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let h = std::thread::spawn(move || {
+        // SAFETY: gettid has no preconditions.
+        tx.send(unsafe { libc::gettid() } as u32).unwrap();
+        serve(l, &tx)
+    });
+    let tid = rx.recv().unwrap();
+    (port, tid, rx, h)
+}
+
+/// Trace thread `tid` (`netdrift trace -t TID --json`) while `client` runs;
+/// its JSON lines and what `client` returned.
+fn trace_thread<T>(tid: u32, name: &str, client: impl FnOnce() -> T) -> (Vec<serde_json::Value>, T) {
+    let dir = std::env::temp_dir().join(format!("netdrift-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (ready, out) = (dir.join("ready"), dir.join("out.jsonl"));
+    let _ = std::fs::remove_file(&ready);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_netdrift"))
+        .args(["trace", "-t", &tid.to_string(), "--json", "--ready-file"])
+        .arg(&ready)
+        .arg("-o")
+        .arg(&out)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn netdrift");
+    common::wait_ready(&ready, &mut child, std::time::Duration::from_secs(30), common::piped_stderr);
+    let r = client();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    // SAFETY: kill has no memory-safety preconditions; the pid is our child.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+    let st = child.wait().expect("wait netdrift");
+    assert!(st.success(), "netdrift: {st}: {}", common::piped_stderr(&mut child));
+    let text = std::fs::read_to_string(&out).expect("output file");
     let _ = std::fs::remove_dir_all(&dir);
+    (text.lines().map(|l| serde_json::from_str(l).expect("JSON line")).collect(), r)
+}
+
+/// A thread blocked in read(), not in epoll_wait: the peer's FIN wakes it
+/// through sk_state_change, and the socket is the one whose state changed.
+#[test]
+fn blocking_read_woken_by_the_peers_fin_names_the_socket() {
+    if !require_root() {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    const K: usize = 3;
+    let (port, tid, rx, server) = server_thread(|l, tx| {
+        let mut seen = Vec::new();
+        for _ in 0..K {
+            let (mut s, peer) = l.accept().expect("accept");
+            tx.send(0).unwrap();
+            let mut buf = [0u8; 16];
+            // Blocks until the client closes: read returns 0 at its FIN.
+            assert_eq!(std::io::Read::read(&mut s, &mut buf).expect("read"), 0);
+            seen.push((peer.port(), std::os::fd::AsRawFd::as_raw_fd(&s)));
+        }
+        seen
+    });
+    let stat = format!("/proc/self/task/{tid}/stat");
+    let (lines, seen) = trace_thread(tid, "fin", || {
+        for _ in 0..K {
+            let c = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+            // The FIN must find the server asleep in read.
+            rx.recv().unwrap();
+            let t = std::time::Instant::now();
+            while !std::fs::read_to_string(&stat).unwrap().rsplit(") ").next().unwrap().starts_with('S') {
+                assert!(t.elapsed() < std::time::Duration::from_secs(5), "the server thread never blocked in read");
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            drop(c);
+        }
+        server.join().unwrap()
+    });
+    let port_of = |v: &serde_json::Value| v.as_str().and_then(|a| a.rsplit(':').next()?.parse::<u16>().ok());
+    let fins: Vec<&serde_json::Value> = lines.iter().filter(|e| e["type"] == "sock_ready" && e["hook"] == "inet_sock_set_state").collect();
+    assert_eq!(fins.len(), K, "one state-change socket event per connection: {fins:#?}");
+    for (r, (peer, fd)) in fins.iter().zip(&seen) {
+        assert_eq!(r["sock"]["state_name"], "CLOSE_WAIT", "the server's side after the FIN: {r}");
+        assert_eq!(port_of(&r["sock"]["remote"]), Some(*peer), "the connection the thread reads: {r}");
+        assert!(r["fds"].as_array().unwrap().iter().any(|f| f["fd"] == *fd), "its fd {fd}: {r}");
+        let chain = &r["chain"];
+        let wakes: Vec<&serde_json::Value> = lines.iter().filter(|e| e["type"] == "wake" && e["chain"] == *chain).collect();
+        assert_eq!(wakes.len(), 1, "the reader's wake-up joins it: {r}\n{wakes:#?}");
+        assert_eq!(wakes[0]["target"]["tid"], tid);
+        assert_eq!(wakes[0]["cause"], "socket_state", "{}", wakes[0]);
+    }
 }

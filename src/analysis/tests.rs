@@ -369,3 +369,33 @@ fn a_wake_up_while_handling_stays_in_the_hop() {
     let text = crate::output::text::TextRenderer { t0: 0, stacks: false }.chain(ch, &mut crate::symbolize::KernelSyms::new());
     assert!(text.contains("blocked 1 time(s), 200ns off CPU while handling"), "{text}");
 }
+
+/// A state-change socket the waker's stack disproves (a timer woke the
+/// thread) joins nothing, and neither it nor a later lone socket event holds
+/// back the chains after it.
+#[test]
+fn a_socket_event_nothing_joined_holds_nothing_back() {
+    let w = t(10, 11, "worker");
+    let other = sock(0xccc, 600, "127.0.0.1:8080", "127.0.0.1:40001", 8);
+    let state =
+        |seq| Kind::SockReady { sock: other.clone().into(), seq, hook: ReadyHook::InetSockSetState, new_state: Some(8), packet: None };
+    let mut evs = vec![
+        // A lone socket event whose wake-up record was lost.
+        ev(500, 1, t(0, 0, "swapper/1"), state(10)),
+        ev(1000, 0, t(0, 0, "swapper/0"), state(9)),
+        ev(1000, 0, t(0, 0, "swapper/0"), wake(w.clone(), 9, Cause::Timer)),
+        ev(2000, 0, w.clone(), switch_in(1000, 0)),
+        ev(3000, 0, w.clone(), Kind::EpollEnter { epfd: 4, maxevents: 64, syscall: Syscall::EpollWait }),
+    ];
+    let mut c = Correlator::new();
+    for e in evs.drain(..) {
+        c.ingest(&e);
+    }
+    let chains = c.drain_completed();
+    assert_eq!(chains.len(), 1, "{chains:#?}");
+    assert!(chains[0].sock.is_none(), "the timer's wake-up has no socket");
+    assert_eq!(chains[0].hops[0].wake.as_ref().unwrap().cause, Cause::Timer);
+    assert_eq!(c.open_chains(), 1, "the lone event stays open until it expires");
+    assert!(c.finish().is_empty(), "and never prints");
+    assert_eq!(c.stats.chains, 1);
+}

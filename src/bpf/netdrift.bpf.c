@@ -23,6 +23,7 @@ char LICENSE[] SEC("license") = "Dual MIT/GPL";
 #define S_IFSOCK 0140000
 #define PF_KTHREAD 0x00200000
 #define TCP_CLOSE 7
+#define TCP_SYN_RECV 3
 
 /* Configuration, set by user space before load. */
 const volatile __u32 n_comms = 0;
@@ -556,8 +557,11 @@ int BPF_PROG(nd_sched_waking, struct task_struct *p)
 	/* One lookup of the thread's syscall state for both uses below. */
 	args = bpf_map_lookup_elem(&inflight, &tid);
 	sk = (__u64)waited_sock(p, args, &hook);
-	if (!hook && slot && slot->st_sk && now - slot->st_ts <= sock_window_ns) {
-		/* Not in epoll_wait or accept: a state change just before on this CPU. */
+	if (!hook && slot && slot->st_sk && now - slot->st_ts <= sock_window_ns && (task_state(p) & 1)) {
+		/*
+		 * Not in epoll_wait or accept: a state change just before on this
+		 * CPU. Socket waits sleep interruptibly; a lock or disk wait does not.
+		 */
 		sk = slot->st_sk;
 		hook = ND_HOOK_STATE_CHANGE;
 	}
@@ -725,8 +729,13 @@ int BPF_PROG(nd_inet_sock_set_state, const struct sock *sk, const int oldstate, 
 	__u64 key = (__u64)sk;
 	struct nd_sock_state *r;
 
-	/* A FIN or RST wakes the owner through sk_state_change. */
-	state_slot_set(sk, newstate);
+	/*
+	 * A FIN or RST wakes the owner through sk_state_change. A connection
+	 * leaving SYN_RECV is not accepted yet: nobody waits on it (and on a
+	 * server it is the most frequent change).
+	 */
+	if (oldstate != TCP_SYN_RECV)
+		state_slot_set(sk, newstate);
 	if (!bpf_map_lookup_elem(&known_socks, &key))
 		return 0;
 	r = reserve(sizeof(*r), ND_REC_SOCK_STATE);
