@@ -369,6 +369,10 @@ fn hook_matches(hook: ReadyHook, cause: Cause) -> bool {
         ReadyHook::InetSockSetState => matches!(cause, Cause::SocketState | Cause::Unknown),
         // Read where the woken thread waits: it is that wake-up's socket.
         ReadyHook::EpollItem | ReadyHook::Accept => true,
+        // Its socket, unless the stack names something else (a signal, a timer).
+        ReadyHook::IoWait => {
+            matches!(cause, Cause::SocketReadable | Cause::SocketWritable | Cause::SocketState | Cause::Unknown)
+        }
     }
 }
 

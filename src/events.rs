@@ -171,6 +171,9 @@ pub enum ReadyHook {
     EpollItem,
     /// The listener the woken thread was blocked on in accept.
     Accept,
+    /// The socket the woken thread was blocked on in read, recv, write,
+    /// send or connect (a thread per connection, no epoll).
+    IoWait,
 }
 
 impl ReadyHook {
@@ -181,6 +184,7 @@ impl ReadyHook {
             ReadyHook::InetSockSetState => "inet_sock_set_state",
             ReadyHook::EpollItem => "epoll_item",
             ReadyHook::Accept => "accept",
+            ReadyHook::IoWait => "io_wait",
         }
     }
 }
@@ -606,6 +610,7 @@ pub fn decode(data: &[u8]) -> Result<Event, DecodeError> {
                 2 => (ReadyHook::InetSockSetState, Some(r.newstate)),
                 3 => (ReadyHook::EpollItem, None),
                 4 => (ReadyHook::Accept, None),
+                5 => (ReadyHook::IoWait, None),
                 _ => (ReadyHook::SkDataReady, None),
             };
             let packet =
@@ -940,7 +945,7 @@ mod tests {
         for c in [W::SoftirqInSyscall, W::SoftirqOnIrqExit, W::Ksoftirqd, W::IdleIrq, W::Irq, W::Process, W::KernelThread, W::Unknown] {
             same(c, c.key());
         }
-        for h in [ReadyHook::SkDataReady, ReadyHook::InetSockSetState, ReadyHook::EpollItem, ReadyHook::Accept] {
+        for h in [ReadyHook::SkDataReady, ReadyHook::InetSockSetState, ReadyHook::EpollItem, ReadyHook::Accept, ReadyHook::IoWait] {
             same(h, h.key());
         }
     }

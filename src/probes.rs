@@ -157,6 +157,7 @@ impl<'obj> Probes<'obj> {
             ro.nr_epoll_pwait2 = libc::SYS_epoll_pwait2 as i32;
             ro.nr_accept = libc::SYS_accept as i32;
             ro.nr_accept4 = libc::SYS_accept4 as i32;
+            ro.nr_sock_io = sysno::SOCK_IO;
         }
         open.maps.events.set_max_entries(cfg.ringbuf_bytes)?;
         if cfg.handlers.is_empty() {
@@ -264,6 +265,19 @@ mod sysno {
     /// Newer architectures only have epoll_pwait.
     #[cfg(not(target_arch = "x86_64"))]
     pub const EPOLL_WAIT: i32 = -1;
+    /// Calls that block on the socket of their first argument (ND_NR_SOCK_IO).
+    pub const SOCK_IO: [i32; 10] = [
+        libc::SYS_read as i32,
+        libc::SYS_readv as i32,
+        libc::SYS_recvfrom as i32,
+        libc::SYS_recvmsg as i32,
+        libc::SYS_recvmmsg as i32,
+        libc::SYS_write as i32,
+        libc::SYS_writev as i32,
+        libc::SYS_sendto as i32,
+        libc::SYS_sendmsg as i32,
+        libc::SYS_connect as i32,
+    ];
 }
 
 #[cfg(test)]

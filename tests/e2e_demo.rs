@@ -318,54 +318,113 @@ fn trace_thread<T>(tid: u32, name: &str, client: impl FnOnce() -> T) -> (Vec<ser
     (text.lines().map(|l| serde_json::from_str(l).expect("JSON line")).collect(), r)
 }
 
-/// A thread blocked in read(), not in epoll_wait: the peer's FIN wakes it
-/// through sk_state_change, and the socket is the one whose state changed.
-#[test]
-fn blocking_read_woken_by_the_peers_fin_names_the_socket() {
-    if !require_root() {
-        return;
-    }
-    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+#[derive(Clone, Copy, PartialEq)]
+enum Wait {
+    Read,
+    Poll,
+}
+
+/// A thread per connection, no epoll, blocked in read() or poll() on it.
+/// The client writes a byte, then closes. Each wake-up (data, then FIN) is
+/// checked against the connection: its socket event's hook, state, peer port
+/// and fd, and the cause read from the waker's stack.
+fn blocked_thread_woken_through_its_socket(wait: Wait) {
     const K: usize = 3;
-    let (port, tid, rx, server) = server_thread(|l, tx| {
+    let (port, tid, rx, server) = server_thread(move |l, tx| {
         let mut seen = Vec::new();
         for _ in 0..K {
             let (mut s, peer) = l.accept().expect("accept");
-            tx.send(0).unwrap();
+            let fd = std::os::fd::AsRawFd::as_raw_fd(&s);
+            let block = || {
+                if wait == Wait::Poll {
+                    let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+                    // SAFETY: one valid pollfd, for the duration of the call.
+                    assert_eq!(unsafe { libc::poll(&mut p, 1, 10_000) }, 1, "poll");
+                }
+            };
             let mut buf = [0u8; 16];
-            // Blocks until the client closes: read returns 0 at its FIN.
-            assert_eq!(std::io::Read::read(&mut s, &mut buf).expect("read"), 0);
-            seen.push((peer.port(), std::os::fd::AsRawFd::as_raw_fd(&s)));
+            tx.send(0).unwrap();
+            block();
+            assert_eq!(std::io::Read::read(&mut s, &mut buf).expect("read"), 1);
+            tx.send(0).unwrap();
+            block();
+            assert_eq!(std::io::Read::read(&mut s, &mut buf).expect("read"), 0, "the FIN");
+            seen.push((peer.port(), fd));
         }
         seen
     });
     let stat = format!("/proc/self/task/{tid}/stat");
-    let (lines, seen) = trace_thread(tid, "fin", || {
+    // Past the window in which a state change of this CPU names the socket
+    // of a thread blocked elsewhere (the connect's, here).
+    let asleep = || {
+        rx.recv().unwrap();
+        let t = std::time::Instant::now();
+        while !std::fs::read_to_string(&stat).unwrap().rsplit(") ").next().unwrap().starts_with('S') {
+            assert!(t.elapsed() < std::time::Duration::from_secs(5), "the server thread never blocked");
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let (lines, seen) = trace_thread(tid, "blocked", || {
         for _ in 0..K {
-            let c = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
-            // The FIN must find the server asleep in read.
-            rx.recv().unwrap();
-            let t = std::time::Instant::now();
-            while !std::fs::read_to_string(&stat).unwrap().rsplit(") ").next().unwrap().starts_with('S') {
-                assert!(t.elapsed() < std::time::Duration::from_secs(5), "the server thread never blocked in read");
-                std::thread::sleep(std::time::Duration::from_millis(1));
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
+            let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+            asleep();
+            std::io::Write::write_all(&mut c, b"x").expect("write");
+            asleep();
             drop(c);
         }
         server.join().unwrap()
     });
     let port_of = |v: &serde_json::Value| v.as_str().and_then(|a| a.rsplit(':').next()?.parse::<u16>().ok());
-    let fins: Vec<&serde_json::Value> = lines.iter().filter(|e| e["type"] == "sock_ready" && e["hook"] == "inet_sock_set_state").collect();
-    assert_eq!(fins.len(), K, "one state-change socket event per connection: {fins:#?}");
-    for (r, (peer, fd)) in fins.iter().zip(&seen) {
-        assert_eq!(r["sock"]["state_name"], "CLOSE_WAIT", "the server's side after the FIN: {r}");
-        assert_eq!(port_of(&r["sock"]["remote"]), Some(*peer), "the connection the thread reads: {r}");
-        assert!(r["fds"].as_array().unwrap().iter().any(|f| f["fd"] == *fd), "its fd {fd}: {r}");
-        let chain = &r["chain"];
-        let wakes: Vec<&serde_json::Value> = lines.iter().filter(|e| e["type"] == "wake" && e["chain"] == *chain).collect();
-        assert_eq!(wakes.len(), 1, "the reader's wake-up joins it: {r}\n{wakes:#?}");
+    let wakes_of = |chain: &serde_json::Value| -> Vec<&serde_json::Value> {
+        lines.iter().filter(|e| e["type"] == "wake" && e["chain"] == *chain).collect()
+    };
+    // The listener's (accept, when it had to wait) are not the point here.
+    let ready: Vec<&serde_json::Value> =
+        lines.iter().filter(|e| e["type"] == "sock_ready" && e["sock"]["state_name"] != "LISTEN").collect();
+    // read(): both wake-ups name the socket it reads. poll() is not read
+    // where it waits: only the FIN names it, through the state change.
+    let want: Vec<(&str, &str, &str)> = match wait {
+        Wait::Read => vec![("io_wait", "ESTABLISHED", "socket_readable"), ("io_wait", "CLOSE_WAIT", "socket_state")],
+        Wait::Poll => vec![("inet_sock_set_state", "CLOSE_WAIT", "socket_state")],
+    };
+    assert_eq!(ready.len(), K * want.len(), "socket events: {ready:#?}");
+    for (i, r) in ready.iter().enumerate() {
+        let (peer, fd) = seen[i / want.len()];
+        let (hook, state, cause) = want[i % want.len()];
+        assert_eq!((r["hook"].as_str(), r["sock"]["state_name"].as_str()), (Some(hook), Some(state)), "{r}");
+        assert_eq!(port_of(&r["sock"]["remote"]), Some(peer), "the connection the thread waits on: {r}");
+        assert!(r["fds"].as_array().unwrap().iter().any(|f| f["fd"] == fd), "its fd {fd}: {r}");
+        let wakes = wakes_of(&r["chain"]);
+        assert_eq!(wakes.len(), 1, "the thread's wake-up joins it: {r}\n{wakes:#?}");
         assert_eq!(wakes[0]["target"]["tid"], tid);
-        assert_eq!(wakes[0]["cause"], "socket_state", "{}", wakes[0]);
+        assert_eq!(wakes[0]["cause"], cause, "{}", wakes[0]);
     }
+    let listener: Vec<&serde_json::Value> =
+        lines.iter().filter(|e| e["type"] == "sock_ready" && e["sock"]["state_name"] == "LISTEN").map(|e| &e["chain"]).collect();
+    let data = lines
+        .iter()
+        .filter(|e| e["type"] == "wake" && e["target"]["tid"] == tid && e["cause"] == "socket_readable")
+        .filter(|e| !listener.contains(&&e["chain"]))
+        .count();
+    assert_eq!(data, K, "one data wake-up per connection (besides the accepts')");
+}
+
+#[test]
+fn blocking_read_woken_by_data_and_fin_names_the_socket() {
+    if !require_root() {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    blocked_thread_woken_through_its_socket(Wait::Read);
+}
+
+/// The state-change guess, for a thread waiting where its socket cannot be read.
+#[test]
+fn blocking_poll_woken_by_fin_names_the_socket_by_its_state_change() {
+    if !require_root() {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    blocked_thread_woken_through_its_socket(Wait::Poll);
 }

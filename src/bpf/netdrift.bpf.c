@@ -42,6 +42,7 @@ const volatile __s32 nr_epoll_pwait = -1;
 const volatile __s32 nr_epoll_pwait2 = -1;
 const volatile __s32 nr_accept = -1;
 const volatile __s32 nr_accept4 = -1;
+const volatile __s32 nr_sock_io[ND_NR_SOCK_IO] = { -1, -1, -1, -1, -1, -1, -1, -1, -1, -1 };
 /* Wake the reader only once this much is waiting (it also polls every 100 ms). */
 const volatile __u64 wakeup_bytes = 1 << 20;
 
@@ -455,6 +456,9 @@ static __always_inline __u32 blocked_syscall(struct task_struct *p, int *fd)
 		return ND_SYS_ACCEPT;
 	if (nr == nr_accept4)
 		return ND_SYS_ACCEPT4;
+	for (int i = 0; i < ND_NR_SOCK_IO; i++)
+		if (nr == nr_sock_io[i])
+			return ND_SYS_SOCK_IO;
 	return 0;
 }
 
@@ -491,7 +495,14 @@ static __always_inline struct sock *waited_sock(struct task_struct *p, struct sy
 			*hook = ND_HOOK_ACCEPT;
 		else if (sc <= ND_SYS_EPOLL_PWAIT2)
 			*hook = ND_HOOK_EPOLL_ITEM;
+		else
+			*hook = ND_HOOK_IO_WAIT;
 		return NULL;
+	}
+	if (sc == ND_SYS_SOCK_IO) {
+		/* Blocked on its fd: that socket, or none (a pipe, a file). */
+		*hook = ND_HOOK_IO_WAIT;
+		return file_sock(task_fd_file(p, fd));
 	}
 	f = task_fd_file(p, fd);
 	if (!f)

@@ -47,6 +47,7 @@ enum nd_ready_hook {
 	ND_HOOK_STATE_CHANGE = 2,	/* sock:inet_sock_set_state (FIN, RST, connect done) */
 	ND_HOOK_EPOLL_ITEM = 3,		/* first item on the woken thread's epoll ready list */
 	ND_HOOK_ACCEPT = 4,		/* the listener the woken thread waits on in accept */
+	ND_HOOK_IO_WAIT = 5,		/* the socket it waits on in read/recv/write/send/connect */
 };
 
 /* Which syscall produced an epoll or accept record. */
@@ -56,7 +57,11 @@ enum nd_syscall {
 	ND_SYS_EPOLL_PWAIT2 = 3,
 	ND_SYS_ACCEPT = 4,
 	ND_SYS_ACCEPT4 = 5,
+	ND_SYS_SOCK_IO = 6,	/* read/recv/write/send/connect: only read from a blocked task */
 };
+
+/* Syscalls that block on one socket, first argument the fd. */
+#define ND_NR_SOCK_IO 10
 
 struct nd_hdr {
 	__u32 type;		/* enum nd_rec_type */

@@ -481,7 +481,7 @@ fn chain_json(c: &Chain, t0: u64, stack_of: &mut dyn FnMut(&[u64]) -> Option<usi
                 ));
             }
             let what = match s.hook {
-                ReadyHook::SkDataReady | ReadyHook::EpollItem | ReadyHook::Accept => "socket ready".to_string(),
+                ReadyHook::SkDataReady | ReadyHook::EpollItem | ReadyHook::Accept | ReadyHook::IoWait => "socket ready".to_string(),
                 ReadyHook::InetSockSetState => format!("state -> {}", s.sock.state_name()),
             };
             let fds = if s.fds.is_empty() {

@@ -99,7 +99,7 @@ impl TextRenderer {
         }
         if let Some(s) = &c.sock {
             let what = match s.hook {
-                ReadyHook::SkDataReady | ReadyHook::EpollItem | ReadyHook::Accept => "socket ready".to_string(),
+                ReadyHook::SkDataReady | ReadyHook::EpollItem | ReadyHook::Accept | ReadyHook::IoWait => "socket ready".to_string(),
                 ReadyHook::InetSockSetState => format!("state -> {}", s.sock.state_name()),
             };
             let _ = writeln!(
