@@ -586,6 +586,16 @@ impl Correlator {
         }
     }
 
+    /// Close the chain of socket event `seq` if no wake-up joined it: it
+    /// prints nothing and would stay open until it expired.
+    fn drop_unjoined(&mut self, seq: u64) {
+        if let Some(&(id, _)) = self.by_seq.get(&seq).filter(|_| seq != 0) {
+            if self.open.get(&id).is_some_and(|c| c.hops.is_empty()) {
+                self.force_close(id);
+            }
+        }
+    }
+
     fn force_close(&mut self, id: u64) {
         if let Some(mut c) = self.open.remove(&id) {
             c.incomplete = c.hops.iter().any(|h| !h.done);
@@ -658,7 +668,9 @@ impl Correlator {
                 self.stats.wakes += 1;
                 if let Some(p) = self.handling(target.tid) {
                     // It slept inside its handler (the listener's lock in a
-                    // herd's losing accept, a blocking call): still that hop.
+                    // herd's losing accept, a blocking send): still that hop,
+                    // and the socket it blocked on starts no chain.
+                    self.drop_unjoined(*sock_seq);
                     ann.chain = Some(p.0);
                     return ann;
                 }
@@ -668,15 +680,11 @@ impl Correlator {
                 // The stack must agree with the hook, or the socket was another wake-up's.
                 let id = match self.by_seq.get(sock_seq) {
                     Some(&(id, hook)) if *sock_seq != 0 && self.open.contains_key(&id) && hook_matches(hook, cause) => id,
-                    Some(&(id, _)) if *sock_seq != 0 => {
-                        // Its socket was a guess the stack disproves: a chain
-                        // nothing joined would hold later ones back until it expired.
-                        if self.open.get(&id).is_some_and(|c| c.hops.is_empty()) {
-                            self.force_close(id);
-                        }
+                    _ => {
+                        // Its socket was a guess the stack disproves.
+                        self.drop_unjoined(*sock_seq);
                         self.new_chain(ev.ts)
                     }
-                    _ => self.new_chain(ev.ts),
                 };
                 let on_cpu = target_on_rq.then(|| OnCpu {
                     ts: ev.ts,

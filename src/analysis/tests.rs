@@ -399,3 +399,38 @@ fn a_socket_event_nothing_joined_holds_nothing_back() {
     assert!(c.finish().is_empty(), "and never prints");
     assert_eq!(c.stats.chains, 1);
 }
+
+/// A handler blocked in send() on a full socket: the wake-up names that
+/// socket (io_wait) but belongs to the hop being handled; the socket event
+/// starts no chain left open.
+#[test]
+fn a_blocking_send_while_handling_opens_no_chain() {
+    let w0 = t(10, 11, "demo:worker_0");
+    let conn = sock(0xddd, 700, "127.0.0.1:8080", "127.0.0.1:40002", 1);
+    let mut evs = herd_events();
+    evs.retain(|e| e.ts < 4500 || e.task.tid != 11);
+    evs.extend([
+        ev(4400, 0, w0.clone(), Kind::SwitchOut { involuntary: false, state: 1, next_tid: 0, next_comm: "swapper/0".into() }),
+        ev(
+            4450,
+            1,
+            t(0, 0, "swapper/1"),
+            Kind::SockReady { sock: conn.into(), seq: 30, hook: ReadyHook::IoWait, new_state: None, packet: None },
+        ),
+        ev(4450, 1, t(0, 0, "swapper/1"), wake(w0.clone(), 30, Cause::SocketWritable)),
+        ev(4700, 0, w0.clone(), switch_in(4450, 0)),
+        ev(4800, 0, w0.clone(), accept(3, 6, Some(sock(0xbbb, 501, "127.0.0.1:8080", "127.0.0.1:40000", 1)))),
+        ev(5100, 0, w0.clone(), Kind::EpollEnter { epfd: 4, maxevents: 64, syscall: Syscall::EpollWait }),
+    ]);
+    evs.sort_by_key(|e| e.ts);
+    let mut c = Correlator::new();
+    for e in &evs {
+        c.ingest(e);
+    }
+    let chains = c.drain_completed();
+    assert_eq!(chains.len(), 1, "{chains:#?}");
+    assert_eq!(c.open_chains(), 0, "the send's socket event is not left open");
+    let h0 = chains[0].hops.iter().find(|h| h.target.tid == 11).unwrap();
+    assert!(h0.accepted());
+    assert_eq!((h0.blocked, h0.blocked_ns), (1, 300));
+}
