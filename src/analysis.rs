@@ -344,6 +344,10 @@ pub struct Stats {
     /// Wake-ups of a thread already woken in the same chain (not a new hop).
     pub repeated_wakes: u64,
     pub wasted_wakes: u64,
+    /// Socket events left out: the wake-up they were read for was for
+    /// something else (its stack named another cause, or it came while
+    /// the thread was handling).
+    pub sockets_disproved: u64,
     pub voluntary_switches: u64,
     pub involuntary_switches: u64,
 }
@@ -982,6 +986,18 @@ impl Correlator {
         let sock = fd.and_then(|f| self.fds.ino(pid, f)).and_then(|ino| self.socks.get(&ino)).cloned();
         *slot = Resolved { key, gen, fd, sock: sock.clone() };
         (fd, sock)
+    }
+
+    /// Whether `wake`, the record after socket event `ready` on its CPU,
+    /// joins its chain (else the socket event is left out). The next record
+    /// is not always its wake-up: then the socket event stands.
+    pub fn joins(&self, ready: &Event, wake: &Event) -> bool {
+        match (&ready.kind, &wake.kind) {
+            (Kind::SockReady { seq, hook, .. }, Kind::Wake { sock_seq, target, cause, .. }) if seq == sock_seq => {
+                self.handling(target.tid).is_none() && hook_matches(*hook, cause.unwrap_or(Cause::Unknown))
+            }
+            _ => true,
+        }
     }
 
     /// A hop the thread is handling: its epoll_wait returned in it, and it

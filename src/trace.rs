@@ -359,6 +359,9 @@ pub struct Pipeline {
     report: Report,
     chains: Vec<Chain>,
     observers: Vec<Box<dyn Observer>>,
+    /// A socket event waits for the next record of its CPU, its wake-up,
+    /// whose stack may disprove it (see [`Correlator::joins`]).
+    held: Option<Event>,
 }
 
 /// The first line of a recording.
@@ -380,6 +383,7 @@ impl Pipeline {
             report: opts.report,
             chains: Vec::new(),
             observers: Vec::new(),
+            held: None,
         }
     }
 
@@ -402,6 +406,27 @@ impl Pipeline {
             serde_json::to_writer(&mut *r, &ev).map_err(std::io::Error::from)?;
             r.write_all(b"\n")?;
         }
+        if let Some(held) = self.held.take() {
+            if held.cpu != ev.cpu {
+                self.held = Some(held);
+            } else if self.corr.joins(&held, &ev) {
+                self.process(held)?;
+            } else if let Kind::Wake { sock_seq, .. } = &mut ev.kind {
+                // A guess its wake-up disproves: neither is written as joined.
+                *sock_seq = 0;
+                self.corr.stats.sockets_disproved += 1;
+            }
+        }
+        if matches!(ev.kind, Kind::SockReady { .. }) {
+            if let Some(prev) = self.held.replace(ev) {
+                self.process(prev)?;
+            }
+            return Ok(());
+        }
+        self.process(ev)
+    }
+
+    fn process(&mut self, mut ev: Event) -> Result<()> {
         let ann = self.corr.ingest(&ev);
         for o in self.observers.iter_mut() {
             o.event(&ev, &ann);
@@ -442,6 +467,9 @@ impl Pipeline {
 
     /// Close every chain, print the summary, commit the files.
     fn finish(mut self, losses: Losses, decode_errors: u64, secs: f64, ringbuf_mib: u32, reason: &str) -> Result<TraceResult> {
+        if let Some(held) = self.held.take() {
+            self.process(held)?;
+        }
         let rest = self.corr.finish();
         self.flush_chains(rest)?;
         let stats = self.corr.stats.clone();

@@ -170,6 +170,21 @@ fn duration_and_doctor() {
     assert!(v["checks"].as_array().unwrap().iter().any(|c| c["name"] == "prog:tp_btf" && c["ok"] == true));
 }
 
+/// Run a binary just written. A fork by another test thread while the file
+/// was open for writing holds it open in that child until it execs: ETXTBSY.
+fn spawn_fresh_binary(bin: &Path, arg: &str) -> std::process::Child {
+    let mut tries = 0;
+    loop {
+        match Command::new(bin).arg(arg).spawn() {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && tries < 50 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            r => return r.expect("spawn"),
+        }
+    }
+}
+
 fn json_lines(p: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(p).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
 }
@@ -213,7 +228,7 @@ fn comm_matches_running_and_exec_later() {
     // A binary with a distinctive name gives a distinctive comm.
     let bin = dir.path().join("ndcommprobe");
     std::fs::copy("/bin/sleep", &bin).unwrap();
-    let mut first = Command::new(&bin).arg("30").spawn().unwrap();
+    let mut first = spawn_fresh_binary(&bin, "30");
     std::thread::sleep(Duration::from_millis(100));
     let (ready, out) = (dir.path().join("ready"), dir.path().join("o.jsonl"));
     let mut child = nd()
@@ -226,7 +241,7 @@ fn comm_matches_running_and_exec_later() {
         .spawn()
         .unwrap();
     wait_for(&ready, Duration::from_secs(20), &mut child);
-    let mut second = Command::new(&bin).arg("0.2").spawn().unwrap();
+    let mut second = spawn_fresh_binary(&bin, "0.2");
     let _ = second.wait();
     let o = child.wait_with_output().unwrap();
     let _ = first.kill();
@@ -238,4 +253,50 @@ fn comm_matches_running_and_exec_later() {
         lines.iter().any(|l| l["type"] == "task_new" && l["reason"] == 2 && l["child"]["pid"] == second.id()),
         "exec of the name joined the targets"
     );
+}
+
+/// A socket event its wake-up's stack disproves (a timer woke the thread
+/// right after a state change on that CPU) is left out of the JSON stream,
+/// counted, and the wake-up points to no socket; one that holds is kept.
+#[test]
+fn analyze_leaves_out_a_socket_event_its_wake_up_disproves() {
+    let dir = std::env::temp_dir().join(format!("netdrift-disproved-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let rec = dir.join("run.ndr");
+    let task = r#""task":{"pid":0,"tid":0,"comm":"swapper/0"}"#;
+    let sock = |port: u16, state: u8| {
+        format!(
+            r#"{{"sk":"0xffff8881{port:08x}","ino":{port},"netns":1,"family":2,"protocol":6,"local":"127.0.0.1:8080","remote":"127.0.0.1:{port}","state":{state}}}"#
+        )
+    };
+    let wake = |ts: u64, cpu: u32, seq: u64, cause: &str| {
+        format!(
+            r#"{{"ts":{ts},"cpu":{cpu},{task},"type":"wake","target":{{"pid":10,"tid":{},"comm":"worker"}},"sock_seq":{seq},"stack":[],"target_cpu":0,"waker_is_kthread":false,"target_on_rq":false,"cause":"{cause}","context":"softirq_on_irq_exit","via_epoll":false}}"#,
+            10 + cpu
+        )
+    };
+    let lines = [
+        r#"{"type":"netdrift-record","version":1,"start":{"t0_ns":1000,"tids":[10,11],"pids":[],"comms":[],"handlers":[],"notes":[],"features":{},"packets":false,"epoll_ctl":false,"ringbuf_bytes":8388608,"version":"0"}}"#.to_string(),
+        format!(r#"{{"ts":2000,"cpu":0,{task},"type":"sock_ready","sock":{},"seq":8192,"hook":"inet_sock_set_state","new_state":8}}"#, sock(40001, 8)),
+        wake(2100, 0, 8192, "timer"),
+        format!(r#"{{"ts":3000,"cpu":1,{task},"type":"sock_ready","sock":{},"seq":8193,"hook":"io_wait"}}"#, sock(40002, 1)),
+        wake(3000, 1, 8193, "socket_readable"),
+        r#"{"type":"netdrift-record-end","reason":"done","duration_s":1.0,"lost":{"ringbuf":0,"stack":0,"map_full":0,"user_read":0,"per_cpu":[]},"decode_errors":0,"ringbuf_mib":8}"#.to_string(),
+    ];
+    std::fs::write(&rec, lines.join("\n") + "\n").unwrap();
+    let out = nd().args(["analyze", "--json"]).arg(&rec).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let events: Vec<serde_json::Value> =
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).expect("JSON line")).collect();
+    let of = |t: &str| events.iter().filter(|e| e["type"] == t).collect::<Vec<_>>();
+    let ready = of("sock_ready");
+    assert_eq!(ready.len(), 1, "only the socket event its wake-up confirms: {ready:#?}");
+    assert_eq!(ready[0]["hook"], "io_wait");
+    let wakes = of("wake");
+    assert_eq!(wakes.len(), 2);
+    assert_eq!((&wakes[0]["cause"], &wakes[0]["sock_seq"]), (&"timer".into(), &0.into()), "{}", wakes[0]);
+    assert_eq!(wakes[1]["chain"], ready[0]["chain"], "the confirmed one is joined");
+    let summary = of("summary");
+    assert_eq!(summary[0]["stats"]["sockets_disproved"], 1, "{}", summary[0]);
+    let _ = std::fs::remove_dir_all(&dir);
 }
