@@ -360,8 +360,9 @@ pub struct Pipeline {
     chains: Vec<Chain>,
     observers: Vec<Box<dyn Observer>>,
     /// A socket event waits for the next record of its CPU, its wake-up,
-    /// whose stack may disprove it (see [`Correlator::joins`]).
-    held: Option<Event>,
+    /// whose stack may disprove it (see [`Correlator::joins`]): at most one
+    /// per CPU.
+    held: Vec<Event>,
 }
 
 /// The first line of a recording.
@@ -383,7 +384,7 @@ impl Pipeline {
             report: opts.report,
             chains: Vec::new(),
             observers: Vec::new(),
-            held: None,
+            held: Vec::new(),
         }
     }
 
@@ -406,10 +407,9 @@ impl Pipeline {
             serde_json::to_writer(&mut *r, &ev).map_err(std::io::Error::from)?;
             r.write_all(b"\n")?;
         }
-        if let Some(held) = self.held.take() {
-            if held.cpu != ev.cpu {
-                self.held = Some(held);
-            } else if self.corr.joins(&held, &ev) {
+        if let Some(i) = self.held.iter().position(|h| h.cpu == ev.cpu) {
+            let held = self.held.swap_remove(i);
+            if self.corr.joins(&held, &ev) {
                 self.process(held)?;
             } else if let Kind::Wake { sock_seq, .. } = &mut ev.kind {
                 // A guess its wake-up disproves: neither is written as joined.
@@ -418,9 +418,7 @@ impl Pipeline {
             }
         }
         if matches!(ev.kind, Kind::SockReady { .. }) {
-            if let Some(prev) = self.held.replace(ev) {
-                self.process(prev)?;
-            }
+            self.held.push(ev);
             return Ok(());
         }
         self.process(ev)
@@ -467,7 +465,7 @@ impl Pipeline {
 
     /// Close every chain, print the summary, commit the files.
     fn finish(mut self, losses: Losses, decode_errors: u64, secs: f64, ringbuf_mib: u32, reason: &str) -> Result<TraceResult> {
-        if let Some(held) = self.held.take() {
+        for held in std::mem::take(&mut self.held) {
             self.process(held)?;
         }
         let rest = self.corr.finish();

@@ -277,10 +277,11 @@ fn analyze_leaves_out_a_socket_event_its_wake_up_disproves() {
     };
     let lines = [
         r#"{"type":"netdrift-record","version":1,"start":{"t0_ns":1000,"tids":[10,11],"pids":[],"comms":[],"handlers":[],"notes":[],"features":{},"packets":false,"epoll_ctl":false,"ringbuf_bytes":8388608,"version":"0"}}"#.to_string(),
+        // Records of two CPUs interleave: each socket event waits for its own CPU's next.
         format!(r#"{{"ts":2000,"cpu":0,{task},"type":"sock_ready","sock":{},"seq":8192,"hook":"inet_sock_set_state","new_state":8}}"#, sock(40001, 8)),
+        format!(r#"{{"ts":2050,"cpu":1,{task},"type":"sock_ready","sock":{},"seq":8193,"hook":"io_wait"}}"#, sock(40002, 1)),
         wake(2100, 0, 8192, "timer"),
-        format!(r#"{{"ts":3000,"cpu":1,{task},"type":"sock_ready","sock":{},"seq":8193,"hook":"io_wait"}}"#, sock(40002, 1)),
-        wake(3000, 1, 8193, "socket_readable"),
+        wake(2150, 1, 8193, "socket_readable"),
         r#"{"type":"netdrift-record-end","reason":"done","duration_s":1.0,"lost":{"ringbuf":0,"stack":0,"map_full":0,"user_read":0,"per_cpu":[]},"decode_errors":0,"ringbuf_mib":8}"#.to_string(),
     ];
     std::fs::write(&rec, lines.join("\n") + "\n").unwrap();
