@@ -467,14 +467,14 @@ static __always_inline __u32 blocked_syscall(struct task_struct *p, int *fd)
  * hook on every socket of the machine). In epoll_wait: the first item of its
  * epoll ready list, which was empty when it went to sleep, so the first item
  * is the one ep_poll_callback queued before this wake-up. In accept: the
- * listener.
+ * listener. In read/recv/write/send/connect: the socket of its fd.
  */
 static __always_inline struct sock *waited_sock(struct task_struct *p, struct sys_args *a, __u32 *hook)
 {
 	struct eventpoll *ep;
 	struct list_head *first;
 	struct file *f;
-	__u32 sc;
+	__u32 sc, h;
 	int fd;
 
 	if (a && a->syscall) {
@@ -485,36 +485,35 @@ static __always_inline struct sock *waited_sock(struct task_struct *p, struct sy
 		if (!sc)
 			return NULL;
 	}
+	if (sc == ND_SYS_ACCEPT || sc == ND_SYS_ACCEPT4)
+		h = ND_HOOK_ACCEPT;
+	else if (sc == ND_SYS_SOCK_IO)
+		h = ND_HOOK_IO_WAIT;
+	else if (sc <= ND_SYS_EPOLL_PWAIT2)
+		h = ND_HOOK_EPOLL_ITEM;
+	else
+		return NULL;
 	/*
-	 * Both wait for readiness interruptibly. An uninterruptible sleep in
+	 * All wait for readiness interruptibly. An uninterruptible sleep in
 	 * them is a lock (lock_sock in a herd's losing accept, ep->mtx): no
 	 * socket is that wake-up's, not even a state change's.
 	 */
 	if (!(task_state(p) & 1 /* TASK_INTERRUPTIBLE */)) {
-		if (sc == ND_SYS_ACCEPT || sc == ND_SYS_ACCEPT4)
-			*hook = ND_HOOK_ACCEPT;
-		else if (sc <= ND_SYS_EPOLL_PWAIT2)
-			*hook = ND_HOOK_EPOLL_ITEM;
-		else
-			*hook = ND_HOOK_IO_WAIT;
+		*hook = h;
 		return NULL;
-	}
-	if (sc == ND_SYS_SOCK_IO) {
-		/* Blocked on its fd: that socket, or none (a pipe, a file). */
-		*hook = ND_HOOK_IO_WAIT;
-		return file_sock(task_fd_file(p, fd));
 	}
 	f = task_fd_file(p, fd);
-	if (!f)
-		return NULL;
-	if (sc == ND_SYS_ACCEPT || sc == ND_SYS_ACCEPT4) {
-		*hook = ND_HOOK_ACCEPT;
+	if (h == ND_HOOK_IO_WAIT) {
+		/* Blocked on its fd: that socket, or none (a pipe, a file). */
+		*hook = h;
 		return file_sock(f);
 	}
-	if (sc > ND_SYS_EPOLL_PWAIT2)
+	if (!f)
 		return NULL;
-	/* Set even when the list is empty (a timeout): no other socket is this wake-up's. */
-	*hook = ND_HOOK_EPOLL_ITEM;
+	/* Set even when the epoll list is empty (a timeout): no other socket is this wake-up's. */
+	*hook = h;
+	if (h == ND_HOOK_ACCEPT)
+		return file_sock(f);
 	ep = BPF_CORE_READ(f, private_data);
 	if (!ep)
 		return NULL;
