@@ -22,8 +22,8 @@ use serde_json::{json, Value};
 
 use crate::analysis::{Action, Annotation, Chain, Hop};
 use crate::error::{Error, Result};
-use crate::events::{epoll_flags, errno_name, Event, Kind, ReadyHook, SockInfo, Task};
-use crate::output::{dur, term_safe};
+use crate::events::{epoll_flags, errno_name, Event, Kind, SockInfo, Task};
+use crate::output::{dur, off_cpu, ready_what, term_safe};
 use crate::output::{OnDrop, PartialFile};
 use crate::summary::{Hist, Summary};
 use crate::symbolize::{is_tracer_frame_name, KernelSyms};
@@ -480,10 +480,7 @@ fn chain_json(c: &Chain, t0: u64, stack_of: &mut dyn FnMut(&[u64]) -> Option<usi
                     None,
                 ));
             }
-            let what = match s.hook {
-                ReadyHook::SkDataReady | ReadyHook::EpollItem | ReadyHook::Accept | ReadyHook::IoWait => "socket ready".to_string(),
-                ReadyHook::InetSockSetState => format!("state -> {}", s.sock.state_name()),
-            };
+            let what = ready_what(s);
             let fds = if s.fds.is_empty() {
                 "fd unknown".to_string()
             } else {
@@ -623,11 +620,7 @@ fn hop_json(h: &Hop, start: u64, stack_of: &mut dyn FnMut(&[u64]) -> Option<usiz
         ));
         last = last.max(e.ts);
     }
-    // Time off CPU in the middle of handling.
-    for (n, what, ns, why) in [
-        (h.preemptions, "preempted", h.preempted_ns, "waiting for a CPU again (involuntary switches)"),
-        (h.blocked, "blocked", h.blocked_ns, "off CPU while handling (a lock or a blocking call)"),
-    ] {
+    for (n, what, ns, why) in off_cpu(h) {
         if n > 0 {
             steps.push(node("preempt", None, format!("{what} {n} time(s)"), vec![format!("{} {why}", dur(ns))], None));
         }

@@ -107,6 +107,24 @@ pub fn term_safe(s: &str) -> std::borrow::Cow<'_, str> {
     std::borrow::Cow::Owned(out)
 }
 
+/// How a chain's socket event reads in the text and HTML chains.
+pub(crate) fn ready_what(s: &crate::analysis::ChainSock) -> String {
+    use crate::events::ReadyHook;
+    match s.hook {
+        ReadyHook::SkDataReady | ReadyHook::EpollItem | ReadyHook::Accept | ReadyHook::IoWait => "socket ready".to_string(),
+        ReadyHook::InetSockSetState => format!("state -> {}", s.sock.state_name()),
+    }
+}
+
+/// A hop's time off CPU in the middle of handling, for the text and HTML
+/// chains: (times, what, ns, why), each shown when times > 0.
+pub(crate) fn off_cpu(h: &crate::analysis::Hop) -> [(u32, &'static str, u64, &'static str); 2] {
+    [
+        (h.preemptions, "preempted", h.preempted_ns, "waiting for a CPU again (involuntary switches)"),
+        (h.blocked, "blocked", h.blocked_ns, "off CPU while handling (a lock or a blocking call)"),
+    ]
+}
+
 /// A duration in ns as a short human string: 812ns, 12.3us, 4.56ms, 1.234s.
 pub fn dur(ns: u64) -> String {
     if ns < 1_000 {

@@ -3,8 +3,8 @@
 use std::fmt::Write as _;
 
 use crate::analysis::{Action, Chain, Hop, Stats};
-use crate::events::{epoll_flags, errno_name, ReadyHook, SockInfo, Task};
-use crate::output::{dur, term_safe};
+use crate::events::{epoll_flags, errno_name, SockInfo, Task};
+use crate::output::{dur, off_cpu, ready_what, term_safe};
 use crate::summary::{Hist, Summary};
 use crate::symbolize::KernelSyms;
 
@@ -98,10 +98,7 @@ impl TextRenderer {
             );
         }
         if let Some(s) = &c.sock {
-            let what = match s.hook {
-                ReadyHook::SkDataReady | ReadyHook::EpollItem | ReadyHook::Accept | ReadyHook::IoWait => "socket ready".to_string(),
-                ReadyHook::InetSockSetState => format!("state -> {}", s.sock.state_name()),
-            };
+            let what = ready_what(s);
             let _ = writeln!(
                 o,
                 "  {what:<14} CPU{}  in {}  sk=0x{:x} ino={} netns={}",
@@ -202,21 +199,10 @@ impl TextRenderer {
                 more
             );
         }
-        if h.preemptions > 0 {
-            let _ = writeln!(
-                o,
-                "  {cont}   preempted {} time(s), {} waiting for a CPU again (involuntary switches)",
-                h.preemptions,
-                dur(h.preempted_ns)
-            );
-        }
-        if h.blocked > 0 {
-            let _ = writeln!(
-                o,
-                "  {cont}   blocked {} time(s), {} off CPU while handling (a lock or a blocking call)",
-                h.blocked,
-                dur(h.blocked_ns)
-            );
+        for (n, what, ns, why) in off_cpu(h) {
+            if n > 0 {
+                let _ = writeln!(o, "  {cont}   {what} {n} time(s), {} {why}", dur(ns));
+            }
         }
         if let Some(ts) = h.slept_again {
             let _ = writeln!(o, "  {cont}   asleep again {:>9}  epoll_wait found nothing: woken for nothing", rel(ts));
