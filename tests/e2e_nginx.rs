@@ -494,15 +494,12 @@ fn nginx_accepts_are_traced_with_ports_chains_and_epoll_fds() {
     drop(ngx);
 }
 
-/// Run `netdrift herd` on an nginx, K sequential connections; returns the
-/// summary line's `analysis.herd` rows and the client ports.
-fn herd_run(listen_opts: &str) -> (Vec<Value>, Vec<u16>, Vec<u32>) {
-    let tmp = tempfile::Builder::new().prefix("netdrift-e2e-herd").tempdir().expect("tempdir");
-    let dir = tmp.path();
-    let ngx = Nginx::start_with(&nginx_binary(), dir, listen_opts);
+/// `netdrift ARGS --output-file DIR/out.jsonl` in the background, probes attached.
+fn start_tracer(dir: &Path, args: &[&str]) -> (Tracer, PathBuf) {
     let (out_path, ready, stderr_path) = (dir.join("out.jsonl"), dir.join("ready"), dir.join("netdrift.stderr"));
     let child = Command::new(env!("CARGO_BIN_EXE_netdrift"))
-        .args(["herd", "-p", &ngx.master.to_string(), "--json", "--output-file"])
+        .args(args)
+        .arg("--output-file")
         .arg(&out_path)
         .arg("--ready-file")
         .arg(&ready)
@@ -514,6 +511,16 @@ fn herd_run(listen_opts: &str) -> (Vec<Value>, Vec<u16>, Vec<u32>) {
         .expect("spawn netdrift");
     let mut tracer = Tracer { child, stderr_path };
     tracer.wait_ready(&ready);
+    (tracer, out_path)
+}
+
+/// Run `netdrift herd` on an nginx, K sequential connections; returns the
+/// summary line's `analysis.herd` rows and the client ports.
+fn herd_run(listen_opts: &str) -> (Vec<Value>, Vec<u16>, Vec<u32>) {
+    let tmp = tempfile::Builder::new().prefix("netdrift-e2e-herd").tempdir().expect("tempdir");
+    let dir = tmp.path();
+    let ngx = Nginx::start_with(&nginx_binary(), dir, listen_opts);
+    let (mut tracer, out_path) = start_tracer(dir, &["herd", "-p", &ngx.master.to_string(), "--json"]);
     // Both workers asleep before each connection.
     let ports: Vec<u16> = (0..K)
         .map(|_| {
@@ -557,4 +564,70 @@ fn nginx_herd_plain_and_reuseport() {
     let r = &rows[0];
     assert_eq!(n(r, "connections"), K as u64, "{r}");
     assert!(n(r, "wasted") * 5 <= K as u64, "EPOLLEXCLUSIVE keeps wasted wake-ups rare: {r}");
+}
+
+/// Ring-buffer memory is reused once the ring wraps, and a reserved record is
+/// not zeroed: every field a record can leave unset would show the bytes of
+/// an older record. A 1 MiB ring wrapped several times by a few thousand
+/// connections; without `--packets` no socket event may carry a packet, an
+/// accept that failed has no peer, and backlogs are the listener's.
+#[test]
+fn reused_ring_memory_leaves_no_stale_fields() {
+    if !require_root() {
+        return;
+    }
+    const CONNS: usize = 3000;
+    let tmp = tempfile::Builder::new().prefix("netdrift-e2e-ring").tempdir().expect("tempdir");
+    let dir = tmp.path();
+    let ngx = Nginx::start(&nginx_binary(), dir);
+    let (mut tracer, out_path) = start_tracer(dir, &["trace", "-p", &ngx.master.to_string(), "--json", "--ringbuf-size", "1"]);
+    // Two clients at once, so that both workers race for connections.
+    let port = ngx.port;
+    let clients: Vec<_> = (0..2)
+        .map(|_| {
+            std::thread::spawn(move || {
+                (0..CONNS / 2).for_each(|_| {
+                    request(port);
+                })
+            })
+        })
+        .collect();
+    clients.into_iter().for_each(|c| c.join().expect("client thread"));
+    std::thread::sleep(Duration::from_millis(300));
+    signal(tracer.child.id(), libc::SIGINT);
+    let st = tracer.wait_timeout(Duration::from_secs(30)).expect("netdrift exits after SIGINT");
+    let stderr = tracer.stderr();
+    assert!(st.success(), "{stderr}");
+    let text = fs::read_to_string(&out_path).expect("output");
+    let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).expect("JSON line")).collect();
+    let summary = lines.last().expect("summary");
+    assert_eq!(ty(summary), "summary");
+    let bytes: usize = text.len();
+    eprintln!("{} lines, {bytes} bytes of JSON; summary lost {}", lines.len(), summary["lost"]);
+    let n = |t: &str| lines.iter().filter(|e| ty(e) == t).count();
+    assert!(
+        n("wake") >= CONNS / 2 && n("epoll_exit") >= CONNS,
+        "the ring wrapped many times: {} wakes, {} epoll returns",
+        n("wake"),
+        n("epoll_exit")
+    );
+
+    let with_packet: Vec<&Value> = lines.iter().filter(|e| ty(e) == "sock_ready" && e.get("packet").is_some()).collect();
+    assert!(
+        with_packet.is_empty(),
+        "{} socket events carry a packet without --packets, e.g.:\n{}",
+        with_packet.len(),
+        show(&with_packet[..with_packet.len().min(3)])
+    );
+    let max_backlog = |a: &Value| a["max_backlog"].as_u64().unwrap_or(u64::MAX);
+    let failed_accepts = lines.iter().filter(|e| ty(e) == "accept" && e["ret"].as_i64().unwrap_or(0) < 0).count();
+    eprintln!("{} accepts, {failed_accepts} failed", n("accept"));
+    for a in lines.iter().filter(|e| ty(e) == "accept") {
+        let failed = a["ret"].as_i64().unwrap_or(0) < 0;
+        assert!(!failed || a["peer"].is_null(), "a failed accept has a peer: {a}");
+        assert_eq!(max_backlog(a), 511, "nginx listens with backlog 511: {a}");
+        assert!(a["backlog"].as_u64().unwrap_or(u64::MAX) <= 511, "queue length within the backlog: {a}");
+    }
+    let packet_stage = &summary["analysis"]["latency"]["packet_to_ready"];
+    assert_eq!(packet_stage["count"].as_u64(), Some(0), "packet -> socket ready measured without --packets: {packet_stage}");
 }

@@ -607,6 +607,8 @@ int BPF_PROG(nd_sched_waking, struct task_struct *p)
 				r->seq = seq;
 				r->hook = slot->hook;
 				r->newstate = slot->newstate;
+				/* Reserved ring memory is not zeroed: "no packet" must be written. */
+				r->pkt_ts = 0;
 				if (trace_packets) {
 					struct pkt_slot *ps = bpf_map_lookup_elem(&pkt, &zero);
 
@@ -1215,10 +1217,10 @@ static __always_inline int accept_exit(struct trace_event_raw_sys_exit *ctx, __u
 	r->syscall = a->syscall;
 	lsk = fd_sock(a->fd);
 	fill_sock(&r->listen, lsk);
-	if (lsk) {
-		r->backlog = BPF_CORE_READ(lsk, sk_ack_backlog);
-		r->max_backlog = BPF_CORE_READ(lsk, sk_max_ack_backlog);
-	}
+	r->backlog = lsk ? BPF_CORE_READ(lsk, sk_ack_backlog) : 0;
+	r->max_backlog = lsk ? BPF_CORE_READ(lsk, sk_max_ack_backlog) : 0;
+	/* Unzeroed ring memory: a failed accept must say "no peer" itself. */
+	r->peer.sk = 0;
 	if (ret >= 0) {
 		nsk = fd_sock(ret);
 		fill_sock(&r->peer, nsk);
