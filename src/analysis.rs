@@ -755,7 +755,7 @@ impl Correlator {
                     }
                 }
             }
-            Kind::SwitchOut { involuntary, .. } => {
+            Kind::SwitchOut { involuntary, woken, .. } => {
                 if *involuntary {
                     self.stats.involuntary_switches += 1;
                 } else {
@@ -772,6 +772,12 @@ impl Correlator {
                             let via_epoll = h.wake.as_ref().map(|w| w.via_epoll).unwrap_or(false);
                             if h.epoll.is_some() && !in_epoll {
                                 h.blocked_since = Some(ts);
+                            } else if *woken {
+                                // Its wake-up found it still running, and it is runnable again: it waits
+                                // for a CPU from here, and the switch-in says when it got one.
+                                if h.on_cpu.as_ref().is_some_and(|o| o.never_left) {
+                                    h.on_cpu = None;
+                                }
                             } else if h.on_cpu.is_some()
                                 && h.epoll.is_none()
                                 && h.actions.is_empty()

@@ -363,6 +363,10 @@ pub enum Kind {
     /// A target thread left the CPU.
     SwitchOut {
         involuntary: bool,
+        /// Voluntary, but a wake-up that found it still running was in flight:
+        /// that wake-up puts it back on a run queue (a switch-in follows).
+        #[serde(default, skip_serializing_if = "is_false")]
+        woken: bool,
         state: u32,
         next_tid: u32,
         next_comm: Arc<str>,
@@ -438,6 +442,10 @@ pub enum Kind {
 
 fn is_zero_i32(v: &i32) -> bool {
     *v == 0
+}
+
+fn is_false(v: &bool) -> bool {
+    !*v
 }
 
 /// One event: when (CLOCK_MONOTONIC ns), on which CPU, about which task.
@@ -650,7 +658,13 @@ pub fn decode(data: &[u8]) -> Result<Event, DecodeError> {
         }
         4 => {
             let r = need::<types::nd_switch_out>(tag, data)?;
-            Kind::SwitchOut { involuntary: r.preempt != 0, state: r.state, next_tid: r.next_tid, next_comm: comm_arc(&r.next_comm) }
+            Kind::SwitchOut {
+                involuntary: r.preempt != 0,
+                woken: false,
+                state: r.state,
+                next_tid: r.next_tid,
+                next_comm: comm_arc(&r.next_comm),
+            }
         }
         5 => {
             let r = need::<types::nd_epoll_enter>(tag, data)?;

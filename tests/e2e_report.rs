@@ -471,7 +471,7 @@ fn fixture_recording(path: &Path) {
         prev_tid: 0,
         prev_comm: "swapper/0".into(),
     };
-    let sout = || Kind::SwitchOut { involuntary: false, state: 1, next_tid: 0, next_comm: "swapper/0".into() };
+    let sout = || Kind::SwitchOut { involuntary: false, woken: false, state: 1, next_tid: 0, next_comm: "swapper/0".into() };
     let mut evs = vec![ev(1_000, 0, &w[0], Kind::FdMap { ino: 4242, fd: 3 })];
     for (i, t) in w.iter().enumerate() {
         let epfd = 5 + i as i32;

@@ -87,6 +87,17 @@ fn herd_events() -> Vec<Event> {
     ]
 }
 
+/// A correlator that has seen the herd; then worker 0, a client and the
+/// accepted connection (fd 6 of worker 0).
+fn after_herd() -> (Correlator, Task, Task, SockInfo) {
+    let mut c = Correlator::new();
+    for e in herd_events() {
+        c.ingest(&e);
+    }
+    c.drain_completed();
+    (c, t(10, 11, "demo:worker_0"), t(20, 20, "client"), sock(0xbbb, 501, "127.0.0.1:8080", "127.0.0.1:40000", 1))
+}
+
 #[test]
 fn herd_chain_has_both_workers_one_accept() {
     let mut c = Correlator::new();
@@ -118,14 +129,7 @@ fn herd_chain_has_both_workers_one_accept() {
 
 #[test]
 fn data_connection_chain_and_close() {
-    let mut c = Correlator::new();
-    for e in herd_events() {
-        c.ingest(&e);
-    }
-    c.drain_completed();
-    let w0 = t(10, 11, "demo:worker_0");
-    let client = t(20, 20, "client");
-    let conn = sock(0xbbb, 501, "127.0.0.1:8080", "127.0.0.1:40000", 1);
+    let (mut c, w0, client, conn) = after_herd();
     let evs = [
         ev(
             10_000,
@@ -343,7 +347,7 @@ fn a_wake_up_while_handling_stays_in_the_hop() {
     };
     evs.extend([
         // w1 blocks inside accept4 on the socket lock w0 holds.
-        ev(4400, 1, w1.clone(), Kind::SwitchOut { involuntary: false, state: 2, next_tid: 0, next_comm: "swapper/1".into() }),
+        ev(4400, 1, w1.clone(), Kind::SwitchOut { involuntary: false, woken: false, state: 2, next_tid: 0, next_comm: "swapper/1".into() }),
         ev(4500, 0, w0.clone(), lock_wake),
         ev(4550, 0, w0.clone(), accept(3, 6, Some(sock(0xbbb, 501, "127.0.0.1:8080", "127.0.0.1:40000", 1)))),
         ev(4600, 1, w1.clone(), switch_in(4500, 1)),
@@ -410,7 +414,7 @@ fn a_blocking_send_while_handling_opens_no_chain() {
     let mut evs = herd_events();
     evs.retain(|e| e.ts < 4500 || e.task.tid != 11);
     evs.extend([
-        ev(4400, 0, w0.clone(), Kind::SwitchOut { involuntary: false, state: 1, next_tid: 0, next_comm: "swapper/0".into() }),
+        ev(4400, 0, w0.clone(), Kind::SwitchOut { involuntary: false, woken: false, state: 1, next_tid: 0, next_comm: "swapper/0".into() }),
         ev(
             4450,
             1,
@@ -433,4 +437,49 @@ fn a_blocking_send_while_handling_opens_no_chain() {
     let h0 = chains[0].hops.iter().find(|h| h.target.tid == 11).unwrap();
     assert!(h0.accepted());
     assert_eq!((h0.blocked, h0.blocked_ns), (1, 300));
+}
+
+/// A wake-up that finds the worker still on its CPU, on its way to sleep,
+/// races with the dequeue: the worker switches out anyway and that wake-up
+/// puts it back on a run queue (BPF marks the switch-out `woken`). The hop
+/// waits for a CPU from the switch-out, and it was not woken for nothing.
+#[test]
+fn a_wake_up_racing_the_dequeue_waits_for_a_cpu() {
+    let run = |woken: bool| {
+        let (mut c, w0, client, conn) = after_herd();
+        let mut on_cpu = wake(w0.clone(), 8, Cause::SocketReadable);
+        if let Kind::Wake { target_on_rq, .. } = &mut on_cpu {
+            *target_on_rq = true;
+        }
+        let out = Kind::SwitchOut { involuntary: false, woken, state: 1, next_tid: 0, next_comm: "swapper/1".into() };
+        let evs = [
+            ev(
+                10_000,
+                0,
+                client.clone(),
+                Kind::SockReady { sock: conn.into(), seq: 8, hook: ReadyHook::EpollItem, new_state: None, packet: None },
+            ),
+            ev(10_010, 0, client.clone(), on_cpu),
+            ev(10_020, 1, w0.clone(), out),
+            ev(10_500, 1, w0.clone(), switch_in(10_020, 1)),
+            ev(10_600, 1, w0.clone(), epoll_exit(4, &[6])),
+            ev(10_800, 1, w0.clone(), Kind::EpollEnter { epfd: 4, maxevents: 64, syscall: Syscall::EpollWait }),
+        ];
+        for e in &evs {
+            c.ingest(e);
+        }
+        let mut chains = c.drain_completed();
+        chains.extend(c.finish());
+        (chains, c.stats.wasted_wakes)
+    };
+    let (chains, wasted_before) = run(true);
+    let ch = chains.iter().find(|c| c.hops.iter().any(|h| h.wake.as_ref().is_some_and(|w| w.ts == 10_010))).expect("the chain");
+    let h = &ch.hops[0];
+    let on_cpu = h.on_cpu.as_ref().expect("on CPU");
+    assert_eq!((on_cpu.ts, on_cpu.runq_ns, on_cpu.never_left), (10_500, 480, false), "run queue from the switch-out: {h:#?}");
+    assert!(h.epoll.is_some(), "its epoll_wait return is in the hop: {h:#?}");
+    assert_eq!(ch.wasted(), 0);
+    // Without the mark, the same switch-out reads as going back to sleep: woken for nothing.
+    let (_, wasted) = run(false);
+    assert_eq!(wasted, wasted_before + 1, "the herd's own wasted wake-up, plus this one");
 }

@@ -85,7 +85,12 @@ struct thread_state {
 	__u32 last_cpu;
 	__u8 after_preempt;
 	__u8 seen_cpu;
-	__u8 pad[2];
+	__u8 asleep;		/* switched out voluntarily, not back on a CPU yet */
+	/*
+	 * sched_waking found it still on its CPU, sched_wakeup has not run yet:
+	 * if it switches out now, that wake-up will bring it back.
+	 */
+	__u8 wake_inflight;
 };
 
 struct {
@@ -546,6 +551,20 @@ static __always_inline __u64 progress_key(struct sock *sk, struct ready_slot *sl
 /* One readiness event wakes its threads within this of each other. */
 #define HERD_GAP_NS 1000000
 
+/*
+ * Woken before it left its run queue: no run-queue wait follows. Since 6.12
+ * (DELAY_DEQUEUE) a fair task that blocks with negative lag stays queued,
+ * asleep, until picked: it is on_rq but waits for a CPU like any sleeper.
+ */
+static __always_inline int still_running(struct task_struct *p)
+{
+	if (!BPF_CORE_READ(p, on_rq))
+		return 0;
+	if (bpf_core_field_exists(p->se.sched_delayed) && BPF_CORE_READ(p, se.sched_delayed))
+		return 0;
+	return 1;
+}
+
 SEC("tp_btf/sched_waking")
 int BPF_PROG(nd_sched_waking, struct task_struct *p)
 {
@@ -628,13 +647,16 @@ int BPF_PROG(nd_sched_waking, struct task_struct *p)
 	}
 
 	flush_enter(p, args);
-	on_rq = BPF_CORE_READ(p, on_rq);
 	ts = thread_get(tid);
+	/* A racing dequeue can leave on_rq set a little longer: trust our own switch-out too. */
+	on_rq = still_running(p) && !(ts && ts->asleep);
 	if (ts && !ts->runnable_ts && !on_rq) {
 		/* First waker of a sleep wins. */
 		ts->runnable_ts = now;
 		ts->after_preempt = 0;
 	}
+	if (ts && on_rq)
+		ts->wake_inflight = 1;
 
 	w = reserve(sizeof(*w), ND_REC_WAKE);
 	if (!w)
@@ -661,6 +683,21 @@ int BPF_PROG(nd_sched_waking, struct task_struct *p)
 	return 0;
 }
 
+/* The wake-up is done: a later switch-out is a new sleep. */
+SEC("tp_btf/sched_wakeup")
+int BPF_PROG(nd_sched_wakeup, struct task_struct *p)
+{
+	struct thread_state *ts;
+	__u32 tid = p->pid;
+
+	if (!is_target(p->tgid, tid))
+		return 0;
+	ts = bpf_map_lookup_elem(&threads, &tid);
+	if (ts)
+		ts->wake_inflight = 0;
+	return 0;
+}
+
 SEC("tp_btf/sched_switch")
 int BPF_PROG(nd_sched_switch, bool preempt, struct task_struct *prev, struct task_struct *next)
 {
@@ -668,6 +705,7 @@ int BPF_PROG(nd_sched_switch, bool preempt, struct task_struct *prev, struct tas
 	__u32 prev_tid = prev->pid, next_tid = next->pid;
 	struct thread_state *ts;
 	__u64 now = 0;
+	__u32 woken = 0;
 
 	if (is_target(prev->tgid, prev_tid)) {
 		long state = task_state(prev);
@@ -679,12 +717,27 @@ int BPF_PROG(nd_sched_switch, bool preempt, struct task_struct *prev, struct tas
 		if (ts) {
 			ts->last_cpu = cpu;
 			ts->seen_cpu = 1;
+			/*
+			 * A voluntary switch keeps runnable_ts: switch-in cleared it,
+			 * so it is set only by a wake-up that came after the dequeue
+			 * in __schedule and before this tracepoint.
+			 */
 			if (involuntary) {
 				ts->runnable_ts = now;
 				ts->after_preempt = 1;
-			} else {
-				ts->runnable_ts = 0;
+			} else if (ts->wake_inflight) {
+				/*
+				 * Dequeued while a waker that saw it running was still in
+				 * try_to_wake_up: that wake-up puts it back on a run queue.
+				 */
+				woken = 1;
+				ts->wake_inflight = 0;
+				if (!ts->runnable_ts) {
+					ts->runnable_ts = now;
+					ts->after_preempt = 0;
+				}
 			}
+			ts->asleep = !involuntary && !woken;
 		}
 		if (emit_switch_out) {
 			struct nd_switch_out *o = reserve(sizeof(*o), ND_REC_SWITCH_OUT);
@@ -693,6 +746,7 @@ int BPF_PROG(nd_sched_switch, bool preempt, struct task_struct *prev, struct tas
 				o->hdr.ts = now;
 				hdr_task(&o->hdr, prev);
 				o->preempt = involuntary;
+				o->woken = woken;
 				o->state = state;
 				o->next_tid = next_tid;
 				bpf_probe_read_kernel_str(o->next_comm, sizeof(o->next_comm), next->comm);
@@ -717,6 +771,7 @@ int BPF_PROG(nd_sched_switch, bool preempt, struct task_struct *prev, struct tas
 		ts->runnable_ts = 0;
 		ts->last_cpu = cpu;
 		ts->seen_cpu = 1;
+		ts->asleep = 0;
 		if (!runnable_ts)
 			return 0;
 		in = reserve(sizeof(*in), ND_REC_SWITCH_IN);

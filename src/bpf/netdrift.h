@@ -141,7 +141,7 @@ struct nd_switch_out {
 	__u32 preempt;		/* 1: involuntary */
 	__u32 state;		/* prev_state */
 	__u32 next_tid;
-	__u32 pad;
+	__u32 woken;		/* 1: a wake-up that found it running was in flight: it is runnable */
 	char next_comm[ND_COMM_LEN];
 };
 

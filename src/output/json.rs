@@ -144,9 +144,12 @@ fn write_hot(buf: &mut Vec<u8>, ev: &Event) -> serde_json::Result<bool> {
             buf.extend_from_slice(b",\"prev_comm\":");
             string(buf, prev_comm)?;
         }
-        Kind::SwitchOut { involuntary, state, next_tid, next_comm } => {
+        Kind::SwitchOut { involuntary, woken, state, next_tid, next_comm } => {
             head(buf, "switch_out")?;
             buf.extend_from_slice(if *involuntary { b",\"involuntary\":true".as_slice() } else { b",\"involuntary\":false" });
+            if *woken {
+                buf.extend_from_slice(b",\"woken\":true");
+            }
             kv(buf, b",\"state\":", *state);
             kv(buf, b",\"next_tid\":", *next_tid);
             buf.extend_from_slice(b",\"next_comm\":");
@@ -312,7 +315,7 @@ mod tests {
         kinds.push(Kind::EpollExit { enter_ts: 0, epfd: 0, ret: 0, syscall: Syscall::EpollWait, events: vec![] });
         for b in [false, true] {
             kinds.push(Kind::SwitchIn { runnable_ts: 1, prev_cpu: 2, after_preempt: b, prev_tid: 0, prev_comm: comm.into() });
-            kinds.push(Kind::SwitchOut { involuntary: b, state: 0x402, next_tid: 3, next_comm: "".into() });
+            kinds.push(Kind::SwitchOut { involuntary: b, woken: b, state: 0x402, next_tid: 3, next_comm: "".into() });
         }
         let causes = [
             Cause::SocketReadable,

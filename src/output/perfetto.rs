@@ -835,9 +835,9 @@ pub(crate) mod tests {
             ev(1_000, 0, &w0, Kind::FdMap { ino: 9, fd: 3 }),
             ev(1_000, 0, &w0, Kind::EpollCtl { epfd: 5, op: 1, fd: 3, events: 1, data: 3, err: 0 }),
             ev(1_100, 0, &w0, Kind::EpollEnter { epfd: 5, maxevents: 8, syscall: Syscall::EpollWait }),
-            ev(1_200, 0, &w0, Kind::SwitchOut { involuntary: false, state: 1, next_tid: 0, next_comm: "swapper/0".into() }),
+            ev(1_200, 0, &w0, Kind::SwitchOut { involuntary: false, woken: false, state: 1, next_tid: 0, next_comm: "swapper/0".into() }),
             ev(1_300, 1, &w1, Kind::EpollEnter { epfd: 6, maxevents: 8, syscall: Syscall::EpollWait }),
-            ev(1_400, 1, &w1, Kind::SwitchOut { involuntary: false, state: 1, next_tid: 0, next_comm: "swapper/1".into() }),
+            ev(1_400, 1, &w1, Kind::SwitchOut { involuntary: false, woken: false, state: 1, next_tid: 0, next_comm: "swapper/1".into() }),
             ev(
                 10_000,
                 1,
@@ -885,10 +885,10 @@ pub(crate) mod tests {
                 &w1,
                 Kind::SwitchIn { runnable_ts: 10_150, prev_cpu: 1, after_preempt: false, prev_tid: 0, prev_comm: "swapper/1".into() },
             ),
-            ev(14_300, 1, &w1, Kind::SwitchOut { involuntary: false, state: 1, next_tid: 0, next_comm: "swapper/1".into() }),
+            ev(14_300, 1, &w1, Kind::SwitchOut { involuntary: false, woken: false, state: 1, next_tid: 0, next_comm: "swapper/1".into() }),
             ev(15_000, 0, &w0, Kind::Close { fd: 7, sock: None }),
             ev(15_100, 0, &w0, Kind::EpollEnter { epfd: 5, maxevents: 8, syscall: Syscall::EpollWait }),
-            ev(15_200, 0, &w0, Kind::SwitchOut { involuntary: false, state: 1, next_tid: 0, next_comm: "swapper/0".into() }),
+            ev(15_200, 0, &w0, Kind::SwitchOut { involuntary: false, woken: false, state: 1, next_tid: 0, next_comm: "swapper/0".into() }),
         ]
     }
 
@@ -998,9 +998,9 @@ pub(crate) mod tests {
         let evs = vec![
             // Exit without enter (began before the trace), a switch-in lost, an enter never returned.
             ev(100, 0, &w, Kind::EpollExit { enter_ts: 0, epfd: 3, ret: 0, syscall: Syscall::EpollWait, events: vec![] }),
-            ev(200, 0, &w, Kind::SwitchOut { involuntary: true, state: 0, next_tid: 1, next_comm: "x".into() }),
+            ev(200, 0, &w, Kind::SwitchOut { involuntary: true, woken: false, state: 0, next_tid: 1, next_comm: "x".into() }),
             ev(300, 0, &w, Kind::EpollEnter { epfd: 3, maxevents: 1, syscall: Syscall::EpollPwait }),
-            ev(400, 0, &w, Kind::SwitchOut { involuntary: false, state: 1, next_tid: 1, next_comm: "x".into() }),
+            ev(400, 0, &w, Kind::SwitchOut { involuntary: false, woken: false, state: 1, next_tid: 1, next_comm: "x".into() }),
             ev(500, 0, &w, Kind::EpollEnter { epfd: 3, maxevents: 1, syscall: Syscall::EpollPwait }),
         ];
         for e in &evs {
