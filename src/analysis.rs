@@ -994,6 +994,13 @@ impl Correlator {
         (fd, sock)
     }
 
+    /// An `epoll_enter` already seen: the thread's CPU and a waker's CPU can
+    /// both write the lazy enter record of one call (BPF has no cheap
+    /// test-and-set on every kernel it loads on); the copy carries nothing new.
+    pub fn repeated_enter(&self, ev: &Event) -> bool {
+        matches!(ev.kind, Kind::EpollEnter { .. }) && self.threads.get(&ev.task.tid).is_some_and(|t| t.in_epoll && t.last_enter_ts == ev.ts)
+    }
+
     /// Whether `wake`, the record after socket event `ready` on its CPU,
     /// joins its chain (else the socket event is left out). The next record
     /// is not always its wake-up: then the socket event stands.

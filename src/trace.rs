@@ -407,6 +407,9 @@ impl Pipeline {
             serde_json::to_writer(&mut *r, &ev).map_err(std::io::Error::from)?;
             r.write_all(b"\n")?;
         }
+        if self.corr.repeated_enter(&ev) {
+            return Ok(());
+        }
         if let Some(i) = self.held.iter().position(|h| h.cpu == ev.cpu) {
             let held = self.held.swap_remove(i);
             if self.corr.joins(&held, &ev) {

@@ -483,3 +483,18 @@ fn a_wake_up_racing_the_dequeue_waits_for_a_cpu() {
     let (_, wasted) = run(false);
     assert_eq!(wasted, wasted_before + 1, "the herd's own wasted wake-up, plus this one");
 }
+
+/// The lazy epoll_enter of one call can be written twice (by the thread's
+/// CPU and by a waker's); the copy is recognised, a later call is not.
+#[test]
+fn a_second_copy_of_one_epoll_enter_is_recognised() {
+    let w0 = t(10, 11, "demo:worker_0");
+    let enter = |ts| ev(ts, 0, w0.clone(), Kind::EpollEnter { epfd: 4, maxevents: 64, syscall: Syscall::EpollWait });
+    let mut c = Correlator::new();
+    assert!(!c.repeated_enter(&enter(100)));
+    c.ingest(&enter(100));
+    assert!(c.repeated_enter(&enter(100)));
+    assert!(!c.repeated_enter(&enter(200)), "another call");
+    c.ingest(&ev(150, 0, w0.clone(), epoll_exit(4, &[6])));
+    assert!(!c.repeated_enter(&enter(100)), "the call returned: not in epoll_wait any more");
+}

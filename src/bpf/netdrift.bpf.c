@@ -585,6 +585,8 @@ int BPF_PROG(nd_sched_waking, struct task_struct *p)
 	slot = bpf_map_lookup_elem(&ready, &zero);
 	/* One lookup of the thread's syscall state for both uses below. */
 	args = bpf_map_lookup_elem(&inflight, &tid);
+	/* Before the socket event: that one's next record on this CPU must be its wake-up. */
+	flush_enter(p, args);
 	sk = (__u64)waited_sock(p, args, &hook);
 	if (!hook && slot && slot->st_sk && now - slot->st_ts <= sock_window_ns && (task_state(p) & 1)) {
 		/*
@@ -646,7 +648,6 @@ int BPF_PROG(nd_sched_waking, struct task_struct *p)
 		}
 	}
 
-	flush_enter(p, args);
 	ts = thread_get(tid);
 	/* A racing dequeue can leave on_rq set a little longer: trust our own switch-out too. */
 	on_rq = still_running(p) && !(ts && ts->asleep);
