@@ -298,8 +298,12 @@ impl PerfettoWriter {
                 }
             }
             Kind::SwitchIn { .. } => self.push_tev(&ev.task, ev.ts, ev.cpu, TK::In { cpu: ev.cpu }),
-            Kind::SwitchOut { involuntary, state, .. } => {
-                self.push_tev(&ev.task, ev.ts, ev.cpu, TK::Out { involuntary: *involuntary, state: *state })
+            Kind::SwitchOut { involuntary, woken, state, .. } => {
+                self.push_tev(&ev.task, ev.ts, ev.cpu, TK::Out { involuntary: *involuntary, state: *state });
+                if *woken {
+                    // A wake-up already in flight: it waits for a CPU from here.
+                    self.push_tev(&ev.task, ev.ts, ev.cpu, TK::Woken);
+                }
             }
             Kind::EpollEnter { epfd, syscall, .. } => {
                 self.push_tev(&ev.task, ev.ts, ev.cpu, TK::Enter { epfd: *epfd, syscall: syscall.name() })
@@ -989,6 +993,24 @@ pub(crate) mod tests {
         let blocked = xs.iter().find(|x| x["name"] == "blocked in epoll_wait" && x["tid"] == 101).unwrap();
         assert_eq!(blocked["ts"].as_f64().unwrap(), 0.7);
         assert!((blocked["dur"].as_f64().unwrap() - 8.9).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_woken_switch_out_waits_in_the_run_queue() {
+        let w = task(7, "w");
+        let mut p = PerfettoWriter::new(Path::new("/nonexistent"));
+        let evs = vec![
+            ev(100, 0, &w, Kind::EpollEnter { epfd: 3, maxevents: 1, syscall: Syscall::EpollWait }),
+            ev(400, 0, &w, Kind::SwitchOut { involuntary: false, woken: true, state: 1, next_tid: 1, next_comm: "x".into() }),
+            ev(900, 0, &w, Kind::SwitchIn { runnable_ts: 400, prev_cpu: 0, after_preempt: false, prev_tid: 1, prev_comm: "x".into() }),
+            ev(1_000, 0, &w, Kind::EpollExit { enter_ts: 100, epfd: 3, ret: 0, syscall: Syscall::EpollWait, events: vec![] }),
+        ];
+        for e in &evs {
+            p.add_event(e, &Annotation::default());
+        }
+        let out = p.build();
+        let names: Vec<&str> = out.iter().filter(|e| e["ph"] == "X").filter_map(|e| e["name"].as_str()).collect();
+        assert!(names.contains(&"run queue") && !names.iter().any(|n| n.starts_with("blocked")), "{names:?}");
     }
 
     #[test]
