@@ -660,7 +660,7 @@ pub fn decode(data: &[u8]) -> Result<Event, DecodeError> {
             let r = need::<types::nd_switch_out>(tag, data)?;
             Kind::SwitchOut {
                 involuntary: r.preempt != 0,
-                woken: false,
+                woken: r.woken != 0,
                 state: r.state,
                 next_tid: r.next_tid,
                 next_comm: comm_arc(&r.next_comm),
@@ -933,6 +933,19 @@ mod tests {
         match decode(&bytes(&r)).unwrap().kind {
             Kind::Wake { stack, stack_err, .. } => assert!(stack.is_empty() && stack_err == -14),
             k => panic!("wrong kind {k:?}"),
+        }
+    }
+
+    #[test]
+    fn decodes_switch_out_flags() {
+        for (preempt, woken) in [(0, 0), (1, 0), (0, 1)] {
+            let r = types::nd_switch_out { hdr: hdr(4), preempt, woken, state: 1, next_tid: 9, ..Default::default() };
+            match decode(&bytes(&r)).unwrap().kind {
+                Kind::SwitchOut { involuntary, woken: w, state, next_tid, .. } => {
+                    assert_eq!((involuntary, w, state, next_tid), (preempt != 0, woken != 0, 1, 9));
+                }
+                k => panic!("wrong kind {k:?}"),
+            }
         }
     }
 

@@ -700,11 +700,17 @@ fn a_worker_woken_from_sleep_always_gets_its_run_queue_wait() {
     lines.sort_by_key(ts);
     let tid = |e: &Value, k: &str| e[k]["tid"].as_u64().unwrap_or(0) as u32;
     let (mut after_sleep, mut sleeps, mut unpaired, mut example) = (0, 0, 0, String::new());
+    // Back on a CPU from a sleep that no wake-up ended: the one in flight at the switch-out
+    // brought it back, and that switch-out should have said `woken`.
+    let (mut unwoken, mut unwoken_example) = (0, String::new());
     for &w in &ngx.workers {
         let mine: Vec<&Value> =
             lines.iter().filter(|e| if ty(e) == "wake" { tid(e, "target") == w } else { tid(e, "task") == w }).collect();
         // Some(true): last switch record was a voluntary switch-out.
         let mut asleep: Option<bool> = None;
+        let mut woken_since = false;
+        // A wake-up while it was still on its way out: Some(target_on_rq).
+        let mut early_wake: Option<bool> = None;
         for (i, e) in mine.iter().enumerate() {
             let context = || show(&mine[i.saturating_sub(4)..(i + 2).min(mine.len())]);
             match ty(e) {
@@ -718,9 +724,22 @@ fn a_worker_woken_from_sleep_always_gets_its_run_queue_wait() {
                     // `woken`: a wake-up that found it running was in flight; it is runnable.
                     asleep = Some(!e["involuntary"].as_bool().unwrap_or(true) && e["woken"] != Value::Bool(true));
                     sleeps += asleep.unwrap_or(false) as usize;
+                    // A wake-up that found it already dequeued (target_on_rq false) ends this sleep too.
+                    woken_since = early_wake == Some(false);
                 }
-                "switch_in" => asleep = Some(false),
-                _ if asleep == Some(true) => {
+                "switch_in" => {
+                    if asleep == Some(true) && !woken_since {
+                        unwoken += 1;
+                        if unwoken_example.is_empty() {
+                            unwoken_example = format!("worker {w}:\n{}", context());
+                        }
+                    }
+                    asleep = Some(false);
+                    early_wake = None;
+                }
+                _ if asleep != Some(true) => early_wake = e["target_on_rq"].as_bool(),
+                _ => {
+                    woken_since = true;
                     after_sleep += 1;
                     assert_eq!(
                         e["target_on_rq"],
@@ -729,19 +748,20 @@ fn a_worker_woken_from_sleep_always_gets_its_run_queue_wait() {
                         context()
                     );
                 }
-                _ => {}
             }
         }
     }
     let wake_to_cpu = summary["analysis"]["latency"]["wake_to_cpu"]["count"].as_u64().unwrap_or(0);
+    let woken = lines.iter().filter(|e| e["woken"] == Value::Bool(true)).count();
     eprintln!(
         "{requests} requests; {sleeps} voluntary sleeps, {unpaired} without a switch-in before the next switch-out; \
-         {after_sleep} wake-ups from a sleep; {wake_to_cpu} run-queue waits measured"
+         {woken} switch-outs with a wake-up in flight; {after_sleep} wake-ups from a sleep; {wake_to_cpu} run-queue waits measured"
     );
     // Before the DELAY_DEQUEUE and racing-dequeue handling, about half of them. A rare
     // residue (a few per 10,000 here) is a return to the CPU for which the kernel fired no
     // sched_switch at all: ftrace's own sched_switch events, recorded alongside, have the same gaps.
     assert!(unpaired * 200 <= sleeps, "{unpaired} of {sleeps} sleeps have no switch-in, e.g. {example}");
+    assert_eq!(unwoken, 0, "back on a CPU with no wake-up after a sleep, e.g. {unwoken_example}");
     assert!(requests > 1000 && after_sleep > 100, "the load made the workers sleep and wake: {requests} requests, {after_sleep} wake-ups");
     assert!(
         wake_to_cpu as usize >= after_sleep * 9 / 10,
