@@ -64,6 +64,9 @@ pub struct Features {
     pub napi_poll: bool,
     /// `struct file` lists the epoll items watching it (`f_ep`, 5.11+).
     pub file_epoll_items: bool,
+    /// The scheduler can keep a sleeping task queued (`se.sched_delayed`, 6.12+):
+    /// read at every wake-up so that its run-queue wait is not lost.
+    pub delayed_dequeue: bool,
 }
 
 const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
@@ -98,6 +101,7 @@ pub fn features() -> Result<Features> {
         netif_receive_skb: btf_has(&btf, "btf_trace_netif_receive_skb"),
         napi_poll: btf_has(&btf, "btf_trace_napi_poll"),
         file_epoll_items: btf_has(&btf, "f_ep"),
+        delayed_dequeue: btf_has(&btf, "sched_delayed"),
     })
 }
 

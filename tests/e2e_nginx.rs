@@ -696,6 +696,9 @@ fn a_worker_woken_from_sleep_always_gets_its_run_queue_wait() {
     let summary = lines.pop().expect("summary");
     assert_eq!(ty(&summary), "summary");
     assert_eq!(summary["lost"]["ringbuf"].as_u64(), Some(0), "no record lost: {}", summary["lost"]);
+    let delayed = &lines[0]["features"]["delayed_dequeue"];
+    assert!(delayed.is_boolean(), "the start line says whether the kernel can keep a sleeper queued: {}", lines[0]);
+    eprintln!("kernel keeps sleepers queued (DELAY_DEQUEUE): {delayed}");
     lines.retain(|e| matches!(ty(e), "switch_in" | "switch_out" | "wake"));
     lines.sort_by_key(ts);
     let tid = |e: &Value, k: &str| e[k]["tid"].as_u64().unwrap_or(0) as u32;
