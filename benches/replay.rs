@@ -322,7 +322,7 @@ fn bench(c: &mut Criterion) {
         s.recs.len(),
         s.buf.len(),
         corr.stats.chains_incomplete,
-        corr.stats.by_type
+        corr.stats().by_type
     );
     let mut g = c.benchmark_group("replay");
     g.throughput(Throughput::Elements(N as u64));

@@ -458,27 +458,53 @@ pub struct Event {
     pub kind: Kind,
 }
 
+/// The `type` of each event kind, indexed by [`Event::type_index`].
+pub const TYPE_NAMES: [&str; 17] = [
+    "sock_ready",
+    "wake",
+    "switch_in",
+    "switch_out",
+    "epoll_enter",
+    "epoll_exit",
+    "epoll_ctl",
+    "accept",
+    "close",
+    "sock_state",
+    "task_new",
+    "task_exit",
+    "fd_map",
+    "epoll_map",
+    "epoll_reg",
+    "napi",
+    "handler",
+];
+
 impl Event {
-    pub fn type_name(&self) -> &'static str {
+    /// Index of its kind in [`TYPE_NAMES`].
+    pub fn type_index(&self) -> usize {
         match &self.kind {
-            Kind::SockReady { .. } => "sock_ready",
-            Kind::Wake { .. } => "wake",
-            Kind::SwitchIn { .. } => "switch_in",
-            Kind::SwitchOut { .. } => "switch_out",
-            Kind::EpollEnter { .. } => "epoll_enter",
-            Kind::EpollExit { .. } => "epoll_exit",
-            Kind::EpollCtl { .. } => "epoll_ctl",
-            Kind::Accept { .. } => "accept",
-            Kind::Close { .. } => "close",
-            Kind::SockState { .. } => "sock_state",
-            Kind::TaskNew { .. } => "task_new",
-            Kind::TaskExit { .. } => "task_exit",
-            Kind::FdMap { .. } => "fd_map",
-            Kind::EpollMap { .. } => "epoll_map",
-            Kind::EpollReg { .. } => "epoll_reg",
-            Kind::Napi { .. } => "napi",
-            Kind::Handler { .. } => "handler",
+            Kind::SockReady { .. } => 0,
+            Kind::Wake { .. } => 1,
+            Kind::SwitchIn { .. } => 2,
+            Kind::SwitchOut { .. } => 3,
+            Kind::EpollEnter { .. } => 4,
+            Kind::EpollExit { .. } => 5,
+            Kind::EpollCtl { .. } => 6,
+            Kind::Accept { .. } => 7,
+            Kind::Close { .. } => 8,
+            Kind::SockState { .. } => 9,
+            Kind::TaskNew { .. } => 10,
+            Kind::TaskExit { .. } => 11,
+            Kind::FdMap { .. } => 12,
+            Kind::EpollMap { .. } => 13,
+            Kind::EpollReg { .. } => 14,
+            Kind::Napi { .. } => 15,
+            Kind::Handler { .. } => 16,
         }
+    }
+
+    pub fn type_name(&self) -> &'static str {
+        TYPE_NAMES[self.type_index()]
     }
 }
 

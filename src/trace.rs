@@ -473,7 +473,7 @@ impl Pipeline {
         }
         let rest = self.corr.finish();
         self.flush_chains(rest)?;
-        let stats = self.corr.stats.clone();
+        let stats = self.corr.stats();
         let analysis = self.corr.summary.build();
         let sections = match self.report {
             Report::Full => summary_sections(&analysis),

@@ -1120,7 +1120,7 @@ mod tests {
             c.ingest(e);
         }
         c.finish();
-        let stats: Stats = c.stats.clone();
+        let stats: Stats = c.stats();
         let losses = Losses::default();
         let summary = c.summary.build();
         let end =
