@@ -1020,20 +1020,20 @@ impl Correlator {
     /// A hop the thread is handling: its epoll_wait returned in it, and it
     /// has not called epoll_wait again.
     fn handling(&self, tid: u32) -> Option<(u64, usize)> {
-        let t = self.threads.get(&tid).filter(|t| !t.in_epoll)?;
-        t.pending.iter().copied().find(|p| self.open.get(&p.0).and_then(|c| c.hops.get(p.1)).map(|h| h.epoll.is_some()).unwrap_or(false))
+        self.threads.get(&tid).filter(|t| !t.in_epoll)?;
+        self.returned_hops(tid).next()
+    }
+
+    /// The thread's pending hops whose epoll_wait has returned in them.
+    fn returned_hops(&self, tid: u32) -> impl Iterator<Item = (u64, usize)> + '_ {
+        let pending = self.threads.get(&tid).map(|t| t.pending.as_slice()).unwrap_or_default();
+        pending.iter().copied().filter(|p| self.open.get(&p.0).and_then(|c| c.hops.get(p.1)).is_some_and(|h| h.epoll.is_some()))
     }
 
     /// The chain this thread is handling now (it returned from epoll_wait in
     /// it): the one `prefer` picks, else the first.
     fn active_chain(&self, tid: u32, prefer: impl Fn(&Chain) -> bool) -> Option<u64> {
-        let t = self.threads.get(&tid)?;
-        let active: Vec<u64> = t
-            .pending
-            .iter()
-            .filter(|p| self.open.get(&p.0).and_then(|c| c.hops.get(p.1)).map(|h| h.epoll.is_some()).unwrap_or(false))
-            .map(|p| p.0)
-            .collect();
+        let active: Vec<u64> = self.returned_hops(tid).map(|p| p.0).collect();
         active.iter().copied().find(|id| self.open.get(id).map(|c| prefer(c)).unwrap_or(false)).or_else(|| active.first().copied())
     }
 
