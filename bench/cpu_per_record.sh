@@ -10,19 +10,23 @@
 # run, requests/s, the tracer's CPU ticks over the wrk window, the records of
 # the whole trace (its summary's `events`) and microseconds of tracer CPU per
 # record. Less noisy than requests/s ratios for comparing user-space changes:
-# the record count is measured, not assumed.
+# the record count is measured, not assumed. With kernel.bpf_stats_enabled on
+# for the run, it also prints each BPF program's run time per call and the
+# tracer's BPF milliseconds per second of the window (the kernel side).
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
 [ $# -ge 1 ] || die "usage: bench/cpu_per_record.sh BUILD..."
-require_root_and_tools nginx wrk python3
+require_root_and_tools nginx wrk python3 bpftool
 for b in "$@"; do
   [ -x "$b" ] || die "$b is not executable"
 done
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-8}
 WORK=$(mktemp -d /tmp/netdrift-cpr.XXXXXX)
-trap 'nginx_stop "$WORK" 2>/dev/null; rm -rf "$WORK"' EXIT
+OLD_STATS=$(cat /proc/sys/kernel/bpf_stats_enabled)
+trap 'echo "$OLD_STATS" >/proc/sys/kernel/bpf_stats_enabled; nginx_stop "$WORK" 2>/dev/null; rm -rf "$WORK"' EXIT
+echo 1 >/proc/sys/kernel/bpf_stats_enabled
 nginx_start "$WORK" "10 10"
 URL="http://127.0.0.1:$NGINX_PORT/"
 taskset -c 0 wrk -t1 -c50 -d2s "$URL" >/dev/null
@@ -34,15 +38,35 @@ for r in $(seq "$ROUNDS"); do
     t=$!
     wait_file "$ready" "$t" || die "$b did not start: $(tail -2 "$WORK/err")"
     sleep 0.3
+    ids=$(bpf_prog_ids "$t" | tr '\n' ' ')
+    bpftool prog show -j >"$WORK/bpf.before.json"
     c0=$(cpu_ticks "$t")
     rps=$(taskset -c 0 wrk -t1 -c50 -d"${DURATION}s" "$URL" | awk '/Requests\/sec/ {print int($2)}')
     c1=$(cpu_ticks "$t")
+    bpftool prog show -j >"$WORK/bpf.after.json"
     kill -INT "$t"
     wait "$t" || true
     ev=$(grep -oE '^ +[0-9]+ events' "$WORK/err" | head -1 | tr -dc 0-9)
     [ -n "$ev" ] && [ "$ev" -gt 0 ] || die "$b: no summary: $(tail -2 "$WORK/err")"
     python3 -c "import sys; b, rps, t, ev, hz = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 print(f'round $r  {b}  {rps} req/s  {t} ticks  {ev} records  {t / hz * 1e6 / ev:.3f} us/record')" "$b" "$rps" "$((c1 - c0))" "$ev" "$hz"
+    python3 - "$WORK/bpf.before.json" "$WORK/bpf.after.json" "$DURATION" $ids <<'PY'
+import json, sys
+before = {p["id"]: p for p in json.load(open(sys.argv[1]))}
+after = {p["id"]: p for p in json.load(open(sys.argv[2]))}
+window, ids = float(sys.argv[3]), [int(i) for i in sys.argv[4:]]
+total, parts = 0, []
+for i in ids:
+    a, b = after.get(i), before.get(i, {})
+    if not a:
+        continue
+    ns = a.get("run_time_ns", 0) - b.get("run_time_ns", 0)
+    n = a.get("run_cnt", 0) - b.get("run_cnt", 0)
+    total += ns
+    if n:
+        parts.append(f"{a.get('name', i)} {n / window / 1000:.1f}k/s {ns / n:.0f} ns")
+print(f"         BPF {total / window / 1e6:.1f} ms/s: " + ", ".join(parts))
+PY
     rm -f "$ready"
   done
 done
