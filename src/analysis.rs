@@ -134,7 +134,7 @@ pub struct ReturnedEvent {
     /// The socket behind that fd, when known (shared with the correlator's
     /// view of it: an epoll_wait return names up to 16 of them).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub sock: Option<std::sync::Arc<SockInfo>>,
+    pub sock: Option<std::rc::Rc<SockInfo>>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -448,7 +448,7 @@ struct Resolved {
     key: (u32, i32, u64),
     gen: u64,
     fd: Option<i32>,
-    sock: Option<std::sync::Arc<SockInfo>>,
+    sock: Option<std::rc::Rc<SockInfo>>,
 }
 
 impl Resolved {
@@ -466,7 +466,7 @@ pub struct Correlator {
     threads: HashMap<u32, ThreadCtx>,
     pub fds: FdTable,
     /// Last known view of each socket inode the targets hold.
-    socks: HashMap<u64, std::sync::Arc<SockInfo>>,
+    socks: HashMap<u64, std::rc::Rc<SockInfo>>,
     epoll_map: EpollMap,
     /// chain id -> the sock seq that started it (to forget it when the chain ends).
     chain_seq: HashMap<u64, u64>,
@@ -967,7 +967,7 @@ impl Correlator {
     // The socket view changes only here (its counter feeds `resolve`'s cache).
     fn remember(&mut self, s: &SockInfo) {
         if s.ino != 0 {
-            self.socks.insert(s.ino, std::sync::Arc::new(s.clone()));
+            self.socks.insert(s.ino, std::rc::Rc::new(s.clone()));
             self.socks_gen += 1;
         }
     }
@@ -980,7 +980,7 @@ impl Correlator {
     /// The fd and socket an epoll data word stands for. Three map lookups,
     /// for each of the ~5 entries of every epoll_wait return, and the
     /// answer rarely changes: cached until any of the three maps changes.
-    fn resolve(&mut self, pid: u32, epfd: i32, data: u64) -> (Option<i32>, Option<std::sync::Arc<SockInfo>>) {
+    fn resolve(&mut self, pid: u32, epfd: i32, data: u64) -> (Option<i32>, Option<std::rc::Rc<SockInfo>>) {
         let gen = self.fds.gen + self.epoll_map.gen + self.socks_gen;
         let key = (pid, epfd, data);
         if self.resolved.is_empty() {

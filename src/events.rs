@@ -7,7 +7,7 @@
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::Arc;
+use std::rc::Rc;
 
 use serde::{Deserialize, Serialize};
 
@@ -19,7 +19,7 @@ pub struct Task {
     pub pid: u32,
     pub tid: u32,
     /// Shared: a server has a handful of names and every record carries one.
-    pub comm: Arc<str>,
+    pub comm: Rc<str>,
 }
 
 impl fmt::Display for Task {
@@ -358,7 +358,7 @@ pub enum Kind {
         prev_cpu: u32,
         after_preempt: bool,
         prev_tid: u32,
-        prev_comm: Arc<str>,
+        prev_comm: Rc<str>,
     },
     /// A target thread left the CPU.
     SwitchOut {
@@ -369,7 +369,7 @@ pub enum Kind {
         woken: bool,
         state: u32,
         next_tid: u32,
-        next_comm: Arc<str>,
+        next_comm: Rc<str>,
     },
     EpollEnter {
         epfd: i32,
@@ -565,10 +565,10 @@ fn need<T: Copy + Default>(tag: u32, data: &[u8]) -> Result<Rec<'_, T>, DecodeEr
 
 /// A kernel `char[16]` as a shared string, from a small per-thread cache of
 /// recent names: no allocation for a name seen lately.
-pub fn comm_arc(c: &[i8; 16]) -> Arc<str> {
+pub fn comm_rc(c: &[i8; 16]) -> Rc<str> {
     const SLOTS: usize = 32;
     /// (next slot to replace, recent (raw name, name) pairs)
-    type Recent = (usize, Vec<([i8; 16], Arc<str>)>);
+    type Recent = (usize, Vec<([i8; 16], Rc<str>)>);
     thread_local! {
         static RECENT: std::cell::RefCell<Recent> = const { std::cell::RefCell::new((0, Vec::new())) };
     }
@@ -583,7 +583,7 @@ pub fn comm_arc(c: &[i8; 16]) -> Arc<str> {
         if let Some((_, name)) = r.1.iter().find(|(k, _)| k == c) {
             return name.clone();
         }
-        let name: Arc<str> = comm_str(c).into();
+        let name: Rc<str> = comm_str(c).into();
         let (next, slots) = &mut *r;
         if slots.len() < SLOTS {
             slots.push((*c, name.clone()));
@@ -629,7 +629,7 @@ fn sock(s: &types::nd_sock) -> Option<SockInfo> {
 }
 
 fn task(h: &types::nd_hdr) -> Task {
-    Task { pid: h.pid, tid: h.tid, comm: comm_arc(&h.comm) }
+    Task { pid: h.pid, tid: h.tid, comm: comm_rc(&h.comm) }
 }
 
 /// Decode one ring-buffer record.
@@ -660,7 +660,7 @@ pub fn decode(data: &[u8]) -> Result<Event, DecodeError> {
                 (r.stack[..n].to_vec(), 0)
             };
             Kind::Wake {
-                target: Task { pid: r.target_pid, tid: r.target_tid, comm: comm_arc(&r.target_comm) },
+                target: Task { pid: r.target_pid, tid: r.target_tid, comm: comm_rc(&r.target_comm) },
                 sock_seq: r.sock_seq,
                 stack,
                 stack_err,
@@ -679,7 +679,7 @@ pub fn decode(data: &[u8]) -> Result<Event, DecodeError> {
                 prev_cpu: r.prev_cpu,
                 after_preempt: r.after_preempt != 0,
                 prev_tid: r.prev_tid,
-                prev_comm: comm_arc(&r.prev_comm),
+                prev_comm: comm_rc(&r.prev_comm),
             }
         }
         4 => {
@@ -689,7 +689,7 @@ pub fn decode(data: &[u8]) -> Result<Event, DecodeError> {
                 woken: r.woken != 0,
                 state: r.state,
                 next_tid: r.next_tid,
-                next_comm: comm_arc(&r.next_comm),
+                next_comm: comm_rc(&r.next_comm),
             }
         }
         5 => {
@@ -738,7 +738,7 @@ pub fn decode(data: &[u8]) -> Result<Event, DecodeError> {
         }
         10 => {
             let r = need::<types::nd_task_new>(tag, data)?;
-            Kind::TaskNew { child: Task { pid: r.child_pid, tid: r.child_tid, comm: comm_arc(&r.child_comm) }, reason: r.reason }
+            Kind::TaskNew { child: Task { pid: r.child_pid, tid: r.child_tid, comm: comm_rc(&r.child_comm) }, reason: r.reason }
         }
         11 => {
             let r = need::<types::nd_task_exit>(tag, data)?;
@@ -1012,9 +1012,9 @@ mod tests {
             b[i] = ch as i8;
         }
         b[5] = 0;
-        let (x, y) = (comm_arc(&a), comm_arc(&b));
+        let (x, y) = (comm_rc(&a), comm_rc(&b));
         assert_eq!(&*y, "nginx");
-        assert!(Arc::ptr_eq(&x, &y), "one cached name whatever follows the NUL");
+        assert!(Rc::ptr_eq(&x, &y), "one cached name whatever follows the NUL");
     }
 
     #[test]
@@ -1023,18 +1023,18 @@ mod tests {
         for (i, b) in b"nginx".iter().enumerate() {
             c[i] = *b as i8;
         }
-        let a = comm_arc(&c);
+        let a = comm_rc(&c);
         assert_eq!(&*a, "nginx");
-        assert!(Arc::ptr_eq(&a, &comm_arc(&c)), "a recent name is not allocated again");
+        assert!(Rc::ptr_eq(&a, &comm_rc(&c)), "a recent name is not allocated again");
         // More names than the cache holds: each still decodes to itself.
         for n in 0..100u8 {
             let mut d = [0i8; 16];
             d[0] = b'w' as i8;
             d[1] = (b'0' + n % 10) as i8;
             d[2] = (b'0' + n / 10) as i8;
-            assert_eq!(&*comm_arc(&d), format!("w{}{}", n % 10, n / 10));
+            assert_eq!(&*comm_rc(&d), format!("w{}{}", n % 10, n / 10));
         }
-        assert_eq!(&*comm_arc(&c), "nginx");
+        assert_eq!(&*comm_rc(&c), "nginx");
     }
 
     #[test]
