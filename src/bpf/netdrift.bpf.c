@@ -108,7 +108,7 @@ struct sys_args {
 	__u32 syscall;
 	__u32 cpu;
 	__u32 enter_emitted;	/* the epoll_enter record was written */
-	__u32 pad;
+	__u32 pending;		/* accepted sockets wait in `pending` for their registration */
 };
 
 struct {
@@ -250,27 +250,32 @@ static __always_inline void submit(void *rec)
 	bpf_ringbuf_submit(rec, avail >= wakeup_bytes ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
 }
 
-static __always_inline void hdr_current(struct nd_hdr *h)
+/*
+ * A task's name as two loads from its BTF pointer, not a string copy (a
+ * helper call each): the reader stops at the NUL and ignores what follows.
+ */
+static __always_inline void copy_comm(char *dst, const char *comm)
 {
-	__u64 id = bpf_get_current_pid_tgid();
-
-	h->pid = id >> 32;
-	h->tid = (__u32)id;
-	bpf_get_current_comm(h->comm, sizeof(h->comm));
+	__builtin_memcpy(dst, comm, ND_COMM_LEN);
 }
 
 static __always_inline void hdr_task(struct nd_hdr *h, struct task_struct *t)
 {
-	h->pid = BPF_CORE_READ(t, tgid);
-	h->tid = BPF_CORE_READ(t, pid);
-	BPF_CORE_READ_STR_INTO(&h->comm, t, comm);
+	h->pid = t->tgid;
+	h->tid = t->pid;
+	copy_comm(h->comm, t->comm);
+}
+
+static __always_inline void hdr_current(struct nd_hdr *h)
+{
+	hdr_task(h, bpf_get_current_task_btf());
 }
 
 static __always_inline long task_state(struct task_struct *t)
 {
 	if (bpf_core_field_exists(t->__state))
-		return BPF_CORE_READ(t, __state);
-	return BPF_CORE_READ((struct task_struct___o *)t, state);
+		return t->__state;
+	return ((struct task_struct___o *)t)->state;
 }
 
 static __always_inline void fill_sock(struct nd_sock *s, struct sock *sk)
@@ -308,10 +313,10 @@ static __always_inline struct file *task_fd_file(struct task_struct *t, int fd)
 
 	if (fd < 0)
 		return NULL;
-	fdt = BPF_CORE_READ(t, files, fdt);
-	if ((unsigned int)fd >= BPF_CORE_READ(fdt, max_fds))
+	fdt = t->files->fdt;
+	if ((unsigned int)fd >= fdt->max_fds)
 		return NULL;
-	fds = BPF_CORE_READ(fdt, fd);
+	fds = fdt->fd;
 	bpf_probe_read_kernel(&f, sizeof(f), &fds[fd]);
 	return f;
 }
@@ -328,7 +333,7 @@ static __always_inline struct sock *file_sock(struct file *f)
 
 static __always_inline struct file *fd_file(int fd)
 {
-	return task_fd_file((struct task_struct *)bpf_get_current_task(), fd);
+	return task_fd_file(bpf_get_current_task_btf(), fd);
 }
 
 static __always_inline struct sock *fd_sock(int fd)
@@ -340,7 +345,8 @@ static __always_inline void remember_sock(__u64 sk)
 {
 	__u8 one = 1;
 
-	if (sk)
+	/* A lookup is much cheaper than an LRU update, and most are known. */
+	if (sk && !bpf_map_lookup_elem(&known_socks, &sk))
 		bpf_map_update_elem(&known_socks, &sk, &one, BPF_ANY);
 }
 
@@ -354,7 +360,10 @@ static __always_inline void args_put(__u32 tid, struct sys_args *a)
 	struct sys_args *cur = bpf_map_lookup_elem(&inflight, &tid);
 
 	if (cur) {
+		__u32 pending = cur->pending;
+
 		*cur = *a;
+		cur->pending |= pending;
 		return;
 	}
 	if (bpf_map_update_elem(&inflight, &tid, a, BPF_ANY))
@@ -558,9 +567,9 @@ static __always_inline __u64 progress_key(struct sock *sk, struct ready_slot *sl
  */
 static __always_inline int still_running(struct task_struct *p)
 {
-	if (!BPF_CORE_READ(p, on_rq))
+	if (!p->on_rq)
 		return 0;
-	if (bpf_core_field_exists(p->se.sched_delayed) && BPF_CORE_READ(p, se.sched_delayed))
+	if (bpf_core_field_exists(p->se.sched_delayed) && p->se.sched_delayed)
 		return 0;
 	return 1;
 }
@@ -666,10 +675,10 @@ int BPF_PROG(nd_sched_waking, struct task_struct *p)
 	hdr_current(&w->hdr);
 	w->target_pid = tgid;
 	w->target_tid = tid;
-	bpf_probe_read_kernel_str(w->target_comm, sizeof(w->target_comm), p->comm);
+	copy_comm(w->target_comm, p->comm);
 	w->sock_seq = seq;
 	w->sk = sk;
-	w->target_cpu = BPF_CORE_READ(p, wake_cpu);
+	w->target_cpu = p->wake_cpu;
 	w->target_on_rq = on_rq;
 	cur = bpf_get_current_task_btf();
 	w->waker_is_kthread = (cur->flags & PF_KTHREAD) ? 1 : 0;
@@ -750,7 +759,7 @@ int BPF_PROG(nd_sched_switch, bool preempt, struct task_struct *prev, struct tas
 				o->woken = woken;
 				o->state = state;
 				o->next_tid = next_tid;
-				bpf_probe_read_kernel_str(o->next_comm, sizeof(o->next_comm), next->comm);
+				copy_comm(o->next_comm, next->comm);
 				submit(o);
 			}
 		}
@@ -785,7 +794,7 @@ int BPF_PROG(nd_sched_switch, bool preempt, struct task_struct *prev, struct tas
 		in->prev_cpu = seen ? last_cpu : cpu;
 		in->after_preempt = after_preempt;
 		in->prev_tid = prev_tid;
-		bpf_probe_read_kernel_str(in->prev_comm, sizeof(in->prev_comm), prev->comm);
+		copy_comm(in->prev_comm, prev->comm);
 		submit(in);
 	}
 	return 0;
@@ -1005,7 +1014,7 @@ static __always_inline struct epitem *epitem_of(struct file *file, struct eventp
  * registered them (nginx, libevent and redis do it in the accept handler).
  * Report each one's data word; try twice more for those not registered yet.
  */
-static __always_inline void resolve_pending(__u32 tid, int epfd)
+static __always_inline __u32 resolve_pending(__u32 tid, int epfd)
 {
 	struct pending_regs *p = bpf_map_lookup_elem(&pending, &tid);
 	struct eventpoll *ep;
@@ -1013,7 +1022,7 @@ static __always_inline void resolve_pending(__u32 tid, int epfd)
 	__u32 left = 0;
 
 	if (!p || !p->n)
-		return;
+		return 0;
 	epf = fd_file(epfd);
 	ep = epf ? BPF_CORE_READ(epf, private_data) : NULL;
 	for (int i = 0; i < ND_MAX_PENDING; i++) {
@@ -1047,14 +1056,16 @@ static __always_inline void resolve_pending(__u32 tid, int epfd)
 	if (!left || p->tries >= 3) {
 		p->n = 0;
 		p->tries = 0;
-	} else {
-		p->n = left;
+		return 0;
 	}
+	p->n = left;
+	return 1;
 }
 
 static __always_inline void add_pending(__u32 tid, int fd)
 {
 	struct pending_regs zero = {}, *p;
+	struct sys_args *s;
 	struct file *f = fd_file(fd);
 
 	if (!f)
@@ -1076,13 +1087,22 @@ static __always_inline void add_pending(__u32 tid, int fd)
 	p->fd[p->n & (ND_MAX_PENDING - 1)] = fd;
 	p->n++;
 	p->tries = 0;
+	/* The next epoll_wait looks in `pending` only when this is set. */
+	s = bpf_map_lookup_elem(&inflight, &tid);
+	if (s) {
+		s->pending = 1;
+	} else {
+		struct sys_args a = { .pending = 1 };
+
+		args_put(tid, &a);
+	}
 }
 
 static __always_inline int epoll_enter(struct trace_event_raw_sys_enter *ctx, __u32 sc)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	__u32 tid = (__u32)id;
-	struct sys_args a = {};
+	struct sys_args a = {}, *cur;
 
 	if (!is_target(id >> 32, tid))
 		return 0;
@@ -1092,7 +1112,10 @@ static __always_inline int epoll_enter(struct trace_event_raw_sys_enter *ctx, __
 	a.n = (int)ctx->args[2];
 	a.syscall = sc;
 	a.cpu = bpf_get_smp_processor_id();
-	resolve_pending(tid, a.fd);
+	/* One lookup per call: the `pending` map only after an accept. */
+	cur = bpf_map_lookup_elem(&inflight, &tid);
+	if (cur && cur->pending)
+		a.pending = resolve_pending(tid, a.fd);
 	if (emit_epoll_enter) {
 		struct nd_epoll_enter *r = reserve(sizeof(*r), ND_REC_EPOLL_ENTER);
 
@@ -1106,7 +1129,10 @@ static __always_inline int epoll_enter(struct trace_event_raw_sys_enter *ctx, __
 			a.enter_emitted = 1;
 		}
 	}
-	args_put(tid, &a);
+	if (cur)
+		*cur = a;
+	else if (bpf_map_update_elem(&inflight, &tid, &a, BPF_ANY))
+		count_loss(ND_LOSS_MAP_FULL);
 	return 0;
 }
 
