@@ -7,6 +7,11 @@ Each WORKDIR/run.CFG.ROUND/ holds wrk.txt (wrk --latency), meta.json (tracer
 pid, CPU ticks, wrk window, BPF program ids), bpf.before.json/bpf.after.json
 (`bpftool prog show -j`), tracer.err (netdrift's text summary) and, for the
 bpftrace peer, bt.count (lines printed, "Lost N events" summed).
+
+Rounds run with kernel.bpf_stats_enabled (meta.json "bpf_stats": true) give
+the BPF run time only: the statistics slow every program run down, so their
+requests/s, p99 and CPU are not mixed with the measured rounds'. Drops are
+counted over every round.
 """
 import datetime
 import json
@@ -150,7 +155,12 @@ def main():
     base_rps, base_p99 = mean(r["rps"] for r in base), mean(r["p99_ms"] for r in base)
     configs = {}
     for cfg in order:
-        rs = [r for r in runs if r["cfg"] == cfg]
+        every = [r for r in runs if r["cfg"] == cfg]
+        rs = [r for r in every if not r.get("bpf_stats")]
+        # Runs from before the split had the statistics on in every round.
+        stats_rs = [r for r in every if r.get("bpf_stats")] or rs
+        if not rs:
+            continue
         c = {
             "rounds": len(rs),
             "rps": mean(r["rps"] for r in rs),
@@ -168,26 +178,27 @@ def main():
         c["p99_ratio"] = c["p99_ms"] / base_p99 if base_p99 and c["p99_ms"] else None
         if cfg != "untraced":
             c["events_per_s"] = mean(r.get("events_per_s") for r in rs)
-            lost = [r.get("lost") for r in rs]
+            lost = [r.get("lost") for r in every]
             c["lost"] = sum(x for x in lost if x is not None) if any(x is not None for x in lost) else None
             c["lost_each"] = lost
             if cfg != "peer":
-                c["lost_stacks"] = sum(r.get("lost_stacks") or 0 for r in rs)
-                c["lost_map_full"] = sum(r.get("lost_map_full") or 0 for r in rs)
+                c["lost_stacks"] = sum(r.get("lost_stacks") or 0 for r in every)
+                c["lost_map_full"] = sum(r.get("lost_map_full") or 0 for r in every)
             c["tracer_cpu_pct"] = mean(r.get("tracer_cpu_pct") for r in rs)
             if cfg == "peer":
                 c["line_counter_cpu_pct"] = mean(r.get("counter_cpu_pct") for r in rs)
-            c["tracer_vmhwm_kb"] = max((r.get("vmhwm_kb") or 0) for r in rs)
-            c["bpf_ms_per_s"] = mean(r.get("bpf_ms_per_s") for r in rs)
+            c["tracer_vmhwm_kb"] = max((r.get("vmhwm_kb") or 0) for r in every)
+            c["bpf_stats_rounds"] = len([r for r in every if r.get("bpf_stats")])
+            c["bpf_ms_per_s"] = mean(r.get("bpf_ms_per_s") for r in stats_rs)
             by_type, by_name = {}, {}
-            for r in rs:
+            for r in stats_rs:
                 for p in r["bpf_progs"]:
                     for key, agg in ((p["type"], by_type), (p["name"], by_name)):
                         t = agg.setdefault(key, [0, 0])
                         t[0] += p["run_time_ns"]
                         t[1] += p["run_cnt"]
             c["bpf_ns_per_run_by_type"] = {k: (v[0] / v[1] if v[1] else None) for k, v in by_type.items()}
-            c["bpf_runs_per_s_by_type"] = {k: v[1] / sum(r["window_s"] for r in rs) for k, v in by_type.items()}
+            c["bpf_runs_per_s_by_type"] = {k: v[1] / sum(r["window_s"] for r in stats_rs) for k, v in by_type.items()}
             c["bpf_ns_per_run_by_prog"] = {k: (v[0] / v[1] if v[1] else None) for k, v in sorted(by_name.items())}
         configs[cfg] = c
 
@@ -226,7 +237,7 @@ def main():
 
     print()
     print(f"netdrift overhead on nginx, wrk -t1 -c{meta.get('connections', '?')} -d{meta.get('duration_s', '?')}s, "
-          f"{meta.get('rounds', '?')} rounds interleaved; untraced: {fmt(base_rps, ',.0f')} req/s, p99 {fmt(base_p99, '.2f')} ms")
+          f"{meta.get('rounds', '?')} rounds interleaved (+{meta.get('stats_rounds', 0)} with bpf_stats_enabled for the BPF columns); untraced: {fmt(base_rps, ',.0f')} req/s, p99 {fmt(base_p99, '.2f')} ms")
     hdr = f"{'config':<11} {'req/s':>9} {'ratio':>6} {'p99 ms':>7} {'ratio':>6} {'events/s':>9} {'lost':>5} {'cpu %':>6} {'bpf ms/s':>8} {'other %':>7}  bpf ns/run by type"
     print(hdr)
     print("-" * len(hdr))
@@ -242,7 +253,8 @@ def main():
     for cfg, c in configs.items():
         print(f"  {cfg}: req/s per round {[round(x) for x in c['rps_each'] if x]}, p99 ms {c['p99_ms_each']}, other CPU % {[round(x, 1) for x in c['other_cpu_pct_each'] if x is not None]}")
     print("(cpu % = the tracer's utime+stime per second of the wrk window, % of one CPU; bpf ms/s = run time of the tracer's BPF programs")
-    print(f" per second (charged to the traced tasks, not the tracer); other % = CPU used by unrelated processes during the window; results: {results})")
+    print(" per second (charged to the traced tasks, not the tracer), from the rounds with kernel.bpf_stats_enabled, which are left out of")
+    print(f" the other columns; lost = over every round; other % = CPU used by unrelated processes during the window; results: {results})")
 
 
 if __name__ == "__main__":
