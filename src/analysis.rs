@@ -470,11 +470,11 @@ pub struct Correlator {
     epoll_map: EpollMap,
     /// chain id -> the sock seq that started it (to forget it when the chain ends).
     chain_seq: HashMap<u64, u64>,
-    /// Finished chains, held until no older chain is open; almost always in
-    /// id order already. Boxed as in `open`: a chain moves between them
-    /// without copying.
-    #[allow(clippy::vec_box)]
-    completed: Vec<Box<Chain>>,
+    /// Finished chains by id, held until no older chain is open. Boxed as in
+    /// `open`: a chain moves between them without copying. Ordered, so a long
+    /// hold costs nothing per drain (a Vec re-sorted and split every batch
+    /// was O(held): with one chain open for seconds, most of the tracer's CPU).
+    completed: BTreeMap<u64, Box<Chain>>,
     pub stats: Stats,
     /// Events per kind, in `TYPE_NAMES` order (`stats()` names them).
     type_counts: [u64; TYPE_NAMES.len()],
@@ -574,20 +574,20 @@ impl Correlator {
         }
         self.stats.wasted_wakes += c.wasted() as u64;
         self.summary.chain(&c);
-        self.completed.push(c);
+        self.completed.insert(c.id, c);
     }
 
     /// Chains finished since the last call, in id order: a chain is held
     /// back while an older one is still open, so output reads in time order.
     pub fn drain_completed(&mut self) -> Vec<Box<Chain>> {
         // A chain no wake-up joined (yet) prints nothing: it holds nothing back.
+        // `open` is ordered by id: the first is the oldest.
         let oldest_open = self.open.values().find(|c| !c.hops.is_empty()).map(|c| c.id).unwrap_or(u64::MAX);
-        if !self.completed.is_sorted_by_key(|c| c.id) {
-            self.completed.sort_unstable_by_key(|c| c.id);
+        let mut ready = Vec::new();
+        while let Some(e) = self.completed.first_entry().filter(|e| *e.key() < oldest_open) {
+            ready.push(e.remove());
         }
-        let ready = self.completed.partition_point(|c| c.id < oldest_open);
-        let rest = self.completed.split_off(ready);
-        std::mem::replace(&mut self.completed, rest)
+        ready
     }
 
     /// Close chains idle for `idle_ns` before the newest event seen.
@@ -789,10 +789,15 @@ impl Correlator {
                                 && (in_epoll || via_epoll)
                             {
                                 h.slept_again = Some(ts);
+                            } else if h.on_cpu.is_some() && h.epoll.is_none() && h.wake.is_some() && !in_epoll && !via_epoll {
+                                // Woken outside epoll (a futex, a blocking accept or read), ran,
+                                // and sleeps again: that wake-up's story is over. Left open, it
+                                // held back every later chain until the thread's next wake-up.
+                                h.done = true;
                             }
                         }
                     }
-                    self.finish_hops(tid, |h| h.slept_again.is_some());
+                    self.finish_hops(tid, |h| h.slept_again.is_some() || h.done);
                 }
             }
             Kind::EpollEnter { .. } => self.epoll_entered(tid, ev.ts),

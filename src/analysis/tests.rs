@@ -309,7 +309,7 @@ fn epoll_data_resolution_follows_close_and_reuse() {
             continue;
         }
         assert_eq!(ann.ep_fds[..], [fd], "step {i}");
-        let chain = c.open.values().chain(c.completed.iter()).find(|ch| Some(ch.id) == ann.chain).expect("the return joins a chain");
+        let chain = c.open.values().chain(c.completed.values()).find(|ch| Some(ch.id) == ann.chain).expect("the return joins a chain");
         let got = chain
             .hops
             .iter()
@@ -497,4 +497,61 @@ fn a_second_copy_of_one_epoll_enter_is_recognised() {
     assert!(!c.repeated_enter(&enter(200)), "another call");
     c.ingest(&ev(150, 0, w0.clone(), epoll_exit(4, &[6])));
     assert!(!c.repeated_enter(&enter(100)), "the call returned: not in epoll_wait any more");
+}
+
+fn futex_wake(target: Task) -> Kind {
+    Kind::Wake {
+        target,
+        sock_seq: 0,
+        stack: vec![],
+        stack_err: 0,
+        target_cpu: 0,
+        waker_is_kthread: false,
+        target_on_rq: false,
+        cause: Some(Cause::Futex),
+        context: Some(WakerContext::Process),
+        via_epoll: false,
+    }
+}
+
+fn sleep() -> Kind {
+    Kind::SwitchOut { involuntary: false, woken: false, state: 1, next_tid: 0, next_comm: "swapper/0".into() }
+}
+
+#[test]
+fn a_thread_woken_outside_epoll_ends_its_chain_when_it_sleeps_again() {
+    // redis's jemalloc_bg_thd: woken by a futex, runs, sleeps for seconds.
+    let main = t(10, 10, "redis-server");
+    let bg = t(10, 15, "jemalloc_bg_thd");
+    let mut c = Correlator::new();
+    c.ingest(&ev(1000, 0, main.clone(), futex_wake(bg.clone())));
+    c.ingest(&ev(1500, 1, bg.clone(), switch_in(1000, 1)));
+    assert!(c.drain_completed().is_empty(), "still running");
+    c.ingest(&ev(2000, 1, bg.clone(), sleep()));
+    let done = c.drain_completed();
+    assert_eq!(done.len(), 1, "its chain ends when it sleeps again");
+    assert!(!done[0].incomplete);
+    assert_eq!(done[0].wasted(), 0, "it ran: not a wake-up for nothing");
+}
+
+#[test]
+fn chains_are_released_in_id_order_behind_the_oldest_open_one() {
+    let waker = t(10, 10, "main");
+    let threads: Vec<Task> = (0..4).map(|i| t(10, 20 + i, "worker")).collect();
+    let mut c = Correlator::new();
+    for (i, th) in threads.iter().enumerate() {
+        let ts = 1000 + 100 * i as u64;
+        c.ingest(&ev(ts, 0, waker.clone(), futex_wake(th.clone())));
+        c.ingest(&ev(ts + 50, 1, th.clone(), switch_in(ts, 1)));
+    }
+    // Chains 1..=4 are open; 1 and 3 end, 2 and 4 stay open.
+    c.ingest(&ev(2000, 1, threads[0].clone(), sleep()));
+    c.ingest(&ev(2100, 1, threads[2].clone(), sleep()));
+    let ids = |v: Vec<Box<Chain>>| v.iter().map(|c| c.id).collect::<Vec<_>>();
+    assert_eq!(ids(c.drain_completed()), vec![1], "3 waits for the older 2");
+    c.ingest(&ev(2200, 1, threads[1].clone(), sleep()));
+    assert_eq!(ids(c.drain_completed()), vec![2, 3]);
+    assert!(c.drain_completed().is_empty(), "4 is still open");
+    c.ingest(&ev(2300, 1, threads[3].clone(), sleep()));
+    assert_eq!(ids(c.drain_completed()), vec![4]);
 }
