@@ -470,11 +470,13 @@ pub struct Correlator {
     epoll_map: EpollMap,
     /// chain id -> the sock seq that started it (to forget it when the chain ends).
     chain_seq: HashMap<u64, u64>,
-    /// Finished chains by id, held until no older chain is open. Boxed as in
-    /// `open`: a chain moves between them without copying. Ordered, so a long
-    /// hold costs nothing per drain (a Vec re-sorted and split every batch
-    /// was O(held): with one chain open for seconds, most of the tracer's CPU).
-    completed: BTreeMap<u64, Box<Chain>>,
+    /// Finished chains in id order (they come almost in order), held until
+    /// no older chain is open. Boxed as in `open`: a chain moves between them
+    /// without copying. A deque, so releasing the front does not move what
+    /// is held (a Vec split every batch was O(held): with one chain open for
+    /// seconds, most of the tracer's CPU).
+    #[allow(clippy::vec_box)]
+    completed: std::collections::VecDeque<Box<Chain>>,
     pub stats: Stats,
     /// Events per kind, in `TYPE_NAMES` order (`stats()` names them).
     type_counts: [u64; TYPE_NAMES.len()],
@@ -574,7 +576,12 @@ impl Correlator {
         }
         self.stats.wasted_wakes += c.wasted() as u64;
         self.summary.chain(&c);
-        self.completed.insert(c.id, c);
+        if self.completed.back().is_none_or(|b| b.id < c.id) {
+            self.completed.push_back(c);
+        } else {
+            let at = self.completed.partition_point(|b| b.id < c.id);
+            self.completed.insert(at, c);
+        }
     }
 
     /// Chains finished since the last call, in id order: a chain is held
@@ -583,11 +590,8 @@ impl Correlator {
         // A chain no wake-up joined (yet) prints nothing: it holds nothing back.
         // `open` is ordered by id: the first is the oldest.
         let oldest_open = self.open.values().find(|c| !c.hops.is_empty()).map(|c| c.id).unwrap_or(u64::MAX);
-        let mut ready = Vec::new();
-        while let Some(e) = self.completed.first_entry().filter(|e| *e.key() < oldest_open) {
-            ready.push(e.remove());
-        }
-        ready
+        let ready = self.completed.partition_point(|c| c.id < oldest_open);
+        self.completed.drain(..ready).collect()
     }
 
     /// Close chains idle for `idle_ns` before the newest event seen.

@@ -223,15 +223,29 @@ pub struct SummaryBuilder {
     threads: HashMap<u32, ThreadRow>,
     slowest: Vec<Waterfall>,
     keep_slowest: usize,
+    /// Reused for the waker label of every wake-up.
+    label: String,
 }
 
-fn waker_label(t: &Task, ctx: WakerContext, cpu: u32) -> String {
-    match ctx {
-        WakerContext::IdleIrq => format!("irq on idle CPU{cpu}"),
-        WakerContext::Ksoftirqd => format!("{}[{}]", t.comm, t.tid),
-        WakerContext::SoftirqOnIrqExit => format!("softirq on CPU{cpu} (interrupting {}[{}])", t.comm, t.tid),
-        WakerContext::Irq => format!("irq on CPU{cpu} (interrupting {}[{}])", t.comm, t.tid),
-        _ => format!("{}[{}]", t.comm, t.pid),
+fn waker_label(out: &mut String, t: &Task, ctx: WakerContext, cpu: u32) {
+    use std::fmt::Write as _;
+    out.clear();
+    let _ = match ctx {
+        WakerContext::IdleIrq => write!(out, "irq on idle CPU{cpu}"),
+        WakerContext::Ksoftirqd => write!(out, "{}[{}]", t.comm, t.tid),
+        WakerContext::SoftirqOnIrqExit => write!(out, "softirq on CPU{cpu} (interrupting {}[{}])", t.comm, t.tid),
+        WakerContext::Irq => write!(out, "irq on CPU{cpu} (interrupting {}[{}])", t.comm, t.tid),
+        _ => write!(out, "{}[{}]", t.comm, t.pid),
+    };
+}
+
+/// Count one more of `key`, allocating it only the first time.
+fn bump(map: &mut BTreeMap<String, u64>, key: &str) {
+    match map.get_mut(key) {
+        Some(n) => *n += 1,
+        None => {
+            map.insert(key.to_string(), 1);
+        }
     }
 }
 
@@ -302,11 +316,14 @@ impl SummaryBuilder {
                 if let Some(s) = &c.sock {
                     self.latency.ready_to_wake.add(w.ts.saturating_sub(s.ts));
                 }
+                let mut label = std::mem::take(&mut self.label);
+                waker_label(&mut label, &w.waker, w.context, w.cpu);
                 let t = self.thread(&h.target);
                 t.wakeups += 1;
-                *t.by_cause.entry(w.cause.key().to_string()).or_default() += 1;
-                *t.by_context.entry(w.context.key().to_string()).or_default() += 1;
-                *t.wakers.entry(waker_label(&w.waker, w.context, w.cpu)).or_default() += 1;
+                bump(&mut t.by_cause, w.cause.key());
+                bump(&mut t.by_context, w.context.key());
+                bump(&mut t.wakers, &label);
+                self.label = label;
             }
             if let Some(o) = &h.on_cpu {
                 if !o.never_left {

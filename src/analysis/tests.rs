@@ -309,7 +309,7 @@ fn epoll_data_resolution_follows_close_and_reuse() {
             continue;
         }
         assert_eq!(ann.ep_fds[..], [fd], "step {i}");
-        let chain = c.open.values().chain(c.completed.values()).find(|ch| Some(ch.id) == ann.chain).expect("the return joins a chain");
+        let chain = c.open.values().chain(c.completed.iter()).find(|ch| Some(ch.id) == ann.chain).expect("the return joins a chain");
         let got = chain
             .hops
             .iter()
