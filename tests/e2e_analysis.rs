@@ -178,3 +178,82 @@ fn analyze_reproduces_the_live_output() {
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("incomplete"));
 }
+
+/// A thread woken once outside epoll and then asleep for good (redis's
+/// jemalloc_bg_thd) ends its chain when it sleeps again: it neither holds
+/// back the chains after it until the end of the trace nor ends incomplete.
+#[test]
+fn a_helper_asleep_for_good_holds_back_no_chain() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::process::Stdio;
+    use std::time::Instant;
+
+    if !require_root() {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let prog = common::build_c(dir.path(), "helperwake", &["-O1", "-pthread"]);
+    const N: usize = 20;
+    let mut target = Command::new(&prog)
+        .args([N.to_string(), "20".into(), "1500".into()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("starting helperwake");
+    let mut out = BufReader::new(target.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    out.read_line(&mut line).expect("helperwake pid");
+    let pid: u32 = line.trim().parse().unwrap_or_else(|_| panic!("helperwake printed {line:?}, not its pid"));
+
+    let ready = dir.path().join("ready");
+    let mut tracer = Command::new(env!("CARGO_BIN_EXE_netdrift"))
+        .args(["trace", "-p", &pid.to_string(), "--ready-file"])
+        .arg(&ready)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting netdrift");
+    common::wait_ready(&ready, &mut tracer, Duration::from_secs(30), common::piped_stderr);
+    // Chain blocks as they are printed, with when they were.
+    let stdout = tracer.stdout.take().expect("stdout");
+    let printed =
+        std::thread::spawn(move || BufReader::new(stdout).lines().map_while(Result::ok).map(|l| (Instant::now(), l)).collect::<Vec<_>>());
+
+    target.stdin.as_mut().expect("stdin").write_all(b"g").expect("go byte");
+    line.clear();
+    out.read_line(&mut line).expect("helperwake progress");
+    assert_eq!(line.trim(), "slept");
+    let slept = Instant::now();
+    assert!(target.wait().expect("helperwake").success());
+    // The target's exit ends the trace.
+    let st = tracer.wait().expect("netdrift");
+    let lines = printed.join().expect("reader");
+    let text: String = lines.iter().map(|(_, l)| format!("{l}\n")).collect();
+    assert!(st.success(), "netdrift failed: {}\n{text}", common::piped_stderr(&mut tracer));
+
+    // Chain blocks: a header ("chain 7  at 105.34ms  wake-up: timer") to the next blank line.
+    let mut blocks: Vec<(Instant, String)> = Vec::new();
+    let mut open = false;
+    for (t, l) in &lines {
+        if l.starts_with("chain ") && l.contains("  at ") {
+            blocks.push((*t, String::new()));
+            open = true;
+        } else if l.trim().is_empty() {
+            open = false;
+        }
+        if open {
+            let b = &mut blocks.last_mut().expect("a block").1;
+            b.push_str(l);
+            b.push('\n');
+        }
+    }
+    // Its futex wake-up (the process's exit wakes it once more, to die).
+    let helper: Vec<&String> = blocks.iter().map(|(_, b)| b).filter(|b| b.contains("woke hw:helper") && b.contains("futex")).collect();
+    assert_eq!(helper.len(), 1, "one futex wake-up of the helper:\n{text}");
+    assert!(!helper[0].lines().next().unwrap_or("").contains("[incomplete]"), "its chain ended when it slept again:\n{}", helper[0]);
+    // Main's own wake-ups (one per sleep) were printed while it was still
+    // running: the reader polls every 100 ms, and main slept 1.5 s more.
+    let early = blocks.iter().filter(|(t, b)| *t < slept + Duration::from_millis(700) && b.contains(&format!("[{pid}]"))).count();
+    assert!(early >= N / 2, "only {early} of main's {N} chains were printed before it stopped sleeping: held back\n{text}");
+}

@@ -67,16 +67,7 @@ impl Drop for Reaper {
 
 /// Build tests/progs/pipewake.c into `dir` as the issue says: -O1, frame pointers, pthreads.
 fn build_pipewake(dir: &Path) -> PathBuf {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/progs/pipewake.c");
-    let bin = dir.join("pipewake");
-    let out = Command::new("cc")
-        .args(["-O1", "-fno-omit-frame-pointer", "-pthread", "-o"])
-        .arg(&bin)
-        .arg(&src)
-        .output()
-        .expect("running cc (install a C compiler: apt-get install gcc)");
-    assert!(out.status.success(), "cc failed: {}", String::from_utf8_lossy(&out.stderr));
-    bin
+    common::build_c(dir, "pipewake", &["-O1", "-fno-omit-frame-pointer", "-pthread"])
 }
 
 /// Start pipewake (waiting for its go byte); returns it and its pid.

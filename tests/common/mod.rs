@@ -112,3 +112,18 @@ pub fn wait_ready(ready: &Path, child: &mut Child, timeout: Duration, mut stderr
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// Build tests/progs/`name`.c into `dir` with `cc` and `flags`; returns the binary.
+pub fn build_c(dir: &Path, name: &str, flags: &[&str]) -> std::path::PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/progs/{name}.c"));
+    let bin = dir.join(name);
+    let out = std::process::Command::new("cc")
+        .args(flags)
+        .arg("-o")
+        .arg(&bin)
+        .arg(&src)
+        .output()
+        .expect("running cc (install a C compiler: apt-get install gcc)");
+    assert!(out.status.success(), "cc failed: {}", String::from_utf8_lossy(&out.stderr));
+    bin
+}
