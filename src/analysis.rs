@@ -1039,10 +1039,29 @@ impl Correlator {
         pending.iter().copied().filter(|p| self.open.get(&p.0).and_then(|c| c.hops.get(p.1)).is_some_and(|h| h.epoll.is_some()))
     }
 
+    /// The thread's pending hops that woke it where it blocked on the chain's
+    /// socket itself, in `accept` or a read/recv/write/send (no epoll), and
+    /// that it has run in since: what it does next handles that socket.
+    fn blocked_on_sock_hops(&self, tid: u32) -> impl Iterator<Item = (u64, usize)> + '_ {
+        let pending = self.threads.get(&tid).map(|t| t.pending.as_slice()).unwrap_or_default();
+        pending.iter().copied().filter(|p| {
+            self.open.get(&p.0).is_some_and(|c| {
+                c.sock.as_ref().is_some_and(|s| matches!(s.hook, ReadyHook::Accept | ReadyHook::IoWait))
+                    && c.hops
+                        .get(p.1)
+                        .is_some_and(|h| h.epoll.is_none() && h.on_cpu.is_some() && h.wake.as_ref().is_some_and(|w| !w.via_epoll))
+            })
+        })
+    }
+
     /// The chain this thread is handling now (it returned from epoll_wait in
-    /// it): the one `prefer` picks, else the first.
+    /// it, or was woken where it blocked on the chain's socket): the one
+    /// `prefer` picks, else the first.
     fn active_chain(&self, tid: u32, prefer: impl Fn(&Chain) -> bool) -> Option<u64> {
-        let active: Vec<u64> = self.returned_hops(tid).map(|p| p.0).collect();
+        let mut active: Vec<u64> = self.returned_hops(tid).map(|p| p.0).collect();
+        if active.is_empty() {
+            active.extend(self.blocked_on_sock_hops(tid).map(|p| p.0));
+        }
         active.iter().copied().find(|id| self.open.get(id).map(|c| prefer(c)).unwrap_or(false)).or_else(|| active.first().copied())
     }
 

@@ -555,3 +555,32 @@ fn chains_are_released_in_id_order_behind_the_oldest_open_one() {
     c.ingest(&ev(2300, 1, threads[3].clone(), sleep()));
     assert_eq!(ids(c.drain_completed()), vec![4]);
 }
+
+#[test]
+fn a_thread_woken_in_a_blocking_accept_handles_that_accept() {
+    // A thread-per-connection server: main blocks in accept(3), no epoll.
+    let main = t(10, 10, "server");
+    let client = t(20, 20, "client");
+    let lsock = sock(0xaaa, 500, "127.0.0.1:8080", "0.0.0.0:0", 10);
+    let peer = sock(0xbbb, 501, "127.0.0.1:8080", "127.0.0.1:40000", 1);
+    let mut w = wake(main.clone(), 7, Cause::SocketReadable);
+    if let Kind::Wake { via_epoll, .. } = &mut w {
+        *via_epoll = false;
+    }
+    let mut c = Correlator::new();
+    c.ingest(&ev(
+        1000,
+        1,
+        client.clone(),
+        Kind::SockReady { sock: lsock.into(), seq: 7, hook: ReadyHook::Accept, new_state: None, packet: None },
+    ));
+    c.ingest(&ev(1000, 1, client.clone(), w));
+    c.ingest(&ev(1500, 0, main.clone(), switch_in(1000, 0)));
+    c.ingest(&ev(1600, 0, main.clone(), accept(3, 4, Some(peer))));
+    c.ingest(&ev(2000, 0, main.clone(), sleep()));
+    let done = c.drain_completed();
+    assert_eq!(done.len(), 1, "{done:#?}");
+    let hop = &done[0].hops[0];
+    assert!(matches!(hop.actions.as_slice(), [Action::Accept { ret: 4, .. }]), "the accept is the chain's: {hop:#?}");
+    assert!(!done[0].incomplete);
+}
