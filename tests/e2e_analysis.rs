@@ -257,3 +257,92 @@ fn a_helper_asleep_for_good_holds_back_no_chain() {
     let early = blocks.iter().filter(|(t, b)| *t < slept + Duration::from_millis(700) && b.contains(&format!("[{pid}]"))).count();
     assert!(early >= N / 2, "only {early} of main's {N} chains were printed before it stopped sleeping: held back\n{text}");
 }
+
+/// The port of an "addr:port" JSON string.
+fn port_of(v: &serde_json::Value) -> Option<u16> {
+    v.as_str()?.rsplit_once(':')?.1.parse().ok()
+}
+
+/// A thread-per-connection server with no epoll (tests/progs/blockaccept.c):
+/// each accept belongs to the chain of the wake-up that found main blocked in
+/// accept on the listener, with the client's port, and each close to a chain
+/// of the connection's own thread.
+#[test]
+fn a_thread_per_connection_server_gets_its_accepts_and_closes_in_chains() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::net::TcpStream;
+    use std::process::Stdio;
+
+    if !require_root() {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let prog = common::build_c(dir.path(), "blockaccept", &["-O1", "-pthread"]);
+    let mut server = Command::new(&prog).stdout(Stdio::piped()).spawn().expect("starting blockaccept");
+    let mut line = String::new();
+    BufReader::new(server.stdout.as_mut().expect("stdout")).read_line(&mut line).expect("blockaccept pid and port");
+    let (pid, port) =
+        line.trim().split_once(' ').and_then(|(a, b)| Some((a.parse::<u32>().ok()?, b.parse::<u16>().ok()?))).expect("PID PORT");
+
+    let (out, ready) = (dir.path().join("out.jsonl"), dir.path().join("ready"));
+    let mut tracer = Command::new(env!("CARGO_BIN_EXE_netdrift"))
+        .args(["trace", "-p", &pid.to_string(), "--json", "--output-file"])
+        .arg(&out)
+        .arg("--ready-file")
+        .arg(&ready)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting netdrift");
+    common::wait_ready(&ready, &mut tracer, Duration::from_secs(30), common::piped_stderr);
+
+    const K: usize = 5;
+    let mut ports = Vec::new();
+    for _ in 0..K {
+        // Each step leaves time for the server's threads to block again.
+        let mut c = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        ports.push(c.local_addr().expect("local addr").port());
+        std::thread::sleep(Duration::from_millis(30));
+        c.write_all(b"ping\n").expect("write");
+        let mut echo = [0u8; 5];
+        c.read_exact(&mut echo).expect("echo");
+        std::thread::sleep(Duration::from_millis(30));
+        drop(c);
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(tracer.id() as libc::pid_t, libc::SIGINT) };
+    let st = tracer.wait().expect("netdrift");
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(st.success(), "netdrift failed: {}", common::piped_stderr(&mut tracer));
+
+    let text = std::fs::read_to_string(&out).expect("output");
+    let recs: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).expect("JSON line")).collect();
+    let kind = |r: &serde_json::Value, t: &str| r["type"] == t;
+    // Chains started by the listener at main's wake-up in accept.
+    let accept_chains: Vec<u64> = recs
+        .iter()
+        .filter(|r| kind(r, "sock_ready") && r["hook"] == "accept" && port_of(&r["sock"]["local"]) == Some(port))
+        .filter_map(|r| r["chain"].as_u64())
+        .collect();
+    let accepts: Vec<&serde_json::Value> = recs.iter().filter(|r| kind(r, "accept") && r["ret"].as_i64().unwrap_or(-1) >= 0).collect();
+    let mut got: Vec<u16> = accepts.iter().filter_map(|a| port_of(&a["peer"]["remote"])).collect();
+    got.sort_unstable();
+    ports.sort_unstable();
+    assert_eq!(got, ports, "accepts' peer ports are the clients' ports");
+    for a in &accepts {
+        let c = a["chain"].as_u64().unwrap_or_else(|| panic!("accept in no chain: {a}"));
+        assert!(accept_chains.contains(&c), "accept in chain {c}, not one the listener started {accept_chains:?}: {a}");
+        assert_eq!(a["task"]["tid"].as_u64(), Some(pid as u64), "main accepts: {a}");
+    }
+    let closes: Vec<&serde_json::Value> =
+        recs.iter().filter(|r| kind(r, "close") && port_of(&r["sock"]["remote"]).is_some_and(|p| ports.contains(&p))).collect();
+    assert_eq!(closes.len(), K, "one close per connection:\n{text}");
+    for c in &closes {
+        assert!(c["chain"].as_u64().is_some(), "close in no chain: {c}");
+        assert_ne!(c["task"]["tid"].as_u64(), Some(pid as u64), "a connection's thread closes it: {c}");
+    }
+}
