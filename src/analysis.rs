@@ -786,18 +786,15 @@ impl Correlator {
                                 if h.on_cpu.as_ref().is_some_and(|o| o.never_left) {
                                     h.on_cpu = None;
                                 }
-                            } else if h.on_cpu.is_some()
-                                && h.epoll.is_none()
-                                && h.actions.is_empty()
-                                && h.wake.is_some()
-                                && (in_epoll || via_epoll)
-                            {
-                                h.slept_again = Some(ts);
-                            } else if h.on_cpu.is_some() && h.epoll.is_none() && h.wake.is_some() && !in_epoll && !via_epoll {
-                                // Woken outside epoll (a futex, a blocking accept or read), ran,
-                                // and sleeps again: that wake-up's story is over. Left open, it
-                                // held back every later chain until the thread's next wake-up.
-                                h.done = true;
+                            } else if h.on_cpu.is_some() && h.epoll.is_none() && h.wake.is_some() {
+                                if !(in_epoll || via_epoll) {
+                                    // Woken outside epoll (a futex, a blocking accept or read), ran,
+                                    // and sleeps again: that wake-up's story is over. Left open, it
+                                    // held back every later chain until the thread's next wake-up.
+                                    h.done = true;
+                                } else if h.actions.is_empty() {
+                                    h.slept_again = Some(ts);
+                                }
                             }
                         }
                     }
@@ -1033,24 +1030,26 @@ impl Correlator {
         self.returned_hops(tid).next()
     }
 
+    /// The thread's pending hops for which `pred(chain, hop)` holds.
+    fn pending_hops<'a>(&'a self, tid: u32, pred: impl Fn(&Chain, &Hop) -> bool + 'a) -> impl Iterator<Item = (u64, usize)> + 'a {
+        let pending = self.threads.get(&tid).map(|t| t.pending.as_slice()).unwrap_or_default();
+        pending.iter().copied().filter(move |p| self.open.get(&p.0).is_some_and(|c| c.hops.get(p.1).is_some_and(|h| pred(c, h))))
+    }
+
     /// The thread's pending hops whose epoll_wait has returned in them.
     fn returned_hops(&self, tid: u32) -> impl Iterator<Item = (u64, usize)> + '_ {
-        let pending = self.threads.get(&tid).map(|t| t.pending.as_slice()).unwrap_or_default();
-        pending.iter().copied().filter(|p| self.open.get(&p.0).and_then(|c| c.hops.get(p.1)).is_some_and(|h| h.epoll.is_some()))
+        self.pending_hops(tid, |_, h| h.epoll.is_some())
     }
 
     /// The thread's pending hops that woke it where it blocked on the chain's
     /// socket itself, in `accept` or a read/recv/write/send (no epoll), and
     /// that it has run in since: what it does next handles that socket.
     fn blocked_on_sock_hops(&self, tid: u32) -> impl Iterator<Item = (u64, usize)> + '_ {
-        let pending = self.threads.get(&tid).map(|t| t.pending.as_slice()).unwrap_or_default();
-        pending.iter().copied().filter(|p| {
-            self.open.get(&p.0).is_some_and(|c| {
-                c.sock.as_ref().is_some_and(|s| matches!(s.hook, ReadyHook::Accept | ReadyHook::IoWait))
-                    && c.hops
-                        .get(p.1)
-                        .is_some_and(|h| h.epoll.is_none() && h.on_cpu.is_some() && h.wake.as_ref().is_some_and(|w| !w.via_epoll))
-            })
+        self.pending_hops(tid, |c, h| {
+            c.sock.as_ref().is_some_and(|s| matches!(s.hook, ReadyHook::Accept | ReadyHook::IoWait))
+                && h.epoll.is_none()
+                && h.on_cpu.is_some()
+                && h.wake.as_ref().is_some_and(|w| !w.via_epoll)
         })
     }
 
