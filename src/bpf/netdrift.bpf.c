@@ -213,11 +213,6 @@ static __always_inline bool is_target(__u32 tgid, __u32 tid)
 	return target_ids(tgid, tid);
 }
 
-static __always_inline bool task_is_target(struct task_struct *t)
-{
-	return is_target(BPF_CORE_READ(t, tgid), BPF_CORE_READ(t, pid));
-}
-
 static __always_inline bool current_is_target(void)
 {
 	__u64 id = bpf_get_current_pid_tgid();
