@@ -50,22 +50,14 @@ for r in $(seq "$ROUNDS"); do
     [ -n "$ev" ] && [ "$ev" -gt 0 ] || die "$b: no summary: $(tail -2 "$WORK/err")"
     python3 -c "import sys; b, rps, t, ev, hz = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 print(f'round $r  {b}  {rps} req/s  {t} ticks  {ev} records  {t / hz * 1e6 / ev:.3f} us/record')" "$b" "$rps" "$((c1 - c0))" "$ev" "$hz"
-    python3 - "$WORK/bpf.before.json" "$WORK/bpf.after.json" "$DURATION" $ids <<'PY'
-import json, sys
-before = {p["id"]: p for p in json.load(open(sys.argv[1]))}
-after = {p["id"]: p for p in json.load(open(sys.argv[2]))}
-window, ids = float(sys.argv[3]), [int(i) for i in sys.argv[4:]]
-total, parts = 0, []
-for i in ids:
-    a, b = after.get(i), before.get(i, {})
-    if not a:
-        continue
-    ns = a.get("run_time_ns", 0) - b.get("run_time_ns", 0)
-    n = a.get("run_cnt", 0) - b.get("run_cnt", 0)
-    total += ns
-    if n:
-        parts.append(f"{a.get('name', i)} {n / window / 1000:.1f}k/s {ns / n:.0f} ns")
-print(f"         BPF {total / window / 1e6:.1f} ms/s: " + ", ".join(parts))
+    PYTHONDONTWRITEBYTECODE=1 python3 - "$ND_ROOT/bench" "$WORK/bpf.before.json" "$WORK/bpf.after.json" "$DURATION" $ids <<'PY'
+import sys
+sys.path.insert(0, sys.argv[1])
+from report import bpf_progs
+window = float(sys.argv[4])
+progs = bpf_progs(sys.argv[2], sys.argv[3], [int(i) for i in sys.argv[5:]])
+parts = [f"{p['name']} {p['run_cnt'] / window / 1000:.1f}k/s {p['run_time_ns'] / p['run_cnt']:.0f} ns" for p in progs if p["run_cnt"]]
+print(f"         BPF {sum(p['run_time_ns'] for p in progs) / window / 1e6:.1f} ms/s: " + ", ".join(parts))
 PY
     rm -f "$ready"
   done

@@ -66,6 +66,20 @@ def bpf_by_id(path):
         return {}
 
 
+def bpf_progs(before_path, after_path, ids):
+    """Run time and runs of programs `ids` between two `bpftool prog show -j` files."""
+    before, after = bpf_by_id(before_path), bpf_by_id(after_path)
+    progs = []
+    for pid in ids:
+        a, b = after.get(pid), before.get(pid)
+        if not a:
+            continue
+        ns = a.get("run_time_ns", 0) - (b or {}).get("run_time_ns", 0)
+        cnt = a.get("run_cnt", 0) - (b or {}).get("run_cnt", 0)
+        progs.append({"id": pid, "name": a.get("name"), "type": a.get("type"), "run_time_ns": ns, "run_cnt": cnt})
+    return progs
+
+
 def mean(xs):
     xs = [x for x in xs if x is not None]
     return statistics.fmean(xs) if xs else None
@@ -120,15 +134,7 @@ def load_run(d):
     if run.get("events") is not None:
         run["events_per_s"] = run["events"] / window
     # BPF run time of the tracer's own programs over the wrk window.
-    before, after = bpf_by_id(os.path.join(d, "bpf.before.json")), bpf_by_id(os.path.join(d, "bpf.after.json"))
-    progs = []
-    for pid in meta["prog_ids"]:
-        a, b = after.get(pid), before.get(pid)
-        if not a:
-            continue
-        ns = a.get("run_time_ns", 0) - (b or {}).get("run_time_ns", 0)
-        cnt = a.get("run_cnt", 0) - (b or {}).get("run_cnt", 0)
-        progs.append({"id": pid, "name": a.get("name"), "type": a.get("type"), "run_time_ns": ns, "run_cnt": cnt})
+    progs = bpf_progs(os.path.join(d, "bpf.before.json"), os.path.join(d, "bpf.after.json"), meta["prog_ids"])
     run["bpf_progs"] = progs
     if progs:
         run["bpf_ms_per_s"] = sum(p["run_time_ns"] for p in progs) / 1e6 / window
