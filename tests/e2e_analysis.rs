@@ -102,7 +102,7 @@ fn cpu_hog_moves_runqueue_wait_up_and_preempts() {
     };
     let quiet = run_demo_with(cfg.clone(), 6, Duration::from_millis(40), pin_all);
 
-    let (stop, hs) = hogs(0, 2);
+    let (stop, hs) = hogs(0, 4);
     let busy = run_demo_with(cfg, 6, Duration::from_millis(40), pin_all);
     stop.store(true, Ordering::Relaxed);
     hs.into_iter().for_each(|h| h.join().unwrap());

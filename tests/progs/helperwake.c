@@ -69,8 +69,13 @@ int main(int argc, char **argv)
 		return 1;
 	pthread_mutex_lock(&mu);
 	signalled = 1;
-	pthread_cond_signal(&cv);
 	pthread_mutex_unlock(&mu);
+	/*
+	 * Signalled after the unlock: signalled under the lock, the helper
+	 * could wake, find the mutex held and be woken a second time by the
+	 * unlock's futex wake-up.
+	 */
+	pthread_cond_signal(&cv);
 	for (int i = 0; i < n; i++)
 		sleep_ms(period);
 	printf("slept\n");
