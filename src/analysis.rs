@@ -350,6 +350,10 @@ pub struct Stats {
     pub sockets_disproved: u64,
     pub voluntary_switches: u64,
     pub involuntary_switches: u64,
+    /// A thread slept twice with no switch-in seen between: the switch-in
+    /// record of that run is missing (its run-queue wait is unknown), but the
+    /// wake-up before it ran, and ends like one that was seen running.
+    pub missed_switch_ins: u64,
 }
 
 #[derive(Debug, Default)]
@@ -361,6 +365,8 @@ struct ThreadCtx {
     /// Time of the last epoll_enter seen: an exit whose enter_ts is newer
     /// had its enter left out (it returned without blocking).
     last_enter_ts: u64,
+    /// Switched out voluntarily, with no switch-in seen since.
+    asleep: bool,
 }
 
 const EPOLL_CTL_ADD: i32 = 1;
@@ -733,6 +739,9 @@ impl Correlator {
                 ann.chain = Some(id);
             }
             Kind::SwitchIn { runnable_ts, prev_cpu, prev_tid, prev_comm, after_preempt } => {
+                if let Some(t) = self.threads.get_mut(&tid) {
+                    t.asleep = false;
+                }
                 let pending = self.threads.get(&tid).map(|t| t.pending.clone()).unwrap_or_default();
                 let mut first = true;
                 for p in pending {
@@ -771,6 +780,13 @@ impl Correlator {
                 }
                 ann.chain = self.threads.get(&tid).and_then(|t| t.pending.first()).map(|p| p.0);
                 if !*involuntary {
+                    let t = self.threads.entry(tid).or_default();
+                    // Asleep already: it ran since, so the switch-in record of that run is missing.
+                    let missed_in = t.asleep;
+                    t.asleep = !*woken;
+                    if missed_in {
+                        self.stats.missed_switch_ins += 1;
+                    }
                     // Asleep again in epoll_wait without having returned: woken for nothing.
                     let in_epoll = self.threads.get(&tid).map(|t| t.in_epoll).unwrap_or(false);
                     let ts = ev.ts;
@@ -786,7 +802,7 @@ impl Correlator {
                                 if h.on_cpu.as_ref().is_some_and(|o| o.never_left) {
                                     h.on_cpu = None;
                                 }
-                            } else if h.on_cpu.is_some() && h.epoll.is_none() && h.wake.is_some() {
+                            } else if (h.on_cpu.is_some() || missed_in) && h.epoll.is_none() && h.wake.is_some() {
                                 if !(in_epoll || via_epoll) {
                                     // Woken outside epoll (a futex, a blocking accept or read), ran,
                                     // and sleeps again: that wake-up's story is over. Left open, it
@@ -965,6 +981,8 @@ impl Correlator {
             Kind::SockState { .. } | Kind::TaskNew { .. } => {}
             Kind::TaskExit { .. } => {
                 self.finish_hops(tid, |_| true);
+                // Tids are reused: a new thread must not inherit this one's state.
+                self.threads.remove(&tid);
             }
         }
         ann

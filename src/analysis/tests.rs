@@ -584,3 +584,53 @@ fn a_thread_woken_in_a_blocking_accept_handles_that_accept() {
     assert!(matches!(hop.actions.as_slice(), [Action::Accept { ret: 4, .. }]), "the accept is the chain's: {hop:#?}");
     assert!(!done[0].incomplete);
 }
+
+#[test]
+fn a_thread_that_sleeps_twice_ran_in_between_even_with_no_switch_in() {
+    // The herd's loser has no switch-in record for its run (seen rarely on
+    // a live kernel): it was asleep, was woken, and sleeps again, so it ran,
+    // found nothing and the wake-up was for nothing.
+    let w0 = t(10, 11, "demo:worker_0");
+    let w1 = t(10, 12, "demo:worker_1");
+    let client = t(20, 20, "client");
+    let lsock = sock(0xaaa, 500, "127.0.0.1:8080", "0.0.0.0:0", 10);
+    let peer = sock(0xbbb, 501, "127.0.0.1:8080", "127.0.0.1:40000", 1);
+    let mut c = Correlator::new();
+    for e in [
+        ev(0, 0, w0.clone(), Kind::FdMap { ino: 500, fd: 3 }),
+        ev(0, 0, w0.clone(), Kind::EpollMap { epfd: 4, fd: 3, data: 3 }),
+        ev(0, 0, w1.clone(), Kind::EpollMap { epfd: 5, fd: 3, data: 3 }),
+        ev(500, 0, w0.clone(), sleep()),
+        ev(600, 1, w1.clone(), sleep()),
+        ev(
+            1000,
+            1,
+            client.clone(),
+            Kind::SockReady { sock: lsock.into(), seq: 7, hook: ReadyHook::EpollItem, new_state: None, packet: None },
+        ),
+        ev(1100, 1, client.clone(), wake(w0.clone(), 7, Cause::SocketReadable)),
+        ev(1200, 1, client.clone(), wake(w1.clone(), 7, Cause::SocketReadable)),
+        ev(3000, 0, w0.clone(), switch_in(1100, 0)),
+        ev(4000, 0, w0.clone(), epoll_exit(4, &[3])),
+        ev(4500, 0, w0.clone(), accept(3, 6, Some(peer))),
+    ] {
+        c.ingest(&e);
+    }
+    assert!(c.drain_completed().is_empty(), "the loser has not slept again yet");
+    c.ingest(&ev(5000, 1, w1.clone(), sleep()));
+    c.ingest(&ev(5100, 0, w0.clone(), Kind::EpollEnter { epfd: 4, maxevents: 64, syscall: Syscall::EpollWait }));
+    c.ingest(&ev(5200, 0, w0.clone(), sleep()));
+    let done = c.drain_completed();
+    assert_eq!(done.len(), 1, "{done:#?}");
+    let ch = &done[0];
+    assert!(!ch.incomplete, "both hops ended: {ch:#?}");
+    assert_eq!((ch.woken(), ch.wasted()), (2, 1));
+    let loser = ch.hops.iter().find(|h| h.target.tid == 12).unwrap();
+    assert!(loser.on_cpu.is_none(), "its run-queue wait is unknown, not made up");
+    assert_eq!(loser.slept_again, Some(5000));
+    assert_eq!(c.stats.missed_switch_ins, 1);
+    // A thread's state does not outlive it: a reused tid starts awake.
+    c.ingest(&ev(6000, 1, w1.clone(), Kind::TaskExit { group_dead: false }));
+    c.ingest(&ev(7000, 1, w1.clone(), sleep()));
+    assert_eq!(c.stats.missed_switch_ins, 1);
+}

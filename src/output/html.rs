@@ -709,7 +709,15 @@ fn counters(o: &mut String, end: &TraceEnd<'_>) {
         ("closes", s.closes.to_string()),
         ("chains that woke more than one thread", s.herd_chains.to_string()),
         ("wake-ups for nothing", s.wasted_wakes.to_string()),
-        ("context switches of the targets", format!("{} voluntary, {} involuntary", s.voluntary_switches, s.involuntary_switches)),
+        (
+            "context switches of the targets",
+            format!(
+                "{} voluntary, {} involuntary{}",
+                s.voluntary_switches,
+                s.involuntary_switches,
+                if s.missed_switch_ins > 0 { format!("; switch-ins not seen: {}", s.missed_switch_ins) } else { String::new() }
+            ),
+        ),
         ("lost records (ring buffer full)", l.ringbuf.to_string()),
         ("lost stacks / map full / unreadable epoll arrays", format!("{} / {} / {}", l.stack, l.map_full, l.user_read)),
         ("undecodable records", end.decode_errors.to_string()),

@@ -263,8 +263,14 @@ pub fn summary(stats: &Stats, losses: &Losses, secs: f64, ringbuf_mib: u32, why:
     let _ = writeln!(o, "  {} chains woke more than one thread; {} wake-ups were for nothing", stats.herd_chains, stats.wasted_wakes);
     let _ = writeln!(
         o,
-        "  context switches of the targets: {} voluntary, {} involuntary",
-        stats.voluntary_switches, stats.involuntary_switches
+        "  context switches of the targets: {} voluntary, {} involuntary{}",
+        stats.voluntary_switches,
+        stats.involuntary_switches,
+        if stats.missed_switch_ins > 0 {
+            format!("; switch-ins not seen: {} (those runs have no run-queue wait)", stats.missed_switch_ins)
+        } else {
+            String::new()
+        }
     );
     if losses.any() {
         let _ = writeln!(
