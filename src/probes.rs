@@ -230,12 +230,6 @@ impl<'obj> Probes<'obj> {
         Ok(Probes { skel, features, notes, handler_links })
     }
 
-    /// Add a process to the targets at run time.
-    pub fn add_tgid(&self, tgid: u32) -> Result<()> {
-        self.skel.maps.targets_tgid.update(&tgid.to_ne_bytes(), &[1], MapFlags::ANY)?;
-        Ok(())
-    }
-
     /// Sum the per-CPU loss counters.
     pub fn losses(&self) -> Losses {
         let mut l = Losses::default();
