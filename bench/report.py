@@ -225,7 +225,9 @@ def main():
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "kernel": platform.release(),
         "cpus": os.cpu_count(),
-        "commit": git("rev-parse", "--short", "HEAD") + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else ""),
+        # The results file itself is rewritten by every run: it does not make the tree dirty.
+        "commit": git("rev-parse", "--short", "HEAD")
+        + ("+dirty" if git("status", "--porcelain", "--untracked-files=no", "--", ":/", ":(top,exclude)bench/results") else ""),
         "settings": meta,
         "configs": configs,
         "targets": targets,
