@@ -723,6 +723,14 @@ int BPF_PROG(nd_sched_switch, bool preempt, struct task_struct *prev, struct tas
 			ts->last_cpu = cpu;
 			ts->seen_cpu = 1;
 			/*
+			 * Still asleep from its last switch-out: this program missed the
+			 * switch-in of the run now ending (seen on a guest kernel, about
+			 * once a second). The wake-up time kept since is stale: left, it
+			 * would make the next switch-in's run-queue wait span that run.
+			 */
+			if (ts->asleep)
+				ts->runnable_ts = 0;
+			/*
 			 * A voluntary switch keeps runnable_ts: switch-in cleared it,
 			 * so it is set only by a wake-up that came after the dequeue
 			 * in __schedule and before this tracepoint.
