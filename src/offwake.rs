@@ -52,7 +52,7 @@ pub const DEFAULT_MAX_KEYS: u32 = 16384;
 pub const SLEEP_MAP_ENTRIES: u32 = 65536;
 
 const OW_STACK_NONE: i32 = -1000;
-const N_COUNTERS: usize = 17;
+const N_COUNTERS: usize = 18;
 
 /// Which task states at switch-out open a blocked period.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
@@ -202,6 +202,9 @@ pub struct Counters {
     pub filtered: u64,
     /// Wake-ups whose context was read from the kernel stack (preempt_count not readable).
     pub ctx_from_stack: u64,
+    /// Blocked periods never closed: the thread switched out again and the
+    /// switch-in between was not seen, so they are not summed.
+    pub no_switch_in: u64,
     /// Raw counters per CPU, indexed by `enum ow_counter` of offwake.h.
     pub per_cpu: Vec<Vec<u64>>,
 }
@@ -226,6 +229,7 @@ impl Counters {
             filtered: s[14],
             new_pid_lost: s[15],
             ctx_from_stack: s[16],
+            no_switch_in: s[17],
             per_cpu,
         }
     }
@@ -886,6 +890,7 @@ pub fn summary_json(report: &Report) -> serde_json::Value {
         "early_wakes": report.counters.early_wakes,
         "not_seen": report.counters.not_seen,
         "filtered": report.counters.filtered,
+        "no_switch_in": report.counters.no_switch_in,
         "lost": {
             "kernel_stack": report.counters.kernel_stack,
             "user_stack": report.counters.user_stack,
@@ -920,6 +925,9 @@ pub fn summary_text(report: &Report) -> String {
         "  {} extra wake-ups ignored (first waker kept), {} woken while switching out, {} wake-ups not seen, {} periods outside -m/-M\n",
         c.rewakes, c.early_wakes, c.not_seen, c.filtered
     ));
+    if c.no_switch_in > 0 {
+        o.push_str(&format!("  {} blocked periods left out: their switch-in was not seen\n", c.no_switch_in));
+    }
     let lost_cpus: Vec<String> = c
         .per_cpu
         .iter()

@@ -411,6 +411,12 @@ static __always_inline void switch_out(void *ctx, bool preempt, struct task_stru
 	if (!is_target(prev))
 		return;
 	s = bpf_map_lookup_elem(&sleeps, &tid);
+	/*
+	 * A period still open: the switch-in that ends it was not seen (a guest
+	 * kernel drops one now and then). It cannot be summed; say so.
+	 */
+	if (s && s->off_ts)
+		count(OW_STAT_NO_SWITCH_IN);
 	state = task_state(prev);
 	if (preempt || !state_wanted(state)) {
 		/* Still runnable, or not counted: no period opens. */

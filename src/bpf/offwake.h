@@ -52,7 +52,8 @@ enum ow_counter {
 	OW_STAT_FILTERED = 14,		/* periods outside --min-block-us/--max-block-us */
 	OW_STAT_NEW_PID_LOST = 15,	/* "new process" notifications dropped (ring buffer full) */
 	OW_STAT_CTX_UNKNOWN = 16,	/* wake-ups whose context preempt_count could not tell */
-	OW_COUNTER_MAX = 17,
+	OW_STAT_NO_SWITCH_IN = 17,	/* periods left open: the thread switched out again, its switch-in unseen */
+	OW_COUNTER_MAX = 18,
 };
 
 /* Who woke a blocked period. */
