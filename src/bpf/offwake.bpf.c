@@ -359,6 +359,7 @@ static __always_inline int on_waking(void *ctx, struct task_struct *p, bool use_
 	__u32 tid = p->pid;
 	struct sleep *s, early = {};
 	__u64 now;
+	long err;
 
 	s = bpf_map_lookup_elem(&sleeps, &tid);
 	if (s) {
@@ -381,8 +382,21 @@ static __always_inline int on_waking(void *ctx, struct task_struct *p, bool use_
 		return 0;
 	early.wake_ts = bpf_ktime_get_ns();
 	fill_waker(ctx, &early.waker, use_ksym);
-	if (bpf_map_update_elem(&sleeps, &tid, &early, BPF_NOEXIST) == -E2BIG)
+	err = bpf_map_update_elem(&sleeps, &tid, &early, BPF_NOEXIST);
+	if (err == -EEXIST) {
+		/*
+		 * Its switch-out opened the period while the stacks above were
+		 * taken (microseconds): this wake-up is that period's.
+		 */
+		s = bpf_map_lookup_elem(&sleeps, &tid);
+		if (s && !s->wake_ts) {
+			s->waker = early.waker;
+			s->wake_ts = early.wake_ts;
+			count(OW_STAT_EARLY_WAKES);
+		}
+	} else if (err == -E2BIG) {
 		count(OW_LOSS_SLEEP_FULL);
+	}
 	return 0;
 }
 
