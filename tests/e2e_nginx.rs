@@ -771,9 +771,11 @@ fn a_worker_woken_from_sleep_always_gets_its_run_queue_wait() {
 
 /// offwake names the waker of a worker's sleep even when the wake-up comes
 /// while the worker is still switching out (the waker's stacks take
-/// microseconds, and the switch-out opens the period meanwhile). Under
-/// keep-alive load on one CPU that race is frequent: before it was handled,
-/// about a fifth of nginx's blocked periods had no waker.
+/// microseconds, and the switch-out opens the period meanwhile, or its
+/// insert lands between the switch-out's lookup and write). Under keep-alive
+/// load on one CPU those races are frequent: before they were handled, about
+/// a tenth of nginx's blocked periods here had no waker, then up to 1%; now
+/// almost none.
 #[test]
 fn offwake_names_the_waker_of_nearly_every_worker_sleep_under_load() {
     if !require_root() {
@@ -791,11 +793,11 @@ fn offwake_names_the_waker_of_nearly_every_worker_sleep_under_load() {
     let not_seen = summary["not_seen"].as_u64().expect("not_seen");
     eprintln!("{requests} requests, {periods} blocked periods, {not_seen} without a waker, early wake-ups {}", summary["early_wakes"]);
     assert!(requests > 1000 && periods > 1000, "the load made the workers sleep: {requests} requests, {periods} periods");
-    assert!(not_seen * 20 < periods, "{not_seen} of {periods} blocked periods have no waker: {summary}");
+    assert!(not_seen * 200 < periods, "{not_seen} of {periods} blocked periods have no waker: {summary}");
     // The workers' sleeps in epoll_wait are attributed to the clients' softirqs or syscalls.
     let worker_keys: Vec<&Value> =
         lines.iter().filter(|l| ty(l) == "offwake" && ngx.workers.contains(&(l["blocked"]["tid"].as_u64().unwrap_or(0) as u32))).collect();
     let named: u64 = worker_keys.iter().filter(|l| l["waker"]["context"] != "not_seen").map(|l| l["count"].as_u64().unwrap_or(0)).sum();
     let all: u64 = worker_keys.iter().map(|l| l["count"].as_u64().unwrap_or(0)).sum();
-    assert!(all > 1000 && named * 20 >= all * 19, "workers' periods with a waker: {named} of {all}");
+    assert!(all > 1000 && named * 200 >= all * 199, "workers' periods with a waker: {named} of {all}");
 }

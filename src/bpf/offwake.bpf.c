@@ -455,9 +455,20 @@ static __always_inline void switch_out(void *ctx, bool preempt, struct task_stru
 	fresh.waker.ctx = OW_CTX_NOT_SEEN;
 	fresh.waker.kstack = OW_STACK_NONE;
 	fresh.waker.ustack = OW_STACK_NONE;
-	err = bpf_map_update_elem(&sleeps, &tid, &fresh, BPF_ANY);
-	if (err)
+	/* With no entry at the lookup, do not overwrite an early wake-up inserted since. */
+	err = bpf_map_update_elem(&sleeps, &tid, &fresh, s ? BPF_ANY : BPF_NOEXIST);
+	if (err == -EEXIST) {
+		s = bpf_map_lookup_elem(&sleeps, &tid);
+		if (s && !s->off_ts && s->wake_ts) {
+			count(OW_STAT_EARLY_WAKES);
+			s->off_ts = now;
+			s->state = state;
+			s->kstack = fresh.kstack;
+			s->ustack = fresh.ustack;
+		}
+	} else if (err) {
 		count(OW_LOSS_SLEEP_FULL);
+	}
 }
 
 static __always_inline void switch_in(struct task_struct *next)
