@@ -16,6 +16,7 @@
 #   trace-batch  the same trace under SCHED_BATCH (chrt -b 0): no wake-up preemption
 #   trace-text   netdrift trace -p <master> > /dev/null-like sink (chain blocks, not JSON)
 #   trace-b      NETDRIFT_B=/other/netdrift: the same trace with another build
+#   offwake-b    NETDRIFT_B=/other/netdrift: offwake with another build
 # Where the cost of trace goes (hidden benchmark-only flags of trace):
 #   trace-nostacks          no waker stacks (wake-ups lose their cause and context)
 #   trace-discard           records read and dropped undecoded: the kernel side alone
@@ -126,10 +127,14 @@ run_one() {
       "$NETDRIFT_B" trace -p "$NGINX_MASTER" --json --ready-file "$rd/ready" >/dev/null 2>"$rd/tracer.err" &
       tpid=$!
       ;;
-    offwake)
-      local ready_args=()
-      grep -q -- '--ready-file' "$WORK/offwake.help" && ready_args=(--ready-file "$rd/ready")
-      "$ND" offwake -p "$NGINX_MASTER" "${ready_args[@]}" >/dev/null 2>"$rd/tracer.err" &
+    offwake | offwake-b)
+      local ready_args=() bin=$ND
+      if [ "$cfg" = offwake-b ]; then
+        [ -n "${NETDRIFT_B:-}" ] || die "offwake-b needs NETDRIFT_B=/path/to/netdrift"
+        bin=$NETDRIFT_B
+      fi
+      case $("$bin" offwake --help 2>&1 || true) in *--ready-file*) ready_args=(--ready-file "$rd/ready") ;; esac
+      "$bin" offwake -p "$NGINX_MASTER" "${ready_args[@]}" >/dev/null 2>"$rd/tracer.err" &
       tpid=$!
       [ ${#ready_args[@]} -gt 0 ] || { sleep 3; touch "$rd/ready"; }
       ;;
