@@ -739,10 +739,13 @@ impl Correlator {
                 ann.chain = Some(id);
             }
             Kind::SwitchIn { runnable_ts, prev_cpu, prev_tid, prev_comm, after_preempt } => {
-                if let Some(t) = self.threads.get_mut(&tid) {
-                    t.asleep = false;
-                }
-                let pending = self.threads.get(&tid).map(|t| t.pending.clone()).unwrap_or_default();
+                let pending = match self.threads.get_mut(&tid) {
+                    Some(t) => {
+                        t.asleep = false;
+                        t.pending.clone()
+                    }
+                    None => Vec::new(),
+                };
                 let mut first = true;
                 for p in pending {
                     if let Some(h) = self.hop_mut(p) {
@@ -784,13 +787,13 @@ impl Correlator {
                     // Asleep already: it ran since, so the switch-in record of that run is missing.
                     let missed_in = t.asleep;
                     t.asleep = !*woken;
+                    // Asleep again in epoll_wait without having returned: woken for nothing.
+                    let in_epoll = t.in_epoll;
+                    let pending = t.pending.clone();
                     if missed_in {
                         self.stats.missed_switch_ins += 1;
                     }
-                    // Asleep again in epoll_wait without having returned: woken for nothing.
-                    let in_epoll = self.threads.get(&tid).map(|t| t.in_epoll).unwrap_or(false);
                     let ts = ev.ts;
-                    let pending = self.threads.get(&tid).map(|t| t.pending.clone()).unwrap_or_default();
                     for p in pending {
                         if let Some(h) = self.hop_mut(p) {
                             let via_epoll = h.wake.as_ref().map(|w| w.via_epoll).unwrap_or(false);
