@@ -414,6 +414,16 @@ int BPF_PROG(ow_sched_waking_ksym, struct task_struct *p)
 	return on_waking(ctx, p, true);
 }
 
+/*
+ * `s` holds only a wake-up seen while its thread was still switching out (at
+ * `now`). That wake-up may be stamped a little after `now`, when it was
+ * inserted between the switch-out's lookup and its write.
+ */
+static __always_inline bool woken_early(struct sleep *s, __u64 now)
+{
+	return s && !s->off_ts && s->wake_ts && now <= s->wake_ts + EARLY_WAKE_NS;
+}
+
 static __always_inline void switch_out(void *ctx, bool preempt, struct task_struct *prev)
 {
 	__u32 tid = prev->pid;
@@ -439,15 +449,6 @@ static __always_inline void switch_out(void *ctx, bool preempt, struct task_stru
 		return;
 	}
 	now = bpf_ktime_get_ns();
-	if (s && !s->off_ts && s->wake_ts && now - s->wake_ts <= EARLY_WAKE_NS) {
-		/* Woken while switching out: that wake-up ends this period. */
-		count(OW_STAT_EARLY_WAKES);
-		s->off_ts = now;
-		s->state = state;
-		s->kstack = kstack_id(ctx);
-		s->ustack = (prev->flags & PF_KTHREAD) || !prev->mm ? OW_STACK_NONE : ustack_id(ctx, prev->tgid);
-		return;
-	}
 	fresh.off_ts = now;
 	fresh.state = state;
 	fresh.kstack = kstack_id(ctx);
@@ -455,20 +456,24 @@ static __always_inline void switch_out(void *ctx, bool preempt, struct task_stru
 	fresh.waker.ctx = OW_CTX_NOT_SEEN;
 	fresh.waker.kstack = OW_STACK_NONE;
 	fresh.waker.ustack = OW_STACK_NONE;
-	/* With no entry at the lookup, do not overwrite an early wake-up inserted since. */
-	err = bpf_map_update_elem(&sleeps, &tid, &fresh, s ? BPF_ANY : BPF_NOEXIST);
-	if (err == -EEXIST) {
-		s = bpf_map_lookup_elem(&sleeps, &tid);
-		if (s && !s->off_ts && s->wake_ts) {
-			count(OW_STAT_EARLY_WAKES);
-			s->off_ts = now;
-			s->state = state;
-			s->kstack = fresh.kstack;
-			s->ustack = fresh.ustack;
+	if (!woken_early(s, now)) {
+		/* With no entry at the lookup, do not overwrite an early wake-up inserted since. */
+		err = bpf_map_update_elem(&sleeps, &tid, &fresh, s ? BPF_ANY : BPF_NOEXIST);
+		if (err != -EEXIST) {
+			if (err)
+				count(OW_LOSS_SLEEP_FULL);
+			return;
 		}
-	} else if (err) {
-		count(OW_LOSS_SLEEP_FULL);
+		s = bpf_map_lookup_elem(&sleeps, &tid);
+		if (!woken_early(s, now))
+			return;
 	}
+	/* Woken while switching out: that wake-up ends this period. */
+	count(OW_STAT_EARLY_WAKES);
+	s->off_ts = now;
+	s->state = state;
+	s->kstack = fresh.kstack;
+	s->ustack = fresh.ustack;
 }
 
 static __always_inline void switch_in(struct task_struct *next)
