@@ -354,6 +354,9 @@ pub struct Stats {
     /// record of that run is missing (its run-queue wait is unknown), but the
     /// wake-up before it ran, and ends like one that was seen running.
     pub missed_switch_ins: u64,
+    /// Wake-ups with no stack of their own: their cause and context are those
+    /// of the last stack taken for the same waker, woken thread and socket hook.
+    pub stacks_reused: u64,
 }
 
 #[derive(Debug, Default)]
@@ -682,8 +685,9 @@ impl Correlator {
                 self.chain_seq.insert(id, *seq);
                 ann.chain = Some(id);
             }
-            Kind::Wake { target, sock_seq, stack, target_on_rq, cause, context, via_epoll, target_cpu, .. } => {
+            Kind::Wake { target, sock_seq, stack, target_on_rq, cause, context, via_epoll, target_cpu, stack_reused, .. } => {
                 self.stats.wakes += 1;
+                self.stats.stacks_reused += *stack_reused as u64;
                 if let Some(p) = self.handling(target.tid) {
                     // It slept inside its handler (the listener's lock in a
                     // herd's losing accept, a blocking send): still that hop,

@@ -351,6 +351,14 @@ pub enum Kind {
         /// The wake went through `ep_poll_callback`.
         #[serde(default)]
         via_epoll: bool,
+        /// No stack was taken: the class is that of the last stack taken for
+        /// the same waker, woken thread and `stack_sig` (`STACK_REUSE_NS`).
+        #[serde(default, skip_serializing_if = "is_false")]
+        stack_reused: bool,
+        /// The socket hook and state and the waker's syscall (`nd_wake.stack_sig`):
+        /// with the two threads, what a reused stack is looked up by.
+        #[serde(skip)]
+        stack_sig: u64,
     },
     /// A target thread got a CPU after being woken or preempted.
     SwitchIn {
@@ -670,6 +678,8 @@ pub fn decode(data: &[u8]) -> Result<Event, DecodeError> {
                 cause: None,
                 context: None,
                 via_epoll: false,
+                stack_reused: r.stack_reused != 0,
+                stack_sig: r.stack_sig,
             }
         }
         3 => {

@@ -13,6 +13,9 @@ use crate::skel::{NetdriftSkel, NetdriftSkelBuilder};
 
 const MAX_COMMS: usize = 8;
 
+/// How long a waker stack's class stands for its signature's later wake-ups.
+pub const STACK_REUSE_NS: u64 = 100_000_000;
+
 /// What the programs are told before load.
 #[derive(Debug, Clone)]
 pub struct ProbeConfig {
@@ -22,6 +25,9 @@ pub struct ProbeConfig {
     pub follow_children: bool,
     pub ringbuf_bytes: u32,
     pub capture_stacks: bool,
+    /// Take no waker stack when one was taken this recently for the same waker,
+    /// woken thread, context and socket hook (the wake-up reuses its class); 0: every wake-up.
+    pub stack_reuse_ns: u64,
     pub switch_out: bool,
     /// Write every epoll_enter at the syscall (else only when the thread blocks, is preempted or woken in it).
     pub epoll_enter: bool,
@@ -44,6 +50,7 @@ impl Default for ProbeConfig {
             follow_children: true,
             ringbuf_bytes: 8 << 20,
             capture_stacks: true,
+            stack_reuse_ns: STACK_REUSE_NS,
             switch_out: true,
             epoll_enter: false,
             sock_window_ns: 2_000_000,
@@ -152,6 +159,7 @@ impl<'obj> Probes<'obj> {
             ro.emit_switch_out = cfg.switch_out;
             ro.emit_epoll_enter = cfg.epoll_enter;
             ro.capture_stacks = cfg.capture_stacks;
+            ro.stack_reuse_ns = cfg.stack_reuse_ns;
             ro.self_tgid = std::process::id();
             ro.trace_packets = cfg.packets;
             ro.epoll_ctl_traced = cfg.epoll_ctl || !features.file_epoll_items;

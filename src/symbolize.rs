@@ -93,6 +93,11 @@ pub struct WakeClass {
     pub via_epoll: bool,
 }
 
+impl WakeClass {
+    /// No stack to say it.
+    pub const UNKNOWN: WakeClass = WakeClass { cause: Cause::Unknown, context: WakerContext::Unknown, via_epoll: false };
+}
+
 /// Frames that belong to the wake-up machinery itself and say nothing of the cause.
 fn is_plumbing(f: &str) -> bool {
     f.starts_with("try_to_wake_up")

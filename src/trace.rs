@@ -26,7 +26,7 @@ use crate::output::{partial_path, OnDrop, PartialFile};
 use crate::probes::{ProbeConfig, Probes};
 use crate::procfs;
 use crate::summary::Summary;
-use crate::symbolize::{classify, KernelSyms};
+use crate::symbolize::{classify, KernelSyms, WakeClass};
 
 /// Set by SIGINT/SIGTERM.
 static SIGNALLED: AtomicBool = AtomicBool::new(false);
@@ -105,6 +105,10 @@ pub trait Observer {
     }
     /// The `start` record (`t0_ns`, targets, features).
     fn start(&mut self, _start: &Value) {}
+    /// Shows every wake-up's own waker stack (else most reuse an earlier one's class).
+    fn needs_stacks(&self) -> bool {
+        false
+    }
     fn event(&mut self, ev: &Event, ann: &Annotation);
     fn chain(&mut self, c: &Chain);
     /// The trace ended: write the output.
@@ -249,6 +253,9 @@ pub fn write_ready_file(p: &Path) -> Result<()> {
 struct Enricher {
     /// Waker stacks repeat: classify each distinct one once.
     classes: std::collections::HashMap<u64, (Vec<u64>, crate::symbolize::WakeClass)>,
+    /// The class of the last stack taken for (waker, woken thread, `stack_sig`),
+    /// for the wake-ups that reuse it.
+    by_sig: HashMap<(u32, u32, u64), crate::symbolize::WakeClass>,
     tried_inos: HashSet<u64>,
     /// (pid, epfd, data) looked up in fdinfo, with the pid's close count then:
     /// after a close, data words can stand for new fds, so look again.
@@ -261,7 +268,14 @@ impl Enricher {
     fn facts(&mut self, ev: &mut Event, corr: &Correlator, pids: &HashSet<u32>, syms: &mut KernelSyms) -> Vec<Event> {
         let mut out = Vec::new();
         match &mut ev.kind {
-            Kind::Wake { stack, cause, context, via_epoll, waker_is_kthread, .. } => {
+            Kind::Wake { target, stack_reused: true, stack_sig, cause, context, via_epoll, .. } => {
+                // Not seen (the map was reset): unknown, as a lost stack.
+                let c = self.by_sig.get(&(ev.task.tid, target.tid, *stack_sig)).copied().unwrap_or(WakeClass::UNKNOWN);
+                *cause = Some(c.cause);
+                *context = Some(c.context);
+                *via_epoll = c.via_epoll;
+            }
+            Kind::Wake { target, stack, stack_sig, cause, context, via_epoll, waker_is_kthread, .. } => {
                 // The class depends on the stack and on who the waker is.
                 let mut h: u64 = 0xcbf2_9ce4_8422_2325;
                 for a in stack.iter().chain([ev.task.tid as u64, *waker_is_kthread as u64].iter()) {
@@ -280,6 +294,12 @@ impl Enricher {
                         c
                     }
                 };
+                if !stack.is_empty() {
+                    if self.by_sig.len() > 65_536 {
+                        self.by_sig.clear();
+                    }
+                    self.by_sig.insert((ev.task.tid, target.tid, *stack_sig), c);
+                }
                 *cause = Some(c.cause);
                 *context = Some(c.context);
                 *via_epoll = c.via_epoll;
@@ -571,6 +591,9 @@ pub fn run(mut opts: TraceOptions) -> Result<TraceResult> {
             return fail(out, record, e);
         }
     }
+    if opts.stacks || opts.record.is_some() || opts.observers.iter().any(|o| o.needs_stacks()) {
+        opts.probe.stack_reuse_ns = 0;
+    }
     let mut open_object = MaybeUninit::uninit();
     let probes = match Probes::load(&opts.probe, &mut open_object) {
         Ok(p) => p,
@@ -637,6 +660,7 @@ pub fn run(mut opts: TraceOptions) -> Result<TraceResult> {
 
     let mut enr = Enricher {
         classes: Default::default(),
+        by_sig: Default::default(),
         tried_inos: HashSet::new(),
         tried_epoll: HashMap::new(),
         closes: HashMap::new(),

@@ -5,7 +5,7 @@
 //! Needs root (it loads BPF programs) and nginx (`apt-get install nginx`).
 //! Without root it fails, unless NETDRIFT_SKIP_ROOT_TESTS=1 is set.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs;
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
@@ -800,4 +800,105 @@ fn offwake_names_the_waker_of_nearly_every_worker_sleep_under_load() {
     let named: u64 = worker_keys.iter().filter(|l| l["waker"]["context"] != "not_seen").map(|l| l["count"].as_u64().unwrap_or(0)).sum();
     let all: u64 = worker_keys.iter().map(|l| l["count"].as_u64().unwrap_or(0)).sum();
     assert!(all > 1000 && named * 200 >= all * 199, "workers' periods with a waker: {named} of {all}");
+}
+
+/// (waker tid, woken tid, socket hook): what the BPF side reuses a stack for,
+/// less what JSON does not show (the socket's state, the waker's syscall).
+type ReuseKey = (u64, u64, String);
+/// (cause, context, via_epoll).
+type Class = (String, String, bool);
+
+/// Each wake-up's key, class and whether it reused a stack.
+fn wake_classes(lines: &[Value]) -> Vec<(ReuseKey, Class, bool)> {
+    let hooks: HashMap<u64, String> = lines
+        .iter()
+        .filter(|l| ty(l) == "sock_ready")
+        .map(|l| (l["seq"].as_u64().unwrap_or(0), l["hook"].as_str().unwrap_or("").to_string()))
+        .collect();
+    lines
+        .iter()
+        .filter(|l| ty(l) == "wake")
+        .map(|l| {
+            let hook = hooks.get(&l["sock_seq"].as_u64().unwrap_or(0)).cloned().unwrap_or_default();
+            let key = (l["task"]["tid"].as_u64().unwrap_or(0), l["target"]["tid"].as_u64().unwrap_or(0), hook);
+            let class = (l["cause"].to_string(), l["context"].to_string(), l["via_epoll"].as_bool().unwrap_or(false));
+            (key, class, l["stack_reused"] == Value::Bool(true))
+        })
+        .collect()
+}
+
+/// Without --stacks a wake-up takes a stack only if none was taken in the
+/// last 100 ms for the same waker, woken thread, socket hook and state, and
+/// waker's syscall, and reuses that one's class. Checked in two runs under
+/// keep-alive load: with --stacks (every stack taken) the class is indeed
+/// constant per key here, so reuse loses nothing; without, nearly every
+/// wake-up reuses, the stacks taken are bounded by the elapsed time, and each
+/// reused class is one taken before for its key.
+#[test]
+fn wake_ups_reuse_the_class_of_a_recent_stack_of_the_same_waker() {
+    if !require_root() {
+        return;
+    }
+    let tmp = tempfile::Builder::new().prefix("netdrift-e2e-reuse").tempdir().expect("tempdir");
+    let dir = tmp.path();
+    let ngx = Nginx::start(&nginx_binary(), dir);
+    ngx.workers.iter().for_each(|&w| common::pin(w, 0));
+    let run = |extra: &[&str]| {
+        let master = ngx.master.to_string();
+        let mut args = vec!["trace", "-p", &master, "--json", "--ringbuf-size", "64"];
+        args.extend_from_slice(extra);
+        let (mut tracer, out_path) = start_tracer(dir, &args);
+        let started = Instant::now();
+        let requests = keepalive_load(ngx.port, 8, Duration::from_millis(1000));
+        let (_, lines) = tracer.stop_json(&out_path, Duration::from_secs(30));
+        (requests, started.elapsed(), lines)
+    };
+
+    let (requests, _, lines) = run(&["--stacks"]);
+    let summary = lines.iter().find(|l| ty(l) == "summary").expect("summary line");
+    assert_eq!(summary["stats"]["stacks_reused"], 0, "--stacks reuses no stack: {}", summary["stats"]);
+    let wakes = wake_classes(&lines);
+    assert!(wakes.len() > 100, "the load woke the workers: {requests} requests, {} wake-ups", wakes.len());
+    let with_stack = lines.iter().filter(|l| ty(l) == "wake" && l["waker_stack"].as_array().is_some_and(|s| !s.is_empty())).count();
+    assert_eq!(with_stack, wakes.len(), "--stacks: every wake-up has its stack");
+    let mut first: HashMap<_, _> = HashMap::new();
+    let mut differ = 0;
+    for (key, class, _) in &wakes {
+        differ += (first.entry(key.clone()).or_insert_with(|| class.clone()) != class) as usize;
+    }
+    eprintln!("--stacks: {} wake-ups, {} keys, {differ} with another class than their key's first", wakes.len(), first.len());
+    assert!(differ * 100 <= wakes.len(), "the class is constant per key for this load: {differ} of {} differ", wakes.len());
+
+    let (requests, elapsed, lines) = run(&[]);
+    let summary = lines.iter().find(|l| ty(l) == "summary").expect("summary line");
+    assert_eq!(summary["lost"]["ringbuf"].as_u64(), Some(0), "no record lost: {}", summary["lost"]);
+    let wakes = wake_classes(&lines);
+    let reused = wakes.iter().filter(|w| w.2).count();
+    assert_eq!(summary["stats"]["stacks_reused"].as_u64(), Some(reused as u64), "the summary counts the reused: {}", summary["stats"]);
+    let mut taken: HashMap<ReuseKey, (usize, BTreeSet<Class>)> = HashMap::new();
+    let (mut mismatched, mut orphans) = (0, 0);
+    for (key, class, reused) in &wakes {
+        if !reused {
+            let t = taken.entry(key.clone()).or_default();
+            t.0 += 1;
+            t.1.insert(class.clone());
+        } else {
+            match taken.get(key) {
+                Some((_, c)) => mismatched += !c.contains(class) as usize,
+                None => orphans += 1,
+            }
+        }
+    }
+    let stacks: usize = taken.values().map(|t| t.0).sum();
+    eprintln!(
+        "{requests} requests in {elapsed:?}: {} wake-ups, {reused} reused a stack, {stacks} stacks taken for {} keys",
+        wakes.len(),
+        taken.len()
+    );
+    assert!(wakes.len() > 100 && reused * 10 >= wakes.len() * 9, "nearly every wake-up reuses a stack: {reused} of {}", wakes.len());
+    // A client thread wakes a worker from a few syscalls (write, read, connect, close).
+    let bound = (elapsed.as_millis() as usize / 100 + 2) * taken.len().max(1) * 4;
+    assert!(stacks <= bound, "at most one stack per key per 100 ms: {stacks} taken for {} keys in {elapsed:?}", taken.len());
+    assert_eq!(orphans, 0, "every reused class follows a stack taken for its key");
+    assert_eq!(mismatched, 0, "every reused class is one taken for its key");
 }

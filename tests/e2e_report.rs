@@ -462,6 +462,8 @@ fn fixture_recording(path: &Path) {
         cause: Some(Cause::SocketReadable),
         context: Some(WakerContext::SoftirqInSyscall),
         via_epoll: true,
+        stack_reused: false,
+        stack_sig: 0,
     };
     let ev = |ts: u64, cpu: u32, t: &Task, kind: Kind| Event { ts: t0 + ts, cpu, task: t.clone(), kind };
     let sin = |prev: u64| Kind::SwitchIn {

@@ -25,6 +25,8 @@ fn wake(target: Task, seq: u64, cause: Cause) -> Kind {
         cause: Some(cause),
         context: Some(WakerContext::SoftirqInSyscall),
         via_epoll: true,
+        stack_reused: false,
+        stack_sig: 0,
     }
 }
 
@@ -344,6 +346,8 @@ fn a_wake_up_while_handling_stays_in_the_hop() {
         cause: Some(Cause::Other),
         context: Some(WakerContext::Process),
         via_epoll: false,
+        stack_reused: false,
+        stack_sig: 0,
     };
     evs.extend([
         // w1 blocks inside accept4 on the socket lock w0 holds.
@@ -511,6 +515,8 @@ fn futex_wake(target: Task) -> Kind {
         cause: Some(Cause::Futex),
         context: Some(WakerContext::Process),
         via_epoll: false,
+        stack_reused: false,
+        stack_sig: 0,
     }
 }
 

@@ -33,6 +33,12 @@ const volatile bool emit_switch_out = true;
 /* Write epoll_enter at the syscall, not only when the thread blocks in it. */
 const volatile bool emit_epoll_enter = false;
 const volatile bool capture_stacks = true;
+/*
+ * Take a waker stack only if none was taken for the same (waker, woken
+ * thread, context, socket hook) in this long: the stack is ~2/3 of a
+ * wake-up's cost and its class repeats. 0: every wake-up (--stacks, --record).
+ */
+const volatile __u64 stack_reuse_ns = 0;
 const volatile bool trace_packets = false;
 /* --epoll-ctl: every registration is traced, no need to read epitems. */
 const volatile bool epoll_ctl_traced = false;
@@ -439,19 +445,23 @@ struct pt_regs___arm64 {
  * The syscall a task blocked in before tracing started (no enter seen), from
  * the registers it saved on entry; its first argument in *fd.
  */
+/* The syscall p is in, from the registers it saved on entry (-1: none, or user mode). */
+static __always_inline long syscall_nr(struct pt_regs *regs)
+{
+	if (!regs)
+		return -1;
+	if (bpf_core_field_exists(((struct pt_regs___x86 *)0)->orig_ax))
+		return BPF_CORE_READ((struct pt_regs___x86 *)regs, orig_ax);
+	if (bpf_core_field_exists(((struct pt_regs___arm64 *)0)->syscallno))
+		return BPF_CORE_READ((struct pt_regs___arm64 *)regs, syscallno);
+	return -1;
+}
+
 static __always_inline __u32 blocked_syscall(struct task_struct *p, int *fd)
 {
 	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(p);
-	long nr;
+	long nr = syscall_nr(regs);
 
-	if (!regs)
-		return 0;
-	if (bpf_core_field_exists(((struct pt_regs___x86 *)0)->orig_ax))
-		nr = BPF_CORE_READ((struct pt_regs___x86 *)regs, orig_ax);
-	else if (bpf_core_field_exists(((struct pt_regs___arm64 *)0)->syscallno))
-		nr = BPF_CORE_READ((struct pt_regs___arm64 *)regs, syscallno);
-	else
-		return 0;
 	if (nr < 0)
 		return 0;
 	*fd = (int)PT_REGS_PARM1_CORE_SYSCALL(regs);
@@ -569,6 +579,40 @@ static __always_inline int still_running(struct task_struct *p)
 	return 1;
 }
 
+/*
+ * A waker stack's class (cause, context) is nearly always the same for the
+ * same waker, woken thread, socket hook and state, and waker's syscall (a
+ * write's data and a close's FIN differ only there). The context bits of
+ * preempt_count would sharpen it, but reading that per-CPU variable needs
+ * its address in kallsyms (CONFIG_KALLSYMS_ALL).
+ */
+struct stack_sig {
+	__u32 waker_tid;
+	__u32 target_tid;
+	__u64 sig;	/* nd_wake.stack_sig */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 8192);
+	__type(key, struct stack_sig);
+	__type(value, __u64);	/* when its last stack was taken */
+} stack_taken SEC(".maps");
+
+/* Take this wake-up's stack? Marks the signature taken when it does. */
+static __always_inline bool take_stack(struct stack_sig *sig, __u64 now)
+{
+	__u64 *last;
+
+	if (!stack_reuse_ns)
+		return true;
+	last = bpf_map_lookup_elem(&stack_taken, sig);
+	if (last && now - *last < stack_reuse_ns)
+		return false;
+	bpf_map_update_elem(&stack_taken, sig, &now, BPF_ANY);
+	return true;
+}
+
 SEC("tp_btf/sched_waking")
 int BPF_PROG(nd_sched_waking, struct task_struct *p)
 {
@@ -677,12 +721,21 @@ int BPF_PROG(nd_sched_waking, struct task_struct *p)
 	w->target_on_rq = on_rq;
 	cur = bpf_get_current_task_btf();
 	w->waker_is_kthread = (cur->flags & PF_KTHREAD) ? 1 : 0;
+	w->stack_sig = hook | (sk ? (__u32)BPF_CORE_READ((struct sock *)sk, __sk_common.skc_state) << 8 : 0) |
+		       (__u64)(__u32)syscall_nr((struct pt_regs *)bpf_task_pt_regs(cur)) << 32;
+	w->stack_reused = 0;
+	w->stack_sz = 0;
 	if (capture_stacks) {
-		w->stack_sz = bpf_get_stack(ctx, w->stack, sizeof(w->stack), 0);
-		if (w->stack_sz < 0)
-			count_loss(ND_LOSS_STACK);
-	} else {
-		w->stack_sz = 0;
+		struct stack_sig sig = { .waker_tid = w->hdr.tid, .target_tid = tid, .sig = w->stack_sig };
+
+		/* After the reserve: a record that reuses a stack follows the one that took it. */
+		if (take_stack(&sig, now)) {
+			w->stack_sz = bpf_get_stack(ctx, w->stack, sizeof(w->stack), 0);
+			if (w->stack_sz < 0)
+				count_loss(ND_LOSS_STACK);
+		} else {
+			w->stack_reused = 1;
+		}
 	}
 	submit(w);
 	return 0;

@@ -1024,6 +1024,9 @@ pub fn svg_is_inert(s: &str) -> bool {
 }
 
 impl Observer for ReportWriter {
+    fn needs_stacks(&self) -> bool {
+        true
+    }
     fn open(&mut self) -> Result<()> {
         crate::trace::check_file_path(&self.path)?;
         self.file = Some(PartialFile::create(&self.path, OnDrop::Remove)?);

@@ -155,9 +155,20 @@ fn write_hot(buf: &mut Vec<u8>, ev: &Event) -> serde_json::Result<bool> {
             buf.extend_from_slice(b",\"next_comm\":");
             string(buf, next_comm)?;
         }
-        Kind::Wake { target, sock_seq, stack, stack_err, target_cpu, waker_is_kthread, target_on_rq, cause, context, via_epoll }
-            if stack.is_empty() =>
-        {
+        Kind::Wake {
+            target,
+            sock_seq,
+            stack,
+            stack_err,
+            target_cpu,
+            waker_is_kthread,
+            target_on_rq,
+            cause,
+            context,
+            via_epoll,
+            stack_reused,
+            stack_sig: _,
+        } if stack.is_empty() => {
             head(buf, "wake")?;
             task(buf, b",\"target\":", target)?;
             kv(buf, b",\"sock_seq\":", *sock_seq);
@@ -172,6 +183,9 @@ fn write_hot(buf: &mut Vec<u8>, ev: &Event) -> serde_json::Result<bool> {
             buf.extend_from_slice(b",\"context\":");
             name_or_null(buf, context.map(WakerContext::key));
             boolean(buf, b",\"via_epoll\":", *via_epoll);
+            if *stack_reused {
+                buf.extend_from_slice(b",\"stack_reused\":true");
+            }
         }
         Kind::SockReady { sock, seq, hook, new_state, packet: None } => {
             head(buf, "sock_ready")?;
@@ -351,6 +365,8 @@ mod tests {
                 cause: (i != 2).then_some(*c),
                 context: (i != 3).then_some(contexts[i % contexts.len()]),
                 via_epoll: i % 4 == 0,
+                stack_reused: i % 3 == 1,
+                stack_sig: i as u64,
             });
         }
         let hooks = [ReadyHook::SkDataReady, ReadyHook::InetSockSetState, ReadyHook::EpollItem, ReadyHook::Accept, ReadyHook::IoWait];

@@ -834,6 +834,8 @@ pub(crate) mod tests {
             cause: Some(Cause::SocketReadable),
             context: Some(WakerContext::SoftirqInSyscall),
             via_epoll: true,
+            stack_reused: false,
+            stack_sig: 0,
         };
         vec![
             ev(1_000, 0, &w0, Kind::FdMap { ino: 9, fd: 3 }),

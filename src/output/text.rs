@@ -261,6 +261,13 @@ pub fn summary(stats: &Stats, losses: &Losses, secs: f64, ringbuf_mib: u32, why:
         if stats.handlers > 0 { format!(", {} handler calls", stats.handlers) } else { String::new() }
     );
     let _ = writeln!(o, "  {} chains woke more than one thread; {} wake-ups were for nothing", stats.herd_chains, stats.wasted_wakes);
+    if stats.stacks_reused > 0 {
+        let _ = writeln!(
+            o,
+            "  waker stacks: {} wake-ups classified from the last stack of the same waker and woken thread (--stacks takes every one)",
+            stats.stacks_reused
+        );
+    }
     let _ = writeln!(
         o,
         "  context switches of the targets: {} voluntary, {} involuntary{}",
