@@ -63,7 +63,7 @@ pub struct OutputArgs {
     /// Print each waker's kernel stack, symbolized from /proc/kallsyms.
     #[arg(long)]
     pub stacks: bool,
-    /// Write the output to FILE (as FILE.partial until the trace ends cleanly).
+    /// Write the output to FILE (as FILE.partial until the trace ends cleanly; a device or FIFO such as /dev/null is written in place).
     #[arg(short = 'o', long = "output-file", value_name = "FILE")]
     pub output_file: Option<PathBuf>,
     /// Ring buffer size in MiB (a power of two). Raise it when the summary reports lost records.
@@ -173,7 +173,7 @@ pub struct AnalyzeArgs {
     /// Print each waker's kernel stack (symbolized with this machine's kallsyms: same boot only).
     #[arg(long)]
     pub stacks: bool,
-    /// Write the output to FILE (as FILE.partial until complete).
+    /// Write the output to FILE (as FILE.partial until complete; a device or FIFO is written in place).
     #[arg(short = 'o', long = "output-file", value_name = "FILE")]
     pub output_file: Option<PathBuf>,
     /// Print only the thundering-herd table.
@@ -294,7 +294,7 @@ pub struct OffwakeArgs {
     /// Insert `-` between the kernel and the user stack of each side.
     #[arg(short = 'd', long)]
     pub delimited: bool,
-    /// Write the output to FILE (as FILE.partial until it is complete).
+    /// Write the output to FILE (as FILE.partial until it is complete; a device or FIFO is written in place).
     #[arg(short = 'o', long = "output-file", value_name = "FILE")]
     pub output_file: Option<PathBuf>,
     /// Write a file (containing netdrift's pid) once the programs are attached, for scripts.

@@ -242,6 +242,9 @@ pub fn check_outputs(paths: &[&Path]) -> Result<()> {
 
 /// Write the ready file atomically, so a waiting script never reads half of it.
 pub fn write_ready_file(p: &Path) -> Result<()> {
+    if crate::output::is_special(p) {
+        return std::fs::write(p, format!("{}\n", std::process::id())).map_err(|e| Error::Output { path: p.to_path_buf(), source: e });
+    }
     let tmp = partial_path(p);
     std::fs::write(&tmp, format!("{}\n", std::process::id())).map_err(|e| Error::Output { path: p.to_path_buf(), source: e })?;
     std::fs::rename(&tmp, p).map_err(|e| Error::Output { path: p.to_path_buf(), source: e })
@@ -567,7 +570,7 @@ pub fn run(mut opts: TraceOptions) -> Result<TraceResult> {
     outs.extend(opts.record.as_deref());
     outs.extend(opts.ready_file.as_deref());
     check_outputs(&outs)?;
-    if let Some(p) = &opts.ready_file {
+    if let Some(p) = opts.ready_file.as_ref().filter(|p| !crate::output::is_special(p)) {
         // Can it be written at all? Find out now, not after attaching.
         let tmp = partial_path(p);
         File::create(&tmp).map_err(|e| Error::Output { path: p.clone(), source: e })?;

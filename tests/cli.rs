@@ -299,5 +299,13 @@ fn analyze_leaves_out_a_socket_event_its_wake_up_disproves() {
     assert_eq!(wakes[1]["chain"], ready[0]["chain"], "the confirmed one is joined");
     let summary = of("summary");
     assert_eq!(summary[0]["stats"]["sockets_disproved"], 1, "{}", summary[0]);
+
+    // -o /dev/null writes the device, and leaves it one (not a file renamed over it).
+    let out = nd().args(["analyze", "--json", "-o", "/dev/null"]).arg(&rec).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.stdout.is_empty());
+    use std::os::unix::fs::FileTypeExt;
+    assert!(std::fs::metadata("/dev/null").unwrap().file_type().is_char_device(), "/dev/null is still the device");
+    assert!(!std::path::Path::new("/dev/null.partial").exists());
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -25,17 +25,31 @@ pub enum OnDrop {
 
 /// An output file written as `PATH.partial` and renamed to PATH by
 /// [`PartialFile::commit`] only, so a file at PATH is never half-written.
+/// A PATH that exists and is not a regular file (/dev/null, a FIFO,
+/// /dev/stdout) is written in place: renaming over it would replace it.
 pub struct PartialFile {
     path: std::path::PathBuf,
     w: Option<std::io::BufWriter<std::fs::File>>,
     on_drop: OnDrop,
+    /// Written in place (not a regular file): nothing to rename or remove.
+    in_place: bool,
+}
+
+/// PATH exists and is not a regular file (a device, a FIFO, a socket).
+pub fn is_special(path: &std::path::Path) -> bool {
+    std::fs::metadata(path).is_ok_and(|m| !m.is_file() && !m.is_dir())
 }
 
 impl PartialFile {
     pub fn create(path: &std::path::Path, on_drop: OnDrop) -> crate::error::Result<Self> {
-        let f =
-            std::fs::File::create(partial_path(path)).map_err(|e| crate::error::Error::Output { path: path.to_path_buf(), source: e })?;
-        Ok(PartialFile { path: path.to_path_buf(), w: Some(std::io::BufWriter::with_capacity(1 << 16, f)), on_drop })
+        let err = |e| crate::error::Error::Output { path: path.to_path_buf(), source: e };
+        let in_place = is_special(path);
+        let f = if in_place {
+            std::fs::OpenOptions::new().write(true).open(path).map_err(err)?
+        } else {
+            std::fs::File::create(partial_path(path)).map_err(err)?
+        };
+        Ok(PartialFile { path: path.to_path_buf(), w: Some(std::io::BufWriter::with_capacity(1 << 16, f)), on_drop, in_place })
     }
 
     pub fn path(&self) -> &std::path::Path {
@@ -48,13 +62,18 @@ impl PartialFile {
         let mut w = self.w.take().ok_or_else(|| err(&self.path, std::io::Error::other("already committed")))?;
         std::io::Write::flush(&mut w).map_err(|e| err(&self.path, e))?;
         drop(w);
+        if self.in_place {
+            return Ok(());
+        }
         std::fs::rename(partial_path(&self.path), &self.path).map_err(|e| err(&self.path, e))
     }
 
     /// Remove `PATH.partial` now (the run failed before writing anything).
     pub fn discard(mut self) {
         self.w = None;
-        let _ = std::fs::remove_file(partial_path(&self.path));
+        if !self.in_place {
+            let _ = std::fs::remove_file(partial_path(&self.path));
+        }
     }
 }
 
@@ -76,7 +95,7 @@ impl std::io::Write for PartialFile {
 impl Drop for PartialFile {
     fn drop(&mut self) {
         if let Some(mut w) = self.w.take() {
-            if self.on_drop == OnDrop::Remove {
+            if self.on_drop == OnDrop::Remove && !self.in_place {
                 drop(w);
                 let _ = std::fs::remove_file(partial_path(&self.path));
             } else {
@@ -141,6 +160,38 @@ pub fn dur(ns: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
+    use std::os::unix::fs::FileTypeExt;
+    use std::path::Path;
+
+    #[test]
+    fn a_device_or_fifo_is_written_in_place_never_replaced() {
+        // `-o /dev/null` once renamed /dev/null.partial over the device.
+        for on_drop in [OnDrop::Keep, OnDrop::Remove] {
+            let mut f = PartialFile::create(Path::new("/dev/null"), on_drop).expect("open /dev/null");
+            f.write_all(b"{}\n").unwrap();
+            f.commit().expect("commit");
+            assert!(std::fs::metadata("/dev/null").unwrap().file_type().is_char_device(), "/dev/null is still the device");
+            assert!(!Path::new("/dev/null.partial").exists());
+            drop(PartialFile::create(Path::new("/dev/null"), on_drop).expect("open /dev/null"));
+            assert!(std::fs::metadata("/dev/null").unwrap().file_type().is_char_device());
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let reader = {
+            let fifo = fifo.clone();
+            std::thread::spawn(move || std::fs::read_to_string(fifo).unwrap())
+        };
+        let mut f = PartialFile::create(&fifo, OnDrop::Keep).expect("open the fifo");
+        f.write_all(b"through the pipe\n").unwrap();
+        f.commit().expect("commit");
+        assert_eq!(reader.join().unwrap(), "through the pipe\n");
+        assert!(std::fs::metadata(&fifo).unwrap().file_type().is_fifo());
+        assert!(!partial_path(&fifo).exists());
+    }
 
     #[test]
     fn strips_escape_sequences() {
