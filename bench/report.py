@@ -159,6 +159,7 @@ def main():
             order.append(r["cfg"])
     base = [r for r in runs if r["cfg"] == "untraced"]
     base_rps, base_p99 = mean(r["rps"] for r in base), mean(r["p99_ms"] for r in base)
+    base_each = [r["rps"] for r in base if not r.get("bpf_stats")]
     configs = {}
     for cfg in order:
         every = [r for r in runs if r["cfg"] == cfg]
@@ -181,6 +182,11 @@ def main():
             "steal_pct": mean(r.get("steal_pct") for r in rs),
         }
         c["rps_ratio"] = c["rps"] / base_rps if base_rps and c["rps"] else None
+        # Each round against the untraced run of the same round: a host hiccup
+        # that slows one round moves one pair, not the whole mean.
+        paired = [a / b for a, b in zip(c["rps_each"], base_each) if a and b]
+        c["rps_ratio_each_round"] = paired
+        c["rps_ratio_median_paired"] = statistics.median(paired) if paired else None
         c["p99_ratio"] = c["p99_ms"] / base_p99 if base_p99 and c["p99_ms"] else None
         if cfg != "untraced":
             c["events_per_s"] = mean(r.get("events_per_s") for r in rs)
@@ -246,21 +252,22 @@ def main():
     print()
     print(f"netdrift overhead on nginx, wrk -t1 -c{meta.get('connections', '?')} -d{meta.get('duration_s', '?')}s, "
           f"{meta.get('rounds', '?')} rounds interleaved (+{meta.get('stats_rounds', 0)} with bpf_stats_enabled for the BPF columns); untraced: {fmt(base_rps, ',.0f')} req/s, p99 {fmt(base_p99, '.2f')} ms")
-    hdr = f"{'config':<11} {'req/s':>9} {'ratio':>6} {'p99 ms':>7} {'ratio':>6} {'events/s':>9} {'lost':>5} {'cpu %':>6} {'bpf ms/s':>8} {'other %':>7}  bpf ns/run by type"
+    hdr = f"{'config':<11} {'req/s':>9} {'ratio':>6} {'median':>6} {'p99 ms':>7} {'ratio':>6} {'events/s':>9} {'lost':>5} {'cpu %':>6} {'bpf ms/s':>8} {'other %':>7}  bpf ns/run by type"
     print(hdr)
     print("-" * len(hdr))
     for cfg, c in configs.items():
         types = ", ".join(f"{k} {fmt(v, '.0f')}" for k, v in sorted(c.get("bpf_ns_per_run_by_type", {}).items()))
         types = ", ".join(f"{k} {fmt(v, '.0f')}" for k, v in sorted(c.get("bpf_ns_per_run_by_type", {}).items()) if v is not None)
-        print(f"{cfg:<11} {fmt(c['rps'], '9.0f')} {fmt(c['rps_ratio'], '6.3f')} {fmt(c['p99_ms'], '7.2f')} {fmt(c['p99_ratio'], '6.2f')} "
+        print(f"{cfg:<11} {fmt(c['rps'], '9.0f')} {fmt(c['rps_ratio'], '6.3f')} {fmt(c['rps_ratio_median_paired'], '6.3f')} {fmt(c['p99_ms'], '7.2f')} {fmt(c['p99_ratio'], '6.2f')} "
               f"{fmt(c.get('events_per_s'), '9.0f')} {fmt(c.get('lost'), '5d')} {fmt(c.get('tracer_cpu_pct'), '6.1f')} {fmt(c.get('bpf_ms_per_s'), '8.1f')} {fmt(c.get('other_cpu_pct'), '7.1f')}  {types}")
     if meta.get("skipped", "").strip():
         print(f"skipped: {meta['skipped'].strip()}")
     for k, v in targets.items():
         print(f"target {k}: {'met' if v['met'] else 'NOT met'} {json.dumps({a: b for a, b in v.items() if a != 'met'})}")
     for cfg, c in configs.items():
-        print(f"  {cfg}: req/s per round {[round(x) for x in c['rps_each'] if x]}, p99 ms {c['p99_ms_each']}, other CPU % {[round(x, 1) for x in c['other_cpu_pct_each'] if x is not None]}")
-    print("(cpu % = the tracer's utime+stime per second of the wrk window, % of one CPU; bpf ms/s = run time of the tracer's BPF programs")
+        print(f"  {cfg}: req/s per round {[round(x) for x in c['rps_each'] if x]}, ratio per round {[round(x, 3) for x in c['rps_ratio_each_round']]}, p99 ms {c['p99_ms_each']}, other CPU % {[round(x, 1) for x in c['other_cpu_pct_each'] if x is not None]}")
+    print("(ratio = mean req/s over the untraced mean; median = median over rounds of req/s over the same round's untraced req/s;")
+    print(" cpu % = the tracer's utime+stime per second of the wrk window, % of one CPU; bpf ms/s = run time of the tracer's BPF programs")
     print(" per second (charged to the traced tasks, not the tracer), from the rounds with kernel.bpf_stats_enabled, which are left out of")
     print(f" the other columns; lost = over every round; other % = CPU used by unrelated processes during the window; results: {results})")
 
