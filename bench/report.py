@@ -164,8 +164,8 @@ def main():
     for cfg in order:
         every = [r for r in runs if r["cfg"] == cfg]
         rs = [r for r in every if not r.get("bpf_stats")]
-        # Runs from before the split had the statistics on in every round.
-        stats_rs = [r for r in every if r.get("bpf_stats")] or rs
+        # Runs from before the split (no "bpf_stats" key) had the statistics on in every round.
+        stats_rs = [r for r in every if r.get("bpf_stats")] or [r for r in rs if "bpf_stats" not in r]
         if not rs:
             continue
         c = {
