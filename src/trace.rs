@@ -649,6 +649,7 @@ pub fn run(mut opts: TraceOptions) -> Result<TraceResult> {
         "features": probes.features,
         "notes": probes.notes,
         "ringbuf_bytes": opts.probe.ringbuf_bytes,
+        "stack_reuse_ns": opts.probe.stack_reuse_ns * opts.probe.capture_stacks as u64,
         "packets": opts.probe.packets,
         "epoll_ctl": opts.probe.epoll_ctl,
         "handlers": opts.probe.handlers,

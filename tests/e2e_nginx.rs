@@ -857,21 +857,32 @@ fn wake_ups_reuse_the_class_of_a_recent_stack_of_the_same_waker() {
     let (requests, _, lines) = run(&["--stacks"]);
     let summary = lines.iter().find(|l| ty(l) == "summary").expect("summary line");
     assert_eq!(summary["stats"]["stacks_reused"], 0, "--stacks reuses no stack: {}", summary["stats"]);
+    assert_eq!(lines[0]["stack_reuse_ns"], 0, "the start line says every stack is taken: {}", lines[0]);
     let wakes = wake_classes(&lines);
     assert!(wakes.len() > 100, "the load woke the workers: {requests} requests, {} wake-ups", wakes.len());
     let with_stack = lines.iter().filter(|l| ty(l) == "wake" && l["waker_stack"].as_array().is_some_and(|s| !s.is_empty())).count();
     assert_eq!(with_stack, wakes.len(), "--stacks: every wake-up has its stack");
     let mut first: HashMap<_, _> = HashMap::new();
-    let mut differ = 0;
+    let mut differ = Vec::new();
     for (key, class, _) in &wakes {
-        differ += (first.entry(key.clone()).or_insert_with(|| class.clone()) != class) as usize;
+        let f = first.entry(key.clone()).or_insert_with(|| class.clone());
+        if f != class {
+            differ.push(format!("{key:?}: {class:?}, first {f:?}"));
+        }
     }
-    eprintln!("--stacks: {} wake-ups, {} keys, {differ} with another class than their key's first", wakes.len(), first.len());
+    let differ_examples = differ.iter().take(3).cloned().collect::<Vec<_>>().join("; ");
+    let differ = differ.len();
+    eprintln!(
+        "--stacks: {} wake-ups, {} keys, {differ} with another class than their key's first (e.g. {differ_examples})",
+        wakes.len(),
+        first.len()
+    );
     assert!(differ * 100 <= wakes.len(), "the class is constant per key for this load: {differ} of {} differ", wakes.len());
 
     let (requests, elapsed, lines) = run(&[]);
     let summary = lines.iter().find(|l| ty(l) == "summary").expect("summary line");
     assert_eq!(summary["lost"]["ringbuf"].as_u64(), Some(0), "no record lost: {}", summary["lost"]);
+    assert_eq!(lines[0]["stack_reuse_ns"], 100_000_000, "the start line gives the reuse window: {}", lines[0]);
     let wakes = wake_classes(&lines);
     let reused = wakes.iter().filter(|w| w.2).count();
     assert_eq!(summary["stats"]["stacks_reused"].as_u64(), Some(reused as u64), "the summary counts the reused: {}", summary["stats"]);
@@ -890,6 +901,8 @@ fn wake_ups_reuse_the_class_of_a_recent_stack_of_the_same_waker() {
         }
     }
     let stacks: usize = taken.values().map(|t| t.0).sum();
+    let state_wakes = wakes.iter().filter(|w| w.1 .0 == "\"socket_state\"").count();
+    eprintln!("socket_state wake-ups: {state_wakes} ({} reused)", wakes.iter().filter(|w| w.2 && w.1 .0 == "\"socket_state\"").count());
     eprintln!(
         "{requests} requests in {elapsed:?}: {} wake-ups, {reused} reused a stack, {stacks} stacks taken for {} keys",
         wakes.len(),
