@@ -264,8 +264,9 @@ pub fn summary(stats: &Stats, losses: &Losses, secs: f64, ringbuf_mib: u32, why:
     if stats.stacks_reused > 0 {
         let _ = writeln!(
             o,
-            "  waker stacks: {} wake-ups classified from the last stack of the same waker and woken thread (--stacks takes every one)",
-            stats.stacks_reused
+            "  waker stacks: {} wake-ups took the class of a stack taken < {} ms before for the same waker, woken thread, socket state and syscall (--stacks takes every one)",
+            stats.stacks_reused,
+            crate::probes::STACK_REUSE_NS / 1_000_000
         );
     }
     let _ = writeln!(
