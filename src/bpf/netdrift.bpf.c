@@ -731,8 +731,12 @@ int BPF_PROG(nd_sched_waking, struct task_struct *p)
 		/* After the reserve: a record that reuses a stack follows the one that took it. */
 		if (take_stack(&sig, now)) {
 			w->stack_sz = bpf_get_stack(ctx, w->stack, sizeof(w->stack), 0);
-			if (w->stack_sz < 0)
+			if (w->stack_sz < 0) {
 				count_loss(ND_LOSS_STACK);
+				/* Nothing to reuse: the next wake-up of this signature tries again. */
+				if (stack_reuse_ns)
+					bpf_map_delete_elem(&stack_taken, &sig);
+			}
 		} else {
 			w->stack_reused = 1;
 		}
