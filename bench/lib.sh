@@ -34,10 +34,19 @@ free_port() {
   python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
-# nginx_start DIR AFFINITY: 2 workers, access_log off, `return 200 "ok"`.
+# nginx_start DIR AFFINITY: 2 workers, access_log off, `return 200 "ok"`
+# (or, with BODY_KB=N, a static file of N KiB sent with sendfile).
 # Sets NGINX_MASTER, NGINX_W1, NGINX_W2, NGINX_PORT.
 nginx_start() {
-  local dir=$1 affinity=$2 try
+  local dir=$1 affinity=$2 try location='return 200 "ok";'
+  if [ "${BODY_KB:-0}" -gt 0 ]; then
+    mkdir -p "$dir/www"
+    head -c "$((BODY_KB * 1024))" /dev/zero | tr '\0' x >"$dir/www/index.html"
+    # The workers run as nobody: they must reach the file.
+    chmod 755 "$dir" "$dir/www"
+    chmod 644 "$dir/www/index.html"
+    location="root $dir/www; sendfile on; tcp_nopush on;"
+  fi
   for try in 1 2 3; do
     NGINX_PORT=$(free_port)
     cat >"$dir/nginx.conf" <<EOF
@@ -53,7 +62,7 @@ http {
     keepalive_requests 1000000;
     server {
         listen 127.0.0.1:$NGINX_PORT backlog=4096;
-        location / { return 200 "ok"; }
+        location / { $location }
     }
 }
 EOF

@@ -21,6 +21,8 @@
 #   trace-nostacks          no waker stacks (wake-ups lose their cause and context)
 #   trace-discard           records read and dropped undecoded: the kernel side alone
 #   trace-discard-nostacks  both: the BPF programs without the stack
+# BODY_KB=N: nginx sends a static N KiB file (sendfile) instead of `return
+# 200 "ok"`: more work per request, the same records per request.
 # Pinning (2 CPUs): both nginx workers on CPU 1 (worker_cpu_affinity 10 10),
 # wrk on CPU 0, the tracer unpinned (it competes with both, as in production).
 # Change with NGINX_AFFINITY / WRK_CPU.
@@ -210,5 +212,5 @@ done
 
 mkdir -p "$(dirname "$RESULTS")"
 python3 "$ND_ROOT/bench/report.py" "$WORK" "$RESULTS" \
-  --meta "rounds=$ROUNDS" "stats_rounds=$STATS_ROUNDS" "duration_s=$DURATION" "connections=$CONNS" "nginx_affinity=$NGINX_AFFINITY" \
+  --meta "body_kb=${BODY_KB:-0}" "rounds=$ROUNDS" "stats_rounds=$STATS_ROUNDS" "duration_s=$DURATION" "connections=$CONNS" "nginx_affinity=$NGINX_AFFINITY" \
   "wrk_cpu=$WRK_CPU" "netdrift=${ND#$ND_ROOT/}" "skipped=$(echo $CONFIGS | tr ' ' '\n' | grep -vxF -f <(printf '%s\n' "${run_configs[@]}") | tr '\n' ' ')"
