@@ -615,7 +615,7 @@ pub fn preempt_count_access() -> PreemptCount {
 }
 
 /// Where preempt_count can be read from BPF without a ksym (x86_64).
-fn preempt_count_without_ksym() -> PreemptCount {
+pub fn preempt_count_without_ksym() -> PreemptCount {
     match percpu_offsets() {
         Some((pc, cpu, rq)) => PreemptCount::Runqueue { pc_delta: pc - rq, cpu_delta: cpu.map(|c| c - rq).unwrap_or(0) },
         None => PreemptCount::Stack,

@@ -160,6 +160,15 @@ impl<'obj> Probes<'obj> {
             ro.emit_epoll_enter = cfg.epoll_enter;
             ro.capture_stacks = cfg.capture_stacks;
             ro.stack_reuse_ns = cfg.stack_reuse_ns;
+            // The waker's context sharpens the stack-reuse key (x86_64: found
+            // through the run queue; elsewhere read from thread_info with CO-RE).
+            if cfg.stack_reuse_ns > 0 && cfg!(target_arch = "x86_64") {
+                if let crate::offwake::PreemptCount::Runqueue { pc_delta, cpu_delta } = crate::offwake::preempt_count_without_ksym() {
+                    ro.pc_via_rq = true;
+                    ro.pc_rq_delta = pc_delta;
+                    ro.cpu_rq_delta = cpu_delta;
+                }
+            }
             ro.self_tgid = std::process::id();
             ro.trace_packets = cfg.packets;
             ro.epoll_ctl_traced = cfg.epoll_ctl || !features.file_epoll_items;

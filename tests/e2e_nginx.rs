@@ -633,8 +633,9 @@ fn reused_ring_memory_leaves_no_stale_fields() {
 }
 
 /// Keep-alive clients, each sending one request at a time until `dur` has
-/// passed; returns the number of answered requests.
-fn keepalive_load(port: u16, conns: usize, dur: Duration) -> u64 {
+/// passed and pausing `pause` after each response (idle workers sleep and
+/// get woken); returns the number of answered requests.
+fn keepalive_load(port: u16, conns: usize, dur: Duration, pause: Duration) -> u64 {
     let deadline = Instant::now() + dur;
     let clients: Vec<_> = (0..conns)
         .map(|_| {
@@ -659,6 +660,9 @@ fn keepalive_load(port: u16, conns: usize, dur: Duration) -> u64 {
                         done += 1;
                     } else {
                         s = connect();
+                    }
+                    if !pause.is_zero() {
+                        std::thread::sleep(pause);
                     }
                 }
                 done
@@ -687,7 +691,7 @@ fn a_worker_woken_from_sleep_always_gets_its_run_queue_wait() {
     // Records lost would break the pairs: a ring that holds the whole second of load even
     // if a debug build's tracer, on a busy machine, reads nothing during it.
     let (mut tracer, out_path) = start_tracer(dir, &["trace", "-p", &ngx.master.to_string(), "--json", "--ringbuf-size", "256"]);
-    let requests = keepalive_load(ngx.port, 8, Duration::from_millis(1000));
+    let requests = keepalive_load(ngx.port, 8, Duration::from_millis(1000), Duration::ZERO);
     std::thread::sleep(Duration::from_millis(300));
     let (_, mut lines) = tracer.stop_json(&out_path, Duration::from_secs(30));
     let summary = lines.pop().expect("summary");
@@ -786,7 +790,7 @@ fn offwake_names_the_waker_of_nearly_every_worker_sleep_under_load() {
     let ngx = Nginx::start(&nginx_binary(), dir);
     ngx.workers.iter().for_each(|&w| common::pin(w, 0));
     let (mut tracer, out_path) = start_tracer(dir, &["offwake", "-p", &ngx.master.to_string(), "--json"]);
-    let requests = keepalive_load(ngx.port, 8, Duration::from_millis(1500));
+    let requests = keepalive_load(ngx.port, 8, Duration::from_millis(1500), Duration::ZERO);
     let (_, lines) = tracer.stop_json(&out_path, Duration::from_secs(30));
     let summary = lines.iter().find(|l| ty(l) == "summary").expect("summary line");
     let periods = summary["periods"].as_u64().expect("periods");
@@ -849,7 +853,9 @@ fn wake_ups_reuse_the_class_of_a_recent_stack_of_the_same_waker() {
         args.extend_from_slice(extra);
         let (mut tracer, out_path) = start_tracer(dir, &args);
         let started = Instant::now();
-        let requests = keepalive_load(ngx.port, 8, Duration::from_millis(1000));
+        // Paced: the faster the tracer, the less busy-looping workers sleep; a pause
+        // after each response makes them idle, so every run has wake-ups.
+        let requests = keepalive_load(ngx.port, 8, Duration::from_millis(1000), Duration::from_micros(200));
         let (_, lines) = tracer.stop_json(&out_path, Duration::from_secs(30));
         (requests, started.elapsed(), lines)
     };

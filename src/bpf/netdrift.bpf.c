@@ -14,6 +14,7 @@
 #include <bpf/bpf_endian.h>
 #include "netdrift.h"
 #include "targets.bpf.h"
+#include "preempt.bpf.h"
 
 char LICENSE[] SEC("license") = "Dual MIT/GPL";
 
@@ -581,10 +582,9 @@ static __always_inline int still_running(struct task_struct *p)
 
 /*
  * A waker stack's class (cause, context) is nearly always the same for the
- * same waker, woken thread, socket hook and state, and waker's syscall (a
- * write's data and a close's FIN differ only there). The context bits of
- * preempt_count would sharpen it, but reading that per-CPU variable needs
- * its address in kallsyms (CONFIG_KALLSYMS_ALL).
+ * same waker, woken thread, socket hook and state, context (task, softirq,
+ * hard irq, NMI) and waker's syscall (a write's data and a close's FIN
+ * differ only there).
  */
 struct stack_sig {
 	__u32 waker_tid;
@@ -721,7 +721,7 @@ int BPF_PROG(nd_sched_waking, struct task_struct *p)
 	w->target_on_rq = on_rq;
 	cur = bpf_get_current_task_btf();
 	w->waker_is_kthread = (cur->flags & PF_KTHREAD) ? 1 : 0;
-	w->stack_sig = hook | (sk ? (__u32)BPF_CORE_READ((struct sock *)sk, __sk_common.skc_state) << 8 : 0) |
+	w->stack_sig = hook | (sk ? (__u32)BPF_CORE_READ((struct sock *)sk, __sk_common.skc_state) << 8 : 0) | ctx_of_preempt_count(preempt_count_noksym()) << 16 |
 		       (__u64)(__u32)syscall_nr((struct pt_regs *)bpf_task_pt_regs(cur)) << 32;
 	w->stack_reused = 0;
 	w->stack_sz = 0;

@@ -123,8 +123,8 @@ struct nd_wake {
 	__u32 target_on_rq;	/* still on its run queue (had not switched out): no run-queue wait follows */
 	/*
 	 * What a stack's class depends on besides the waker and the woken thread:
-	 * ND_HOOK_* of sock_seq's socket (0: none) | its TCP state << 8 | the
-	 * waker's syscall number (u32, ~0: none) << 32.
+	 * ND_HOOK_* of sock_seq's socket (0: none) | its TCP state << 8 |
+	 * PC_CTX_* (preempt.bpf.h) << 16 | the waker's syscall number (u32, ~0: none) << 32.
 	 */
 	__u64 stack_sig;
 	/* No stack taken: one was taken for the same signature less than stack_reuse_ns ago. */

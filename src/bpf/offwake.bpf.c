@@ -19,6 +19,7 @@
 #include <bpf/bpf_core_read.h>
 #include "offwake.h"
 #include "targets.bpf.h"
+#include "preempt.bpf.h"
 
 char LICENSE[] SEC("license") = "Dual MIT/GPL";
 
@@ -26,10 +27,6 @@ char LICENSE[] SEC("license") = "Dual MIT/GPL";
 #define TASK_DEAD 0x00000080
 #define EXIT_DEAD 0x00000010
 #define EXIT_ZOMBIE 0x00000020
-
-#define SOFTIRQ_OFFSET 0x00000100
-#define HARDIRQ_MASK 0x000f0000
-#define NMI_MASK 0x00f00000
 
 #define EEXIST 17
 #define ENOMEM 12
@@ -54,17 +51,6 @@ const volatile __u64 min_block_ns = 0;
 const volatile __u64 max_block_ns = ~0ULL;
 const volatile bool user_stacks = true;
 const volatile bool kernel_stacks = true;
-/*
- * preempt_count without ksyms (kernels without CONFIG_KALLSYMS_ALL cannot
- * resolve the address of a per-CPU variable): this CPU's `struct rq` is
- * per-CPU data too, so this CPU's __preempt_count sits at a fixed distance
- * from it, which user space reads from the BTF of the per-CPU section.
- */
-const volatile bool pc_via_rq = false;
-const volatile __s64 pc_rq_delta = 0;
-/* Distance to this CPU's cpu_number, to check the arithmetic; 0: no check. */
-const volatile __s64 cpu_rq_delta = 0;
-
 /* Force the shared types into BTF so the skeleton generates them. */
 struct ow_key _ow_key = {};
 struct ow_val _ow_val = {};
@@ -82,14 +68,6 @@ struct pcpu_hot___ow {
 extern struct pcpu_hot___ow pcpu_hot __ksym __weak;
 
 /* arm64 and others: in thread_info, inside task_struct. */
-struct thread_info___ow {
-	__u64 preempt_count;
-} __attribute__((preserve_access_index));
-
-struct task_struct___ow {
-	struct thread_info___ow thread_info;
-} __attribute__((preserve_access_index));
-
 /* Kernels before 5.14 name it `state`. */
 struct task_struct___o {
 	volatile long state;
@@ -265,29 +243,6 @@ static __always_inline __s32 ustack_id(void *ctx, __u32 tgid)
 	return id;
 }
 
-/* preempt_count found through this CPU's run queue; -1: not available. */
-static __always_inline __s64 pc_from_runqueue(void)
-{
-	struct task_struct *cur = bpf_get_current_task_btf();
-	__u32 this_cpu = bpf_get_smp_processor_id();
-	struct rq *rq;
-	int cpu = -1, pc = 0;
-
-	if (!bpf_core_field_exists(cur->se.cfs_rq) || !bpf_core_field_exists(struct cfs_rq, rq))
-		return -1;
-	/* The running task's cfs_rq is on this CPU's rq (checked below). */
-	rq = BPF_CORE_READ(cur, se.cfs_rq, rq);
-	if (!rq || BPF_CORE_READ(rq, cpu) != this_cpu)
-		return -1;
-	if (cpu_rq_delta) {
-		if (bpf_probe_read_kernel(&cpu, sizeof(cpu), (void *)rq + cpu_rq_delta) || cpu != this_cpu)
-			return -1;
-	}
-	if (bpf_probe_read_kernel(&pc, sizeof(pc), (void *)rq + pc_rq_delta))
-		return -1;
-	return (__u32)pc;
-}
-
 /*
  * In which context is this CPU: task, softirq, hard irq or NMI? With
  * `use_ksym` (a constant: two programs are built, user space loads the one
@@ -307,26 +262,17 @@ static __always_inline __u32 wake_ctx(bool use_ksym)
 
 			pc = (__u32)h->preempt_count;
 		}
-	} else if (pc_via_rq) {
-		pc = pc_from_runqueue();
+	} else {
+		pc = preempt_count_noksym();
 	}
-	if (pc < 0 && bpf_core_field_exists(((struct task_struct___ow *)0)->thread_info.preempt_count)) {
-		struct task_struct___ow *t = (void *)bpf_get_current_task_btf();
-
-		pc = (__u32)BPF_CORE_READ(t, thread_info.preempt_count);
-	}
-	if (pc < 0) {
+	if (pc < 0)
 		count(OW_STAT_CTX_UNKNOWN);
-		return OW_CTX_UNKNOWN;
-	}
-	if (pc & NMI_MASK)
-		return OW_CTX_NMI;
-	if (pc & HARDIRQ_MASK)
-		return OW_CTX_HARDIRQ;
-	if (pc & SOFTIRQ_OFFSET)
-		return OW_CTX_SOFTIRQ;
-	return OW_CTX_TASK;
+	return ctx_of_preempt_count(pc);
 }
+
+_Static_assert(OW_CTX_TASK == PC_CTX_TASK && OW_CTX_SOFTIRQ == PC_CTX_SOFTIRQ && OW_CTX_HARDIRQ == PC_CTX_HARDIRQ &&
+		       OW_CTX_NMI == PC_CTX_NMI && OW_CTX_UNKNOWN == PC_CTX_UNKNOWN,
+	       "offwake's contexts are preempt.bpf.h's");
 
 /* Fill `w` with the current task / context as the waker. */
 static __always_inline void fill_waker(void *ctx, struct ow_waker *w, bool use_ksym)

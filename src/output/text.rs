@@ -264,7 +264,7 @@ pub fn summary(stats: &Stats, losses: &Losses, secs: f64, ringbuf_mib: u32, why:
     if stats.stacks_reused > 0 {
         let _ = writeln!(
             o,
-            "  waker stacks: {} wake-ups took the class of a stack taken < {} ms before for the same waker, woken thread, socket state and syscall (--stacks takes every one)",
+            "  waker stacks: {} wake-ups took the class of a stack taken < {} ms before for the same waker, woken thread, socket state, context and syscall (--stacks takes every one)",
             stats.stacks_reused,
             crate::probes::STACK_REUSE_NS / 1_000_000
         );
