@@ -256,7 +256,6 @@ def main():
     print(hdr)
     print("-" * len(hdr))
     for cfg, c in configs.items():
-        types = ", ".join(f"{k} {fmt(v, '.0f')}" for k, v in sorted(c.get("bpf_ns_per_run_by_type", {}).items()))
         types = ", ".join(f"{k} {fmt(v, '.0f')}" for k, v in sorted(c.get("bpf_ns_per_run_by_type", {}).items()) if v is not None)
         print(f"{cfg:<11} {fmt(c['rps'], '9.0f')} {fmt(c['rps_ratio'], '6.3f')} {fmt(c['rps_ratio_median_paired'], '6.3f')} {fmt(c['p99_ms'], '7.2f')} {fmt(c['p99_ratio'], '6.2f')} "
               f"{fmt(c.get('events_per_s'), '9.0f')} {fmt(c.get('lost'), '5d')} {fmt(c.get('tracer_cpu_pct'), '6.1f')} {fmt(c.get('bpf_ms_per_s'), '8.1f')} {fmt(c.get('other_cpu_pct'), '7.1f')}  {types}")

@@ -355,7 +355,7 @@ pub struct Stats {
     /// wake-up before it ran, and ends like one that was seen running.
     pub missed_switch_ins: u64,
     /// Wake-ups with no stack of their own: their cause and context are those
-    /// of the last stack taken for the same waker, woken thread and socket hook.
+    /// of the last stack taken for the same waker, woken thread and `stack_sig`.
     pub stacks_reused: u64,
 }
 

@@ -355,8 +355,9 @@ pub enum Kind {
         /// the same waker, woken thread and `stack_sig` (`STACK_REUSE_NS`).
         #[serde(default, skip_serializing_if = "is_false")]
         stack_reused: bool,
-        /// The socket hook and state and the waker's syscall (`nd_wake.stack_sig`):
-        /// with the two threads, what a reused stack is looked up by.
+        /// The socket hook and state, the waker's context and syscall
+        /// (`nd_wake.stack_sig`): with the two threads, what a reused stack is
+        /// looked up by.
         #[serde(skip)]
         stack_sig: u64,
     },

@@ -26,7 +26,7 @@ pub struct ProbeConfig {
     pub ringbuf_bytes: u32,
     pub capture_stacks: bool,
     /// Take no waker stack when one was taken this recently for the same waker,
-    /// woken thread, context and socket hook (the wake-up reuses its class); 0: every wake-up.
+    /// woken thread and signature (`nd_wake.stack_sig`; the wake-up reuses its class); 0: every wake-up.
     pub stack_reuse_ns: u64,
     pub switch_out: bool,
     /// Write every epoll_enter at the syscall (else only when the thread blocks, is preempted or woken in it).
@@ -162,7 +162,7 @@ impl<'obj> Probes<'obj> {
             ro.stack_reuse_ns = cfg.stack_reuse_ns;
             // The waker's context sharpens the stack-reuse key (x86_64: found
             // through the run queue; elsewhere read from thread_info with CO-RE).
-            if cfg.stack_reuse_ns > 0 && cfg!(target_arch = "x86_64") {
+            if cfg.capture_stacks && cfg.stack_reuse_ns > 0 && cfg!(target_arch = "x86_64") {
                 if let crate::offwake::PreemptCount::Runqueue { pc_delta, cpu_delta } = crate::offwake::preempt_count_without_ksym() {
                     ro.pc_via_rq = true;
                     ro.pc_rq_delta = pc_delta;

@@ -242,12 +242,15 @@ pub fn check_outputs(paths: &[&Path]) -> Result<()> {
 
 /// Write the ready file atomically, so a waiting script never reads half of it.
 pub fn write_ready_file(p: &Path) -> Result<()> {
-    if crate::output::is_special(p) {
-        return std::fs::write(p, format!("{}\n", std::process::id())).map_err(|e| Error::Output { path: p.to_path_buf(), source: e });
+    let err = |e| Error::Output { path: p.to_path_buf(), source: e };
+    // A FIFO or device is written in place: a rename would replace it.
+    let in_place = crate::output::is_special(p);
+    let tmp = if in_place { p.to_path_buf() } else { partial_path(p) };
+    std::fs::write(&tmp, format!("{}\n", std::process::id())).map_err(err)?;
+    if !in_place {
+        std::fs::rename(&tmp, p).map_err(err)?;
     }
-    let tmp = partial_path(p);
-    std::fs::write(&tmp, format!("{}\n", std::process::id())).map_err(|e| Error::Output { path: p.to_path_buf(), source: e })?;
-    std::fs::rename(&tmp, p).map_err(|e| Error::Output { path: p.to_path_buf(), source: e })
+    Ok(())
 }
 
 /// Add what /proc knows before an event is correlated: which fds hold a

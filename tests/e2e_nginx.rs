@@ -632,6 +632,15 @@ fn reused_ring_memory_leaves_no_stale_fields() {
     assert_eq!(packet_stage["count"].as_u64(), Some(0), "packet -> socket ready measured without --packets: {packet_stage}");
 }
 
+/// A private nginx in a new temporary directory, both workers pinned to CPU 0:
+/// under load they take turns on it, sleep and get woken.
+fn pinned_nginx(prefix: &str) -> (tempfile::TempDir, Nginx) {
+    let tmp = tempfile::Builder::new().prefix(prefix).tempdir().expect("tempdir");
+    let ngx = Nginx::start(&nginx_binary(), tmp.path());
+    ngx.workers.iter().for_each(|&w| common::pin(w, 0));
+    (tmp, ngx)
+}
+
 /// Keep-alive clients, each sending one request at a time until `dur` has
 /// passed and pausing `pause` after each response (idle workers sleep and
 /// get woken); returns the number of answered requests.
@@ -684,10 +693,8 @@ fn a_worker_woken_from_sleep_always_gets_its_run_queue_wait() {
     if !require_root() {
         return;
     }
-    let tmp = tempfile::Builder::new().prefix("netdrift-e2e-runq").tempdir().expect("tempdir");
+    let (tmp, ngx) = pinned_nginx("netdrift-e2e-runq");
     let dir = tmp.path();
-    let ngx = Nginx::start(&nginx_binary(), dir);
-    ngx.workers.iter().for_each(|&w| common::pin(w, 0));
     // Records lost would break the pairs: a ring that holds the whole second of load even
     // if a debug build's tracer, on a busy machine, reads nothing during it.
     let (mut tracer, out_path) = start_tracer(dir, &["trace", "-p", &ngx.master.to_string(), "--json", "--ringbuf-size", "256"]);
@@ -785,10 +792,8 @@ fn offwake_names_the_waker_of_nearly_every_worker_sleep_under_load() {
     if !require_root() {
         return;
     }
-    let tmp = tempfile::Builder::new().prefix("netdrift-e2e-owload").tempdir().expect("tempdir");
+    let (tmp, ngx) = pinned_nginx("netdrift-e2e-owload");
     let dir = tmp.path();
-    let ngx = Nginx::start(&nginx_binary(), dir);
-    ngx.workers.iter().for_each(|&w| common::pin(w, 0));
     let (mut tracer, out_path) = start_tracer(dir, &["offwake", "-p", &ngx.master.to_string(), "--json"]);
     let requests = keepalive_load(ngx.port, 8, Duration::from_millis(1500), Duration::ZERO);
     let (_, lines) = tracer.stop_json(&out_path, Duration::from_secs(30));
@@ -843,10 +848,8 @@ fn wake_ups_reuse_the_class_of_a_recent_stack_of_the_same_waker() {
     if !require_root() {
         return;
     }
-    let tmp = tempfile::Builder::new().prefix("netdrift-e2e-reuse").tempdir().expect("tempdir");
+    let (tmp, ngx) = pinned_nginx("netdrift-e2e-reuse");
     let dir = tmp.path();
-    let ngx = Nginx::start(&nginx_binary(), dir);
-    ngx.workers.iter().for_each(|&w| common::pin(w, 0));
     let run = |extra: &[&str]| {
         let master = ngx.master.to_string();
         let mut args = vec!["trace", "-p", &master, "--json", "--ringbuf-size", "64"];

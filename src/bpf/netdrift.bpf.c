@@ -35,9 +35,9 @@ const volatile bool emit_switch_out = true;
 const volatile bool emit_epoll_enter = false;
 const volatile bool capture_stacks = true;
 /*
- * Take a waker stack only if none was taken for the same (waker, woken
- * thread, context, socket hook) in this long: the stack is ~2/3 of a
- * wake-up's cost and its class repeats. 0: every wake-up (--stacks, --record).
+ * Take a waker stack only if none was taken for the same signature (struct
+ * stack_sig) in this long: the stack is ~2/3 of a wake-up's cost and its
+ * class repeats. 0: every wake-up (--stacks, --record, report).
  */
 const volatile __u64 stack_reuse_ns = 0;
 const volatile bool trace_packets = false;
@@ -442,11 +442,7 @@ struct pt_regs___arm64 {
 	int syscallno;
 } __attribute__((preserve_access_index));
 
-/*
- * The syscall a task blocked in before tracing started (no enter seen), from
- * the registers it saved on entry; its first argument in *fd.
- */
-/* The syscall p is in, from the registers it saved on entry (-1: none, or user mode). */
+/* The syscall a task is in, from the registers it saved on entry (-1: none, or user mode). */
 static __always_inline long syscall_nr(struct pt_regs *regs)
 {
 	if (!regs)
@@ -458,6 +454,10 @@ static __always_inline long syscall_nr(struct pt_regs *regs)
 	return -1;
 }
 
+/*
+ * The syscall a task blocked in before tracing started (no enter seen), from
+ * the registers it saved on entry; its first argument in *fd.
+ */
 static __always_inline __u32 blocked_syscall(struct task_struct *p, int *fd)
 {
 	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(p);
@@ -599,14 +599,21 @@ struct {
 	__type(value, __u64);	/* when its last stack was taken */
 } stack_taken SEC(".maps");
 
-/* Take this wake-up's stack? Marks the signature taken when it does. */
+/* nd_wake.stack_sig of a wake-up by cur through sk (0: none) found by hook. */
+static __always_inline __u64 wake_sig(__u32 hook, __u64 sk, struct task_struct *cur)
+{
+	__u32 state = sk ? BPF_CORE_READ((struct sock *)sk, __sk_common.skc_state) : 0;
+	__u32 ctx = ctx_of_preempt_count(preempt_count_noksym());
+	__u32 nr = (__u32)syscall_nr((struct pt_regs *)bpf_task_pt_regs(cur));
+
+	return hook | state << 8 | ctx << 16 | (__u64)nr << 32;
+}
+
+/* Take this wake-up's stack (stack reuse on)? Marks the signature taken when it does. */
 static __always_inline bool take_stack(struct stack_sig *sig, __u64 now)
 {
-	__u64 *last;
+	__u64 *last = bpf_map_lookup_elem(&stack_taken, sig);
 
-	if (!stack_reuse_ns)
-		return true;
-	last = bpf_map_lookup_elem(&stack_taken, sig);
 	if (last && now - *last < stack_reuse_ns)
 		return false;
 	bpf_map_update_elem(&stack_taken, sig, &now, BPF_ANY);
@@ -624,6 +631,7 @@ int BPF_PROG(nd_sched_waking, struct task_struct *p)
 	__u64 now, seq = 0, sk = 0;
 	__u32 hook = 0;
 	struct sys_args *args;
+	struct stack_sig sig = {};
 	int on_rq;
 
 	if (!is_target(tgid, tid))
@@ -721,24 +729,23 @@ int BPF_PROG(nd_sched_waking, struct task_struct *p)
 	w->target_on_rq = on_rq;
 	cur = bpf_get_current_task_btf();
 	w->waker_is_kthread = (cur->flags & PF_KTHREAD) ? 1 : 0;
-	w->stack_sig = hook | (sk ? (__u32)BPF_CORE_READ((struct sock *)sk, __sk_common.skc_state) << 8 : 0) | ctx_of_preempt_count(preempt_count_noksym()) << 16 |
-		       (__u64)(__u32)syscall_nr((struct pt_regs *)bpf_task_pt_regs(cur)) << 32;
+	w->stack_sig = 0;
 	w->stack_reused = 0;
 	w->stack_sz = 0;
-	if (capture_stacks) {
-		struct stack_sig sig = { .waker_tid = w->hdr.tid, .target_tid = tid, .sig = w->stack_sig };
-
+	if (capture_stacks && stack_reuse_ns) {
+		sig.waker_tid = w->hdr.tid;
+		sig.target_tid = tid;
+		sig.sig = w->stack_sig = wake_sig(hook, sk, cur);
 		/* After the reserve: a record that reuses a stack follows the one that took it. */
-		if (take_stack(&sig, now)) {
-			w->stack_sz = bpf_get_stack(ctx, w->stack, sizeof(w->stack), 0);
-			if (w->stack_sz < 0) {
-				count_loss(ND_LOSS_STACK);
-				/* Nothing to reuse: the next wake-up of this signature tries again. */
-				if (stack_reuse_ns)
-					bpf_map_delete_elem(&stack_taken, &sig);
-			}
-		} else {
-			w->stack_reused = 1;
+		w->stack_reused = !take_stack(&sig, now);
+	}
+	if (capture_stacks && !w->stack_reused) {
+		w->stack_sz = bpf_get_stack(ctx, w->stack, sizeof(w->stack), 0);
+		if (w->stack_sz < 0) {
+			count_loss(ND_LOSS_STACK);
+			/* Nothing to reuse: the next wake-up of this signature tries again. */
+			if (stack_reuse_ns)
+				bpf_map_delete_elem(&stack_taken, &sig);
 		}
 	}
 	submit(w);

@@ -67,7 +67,6 @@ struct pcpu_hot___ow {
 } __attribute__((preserve_access_index));
 extern struct pcpu_hot___ow pcpu_hot __ksym __weak;
 
-/* arm64 and others: in thread_info, inside task_struct. */
 /* Kernels before 5.14 name it `state`. */
 struct task_struct___o {
 	volatile long state;
