@@ -15,6 +15,8 @@
 #   trace-packets  trace with --packets (a program on every received packet)
 #   trace-batch  the same trace under SCHED_BATCH (chrt -b 0): no wake-up preemption
 #   trace-text   netdrift trace -p <master> > /dev/null-like sink (chain blocks, not JSON)
+#   floor        bpftrace bench/floor.bt: empty programs on the tracepoints of
+#                trace's hot path, what attaching there costs any tracer
 #   trace-b      NETDRIFT_B=/other/netdrift: the same trace with another build
 #   offwake-b    NETDRIFT_B=/other/netdrift: offwake with another build
 # Where the cost of trace goes (hidden benchmark-only flags of trace):
@@ -140,6 +142,11 @@ run_one() {
       tpid=$!
       [ ${#ready_args[@]} -gt 0 ] || { sleep 3; touch "$rd/ready"; }
       ;;
+    floor)
+      # Empty programs on the hot path's tracepoints: the cost of attaching at all.
+      bpftrace "$ND_ROOT/bench/floor.bt" >/dev/null 2>"$rd/tracer.err" &
+      tpid=$!
+      ;;
     peer)
       mkfifo "$rd/bt.fifo"
       # bpftrace's stdout is fully buffered into the pipe: readiness is
@@ -157,7 +164,7 @@ run_one() {
   esac
   if [ -n "$tpid" ]; then
     CURRENT_TRACER=$tpid
-    if [ "$cfg" = peer ]; then
+    if [ "$cfg" = peer ] || [ "$cfg" = floor ]; then
       wait_progs "$tpid" || die "$cfg did not start: $(tail -3 "$rd/tracer.err")"
     else
       wait_file "$rd/ready" "$tpid" || die "$cfg did not start: $(tail -3 "$rd/tracer.err")"
