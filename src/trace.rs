@@ -394,6 +394,23 @@ pub struct Pipeline {
 /// The first line of a recording.
 pub const RECORD_MAGIC: &str = "netdrift-record";
 
+/// Records decoded and processed at a time.
+const READ_SLICE: usize = 512;
+
+/// Wait up to `timeout_ms` for the ring buffer's epoll fd; a signal ends the wait early.
+fn wait_readable(epfd: i32, timeout_ms: i32) -> Result<()> {
+    let mut ev = libc::epoll_event { events: 0, u64: 0 };
+    // SAFETY: `ev` is a valid buffer for one event and lives across the call.
+    let n = unsafe { libc::epoll_wait(epfd, &mut ev, 1, timeout_ms) };
+    if n < 0 {
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(Error::Bpf(format!("waiting for the ring buffer: {e}")));
+        }
+    }
+    Ok(())
+}
+
 impl Pipeline {
     fn new(opts: &TraceOptions, t0: u64, out: Out) -> Self {
         Pipeline {
@@ -705,21 +722,24 @@ pub fn run(mut opts: TraceOptions) -> Result<TraceResult> {
         };
 
     loop {
-        // EINTR: a signal (SIGCONT after a stop, SIGWINCH...) is not an error.
-        let interrupted = |e: &libbpf_rs::Error| e.kind() == libbpf_rs::ErrorKind::Interrupted || SIGNALLED.load(Ordering::SeqCst);
-        if let Err(e) = rb.poll(Duration::from_millis(100)) {
-            if !interrupted(&e) {
-                return Err(e.into());
-            }
-        }
         // Records are submitted without a wake-up until 1/8 of the ring is
-        // full (see submit() in netdrift.bpf.c): read what is there anyway.
-        if let Err(e) = rb.consume() {
-            if !interrupted(&e) {
-                return Err(e.into());
+        // full (see submit() in netdrift.bpf.c): every 100 ms, read what is
+        // there anyway.
+        wait_readable(rb.epoll_fd(), 100)?;
+        // In slices, each processed and its finished chains freed before the
+        // next is decoded: a megabyte of records at once made thousands of
+        // allocations live together, past malloc's per-thread caches.
+        loop {
+            let n = rb.consume_raw_n(READ_SLICE);
+            // EINTR: a signal (SIGCONT after a stop, SIGWINCH...) is not an error.
+            if n < 0 && n != -libc::EINTR {
+                return Err(Error::Bpf(format!("reading the ring buffer: {}", std::io::Error::from_raw_os_error(-n))));
+            }
+            process(&mut pipe, &mut live_tgids, &mut live_tids, &mut pids)?;
+            if n < READ_SLICE as i32 || SIGNALLED.load(Ordering::SeqCst) {
+                break;
             }
         }
-        process(&mut pipe, &mut live_tgids, &mut live_tids, &mut pids)?;
         if SIGNALLED.load(Ordering::SeqCst) {
             reason = "interrupted";
             break;
