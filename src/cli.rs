@@ -136,6 +136,9 @@ pub struct TraceArgs {
     /// Benchmark only (bench/run.sh): read the ring buffer and drop the records undecoded, to measure the kernel side alone.
     #[arg(long, hide = true)]
     pub bench_discard: bool,
+    /// Benchmark and tests only: read sockets with a helper call per field even where bpf_rdonly_cast exists (the path of kernels before 6.2).
+    #[arg(long, hide = true)]
+    pub bench_probed_reads: bool,
 }
 
 #[derive(Debug, Args)]

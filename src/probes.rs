@@ -25,6 +25,9 @@ pub struct ProbeConfig {
     pub follow_children: bool,
     pub ringbuf_bytes: u32,
     pub capture_stacks: bool,
+    /// Load the wake-up program that reads sockets with bpf_probe_read_kernel
+    /// even where bpf_rdonly_cast exists (tests of the older kernels' path).
+    pub probed_reads: bool,
     /// Take no waker stack when one was taken this recently for the same waker,
     /// woken thread and signature (`nd_wake.stack_sig`; the wake-up reuses its class); 0: every wake-up.
     pub stack_reuse_ns: u64,
@@ -50,6 +53,7 @@ impl Default for ProbeConfig {
             follow_children: true,
             ringbuf_bytes: 8 << 20,
             capture_stacks: true,
+            probed_reads: false,
             stack_reuse_ns: STACK_REUSE_NS,
             switch_out: true,
             epoll_enter: false,
@@ -74,6 +78,9 @@ pub struct Features {
     /// The scheduler can keep a sleeping task queued (`se.sched_delayed`, 6.12+):
     /// read at every wake-up so that its run-queue wait is not lost.
     pub delayed_dequeue: bool,
+    /// `bpf_rdonly_cast` (6.2+): the wake-up program reads sockets with
+    /// plain loads instead of a helper call per field.
+    pub rdonly_cast: bool,
 }
 
 const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
@@ -109,6 +116,7 @@ pub fn features() -> Result<Features> {
         napi_poll: btf_has(&btf, "btf_trace_napi_poll"),
         file_epoll_items: btf_has(&btf, "f_ep"),
         delayed_dequeue: btf_has(&btf, "sched_delayed"),
+        rdonly_cast: btf_has(&btf, "bpf_rdonly_cast"),
     })
 }
 
@@ -181,6 +189,12 @@ impl<'obj> Probes<'obj> {
             ro.nr_sock_io = sysno::SOCK_IO;
         }
         open.maps.events.set_max_entries(cfg.ringbuf_bytes)?;
+        // One of the two builds of the wake-up program (same records).
+        if features.rdonly_cast && !cfg.probed_reads {
+            open.progs.nd_sched_waking_probed.set_autoload(false);
+        } else {
+            open.progs.nd_sched_waking.set_autoload(false);
+        }
         if cfg.handlers.is_empty() {
             // Needs bpf_get_attach_cookie (5.15): load it only when used.
             open.progs.nd_handler.set_autoload(false);

@@ -524,13 +524,17 @@ fn start_tracer(dir: &Path, args: &[&str]) -> (Tracer, PathBuf) {
     (tracer, out_path)
 }
 
-/// Run `netdrift herd` on an nginx, K sequential connections; returns the
-/// summary line's `analysis.herd` rows and the client ports.
-fn herd_run(listen_opts: &str) -> (Vec<Value>, Vec<u16>, Vec<u32>) {
+/// Run `netdrift herd` (plus `extra` flags) on an nginx, K sequential
+/// connections; returns the summary line's `analysis.herd` rows (their
+/// listen address checked against nginx's port), the client ports and the workers.
+fn herd_run(listen_opts: &str, extra: &[&str]) -> (Vec<Value>, Vec<u16>, Vec<u32>) {
     let tmp = tempfile::Builder::new().prefix("netdrift-e2e-herd").tempdir().expect("tempdir");
     let dir = tmp.path();
     let ngx = Nginx::start_with(&nginx_binary(), dir, listen_opts);
-    let (mut tracer, out_path) = start_tracer(dir, &["herd", "-p", &ngx.master.to_string(), "--json"]);
+    let master = ngx.master.to_string();
+    let mut args = vec!["herd", "-p", &master, "--json"];
+    args.extend_from_slice(extra);
+    let (mut tracer, out_path) = start_tracer(dir, &args);
     // Both workers asleep before each connection.
     let ports: Vec<u16> = (0..K)
         .map(|_| {
@@ -545,7 +549,11 @@ fn herd_run(listen_opts: &str) -> (Vec<Value>, Vec<u16>, Vec<u32>) {
     let last = lines.last().unwrap();
     assert_eq!(ty(last), "summary");
     let rows = last["analysis"]["herd"].as_array().cloned().unwrap_or_default();
-    eprintln!("nginx{listen_opts}: herd rows {}", serde_json::to_string_pretty(&rows).unwrap());
+    eprintln!("nginx{listen_opts} {extra:?}: herd rows {}", serde_json::to_string_pretty(&rows).unwrap());
+    for r in &rows {
+        // Read by the wake-up program from the listen socket itself.
+        assert_eq!(r["local"].as_str(), Some(format!("127.0.0.1:{}", ngx.port).as_str()), "{r}");
+    }
     (rows, ports, ngx.workers.clone())
 }
 
@@ -556,7 +564,9 @@ fn nginx_herd_plain_and_reuseport() {
     }
     let n = |v: &Value, k: &str| v[k].as_u64().unwrap_or(0);
     // reuseport: one listen socket per worker, the kernel picks one: no herd.
-    let (rows, _, _) = herd_run(" reuseport");
+    // This run takes the wake-up program of kernels without bpf_rdonly_cast
+    // (a helper call per socket field), so that both builds are checked.
+    let (rows, _, _) = herd_run(" reuseport", &["--bench-probed-reads"]);
     assert!(!rows.is_empty(), "listen sockets seen");
     let conns: u64 = rows.iter().map(|r| n(r, "connections")).sum();
     assert_eq!(conns, K as u64, "every connection accepted once: {rows:?}");
@@ -566,7 +576,7 @@ fn nginx_herd_plain_and_reuseport() {
     }
     // Plain: nginx registers the shared listen socket with EPOLLEXCLUSIVE on
     // Linux >= 4.5, so at most one sleeping worker is woken per event.
-    let (rows, _, _) = herd_run("");
+    let (rows, _, _) = herd_run("", &[]);
     assert_eq!(rows.len(), 1, "one shared listen socket: {rows:?}");
     let r = &rows[0];
     assert_eq!(n(r, "connections"), K as u64, "{r}");
