@@ -52,7 +52,7 @@ fn doctor_matches_this_kernel() {
         assert!(!c.detail.trim().is_empty(), "{name} has no detail:\n{text}");
         assert!(r.checks.iter().any(|c| c.name == name), "{name} is not among the checks");
     }
-    for name in ["trace", "socket_identity", "tcp_state", "handler_probes", "offwake"] {
+    for name in ["trace", "socket_identity", "socket_reads", "tcp_state", "handler_probes", "offwake"] {
         let c = get(&r, name);
         assert!(!c.detail.trim().is_empty(), "{name} has no detail:\n{text}");
         assert!(r.features.iter().any(|c| c.name == name), "{name} is not among the features");
@@ -91,6 +91,10 @@ fn doctor_matches_this_kernel() {
     assert_eq!(get(&r, "socket_identity").ok, get(&r, "core:epoll_ready_list").ok);
     assert_eq!(get(&r, "tcp_state").ok, get(&r, "tp:inet_sock_set_state").ok);
     assert_eq!(get(&r, "handler_probes").ok, get(&r, "prog:uprobe").ok);
+    if btf {
+        let vmlinux = fs::read("/sys/kernel/btf/vmlinux").unwrap();
+        assert_eq!(get(&r, "socket_reads").ok, netdrift::probes::btf_has(&vmlinux, "bpf_rdonly_cast"), "{text}");
+    }
     let core = ["prog:tp_btf", "map:ringbuf", "helper:get_stack", "prog:syscall_tracepoint"];
     assert_eq!(get(&r, "trace").ok, core.iter().all(|n| get(&r, n).ok), "{text}");
 
