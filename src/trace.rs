@@ -729,6 +729,9 @@ pub fn run(mut opts: TraceOptions) -> Result<TraceResult> {
         // In slices, each processed and its finished chains freed before the
         // next is decoded: a megabyte of records at once made thousands of
         // allocations live together, past malloc's per-thread caches.
+        // Bounded in time: a stream faster than us must not keep the
+        // duration, the stop flag and the targets' exit from being checked.
+        let reading = Instant::now();
         loop {
             let n = rb.consume_raw_n(READ_SLICE);
             // EINTR: a signal (SIGCONT after a stop, SIGWINCH...) is not an error.
@@ -736,7 +739,7 @@ pub fn run(mut opts: TraceOptions) -> Result<TraceResult> {
                 return Err(Error::Bpf(format!("reading the ring buffer: {}", std::io::Error::from_raw_os_error(-n))));
             }
             process(&mut pipe, &mut live_tgids, &mut live_tids, &mut pids)?;
-            if n < READ_SLICE as i32 || SIGNALLED.load(Ordering::SeqCst) {
+            if n < READ_SLICE as i32 || SIGNALLED.load(Ordering::SeqCst) || reading.elapsed() >= Duration::from_millis(100) {
                 break;
             }
         }
