@@ -11,7 +11,7 @@ require_root_and_tools() {
   [ "$(id -u)" -eq 0 ] || die "needs root (netdrift and bpftrace load BPF programs): run with sudo"
   local t
   for t in "$@"; do
-    command -v "$t" >/dev/null || die "missing $t (apt-get install nginx wrk bpftrace bpftool python3 util-linux)"
+    command -v "$t" >/dev/null || die "missing $t (apt-get install nginx wrk bpftrace bpftool python3 util-linux linux-perf)"
   done
   # bpftrace needs tracefs for the tracepoints (netdrift mounts it itself).
   if [ ! -d /sys/kernel/tracing/events ]; then
