@@ -281,58 +281,57 @@ static __always_inline long task_state(struct task_struct *t)
 }
 
 /*
- * `direct`: the kernel has bpf_rdonly_cast (6.2+), so fields are read through
- * a pointer held as a number with plain loads instead of a helper call each
- * (bpf_probe_read_kernel: ~30 ns here, a dozen per socket). Constant in each
- * program that inlines this; the probed programs never reference the kfunc.
+ * A field of the kernel object of `type` at p, a pointer held as a number.
+ * `direct`: the kernel has bpf_rdonly_cast (6.2+), so it is a plain load
+ * instead of a helper call (bpf_probe_read_kernel: ~30 ns here, a dozen per
+ * socket). Constant in each program that inlines it: the probed programs
+ * never reference the kfunc. Both read 0 through a NULL pointer.
  */
+#define ND_READ(direct, type, p, field) \
+	((direct) ? bpf_core_cast((void *)(p), type)->field : BPF_CORE_READ((type *)(p), field))
+#define ND_READ_BITFIELD(direct, type, p, field)                                   \
+	((direct) ? BPF_CORE_READ_BITFIELD(bpf_core_cast((void *)(p), type), field) \
+		  : BPF_CORE_READ_BITFIELD_PROBED((type *)(p), field))
+
 static __always_inline void fill_sock_x(struct nd_sock *s, struct sock *sk, const bool direct)
 {
+	struct socket *so;
+	struct file *f;
+	struct inode *ino;
+	struct net *net;
+	__u32 l, r;
 	__u16 family;
 
 	s->sk = (__u64)sk;
 	if (!sk)
 		return;
-	if (direct) {
-		struct sock *k = bpf_core_cast(sk, struct sock);
-		__u32 l, r;
-
-		family = k->__sk_common.skc_family;
-		s->family = family;
-		s->protocol = BPF_CORE_READ_BITFIELD(k, sk_protocol);
-		s->state = k->__sk_common.skc_state;
-		s->lport = k->__sk_common.skc_num;
-		if (!s->lport)
-			s->lport = bpf_ntohs(bpf_core_cast(sk, struct inet_sock)->inet_sport);
-		s->rport = bpf_ntohs(k->__sk_common.skc_dport);
-		s->netns = k->__sk_common.skc_net.net->ns.inum;
-		s->ino = k->sk_socket->file->f_inode->i_ino;
-		if (family == AF_INET) {
-			l = k->__sk_common.skc_rcv_saddr;
-			r = k->__sk_common.skc_daddr;
-			__builtin_memcpy(s->laddr, &l, 4);
-			__builtin_memcpy(s->raddr, &r, 4);
-		} else if (family == AF_INET6) {
-			__builtin_memcpy(s->laddr, k->__sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8, 16);
-			__builtin_memcpy(s->raddr, k->__sk_common.skc_v6_daddr.in6_u.u6_addr8, 16);
-		}
-		return;
-	}
-	family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	family = ND_READ(direct, struct sock, sk, __sk_common.skc_family);
 	s->family = family;
-	s->protocol = BPF_CORE_READ_BITFIELD_PROBED(sk, sk_protocol);
-	s->state = BPF_CORE_READ(sk, __sk_common.skc_state);
-	s->lport = BPF_CORE_READ(sk, __sk_common.skc_num);
+	s->protocol = ND_READ_BITFIELD(direct, struct sock, sk, sk_protocol);
+	s->state = ND_READ(direct, struct sock, sk, __sk_common.skc_state);
+	s->lport = ND_READ(direct, struct sock, sk, __sk_common.skc_num);
 	if (!s->lport)
 		/* Cleared when the port is released (-> CLOSE); the header copy stays. */
-		s->lport = bpf_ntohs(BPF_CORE_READ((struct inet_sock *)sk, inet_sport));
-	s->rport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
-	s->netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
-	s->ino = BPF_CORE_READ(sk, sk_socket, file, f_inode, i_ino);
+		s->lport = bpf_ntohs(ND_READ(direct, struct inet_sock, sk, inet_sport));
+	s->rport = bpf_ntohs(ND_READ(direct, struct sock, sk, __sk_common.skc_dport));
+	net = ND_READ(direct, struct sock, sk, __sk_common.skc_net.net);
+	s->netns = ND_READ(direct, struct net, net, ns.inum);
+	so = ND_READ(direct, struct sock, sk, sk_socket);
+	f = ND_READ(direct, struct socket, so, file);
+	ino = ND_READ(direct, struct file, f, f_inode);
+	s->ino = ND_READ(direct, struct inode, ino, i_ino);
 	if (family == AF_INET) {
-		BPF_CORE_READ_INTO(&s->laddr, sk, __sk_common.skc_rcv_saddr);
-		BPF_CORE_READ_INTO(&s->raddr, sk, __sk_common.skc_daddr);
+		l = ND_READ(direct, struct sock, sk, __sk_common.skc_rcv_saddr);
+		r = ND_READ(direct, struct sock, sk, __sk_common.skc_daddr);
+		__builtin_memcpy(s->laddr, &l, 4);
+		__builtin_memcpy(s->raddr, &r, 4);
+	} else if (family == AF_INET6 && direct) {
+		struct sock *k = bpf_core_cast(sk, struct sock);
+
+		__builtin_memcpy(s->laddr, k->__sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8, 16);
+		__builtin_memcpy(s->raddr, k->__sk_common.skc_v6_daddr.in6_u.u6_addr8, 16);
 	} else if (family == AF_INET6) {
+		/* One helper call for the 16 bytes, not four. */
 		BPF_CORE_READ_INTO(&s->laddr, sk, __sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8);
 		BPF_CORE_READ_INTO(&s->raddr, sk, __sk_common.skc_v6_daddr.in6_u.u6_addr8);
 	}
@@ -362,21 +361,15 @@ static __always_inline struct file *task_fd_file(struct task_struct *t, int fd)
 static __always_inline struct sock *file_sock_x(struct file *f, const bool direct)
 {
 	struct socket *so;
+	struct inode *ino;
 
 	if (!f)
 		return NULL;
-	if (direct) {
-		struct file *k = bpf_core_cast(f, struct file);
-
-		if ((k->f_inode->i_mode & S_IFMT) != S_IFSOCK)
-			return NULL;
-		so = k->private_data;
-		return so ? bpf_core_cast(so, struct socket)->sk : NULL;
-	}
-	if ((BPF_CORE_READ(f, f_inode, i_mode) & S_IFMT) != S_IFSOCK)
+	ino = ND_READ(direct, struct file, f, f_inode);
+	if ((ND_READ(direct, struct inode, ino, i_mode) & S_IFMT) != S_IFSOCK)
 		return NULL;
-	so = BPF_CORE_READ(f, private_data);
-	return so ? BPF_CORE_READ(so, sk) : NULL;
+	so = ND_READ(direct, struct file, f, private_data);
+	return so ? ND_READ(direct, struct socket, so, sk) : NULL;
 }
 
 static __always_inline struct sock *file_sock(struct file *f)
@@ -585,23 +578,13 @@ static __always_inline struct sock *waited_sock(struct task_struct *p, struct sy
 	*hook = h;
 	if (h == ND_HOOK_ACCEPT)
 		return file_sock_x(f, direct);
-	if (direct) {
-		ep = bpf_core_cast(f, struct file)->private_data;
-		if (!ep)
-			return NULL;
-		first = bpf_core_cast(ep, struct eventpoll)->rdllist.next;
-	} else {
-		ep = BPF_CORE_READ(f, private_data);
-		if (!ep)
-			return NULL;
-		first = BPF_CORE_READ(ep, rdllist.next);
-	}
+	ep = ND_READ(direct, struct file, f, private_data);
+	if (!ep)
+		return NULL;
+	first = ND_READ(direct, struct eventpoll, ep, rdllist.next);
 	if (!first || (void *)first == (void *)ep + bpf_core_field_offset(struct eventpoll, rdllist))
 		return NULL;
-	first = (void *)first - bpf_core_field_offset(struct epitem, rdllink);
-	if (direct)
-		return file_sock_x(bpf_core_cast(first, struct epitem)->ffd.file, direct);
-	return file_sock_x(BPF_CORE_READ((struct epitem *)first, ffd.file), direct);
+	return file_sock_x(ND_READ(direct, struct epitem, (void *)first - bpf_core_field_offset(struct epitem, rdllink), ffd.file), direct);
 }
 
 /*
@@ -615,23 +598,11 @@ static __always_inline struct sock *waited_sock(struct task_struct *p, struct sy
  */
 static __always_inline __u64 progress_key(struct sock *sk, struct ready_slot *slot, const bool direct)
 {
-	struct tcp_sock *tp = (struct tcp_sock *)sk;
-
-	if (direct) {
-		struct sock *k = bpf_core_cast(sk, struct sock);
-
-		if (k->__sk_common.skc_state == 10 /* TCP_LISTEN */)
-			return slot->st_sk;
-		if (BPF_CORE_READ_BITFIELD(k, sk_protocol) != 6 /* IPPROTO_TCP */)
-			return 0;
-		tp = bpf_core_cast(sk, struct tcp_sock);
-		return ((__u64)tp->rcv_nxt << 32) ^ tp->snd_una;
-	}
-	if (BPF_CORE_READ(sk, __sk_common.skc_state) == 10 /* TCP_LISTEN */)
+	if (ND_READ(direct, struct sock, sk, __sk_common.skc_state) == 10 /* TCP_LISTEN */)
 		return slot->st_sk;
-	if (BPF_CORE_READ_BITFIELD_PROBED(sk, sk_protocol) != 6 /* IPPROTO_TCP */)
+	if (ND_READ_BITFIELD(direct, struct sock, sk, sk_protocol) != 6 /* IPPROTO_TCP */)
 		return 0;
-	return ((__u64)BPF_CORE_READ(tp, rcv_nxt) << 32) ^ BPF_CORE_READ(tp, snd_una);
+	return ((__u64)ND_READ(direct, struct tcp_sock, sk, rcv_nxt) << 32) ^ ND_READ(direct, struct tcp_sock, sk, snd_una);
 }
 
 /* One readiness event wakes its threads within this of each other. */
@@ -673,8 +644,7 @@ struct {
 /* nd_wake.stack_sig of a wake-up by cur through sk (0: none) found by hook. */
 static __always_inline __u64 wake_sig(__u32 hook, __u64 sk, struct task_struct *cur, const bool direct)
 {
-	__u32 state = !sk ? 0 : direct ? bpf_core_cast((void *)sk, struct sock)->__sk_common.skc_state
-				       : BPF_CORE_READ((struct sock *)sk, __sk_common.skc_state);
+	__u32 state = sk ? ND_READ(direct, struct sock, sk, __sk_common.skc_state) : 0;
 	__u32 ctx = ctx_of_preempt_count(preempt_count_noksym());
 	__u32 nr = (__u32)syscall_nr((struct pt_regs *)bpf_task_pt_regs(cur));
 
