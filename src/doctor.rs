@@ -766,6 +766,15 @@ fn prog_specs() -> Vec<ProgSpec> {
             consequence: "no event channel: netdrift trace cannot run (ring buffers need Linux >= 5.8)",
         },
         ProgSpec {
+            check: "map:task_storage",
+            prog: "probe_task_storage_get",
+            what: "BPF_MAP_TYPE_TASK_STORAGE from tp_btf/sched_switch",
+            hook: Hook::Auto,
+            trigger: Trigger::Sleep,
+            expect: Expect::Hits,
+            consequence: "no per-thread state: netdrift trace cannot run (task local storage needs Linux >= 5.11)",
+        },
+        ProgSpec {
             check: "helper:get_stack",
             prog: "probe_stack",
             what: "bpf_get_stack in tp_btf/sched_waking",
@@ -805,6 +814,7 @@ fn run_prog_check(spec: &ProgSpec, kernel: Option<(u32, u32)>) -> Check {
                 Some("tracefs is not mounted (`mount -t tracefs nodev /sys/kernel/tracing`)")
             }
             "map:ringbuf" if old_kernel((5, 8)) => Some("ring buffers exist since Linux 5.8"),
+            "map:task_storage" if old_kernel((5, 11)) => Some("task local storage exists since Linux 5.11"),
             "prog:tp_btf" if !Path::new(BTF_PATH).exists() => Some("tp_btf needs kernel BTF"),
             _ => None,
         };
@@ -823,10 +833,10 @@ fn features(r: &Report) -> Vec<Check> {
     let missing = |names: &[&str]| -> Vec<String> { names.iter().filter(|n| !r.ok(n)).map(|n| n.to_string()).collect() };
     let mut out = Vec::new();
 
-    let core = ["prog:tp_btf", "map:ringbuf", "helper:get_stack", "prog:syscall_tracepoint", "tracefs"];
+    let core = ["prog:tp_btf", "map:ringbuf", "map:task_storage", "helper:get_stack", "prog:syscall_tracepoint", "tracefs"];
     let m = missing(&core);
     out.push(if m.is_empty() {
-        Check::pass("trace", "core chain: tp_btf scheduler hooks, ring buffer, kernel stacks, syscall tracepoints")
+        Check::pass("trace", "core chain: tp_btf scheduler hooks, ring buffer, task local storage, kernel stacks, syscall tracepoints")
     } else {
         Check::new("trace", false, format!("core chain incomplete: {} failed (see above)", m.join(", ")))
     });

@@ -100,13 +100,6 @@ struct thread_state {
 	__u8 wake_inflight;
 };
 
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 16384);
-	__type(key, __u32);
-	__type(value, struct thread_state);
-} threads SEC(".maps");
-
 struct sys_args {
 	__u64 ts;
 	__u64 ptr;
@@ -118,12 +111,22 @@ struct sys_args {
 	__u32 pending;		/* accepted sockets wait in `pending` for their registration */
 };
 
+/*
+ * Per target thread, in task local storage: the hot programs find it from
+ * the task pointer they already have, cheaper than a hash lookup by tid, and
+ * it goes away with the task (a reused tid starts afresh).
+ */
+struct task_ctx {
+	struct thread_state th;
+	struct sys_args sys;
+};
+
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 16384);
-	__type(key, __u32);
-	__type(value, struct sys_args);
-} inflight SEC(".maps");
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct task_ctx);
+} tasks SEC(".maps");
 
 /*
  * Per CPU: the readiness event whose wake-ups are being seen (one event can
@@ -396,45 +399,44 @@ static __always_inline void remember_sock(__u64 sk)
 		bpf_map_update_elem(&known_socks, &sk, &one, BPF_ANY);
 }
 
+/* A target thread's state, created on first use; NULL only if memory ran out. */
+static __always_inline struct task_ctx *tctx_get(struct task_struct *t)
+{
+	struct task_ctx *c = bpf_task_storage_get(&tasks, t, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+
+	if (!c)
+		count_loss(ND_LOSS_MAP_FULL);
+	return c;
+}
+
+/* Its state if it has any: no allocation. */
+static __always_inline struct task_ctx *tctx_peek(struct task_struct *t)
+{
+	return bpf_task_storage_get(&tasks, t, 0, 0);
+}
+
 /*
- * The syscall a thread is in. Entries stay in the map (until the thread
- * exits) and are overwritten in place: an update and a delete per syscall
- * cost more than the rest of the program. syscall == 0: none.
+ * The syscall a thread is in, overwritten in place by the next one (a
+ * delete per syscall would cost more than the rest of the program).
+ * syscall == 0: none.
  */
-static __always_inline void args_put(__u32 tid, struct sys_args *a)
+static __always_inline void args_put(struct task_struct *t, struct sys_args *a)
 {
-	struct sys_args *cur = bpf_map_lookup_elem(&inflight, &tid);
+	struct task_ctx *c = tctx_get(t);
+	__u32 pending;
 
-	if (cur) {
-		__u32 pending = cur->pending;
-
-		*cur = *a;
-		cur->pending |= pending;
+	if (!c)
 		return;
-	}
-	if (bpf_map_update_elem(&inflight, &tid, a, BPF_ANY))
-		count_loss(ND_LOSS_MAP_FULL);
+	pending = c->sys.pending;
+	c->sys = *a;
+	c->sys.pending |= pending;
 }
 
-static __always_inline struct sys_args *args_get(__u32 tid)
+static __always_inline struct sys_args *args_get(struct task_struct *t)
 {
-	struct sys_args *a = bpf_map_lookup_elem(&inflight, &tid);
+	struct task_ctx *c = tctx_peek(t);
 
-	return a && a->syscall ? a : NULL;
-}
-
-static __always_inline struct thread_state *thread_get(__u32 tid)
-{
-	struct thread_state zero = {}, *ts;
-	long err;
-
-	ts = bpf_map_lookup_elem(&threads, &tid);
-	if (ts)
-		return ts;
-	err = bpf_map_update_elem(&threads, &tid, &zero, BPF_NOEXIST);
-	if (err && err != -17 /* -EEXIST: raced with another CPU */)
-		count_loss(ND_LOSS_MAP_FULL);
-	return bpf_map_lookup_elem(&threads, &tid);
+	return c && c->sys.syscall ? &c->sys : NULL;
 }
 
 /*
@@ -672,6 +674,7 @@ static __always_inline int sched_waking(void *ctx, struct task_struct *p, const 
 	__u64 now, seq = 0, sk = 0;
 	__u32 hook = 0;
 	struct sys_args *args;
+	struct task_ctx *c;
 	struct stack_sig sig = {};
 	int on_rq;
 
@@ -680,8 +683,9 @@ static __always_inline int sched_waking(void *ctx, struct task_struct *p, const 
 	now = bpf_ktime_get_ns();
 
 	slot = bpf_map_lookup_elem(&ready, &zero);
-	/* One lookup of the thread's syscall state for both uses below. */
-	args = bpf_map_lookup_elem(&inflight, &tid);
+	/* One lookup of the thread's state for every use below. */
+	c = tctx_get(p);
+	args = c ? &c->sys : NULL;
 	/* Before the socket event: that one's next record on this CPU must be its wake-up. */
 	flush_enter(p, args);
 	sk = (__u64)waited_sock(p, args, &hook, direct);
@@ -745,7 +749,7 @@ static __always_inline int sched_waking(void *ctx, struct task_struct *p, const 
 		}
 	}
 
-	ts = thread_get(tid);
+	ts = c ? &c->th : NULL;
 	/* A racing dequeue can leave on_rq set a little longer: trust our own switch-out too. */
 	on_rq = still_running(p) && !(ts && ts->asleep);
 	if (ts && !ts->runnable_ts && !on_rq) {
@@ -810,14 +814,13 @@ int BPF_PROG(nd_sched_waking_probed, struct task_struct *p)
 SEC("tp_btf/sched_wakeup")
 int BPF_PROG(nd_sched_wakeup, struct task_struct *p)
 {
-	struct thread_state *ts;
-	__u32 tid = p->pid;
+	struct task_ctx *c;
 
-	if (!is_target(p->tgid, tid))
+	if (!is_target(p->tgid, p->pid))
 		return 0;
-	ts = bpf_map_lookup_elem(&threads, &tid);
-	if (ts)
-		ts->wake_inflight = 0;
+	c = tctx_peek(p);
+	if (c)
+		c->th.wake_inflight = 0;
 	return 0;
 }
 
@@ -827,6 +830,7 @@ int BPF_PROG(nd_sched_switch, bool preempt, struct task_struct *prev, struct tas
 	__u32 cpu = bpf_get_smp_processor_id();
 	__u32 prev_tid = prev->pid, next_tid = next->pid;
 	struct thread_state *ts;
+	struct task_ctx *c;
 	__u64 now = 0;
 	__u32 woken = 0;
 
@@ -835,8 +839,9 @@ int BPF_PROG(nd_sched_switch, bool preempt, struct task_struct *prev, struct tas
 		bool involuntary = preempt || state == 0;
 
 		now = bpf_ktime_get_ns();
-		flush_enter(prev, bpf_map_lookup_elem(&inflight, &prev_tid));
-		ts = thread_get(prev_tid);
+		c = tctx_get(prev);
+		flush_enter(prev, c ? &c->sys : NULL);
+		ts = c ? &c->th : NULL;
 		if (ts) {
 			ts->last_cpu = cpu;
 			ts->seen_cpu = 1;
@@ -892,9 +897,10 @@ int BPF_PROG(nd_sched_switch, bool preempt, struct task_struct *prev, struct tas
 		__u32 last_cpu;
 		__u8 after_preempt, seen;
 
-		ts = thread_get(next_tid);
-		if (!ts)
+		c = tctx_get(next);
+		if (!c)
 			return 0;
+		ts = &c->th;
 		runnable_ts = ts->runnable_ts;
 		last_cpu = ts->last_cpu;
 		after_preempt = ts->after_preempt;
@@ -1082,8 +1088,7 @@ int BPF_PROG(nd_process_exit, struct task_struct *p)
 	tid_target = has_tids && bpf_map_lookup_elem(&targets_tid, &tid) != NULL;
 	if (!tgid_target && !tid_target && !trace_all)
 		return 0;
-	bpf_map_delete_elem(&threads, &tid);
-	bpf_map_delete_elem(&inflight, &tid);
+	bpf_task_storage_delete(&tasks, p);
 	bpf_map_delete_elem(&pending, &tid);
 	if (trace_all)
 		return 0;
@@ -1186,7 +1191,7 @@ static __always_inline __u32 resolve_pending(__u32 tid, int epfd)
 static __always_inline void add_pending(__u32 tid, int fd)
 {
 	struct pending_regs zero = {}, *p;
-	struct sys_args *s;
+	struct task_ctx *c;
 	struct file *f = fd_file(fd);
 
 	if (!f)
@@ -1209,21 +1214,17 @@ static __always_inline void add_pending(__u32 tid, int fd)
 	p->n++;
 	p->tries = 0;
 	/* The next epoll_wait looks in `pending` only when this is set. */
-	s = bpf_map_lookup_elem(&inflight, &tid);
-	if (s) {
-		s->pending = 1;
-	} else {
-		struct sys_args a = { .pending = 1 };
-
-		args_put(tid, &a);
-	}
+	c = tctx_get(bpf_get_current_task_btf());
+	if (c)
+		c->sys.pending = 1;
 }
 
 static __always_inline int epoll_enter(struct trace_event_raw_sys_enter *ctx, __u32 sc)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	__u32 tid = (__u32)id;
-	struct sys_args a = {}, *cur;
+	struct sys_args a = {};
+	struct task_ctx *c;
 
 	if (!is_target(id >> 32, tid))
 		return 0;
@@ -1234,8 +1235,8 @@ static __always_inline int epoll_enter(struct trace_event_raw_sys_enter *ctx, __
 	a.syscall = sc;
 	a.cpu = bpf_get_smp_processor_id();
 	/* One lookup per call: the `pending` map only after an accept. */
-	cur = bpf_map_lookup_elem(&inflight, &tid);
-	if (cur && cur->pending)
+	c = tctx_get(bpf_get_current_task_btf());
+	if (c && c->sys.pending)
 		a.pending = resolve_pending(tid, a.fd);
 	if (emit_epoll_enter) {
 		struct nd_epoll_enter *r = reserve(sizeof(*r), ND_REC_EPOLL_ENTER);
@@ -1250,10 +1251,8 @@ static __always_inline int epoll_enter(struct trace_event_raw_sys_enter *ctx, __
 			a.enter_emitted = 1;
 		}
 	}
-	if (cur)
-		*cur = a;
-	else if (bpf_map_update_elem(&inflight, &tid, &a, BPF_ANY))
-		count_loss(ND_LOSS_MAP_FULL);
+	if (c)
+		c->sys = a;
 	return 0;
 }
 
@@ -1283,7 +1282,7 @@ static __always_inline int epoll_exit(struct trace_event_raw_sys_exit *ctx, __u3
 
 	if (!is_target(id >> 32, tid))
 		return 0;
-	a = args_get(tid);
+	a = args_get(bpf_get_current_task_btf());
 	if (!a) {
 		args_from_regs(&late, sc);
 		a = &late;
@@ -1388,7 +1387,7 @@ static __always_inline int accept_enter(struct trace_event_raw_sys_enter *ctx, _
 	a.ts = bpf_ktime_get_ns();
 	a.fd = (int)ctx->args[0];
 	a.syscall = sc;
-	args_put(tid, &a);
+	args_put(bpf_get_current_task_btf(), &a);
 	return 0;
 }
 
@@ -1403,7 +1402,7 @@ static __always_inline int accept_exit(struct trace_event_raw_sys_exit *ctx, __u
 
 	if (!is_target(id >> 32, tid))
 		return 0;
-	a = args_get(tid);
+	a = args_get(bpf_get_current_task_btf());
 	if (!a) {
 		args_from_regs(&late, sc);
 		a = &late;

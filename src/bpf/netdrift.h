@@ -36,7 +36,7 @@ enum nd_rec_type {
 enum nd_loss {
 	ND_LOSS_RINGBUF = 0,	/* ring buffer full: record dropped */
 	ND_LOSS_STACK = 1,	/* bpf_get_stack() failed */
-	ND_LOSS_MAP_FULL = 2,	/* a state map refused an insert */
+	ND_LOSS_MAP_FULL = 2,	/* a state map refused an insert, or task storage could not be allocated */
 	ND_LOSS_USER_READ = 3,	/* epoll_event array not readable */
 	ND_LOSS_MAX = 4,
 };

@@ -78,6 +78,26 @@ int BPF_PROG(probe_ringbuf, bool preempt)
 	return 0;
 }
 
+struct {
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, __u64);
+} probe_task_storage SEC(".maps");
+
+/* netdrift keeps each target thread's state in task local storage. */
+SEC("tp_btf/sched_switch")
+int BPF_PROG(probe_task_storage_get, bool preempt, struct task_struct *prev)
+{
+	__u64 *v = bpf_task_storage_get(&probe_task_storage, prev, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+
+	if (v) {
+		*v += 1;
+		__sync_fetch_and_add(&hits, 1);
+	}
+	return 0;
+}
+
 SEC("tp_btf/sched_waking")
 int BPF_PROG(probe_stack, struct task_struct *p)
 {
