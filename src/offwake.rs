@@ -52,7 +52,8 @@ pub const DEFAULT_MAX_KEYS: u32 = 16384;
 pub const SLEEP_MAP_ENTRIES: u32 = 65536;
 
 const OW_STACK_NONE: i32 = -1000;
-const N_COUNTERS: usize = 18;
+/// Counters of `enum ow_counter` (offwake.h).
+const N_COUNTERS: usize = types::ow_counter::OW_COUNTER_MAX.0 as usize;
 
 /// Which task states at switch-out open a blocked period.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
@@ -217,19 +218,31 @@ impl Counters {
                 s[i] += v;
             }
         }
+        use types::ow_counter as C;
+        let n = |c: C| s[c.0 as usize];
         Counters {
-            kernel_stack: StackErrors { eexist: s[0], enomem: s[1], efault: s[2], other: s[3] },
-            user_stack: StackErrors { eexist: s[4], enomem: s[5], efault: s[6], other: s[7] },
-            max_keys_full: s[8],
-            thread_map_full: s[9],
-            periods: s[10],
-            rewakes: s[11],
-            not_seen: s[12],
-            early_wakes: s[13],
-            filtered: s[14],
-            new_pid_lost: s[15],
-            ctx_from_stack: s[16],
-            no_switch_in: s[17],
+            kernel_stack: StackErrors {
+                eexist: n(C::OW_LOSS_KSTACK_EEXIST),
+                enomem: n(C::OW_LOSS_KSTACK_ENOMEM),
+                efault: n(C::OW_LOSS_KSTACK_EFAULT),
+                other: n(C::OW_LOSS_KSTACK_OTHER),
+            },
+            user_stack: StackErrors {
+                eexist: n(C::OW_LOSS_USTACK_EEXIST),
+                enomem: n(C::OW_LOSS_USTACK_ENOMEM),
+                efault: n(C::OW_LOSS_USTACK_EFAULT),
+                other: n(C::OW_LOSS_USTACK_OTHER),
+            },
+            max_keys_full: n(C::OW_LOSS_AGG_FULL),
+            thread_map_full: n(C::OW_LOSS_SLEEP_FULL),
+            periods: n(C::OW_STAT_PERIODS),
+            rewakes: n(C::OW_STAT_REWAKES),
+            not_seen: n(C::OW_STAT_NOT_SEEN),
+            early_wakes: n(C::OW_STAT_EARLY_WAKES),
+            filtered: n(C::OW_STAT_FILTERED),
+            new_pid_lost: n(C::OW_STAT_NEW_PID_LOST),
+            ctx_from_stack: n(C::OW_STAT_CTX_UNKNOWN),
+            no_switch_in: n(C::OW_STAT_NO_SWITCH_IN),
             per_cpu,
         }
     }
@@ -981,11 +994,12 @@ mod tests {
     fn counters_sum_per_cpu_and_name_fixes() {
         let mut a = vec![0u64; N_COUNTERS];
         let mut b = vec![0u64; N_COUNTERS];
-        a[0] = 2; // kernel EEXIST
-        b[5] = 1; // user ENOMEM
-        b[6] = 3; // user EFAULT
-        a[8] = 4; // totals map full
-        b[10] = 7;
+        use types::ow_counter as C;
+        a[C::OW_LOSS_KSTACK_EEXIST.0 as usize] = 2;
+        b[C::OW_LOSS_USTACK_ENOMEM.0 as usize] = 1;
+        b[C::OW_LOSS_USTACK_EFAULT.0 as usize] = 3;
+        a[C::OW_LOSS_AGG_FULL.0 as usize] = 4;
+        b[C::OW_STAT_PERIODS.0 as usize] = 7;
         let c = Counters::from_per_cpu(vec![a, b]);
         assert_eq!(c.kernel_stack.eexist, 2);
         assert_eq!(c.user_stack.enomem, 1);
