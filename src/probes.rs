@@ -261,14 +261,16 @@ impl<'obj> Probes<'obj> {
         Ok(Probes { skel, features, notes, handler_links })
     }
 
-    /// Sum the per-CPU loss counters.
+    /// Sum the per-CPU loss counters (`enum nd_loss` of netdrift.h).
     pub fn losses(&self) -> Losses {
+        use crate::skel::types::nd_loss as L;
+        const N: usize = L::ND_LOSS_MAX.0 as usize;
         let mut l = Losses::default();
-        let mut per_cpu: Vec<[u64; 4]> = Vec::new();
-        for which in 0u32..4 {
+        let mut per_cpu: Vec<[u64; N]> = Vec::new();
+        for which in 0..L::ND_LOSS_MAX.0 {
             if let Ok(Some(vals)) = self.skel.maps.losses.lookup_percpu(&which.to_ne_bytes(), MapFlags::ANY) {
                 if per_cpu.len() < vals.len() {
-                    per_cpu.resize(vals.len(), [0; 4]);
+                    per_cpu.resize(vals.len(), [0; N]);
                 }
                 for (cpu, v) in vals.iter().enumerate() {
                     let n = v.get(..8).map(|b| u64::from_ne_bytes(b.try_into().unwrap_or([0; 8]))).unwrap_or(0);
@@ -277,10 +279,10 @@ impl<'obj> Probes<'obj> {
             }
         }
         for c in &per_cpu {
-            l.ringbuf += c[0];
-            l.stack += c[1];
-            l.map_full += c[2];
-            l.user_read += c[3];
+            l.ringbuf += c[L::ND_LOSS_RINGBUF.0 as usize];
+            l.stack += c[L::ND_LOSS_STACK.0 as usize];
+            l.map_full += c[L::ND_LOSS_MAP_FULL.0 as usize];
+            l.user_read += c[L::ND_LOSS_USER_READ.0 as usize];
         }
         l.per_cpu = per_cpu;
         l
