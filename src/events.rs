@@ -1085,6 +1085,27 @@ mod tests {
     }
 
     #[test]
+    fn type_names_are_the_serde_tags_of_every_kind() {
+        let mut seen = std::collections::BTreeSet::new();
+        let mut check = |e: &Event| {
+            let v = serde_json::to_value(e).unwrap();
+            assert_eq!(v["type"], e.type_name(), "{v}");
+            seen.insert(e.type_index());
+        };
+        // Every record type, zeroed but for its tag (room for the largest record).
+        for tag in 1..=types::nd_rec_type::ND_REC_EPOLL_REG.0 {
+            let mut buf = bytes(&hdr(tag));
+            buf.resize(8192, 0);
+            check(&decode(&buf).unwrap_or_else(|e| panic!("tag {tag}: {e:?}")));
+        }
+        // The two kinds user space makes from /proc.
+        let task = Task { pid: 1, tid: 1, comm: "a".into() };
+        check(&Event { ts: 1, cpu: 0, task: task.clone(), kind: Kind::FdMap { ino: 7, fd: 3 } });
+        check(&Event { ts: 1, cpu: 0, task, kind: Kind::EpollMap { epfd: 4, fd: 3, data: 9 } });
+        assert_eq!(seen.len(), TYPE_NAMES.len(), "kinds not covered: {seen:?}");
+    }
+
+    #[test]
     fn event_json_roundtrip() {
         let e = Event { ts: 1, cpu: 0, task: Task { pid: 1, tid: 1, comm: "a\"b".into() }, kind: Kind::Close { fd: 5, sock: None } };
         let s = serde_json::to_string(&e).unwrap();
