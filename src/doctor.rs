@@ -772,7 +772,16 @@ fn prog_specs() -> Vec<ProgSpec> {
             hook: Hook::Auto,
             trigger: Trigger::Sleep,
             expect: Expect::Hits,
-            consequence: "no per-thread state: netdrift trace cannot run (task local storage needs Linux >= 5.11)",
+            consequence: "no per-thread state: netdrift trace cannot run (task local storage in tracing programs needs Linux >= 5.13)",
+        },
+        ProgSpec {
+            check: "helper:task_pt_regs",
+            prog: "probe_task_pt_regs",
+            what: "bpf_task_pt_regs in tp_btf/sched_waking",
+            hook: Hook::Auto,
+            trigger: Trigger::Sleep,
+            expect: Expect::Hits,
+            consequence: "a blocked thread's syscall cannot be read: netdrift trace cannot run (bpf_task_pt_regs needs Linux >= 5.15)",
         },
         ProgSpec {
             check: "helper:get_stack",
@@ -814,7 +823,8 @@ fn run_prog_check(spec: &ProgSpec, kernel: Option<(u32, u32)>) -> Check {
                 Some("tracefs is not mounted (`mount -t tracefs nodev /sys/kernel/tracing`)")
             }
             "map:ringbuf" if old_kernel((5, 8)) => Some("ring buffers exist since Linux 5.8"),
-            "map:task_storage" if old_kernel((5, 11)) => Some("task local storage exists since Linux 5.11"),
+            "map:task_storage" if old_kernel((5, 13)) => Some("tracing programs can use task local storage since Linux 5.13"),
+            "helper:task_pt_regs" if old_kernel((5, 15)) => Some("bpf_task_pt_regs exists since Linux 5.15"),
             "prog:tp_btf" if !Path::new(BTF_PATH).exists() => Some("tp_btf needs kernel BTF"),
             _ => None,
         };
@@ -833,10 +843,14 @@ fn features(r: &Report) -> Vec<Check> {
     let missing = |names: &[&str]| -> Vec<String> { names.iter().filter(|n| !r.ok(n)).map(|n| n.to_string()).collect() };
     let mut out = Vec::new();
 
-    let core = ["prog:tp_btf", "map:ringbuf", "map:task_storage", "helper:get_stack", "prog:syscall_tracepoint", "tracefs"];
+    let core =
+        ["prog:tp_btf", "map:ringbuf", "map:task_storage", "helper:task_pt_regs", "helper:get_stack", "prog:syscall_tracepoint", "tracefs"];
     let m = missing(&core);
     out.push(if m.is_empty() {
-        Check::pass("trace", "core chain: tp_btf scheduler hooks, ring buffer, task local storage, kernel stacks, syscall tracepoints")
+        Check::pass(
+            "trace",
+            "core chain: tp_btf scheduler hooks, ring buffer, task local storage, saved registers, kernel stacks, syscall tracepoints",
+        )
     } else {
         Check::new("trace", false, format!("core chain incomplete: {} failed (see above)", m.join(", ")))
     });

@@ -563,7 +563,7 @@ fn need<T: Copy + Default>(tag: u32, data: &[u8]) -> Result<Rec<'_, T>, DecodeEr
     if data.len() < std::mem::size_of::<T>() {
         return Err(truncated());
     }
-    if (data.as_ptr() as usize) % std::mem::align_of::<T>() == 0 {
+    if (data.as_ptr() as usize).is_multiple_of(std::mem::align_of::<T>()) {
         // SAFETY: the length and the alignment are checked above, T is a
         // plain-old-data repr(C) type generated from the BPF object's BTF (any
         // bit pattern is a valid value), and the borrow lives as long as `data`.

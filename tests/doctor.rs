@@ -45,6 +45,7 @@ fn doctor_matches_this_kernel() {
         "prog:uprobe",
         "map:ringbuf",
         "map:task_storage",
+        "helper:task_pt_regs",
         "helper:get_stack",
         "core:epoll_ready_list",
         "tp:inet_sock_set_state",
@@ -69,6 +70,7 @@ fn doctor_matches_this_kernel() {
     assert!(get(&r, "prog:tp_btf").ok, "tp_btf must load, attach and fire here:\n{text}");
     assert!(get(&r, "map:ringbuf").ok, "ring buffer must work here:\n{text}");
     assert!(get(&r, "map:task_storage").ok, "task local storage must work here:\n{text}");
+    assert!(get(&r, "helper:task_pt_regs").ok, "bpf_task_pt_regs must work here:\n{text}");
 
     assert!(get(&r, "core:epoll_ready_list").ok, "the epoll ready list must be readable here (BTF is present):\n{text}");
 
@@ -97,7 +99,7 @@ fn doctor_matches_this_kernel() {
         let vmlinux = fs::read("/sys/kernel/btf/vmlinux").unwrap();
         assert_eq!(get(&r, "socket_reads").ok, netdrift::probes::btf_has(&vmlinux, "bpf_rdonly_cast"), "{text}");
     }
-    let core = ["prog:tp_btf", "map:ringbuf", "map:task_storage", "helper:get_stack", "prog:syscall_tracepoint"];
+    let core = ["prog:tp_btf", "map:ringbuf", "map:task_storage", "helper:task_pt_regs", "helper:get_stack", "prog:syscall_tracepoint"];
     assert_eq!(get(&r, "trace").ok, core.iter().all(|n| get(&r, n).ok), "{text}");
 
     // Every line is rendered, and the JSON form works.

@@ -98,6 +98,15 @@ int BPF_PROG(probe_task_storage_get, bool preempt, struct task_struct *prev)
 	return 0;
 }
 
+/* netdrift reads a blocked thread's syscall and arguments from its saved registers. */
+SEC("tp_btf/sched_waking")
+int BPF_PROG(probe_task_pt_regs, struct task_struct *p)
+{
+	if (bpf_task_pt_regs(p))
+		__sync_fetch_and_add(&hits, 1);
+	return 0;
+}
+
 SEC("tp_btf/sched_waking")
 int BPF_PROG(probe_stack, struct task_struct *p)
 {
