@@ -18,7 +18,7 @@ pub enum Error {
     NotPrivileged,
     #[error("this kernel has no BTF at /sys/kernel/btf/vmlinux: build it with CONFIG_DEBUG_INFO_BTF=y (netdrift needs BTF for CO-RE and tp_btf)")]
     NoBtf,
-    #[error("cannot write {path} (choose a writable path for --output-file/--ready-file)")]
+    #[error("cannot write {path} (give that output a path in a writable directory)")]
     Output {
         path: PathBuf,
         #[source]

@@ -66,7 +66,19 @@ fn base_options(out: &OutputArgs) -> TraceOptions {
     }
 }
 
+/// Every output of a run checked before anything is loaded or read: files,
+/// all different, none of them the recording being read.
+fn check_outputs(input: Option<&std::path::Path>, outs: &[Option<&std::path::Path>]) -> anyhow::Result<()> {
+    let outs: Vec<&std::path::Path> = outs.iter().flatten().copied().collect();
+    trace::check_outputs(&outs)?;
+    if let Some(i) = input.filter(|i| outs.contains(i)) {
+        return Err(Error::Usage(format!("{} is the recording being read: give the output another name", i.display())).into());
+    }
+    Ok(())
+}
+
 fn cmd_analyze(a: AnalyzeArgs) -> anyhow::Result<()> {
+    check_outputs(Some(&a.file), &[a.output_file.as_deref(), a.perfetto.as_deref()])?;
     let opts = AnalyzeOptions {
         json: a.json,
         stacks: a.stacks,
@@ -86,12 +98,7 @@ fn cmd_trace_with(a: TraceArgs, report: Report, tweak: impl FnOnce(&mut TraceOpt
             return Err(Error::Usage(format!("duration {d}: give a positive number of seconds")).into());
         }
     }
-    let outs: Vec<&std::path::Path> =
-        [a.out.output_file.as_deref(), a.out.record.as_deref(), a.out.perfetto.as_deref(), a.ready_file.as_deref()]
-            .into_iter()
-            .flatten()
-            .collect();
-    trace::check_outputs(&outs)?;
+    check_outputs(None, &[a.out.output_file.as_deref(), a.out.record.as_deref(), a.out.perfetto.as_deref(), a.ready_file.as_deref()])?;
     let (tgids, tids) = procfs::resolve_targets(&a.target.pids, &a.target.tids, &a.target.comms, !a.target.no_children, true)?;
     let first_pid = tgids.first().copied().or_else(|| tids.first().and_then(|&t| procfs::tgid_of(t)));
     let mut handlers = netdrift::handlers::resolve(&a.handlers, first_pid, false)?;
@@ -136,8 +143,11 @@ fn cmd_trace_with(a: TraceArgs, report: Report, tweak: impl FnOnce(&mut TraceOpt
     tweak(&mut opts);
     trace::install_signal_handlers();
     let what = procfs::describe_targets(&opts.probe.tgids, &opts.probe.tids, &opts.probe.comms);
+    // Targets named by comm (or none: every task) can come and go: their exit does not end the trace.
+    let by_exit = opts.probe.comms.is_empty() && !(opts.probe.tgids.is_empty() && opts.probe.tids.is_empty());
     let until = match a.duration {
         Some(d) => format!("for {d} s (Ctrl-C ends it sooner)"),
+        None if !by_exit => "until Ctrl-C".to_string(),
         None => "until Ctrl-C or the targets exit".to_string(),
     };
     opts.on_ready = Some(Box::new(move || eprintln!("netdrift: tracing {what} {until}")));
@@ -310,9 +320,14 @@ fn perfetto_observers(p: Option<&std::path::Path>) -> Vec<Box<dyn trace::Observe
 fn cmd_report(a: netdrift::cli::ReportArgs) -> anyhow::Result<()> {
     use netdrift::output::html::ReportWriter;
     let file = a.file.clone();
+    let t = &a.trace;
+    // The report's own file is one more output (the trace checks the others again).
+    check_outputs(
+        a.from.as_deref(),
+        &[Some(&file), t.out.output_file.as_deref(), t.out.record.as_deref(), t.out.perfetto.as_deref(), t.ready_file.as_deref()],
+    )?;
     match &a.from {
         Some(rec) => {
-            let t = &a.trace;
             if !t.target.pids.is_empty()
                 || !t.target.tids.is_empty()
                 || !t.target.comms.is_empty()

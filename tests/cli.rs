@@ -47,6 +47,26 @@ fn bad_input_matrix() {
 }
 
 #[test]
+fn an_output_cannot_be_another_output_or_the_recording_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let rec = dir.path().join("rec.json");
+    std::fs::write(&rec, "{}\n").unwrap();
+    let rec = rec.to_str().unwrap();
+    let html = dir.path().join("r.html");
+    let html = html.to_str().unwrap();
+    usage_error(&["report", html, "-p", "1", "--perfetto", html, "1"], "given for two outputs");
+    usage_error(&["report", html, "-p", "1", "-o", html, "1"], "given for two outputs");
+    usage_error(&["report", rec, "--from", rec], "the recording being read");
+    usage_error(&["report", html, "--from", rec, "--perfetto", rec], "the recording being read");
+    usage_error(&["analyze", rec, "-o", rec], "the recording being read");
+    usage_error(&["analyze", rec, "--perfetto", rec], "the recording being read");
+    // Nothing was written, and the recording is untouched.
+    assert!(!std::path::Path::new(html).exists());
+    assert_eq!(std::fs::read_to_string(rec).unwrap(), "{}\n");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+}
+
+#[test]
 fn thread_given_as_pid_is_refused() {
     // A thread of this test process that is not the main thread.
     let (tx, rx) = std::sync::mpsc::channel();

@@ -512,8 +512,8 @@ fn bad_input_gives_one_line_exit_2_and_loads_nothing() {
     }
 }
 
-/// Known bugs: these paths are only found unwritable after the programs are
-/// loaded (or, for a directory, after the whole trace). Un-ignore once fixed.
+/// Output paths that cannot be written are refused before any program is
+/// loaded (they were once found only after loading, or after the whole trace).
 #[test]
 fn unwritable_ready_file_or_output_dir_loads_nothing() {
     if !require_root() {
