@@ -7,15 +7,19 @@ use clap::{Args, Parser, Subcommand};
 
 const EXAMPLES: &str = "\
 EXAMPLES:
-    netdrift demo                        # built-in Envoy-like server: see a herd wake-up
-    netdrift trace -p $(pgrep -o nginx)  # nginx master and all its workers, until Ctrl-C
-    netdrift trace -p 1234 10            # trace pid 1234 for 10 seconds
-    netdrift trace -c redis-server --stacks   # print each waker's kernel stack
-    netdrift trace -t 4449 -t 4450 --json -o chains.jsonl   # two threads, JSON Lines to a file
-    netdrift trace -p 1234 --ready-file /tmp/ready 30        # scripted: file appears once attached
-    netdrift trace -c redis-server --preset redis             # join redis' acceptTcpHandler/readQueryFromClient
-    netdrift trace -p 42 --handler 'exe:*FileEventImpl::assignEvents*::_FUN*:fd=arg0:events=arg1/libevent'
-    netdrift doctor                      # what this kernel supports, checked by loading programs";
+    netdrift demo                        # built-in Envoy-like server: a herd
+    netdrift trace -p $(pgrep -o nginx)  # nginx master and workers, to Ctrl-C
+    netdrift trace -p 1234 10            # pid 1234 for 10 seconds
+    netdrift trace -c redis-server --stacks   # each waker's kernel stack
+    # two threads, JSON Lines to a file:
+    netdrift trace -t 4449 -t 4450 --json -o chains.jsonl
+    # for scripts: the file appears once the probes are attached:
+    netdrift trace -p 1234 --ready-file /tmp/ready 30
+    # redis' acceptTcpHandler and readQueryFromClient in the chains:
+    netdrift trace -c redis-server --preset redis
+    # a libevent callback, with its fd and flags (docs/handlers.md):
+    netdrift trace -p 42 --handler 'exe:*on_event*:fd=arg0:events=arg1/libevent'
+    netdrift doctor                      # what this kernel supports";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -36,11 +40,15 @@ pub enum Command {
     Trace(TraceArgs),
     /// Start a built-in Envoy-like server (two workers, one shared listen
     /// socket) and a client, and trace it: no target needed.
+    #[command(after_help = DEMO_EXAMPLES)]
     Demo(DemoArgs),
     /// Check what this kernel and these privileges allow, by loading tiny programs.
+    #[command(
+        after_help = "EXAMPLES:\n    netdrift doctor          # each check, then what netdrift can do here\n    netdrift doctor --json   # the same as one JSON object"
+    )]
     Doctor(DoctorArgs),
-    /// Trace like `trace` but print only the thundering-herd table: per listen socket, connections, wake-ups, wake-ups for nothing, who won and lost.
-    #[command(after_help = "EXAMPLES:\n    netdrift herd -p $(pgrep -o nginx) 30   # does nginx wake several workers per connection?")]
+    /// Trace like `trace` but print only the thundering-herd table: per listen socket, connections, wake-ups, wake-ups for nothing, who won and lost (with --json, the event lines as `trace --json` writes them, and the table on stderr).
+    #[command(after_help = "EXAMPLES:\n    # does nginx wake several workers per connection?\n    netdrift herd -p $(pgrep -o nginx) 30")]
     Herd(TraceArgs),
     /// Rebuild chains and every summary from a file saved with `--record`.
     #[command(
@@ -144,16 +152,16 @@ pub struct TraceArgs {
 #[derive(Debug, Args)]
 pub struct DemoArgs {
     /// Number of client connections.
-    #[arg(short = 'n', long, default_value_t = 5)]
+    #[arg(short = 'n', long, value_name = "N", default_value_t = 5)]
     pub connections: usize,
     /// Pause between connections in milliseconds, so both workers are asleep when the next arrives.
-    #[arg(long = "gap-ms", default_value_t = 50)]
+    #[arg(long = "gap-ms", value_name = "MS", default_value_t = 50)]
     pub gap_ms: u64,
     /// Worker threads.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, value_name = "N", default_value_t = 2)]
     pub workers: usize,
     /// CPU time each request burns in the worker, in microseconds (long handlers get preempted).
-    #[arg(long = "work-us", default_value_t = 0)]
+    #[arg(long = "work-us", value_name = "US", default_value_t = 0)]
     pub work_us: u64,
     /// How workers share the listen socket: shared (like Envoy: herd), exclusive (EPOLLEXCLUSIVE), reuseport (SO_REUSEPORT).
     #[arg(long, default_value = "shared", value_parser = ["shared", "exclusive", "reuseport"])]
@@ -244,11 +252,14 @@ mod tests {
 
 const OFFWAKE_EXAMPLES: &str = "\
 EXAMPLES:
-    netdrift offwake -p 1234 10                  # pid 1234 for 10 s: text blocks like BCC's offwaketime
-    netdrift offwake -c redis-server -f -o out.folded 30   # folded, for flamegraph.pl / inferno / speedscope
-    netdrift offwake -t 4449 --svg offwake.svg 10          # off-wake flame graph (waker frames above --)
-    netdrift offwake -p 1234 --json --state uninterruptible -m 1000   # D-state sleeps of 1 ms or more, JSON Lines
-    netdrift offwake -f 5                         # every thread but netdrift's, 5 s";
+    netdrift offwake -p 1234 10    # pid 1234 for 10 s, like BCC's offwaketime
+    netdrift offwake -f 5          # every thread but netdrift's, folded, 5 s
+    # folded, for flamegraph.pl / inferno / speedscope:
+    netdrift offwake -c redis-server -f -o out.folded 30
+    # an off-wake flame graph (waker frames above the -- separator):
+    netdrift offwake -t 4449 --svg offwake.svg 10
+    # D-state sleeps of 1 ms or more, as JSON Lines:
+    netdrift offwake -p 1234 --json --state uninterruptible -m 1000";
 
 /// `netdrift offwake`: BCC-style flags (-p/-t/-c, -u/-k, -U/-K, -m/-M, -f, -d).
 #[derive(Debug, Args)]
@@ -310,9 +321,20 @@ pub struct OffwakeArgs {
 
 const REPORT_EXAMPLES: &str = "\
 EXAMPLES:
-    netdrift report nginx.html -p $(pgrep -o nginx) 30      # trace nginx for 30 s, write the report
-    netdrift report run.html --from run.ndr                 # from a recording (no root needed)
-    netdrift report demo.html -t 4449 --perfetto demo.json 10   # also a Perfetto timeline";
+    # trace nginx for 30 s, then write the report:
+    netdrift report nginx.html -p $(pgrep -o nginx) 30
+    # from a recording (no root needed):
+    netdrift report run.html --from run.ndr
+    # also a Perfetto timeline:
+    netdrift report demo.html -t 4449 --perfetto demo.json 10";
+
+const DEMO_EXAMPLES: &str = "\
+EXAMPLES:
+    netdrift demo                   # 5 connections: each wakes both workers
+    netdrift demo --mode exclusive  # EPOLLEXCLUSIVE: one worker per connection
+    netdrift demo --mode reuseport  # SO_REUSEPORT: one listen socket per worker
+    netdrift demo -n 20 --json -o demo.jsonl   # 20 connections, as JSON Lines
+    netdrift demo --work-us 3000 --stacks      # long handlers, waker stacks";
 
 #[derive(Debug, Args)]
 pub struct ReportArgs {

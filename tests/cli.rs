@@ -83,6 +83,22 @@ fn thread_given_as_pid_is_refused() {
 }
 
 #[test]
+fn every_command_has_examples_that_fit_80_columns() {
+    for cmd in ["trace", "demo", "doctor", "herd", "analyze", "offwake", "report"] {
+        let out = nd().args([cmd, "--help"]).env("COLUMNS", "80").output().unwrap();
+        let s = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{cmd}");
+        let ex = s.split_once("EXAMPLES:\n").map(|(_, e)| e).unwrap_or_else(|| panic!("{cmd} --help has no EXAMPLES:\n{s}"));
+        for line in ex.lines().filter(|l| !l.trim().is_empty()) {
+            // Each line is a command or a comment: clap wrapped none of them.
+            let l = line.trim_start();
+            assert!(l.starts_with("netdrift ") || l.starts_with('#'), "{cmd}: wrapped example line {line:?}");
+            assert!(line.len() <= 80, "{cmd}: example line over 80 columns: {line:?}");
+        }
+    }
+}
+
+#[test]
 fn help_has_examples_and_every_flag_documented() {
     let out = nd().args(["trace", "--help"]).output().unwrap();
     let s = String::from_utf8_lossy(&out.stdout);
