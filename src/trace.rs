@@ -673,6 +673,7 @@ pub fn run(mut opts: TraceOptions) -> Result<TraceResult> {
         "packets": opts.probe.packets,
         "epoll_ctl": opts.probe.epoll_ctl,
         "handlers": opts.probe.handlers,
+        "idle_ms": opts.idle.as_millis() as u64,
     });
     pipe.start_line(&start)?;
     if let Some(p) = &opts.ready_file {
@@ -811,7 +812,7 @@ pub fn analyze_with(path: &Path, aopts: &AnalyzeOptions, mut observers: Vec<Box<
     }
     let start = head["start"].clone();
     let t0 = start["t0_ns"].as_u64().unwrap_or(0);
-    let opts = TraceOptions {
+    let mut opts = TraceOptions {
         json: aopts.json,
         stacks: aopts.stacks,
         sink: aopts.sink.clone(),
@@ -819,6 +820,10 @@ pub fn analyze_with(path: &Path, aopts: &AnalyzeOptions, mut observers: Vec<Box<
         quiet,
         ..Default::default()
     };
+    // Chains close as they did live: same idle timeout (recordings without it used the default).
+    if let Some(ms) = start["idle_ms"].as_u64() {
+        opts.idle = Duration::from_millis(ms);
+    }
     for o in observers.iter_mut() {
         o.open()?;
     }

@@ -294,6 +294,48 @@ fn comm_matches_running_and_exec_later() {
 /// A socket event its wake-up's stack disproves (a timer woke the thread
 /// right after a state change on that CPU) is left out of the JSON stream,
 /// counted, and the wake-up points to no socket; one that holds is kept.
+/// A recording replays with the trace's own --idle-ms: a chain that waits
+/// 500 ms for its thread is closed as incomplete at 100 ms, not at 2 s.
+#[test]
+fn analyze_replays_with_the_recorded_idle_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let task = r#""task":{"pid":10,"tid":10,"comm":"worker"}"#;
+    let t0 = 1_000_000u64;
+    let t1 = t0 + 500_000_000;
+    let run = |idle: &str| {
+        let rec = dir.path().join(format!("run{idle}.ndr"));
+        let lines = [
+            format!(
+                r#"{{"type":"netdrift-record","version":1,"start":{{"t0_ns":1000,"tids":[10],"pids":[],"comms":[],"handlers":[],"notes":[],"features":{{}},"packets":false,"epoll_ctl":false,"ringbuf_bytes":8388608,"version":"0"{idle}}}}}"#
+            ),
+            format!(
+                r#"{{"ts":{t0},"cpu":0,"task":{{"pid":0,"tid":0,"comm":"swapper/0"}},"type":"wake","target":{{"pid":10,"tid":10,"comm":"worker"}},"sock_seq":0,"stack":[],"target_cpu":0,"waker_is_kthread":false,"target_on_rq":false,"cause":"timer","context":"idle_irq","via_epoll":false}}"#
+            ),
+            format!(
+                r#"{{"ts":{t1},"cpu":0,{task},"type":"switch_in","runnable_ts":{t0},"prev_cpu":0,"after_preempt":false,"prev_tid":0,"prev_comm":"swapper/0"}}"#
+            ),
+            format!(r#"{{"ts":{},"cpu":0,{task},"type":"epoll_exit","enter_ts":0,"epfd":3,"ret":0,"syscall":"epoll_wait","events":[]}}"#, t1 + 1000),
+            format!(r#"{{"ts":{},"cpu":0,{task},"type":"epoll_enter","epfd":3,"maxevents":8,"syscall":"epoll_wait"}}"#, t1 + 2000),
+            r#"{"type":"netdrift-record-end","reason":"done","duration_s":1.0,"lost":{"ringbuf":0,"stack":0,"map_full":0,"user_read":0,"per_cpu":[]},"decode_errors":0,"ringbuf_mib":8}"#.to_string(),
+        ];
+        std::fs::write(&rec, lines.join("\n") + "\n").unwrap();
+        let out = nd().args(["analyze", "--json"]).arg(&rec).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let summary = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("JSON line"))
+            .find(|v| v["type"] == "summary")
+            .expect("a summary line");
+        (summary["stats"]["chains"].as_u64().unwrap(), summary["stats"]["chains_incomplete"].as_u64().unwrap())
+    };
+    // Recorded without idle_ms (older versions): the 2 s default; the chain completes.
+    assert_eq!(run(""), (1, 0));
+    assert_eq!(run(r#","idle_ms":2000"#), (1, 0));
+    // Recorded with --idle-ms 100: closed before its thread ran.
+    let (chains, incomplete) = run(r#","idle_ms":100"#);
+    assert_eq!(incomplete, 1, "chains {chains}");
+}
+
 #[test]
 fn analyze_leaves_out_a_socket_event_its_wake_up_disproves() {
     let dir = std::env::temp_dir().join(format!("netdrift-disproved-{}", std::process::id()));
