@@ -370,7 +370,7 @@ mod tests {
             });
         }
         let hooks = [ReadyHook::SkDataReady, ReadyHook::InetSockSetState, ReadyHook::EpollItem, ReadyHook::Accept, ReadyHook::IoWait];
-        for (i, (hook, state)) in hooks.iter().zip([1u8, 10, 7, 255]).enumerate() {
+        for (i, (hook, state)) in hooks.iter().zip([1u8, 10, 7, 255, 8]).enumerate() {
             let (local, remote) = if i % 2 == 0 {
                 ("127.0.0.1:80".parse().unwrap(), "10.1.2.3:65535".parse().unwrap())
             } else {
