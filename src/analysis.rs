@@ -462,6 +462,12 @@ struct Resolved {
 
 impl Resolved {
     const SLOTS: usize = 512;
+
+    fn slot((pid, epfd, data): (u32, i32, u64)) -> usize {
+        // data is usually a pointer: drop its alignment bits.
+        let h = (data >> 4) ^ (data >> 13) ^ (epfd as u64) ^ ((pid as u64) << 3);
+        h as usize % Self::SLOTS
+    }
 }
 
 /// Builds chains from events in ring-buffer order.
@@ -1012,14 +1018,12 @@ impl Correlator {
     /// for each of the ~5 entries of every epoll_wait return, and the
     /// answer rarely changes: cached until any of the three maps changes.
     fn resolve(&mut self, pid: u32, epfd: i32, data: u64) -> (Option<i32>, Option<std::rc::Rc<SockInfo>>) {
-        let gen = self.fds.gen + self.epoll_map.gen + self.socks_gen;
+        let gen = self.resolved_gen();
         let key = (pid, epfd, data);
         if self.resolved.is_empty() {
             self.resolved.resize(Resolved::SLOTS, Resolved::default());
         }
-        // data is usually a pointer: drop its alignment bits.
-        let h = (data >> 4) ^ (data >> 13) ^ (epfd as u64) ^ ((pid as u64) << 3);
-        let slot = &mut self.resolved[h as usize % Resolved::SLOTS];
+        let slot = &mut self.resolved[Resolved::slot(key)];
         if slot.gen == gen && slot.key == key && gen != 0 {
             return (slot.fd, slot.sock.clone());
         }
@@ -1099,8 +1103,20 @@ impl Correlator {
     }
 
     /// The fd an epoll data word stands for in `pid`'s `epfd`, if known.
+    /// Asked for every entry of every epoll_wait return before it is
+    /// correlated: answered from `resolve`'s cache when it is current.
     pub fn epoll_fd(&self, pid: u32, epfd: i32, data: u64) -> Option<i32> {
-        self.epoll_map.get(pid, epfd, data)
+        let key = (pid, epfd, data);
+        let gen = self.resolved_gen();
+        match self.resolved.get(Resolved::slot(key)) {
+            Some(slot) if slot.gen == gen && slot.key == key && gen != 0 => slot.fd,
+            _ => self.epoll_map.get(pid, epfd, data),
+        }
+    }
+
+    /// Sum of the change counters `Resolved` entries are valid for.
+    fn resolved_gen(&self) -> u64 {
+        self.fds.gen + self.epoll_map.gen + self.socks_gen
     }
 
     pub fn open_chains(&self) -> usize {

@@ -640,3 +640,26 @@ fn a_thread_that_sleeps_twice_ran_in_between_even_with_no_switch_in() {
     c.ingest(&ev(7000, 1, w1.clone(), sleep()));
     assert_eq!(c.stats.missed_switch_ins, 1);
 }
+
+/// `epoll_fd` answers from the resolve cache only while it is current: a
+/// close or a new registration after a return changes the answer at once.
+#[test]
+fn epoll_fd_follows_changes_after_a_cached_answer() {
+    let w = t(10, 11, "worker");
+    let mut c = Correlator::new();
+    c.ingest(&ev(1, 0, w.clone(), Kind::EpollMap { epfd: 4, fd: 7, data: 0xabc0 }));
+    assert_eq!(c.epoll_fd(10, 4, 0xabc0), Some(7));
+    // The return resolves (and caches) both words, one of them unknown.
+    c.ingest(&ev(2, 0, w.clone(), epoll_exit(4, &[0xabc0, 0xdef0])));
+    assert_eq!(c.epoll_fd(10, 4, 0xabc0), Some(7));
+    assert_eq!(c.epoll_fd(10, 4, 0xdef0), None);
+    c.ingest(&ev(3, 0, w.clone(), Kind::EpollMap { epfd: 4, fd: 9, data: 0xdef0 }));
+    assert_eq!(c.epoll_fd(10, 4, 0xdef0), Some(9));
+    c.ingest(&ev(4, 0, w.clone(), epoll_exit(4, &[0xabc0, 0xdef0])));
+    c.ingest(&ev(5, 0, w.clone(), Kind::Close { fd: 7, sock: None }));
+    assert_eq!(c.epoll_fd(10, 4, 0xabc0), None, "closed: no longer in the set");
+    assert_eq!(c.epoll_fd(10, 4, 0xdef0), Some(9));
+    // Another pid or epfd with the same word is not confused with it.
+    assert_eq!(c.epoll_fd(12, 4, 0xdef0), None);
+    assert_eq!(c.epoll_fd(10, 5, 0xdef0), None);
+}
