@@ -6,11 +6,11 @@
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use netdrift::demo::{self, DemoConfig, DemoServer, ListenMode};
+use netdrift::demo::{DemoConfig, DemoServer, ListenMode};
 use netdrift::offwake::model::{self, Entry, RenderOptions};
 use netdrift::offwake::{self, Format, OffwakeOptions, OutputOptions, Report, WakeContext};
 
@@ -351,26 +351,17 @@ fn demo_workers_blocked_in_epoll_woken_through_sockets() {
     let addr = server.addr();
     let tids = server.worker_tids();
     let stop = Arc::new(AtomicBool::new(false));
+    let client = common::ClientResult::default();
     let opts = OffwakeOptions {
         tids: tids.clone(),
         stop: Some(stop.clone()),
         duration: Some(Duration::from_secs(30)),
-        on_ready: Some({
-            let stop = stop.clone();
-            Box::new(move || {
-                std::thread::spawn(move || {
-                    std::thread::sleep(Duration::from_millis(100));
-                    let r = demo::run_client(addr, 8, Duration::from_millis(40));
-                    std::thread::sleep(Duration::from_millis(200));
-                    stop.store(true, Ordering::SeqCst);
-                    assert!(r.expect("client").iter().all(|c| c.ok), "every request answered");
-                });
-            })
-        }),
+        on_ready: Some(Box::new(client.run_then_stop(addr, 8, Duration::from_millis(40), stop.clone(), Duration::from_millis(200)))),
         ..Default::default()
     };
     let report: Report = offwake::run(opts).expect("offwake");
     server.shutdown().expect("shutdown");
+    assert_eq!(client.take().len(), 8, "8 connections");
     assert!(report.entries.iter().all(|e| tids.contains(&e.blocked.tid)), "only the workers are targets");
     let hit: Vec<&Entry> = report
         .entries
@@ -389,6 +380,9 @@ fn demo_workers_blocked_in_epoll_woken_through_sockets() {
     }
     let us: u64 = hit.iter().map(|e| e.total_us()).sum();
     assert!(us > 0, "{all}");
+    // Each of the 8 connections made a socket readable for a worker blocked in epoll_wait.
+    let periods: u64 = hit.iter().map(|e| e.count).sum();
+    assert!(periods >= 8, "{periods} blocked periods ended by a readable socket for 8 connections:\n{all}");
     let shown: Vec<Entry> = hit.iter().map(|e| (*e).clone()).collect();
     eprintln!("{}", model::text(&shown, &RenderOptions::default()));
 }

@@ -44,6 +44,47 @@ pub fn pin(tid: u32, cpu: usize) {
     }
 }
 
+/// The demo client's outcome, run from a tracer's `on_ready`. The client
+/// thread stops the tracer whatever happens; the test thread checks the
+/// outcome (a panic in the client thread would be lost).
+#[derive(Clone, Default)]
+pub struct ClientResult(Arc<Mutex<Option<ClientOutcome>>>);
+
+/// The client's connections, or why it failed.
+type ClientOutcome = Result<Vec<demo::ClientConn>, String>;
+
+impl ClientResult {
+    /// `on_ready`: after 100 ms, `k` connections `gap` apart, then `linger`, then `stop`.
+    pub fn run_then_stop(
+        &self,
+        addr: std::net::SocketAddr,
+        k: usize,
+        gap: Duration,
+        stop: Arc<AtomicBool>,
+        linger: Duration,
+    ) -> impl FnOnce() + Send + 'static {
+        let slot = self.0.clone();
+        move || {
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(100));
+                let r = demo::run_client(addr, k, gap).map_err(|e| e.to_string());
+                *slot.lock().unwrap() = Some(r);
+                std::thread::sleep(linger);
+                stop.store(true, Ordering::SeqCst);
+            });
+        }
+    }
+
+    /// The connections, every request answered (panics otherwise).
+    pub fn take(&self) -> Vec<demo::ClientConn> {
+        let r = self.0.lock().unwrap().take().expect("the client ran");
+        let conns = r.unwrap_or_else(|e| panic!("client: {e}"));
+        let unanswered = conns.iter().filter(|c| !c.ok).count();
+        assert_eq!(unanswered, 0, "{unanswered} of {} requests unanswered", conns.len());
+        conns
+    }
+}
+
 /// Start the demo server, trace its workers while a client opens `k`
 /// connections `gap` apart; `setup` runs on the worker tids before tracing.
 pub fn run_demo_with(cfg: DemoConfig, k: usize, gap: Duration, setup: impl FnOnce(&[u32])) -> DemoRun {
@@ -52,31 +93,20 @@ pub fn run_demo_with(cfg: DemoConfig, k: usize, gap: Duration, setup: impl FnOnc
     let tids = server.worker_tids();
     setup(&tids);
     let stop = Arc::new(AtomicBool::new(false));
-    let ports: Arc<Mutex<Vec<u16>>> = Arc::default();
+    let client = ClientResult::default();
     let opts = TraceOptions {
         probe: ProbeConfig { tids: tids.clone(), follow_children: false, ..Default::default() },
         keep_chains: true,
         quiet: true,
         stop: Some(stop.clone()),
-        on_ready: Some({
-            let stop = stop.clone();
-            let ports = ports.clone();
-            Box::new(move || {
-                std::thread::spawn(move || {
-                    std::thread::sleep(Duration::from_millis(100));
-                    let conns = demo::run_client(addr, k, gap).expect("client");
-                    assert!(conns.iter().all(|c| c.ok), "every request answered");
-                    *ports.lock().unwrap() = conns.iter().map(|c| c.local_port).collect();
-                    std::thread::sleep(Duration::from_millis(300));
-                    stop.store(true, Ordering::SeqCst);
-                });
-            })
-        }),
+        // A client that hangs must not hang the test.
+        duration: Some(Duration::from_secs(60)),
+        on_ready: Some(Box::new(client.run_then_stop(addr, k, gap, stop.clone(), Duration::from_millis(300)))),
         ..Default::default()
     };
     let result = trace::run(opts).expect("trace");
     let stats = server.shutdown().expect("shutdown");
-    let ports = ports.lock().unwrap().clone();
+    let ports: Vec<u16> = client.take().iter().map(|c| c.local_port).collect();
     assert_eq!(ports.len(), k, "client finished");
     DemoRun { result, ports, tids, accepted: stats.accepted() }
 }
