@@ -5,7 +5,7 @@
 set -euo pipefail
 
 build_pkgs=(clang llvm libelf-dev zlib1g-dev pkg-config make)
-test_pkgs=(nginx redis-server memcached libevent-dev g++ curl bpftrace bpftool procps iproute2 chromium)
+test_pkgs=(nginx redis-server memcached libevent-dev g++ curl bpftrace bpftool procps iproute2 chromium strace)
 
 case "${1:-build}" in
   build) want=("${build_pkgs[@]}") ;;
