@@ -47,9 +47,9 @@ fn herd_found_on_shared_listener_only() {
         let wasted: u64 = rows.iter().map(|r| r.wasted).sum();
         assert_eq!(conns, K as u64, "{mode:?}: {rows:#?}");
         assert!(wasted <= 1, "{mode:?}: about zero wasted wake-ups: {rows:#?}");
-        if mode == ListenMode::ReusePort {
-            assert_eq!(rows.len(), 2, "one listen socket per worker: {rows:#?}");
-        }
+        // Exclusive: one shared listen socket; reuseport: one per worker.
+        let sockets = if mode == ListenMode::ReusePort { 2 } else { 1 };
+        assert_eq!(rows.len(), sockets, "{mode:?}: {rows:#?}");
         assert!(!r.result.summary_text.contains("register the listen socket with EPOLLEXCLUSIVE"), "{mode:?}: no fix suggested");
     }
 }
@@ -169,8 +169,19 @@ fn analyze_reproduces_the_live_output() {
     assert_eq!(a["type"], "summary");
     assert_eq!(a, b, "same summary line");
 
-    // A truncated recording is refused, not analyzed as if complete.
+    // --packets: socket events carry the loopback packet received just before them.
     let text = std::fs::read_to_string(&rec).unwrap();
+    let ready: Vec<serde_json::Value> =
+        text.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()).filter(|v| v["type"] == "sock_ready").collect();
+    let with_packet: Vec<&serde_json::Value> = ready.iter().filter(|v| v["packet"].is_object()).collect();
+    assert!(with_packet.len() * 2 >= ready.len(), "most socket events have their packet: {} of {}", with_packet.len(), ready.len());
+    for v in &with_packet {
+        let p = &v["packet"];
+        assert_eq!(p["dev"], "lo", "{v}");
+        assert!(p["len"].as_u64().unwrap_or(0) > 0 && p["ts"].as_u64() <= v["ts"].as_u64(), "{v}");
+    }
+
+    // A truncated recording is refused, not analyzed as if complete.
     let cut = dir.path().join("cut.ndr");
     let keep: Vec<&str> = text.lines().collect();
     std::fs::write(&cut, keep[..keep.len() - 1].join("\n")).unwrap();

@@ -591,6 +591,7 @@ mod tests {
         // Text is smallest first.
         let firsts: Vec<u64> =
             t.lines().filter(|l| l.contains("us total")).map(|l| l.trim().split(' ').next().unwrap().parse().unwrap()).collect();
+        assert_eq!(firsts.len(), 3, "one block per entry: {t}");
         assert!(firsts.windows(2).all(|w| w[0] <= w[1]), "{firsts:?}");
     }
 
