@@ -279,11 +279,13 @@ fn comm_matches_running_and_exec_later() {
     wait_for(&ready, Duration::from_secs(20), &mut child);
     let mut second = spawn_fresh_binary(&bin, "0.2");
     let _ = second.wait();
-    let o = child.wait_with_output().unwrap();
+    // Every process of that name is gone: a -c trace goes on (another may start).
     let _ = first.kill();
     let _ = first.wait();
+    let o = child.wait_with_output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let lines = json_lines(&out);
+    assert_eq!(lines.last().unwrap()["reason"], "duration reached", "ran its 3 s after its targets exited");
     assert!(lines[0]["pids"].as_array().unwrap().contains(&serde_json::json!(first.id())), "running process matched: {}", lines[0]);
     assert!(
         lines.iter().any(|l| l["type"] == "task_new" && l["reason"] == 2 && l["child"]["pid"] == second.id()),
@@ -291,9 +293,6 @@ fn comm_matches_running_and_exec_later() {
     );
 }
 
-/// A socket event its wake-up's stack disproves (a timer woke the thread
-/// right after a state change on that CPU) is left out of the JSON stream,
-/// counted, and the wake-up points to no socket; one that holds is kept.
 /// A recording replays with the trace's own --idle-ms: a chain that waits
 /// 500 ms for its thread is closed as incomplete at 100 ms, not at 2 s.
 #[test]
@@ -335,6 +334,9 @@ fn analyze_replays_with_the_recorded_idle_timeout() {
     assert_eq!(run(r#","idle_ms":100"#), (1, 1));
 }
 
+/// A socket event its wake-up's stack disproves (a timer woke the thread
+/// right after a state change on that CPU) is left out of the JSON stream,
+/// counted, and the wake-up points to no socket; one that holds is kept.
 #[test]
 fn analyze_leaves_out_a_socket_event_its_wake_up_disproves() {
     let dir = std::env::temp_dir().join(format!("netdrift-disproved-{}", std::process::id()));

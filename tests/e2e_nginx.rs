@@ -546,6 +546,7 @@ fn herd_run(listen_opts: &str, extra: &[&str]) -> (Vec<Value>, Vec<u16>, Vec<u32
     let (_, lines) = tracer.stop_json(&out_path, Duration::from_secs(15));
     let stderr = tracer.stderr();
     assert!(stderr.contains("thundering herd"), "the text summary has the herd table:\n{stderr}");
+    assert!(!stderr.contains("latency per stage"), "herd prints the herd table only:\n{stderr}");
     let last = lines.last().unwrap();
     assert_eq!(ty(last), "summary");
     let rows = last["analysis"]["herd"].as_array().cloned().unwrap_or_default();
