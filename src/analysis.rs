@@ -506,6 +506,11 @@ pub struct Correlator {
     /// Reused buffers of the per-record paths (taken, used, put back).
     scratch_pending: Vec<(u64, usize)>,
     scratch_ids: Vec<u64>,
+    /// Chains already written, handed back by [`Correlator::recycle`]: a
+    /// new chain reuses one's box and hop list instead of allocating both
+    /// (a chain per epoll_wait return on a busy server).
+    #[allow(clippy::vec_box)]
+    spare: Vec<Box<Chain>>,
 }
 
 impl Correlator {
@@ -530,9 +535,27 @@ impl Correlator {
     fn new_chain(&mut self, ts: u64) -> u64 {
         self.next_id += 1;
         let id = self.next_id;
-        // Most chains have one hop: room for one, not the four a first push reserves.
-        self.open.insert(id, Box::new(Chain { id, start_ts: ts, sock: None, hops: Vec::with_capacity(1), incomplete: false }));
+        let chain = match self.spare.pop() {
+            Some(mut c) => {
+                let mut hops = std::mem::take(&mut c.hops);
+                hops.clear();
+                *c = Chain { id, start_ts: ts, sock: None, hops, incomplete: false };
+                c
+            }
+            // Most chains have one hop: room for one, not the four a first push reserves.
+            None => Box::new(Chain { id, start_ts: ts, sock: None, hops: Vec::with_capacity(1), incomplete: false }),
+        };
+        self.open.insert(id, chain);
         id
+    }
+
+    /// Hand back a chain returned by [`Correlator::drain_completed`] once it
+    /// is written: its memory serves a later chain.
+    pub fn recycle(&mut self, c: Box<Chain>) {
+        const KEEP: usize = 256;
+        if self.spare.len() < KEEP {
+            self.spare.push(c);
+        }
     }
 
     fn hop_mut(&mut self, (id, idx): (u64, usize)) -> Option<&mut Hop> {

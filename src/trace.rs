@@ -497,6 +497,8 @@ impl Pipeline {
             }
             if self.keep_chains {
                 self.chains.push(*c);
+            } else {
+                self.corr.recycle(c);
             }
         }
         Ok(())
