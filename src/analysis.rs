@@ -511,6 +511,8 @@ pub struct Correlator {
     /// (a chain per epoll_wait return on a busy server).
     #[allow(clippy::vec_box)]
     spare: Vec<Box<Chain>>,
+    /// The returned-event lists of recycled chains, emptied, for the next returns.
+    spare_returned: Vec<Vec<ReturnedEvent>>,
 }
 
 impl Correlator {
@@ -551,11 +553,21 @@ impl Correlator {
 
     /// Hand back a chain returned by [`Correlator::drain_completed`] once it
     /// is written: its memory serves a later chain.
-    pub fn recycle(&mut self, c: Box<Chain>) {
+    pub fn recycle(&mut self, mut c: Box<Chain>) {
         const KEEP: usize = 256;
-        if self.spare.len() < KEEP {
-            self.spare.push(c);
+        if self.spare.len() >= KEEP {
+            return;
         }
+        for h in c.hops.iter_mut() {
+            if let Some(e) = h.epoll.take() {
+                let mut v = e.events;
+                if self.spare_returned.len() < KEEP && v.capacity() > 0 {
+                    v.clear();
+                    self.spare_returned.push(v);
+                }
+            }
+        }
+        self.spare.push(c);
     }
 
     fn hop_mut(&mut self, (id, idx): (u64, usize)) -> Option<&mut Hop> {
@@ -860,7 +872,8 @@ impl Correlator {
                     self.epoll_entered(tid, *enter_ts);
                 }
                 self.threads.entry(tid).or_default().in_epoll = false;
-                let mut returned: Vec<ReturnedEvent> = Vec::with_capacity(events.len());
+                let mut returned: Vec<ReturnedEvent> = self.spare_returned.pop().unwrap_or_default();
+                returned.reserve(events.len());
                 for e in events.iter() {
                     let (fd, sock) = self.resolve(pid, *epfd, e.data);
                     ann.ep_fds.push(fd);
