@@ -663,3 +663,65 @@ fn epoll_fd_follows_changes_after_a_cached_answer() {
     assert_eq!(c.epoll_fd(12, 4, 0xdef0), None);
     assert_eq!(c.epoll_fd(10, 5, 0xdef0), None);
 }
+
+/// The summary of the herd: its herd row (winner and loser by name), each
+/// worker's wake-up causes, contexts, wakers and run-queue wait, the latency
+/// stages and the chain's waterfall, all from one chain.
+#[test]
+fn summary_of_a_herd_names_winner_loser_causes_and_steps() {
+    let lsock = sock(0xaaa, 500, "127.0.0.1:8080", "0.0.0.0:0", 10);
+    let mut c = Correlator::new();
+    for mut e in herd_events() {
+        // The listener as the kernel reports it at the accept.
+        if let Kind::Accept { listen, .. } = &mut e.kind {
+            *listen = Some(Box::new(lsock.clone()));
+        }
+        c.ingest(&e);
+    }
+    assert_eq!(c.drain_completed().len(), 1);
+    let s = c.summary.build();
+
+    assert_eq!(s.herd.len(), 1, "{:#?}", s.herd);
+    let h = &s.herd[0];
+    assert_eq!(h.local, "127.0.0.1:8080");
+    assert_eq!((h.connections, h.events, h.wakeups, h.wasted), (1, 1, 2, 1), "{h:#?}");
+    assert_eq!(h.winners, BTreeMap::from([("demo:worker_0[11]".to_string(), 1)]));
+    assert_eq!(h.losers, BTreeMap::from([("demo:worker_1[12]".to_string(), 1)]));
+
+    assert_eq!(s.threads.len(), 2, "{:#?}", s.threads);
+    for (tid, runq) in [(11, 1800), (12, 2400)] {
+        let t = s.threads.iter().find(|t| t.tid == tid).unwrap();
+        assert_eq!(t.wakeups, 1);
+        assert_eq!(t.by_cause, BTreeMap::from([("socket_readable".to_string(), 1)]));
+        assert_eq!(t.by_context, BTreeMap::from([("softirq_in_syscall".to_string(), 1)]));
+        // Softirq in the client's own syscall: the client process is the waker.
+        assert_eq!(t.wakers, BTreeMap::from([("client[20]".to_string(), 1)]));
+        assert_eq!((t.runq.count, t.runq.max_ns), (1, runq), "tid {tid}");
+    }
+
+    // Socket ready at 1000, wake-ups at 1100 and 1200, on CPU after 1800 / 2400 ns.
+    assert_eq!((s.latency.ready_to_wake.count, s.latency.ready_to_wake.sum_ns), (2, 100 + 200));
+    assert_eq!((s.latency.wake_to_cpu.count, s.latency.wake_to_cpu.sum_ns), (2, 1800 + 2400));
+    assert_eq!(s.latency.total.count, 1);
+
+    assert_eq!(s.slowest.len(), 1);
+    let w = &s.slowest[0];
+    assert_eq!(w.title, "LISTEN 127.0.0.1:8080");
+    // From the socket event (1000) to the last step, worker 1's failed accept at 4600.
+    assert_eq!(w.total_ns, 3600);
+    let steps: Vec<(&str, u64)> = w.steps.iter().map(|(n, t)| (n.as_str(), *t)).collect();
+    assert_eq!(
+        steps,
+        [
+            ("socket ready", 0),
+            ("woke demo:worker_1[12]", 100),
+            ("woke demo:worker_0[11]", 200),
+            ("demo:worker_0[11] on CPU0", 2000),
+            ("demo:worker_1[12] on CPU1", 2500),
+            ("demo:worker_0[11] epoll_wait returned 1", 3000),
+            ("demo:worker_1[12] epoll_wait returned 1", 3200),
+            ("demo:worker_0[11] accept4 = 6", 3500),
+            ("demo:worker_1[12] accept4 = -11", 3600),
+        ]
+    );
+}
