@@ -191,6 +191,66 @@ fn target_exit_ends_the_trace() {
     assert!(t.elapsed() < Duration::from_secs(10), "ended with the target, not the duration");
 }
 
+/// A process whose leader thread exits (pthread_exit) while another thread
+/// runs is still a target: the trace follows the live thread and ends when
+/// the last thread exits, with one task_exit for the whole process.
+#[test]
+fn leader_exit_is_not_process_exit() {
+    if !require_root() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("leader_exit.c");
+    std::fs::write(
+        &src,
+        r#"#include <pthread.h>
+#include <unistd.h>
+static void *worker(void *a) { for (int i = 0; i < 15; i++) usleep(100000); return a; }
+int main(int argc, char **argv) {
+    pthread_t t;
+    pthread_create(&t, 0, worker, 0);
+    while (argc > 1 && access(argv[1], F_OK) != 0) usleep(10000);
+    pthread_exit(0);
+}
+"#,
+    )
+    .unwrap();
+    let bin = dir.path().join("leader_exit");
+    let cc = Command::new("cc").arg("-O1").arg("-pthread").arg("-o").arg(&bin).arg(&src).output().expect("cc (apt-get install gcc)");
+    assert!(cc.status.success(), "{}", String::from_utf8_lossy(&cc.stderr));
+    let go = dir.path().join("go");
+    let mut target = Command::new(&bin).arg(&go).spawn().unwrap();
+    let (ready, out) = (dir.path().join("ready"), dir.path().join("o.jsonl"));
+    let mut child = nd()
+        .args(["trace", "--json", "-p", &target.id().to_string(), "--ready-file"])
+        .arg(&ready)
+        .arg("-o")
+        .arg(&out)
+        .arg("30")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(&ready, Duration::from_secs(20), &mut child);
+    // The leader exits now; the worker goes on for about 1.5 s.
+    let t = Instant::now();
+    std::fs::write(&go, "").unwrap();
+    let o = child.wait_with_output().unwrap();
+    let _ = target.wait();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(t.elapsed() >= Duration::from_millis(1000), "ended before the last thread: {:?}", t.elapsed());
+    assert!(t.elapsed() < Duration::from_secs(20), "ended with the process, not the duration");
+    let lines = json_lines(&out);
+    assert_eq!(lines.last().unwrap()["reason"], "target exited");
+    let exits: Vec<&serde_json::Value> = lines.iter().filter(|l| l["type"] == "task_exit").collect();
+    assert_eq!(exits.len(), 1, "one record for the process: {exits:?}");
+    assert_eq!(exits[0]["group_dead"], true);
+    assert_ne!(exits[0]["task"]["tid"], exits[0]["task"]["pid"], "the last thread was the worker, not the leader");
+    // The worker was still traced after the leader left: its timer wake-ups.
+    let worker = exits[0]["task"]["tid"].clone();
+    let wakes = lines.iter().filter(|l| l["type"] == "wake" && l["target"]["tid"] == worker).count();
+    assert!(wakes >= 5, "the worker's wake-ups after the leader's exit: {wakes}");
+}
+
 #[test]
 fn duration_and_doctor() {
     if !require_root() {

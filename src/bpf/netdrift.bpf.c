@@ -108,25 +108,8 @@ struct sys_args {
 	__u32 syscall;
 	__u32 cpu;
 	__u32 enter_emitted;	/* the epoll_enter record was written */
-	__u32 pending;		/* accepted sockets wait in `pending` for their registration */
+	__u32 pending;		/* accepted sockets wait in task_ctx.pend for their registration */
 };
-
-/*
- * Per target thread, in task local storage: the hot programs find it from
- * the task pointer they already have, cheaper than a hash lookup by tid, and
- * it goes away with the task (a reused tid starts afresh).
- */
-struct task_ctx {
-	struct thread_state th;
-	struct sys_args sys;
-};
-
-struct {
-	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, int);
-	__type(value, struct task_ctx);
-} tasks SEC(".maps");
 
 /*
  * Per CPU: the readiness event whose wake-ups are being seen (one event can
@@ -198,12 +181,24 @@ struct pending_regs {
 	__u32 tries;
 };
 
+/*
+ * Per target thread, in task local storage: the hot programs find it from
+ * the task pointer they already have, cheaper than a hash lookup by tid, and
+ * it is freed with the task (a reused tid starts afresh, nothing to clean up
+ * at exit).
+ */
+struct task_ctx {
+	struct thread_state th;
+	struct sys_args sys;
+	struct pending_regs pend;	/* read when sys.pending is set */
+};
+
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 16384);
-	__type(key, __u32);
-	__type(value, struct pending_regs);
-} pending SEC(".maps");
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct task_ctx);
+} tasks SEC(".maps");
 
 /* Kernels before 5.14 name it `state`. */
 struct task_struct___o {
@@ -1081,28 +1076,34 @@ SEC("tp_btf/sched_process_exit")
 int BPF_PROG(nd_process_exit, struct task_struct *p)
 {
 	__u32 tgid = p->tgid, tid = p->pid;
-	bool tgid_target, tid_target;
+	bool tgid_target, tid_target, group_dead;
 	struct nd_task_exit *r;
 
-	tgid_target = bpf_map_lookup_elem(&targets_tgid, &tgid) != NULL;
-	tid_target = has_tids && bpf_map_lookup_elem(&targets_tid, &tid) != NULL;
-	if (!tgid_target && !tid_target && !trace_all)
-		return 0;
-	bpf_task_storage_delete(&tasks, p);
-	bpf_map_delete_elem(&pending, &tid);
+	/* Per-thread state is task storage: freed with the task, nothing to delete. */
 	if (trace_all)
 		return 0;
-	/* Report a whole target process once, when its leader goes, and each -t thread. */
-	if (!(tid_target || (tgid_target && tid == tgid)))
+	tgid_target = bpf_map_lookup_elem(&targets_tgid, &tgid) != NULL;
+	tid_target = has_tids && bpf_map_lookup_elem(&targets_tid, &tid) != NULL;
+	if (!tgid_target && !tid_target)
+		return 0;
+	/*
+	 * The last thread of the process: do_exit has counted it out of
+	 * signal->live before this tracepoint. Not "the leader exits": a leader
+	 * can pthread_exit, or be killed by a sibling's exec, while the process
+	 * lives on.
+	 */
+	group_dead = BPF_CORE_READ(p, signal, live.counter) == 0;
+	/* Report a whole target process once, when it is gone, and each -t thread. */
+	if (!(tid_target || (tgid_target && group_dead)))
 		return 0;
 	if (tid_target)
 		bpf_map_delete_elem(&targets_tid, &tid);
-	if (tgid_target && tid == tgid)
+	if (tgid_target && group_dead)
 		bpf_map_delete_elem(&targets_tgid, &tgid);
 	r = reserve(sizeof(*r), ND_REC_TASK_EXIT);
 	if (r) {
 		hdr_task(&r->hdr, p);
-		r->group_dead = tid == tgid;
+		r->group_dead = group_dead;
 		submit(r);
 	}
 	return 0;
@@ -1140,14 +1141,13 @@ static __always_inline struct epitem *epitem_of(struct file *file, struct eventp
  * registered them (nginx, libevent and redis do it in the accept handler).
  * Report each one's data word; try twice more for those not registered yet.
  */
-static __always_inline __u32 resolve_pending(__u32 tid, int epfd)
+static __always_inline __u32 resolve_pending(struct pending_regs *p, int epfd)
 {
-	struct pending_regs *p = bpf_map_lookup_elem(&pending, &tid);
 	struct eventpoll *ep;
 	struct file *epf;
 	__u32 left = 0;
 
-	if (!p || !p->n)
+	if (!p->n)
 		return 0;
 	epf = fd_file(epfd);
 	ep = epf ? BPF_CORE_READ(epf, private_data) : NULL;
@@ -1188,24 +1188,20 @@ static __always_inline __u32 resolve_pending(__u32 tid, int epfd)
 	return 1;
 }
 
-static __always_inline void add_pending(__u32 tid, int fd)
+static __always_inline void add_pending(int fd)
 {
-	struct pending_regs zero = {}, *p;
+	struct pending_regs *p;
 	struct task_ctx *c;
 	struct file *f = fd_file(fd);
 
 	if (!f)
 		return;
-	p = bpf_map_lookup_elem(&pending, &tid);
-	if (!p) {
-		if (bpf_map_update_elem(&pending, &tid, &zero, BPF_NOEXIST) && !bpf_map_lookup_elem(&pending, &tid)) {
-			count_loss(ND_LOSS_MAP_FULL);
-			return;
-		}
-		p = bpf_map_lookup_elem(&pending, &tid);
-		if (!p)
-			return;
-	}
+	c = tctx_get(bpf_get_current_task_btf());
+	if (!c)
+		return;
+	p = &c->pend;
+	/* The next epoll_wait looks at `pend` only when this is set. */
+	c->sys.pending = 1;
 	/* More than 8 accepts in one round: the rest are mapped from /proc. */
 	if (p->n >= ND_MAX_PENDING)
 		return;
@@ -1213,10 +1209,6 @@ static __always_inline void add_pending(__u32 tid, int fd)
 	p->fd[p->n & (ND_MAX_PENDING - 1)] = fd;
 	p->n++;
 	p->tries = 0;
-	/* The next epoll_wait looks in `pending` only when this is set. */
-	c = tctx_get(bpf_get_current_task_btf());
-	if (c)
-		c->sys.pending = 1;
 }
 
 static __always_inline int epoll_enter(struct trace_event_raw_sys_enter *ctx, __u32 sc)
@@ -1234,10 +1226,10 @@ static __always_inline int epoll_enter(struct trace_event_raw_sys_enter *ctx, __
 	a.n = (int)ctx->args[2];
 	a.syscall = sc;
 	a.cpu = bpf_get_smp_processor_id();
-	/* One lookup per call: the `pending` map only after an accept. */
+	/* One lookup per call; the accepted sockets only after an accept. */
 	c = tctx_get(bpf_get_current_task_btf());
 	if (c && c->sys.pending)
-		a.pending = resolve_pending(tid, a.fd);
+		a.pending = resolve_pending(&c->pend, a.fd);
 	if (emit_epoll_enter) {
 		struct nd_epoll_enter *r = reserve(sizeof(*r), ND_REC_EPOLL_ENTER);
 
@@ -1428,7 +1420,7 @@ static __always_inline int accept_exit(struct trace_event_raw_sys_exit *ctx, __u
 		fill_sock(&r->peer, nsk);
 		remember_sock((__u64)nsk);
 		if (!epoll_ctl_traced)
-			add_pending(tid, ret);
+			add_pending(ret);
 	}
 	submit(r);
 	a->syscall = 0;

@@ -255,7 +255,7 @@ struct nd_task_new {
 
 struct nd_task_exit {
 	struct nd_hdr hdr;
-	__u32 group_dead;
+	__u32 group_dead;	/* it was the process's last thread */
 	__u32 pad;
 };
 
