@@ -1,6 +1,6 @@
 //! CLI tier: usage errors (no root needed) and the trace lifetime (root).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -139,24 +139,33 @@ fn wait_for(p: &Path, timeout: Duration, child: &mut std::process::Child) {
     common::wait_ready(p, child, timeout, common::piped_stderr);
 }
 
+/// `netdrift trace --json TARGET... --ready-file DIR/ready -o DIR/OUT
+/// [DURATION]`, started and attached: (the running tracer, its output path).
+fn traced_json(dir: &Path, target: &[&str], out: &str, duration: Option<&str>) -> (std::process::Child, PathBuf) {
+    let (ready, out) = (dir.join("ready"), dir.join(out));
+    let mut child = nd()
+        .args(["trace", "--json"])
+        .args(target)
+        .arg("--ready-file")
+        .arg(&ready)
+        .arg("-o")
+        .arg(&out)
+        .args(duration)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(&ready, Duration::from_secs(20), &mut child);
+    (child, out)
+}
+
 #[test]
 fn sigint_ends_with_summary_and_complete_file() {
     if !require_root() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let ready = dir.path().join("ready");
-    let out = dir.path().join("out.jsonl");
     let mut target = Command::new("sleep").arg("30").spawn().unwrap();
-    let mut child = nd()
-        .args(["trace", "--json", "-p", &target.id().to_string(), "--ready-file"])
-        .arg(&ready)
-        .arg("-o")
-        .arg(&out)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_for(&ready, Duration::from_secs(20), &mut child);
+    let (child, out) = traced_json(dir.path(), &["-p", &target.id().to_string()], "out.jsonl", None);
     assert!(!out.exists(), "output is FILE.partial until the end");
     assert!(dir.path().join("out.jsonl.partial").exists());
     // SAFETY: sending a signal to our own child.
@@ -220,17 +229,7 @@ int main(int argc, char **argv) {
     assert!(cc.status.success(), "{}", String::from_utf8_lossy(&cc.stderr));
     let go = dir.path().join("go");
     let mut target = Command::new(&bin).arg(&go).spawn().unwrap();
-    let (ready, out) = (dir.path().join("ready"), dir.path().join("o.jsonl"));
-    let mut child = nd()
-        .args(["trace", "--json", "-p", &target.id().to_string(), "--ready-file"])
-        .arg(&ready)
-        .arg("-o")
-        .arg(&out)
-        .arg("30")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_for(&ready, Duration::from_secs(20), &mut child);
+    let (child, out) = traced_json(dir.path(), &["-p", &target.id().to_string()], "o.jsonl", Some("30"));
     // The leader exits now; the worker goes on for about 1.5 s.
     let t = Instant::now();
     std::fs::write(&go, "").unwrap();
@@ -291,19 +290,9 @@ fn pid_follows_children_forked_later() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let (ready, out) = (dir.path().join("ready"), dir.path().join("o.jsonl"));
     // The shell forks its child only after the trace has started.
     let mut sh = Command::new("sh").args(["-c", "read x; sleep 0.3; exit 0"]).stdin(Stdio::piped()).spawn().unwrap();
-    let mut child = nd()
-        .args(["trace", "--json", "-p", &sh.id().to_string(), "--ready-file"])
-        .arg(&ready)
-        .arg("-o")
-        .arg(&out)
-        .arg("20")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_for(&ready, Duration::from_secs(20), &mut child);
+    let (child, out) = traced_json(dir.path(), &["-p", &sh.id().to_string()], "o.jsonl", Some("20"));
     use std::io::Write;
     sh.stdin.take().unwrap().write_all(b"go\n").unwrap();
     let _ = sh.wait();
@@ -326,17 +315,7 @@ fn comm_matches_running_and_exec_later() {
     std::fs::copy("/bin/sleep", &bin).unwrap();
     let mut first = spawn_fresh_binary(&bin, "30");
     std::thread::sleep(Duration::from_millis(100));
-    let (ready, out) = (dir.path().join("ready"), dir.path().join("o.jsonl"));
-    let mut child = nd()
-        .args(["trace", "--json", "-c", "ndcommprobe", "--ready-file"])
-        .arg(&ready)
-        .arg("-o")
-        .arg(&out)
-        .arg("3")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_for(&ready, Duration::from_secs(20), &mut child);
+    let (child, out) = traced_json(dir.path(), &["-c", "ndcommprobe"], "o.jsonl", Some("3"));
     let mut second = spawn_fresh_binary(&bin, "0.2");
     let _ = second.wait();
     // Every process of that name is gone: a -c trace goes on (another may start).
