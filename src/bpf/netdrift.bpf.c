@@ -856,10 +856,12 @@ int BPF_PROG(nd_sched_switch, bool preempt, struct task_struct *prev, struct tas
 			if (involuntary) {
 				ts->runnable_ts = now;
 				ts->after_preempt = 1;
-			} else if (ts->wake_inflight) {
+			} else if (ts->wake_inflight || ts->runnable_ts) {
 				/*
 				 * Dequeued while a waker that saw it running was still in
-				 * try_to_wake_up: that wake-up puts it back on a run queue.
+				 * try_to_wake_up, or woken (runnable_ts set) between the
+				 * dequeue and this tracepoint: either way that wake-up puts
+				 * it back on a run queue. It is not asleep.
 				 */
 				woken = 1;
 				ts->wake_inflight = 0;
