@@ -143,6 +143,7 @@ struct {
 struct pkt_slot {
 	__u64 ts;
 	__u64 pending_seq;	/* a chain waits for this CPU's napi_poll */
+	__u64 pending_ts;	/* since its wake-up */
 	__u32 len;
 	__u32 ifindex;
 	char dev[ND_COMM_LEN];
@@ -735,6 +736,7 @@ static __always_inline int sched_waking(void *ctx, struct task_struct *p, const 
 						r->pkt_ifindex = ps->ifindex;
 						__builtin_memcpy(r->pkt_dev, ps->dev, sizeof(r->pkt_dev));
 						ps->pending_seq = seq;
+						ps->pending_ts = now;
 					}
 				}
 				submit(r);
@@ -984,6 +986,15 @@ int BPF_PROG(nd_napi_poll, struct napi_struct *napi, int work, int budget)
 
 	if (!ps || !ps->pending_seq)
 		return 0;
+	/*
+	 * A wake-up in softirq ends its poll within microseconds. One in
+	 * process context (the packet came just before, its poll is over)
+	 * must not take the next, unrelated poll of this CPU.
+	 */
+	if (bpf_ktime_get_ns() - ps->pending_ts > sock_window_ns) {
+		ps->pending_seq = 0;
+		return 0;
+	}
 	r = reserve(sizeof(*r), ND_REC_NAPI);
 	if (r) {
 		hdr_current(&r->hdr);
