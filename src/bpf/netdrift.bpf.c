@@ -502,9 +502,14 @@ static __always_inline long syscall_nr(struct pt_regs *regs)
  */
 static __always_inline __u32 blocked_syscall(struct task_struct *p, int *fd)
 {
-	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(p);
-	long nr = syscall_nr(regs);
+	struct pt_regs *regs;
+	long nr;
 
+	/* A kernel thread's saved registers are zeroes: "syscall 0" is read(2) on x86_64. */
+	if (p->flags & PF_KTHREAD)
+		return 0;
+	regs = (struct pt_regs *)bpf_task_pt_regs(p);
+	nr = syscall_nr(regs);
 	if (nr < 0)
 		return 0;
 	*fd = (int)PT_REGS_PARM1_CORE_SYSCALL(regs);
@@ -644,7 +649,8 @@ static __always_inline __u64 wake_sig(__u32 hook, __u64 sk, struct task_struct *
 {
 	__u32 state = sk ? ND_READ(direct, struct sock, sk, __sk_common.skc_state) : 0;
 	__u32 ctx = ctx_of_preempt_count(preempt_count_noksym());
-	__u32 nr = (__u32)syscall_nr((struct pt_regs *)bpf_task_pt_regs(cur));
+	/* A kernel thread is in no syscall (its saved registers are zeroes). */
+	__u32 nr = (cur->flags & PF_KTHREAD) ? (__u32)-1 : (__u32)syscall_nr((struct pt_regs *)bpf_task_pt_regs(cur));
 
 	return hook | state << 8 | ctx << 16 | (__u64)nr << 32;
 }
