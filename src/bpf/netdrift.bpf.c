@@ -484,9 +484,19 @@ struct pt_regs___arm64 {
 	int syscallno;
 } __attribute__((preserve_access_index));
 
-/* The syscall a task is in, from the registers it saved on entry (-1: none, or user mode). */
-static __always_inline long syscall_nr(struct pt_regs *regs)
+/*
+ * The syscall t is in, from the registers it saved on entry (-1: none, or
+ * user mode); its saved registers in *regs. A kernel thread's are zeroes,
+ * where "syscall 0" would read as read(2) on x86_64: none.
+ */
+static __always_inline long syscall_nr(struct task_struct *t, struct pt_regs **regs_out)
 {
+	struct pt_regs *regs;
+
+	if (t->flags & PF_KTHREAD)
+		return -1;
+	regs = (struct pt_regs *)bpf_task_pt_regs(t);
+	*regs_out = regs;
 	if (!regs)
 		return -1;
 	if (bpf_core_field_exists(((struct pt_regs___x86 *)0)->orig_ax))
@@ -502,14 +512,9 @@ static __always_inline long syscall_nr(struct pt_regs *regs)
  */
 static __always_inline __u32 blocked_syscall(struct task_struct *p, int *fd)
 {
-	struct pt_regs *regs;
-	long nr;
+	struct pt_regs *regs = NULL;
+	long nr = syscall_nr(p, &regs);
 
-	/* A kernel thread's saved registers are zeroes: "syscall 0" is read(2) on x86_64. */
-	if (p->flags & PF_KTHREAD)
-		return 0;
-	regs = (struct pt_regs *)bpf_task_pt_regs(p);
-	nr = syscall_nr(regs);
 	if (nr < 0)
 		return 0;
 	*fd = (int)PT_REGS_PARM1_CORE_SYSCALL(regs);
@@ -649,8 +654,8 @@ static __always_inline __u64 wake_sig(__u32 hook, __u64 sk, struct task_struct *
 {
 	__u32 state = sk ? ND_READ(direct, struct sock, sk, __sk_common.skc_state) : 0;
 	__u32 ctx = ctx_of_preempt_count(preempt_count_noksym());
-	/* A kernel thread is in no syscall (its saved registers are zeroes). */
-	__u32 nr = (cur->flags & PF_KTHREAD) ? (__u32)-1 : (__u32)syscall_nr((struct pt_regs *)bpf_task_pt_regs(cur));
+	struct pt_regs *regs = NULL;
+	__u32 nr = (__u32)syscall_nr(cur, &regs);
 
 	return hook | state << 8 | ctx << 16 | (__u64)nr << 32;
 }
