@@ -1054,15 +1054,15 @@ impl Correlator {
     /// for each of the ~5 entries of every epoll_wait return, and the
     /// answer rarely changes: cached until any of the three maps changes.
     fn resolve(&mut self, pid: u32, epfd: i32, data: u64) -> (Option<i32>, Option<std::rc::Rc<SockInfo>>) {
-        let gen = self.resolved_gen();
         let key = (pid, epfd, data);
+        if let Some(r) = self.cached(key) {
+            return (r.fd, r.sock.clone());
+        }
+        let gen = self.resolved_gen();
         if self.resolved.is_empty() {
             self.resolved.resize(Resolved::SLOTS, Resolved::default());
         }
         let slot = &mut self.resolved[Resolved::slot(key)];
-        if slot.gen == gen && slot.key == key && gen != 0 {
-            return (slot.fd, slot.sock.clone());
-        }
         let fd = self.epoll_map.get(pid, epfd, data);
         let sock = fd.and_then(|f| self.fds.ino(pid, f)).and_then(|ino| self.socks.get(&ino)).cloned();
         *slot = Resolved { key, gen, fd, sock: sock.clone() };
@@ -1142,17 +1142,21 @@ impl Correlator {
     /// Asked for every entry of every epoll_wait return before it is
     /// correlated: answered from `resolve`'s cache when it is current.
     pub fn epoll_fd(&self, pid: u32, epfd: i32, data: u64) -> Option<i32> {
-        let key = (pid, epfd, data);
-        let gen = self.resolved_gen();
-        match self.resolved.get(Resolved::slot(key)) {
-            Some(slot) if slot.gen == gen && slot.key == key && gen != 0 => slot.fd,
-            _ => self.epoll_map.get(pid, epfd, data),
+        match self.cached((pid, epfd, data)) {
+            Some(r) => r.fd,
+            None => self.epoll_map.get(pid, epfd, data),
         }
     }
 
     /// Sum of the change counters `Resolved` entries are valid for.
     fn resolved_gen(&self) -> u64 {
         self.fds.gen + self.epoll_map.gen + self.socks_gen
+    }
+
+    /// `resolve`'s cached answer for `key`, if it is still current.
+    fn cached(&self, key: (u32, i32, u64)) -> Option<&Resolved> {
+        let gen = self.resolved_gen();
+        self.resolved.get(Resolved::slot(key)).filter(|r| r.gen == gen && r.key == key && gen != 0)
     }
 
     pub fn open_chains(&self) -> usize {
