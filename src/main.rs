@@ -143,11 +143,9 @@ fn cmd_trace_with(a: TraceArgs, report: Report, tweak: impl FnOnce(&mut TraceOpt
     tweak(&mut opts);
     trace::install_signal_handlers();
     let what = procfs::describe_targets(&opts.probe.tgids, &opts.probe.tids, &opts.probe.comms);
-    // Targets named by comm (or none: every task) can come and go: their exit does not end the trace.
-    let by_exit = opts.probe.comms.is_empty() && !(opts.probe.tgids.is_empty() && opts.probe.tids.is_empty());
     let until = match a.duration {
         Some(d) => format!("for {d} s (Ctrl-C ends it sooner)"),
-        None if !by_exit => "until Ctrl-C".to_string(),
+        None if !opts.probe.ends_with_targets() => "until Ctrl-C".to_string(),
         None => "until Ctrl-C or the targets exit".to_string(),
     };
     opts.on_ready = Some(Box::new(move || eprintln!("netdrift: tracing {what} {until}")));
@@ -298,7 +296,7 @@ fn cmd_offwake(a: netdrift::cli::OffwakeArgs) -> anyhow::Result<()> {
     let what = offwake::describe_targets(&opts);
     let until = match a.duration {
         Some(d) => format!("for {d} s (Ctrl-C ends it sooner)"),
-        None if opts.trace_all() || !opts.comms.is_empty() => "until Ctrl-C".to_string(),
+        None if !opts.ends_with_targets() => "until Ctrl-C".to_string(),
         None => "until Ctrl-C or the targets exit".to_string(),
     };
     opts.on_ready = Some(Box::new(move || eprintln!("netdrift: off-wake time of {what} {until}")));

@@ -156,6 +156,11 @@ impl OffwakeOptions {
     pub fn trace_all(&self) -> bool {
         self.tgids.is_empty() && self.tids.is_empty() && self.comms.is_empty()
     }
+
+    /// The run ends when its targets have exited (not with -c, nor all threads).
+    pub fn ends_with_targets(&self) -> bool {
+        self.comms.is_empty() && !self.trace_all()
+    }
 }
 
 /// Stack-capture failures of one kind of stack, by errno.
@@ -739,8 +744,7 @@ pub fn run(mut opts: OffwakeOptions) -> Result<Report> {
         f();
     }
 
-    // Targets whose exit ends the trace (not with -c, nor all threads).
-    let watch_exit = opts.comms.is_empty() && !opts.trace_all();
+    let watch_exit = opts.ends_with_targets();
     let mut last_check = Instant::now();
     let reason;
     loop {

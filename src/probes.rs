@@ -44,6 +44,19 @@ pub struct ProbeConfig {
     pub epoll_ctl: bool,
 }
 
+impl ProbeConfig {
+    /// No -p/-t/-c: every task but netdrift itself.
+    pub fn trace_all(&self) -> bool {
+        self.tgids.is_empty() && self.tids.is_empty() && self.comms.is_empty()
+    }
+
+    /// The trace ends when its targets have exited: they were named by pid
+    /// or tid (processes of a -c name, or any task, may start later).
+    pub fn ends_with_targets(&self) -> bool {
+        self.comms.is_empty() && !self.trace_all()
+    }
+}
+
 impl Default for ProbeConfig {
     fn default() -> Self {
         ProbeConfig {
@@ -156,7 +169,7 @@ impl<'obj> Probes<'obj> {
         let mut open = NetdriftSkelBuilder::default().open(open_object)?;
         {
             let ro = open.maps.rodata_data.as_deref_mut().ok_or_else(|| Error::Bpf("no .rodata in the BPF object".into()))?;
-            ro.trace_all = cfg.tgids.is_empty() && cfg.tids.is_empty() && cfg.comms.is_empty();
+            ro.trace_all = cfg.trace_all();
             ro.has_tids = !cfg.tids.is_empty();
             ro.follow_children = cfg.follow_children;
             ro.n_comms = cfg.comms.len() as u32;

@@ -629,7 +629,7 @@ pub fn run(mut opts: TraceOptions) -> Result<TraceResult> {
 
     let mut live_tgids: HashSet<u32> = opts.probe.tgids.iter().copied().collect();
     let mut live_tids: HashSet<u32> = opts.probe.tids.iter().copied().collect();
-    let watch_exit = opts.probe.comms.is_empty() && !(live_tgids.is_empty() && live_tids.is_empty());
+    let watch_exit = opts.probe.ends_with_targets();
     let mut pids: HashSet<u32> = live_tgids.clone();
     pids.extend(live_tids.iter().filter_map(|&t| procfs::tgid_of(t)));
 
