@@ -18,9 +18,10 @@ fn main() {
     };
     for name in PROGS {
         let src = format!("src/bpf/{name}.bpf.c");
+        // -mcpu=v3: compare-and-swap (kernel 5.12; trace needs 5.15 for task_pt_regs anyway).
         SkeletonBuilder::new()
             .source(&src)
-            .clang_args(["-I", "src/bpf", "-Wall", "-Wno-unused-variable", &format!("-D__TARGET_ARCH_{target_arch}")])
+            .clang_args(["-I", "src/bpf", "-mcpu=v3", "-Wall", "-Wno-unused-variable", &format!("-D__TARGET_ARCH_{target_arch}")])
             .build_and_generate(out.join(format!("{name}.skel.rs")))
             .unwrap_or_else(|e| panic!("building {src}: {e:#}"));
         println!("cargo:rerun-if-changed={src}");

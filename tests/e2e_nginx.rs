@@ -718,6 +718,7 @@ fn a_worker_woken_from_sleep_always_gets_its_run_queue_wait() {
     let delayed = &lines[0]["features"]["delayed_dequeue"];
     assert!(delayed.is_boolean(), "the start line says whether the kernel can keep a sleeper queued: {}", lines[0]);
     eprintln!("kernel keeps sleepers queued (DELAY_DEQUEUE): {delayed}");
+    epoll_enters_pair_with_exits(&lines, &ngx.workers);
     lines.retain(|e| matches!(ty(e), "switch_in" | "switch_out" | "wake"));
     lines.sort_by_key(ts);
     let tid = |e: &Value, k: &str| e[k]["tid"].as_u64().unwrap_or(0) as u32;
@@ -789,6 +790,32 @@ fn a_worker_woken_from_sleep_always_gets_its_run_queue_wait() {
         wake_to_cpu as usize >= after_sleep * 9 / 10,
         "a run-queue wait for (nearly) every wake-up from sleep: {wake_to_cpu} of {after_sleep}"
     );
+}
+
+/// Each `epoll_enter` (written lazily, by the thread's switch-out or by a
+/// waker on another CPU, whichever comes first) is written once, and is the
+/// call its `epoll_exit` returns from: same `enter_ts`, epfd and syscall. Only
+/// a thread's last call may still be in progress when the trace stops.
+fn epoll_enters_pair_with_exits(lines: &[Value], tids: &[u32]) {
+    let tid = |e: &Value| e["task"]["tid"].as_u64().unwrap_or(0) as u32;
+    for &t in tids {
+        let enters: Vec<&Value> = lines.iter().filter(|e| ty(e) == "epoll_enter" && tid(e) == t).collect();
+        let exits: std::collections::BTreeMap<u64, &Value> =
+            lines.iter().filter(|e| ty(e) == "epoll_exit" && tid(e) == t).map(|e| (e["enter_ts"].as_u64().unwrap_or(0), e)).collect();
+        let mut seen = BTreeSet::new();
+        let last = enters.iter().map(|e| ts(e)).max();
+        for e in &enters {
+            assert!(seen.insert(ts(e)), "thread {t}: epoll_enter written twice for one call: {e}");
+            match exits.get(&ts(e)) {
+                Some(x) => assert!(
+                    x["epfd"] == e["epfd"] && x["syscall"] == e["syscall"],
+                    "thread {t}: epoll_enter does not describe the call its exit returns from:\n  {e}\n  {x}"
+                ),
+                None => assert_eq!(Some(ts(e)), last, "thread {t}: an epoll_enter with no epoll_exit before its next call: {e}"),
+            }
+        }
+        assert!(enters.len() > 10, "thread {t}: {} epoll_enter records under load (it blocked in epoll_wait)", enters.len());
+    }
 }
 
 /// offwake names the waker of a worker's sleep even when the wake-up comes

@@ -445,20 +445,36 @@ static __always_inline struct sys_args *args_get(struct task_struct *t)
 static __always_inline void flush_enter(struct task_struct *t, struct sys_args *a)
 {
 	struct nd_epoll_enter *r;
+	__u64 ts;
 
-	if (!a || a->enter_emitted || !a->ts || !a->syscall || a->syscall > ND_SYS_EPOLL_PWAIT2)
+	if (!a || a->enter_emitted)
+		return;
+	ts = *(volatile __u64 *)&a->ts;
+	if (!ts || !a->syscall || a->syscall > ND_SYS_EPOLL_PWAIT2)
+		return;
+	/*
+	 * A waker on another CPU and the thread's own switch-out can both get
+	 * here: one writes the record. The thread may also have returned and
+	 * begun its next call since `ts` was read (it rewrites `a`, clearing the
+	 * flag): then this call's exit already carries enter_ts, and the next
+	 * call's record is left to whoever sees it.
+	 */
+	if (__sync_val_compare_and_swap(&a->enter_emitted, 0, 1) != 0)
 		return;
 	r = reserve(sizeof(*r), ND_REC_EPOLL_ENTER);
 	if (!r)
 		return;
-	r->hdr.ts = a->ts;
+	r->hdr.ts = ts;
 	r->hdr.cpu = a->cpu;
 	hdr_task(&r->hdr, t);
 	r->epfd = a->fd;
 	r->maxevents = a->n;
 	r->syscall = a->syscall;
+	if (*(volatile __u64 *)&a->ts != ts) {
+		bpf_ringbuf_discard(r, BPF_RB_NO_WAKEUP);
+		return;
+	}
 	submit(r);
-	a->enter_emitted = 1;
 }
 
 /* ---- socket and scheduler hooks ---------------------------------------- */
