@@ -213,6 +213,8 @@ pub struct Counters {
     pub no_switch_in: u64,
     /// Raw counters per CPU, indexed by `enum ow_counter` of offwake.h.
     pub per_cpu: Vec<Vec<u64>>,
+    /// Runs of a program the kernel skipped, by program (`probes::skipped_runs`).
+    pub skipped: std::collections::BTreeMap<String, u64>,
 }
 
 impl Counters {
@@ -249,12 +251,14 @@ impl Counters {
             ctx_from_stack: n(C::OW_STAT_CTX_UNKNOWN),
             no_switch_in: n(C::OW_STAT_NO_SWITCH_IN),
             per_cpu,
+            skipped: Default::default(),
         }
     }
 
     /// Anything lost?
     pub fn any_loss(&self) -> bool {
         self.kernel_stack.total() + self.user_stack.total() + self.max_keys_full + self.thread_map_full + self.new_pid_lost > 0
+            || !self.skipped.is_empty()
     }
 }
 
@@ -788,7 +792,8 @@ pub fn run(mut opts: OffwakeOptions) -> Result<Report> {
         namer.user.snapshot(p);
     }
     let duration_s = started.elapsed().as_secs_f64();
-    let counters = read_counters(&skel);
+    let mut counters = read_counters(&skel);
+    counters.skipped = crate::probes::skipped_runs(skel.object().progs());
     let entries = collect(&skel, &mut namer);
     Ok(Report {
         entries,
@@ -915,6 +920,7 @@ pub fn summary_json(report: &Report) -> serde_json::Value {
             "thread_map_full": report.counters.thread_map_full,
             "new_pid_lost": report.counters.new_pid_lost,
             "per_cpu": report.counters.per_cpu,
+            "skipped": report.counters.skipped,
         },
         "stack_storage_size": report.stack_storage_size,
         "max_keys": report.max_keys,
@@ -962,6 +968,9 @@ pub fn summary_text(report: &Report) -> String {
         c.thread_map_full,
         if lost_cpus.is_empty() { String::new() } else { format!("; per CPU: {}", lost_cpus.join(", ")) }
     ));
+    if !c.skipped.is_empty() {
+        o.push_str(&format!("  lost: {}\n", crate::output::text::skipped_text(&c.skipped)));
+    }
     for f in report.fixes() {
         o.push_str(&format!("  fix: {f}\n"));
     }
@@ -1018,6 +1027,19 @@ mod tests {
         assert!(s.contains("per CPU: CPU0 6, CPU1 4"), "{s}");
         let j = summary_json(&r);
         assert_eq!(j["lost"]["user_stack"]["efault"], 3);
+        assert_eq!(j["lost"]["skipped"], json!({}));
+    }
+
+    #[test]
+    fn skipped_runs_are_a_loss_in_text_and_json() {
+        let mut c = Counters::from_per_cpu(vec![vec![0u64; N_COUNTERS]]);
+        assert!(!c.any_loss());
+        c.skipped.insert("ow_sched_switch".into(), 3);
+        assert!(c.any_loss());
+        let r = Report { counters: c, ..Default::default() };
+        let s = summary_text(&r);
+        assert!(s.contains("lost: 3 program runs skipped by the kernel") && s.contains("ow_sched_switch 3"), "{s}");
+        assert_eq!(summary_json(&r)["lost"]["skipped"]["ow_sched_switch"], 3);
     }
 
     #[test]

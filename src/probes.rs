@@ -1,6 +1,7 @@
 //! Load, configure and attach the BPF programs; probe kernel features first
 //! and turn optional programs off (autoload) instead of failing.
 
+use std::collections::BTreeMap;
 use std::mem::MaybeUninit;
 use std::path::Path;
 
@@ -298,8 +299,29 @@ impl<'obj> Probes<'obj> {
             l.user_read += c[L::ND_LOSS_USER_READ.0 as usize];
         }
         l.per_cpu = per_cpu;
+        l.skipped = skipped_runs(self.skel.object().progs());
         l
     }
+}
+
+/// Runs of each loaded program that the kernel skipped because the program
+/// was already running on that CPU (`bpf_prog_info.recursion_misses`, 5.12+):
+/// a tracepoint hit from an interrupt that came in during the program. Only
+/// programs with a skipped run are listed.
+pub fn skipped_runs<'a>(progs: impl Iterator<Item = libbpf_rs::Program<'a>>) -> BTreeMap<String, u64> {
+    use std::os::fd::{AsFd, AsRawFd};
+    let mut out = BTreeMap::new();
+    for p in progs.filter(|p| p.autoload()) {
+        let mut info = libbpf_sys::bpf_prog_info::default();
+        let mut len = std::mem::size_of_val(&info) as u32;
+        // SAFETY: a loaded program's fd; `info` is a zeroed bpf_prog_info of
+        // `len` bytes with no array pointers set, so the kernel writes into it only.
+        let rc = unsafe { libbpf_sys::bpf_prog_get_info_by_fd(p.as_fd().as_raw_fd(), &mut info, &mut len) };
+        if rc == 0 && info.recursion_misses > 0 {
+            out.insert(p.name().to_string_lossy().into_owned(), info.recursion_misses);
+        }
+    }
+    out
 }
 
 /// Syscall numbers the BPF side matches a blocked task's saved registers with.

@@ -715,6 +715,7 @@ fn a_worker_woken_from_sleep_always_gets_its_run_queue_wait() {
     let summary = lines.pop().expect("summary");
     assert_eq!(ty(&summary), "summary");
     assert_eq!(summary["lost"]["ringbuf"].as_u64(), Some(0), "no record lost: {}", summary["lost"]);
+    assert!(summary["lost"]["skipped"].is_object(), "the summary reports the program runs the kernel skipped: {}", summary["lost"]);
     let delayed = &lines[0]["features"]["delayed_dequeue"];
     assert!(delayed.is_boolean(), "the start line says whether the kernel can keep a sleeper queued: {}", lines[0]);
     eprintln!("kernel keeps sleepers queued (DELAY_DEQUEUE): {delayed}");
@@ -778,7 +779,9 @@ fn a_worker_woken_from_sleep_always_gets_its_run_queue_wait() {
     let woken = lines.iter().filter(|e| e["woken"] == Value::Bool(true)).count();
     eprintln!(
         "{requests} requests; {sleeps} voluntary sleeps, {unpaired} without a switch-in before the next switch-out; \
-         {woken} switch-outs with a wake-up in flight; {after_sleep} wake-ups from a sleep; {wake_to_cpu} run-queue waits measured"
+         {woken} switch-outs with a wake-up in flight; {after_sleep} wake-ups from a sleep; {wake_to_cpu} run-queue waits measured; \
+         {unwoken} back on a CPU unwoken; runs skipped {}",
+        summary["lost"]["skipped"]
     );
     // Before the DELAY_DEQUEUE and racing-dequeue handling, about half of them. A rare
     // residue (a few per 10,000 here) is a return to the CPU for which the kernel fired no

@@ -1,5 +1,6 @@
 //! The default output: one block per chain, readable at a glance.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use crate::analysis::{Action, Chain, Hop, Stats};
@@ -17,12 +18,37 @@ pub struct Losses {
     pub user_read: u64,
     /// Per CPU: [ringbuf, stack, map_full, user_read].
     pub per_cpu: Vec<[u64; 4]>,
+    /// Runs of a program the kernel skipped, by program (see `probes::skipped_runs`).
+    #[serde(default)]
+    pub skipped: BTreeMap<String, u64>,
 }
 
 impl Losses {
     pub fn any(&self) -> bool {
-        self.ringbuf + self.stack + self.map_full + self.user_read > 0
+        self.counted() + self.skipped_total() > 0
     }
+
+    /// What the programs counted themselves (all but the skipped runs).
+    pub fn counted(&self) -> u64 {
+        self.ringbuf + self.stack + self.map_full + self.user_read
+    }
+
+    pub fn skipped_total(&self) -> u64 {
+        self.skipped.values().sum()
+    }
+}
+
+/// "N program runs skipped by the kernel (prog: n, ...)", or "" if none.
+pub fn skipped_text(skipped: &BTreeMap<String, u64>) -> String {
+    let total: u64 = skipped.values().sum();
+    if total == 0 {
+        return String::new();
+    }
+    let each: Vec<String> = skipped.iter().map(|(p, n)| format!("{p} {n}")).collect();
+    format!(
+        "{total} program runs skipped by the kernel, as the program was already running on that CPU ({}): events of an interrupt that came in during one, not recorded",
+        each.join(", ")
+    )
 }
 
 fn sock_line(s: &SockInfo) -> String {
@@ -280,13 +306,17 @@ pub fn summary(stats: &Stats, losses: &Losses, secs: f64, ringbuf_mib: u32, why:
             String::new()
         }
     );
-    if losses.any() {
+    if losses.counted() > 0 {
         let _ = writeln!(
             o,
             "  LOST: {} records (ring buffer full: raise --ringbuf-size, now {} MiB), {} stacks, {} map-full, {} unreadable epoll arrays",
             losses.ringbuf, ringbuf_mib, losses.stack, losses.map_full, losses.user_read
         );
-    } else {
+    }
+    if losses.skipped_total() > 0 {
+        let _ = writeln!(o, "  LOST: {}", skipped_text(&losses.skipped));
+    }
+    if !losses.any() {
         let _ = writeln!(o, "  lost: 0 records, 0 stacks (ring buffer {ringbuf_mib} MiB)");
     }
     o
@@ -412,4 +442,30 @@ pub fn summary_sections(s: &Summary) -> String {
         }
     }
     o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summary_names_skipped_runs_apart_from_dropped_records() {
+        let stats = Stats::default();
+        let mut l = Losses::default();
+        let clean = summary(&stats, &l, 1.0, 8, "done");
+        assert!(clean.contains("lost: 0 records, 0 stacks (ring buffer 8 MiB)") && !clean.contains("LOST"), "{clean}");
+        l.skipped.insert("nd_sched_waking".into(), 2);
+        let s = summary(&stats, &l, 1.0, 8, "done");
+        assert!(s.contains("LOST: 2 program runs skipped by the kernel") && s.contains("nd_sched_waking 2"), "{s}");
+        assert!(!s.contains("records (ring buffer full") && !s.contains("lost: 0 records"), "{s}");
+        l.ringbuf = 5;
+        let s = summary(&stats, &l, 1.0, 8, "done");
+        assert!(s.contains("LOST: 5 records (ring buffer full: raise --ringbuf-size, now 8 MiB)") && s.contains("LOST: 2 program"), "{s}");
+    }
+
+    #[test]
+    fn losses_of_a_recording_without_skipped_runs_still_read() {
+        let l: Losses = serde_json::from_str(r#"{"ringbuf":1,"stack":0,"map_full":0,"user_read":0,"per_cpu":[[1,0,0,0]]}"#).unwrap();
+        assert_eq!((l.ringbuf, l.skipped_total()), (1, 0));
+    }
 }
