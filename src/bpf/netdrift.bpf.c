@@ -92,12 +92,17 @@ struct thread_state {
 	__u32 last_cpu;
 	__u8 after_preempt;
 	__u8 seen_cpu;
-	__u8 asleep;		/* switched out voluntarily, not back on a CPU yet */
+	/*
+	 * A waker and the thread's own switch-out run at once on two CPUs: each
+	 * stores its flag with an atomic exchange (a full barrier), then reads
+	 * the other's, so at least one of them sees the other.
+	 */
+	__u32 asleep;		/* switched out voluntarily, not back on a CPU yet */
 	/*
 	 * sched_waking found it still on its CPU, sched_wakeup has not run yet:
 	 * if it switches out now, that wake-up will bring it back.
 	 */
-	__u8 wake_inflight;
+	__u32 wake_inflight;
 };
 
 struct sys_args {
@@ -699,6 +704,7 @@ static __always_inline int sched_waking(void *ctx, struct task_struct *p, const 
 	struct sys_args *args;
 	struct task_ctx *c;
 	struct stack_sig sig = {};
+	__u32 inflight_before;
 	int on_rq;
 
 	if (!is_target(tgid, tid))
@@ -709,6 +715,22 @@ static __always_inline int sched_waking(void *ctx, struct task_struct *p, const 
 	/* One lookup of the thread's state for every use below. */
 	c = tctx_get(p);
 	args = c ? &c->sys : NULL;
+	ts = c ? &c->th : NULL;
+	/*
+	 * First of all, before the socket work below: a switch-out running now
+	 * on the thread's CPU must see the flag (or this must see its `asleep`).
+	 */
+	inflight_before = ts ? __sync_lock_test_and_set(&ts->wake_inflight, 1) : 0;
+	/* A racing dequeue can leave on_rq set a little longer: trust our own switch-out too. */
+	on_rq = still_running(p) && !(ts && ts->asleep);
+	if (ts && !on_rq) {
+		ts->wake_inflight = inflight_before;
+		/* First waker of a sleep wins. */
+		if (!ts->runnable_ts) {
+			ts->runnable_ts = now;
+			ts->after_preempt = 0;
+		}
+	}
 	/* Before the socket event: that one's next record on this CPU must be its wake-up. */
 	flush_enter(p, args);
 	sk = (__u64)waited_sock(p, args, &hook, direct);
@@ -772,17 +794,6 @@ static __always_inline int sched_waking(void *ctx, struct task_struct *p, const 
 			}
 		}
 	}
-
-	ts = c ? &c->th : NULL;
-	/* A racing dequeue can leave on_rq set a little longer: trust our own switch-out too. */
-	on_rq = still_running(p) && !(ts && ts->asleep);
-	if (ts && !ts->runnable_ts && !on_rq) {
-		/* First waker of a sleep wins. */
-		ts->runnable_ts = now;
-		ts->after_preempt = 0;
-	}
-	if (ts && on_rq)
-		ts->wake_inflight = 1;
 
 	w = reserve(sizeof(*w), ND_REC_WAKE);
 	if (!w)
@@ -885,18 +896,22 @@ int BPF_PROG(nd_sched_switch, bool preempt, struct task_struct *prev, struct tas
 			if (involuntary) {
 				ts->runnable_ts = now;
 				ts->after_preempt = 1;
-			} else if (ts->wake_inflight || ts->runnable_ts) {
-				/*
-				 * Dequeued while a waker that saw it running was still in
-				 * try_to_wake_up, or woken (runnable_ts set) between the
-				 * dequeue and this tracepoint: either way that wake-up puts
-				 * it back on a run queue. It is not asleep.
-				 */
-				woken = 1;
-				ts->wake_inflight = 0;
-				if (!ts->runnable_ts) {
-					ts->runnable_ts = now;
-					ts->after_preempt = 0;
+			} else {
+				/* Asleep unless a waker got there first (see thread_state). */
+				__sync_lock_test_and_set(&ts->asleep, 1);
+				if (ts->wake_inflight || ts->runnable_ts) {
+					/*
+					 * Dequeued while a waker that saw it running was still in
+					 * try_to_wake_up, or woken (runnable_ts set) between the
+					 * dequeue and this tracepoint: either way that wake-up puts
+					 * it back on a run queue. It is not asleep.
+					 */
+					woken = 1;
+					ts->wake_inflight = 0;
+					if (!ts->runnable_ts) {
+						ts->runnable_ts = now;
+						ts->after_preempt = 0;
+					}
 				}
 			}
 			ts->asleep = !involuntary && !woken;
