@@ -327,6 +327,20 @@ impl Privileges {
 
 const NEED_PRIV: &str = "netdrift needs root (or CAP_BPF + CAP_PERFMON): run it with sudo";
 
+fn check_pid_namespace(ns: Option<u64>) -> Check {
+    match ns {
+        Some(crate::procfs::INIT_PID_NS_INO) => {
+            Check::pass("pid_namespace", "the host's: pids here are the ones the kernel's programs see")
+        }
+        Some(n) => Check::fail(
+            "pid_namespace",
+            format!("a child namespace (pid:[{n}])"),
+            "pids here are not the kernel's: run netdrift in the host's pid namespace (docker run --pid=host, Kubernetes hostPID: true)",
+        ),
+        None => Check::pass("pid_namespace", "unknown (/proc/self/ns/pid unreadable)"),
+    }
+}
+
 fn check_privileges(p: &Privileges) -> Vec<Check> {
     let mut out = Vec::new();
     let caps = match p.cap_eff {
@@ -843,8 +857,16 @@ fn features(r: &Report) -> Vec<Check> {
     let missing = |names: &[&str]| -> Vec<String> { names.iter().filter(|n| !r.ok(n)).map(|n| n.to_string()).collect() };
     let mut out = Vec::new();
 
-    let core =
-        ["prog:tp_btf", "map:ringbuf", "map:task_storage", "helper:task_pt_regs", "helper:get_stack", "prog:syscall_tracepoint", "tracefs"];
+    let core = [
+        "pid_namespace",
+        "prog:tp_btf",
+        "map:ringbuf",
+        "map:task_storage",
+        "helper:task_pt_regs",
+        "helper:get_stack",
+        "prog:syscall_tracepoint",
+        "tracefs",
+    ];
     let m = missing(&core);
     out.push(if m.is_empty() {
         Check::pass(
@@ -941,6 +963,7 @@ pub fn run() -> Report {
     checks.extend(guarded("btf", || vec![check_btf()]));
     checks.extend(guarded("lockdown", || vec![check_lockdown()]));
     checks.extend(guarded("root", || check_privileges(&Privileges::read())));
+    checks.extend(guarded("pid_namespace", || vec![check_pid_namespace(crate::procfs::pid_namespace())]));
     checks.extend(guarded("tracefs", || vec![check_tracefs()]));
     for spec in prog_specs() {
         checks.extend(guarded(spec.check, || vec![run_prog_check(&spec, kernel)]));
@@ -997,6 +1020,13 @@ pub fn render_text(r: &Report, color: bool) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_child_pid_namespace_fails_the_check_with_the_fix() {
+        assert!(check_pid_namespace(Some(crate::procfs::INIT_PID_NS_INO)).ok);
+        let c = check_pid_namespace(Some(4026532201));
+        assert!(!c.ok && c.detail.contains("pid:[4026532201]") && c.detail.contains("--pid=host"), "{}", c.detail);
+    }
 
     #[test]
     fn reason_prefers_prog_line_and_verifier_tail() {

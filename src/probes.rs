@@ -113,6 +113,12 @@ pub fn preflight() -> Result<()> {
     if !crate::procfs::privileged() {
         return Err(Error::NotPrivileged);
     }
+    // Targets, /proc lookups and netdrift's own pid would all be this
+    // namespace's numbers: nothing would match, without a word.
+    match crate::procfs::pid_namespace() {
+        Some(ns) if ns != crate::procfs::INIT_PID_NS_INO => return Err(Error::PidNamespace(ns)),
+        _ => {}
+    }
     if !Path::new(VMLINUX_BTF).exists() {
         return Err(Error::NoBtf);
     }

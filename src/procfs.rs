@@ -218,6 +218,15 @@ pub fn cap_eff() -> u64 {
         .unwrap_or(0)
 }
 
+/// The initial pid namespace's inode (PROC_PID_INIT_INO, fixed since Linux 3.8).
+pub const INIT_PID_NS_INO: u64 = 0xEFFF_FFFC;
+
+/// The inode of this process's pid namespace, if /proc says.
+pub fn pid_namespace() -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    fs::metadata("/proc/self/ns/pid").ok().map(|m| m.ino())
+}
+
 /// Root, or CAP_BPF with CAP_PERFMON, or CAP_SYS_ADMIN.
 pub fn privileged() -> bool {
     let caps = cap_eff();

@@ -135,6 +135,32 @@ fn not_root_gets_one_line_and_loads_nothing() {
     assert!(!out_file.exists() && std::fs::read_dir(dir.path()).unwrap().next().is_none(), "no file left behind");
 }
 
+/// Inside a pid namespace of its own, pids are not the kernel's: every
+/// command that loads programs refuses, in one line naming the fix, before
+/// loading anything; doctor says why trace cannot run.
+#[test]
+fn a_child_pid_namespace_is_refused_with_the_fix() {
+    if !require_root() {
+        return;
+    }
+    let bin = assert_cmd::cargo::cargo_bin("netdrift");
+    let in_ns = |args: &[&str]| {
+        Command::new("unshare").args(["--pid", "--fork", "--mount-proc"]).arg(&bin).args(args).output().expect("unshare (util-linux)")
+    };
+    for args in [&["trace", "-p", "1", "1"][..], &["offwake", "-p", "1", "1"], &["demo", "--connections", "2"]] {
+        let out = in_ns(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert!(err.contains("child pid namespace") && err.contains("--pid=host"), "{args:?}: {err}");
+    }
+    let out = in_ns(&["doctor"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().find(|l| l.contains("pid_namespace")).unwrap_or_else(|| panic!("no pid_namespace line:\n{text}"));
+    assert!(line.trim_start().starts_with("no") && line.contains("--pid=host"), "{line}");
+    assert!(text.contains("trace cannot run") && text.contains("pid_namespace failed"), "{text}");
+}
+
 fn wait_for(p: &Path, timeout: Duration, child: &mut std::process::Child) {
     common::wait_ready(p, child, timeout, common::piped_stderr);
 }

@@ -33,6 +33,7 @@ fn doctor_matches_this_kernel() {
         "btf",
         "lockdown",
         "root",
+        "pid_namespace",
         "cap_bpf",
         "cap_perfmon",
         "tracefs",
