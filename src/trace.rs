@@ -444,6 +444,39 @@ impl Pipeline {
         Ok(())
     }
 
+    /// Losses since the last call, as they happen (perf's LOST records): a
+    /// `lost` line in the JSON stream, and on stderr unless this is the final
+    /// call (the summary follows). The `lost` lines add up to the summary's totals.
+    fn report_losses(&mut self, now: &Losses, last: &mut Losses, secs: f64, ringbuf_mib: u32, last_call: bool) -> Result<()> {
+        let d = [
+            now.ringbuf.saturating_sub(last.ringbuf),
+            now.stack.saturating_sub(last.stack),
+            now.map_full.saturating_sub(last.map_full),
+            now.user_read.saturating_sub(last.user_read),
+            now.skipped_total().saturating_sub(last.skipped_total()),
+        ];
+        if d.iter().all(|&n| n == 0) {
+            return Ok(());
+        }
+        let fix = if d[0] > 0 { format!("raise --ringbuf-size (now {ringbuf_mib} MiB)") } else { String::new() };
+        if self.json {
+            let line = json::record(
+                "lost",
+                json!({"ts": monotonic_ns(), "ringbuf": d[0], "stack": d[1], "map_full": d[2], "user_read": d[3], "skipped": d[4], "fix": fix}),
+            );
+            writeln!(self.out, "{line}")?;
+        }
+        if !last_call {
+            let what =
+                ["records (ring buffer full)", "stacks", "map-full", "unreadable epoll arrays", "program runs skipped by the kernel"];
+            let parts: Vec<String> = d.iter().zip(what).filter(|(n, _)| **n > 0).map(|(n, w)| format!("{n} {w}")).collect();
+            let fix = if fix.is_empty() { String::new() } else { format!(": {fix}") };
+            eprintln!("netdrift: LOST in the last {secs:.1} s: {}{fix}", parts.join(", "));
+        }
+        *last = now.clone();
+        Ok(())
+    }
+
     /// One event, enriched already.
     fn ingest(&mut self, mut ev: Event) -> Result<()> {
         if let Some(r) = &mut self.record {
@@ -694,6 +727,8 @@ pub fn run(mut opts: TraceOptions) -> Result<TraceResult> {
         handlers: opts.probe.handlers.clone(),
     };
     let mut last_check = Instant::now();
+    let (mut last_loss_check, mut reported) = (Instant::now(), Losses::default());
+    let ringbuf_mib = opts.probe.ringbuf_bytes >> 20;
     let reason;
 
     // Swapped with the queue each round: both keep their capacity, so a
@@ -760,6 +795,11 @@ pub fn run(mut opts: TraceOptions) -> Result<TraceResult> {
                 break;
             }
         }
+        if last_loss_check.elapsed() >= Duration::from_secs(1) {
+            let secs = last_loss_check.elapsed().as_secs_f64();
+            last_loss_check = Instant::now();
+            pipe.report_losses(&probes.losses(), &mut reported, secs, ringbuf_mib, false)?;
+        }
         if watch_exit && last_check.elapsed() >= Duration::from_millis(500) {
             last_check = Instant::now();
             // Exit records can be lost; /proc cannot.
@@ -774,6 +814,7 @@ pub fn run(mut opts: TraceOptions) -> Result<TraceResult> {
     let _ = rb.consume();
     process(&mut pipe, &mut live_tgids, &mut live_tids, &mut pids)?;
     let losses = probes.losses();
+    pipe.report_losses(&losses, &mut reported, last_loss_check.elapsed().as_secs_f64(), ringbuf_mib, true)?;
     let decode_errors = *bad.borrow();
     if opts.discard {
         // Counted as events, so the benchmark's events/s stays comparable.
@@ -782,7 +823,7 @@ pub fn run(mut opts: TraceOptions) -> Result<TraceResult> {
     }
     // Round like the text does, so a replay prints the same figure.
     let secs = (started.elapsed().as_secs_f64() * 10.0).round() / 10.0;
-    let mut result = pipe.finish(losses, decode_errors, secs, opts.probe.ringbuf_bytes >> 20, reason)?;
+    let mut result = pipe.finish(losses, decode_errors, secs, ringbuf_mib, reason)?;
     result.notes = probes.notes.clone();
     drop(probes);
     Ok(result)

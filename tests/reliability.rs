@@ -272,7 +272,8 @@ fn full_ring_buffer_is_reported_as_lost() {
     // hundred bytes of records (epoll exit/enter, switches, wake-ups).
     let served = load(nginx.addr(), 4, 5_000, Duration::from_millis(1500));
     signal(child.id(), libc::SIGCONT);
-    std::thread::sleep(Duration::from_millis(300));
+    // Past the reader's once-a-second look at the loss counters.
+    std::thread::sleep(Duration::from_millis(1500));
     signal(child.id(), libc::SIGINT);
     let o = wait_output(child, Duration::from_secs(30), "after SIGINT");
     let err = String::from_utf8_lossy(&o.stderr);
@@ -298,8 +299,15 @@ fn full_ring_buffer_is_reported_as_lost() {
     let fix = sum["fix"].as_str().unwrap_or_default();
     assert!(fix.contains("--ringbuf-size"), "fix names the flag: {sum}");
     assert!(fix.contains("1 MiB"), "fix says the current size: {fix}");
+    // As they happened: `lost` lines in the stream, adding up to the summary's total,
+    // and a line on stderr once the reader ran again.
+    let lost_lines: Vec<&serde_json::Value> = lines.iter().filter(|l| l["type"] == "lost").collect();
+    let streamed: u64 = lost_lines.iter().map(|l| l["ringbuf"].as_u64().expect("lost.ringbuf")).sum();
+    assert_eq!(streamed, ringbuf, "the stream's lost lines add up to the summary's total: {lost_lines:?}");
+    assert!(lost_lines.iter().all(|l| l["ts"].is_u64() && l["fix"].as_str().unwrap_or("").contains("--ringbuf-size")), "{lost_lines:?}");
+    assert!(err.contains("netdrift: LOST in the last"), "losses on stderr as they are seen: {err}");
     // The text summary (stderr with -o) says so too.
-    assert!(err.contains("LOST"), "text summary shows LOST: {err}");
+    assert!(err.contains("LOST: "), "text summary shows LOST: {err}");
     assert!(err.contains("--ringbuf-size"), "text summary names the flag: {err}");
     // The records it kept still decode and the stream still ends cleanly.
     assert_eq!(lines[0]["type"], "start");
