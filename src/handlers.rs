@@ -506,9 +506,38 @@ mod tests {
         assert!("exe:f:fd=arg9".parse::<HandlerSpec>().is_err());
         assert!("exe:f:events=arg1/zzz".parse::<HandlerSpec>().is_err());
         assert!("exe:f[".parse::<HandlerSpec>().unwrap_err().contains("unclosed"));
-        for p in PRESETS {
-            assert!(!preset(p).unwrap().is_empty());
-        }
+    }
+
+    #[test]
+    fn presets_probe_what_their_servers_define() {
+        // (binary, function glob, fd arg, events arg, decoder) of each spec.
+        type Row = (String, String, Option<u8>, Option<u8>, Decoder);
+        let rows = |name: &str| -> Vec<Row> {
+            let specs = preset(name).unwrap_or_else(|| panic!("preset {name}"));
+            specs.iter().map(|s| (s.binary.clone(), s.glob.as_str().to_string(), s.fd_arg, s.events_arg, s.decoder)).collect()
+        };
+        let row = |b: &str, g: &str, fd: Option<u8>, ev: Option<u8>, d: Decoder| -> Row { (b.into(), g.into(), fd, ev, d) };
+        assert_eq!(
+            rows("envoy"),
+            [
+                row("exe", "*FileEventImpl::assignEvents*::_FUN*", Some(0), Some(1), Decoder::Libevent),
+                row("exe", "*FileEventImpl::assignEvents*::__invoke*", Some(0), Some(1), Decoder::Libevent),
+            ]
+        );
+        assert_eq!(
+            rows("redis"),
+            [row("exe", "acceptTcpHandler", Some(1), Some(3), Decoder::Ae), row("exe", "readQueryFromClient", None, None, Decoder::Raw)]
+        );
+        let nginx: Vec<Row> = ["ngx_event_accept", "ngx_http_init_connection", "ngx_http_process_request"]
+            .into_iter()
+            .map(|f| row("exe", f, None, None, Decoder::Raw))
+            .collect();
+        assert_eq!(rows("nginx"), nginx);
+        let libevent = [row("libevent", "event_active_nolock_", None, Some(1), Decoder::Libevent)];
+        assert_eq!(rows("memcached"), libevent);
+        assert_eq!(rows("libevent"), libevent);
+        assert_eq!(PRESETS.len(), 5, "every preset is checked above");
+        assert!(preset("apache").is_none());
     }
 
     #[test]
