@@ -264,6 +264,12 @@ mod tests {
         assert!(threads(me).contains(&me));
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         use std::os::fd::AsRawFd;
-        assert!(socket_fds(me).iter().any(|(fd, _)| *fd == l.as_raw_fd()));
+        use std::os::unix::fs::MetadataExt;
+        // The listener's own inode (fstat of the socket), not just its fd number.
+        let ino = fs::metadata(format!("/proc/self/fd/{}", l.as_raw_fd())).unwrap().ino();
+        let found: Vec<(i32, u64)> = socket_fds(me).into_iter().filter(|(fd, _)| *fd == l.as_raw_fd()).collect();
+        assert_eq!(found, [(l.as_raw_fd(), ino)]);
+        drop(l);
+        assert!(!socket_fds(me).iter().any(|&(_, i)| i == ino), "a closed socket is gone");
     }
 }
