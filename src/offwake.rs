@@ -1031,6 +1031,16 @@ mod tests {
     }
 
     #[test]
+    fn every_summary_field_is_named_in_the_json_docs() {
+        let docs = include_str!("../docs/json.md");
+        let j = summary_json(&Report::default());
+        let keys = j.as_object().unwrap().keys().chain(j["lost"].as_object().unwrap().keys());
+        for k in keys.filter(|k| *k != "type") {
+            assert!(docs.contains(&format!("`{k}`")), "docs/json.md does not name `{k}` of offwake's summary");
+        }
+    }
+
+    #[test]
     fn skipped_runs_are_a_loss_in_text_and_json() {
         let mut c = Counters::from_per_cpu(vec![vec![0u64; N_COUNTERS]]);
         assert!(!c.any_loss());

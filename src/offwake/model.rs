@@ -494,6 +494,16 @@ mod tests {
     }
 
     #[test]
+    fn every_entry_field_is_named_in_the_json_docs() {
+        let docs = include_str!("../../docs/json.md");
+        let j = json_entry(&entry());
+        let nested = ["blocked", "waker"].map(|k| j[k].as_object().unwrap().keys());
+        for k in j.as_object().unwrap().keys().chain(nested.into_iter().flatten()).filter(|k| *k != "type") {
+            assert!(docs.contains(&format!("`{k}`")), "docs/json.md does not name `{k}` of an offwake line");
+        }
+    }
+
+    #[test]
     fn folded_line_orders_like_bcc() {
         let e = entry();
         let s = folded_stack(&e, &RenderOptions::default());
