@@ -21,7 +21,7 @@ use crate::analysis::{Annotation, Chain, Correlator, Stats};
 use crate::error::{Error, Result};
 use crate::events::{decode, Event, Kind, Task};
 use crate::output::json;
-use crate::output::text::{summary, summary_sections, Losses, TextRenderer};
+use crate::output::text::{ringbuf_fix, summary, summary_sections, Losses, TextRenderer};
 use crate::output::{partial_path, OnDrop, PartialFile};
 use crate::probes::{ProbeConfig, Probes};
 use crate::procfs;
@@ -458,7 +458,7 @@ impl Pipeline {
         if d.iter().all(|&n| n == 0) {
             return Ok(());
         }
-        let fix = if d[0] > 0 { format!("raise --ringbuf-size (now {ringbuf_mib} MiB)") } else { String::new() };
+        let fix = if d[0] > 0 { ringbuf_fix(ringbuf_mib) } else { String::new() };
         if self.json {
             let line = json::record(
                 "lost",
@@ -568,7 +568,7 @@ impl Pipeline {
                     "analysis": analysis,
                     "lost": losses,
                     "decode_errors": decode_errors,
-                    "fix": if losses.ringbuf > 0 { format!("raise --ringbuf-size (now {ringbuf_mib} MiB)") } else { String::new() },
+                    "fix": if losses.ringbuf > 0 { ringbuf_fix(ringbuf_mib) } else { String::new() },
                 }),
             );
             writeln!(self.out, "{line}")?;

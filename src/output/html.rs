@@ -728,7 +728,7 @@ fn counters(o: &mut String, end: &TraceEnd<'_>) {
     }
     o.push_str("</table>\n");
     if l.ringbuf > 0 {
-        let _ = writeln!(o, "<p class=\"warn\">Records were lost: raise --ringbuf-size (now {} MiB).</p>", end.ringbuf_mib);
+        let _ = writeln!(o, "<p class=\"warn\">Records were lost: {}.</p>", crate::output::text::ringbuf_fix(end.ringbuf_mib));
     }
     if !s.by_type.is_empty() {
         o.push_str("<p class=\"hint\">Events by type: ");

@@ -38,6 +38,15 @@ impl Losses {
     }
 }
 
+/// What fixes records lost to a full ring buffer: the flag, the size now,
+/// and one to try (4 times as big: a full ring rarely needs just double).
+pub fn ringbuf_fix(mib: u32) -> String {
+    if mib >= 1024 {
+        return format!("raise --ringbuf-size (now {mib} MiB, the most), or trace fewer threads");
+    }
+    format!("raise --ringbuf-size (now {mib} MiB; try --ringbuf-size {})", (mib.max(1) * 4).min(1024))
+}
+
 /// "N program runs skipped by the kernel (prog: n, ...)", or "" if none.
 pub fn skipped_text(skipped: &BTreeMap<String, u64>) -> String {
     let total: u64 = skipped.values().sum();
@@ -309,8 +318,12 @@ pub fn summary(stats: &Stats, losses: &Losses, secs: f64, ringbuf_mib: u32, why:
     if losses.counted() > 0 {
         let _ = writeln!(
             o,
-            "  LOST: {} records (ring buffer full: raise --ringbuf-size, now {} MiB), {} stacks, {} map-full, {} unreadable epoll arrays",
-            losses.ringbuf, ringbuf_mib, losses.stack, losses.map_full, losses.user_read
+            "  LOST: {} records (ring buffer full: {}), {} stacks, {} map-full, {} unreadable epoll arrays",
+            losses.ringbuf,
+            ringbuf_fix(ringbuf_mib),
+            losses.stack,
+            losses.map_full,
+            losses.user_read
         );
     }
     if losses.skipped_total() > 0 {
@@ -460,7 +473,13 @@ mod tests {
         assert!(!s.contains("records (ring buffer full") && !s.contains("lost: 0 records"), "{s}");
         l.ringbuf = 5;
         let s = summary(&stats, &l, 1.0, 8, "done");
-        assert!(s.contains("LOST: 5 records (ring buffer full: raise --ringbuf-size, now 8 MiB)") && s.contains("LOST: 2 program"), "{s}");
+        assert!(
+            s.contains("LOST: 5 records (ring buffer full: raise --ringbuf-size (now 8 MiB; try --ringbuf-size 32))")
+                && s.contains("LOST: 2 program"),
+            "{s}"
+        );
+        assert_eq!(ringbuf_fix(512), "raise --ringbuf-size (now 512 MiB; try --ringbuf-size 1024)");
+        assert!(ringbuf_fix(1024).contains("the most"));
     }
 
     #[test]
