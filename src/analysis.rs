@@ -1069,9 +1069,10 @@ impl Correlator {
         (fd, sock)
     }
 
-    /// An `epoll_enter` already seen: the thread's CPU and a waker's CPU can
-    /// both write the lazy enter record of one call (BPF has no cheap
-    /// test-and-set on every kernel it loads on); the copy carries nothing new.
+    /// An `epoll_enter` already seen: recordings of builds before the BPF
+    /// side claimed each call's lazy enter with a compare-and-swap can hold
+    /// two, one from the thread's CPU and one from a waker's; the copy
+    /// carries nothing new.
     pub fn repeated_enter(&self, ev: &Event) -> bool {
         matches!(ev.kind, Kind::EpollEnter { .. }) && self.threads.get(&ev.task.tid).is_some_and(|t| t.in_epoll && t.last_enter_ts == ev.ts)
     }

@@ -796,23 +796,28 @@ fn a_worker_woken_from_sleep_always_gets_its_run_queue_wait() {
 }
 
 /// Each `epoll_enter` (written lazily, by the thread's switch-out or by a
-/// waker on another CPU, whichever comes first) is written once, and is the
-/// call its `epoll_exit` returns from: same `enter_ts`, epfd and syscall. Only
-/// a thread's last call may still be in progress when the trace stops.
+/// waker on another CPU, whichever comes first) is written once, before its
+/// exit in the stream, and is the call its `epoll_exit` returns from: same
+/// `enter_ts`, epfd and syscall. Only a thread's last call may still be in
+/// progress when the trace stops.
 fn epoll_enters_pair_with_exits(lines: &[Value], tids: &[u32]) {
     let tid = |e: &Value| e["task"]["tid"].as_u64().unwrap_or(0) as u32;
     for &t in tids {
-        let enters: Vec<&Value> = lines.iter().filter(|e| ty(e) == "epoll_enter" && tid(e) == t).collect();
-        let exits: std::collections::BTreeMap<u64, &Value> =
-            lines.iter().filter(|e| ty(e) == "epoll_exit" && tid(e) == t).map(|e| (e["enter_ts"].as_u64().unwrap_or(0), e)).collect();
+        let enters: Vec<(usize, &Value)> = lines.iter().enumerate().filter(|(_, e)| ty(e) == "epoll_enter" && tid(e) == t).collect();
+        let exits: std::collections::BTreeMap<u64, (usize, &Value)> = lines
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| ty(e) == "epoll_exit" && tid(e) == t)
+            .map(|(i, e)| (e["enter_ts"].as_u64().unwrap_or(0), (i, e)))
+            .collect();
         let mut seen = BTreeSet::new();
-        let last = enters.iter().map(|e| ts(e)).max();
-        for e in &enters {
+        let last = enters.iter().map(|(_, e)| ts(e)).max();
+        for &(i, e) in &enters {
             assert!(seen.insert(ts(e)), "thread {t}: epoll_enter written twice for one call: {e}");
             match exits.get(&ts(e)) {
-                Some(x) => assert!(
-                    x["epfd"] == e["epfd"] && x["syscall"] == e["syscall"],
-                    "thread {t}: epoll_enter does not describe the call its exit returns from:\n  {e}\n  {x}"
+                Some(&(j, x)) => assert!(
+                    x["epfd"] == e["epfd"] && x["syscall"] == e["syscall"] && i < j,
+                    "thread {t}: epoll_enter (line {i}) is not the call its exit (line {j}) returns from:\n  {e}\n  {x}"
                 ),
                 None => assert_eq!(Some(ts(e)), last, "thread {t}: an epoll_enter with no epoll_exit before its next call: {e}"),
             }

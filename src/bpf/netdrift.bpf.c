@@ -112,7 +112,8 @@ struct sys_args {
 	__s32 n;
 	__u32 syscall;
 	__u32 cpu;
-	__u32 enter_emitted;	/* the epoll_enter record was written */
+	/* `ts` of the call whose epoll_enter record is written (or being written). */
+	__u64 emitted_ts;
 	__u32 pending;		/* accepted sockets wait in task_ctx.pend for their registration */
 };
 
@@ -450,21 +451,21 @@ static __always_inline struct sys_args *args_get(struct task_struct *t)
 static __always_inline void flush_enter(struct task_struct *t, struct sys_args *a)
 {
 	struct nd_epoll_enter *r;
-	__u64 ts;
+	__u64 ts, done;
 
-	if (!a || a->enter_emitted)
+	if (!a)
 		return;
 	ts = *(volatile __u64 *)&a->ts;
-	if (!ts || !a->syscall || a->syscall > ND_SYS_EPOLL_PWAIT2)
+	done = *(volatile __u64 *)&a->emitted_ts;
+	if (!ts || done == ts || !a->syscall || a->syscall > ND_SYS_EPOLL_PWAIT2)
 		return;
 	/*
 	 * A waker on another CPU and the thread's own switch-out can both get
-	 * here: one writes the record. The thread may also have returned and
-	 * begun its next call since `ts` was read (it rewrites `a`, clearing the
-	 * flag): then this call's exit already carries enter_ts, and the next
-	 * call's record is left to whoever sees it.
+	 * here: the one that claims this call (by its ts) writes the record. A
+	 * stale claim (the thread began its next call meanwhile) names the old
+	 * ts, so it keeps no one from writing the next call's record.
 	 */
-	if (__sync_val_compare_and_swap(&a->enter_emitted, 0, 1) != 0)
+	if (__sync_val_compare_and_swap(&a->emitted_ts, done, ts) != done)
 		return;
 	r = reserve(sizeof(*r), ND_REC_EPOLL_ENTER);
 	if (!r)
@@ -475,7 +476,12 @@ static __always_inline void flush_enter(struct task_struct *t, struct sys_args *
 	r->epfd = a->fd;
 	r->maxevents = a->n;
 	r->syscall = a->syscall;
-	if (*(volatile __u64 *)&a->ts != ts) {
+	/*
+	 * The call returned or was replaced before this reservation: its exit,
+	 * which ends the call before reserving its own record, may already be
+	 * in the ring, and an enter after its exit would reopen the call.
+	 */
+	if (*(volatile __u64 *)&a->ts != ts || !*(volatile __u32 *)&a->syscall) {
 		bpf_ringbuf_discard(r, BPF_RB_NO_WAKEUP);
 		return;
 	}
@@ -1295,7 +1301,7 @@ static __always_inline int epoll_enter(struct trace_event_raw_sys_enter *ctx, __
 			r->maxevents = a.n;
 			r->syscall = sc;
 			submit(r);
-			a.enter_emitted = 1;
+			a.emitted_ts = a.ts;
 		}
 	}
 	if (c)
@@ -1322,7 +1328,7 @@ static __always_inline int epoll_exit(struct trace_event_raw_sys_exit *ctx, __u3
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	__u32 tid = (__u32)id;
-	struct sys_args *a, late = {};
+	struct sys_args *a, late = {}, call;
 	struct nd_epoll_exit *r;
 	__u32 esz = bpf_core_type_size(struct epoll_event), n;
 	long ret = ctx->ret;
@@ -1334,16 +1340,17 @@ static __always_inline int epoll_exit(struct trace_event_raw_sys_exit *ctx, __u3
 		args_from_regs(&late, sc);
 		a = &late;
 	}
+	/* The call ends before this record is reserved (see flush_enter). */
+	call = *a;
+	*(volatile __u32 *)&a->syscall = 0;
 	r = reserve(sizeof(*r), ND_REC_EPOLL_EXIT);
-	if (!r) {
-		a->syscall = 0;
+	if (!r)
 		return 0;
-	}
 	hdr_current(&r->hdr);
-	r->enter_ts = a->ts;
-	r->epfd = a->fd;
+	r->enter_ts = call.ts;
+	r->epfd = call.fd;
 	r->ret = ret;
-	r->syscall = a->syscall;
+	r->syscall = call.syscall;
 	r->ev_size = esz;
 	n = ret > 0 ? (ret < ND_MAX_EP_EVENTS ? ret : ND_MAX_EP_EVENTS) : 0;
 	r->n_events = n;
@@ -1352,13 +1359,12 @@ static __always_inline int epoll_exit(struct trace_event_raw_sys_exit *ctx, __u3
 
 		if (bytes > sizeof(r->ev_raw))
 			bytes = sizeof(r->ev_raw);
-		if (bpf_probe_read_user(r->ev_raw, bytes, (void *)a->ptr)) {
+		if (bpf_probe_read_user(r->ev_raw, bytes, (void *)call.ptr)) {
 			count_loss(ND_LOSS_USER_READ);
 			r->n_events = 0;
 		}
 	}
 	submit(r);
-	a->syscall = 0;
 	return 0;
 }
 
