@@ -448,13 +448,7 @@ impl Pipeline {
     /// `lost` line in the JSON stream, and on stderr unless this is the final
     /// call (the summary follows). The `lost` lines add up to the summary's totals.
     fn report_losses(&mut self, now: &Losses, last: &mut Losses, secs: f64, ringbuf_mib: u32, last_call: bool) -> Result<()> {
-        let d = [
-            now.ringbuf.saturating_sub(last.ringbuf),
-            now.stack.saturating_sub(last.stack),
-            now.map_full.saturating_sub(last.map_full),
-            now.user_read.saturating_sub(last.user_read),
-            now.skipped_total().saturating_sub(last.skipped_total()),
-        ];
+        let d = now.growth_since(last);
         if d.iter().all(|&n| n == 0) {
             return Ok(());
         }
@@ -473,7 +467,7 @@ impl Pipeline {
             let fix = if fix.is_empty() { String::new() } else { format!(": {fix}") };
             eprintln!("netdrift: LOST in the last {secs:.1} s: {}{fix}", parts.join(", "));
         }
-        *last = now.clone();
+        last.raise_to(now);
         Ok(())
     }
 
@@ -795,11 +789,6 @@ pub fn run(mut opts: TraceOptions) -> Result<TraceResult> {
                 break;
             }
         }
-        if last_loss_check.elapsed() >= Duration::from_secs(1) {
-            let secs = last_loss_check.elapsed().as_secs_f64();
-            last_loss_check = Instant::now();
-            pipe.report_losses(&probes.losses(), &mut reported, secs, ringbuf_mib, false)?;
-        }
         if watch_exit && last_check.elapsed() >= Duration::from_millis(500) {
             last_check = Instant::now();
             // Exit records can be lost; /proc cannot.
@@ -809,6 +798,12 @@ pub fn run(mut opts: TraceOptions) -> Result<TraceResult> {
         if watch_exit && live_tgids.is_empty() && live_tids.is_empty() {
             reason = "target exited";
             break;
+        }
+        // Last in the round: a round that ends the trace leaves its losses to the summary.
+        if last_loss_check.elapsed() >= Duration::from_secs(1) {
+            let secs = last_loss_check.elapsed().as_secs_f64();
+            last_loss_check = Instant::now();
+            pipe.report_losses(&probes.losses(), &mut reported, secs, ringbuf_mib, false)?;
         }
     }
     let _ = rb.consume();

@@ -28,6 +28,31 @@ impl Losses {
         self.counted() + self.skipped_total() > 0
     }
 
+    /// [ringbuf, stack, map_full, user_read, skipped] lost since `earlier`.
+    pub fn growth_since(&self, earlier: &Losses) -> [u64; 5] {
+        let skipped = self.skipped.iter().map(|(p, n)| n.saturating_sub(earlier.skipped.get(p).copied().unwrap_or(0))).sum();
+        [
+            self.ringbuf.saturating_sub(earlier.ringbuf),
+            self.stack.saturating_sub(earlier.stack),
+            self.map_full.saturating_sub(earlier.map_full),
+            self.user_read.saturating_sub(earlier.user_read),
+            skipped,
+        ]
+    }
+
+    /// Take in a later reading, field by field and never down: a counter
+    /// read that failed once (as 0) must not count the same losses twice.
+    pub fn raise_to(&mut self, now: &Losses) {
+        self.ringbuf = self.ringbuf.max(now.ringbuf);
+        self.stack = self.stack.max(now.stack);
+        self.map_full = self.map_full.max(now.map_full);
+        self.user_read = self.user_read.max(now.user_read);
+        for (prog, n) in &now.skipped {
+            let seen = self.skipped.entry(prog.clone()).or_default();
+            *seen = (*seen).max(*n);
+        }
+    }
+
     /// What the programs counted themselves (all but the skipped runs).
     pub fn counted(&self) -> u64 {
         self.ringbuf + self.stack + self.map_full + self.user_read
@@ -55,7 +80,7 @@ pub fn skipped_text(skipped: &BTreeMap<String, u64>) -> String {
     }
     let each: Vec<String> = skipped.iter().map(|(p, n)| format!("{p} {n}")).collect();
     format!(
-        "{total} program runs skipped by the kernel, as the program was already running on that CPU ({}): events of an interrupt that came in during one, not recorded",
+        "{total} program runs skipped by the kernel, as a tracing program was already running on that CPU ({}): events of an interrupt that came in during one, not recorded",
         each.join(", ")
     )
 }
@@ -480,6 +505,24 @@ mod tests {
         );
         assert_eq!(ringbuf_fix(512), "raise --ringbuf-size (now 512 MiB; try --ringbuf-size 1024)");
         assert!(ringbuf_fix(1024).contains("the most"));
+    }
+
+    #[test]
+    fn growth_is_counted_once_across_a_failed_read() {
+        let reading = |ringbuf: u64, skipped: &[(&str, u64)]| Losses {
+            ringbuf,
+            skipped: skipped.iter().map(|(p, n)| (p.to_string(), *n)).collect(),
+            ..Default::default()
+        };
+        let mut last = Losses::default();
+        let mut reported = [0u64; 5];
+        // 5 lost; then a read that failed (0, a program missing); then 7 and more skips.
+        for now in [reading(5, &[("a", 1), ("b", 2)]), reading(0, &[("b", 2)]), reading(7, &[("a", 1), ("b", 4)])] {
+            let d = now.growth_since(&last);
+            reported.iter_mut().zip(d).for_each(|(r, d)| *r += d);
+            last.raise_to(&now);
+        }
+        assert_eq!(reported, [7, 0, 0, 0, 5], "the lines add up to the last reading");
     }
 
     #[test]
