@@ -327,17 +327,13 @@ impl Privileges {
 
 const NEED_PRIV: &str = "netdrift needs root (or CAP_BPF + CAP_PERFMON): run it with sudo";
 
-fn check_pid_namespace(ns: Option<u64>) -> Check {
+fn check_pid_namespace(ns: Option<u64>, proc_ours: bool) -> Check {
+    const FIX: &str = "pids here are not the kernel's: run netdrift in the host's pid namespace with its /proc (docker run --pid=host, Kubernetes hostPID: true)";
     match ns {
-        Some(crate::procfs::INIT_PID_NS_INO) => {
-            Check::pass("pid_namespace", "the host's: pids here are the ones the kernel's programs see")
-        }
-        Some(n) => Check::fail(
-            "pid_namespace",
-            format!("a child namespace (pid:[{n}])"),
-            "pids here are not the kernel's: run netdrift in the host's pid namespace (docker run --pid=host, Kubernetes hostPID: true)",
-        ),
-        None => Check::pass("pid_namespace", "unknown (/proc/self/ns/pid unreadable)"),
+        Some(n) if n != crate::procfs::INIT_PID_NS_INO => Check::fail("pid_namespace", format!("a child namespace (pid:[{n}])"), FIX),
+        _ if !proc_ours => Check::fail("pid_namespace", "/proc is another pid namespace's (/proc/self is not this process)", FIX),
+        Some(_) => Check::pass("pid_namespace", "the host's, with its /proc: pids here are the ones the kernel's programs see"),
+        None => Check::pass("pid_namespace", "/proc/self/ns/pid unreadable; /proc/self is this process"),
     }
 }
 
@@ -963,7 +959,7 @@ pub fn run() -> Report {
     checks.extend(guarded("btf", || vec![check_btf()]));
     checks.extend(guarded("lockdown", || vec![check_lockdown()]));
     checks.extend(guarded("root", || check_privileges(&Privileges::read())));
-    checks.extend(guarded("pid_namespace", || vec![check_pid_namespace(crate::procfs::pid_namespace())]));
+    checks.extend(guarded("pid_namespace", || vec![check_pid_namespace(crate::procfs::pid_namespace(), crate::procfs::proc_is_ours())]));
     checks.extend(guarded("tracefs", || vec![check_tracefs()]));
     for spec in prog_specs() {
         checks.extend(guarded(spec.check, || vec![run_prog_check(&spec, kernel)]));
@@ -1023,9 +1019,12 @@ mod tests {
 
     #[test]
     fn a_child_pid_namespace_fails_the_check_with_the_fix() {
-        assert!(check_pid_namespace(Some(crate::procfs::INIT_PID_NS_INO)).ok);
-        let c = check_pid_namespace(Some(4026532201));
+        assert!(check_pid_namespace(Some(crate::procfs::INIT_PID_NS_INO), true).ok);
+        let c = check_pid_namespace(Some(4026532201), true);
         assert!(!c.ok && c.detail.contains("pid:[4026532201]") && c.detail.contains("--pid=host"), "{}", c.detail);
+        let c = check_pid_namespace(Some(crate::procfs::INIT_PID_NS_INO), false);
+        assert!(!c.ok && c.detail.contains("/proc is another") && c.detail.contains("--pid=host"), "{}", c.detail);
+        assert!(crate::procfs::proc_is_ours(), "the tests' /proc is their own");
     }
 
     #[test]

@@ -17,9 +17,9 @@ pub enum Error {
     #[error("netdrift needs root (or CAP_BPF + CAP_PERFMON): run it with sudo")]
     NotPrivileged,
     #[error(
-        "netdrift runs in a child pid namespace (pid:[{0}]): the kernel's programs see the host's pids, not these; run it in the host's (docker run --pid=host, Kubernetes hostPID: true)"
+        "{0}: the kernel's programs see the host's pids, not these; run netdrift in the host's pid namespace with its /proc (docker run --pid=host, Kubernetes hostPID: true)"
     )]
-    PidNamespace(u64),
+    PidNamespace(String),
     #[error("this kernel has no BTF at /sys/kernel/btf/vmlinux: build it with CONFIG_DEBUG_INFO_BTF=y (netdrift needs BTF for CO-RE and tp_btf)")]
     NoBtf,
     #[error("cannot write {path} (give that output a path in a writable directory)")]

@@ -110,14 +110,14 @@ pub fn btf_has(btf: &[u8], name: &str) -> bool {
 
 /// Root/capabilities and BTF: checked before anything is loaded.
 pub fn preflight() -> Result<()> {
+    // Targets, /proc lookups and netdrift's own pid would all be this
+    // namespace's numbers: nothing would match, without a word. First: the
+    // privilege check below reads /proc/self.
+    if let Some(why) = crate::procfs::pid_namespace_problem() {
+        return Err(Error::PidNamespace(why));
+    }
     if !crate::procfs::privileged() {
         return Err(Error::NotPrivileged);
-    }
-    // Targets, /proc lookups and netdrift's own pid would all be this
-    // namespace's numbers: nothing would match, without a word.
-    match crate::procfs::pid_namespace() {
-        Some(ns) if ns != crate::procfs::INIT_PID_NS_INO => return Err(Error::PidNamespace(ns)),
-        _ => {}
     }
     if !Path::new(VMLINUX_BTF).exists() {
         return Err(Error::NoBtf);
@@ -310,10 +310,12 @@ impl<'obj> Probes<'obj> {
     }
 }
 
-/// Runs of each loaded program that the kernel skipped because the program
-/// was already running on that CPU (`bpf_prog_info.recursion_misses`, 5.12+):
-/// a tracepoint hit from an interrupt that came in during the program. Only
-/// programs with a skipped run are listed.
+/// Runs of each loaded program that the kernel reports it skipped
+/// (`bpf_prog_info.recursion_misses`) because the program, or for tracepoint
+/// and uprobe programs any tracing program, was already running on that CPU:
+/// a hit from an interrupt that came in during one. Older kernels do not
+/// count every program type's skips: a lower bound there. Only programs with
+/// a skipped run are listed.
 pub fn skipped_runs<'a>(progs: impl Iterator<Item = libbpf_rs::Program<'a>>) -> BTreeMap<String, u64> {
     use std::os::fd::{AsFd, AsRawFd};
     let mut out = BTreeMap::new();

@@ -227,6 +227,23 @@ pub fn pid_namespace() -> Option<u64> {
     fs::metadata("/proc/self/ns/pid").ok().map(|m| m.ino())
 }
 
+/// Whether /proc is this process's pid namespace's: /proc/self names it.
+/// (A host-namespace process under another namespace's /proc has no
+/// /proc/self; a /proc of an outer namespace names another pid.)
+pub fn proc_is_ours() -> bool {
+    fs::read_link("/proc/self").ok().and_then(|p| p.to_str()?.parse::<u32>().ok()) == Some(std::process::id())
+}
+
+/// Why pids here are not the kernel's, if they are not: netdrift's programs
+/// compare and report the host's pids, and read /proc with them.
+pub fn pid_namespace_problem() -> Option<String> {
+    match pid_namespace() {
+        Some(ns) if ns != INIT_PID_NS_INO => Some(format!("netdrift runs in a child pid namespace (pid:[{ns}])")),
+        _ if !proc_is_ours() => Some("/proc is not netdrift's pid namespace's (/proc/self is not netdrift)".into()),
+        _ => None,
+    }
+}
+
 /// Root, or CAP_BPF with CAP_PERFMON, or CAP_SYS_ADMIN.
 pub fn privileged() -> bool {
     let caps = cap_eff();

@@ -159,6 +159,23 @@ fn a_child_pid_namespace_is_refused_with_the_fix() {
     let line = text.lines().find(|l| l.contains("pid_namespace")).unwrap_or_else(|| panic!("no pid_namespace line:\n{text}"));
     assert!(line.trim_start().starts_with("no") && line.contains("--pid=host"), "{line}");
     assert!(text.contains("trace cannot run") && text.contains("pid_namespace failed"), "{text}");
+
+    // The host's pid namespace under another namespace's /proc (a container's
+    // mount namespace entered alone): /proc/self is missing, pids would not match.
+    let mut holder =
+        Command::new("unshare").args(["--pid", "--fork", "--mount-proc", "sleep", "30"]).spawn().expect("unshare (util-linux)");
+    std::thread::sleep(Duration::from_millis(300));
+    let out = Command::new("nsenter")
+        .args(["--mount", "--target", &holder.id().to_string()])
+        .arg(&bin)
+        .args(["trace", "-p", "1", "1"])
+        .output()
+        .expect("nsenter (util-linux)");
+    let _ = holder.kill();
+    let _ = holder.wait();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("/proc is not netdrift's pid namespace's") && err.contains("--pid=host"), "{err}");
 }
 
 fn wait_for(p: &Path, timeout: Duration, child: &mut std::process::Child) {
