@@ -453,17 +453,18 @@ static __always_inline void flush_enter(struct task_struct *t, struct sys_args *
 	struct nd_epoll_enter *r;
 	__u64 ts, done;
 
-	if (!a)
+	/* Every call's record was written at its syscall. */
+	if (!a || emit_epoll_enter)
 		return;
 	ts = *(volatile __u64 *)&a->ts;
 	done = *(volatile __u64 *)&a->emitted_ts;
-	if (!ts || done == ts || !a->syscall || a->syscall > ND_SYS_EPOLL_PWAIT2)
+	if (!ts || done >= ts || !a->syscall || a->syscall > ND_SYS_EPOLL_PWAIT2)
 		return;
 	/*
 	 * A waker on another CPU and the thread's own switch-out can both get
-	 * here: the one that claims this call (by its ts) writes the record. A
-	 * stale claim (the thread began its next call meanwhile) names the old
-	 * ts, so it keeps no one from writing the next call's record.
+	 * here: the one that claims this call (by its ts) writes the record.
+	 * Calls' ts only grow, so a stale claim (the thread began its next call
+	 * meanwhile) names an older call and keeps no one from this one's.
 	 */
 	if (__sync_val_compare_and_swap(&a->emitted_ts, done, ts) != done)
 		return;
@@ -477,11 +478,12 @@ static __always_inline void flush_enter(struct task_struct *t, struct sys_args *
 	r->maxevents = a->n;
 	r->syscall = a->syscall;
 	/*
-	 * The call returned or was replaced before this reservation: its exit,
-	 * which ends the call before reserving its own record, may already be
-	 * in the ring, and an enter after its exit would reopen the call.
+	 * The call returned (or the next began) before this reservation: its
+	 * exit, which clears ts before reserving its own record, may already be
+	 * in the ring, and an enter after its exit would reopen the call. Calls'
+	 * ts never repeat, so the next call cannot pass for this one.
 	 */
-	if (*(volatile __u64 *)&a->ts != ts || !*(volatile __u32 *)&a->syscall) {
+	if (*(volatile __u64 *)&a->ts != ts) {
 		bpf_ringbuf_discard(r, BPF_RB_NO_WAKEUP);
 		return;
 	}
@@ -1304,8 +1306,22 @@ static __always_inline int epoll_enter(struct trace_event_raw_sys_enter *ctx, __
 			a.emitted_ts = a.ts;
 		}
 	}
-	if (c)
-		c->sys = a;
+	if (!c)
+		return 0;
+	/*
+	 * Field by field, `ts` last, and `emitted_ts` only if written here: a
+	 * whole-struct copy could erase a claim a waker just made on this call
+	 * (claims name their call's ts, so an old one claims nothing new).
+	 */
+	c->sys.ptr = a.ptr;
+	c->sys.fd = a.fd;
+	c->sys.n = a.n;
+	c->sys.syscall = a.syscall;
+	c->sys.cpu = a.cpu;
+	c->sys.pending = a.pending;
+	*(volatile __u64 *)&c->sys.ts = a.ts;
+	if (a.emitted_ts)
+		c->sys.emitted_ts = a.emitted_ts;
 	return 0;
 }
 
@@ -1343,6 +1359,7 @@ static __always_inline int epoll_exit(struct trace_event_raw_sys_exit *ctx, __u3
 	/* The call ends before this record is reserved (see flush_enter). */
 	call = *a;
 	*(volatile __u32 *)&a->syscall = 0;
+	*(volatile __u64 *)&a->ts = 0;
 	r = reserve(sizeof(*r), ND_REC_EPOLL_EXIT);
 	if (!r)
 		return 0;
