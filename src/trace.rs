@@ -808,8 +808,10 @@ pub fn run(mut opts: TraceOptions) -> Result<TraceResult> {
     }
     let _ = rb.consume();
     process(&mut pipe, &mut live_tgids, &mut live_tids, &mut pids)?;
-    let losses = probes.losses();
+    let mut losses = probes.losses();
     pipe.report_losses(&losses, &mut reported, last_loss_check.elapsed().as_secs_f64(), ringbuf_mib, true)?;
+    // The totals the lost lines add up to, should this last reading have failed low.
+    losses.raise_to(&reported);
     let decode_errors = *bad.borrow();
     if opts.discard {
         // Counted as events, so the benchmark's events/s stays comparable.
