@@ -311,7 +311,8 @@ impl Privileges {
     fn read() -> Self {
         // SAFETY: geteuid cannot fail and has no preconditions.
         let euid = unsafe { libc::geteuid() };
-        let cap_eff = fs::read_to_string("/proc/self/status").ok().and_then(|s| parse_cap_eff(&s));
+        let cap_eff =
+            crate::procfs::cap_eff_checked().or_else(|| fs::read_to_string("/proc/self/status").ok().and_then(|s| parse_cap_eff(&s)));
         Privileges { euid, cap_eff }
     }
     fn cap(&self, cap: u32) -> bool {

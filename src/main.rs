@@ -99,6 +99,7 @@ fn cmd_trace_with(a: TraceArgs, report: Report, tweak: impl FnOnce(&mut TraceOpt
         }
     }
     check_outputs(None, &[a.out.output_file.as_deref(), a.out.record.as_deref(), a.out.perfetto.as_deref(), a.ready_file.as_deref()])?;
+    netdrift::probes::check_pid_namespace()?;
     let (tgids, tids) = procfs::resolve_targets(&a.target.pids, &a.target.tids, &a.target.comms, !a.target.no_children, true)?;
     let first_pid = tgids.first().copied().or_else(|| tids.first().and_then(|&t| procfs::tgid_of(t)));
     let mut handlers = netdrift::handlers::resolve(&a.handlers, first_pid, false)?;
@@ -259,6 +260,7 @@ fn cmd_offwake(a: netdrift::cli::OffwakeArgs) -> anyhow::Result<()> {
     if a.max_keys == 0 || a.max_keys > 1 << 22 {
         return Err(Error::Usage(format!("--max-keys {}: give 1 to {}", a.max_keys, 1u32 << 22)).into());
     }
+    netdrift::probes::check_pid_namespace()?;
     let (tgids, tids) = offwake::resolve_targets(&a.target.pids, &a.target.tids, &a.target.comms, !a.target.no_children)?;
     let render = RenderOptions { metric: Metric::parse(&a.metric).unwrap_or_default(), delimited: a.delimited };
     let out = OutputOptions {

@@ -109,13 +109,19 @@ pub fn btf_has(btf: &[u8], name: &str) -> bool {
 }
 
 /// Root/capabilities and BTF: checked before anything is loaded.
-pub fn preflight() -> Result<()> {
-    // Targets, /proc lookups and netdrift's own pid would all be this
-    // namespace's numbers: nothing would match, without a word. First: the
-    // privilege check below reads /proc/self.
-    if let Some(why) = crate::procfs::pid_namespace_problem() {
-        return Err(Error::PidNamespace(why));
+/// Targets, /proc lookups and netdrift's own pid would all be another
+/// namespace's numbers than the programs': nothing would match, without a
+/// word. Before targets are looked up in /proc.
+pub fn check_pid_namespace() -> Result<()> {
+    match crate::procfs::pid_namespace_problem() {
+        Some(why) => Err(Error::PidNamespace(why)),
+        None => Ok(()),
     }
+}
+
+pub fn preflight() -> Result<()> {
+    // First: the privilege check below reads /proc/self.
+    check_pid_namespace()?;
     if !crate::procfs::privileged() {
         return Err(Error::NotPrivileged);
     }

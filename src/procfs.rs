@@ -210,12 +210,33 @@ pub fn describe_targets(tgids: &[u32], tids: &[u32], comms: &[String]) -> String
     v.join(", ")
 }
 
-/// Effective capabilities bitmask of this process.
+/// Effective capabilities bitmask of this process, from capget(2): right
+/// even where /proc is not this process's (/proc/self/status would say nothing).
+pub fn cap_eff_checked() -> Option<u64> {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Default, Clone, Copy)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    // _LINUX_CAPABILITY_VERSION_3: two 32-bit words.
+    let mut h = Header { version: 0x2008_0522, pid: 0 };
+    let mut d = [Data::default(); 2];
+    // SAFETY: capget reads `h` and writes the two `Data` words of a V3 header,
+    // both valid for the call; pid 0 is this thread.
+    let rc = unsafe { libc::syscall(libc::SYS_capget, &mut h as *mut Header, d.as_mut_ptr()) };
+    (rc == 0).then(|| u64::from(d[0].effective) | (u64::from(d[1].effective) << 32))
+}
+
+/// Effective capabilities bitmask of this process (0 if unknown).
 pub fn cap_eff() -> u64 {
-    fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("CapEff:").map(|v| u64::from_str_radix(v.trim(), 16).ok())).flatten())
-        .unwrap_or(0)
+    cap_eff_checked().unwrap_or(0)
 }
 
 /// The initial pid namespace's inode (PROC_PID_INIT_INO, fixed since Linux 3.8).
@@ -273,6 +294,13 @@ mod tests {
         assert_eq!(socket_ino("socket:[98765]"), Some(98765));
         assert_eq!(socket_ino("pipe:[1]"), None);
         assert_eq!(status_field("Name:\tx\nTgid:\t77\nPid:\t78\n", "Tgid"), Some(77));
+    }
+
+    #[test]
+    fn capget_agrees_with_proc_status() {
+        let status = fs::read_to_string("/proc/self/status").unwrap();
+        let from_proc = status.lines().find_map(|l| l.strip_prefix("CapEff:")).map(|v| u64::from_str_radix(v.trim(), 16).unwrap());
+        assert_eq!(cap_eff_checked(), from_proc);
     }
 
     #[test]

@@ -165,17 +165,21 @@ fn a_child_pid_namespace_is_refused_with_the_fix() {
     let mut holder =
         Command::new("unshare").args(["--pid", "--fork", "--mount-proc", "sleep", "30"]).spawn().expect("unshare (util-linux)");
     std::thread::sleep(Duration::from_millis(300));
-    let out = Command::new("nsenter")
-        .args(["--mount", "--target", &holder.id().to_string()])
-        .arg(&bin)
-        .args(["trace", "-p", "1", "1"])
-        .output()
-        .expect("nsenter (util-linux)");
+    // A host pid that the namespace's /proc does not show: refused for the
+    // namespace before it is looked up (not "no process with pid").
+    let holder_pid = holder.id().to_string();
+    let under_its_proc = |args: &[&str]| {
+        Command::new("nsenter").args(["--mount", "--target", &holder_pid]).arg(&bin).args(args).output().expect("nsenter (util-linux)")
+    };
+    let trace = under_its_proc(&["trace", "-p", &holder_pid, "1"]);
+    let doctor = under_its_proc(&["doctor"]);
     let _ = holder.kill();
     let _ = holder.wait();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
+    let err = String::from_utf8_lossy(&trace.stderr);
+    assert_eq!(trace.status.code(), Some(2), "{err}");
     assert!(err.contains("/proc is not netdrift's pid namespace's") && err.contains("--pid=host"), "{err}");
+    let text = String::from_utf8_lossy(&doctor.stdout);
+    assert!(text.contains("/proc is another pid namespace's") && !text.contains("run it with sudo"), "{text}");
 }
 
 fn wait_for(p: &Path, timeout: Duration, child: &mut std::process::Child) {
