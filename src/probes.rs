@@ -108,7 +108,6 @@ pub fn btf_has(btf: &[u8], name: &str) -> bool {
     btf.windows(needle.len()).any(|w| w == needle.as_slice())
 }
 
-/// Root/capabilities and BTF: checked before anything is loaded.
 /// Targets, /proc lookups and netdrift's own pid would all be another
 /// namespace's numbers than the programs': nothing would match, without a
 /// word. Before targets are looked up in /proc.
@@ -119,6 +118,7 @@ pub fn check_pid_namespace() -> Result<()> {
     }
 }
 
+/// Pid namespace, root/capabilities and BTF: checked before anything is loaded.
 pub fn preflight() -> Result<()> {
     // First: the privilege check below reads /proc/self.
     check_pid_namespace()?;

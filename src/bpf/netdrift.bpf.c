@@ -1303,15 +1303,15 @@ static __always_inline int epoll_enter(struct trace_event_raw_sys_enter *ctx, __
 			r->maxevents = a.n;
 			r->syscall = sc;
 			submit(r);
-			a.emitted_ts = a.ts;
 		}
 	}
 	if (!c)
 		return 0;
 	/*
-	 * Field by field, `ts` last, and `emitted_ts` only if written here: a
-	 * whole-struct copy could erase a claim a waker just made on this call
-	 * (claims name their call's ts, so an old one claims nothing new).
+	 * Field by field, `ts` last, and never `emitted_ts`: a whole-struct copy
+	 * could erase a claim a waker just made on this call (claims name their
+	 * call's ts, so an old one claims nothing new; with every enter written
+	 * here, flush_enter claims nothing).
 	 */
 	c->sys.ptr = a.ptr;
 	c->sys.fd = a.fd;
@@ -1320,8 +1320,6 @@ static __always_inline int epoll_enter(struct trace_event_raw_sys_enter *ctx, __
 	c->sys.cpu = a.cpu;
 	c->sys.pending = a.pending;
 	*(volatile __u64 *)&c->sys.ts = a.ts;
-	if (a.emitted_ts)
-		c->sys.emitted_ts = a.emitted_ts;
 	return 0;
 }
 
