@@ -358,7 +358,7 @@ pub enum Kind {
         /// The socket hook and state, the waker's context and syscall
         /// (`nd_wake.stack_sig`): with the two threads, what a reused stack is
         /// looked up by.
-        #[serde(skip)]
+        #[serde(default, serialize_with = "hex_u64::serialize", deserialize_with = "hex_u64::deserialize")]
         stack_sig: u64,
     },
     /// A target thread got a CPU after being woken or preempted.
@@ -904,7 +904,11 @@ pub fn errno_name(e: i32) -> String {
 }
 
 mod hex_u64 {
-    use serde::{Deserialize, Deserializer};
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&format_args!("0x{v:x}"))
+    }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
         let s = String::deserialize(d)?;

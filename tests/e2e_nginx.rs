@@ -857,25 +857,20 @@ fn offwake_names_the_waker_of_nearly_every_worker_sleep_under_load() {
     assert!(all > 1000 && named * 200 >= all * 199, "workers' periods with a waker: {named} of {all}");
 }
 
-/// (waker tid, woken tid, socket hook): what the BPF side reuses a stack for,
-/// less what JSON does not show (the socket's state, the waker's syscall).
+/// (waker tid, woken tid, `stack_sig`): what the BPF side reuses a stack for.
 type ReuseKey = (u64, u64, String);
 /// (cause, context, via_epoll).
 type Class = (String, String, bool);
 
-/// Each wake-up's key, class and whether it reused a stack.
+/// Each wake-up's key (the kernel's: waker, woken thread, `stack_sig`), class
+/// and whether it reused a stack.
 fn wake_classes(lines: &[Value]) -> Vec<(ReuseKey, Class, bool)> {
-    let hooks: HashMap<u64, String> = lines
-        .iter()
-        .filter(|l| ty(l) == "sock_ready")
-        .map(|l| (l["seq"].as_u64().unwrap_or(0), l["hook"].as_str().unwrap_or("").to_string()))
-        .collect();
     lines
         .iter()
         .filter(|l| ty(l) == "wake")
         .map(|l| {
-            let hook = hooks.get(&l["sock_seq"].as_u64().unwrap_or(0)).cloned().unwrap_or_default();
-            let key = (l["task"]["tid"].as_u64().unwrap_or(0), l["target"]["tid"].as_u64().unwrap_or(0), hook);
+            let sig = l["stack_sig"].as_str().expect("every wake line has its stack_sig").to_string();
+            let key = (l["task"]["tid"].as_u64().unwrap_or(0), l["target"]["tid"].as_u64().unwrap_or(0), sig);
             let class = (l["cause"].to_string(), l["context"].to_string(), l["via_epoll"].as_bool().unwrap_or(false));
             (key, class, l["stack_reused"] == Value::Bool(true))
         })

@@ -820,10 +820,13 @@ static __always_inline int sched_waking(void *ctx, struct task_struct *p, const 
 	w->stack_sig = 0;
 	w->stack_reused = 0;
 	w->stack_sz = 0;
+	/* Also with every stack taken: the signature lets a reader group wake-ups as reuse would. */
+	if (capture_stacks)
+		w->stack_sig = wake_sig(hook, sk, cur, direct);
 	if (capture_stacks && stack_reuse_ns) {
 		sig.waker_tid = w->hdr.tid;
 		sig.target_tid = tid;
-		sig.sig = w->stack_sig = wake_sig(hook, sk, cur, direct);
+		sig.sig = w->stack_sig;
 		/* After the reserve: a record that reuses a stack follows the one that took it. */
 		w->stack_reused = !take_stack(&sig, now);
 	}

@@ -167,7 +167,7 @@ fn write_hot(buf: &mut Vec<u8>, ev: &Event) -> serde_json::Result<bool> {
             context,
             via_epoll,
             stack_reused,
-            stack_sig: _,
+            stack_sig,
         } if stack.is_empty() => {
             head(buf, "wake")?;
             task(buf, b",\"target\":", target)?;
@@ -186,6 +186,9 @@ fn write_hot(buf: &mut Vec<u8>, ev: &Event) -> serde_json::Result<bool> {
             if *stack_reused {
                 buf.extend_from_slice(b",\"stack_reused\":true");
             }
+            use std::io::Write;
+            // Hex like `sk`: a no-syscall waker's signature exceeds 2^53; a Vec cannot fail.
+            let _ = write!(buf, ",\"stack_sig\":\"0x{stack_sig:x}\"");
         }
         Kind::SockReady { sock, seq, hook, new_state, packet: None } => {
             head(buf, "sock_ready")?;
