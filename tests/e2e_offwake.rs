@@ -279,21 +279,33 @@ fn formats_agree_on_one_report() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().expect("tempdir");
     let bin = build_pipewake(dir.path());
-    let (mut pw, pid) = start_pipewake(&bin, 10, 30);
-    let stdin = Arc::new(Mutex::new(pw.child().stdin.take()));
-    let go = stdin.clone();
-    let opts = OffwakeOptions {
-        tgids: vec![pid],
-        duration: Some(Duration::from_secs(30)),
-        on_ready: Some(Box::new(move || {
-            if let Some(mut s) = go.lock().unwrap().take() {
-                s.write_all(b"g").expect("go");
-            }
-        })),
-        ..Default::default()
+    let run = || {
+        let (mut pw, pid) = start_pipewake(&bin, 10, 30);
+        let stdin = Arc::new(Mutex::new(pw.child().stdin.take()));
+        let go = stdin.clone();
+        let opts = OffwakeOptions {
+            tgids: vec![pid],
+            duration: Some(Duration::from_secs(30)),
+            on_ready: Some(Box::new(move || {
+                if let Some(mut s) = go.lock().unwrap().take() {
+                    s.write_all(b"g").expect("go");
+                }
+            })),
+            ..Default::default()
+        };
+        let report = offwake::run(opts).expect("offwake");
+        assert!(pw.wait(Duration::from_secs(10), "pipewake").success());
+        report
     };
-    let report = offwake::run(opts).expect("offwake");
-    assert!(pw.wait(Duration::from_secs(10), "pipewake").success());
+    let mut report = run();
+    let c = &report.counters;
+    if c.kernel_stack.eexist + c.user_stack.eexist > 0 {
+        // Two of the run's few dozen stacks hashed to one bucket of the stack
+        // map (~1 run in 25: ASLR moves user stacks each run). A reported,
+        // documented loss, not this test's subject: once more.
+        eprintln!("stack map bucket collision, reported ({:?}, {:?}): running again", c.kernel_stack, c.user_stack);
+        report = run();
+    }
     assert_eq!(report.reason, "target exited");
     assert!(!report.counters.any_loss(), "losses: {:?}", report.counters);
     let render = |format| offwake::render(&report, &OutputOptions { format, ..Default::default() });
@@ -338,7 +350,6 @@ fn formats_agree_on_one_report() {
             assert_ne!(f, "[unknown]", "bare unknown frame in {e:?}");
         }
     }
-    drop(stdin);
 }
 
 #[test]
