@@ -1166,4 +1166,4 @@ impl Correlator {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -77,8 +77,8 @@ pub struct OutputArgs {
     /// Ring buffer size in MiB (a power of two). Raise it when the summary reports lost records.
     #[arg(long = "ringbuf-size", value_name = "MIB", default_value_t = 8, value_parser = parse_ringbuf)]
     pub ringbuf_mib: u32,
-    /// Close a chain still waiting for a thread after this many milliseconds (it is printed as incomplete).
-    #[arg(long = "idle-ms", value_name = "MS", default_value_t = 2000)]
+    /// Close a chain still waiting for a thread after this many milliseconds (it is printed as incomplete; at most one day).
+    #[arg(long = "idle-ms", value_name = "MS", default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..=86_400_000))]
     pub idle_ms: u64,
     /// Also save the raw events to FILE; `netdrift analyze FILE` rebuilds every chain and summary from it.
     #[arg(long, value_name = "FILE")]

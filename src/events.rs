@@ -886,6 +886,15 @@ fn push_flag_names<'a>(out: &mut Vec<u8>, bits: u64, table: impl IntoIterator<It
     }
 }
 
+/// A syscall's return value: the count, or `-EINTR` and the like.
+pub fn ret_text(ret: i32) -> String {
+    if ret < 0 {
+        format!("-{}", errno_name(ret.saturating_neg()))
+    } else {
+        ret.to_string()
+    }
+}
+
 /// errno name for the common accept/epoll failures.
 pub fn errno_name(e: i32) -> String {
     match e {

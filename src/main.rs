@@ -89,15 +89,21 @@ fn cmd_analyze(a: AnalyzeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The positional DURATION in seconds: positive, finite, at most ~136 years
+/// (beyond, a deadline would overflow the clock).
+fn duration_arg(d: Option<f64>) -> Result<Option<Duration>, Error> {
+    let Some(d) = d else { return Ok(None) };
+    match Duration::try_from_secs_f64(d) {
+        Ok(v) if d > 0.0 && v.as_secs() <= u64::from(u32::MAX) => Ok(Some(v)),
+        _ => Err(Error::Usage(format!("duration {d}: give a positive number of seconds, at most {}", u32::MAX))),
+    }
+}
+
 fn cmd_trace_with(a: TraceArgs, report: Report, tweak: impl FnOnce(&mut TraceOptions)) -> anyhow::Result<()> {
     if a.target.is_empty() {
         return Err(Error::Usage("no target: give -p PID, -t TID or -c COMM (or try `netdrift demo`)".into()).into());
     }
-    if let Some(d) = a.duration {
-        if !(d > 0.0 && d.is_finite()) {
-            return Err(Error::Usage(format!("duration {d}: give a positive number of seconds")).into());
-        }
-    }
+    let duration = duration_arg(a.duration)?;
     check_outputs(None, &[a.out.output_file.as_deref(), a.out.record.as_deref(), a.out.perfetto.as_deref(), a.ready_file.as_deref()])?;
     netdrift::probes::check_pid_namespace()?;
     let (tgids, tids) = procfs::resolve_targets(&a.target.pids, &a.target.tids, &a.target.comms, !a.target.no_children, true)?;
@@ -135,7 +141,7 @@ fn cmd_trace_with(a: TraceArgs, report: Report, tweak: impl FnOnce(&mut TraceOpt
     opts.probe.tids = tids;
     opts.probe.comms = a.target.comms.clone();
     opts.probe.follow_children = !a.target.no_children;
-    opts.duration = a.duration.map(Duration::from_secs_f64);
+    opts.duration = duration;
     opts.ready_file = a.ready_file.clone();
     opts.report = report;
     opts.probe.capture_stacks = !a.bench_no_stacks;
@@ -244,11 +250,7 @@ fn cmd_doctor(a: DoctorArgs) -> anyhow::Result<()> {
 
 fn cmd_offwake(a: netdrift::cli::OffwakeArgs) -> anyhow::Result<()> {
     use netdrift::offwake::{self, Format, Metric, OffwakeOptions, OutputOptions, RenderOptions, StateFilter};
-    if let Some(d) = a.duration {
-        if !(d > 0.0 && d.is_finite()) {
-            return Err(Error::Usage(format!("duration {d}: give a positive number of seconds")).into());
-        }
-    }
+    let duration = duration_arg(a.duration)?;
     if let Some(max) = a.max_block_us {
         if max < a.min_block_us {
             return Err(Error::Usage(format!("--max-block-us {max} is below --min-block-us {}", a.min_block_us)).into());
@@ -291,7 +293,7 @@ fn cmd_offwake(a: netdrift::cli::OffwakeArgs) -> anyhow::Result<()> {
         kernel_stacks: !a.user_stacks_only,
         stack_storage_size: a.stack_storage_size,
         max_keys: a.max_keys,
-        duration: a.duration.map(Duration::from_secs_f64),
+        duration,
         ready_file: a.ready_file.clone(),
         ..Default::default()
     };

@@ -481,6 +481,10 @@ fn bad_input_gives_one_line_exit_2_and_loads_nothing() {
     bad_input(&["trace", "-p", &pid, "--json", "-o", missing, "1"], "cannot write", false, &log);
     bad_input(&["trace", "-p", &pid, "--ringbuf-size", "0", "1"], "power of two", false, &log);
     bad_input(&["trace", "-p", &pid, "--", "0"], "positive number of seconds", false, &log);
+    // Once a panic (a deadline past the clock's range).
+    bad_input(&["trace", "-p", &pid, "1e20"], "at most 4294967295", false, &log);
+    bad_input(&["offwake", "-p", &pid, "1e20"], "at most 4294967295", false, &log);
+    bad_input(&["trace", "-p", &pid, "--idle-ms", "18446744073710", "1"], "not in 1..=86400000", false, &log);
     // Not root: one line naming the fix, before anything is loaded.
     bad_input(&["trace", "-p", &pid, "1"], "needs root", true, &log);
     bad_input(&["trace", "-p", &pid, "--json", "-o", "/tmp/nd-nobody.jsonl", "1"], "needs root", true, &log);

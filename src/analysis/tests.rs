@@ -725,3 +725,29 @@ fn summary_of_a_herd_names_winner_loser_causes_and_steps() {
         ]
     );
 }
+
+/// A thread woken by a signal out of epoll_wait, which returns -EINTR.
+pub(crate) fn interrupted_epoll_chain() -> Chain {
+    let mut c = Correlator::new();
+    let w = t(10, 11, "w");
+    let killer = t(30, 30, "kill");
+    c.ingest(&ev(100, 0, w.clone(), Kind::EpollEnter { epfd: 4, maxevents: 8, syscall: Syscall::EpollWait }));
+    c.ingest(&ev(200, 1, killer, wake(w.clone(), 0, Cause::Signal)));
+    c.ingest(&ev(300, 0, w.clone(), switch_in(200, 0)));
+    let exit = Kind::EpollExit { enter_ts: 100, epfd: 4, ret: -4, syscall: Syscall::EpollWait, events: vec![] };
+    c.ingest(&ev(400, 0, w.clone(), exit));
+    let mut chains = c.drain_completed();
+    chains.extend(c.finish());
+    assert_eq!(chains.len(), 1, "{chains:#?}");
+    *chains.pop().unwrap()
+}
+
+/// -EINTR is shown as such, not as a count of events (it once printed
+/// "+18446744073709551612 more").
+#[test]
+fn an_interrupted_epoll_wait_shows_its_errno() {
+    let r = crate::output::text::TextRenderer { t0: 0, stacks: false };
+    let text = r.chain(&interrupted_epoll_chain(), &mut crate::symbolize::KernelSyms::new());
+    assert!(text.contains("epoll_wait(4)") && text.contains("returned -EINTR: "), "{text}");
+    assert!(!text.contains("more"), "{text}");
+}

@@ -607,14 +607,14 @@ fn hop_json(h: &Hop, start: u64, stack_of: &mut dyn FnMut(&[u64]) -> Option<usiz
                 (None, _) => format!("data 0x{:x} {}", r.data, epoll_flags(r.events)),
             })
             .collect();
-        if e.ret as usize > e.events.len() {
+        if e.ret > 0 && e.ret as usize > e.events.len() {
             lines.push(format!("+{} more", e.ret as usize - e.events.len()));
         }
         lines.push(rel(e.ts));
         steps.push(node(
             "epoll",
             Some(format!("+{}", dur(e.ts.saturating_sub(last)))),
-            format!("{}({}) returned {}", e.syscall.name(), e.epfd, e.ret),
+            format!("{}({}) returned {}", e.syscall.name(), e.epfd, crate::events::ret_text(e.ret)),
             lines,
             None,
         ));
@@ -1063,6 +1063,12 @@ mod tests {
     use crate::analysis::Stats;
     use crate::output::perfetto::tests::{feed, herd_events};
     use crate::output::text::Losses;
+
+    #[test]
+    fn an_interrupted_epoll_wait_shows_its_errno() {
+        let v = chain_json(&crate::analysis::tests::interrupted_epoll_chain(), 0, &mut |_| None).to_string();
+        assert!(v.contains("epoll_wait(4) returned -EINTR") && !v.contains("more"), "{v}");
+    }
 
     #[test]
     fn escapes_text_and_script_json() {

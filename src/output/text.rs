@@ -246,15 +246,18 @@ impl TextRenderer {
                     None => format!("data 0x{:x} {}", r.data, epoll_flags(r.events)),
                 })
                 .collect();
-            let more =
-                if e.ret as usize > e.events.len() { format!(" (+{} more)", e.ret as usize - e.events.len()) } else { String::new() };
+            let more = if e.ret > 0 && e.ret as usize > e.events.len() {
+                format!(" (+{} more)", e.ret as usize - e.events.len())
+            } else {
+                String::new()
+            };
             let _ = writeln!(
                 o,
                 "  {cont}   {}({}) {:>9}  returned {}: {}{}",
                 e.syscall.name(),
                 e.epfd,
                 rel(e.ts),
-                e.ret,
+                crate::events::ret_text(e.ret),
                 list.join(", "),
                 more
             );
