@@ -71,7 +71,7 @@ fn base_options(out: &OutputArgs) -> TraceOptions {
 fn check_outputs(input: Option<&std::path::Path>, outs: &[Option<&std::path::Path>]) -> anyhow::Result<()> {
     let outs: Vec<&std::path::Path> = outs.iter().flatten().copied().collect();
     trace::check_outputs(&outs)?;
-    if let Some(i) = input.filter(|i| outs.contains(i)) {
+    if let Some(i) = input.filter(|i| outs.iter().any(|o| trace::file_identity(o) == trace::file_identity(i))) {
         return Err(Error::Usage(format!("{} is the recording being read: give the output another name", i.display())).into());
     }
     Ok(())
@@ -262,6 +262,7 @@ fn cmd_offwake(a: netdrift::cli::OffwakeArgs) -> anyhow::Result<()> {
     if a.max_keys == 0 || a.max_keys > 1 << 22 {
         return Err(Error::Usage(format!("--max-keys {}: give 1 to {}", a.max_keys, 1u32 << 22)).into());
     }
+    check_outputs(None, &[a.output_file.as_deref(), a.svg.as_deref(), a.ready_file.as_deref()])?;
     netdrift::probes::check_pid_namespace()?;
     let (tgids, tids) = offwake::resolve_targets(&a.target.pids, &a.target.tids, &a.target.comms, !a.target.no_children)?;
     let render = RenderOptions { metric: Metric::parse(&a.metric).unwrap_or_default(), delimited: a.delimited };

@@ -125,6 +125,9 @@ pub struct OffwakeOptions {
     pub stop: Option<Arc<AtomicBool>>,
     /// Called once the programs are attached.
     pub on_ready: Option<Box<dyn FnOnce() + Send>>,
+    /// Load the sched_switch program of kernels before 5.18 (reads the
+    /// state from the task) even where prev_state is passed (tests).
+    pub state_from_task: bool,
 }
 
 impl Default for OffwakeOptions {
@@ -147,6 +150,7 @@ impl Default for OffwakeOptions {
             ready_file: None,
             stop: None,
             on_ready: None,
+            state_from_task: false,
         }
     }
 }
@@ -211,6 +215,12 @@ pub struct Counters {
     /// Blocked periods never closed: the thread switched out again and the
     /// switch-in between was not seen, so they are not summed.
     pub no_switch_in: u64,
+    /// Forked children not traced: the target process map was full.
+    pub targets_full: u64,
+    /// Periods whose sleep state a waker overwrote before the switch-out was
+    /// seen (kernels before 5.18, whose sched_switch passes no prev_state):
+    /// shown as state `?`, kept by every `--state`.
+    pub state_unknown: u64,
     /// Raw counters per CPU, indexed by `enum ow_counter` of offwake.h.
     pub per_cpu: Vec<Vec<u64>>,
     /// Runs of a program the kernel skipped, by program (`probes::skipped_runs`).
@@ -250,6 +260,8 @@ impl Counters {
             new_pid_lost: n(C::OW_STAT_NEW_PID_LOST),
             ctx_from_stack: n(C::OW_STAT_CTX_UNKNOWN),
             no_switch_in: n(C::OW_STAT_NO_SWITCH_IN),
+            targets_full: n(C::OW_LOSS_TARGETS_FULL),
+            state_unknown: n(C::OW_STAT_STATE_UNKNOWN),
             per_cpu,
             skipped: Default::default(),
         }
@@ -257,7 +269,13 @@ impl Counters {
 
     /// Anything lost?
     pub fn any_loss(&self) -> bool {
-        self.kernel_stack.total() + self.user_stack.total() + self.max_keys_full + self.thread_map_full + self.new_pid_lost > 0
+        self.kernel_stack.total()
+            + self.user_stack.total()
+            + self.max_keys_full
+            + self.thread_map_full
+            + self.new_pid_lost
+            + self.targets_full
+            > 0
             || !self.skipped.is_empty()
     }
 }
@@ -277,6 +295,8 @@ pub struct Report {
     pub stack_storage_size: u32,
     /// Entries of the totals map (`--max-keys`).
     pub max_keys: u32,
+    /// Entries of the target process map (-p and their children).
+    pub max_target_procs: u32,
     /// How the waker's context (task, softirq, irq) was read.
     pub preempt_count: PreemptCount,
     /// One line per degraded feature.
@@ -321,6 +341,12 @@ impl Report {
             v.push(format!(
                 "{} blocked periods dropped: more than {SLEEP_MAP_ENTRIES} threads asleep at once (trace fewer with -p/-t/-c)",
                 c.thread_map_full
+            ));
+        }
+        if c.targets_full > 0 {
+            v.push(format!(
+                "{} forked processes not traced: more than {} target processes at once (name the ones that matter with -p/-t/-c)",
+                c.targets_full, self.max_target_procs
             ));
         }
         if c.new_pid_lost > 0 {
@@ -515,7 +541,8 @@ fn collect(skel: &crate::offwake_skel::OffwakeSkel<'_>, namer: &mut Namer) -> Ve
             waker: Waker {
                 context: ctx,
                 task: Thread { comm: wcomm, pid: w.pid, tid: w.tid },
-                cpu: w.cpu,
+                // Taken for a context the kernel could not tell: a task's is no CPU's.
+                cpu: if ctx == WakeContext::Task { 0 } else { w.cpu },
                 host,
                 kernel: waker_kernel,
                 user: waker_user,
@@ -676,6 +703,12 @@ fn load<'o>(opts: &OffwakeOptions, pc: PreemptCount, open_object: &'o mut MaybeU
     } else {
         open.progs.ow_sched_waking_ksym.set_autoload(false);
     }
+    // Only one sched_switch program: the one reading prev_state fails to load where it is not passed.
+    if !opts.state_from_task && crate::probes::sched_switch_has_prev_state() {
+        open.progs.ow_sched_switch.set_autoload(false);
+    } else {
+        open.progs.ow_sched_switch_ps.set_autoload(false);
+    }
     open.maps.stacks.set_max_entries(opts.stack_storage_size)?;
     open.maps.agg.set_max_entries(opts.max_keys)?;
     open.maps.sleeps.set_max_entries(SLEEP_MAP_ENTRIES)?;
@@ -688,6 +721,9 @@ pub fn run(mut opts: OffwakeOptions) -> Result<Report> {
     crate::probes::preflight()?;
     if opts.comms.len() > MAX_COMMS {
         return Err(Error::Usage(format!("at most {MAX_COMMS} -c names")));
+    }
+    if let Some(p) = &opts.ready_file {
+        crate::trace::prepare_ready_file(p)?;
     }
     raise_nofile();
     let mut notes = Vec::new();
@@ -778,7 +814,7 @@ pub fn run(mut opts: OffwakeOptions) -> Result<Report> {
             last_check = Instant::now();
             let tgids: Vec<u32> =
                 skel.maps.targets_tgid.keys().filter_map(|k| Some(u32::from_ne_bytes(k.get(..4)?.try_into().ok()?))).collect();
-            let any = tgids.iter().chain(opts.tids.iter()).any(|&p| symbols::alive(p));
+            let any = tgids.iter().any(|&p| symbols::process_alive(p)) || opts.tids.iter().any(|&t| symbols::alive(t));
             if !any {
                 reason = "target exited".to_string();
                 break;
@@ -802,6 +838,7 @@ pub fn run(mut opts: OffwakeOptions) -> Result<Report> {
         reason,
         stack_storage_size: opts.stack_storage_size,
         max_keys: opts.max_keys,
+        max_target_procs: skel.maps.targets_tgid.max_entries(),
         preempt_count: pc_used,
         notes,
     })
@@ -913,12 +950,14 @@ pub fn summary_json(report: &Report) -> serde_json::Value {
         "not_seen": report.counters.not_seen,
         "filtered": report.counters.filtered,
         "no_switch_in": report.counters.no_switch_in,
+        "state_unknown": report.counters.state_unknown,
         "lost": {
             "kernel_stack": report.counters.kernel_stack,
             "user_stack": report.counters.user_stack,
             "max_keys_full": report.counters.max_keys_full,
             "thread_map_full": report.counters.thread_map_full,
             "new_pid_lost": report.counters.new_pid_lost,
+            "targets_full": report.counters.targets_full,
             "per_cpu": report.counters.per_cpu,
             "skipped": report.counters.skipped,
         },
@@ -951,21 +990,30 @@ pub fn summary_text(report: &Report) -> String {
     if c.no_switch_in > 0 {
         o.push_str(&format!("  {} blocked periods left out: their switch-in was not seen\n", c.no_switch_in));
     }
+    if c.state_unknown > 0 {
+        o.push_str(&format!(
+            "  {} blocked periods with state ?: their waker overwrote it before the switch-out was seen (kept by any --state; Linux 5.18+ passes it)\n",
+            c.state_unknown
+        ));
+    }
     let lost_cpus: Vec<String> = c
         .per_cpu
         .iter()
         .enumerate()
         .filter_map(|(cpu, v)| {
-            let n: u64 = v.iter().take(10).sum::<u64>() + v.get(15).copied().unwrap_or(0);
+            use types::ow_counter as C;
+            let at = |c: C| v.get(c.0 as usize).copied().unwrap_or(0);
+            let n: u64 = v.iter().take(10).sum::<u64>() + at(C::OW_STAT_NEW_PID_LOST) + at(C::OW_LOSS_TARGETS_FULL);
             (n > 0).then(|| format!("CPU{cpu} {n}"))
         })
         .collect();
     o.push_str(&format!(
-        "  lost: {} kernel stacks, {} user stacks, {} periods (totals map full), {} periods (thread map full){}\n",
+        "  lost: {} kernel stacks, {} user stacks, {} periods (totals map full), {} periods (thread map full), {} forked processes (target map full){}\n",
         c.kernel_stack.total(),
         c.user_stack.total(),
         c.max_keys_full,
         c.thread_map_full,
+        c.targets_full,
         if lost_cpus.is_empty() { String::new() } else { format!("; per CPU: {}", lost_cpus.join(", ")) }
     ));
     if !c.skipped.is_empty() {

@@ -95,6 +95,9 @@ pub struct Features {
     /// `bpf_rdonly_cast` (6.2+): the wake-up program reads sockets with
     /// plain loads instead of a helper call per field.
     pub rdonly_cast: bool,
+    /// sched_switch passes `prev_state` (5.18+): the state a thread slept in,
+    /// which a waker racing its switch-out cannot overwrite.
+    pub prev_state: bool,
 }
 
 const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
@@ -106,6 +109,16 @@ pub fn btf_has(btf: &[u8], name: &str) -> bool {
     needle.extend_from_slice(name.as_bytes());
     needle.push(0);
     btf.windows(needle.len()).any(|w| w == needle.as_slice())
+}
+
+/// Does sched_switch pass `prev_state` (5.18+)? Its `btf_trace_sched_switch`
+/// prototype then has five parameters: the context and four.
+pub fn sched_switch_has_prev_state() -> bool {
+    use libbpf_rs::btf::{types, Btf, ReferencesType};
+    let Ok(btf) = Btf::from_vmlinux() else { return false };
+    let Some(td) = btf.type_by_name::<types::Typedef<'_>>("btf_trace_sched_switch") else { return false };
+    let Ok(ptr) = types::Ptr::try_from(td.referenced_type()) else { return false };
+    types::FuncProto::try_from(ptr.referenced_type()).is_ok_and(|f| f.len() >= 5)
 }
 
 /// Targets, /proc lookups and netdrift's own pid would all be another
@@ -143,6 +156,7 @@ pub fn features() -> Result<Features> {
         file_epoll_items: btf_has(&btf, "f_ep"),
         delayed_dequeue: btf_has(&btf, "sched_delayed"),
         rdonly_cast: btf_has(&btf, "bpf_rdonly_cast"),
+        prev_state: sched_switch_has_prev_state(),
     })
 }
 
@@ -220,6 +234,11 @@ impl<'obj> Probes<'obj> {
             open.progs.nd_sched_waking_probed.set_autoload(false);
         } else {
             open.progs.nd_sched_waking.set_autoload(false);
+        }
+        if features.prev_state {
+            open.progs.nd_sched_switch.set_autoload(false);
+        } else {
+            open.progs.nd_sched_switch_ps.set_autoload(false);
         }
         if cfg.handlers.is_empty() {
             // Needs bpf_get_attach_cookie (5.15): load it only when used.

@@ -229,14 +229,53 @@ pub fn check_file_path(p: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Outputs of one run: files, not directories, all different, each creatable.
-pub fn check_outputs(paths: &[&Path]) -> Result<()> {
-    for (i, p) in paths.iter().enumerate() {
-        check_file_path(p)?;
-        if paths[..i].iter().any(|q| q == p) {
-            return Err(Error::Usage(format!("{} is given for two outputs: give each output its own file", p.display())));
-        }
+/// The file a path names, for comparing outputs however they are spelled
+/// (`./a`, `dir/../a`, a link): resolved if it exists, else its directory is.
+pub fn file_identity(p: &Path) -> PathBuf {
+    if let Ok(c) = std::fs::canonicalize(p) {
+        return c;
     }
+    let dir = p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    match (std::fs::canonicalize(dir), p.file_name()) {
+        (Ok(d), Some(n)) => d.join(n),
+        _ => p.to_path_buf(),
+    }
+}
+
+/// Outputs of one run: files, not directories, all different (also as one
+/// another's `.partial`), each creatable.
+pub fn check_outputs(paths: &[&Path]) -> Result<()> {
+    let mut seen: Vec<(PathBuf, PathBuf, &Path)> = Vec::new();
+    for p in paths {
+        check_file_path(p)?;
+        let (id, partial) = (file_identity(p), file_identity(&partial_path(p)));
+        if let Some((_, _, q)) = seen.iter().find(|(i, ip, _)| *i == id || *ip == id || *i == partial) {
+            return Err(Error::Usage(if q == p {
+                format!("{} is given for two outputs: give each output its own file", p.display())
+            } else {
+                format!("{} and {} are one file (or one is the other's .partial): give each output its own file", q.display(), p.display())
+            }));
+        }
+        seen.push((id, partial, p));
+    }
+    Ok(())
+}
+
+/// Before anything is attached: a ready file left by an earlier run is
+/// removed (a script waiting for it must not go on too early), and the
+/// place is checked writable.
+pub fn prepare_ready_file(p: &Path) -> Result<()> {
+    if crate::output::is_special(p) {
+        return Ok(());
+    }
+    let err = |e| Error::Output { path: p.to_path_buf(), source: e };
+    match std::fs::remove_file(p) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(err(e)),
+        _ => {}
+    }
+    let tmp = partial_path(p);
+    File::create(&tmp).map_err(err)?;
+    let _ = std::fs::remove_file(&tmp);
     Ok(())
 }
 
@@ -619,11 +658,8 @@ pub fn run(mut opts: TraceOptions) -> Result<TraceResult> {
     outs.extend(opts.record.as_deref());
     outs.extend(opts.ready_file.as_deref());
     check_outputs(&outs)?;
-    if let Some(p) = opts.ready_file.as_ref().filter(|p| !crate::output::is_special(p)) {
-        // Can it be written at all? Find out now, not after attaching.
-        let tmp = partial_path(p);
-        File::create(&tmp).map_err(|e| Error::Output { path: p.clone(), source: e })?;
-        let _ = std::fs::remove_file(&tmp);
+    if let Some(p) = &opts.ready_file {
+        prepare_ready_file(p)?;
     }
     let out = open_sink(&opts.sink)?;
     // Until the probes are attached, a failure leaves no file behind.

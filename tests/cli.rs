@@ -41,6 +41,9 @@ fn bad_input_matrix() {
     usage_error(&["trace", "-c", "a-name-longer-than-15"], "1 to 15 bytes");
     usage_error(&["trace", "--ringbuf-size", "3", "-p", "1"], "power of two");
     usage_error(&["trace", "-p", "1", "--", "-5"], "positive number of seconds");
+    usage_error(&["trace", "-p", "1", "1e20"], "at most 4294967295");
+    usage_error(&["offwake", "-p", "1", "1e20"], "at most 4294967295");
+    usage_error(&["trace", "-p", "1", "--idle-ms", "0"], "not in 1..=86400000");
     usage_error(&["trace", "--bogus"], "unexpected argument");
     usage_error(&["demo", "--mode", "fast"], "invalid value");
     usage_error(&["demo", "--workers", "0"], "--workers");
@@ -60,6 +63,20 @@ fn an_output_cannot_be_another_output_or_the_recording_read() {
     usage_error(&["report", html, "--from", rec, "--perfetto", rec], "the recording being read");
     usage_error(&["analyze", rec, "-o", rec], "the recording being read");
     usage_error(&["analyze", rec, "--perfetto", rec], "the recording being read");
+    // The same files spelled otherwise, and one output as the other's .partial.
+    let dir_s = dir.path().to_str().unwrap();
+    let rec_dotted = format!("{dir_s}/./sub/../rec.json");
+    std::fs::create_dir(dir.path().join("sub")).unwrap();
+    usage_error(&["analyze", rec, "-o", &rec_dotted], "the recording being read");
+    let o = format!("{dir_s}/o.txt");
+    let o_other = format!("{dir_s}/sub/../o.txt");
+    usage_error(&["analyze", rec, "-o", &o, "--perfetto", &o_other], "are one file");
+    let o_partial = format!("{o}.partial");
+    usage_error(&["analyze", rec, "-o", &o, "--perfetto", &o_partial], "are one file");
+    usage_error(&["analyze", rec, "-o", &o_partial, "--perfetto", &o], "are one file");
+    usage_error(&["offwake", "-p", "1", "-o", &o, "--svg", &o], "given for two outputs");
+    usage_error(&["offwake", "-p", "1", "-o", &o, "--ready-file", &o_other], "are one file");
+    std::fs::remove_dir(dir.path().join("sub")).unwrap();
     // Nothing was written, and the recording is untouched.
     assert!(!std::path::Path::new(html).exists());
     assert_eq!(std::fs::read_to_string(rec).unwrap(), "{}\n");

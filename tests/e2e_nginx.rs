@@ -846,7 +846,10 @@ fn offwake_names_the_waker_of_nearly_every_worker_sleep_under_load() {
     let summary = lines.iter().find(|l| ty(l) == "summary").expect("summary line");
     let periods = summary["periods"].as_u64().expect("periods");
     let not_seen = summary["not_seen"].as_u64().expect("not_seen");
-    eprintln!("{requests} requests, {periods} blocked periods, {not_seen} without a waker, early wake-ups {}", summary["early_wakes"]);
+    eprintln!(
+        "{requests} requests, {periods} blocked periods, {not_seen} without a waker, early wake-ups {}, rewakes {}",
+        summary["early_wakes"], summary["rewakes"]
+    );
     assert!(requests > 1000 && periods > 1000, "the load made the workers sleep: {requests} requests, {periods} periods");
     assert!(not_seen * 200 < periods, "{not_seen} of {periods} blocked periods have no waker: {summary}");
     // The workers' sleeps in epoll_wait are attributed to the clients' softirqs or syscalls.
@@ -855,6 +858,17 @@ fn offwake_names_the_waker_of_nearly_every_worker_sleep_under_load() {
     let named: u64 = worker_keys.iter().filter(|l| l["waker"]["context"] != "not_seen").map(|l| l["count"].as_u64().unwrap_or(0)).sum();
     let all: u64 = worker_keys.iter().map(|l| l["count"].as_u64().unwrap_or(0)).sum();
     assert!(all > 1000 && named * 200 >= all * 199, "workers' periods with a waker: {named} of {all}");
+    // Workers sleep in epoll_wait, interruptibly. A waker that comes while one
+    // is still switching out overwrites its state with TASK_WAKING: the state
+    // must come from sched_switch's prev_state (read as `?` before).
+    let states: BTreeSet<String> =
+        worker_keys.iter().flat_map(|l| l["blocked"]["states"].as_array().cloned().unwrap_or_default()).map(|s| s.to_string()).collect();
+    if netdrift::probes::sched_switch_has_prev_state() {
+        assert_eq!(states, BTreeSet::from(["\"S\"".to_string()]), "{}", summary);
+        assert_eq!(summary["state_unknown"], 0, "{summary}");
+    } else {
+        eprintln!("kernel < 5.18, no prev_state: {} periods of unknown state", summary["state_unknown"]);
+    }
 }
 
 /// (waker tid, woken tid, `stack_sig`): what the BPF side reuses a stack for.

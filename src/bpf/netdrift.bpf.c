@@ -870,8 +870,8 @@ int BPF_PROG(nd_sched_wakeup, struct task_struct *p)
 	return 0;
 }
 
-SEC("tp_btf/sched_switch")
-int BPF_PROG(nd_sched_switch, bool preempt, struct task_struct *prev, struct task_struct *next)
+/* `state`: prev's sleep state, 0 if it stays runnable (see the two programs below). */
+static __always_inline int sched_switch(bool preempt, struct task_struct *prev, struct task_struct *next, long state)
 {
 	__u32 cpu = bpf_get_smp_processor_id();
 	__u32 prev_tid = prev->pid, next_tid = next->pid;
@@ -881,7 +881,6 @@ int BPF_PROG(nd_sched_switch, bool preempt, struct task_struct *prev, struct tas
 	__u32 woken = 0;
 
 	if (is_target(prev->tgid, prev_tid)) {
-		long state = task_state(prev);
 		bool involuntary = preempt || state == 0;
 
 		now = bpf_ktime_get_ns();
@@ -977,6 +976,29 @@ int BPF_PROG(nd_sched_switch, bool preempt, struct task_struct *prev, struct tas
 		submit(in);
 	}
 	return 0;
+}
+
+/*
+ * Before 5.18 the tracepoint passes no prev_state: it is read from the task,
+ * where a waker that came after the dequeue may have put TASK_WAKING (the
+ * thread did block; which state it slept in is lost).
+ */
+SEC("tp_btf/sched_switch")
+int BPF_PROG(nd_sched_switch, bool preempt, struct task_struct *prev, struct task_struct *next)
+{
+	return sched_switch(preempt, prev, next, task_state(prev));
+}
+
+/*
+ * 5.18+: prev_state, read when __schedule began. A thread found RUNNING here
+ * did not block (a pending signal: 5.18-6.11 still pass its sleep state); a
+ * blocked one reads its state or TASK_WAKING, never RUNNING (its waker can
+ * set that only once it is off the CPU).
+ */
+SEC("tp_btf/sched_switch")
+int BPF_PROG(nd_sched_switch_ps, bool preempt, struct task_struct *prev, struct task_struct *next, unsigned int prev_state)
+{
+	return sched_switch(preempt, prev, next, task_state(prev) ? (long)prev_state : 0);
 }
 
 SEC("tp_btf/inet_sock_set_state")

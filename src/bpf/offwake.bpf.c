@@ -25,6 +25,7 @@ char LICENSE[] SEC("license") = "Dual MIT/GPL";
 
 #define PF_KTHREAD 0x00200000
 #define TASK_DEAD 0x00000080
+#define TASK_WAKING 0x00000200
 #define EXIT_DEAD 0x00000010
 #define EXIT_ZOMBIE 0x00000020
 
@@ -185,6 +186,9 @@ static __always_inline bool state_wanted(long state)
 {
 	if (state == 0 || (state & (TASK_DEAD | EXIT_DEAD | EXIT_ZOMBIE)))
 		return false;
+	/* Its sleep state was lost (ow_sched_switch): no filter can tell. */
+	if (state == TASK_WAKING)
+		return true;
 	return state_mask == 0 || (state & state_mask);
 }
 
@@ -227,10 +231,14 @@ static __always_inline __s32 ustack_id(void *ctx, __u32 tgid)
 		count_stack_err(id, true);
 		return id;
 	}
-	if (!bpf_map_lookup_elem(&seen_pids, &tgid) &&
-	    !bpf_map_update_elem(&seen_pids, &tgid, &one, BPF_NOEXIST)) {
-		struct ow_new_pid *n = bpf_ringbuf_reserve(&new_pids, sizeof(*n), 0);
+	if (!bpf_map_lookup_elem(&seen_pids, &tgid)) {
+		long err = bpf_map_update_elem(&seen_pids, &tgid, &one, BPF_NOEXIST);
+		struct ow_new_pid *n;
 
+		if (err == -EEXIST)
+			return id;
+		/* With the map full, the process's maps are never snapshotted either. */
+		n = err ? NULL : bpf_ringbuf_reserve(&new_pids, sizeof(*n), 0);
 		if (n) {
 			n->pid = tgid;
 			n->pad = 0;
@@ -369,11 +377,11 @@ static __always_inline bool woken_early(struct sleep *s, __u64 now)
 	return s && !s->off_ts && s->wake_ts && now <= s->wake_ts + EARLY_WAKE_NS;
 }
 
-static __always_inline void switch_out(void *ctx, bool preempt, struct task_struct *prev)
+/* `state`: the sleep state, 0 if prev stays runnable. */
+static __always_inline void switch_out(void *ctx, bool preempt, struct task_struct *prev, long state)
 {
 	__u32 tid = prev->pid;
 	struct sleep *s, fresh = {};
-	long state;
 	__u64 now;
 	long err;
 
@@ -386,13 +394,14 @@ static __always_inline void switch_out(void *ctx, bool preempt, struct task_stru
 	 */
 	if (s && s->off_ts)
 		count(OW_STAT_NO_SWITCH_IN);
-	state = task_state(prev);
 	if (preempt || !state_wanted(state)) {
 		/* Still runnable, or not counted: no period opens. */
 		if (s)
 			bpf_map_delete_elem(&sleeps, &tid);
 		return;
 	}
+	if (state == TASK_WAKING)
+		count(OW_STAT_STATE_UNKNOWN);
 	now = bpf_ktime_get_ns();
 	fresh.off_ts = now;
 	fresh.state = state;
@@ -439,6 +448,12 @@ static __always_inline void switch_in(struct task_struct *next)
 		return;
 	}
 	now = bpf_ktime_get_ns();
+	/* Like BCC's -m/-M: on the whole time off CPU. */
+	if (now - s->off_ts < min_block_ns || now - s->off_ts > max_block_ns) {
+		count(OW_STAT_FILTERED);
+		bpf_map_delete_elem(&sleeps, &tid);
+		return;
+	}
 	if (s->wake_ts) {
 		blocked = s->wake_ts > s->off_ts ? s->wake_ts - s->off_ts : 0;
 		runq = now > s->wake_ts ? now - s->wake_ts : 0;
@@ -446,12 +461,6 @@ static __always_inline void switch_in(struct task_struct *next)
 		count(OW_STAT_NOT_SEEN);
 		blocked = now - s->off_ts;
 		runq = 0;
-	}
-	/* Like BCC's -m/-M: on the whole time off CPU. */
-	if (now - s->off_ts < min_block_ns || now - s->off_ts > max_block_ns) {
-		count(OW_STAT_FILTERED);
-		bpf_map_delete_elem(&sleeps, &tid);
-		return;
 	}
 	__builtin_memset(&key, 0, sizeof(key));
 	key.pid = next->tgid;
@@ -481,12 +490,49 @@ static __always_inline void switch_in(struct task_struct *next)
 	count(OW_STAT_PERIODS);
 }
 
+/*
+ * Before 5.18 the tracepoint does not pass prev_state: it is read from the
+ * task, where a waker that came after the dequeue has put TASK_WAKING (the
+ * thread did block; in which state is lost). Runs on prev: its stacks are
+ * the current ones.
+ */
 SEC("tp_btf/sched_switch")
 int BPF_PROG(ow_sched_switch, bool preempt, struct task_struct *prev, struct task_struct *next)
 {
-	/* Runs on prev: its stacks are the current ones. */
-	switch_out(ctx, preempt, prev);
+	switch_out(ctx, preempt, prev, task_state(prev));
 	switch_in(next);
+	return 0;
+}
+
+/*
+ * 5.18+: prev_state, read when __schedule began. A thread found RUNNING
+ * here did not block (a signal was pending: 5.18-6.11 still pass its sleep
+ * state); a blocked one reads its state or TASK_WAKING, never RUNNING (its
+ * waker can set that only once it is off the CPU).
+ */
+SEC("tp_btf/sched_switch")
+int BPF_PROG(ow_sched_switch_ps, bool preempt, struct task_struct *prev, struct task_struct *next, unsigned int prev_state)
+{
+	switch_out(ctx, preempt, prev, task_state(prev) ? (long)prev_state : 0);
+	switch_in(next);
+	return 0;
+}
+
+/*
+ * A wake-up that found its thread still on its CPU, before it blocked (it
+ * had only set its state): no switch-out follows, and that early record
+ * must not be taken by the thread's next sleep. sched_wakeup runs under
+ * the thread's run-queue lock, like its switch-out, and after the
+ * switch-out of a thread that did block.
+ */
+SEC("tp_btf/sched_wakeup")
+int BPF_PROG(ow_sched_wakeup, struct task_struct *p)
+{
+	__u32 tid = p->pid;
+	struct sleep *s = bpf_map_lookup_elem(&sleeps, &tid);
+
+	if (s && !s->off_ts)
+		bpf_map_delete_elem(&sleeps, &tid);
 	return 0;
 }
 
@@ -501,15 +547,22 @@ int BPF_PROG(ow_process_fork, struct task_struct *parent, struct task_struct *ch
 	if (!bpf_map_lookup_elem(&targets_tgid, &ptgid))
 		return 0;
 	if (bpf_map_update_elem(&targets_tgid, &ctgid, &one, BPF_ANY))
-		count(OW_LOSS_SLEEP_FULL);
+		count(OW_LOSS_TARGETS_FULL);
 	return 0;
 }
 
 SEC("tp_btf/sched_process_exit")
 int BPF_PROG(ow_process_exit, struct task_struct *p)
 {
-	__u32 tid = p->pid;
+	__u32 tid = p->pid, tgid = p->tgid;
 
 	bpf_map_delete_elem(&sleeps, &tid);
+	/*
+	 * The last thread of a process (do_exit counted it out of signal->live
+	 * before this tracepoint): its pid may be reused by another process,
+	 * and children that came and went must not fill the map.
+	 */
+	if (!trace_all && BPF_CORE_READ(p, signal, live.counter) == 0)
+		bpf_map_delete_elem(&targets_tgid, &tgid);
 	return 0;
 }

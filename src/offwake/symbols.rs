@@ -42,15 +42,28 @@ pub fn stat_start_time(stat: &str) -> Option<u64> {
     rest.split_whitespace().nth(19)?.parse().ok()
 }
 
-/// Is the process alive (not gone, not a zombie)?
-pub fn alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => match s.rfind(')').and_then(|i| s[i + 1..].split_whitespace().next()) {
-            Some(st) => st != "Z" && st != "X",
-            None => false,
-        },
-        Err(_) => false,
+/// Is the thread alive (not gone, not a zombie)?
+pub fn alive(tid: u32) -> bool {
+    stat_alive(&format!("/proc/{tid}/stat")) == Some(true)
+}
+
+/// Is the process alive: a thread of it not gone nor a zombie? A leader that
+/// called pthread_exit stays a zombie while the other threads run on.
+pub fn process_alive(pid: u32) -> bool {
+    match stat_alive(&format!("/proc/{pid}/stat")) {
+        Some(true) => true,
+        None => false,
+        Some(false) => std::fs::read_dir(format!("/proc/{pid}/task")).is_ok_and(|d| {
+            d.flatten().any(|e| stat_alive(&format!("/proc/{pid}/task/{}/stat", e.file_name().to_string_lossy())) == Some(true))
+        }),
     }
+}
+
+/// From a stat file: alive, zombie/dead, or gone (None).
+fn stat_alive(path: &str) -> Option<bool> {
+    let s = std::fs::read_to_string(path).ok()?;
+    let st = s.rfind(')').and_then(|i| s[i + 1..].split_whitespace().next())?;
+    Some(st != "Z" && st != "X")
 }
 
 /// Symbolizes user stacks of many processes, with a cache.
@@ -127,7 +140,7 @@ impl UserSyms {
         }
         let lookup = |(a, leaf): (u64, bool)| if leaf { a } else { a.saturating_sub(1) };
         let snap_start = self.snapshots.get(&pid).map(|s| s.start_time);
-        let live_same = alive(pid)
+        let live_same = process_alive(pid)
             && match snap_start {
                 Some(Some(st)) => start_time(pid) == Some(st),
                 _ => true,
