@@ -129,7 +129,7 @@ fn cmd_trace_with(a: TraceArgs, report: Report, tweak: impl FnOnce(&mut TraceOpt
             "netdrift: handler {}: {} in {} (+0x{:x}) from {}",
             h.id,
             netdrift::output::term_safe(&h.name),
-            h.path.display(),
+            netdrift::output::term_safe(&h.path.to_string_lossy()),
             h.offset,
             h.spec
         );

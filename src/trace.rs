@@ -472,7 +472,7 @@ impl Pipeline {
 
     fn start_line(&mut self, start: &Value) -> Result<()> {
         if self.json {
-            writeln!(self.out, "{}", json::record("start", start.clone()))?;
+            writeln!(self.out, "{}", json::line(&json::record("start", start.clone())))?;
         }
         if let Some(r) = &mut self.record {
             writeln!(r, "{}", json::record(RECORD_MAGIC, json!({"version": 1, "start": start})))?;
@@ -497,7 +497,7 @@ impl Pipeline {
                 "lost",
                 json!({"ts": monotonic_ns(), "ringbuf": d[0], "stack": d[1], "map_full": d[2], "user_read": d[3], "skipped": d[4], "fix": fix}),
             );
-            writeln!(self.out, "{line}")?;
+            writeln!(self.out, "{}", json::line(&line))?;
         }
         if !last_call {
             let what =
@@ -604,7 +604,7 @@ impl Pipeline {
                     "fix": if losses.ringbuf > 0 { ringbuf_fix(ringbuf_mib) } else { String::new() },
                 }),
             );
-            writeln!(self.out, "{line}")?;
+            writeln!(self.out, "{}", json::line(&line))?;
         }
         if let Some(mut r) = self.record.take() {
             let end = json!({"type": "netdrift-record-end", "reason": reason, "duration_s": secs, "lost": losses, "decode_errors": decode_errors, "ringbuf_mib": ringbuf_mib});

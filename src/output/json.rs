@@ -46,6 +46,7 @@ pub fn write_event(buf: &mut Vec<u8>, ev: &Event, ann: &Annotation, waker_stack:
         _ => {}
     }
     buf.extend_from_slice(b"}\n");
+    escape_invisible(buf);
     Ok(())
 }
 
@@ -63,6 +64,41 @@ pub fn shape(ev: &mut Event, ann: &Annotation) -> Vec<u64> {
         }
         _ => Vec::new(),
     }
+}
+
+/// JSON text with every [`invisible`](super::invisible) character written
+/// as a `\uXXXX` escape. serde_json escapes only C0 controls, `"` and `\`:
+/// DEL, C1 controls (U+009B starts an escape sequence) and bidi overrides
+/// would reach a terminal that shows the stream. Such characters can only be
+/// inside strings, where an escape reads back as the same character.
+pub fn escape_invisible(buf: &mut Vec<u8>) {
+    // Their UTF-8 starts with one of these bytes: a cheap test for the usual line.
+    if !buf.iter().any(|&b| matches!(b, 0x7f | 0xc2 | 0xe2 | 0xef)) {
+        return;
+    }
+    // A raw newline is never in a string (serde escapes it): it ends a line.
+    let escape = |c: char| c != '\n' && super::invisible(c);
+    let Ok(s) = std::str::from_utf8(buf) else { return };
+    if !s.chars().any(escape) {
+        return;
+    }
+    let mut out = String::with_capacity(s.len() + 16);
+    for c in s.chars() {
+        if escape(c) {
+            out.push_str(&format!("\\u{:04x}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    *buf = out.into_bytes();
+}
+
+/// A whole JSON line (start, lost, summary), with invisible characters escaped.
+pub fn line(v: &Value) -> String {
+    let mut b = v.to_string().into_bytes();
+    escape_invisible(&mut b);
+    // Valid UTF-8 in, valid UTF-8 out.
+    String::from_utf8(b).unwrap_or_default()
 }
 
 fn num(buf: &mut Vec<u8>, v: impl itoa::Integer) {
@@ -273,6 +309,25 @@ pub fn record(kind: &str, fields: Value) -> Value {
 mod tests {
     use super::*;
     use crate::events::ReadyHook;
+
+    /// DEL, a C1 CSI, a bidi override and a zero-width space in a comm: the
+    /// line carries none of them raw, and reads back as the same name.
+    #[test]
+    fn invisible_characters_are_escaped_and_read_back() {
+        let comm = "a\u{7f}b\u{9b}2J\u{202e}c\u{200b}\u{e9}";
+        let ev = Event { ts: 1, cpu: 0, task: Task { pid: 1, tid: 2, comm: comm.into() }, kind: Kind::FdMap { ino: 1, fd: 3 } };
+        let mut buf = Vec::new();
+        write_event(&mut buf, &ev, &Annotation::default(), None).unwrap();
+        let text = String::from_utf8(buf).unwrap();
+        assert!(!text.trim_end_matches('\n').chars().any(crate::output::invisible), "{text:?}");
+        assert!(text.contains(r"a\u007fb\u009b2J\u202ec\u200b\u{e9}".replace(r"\u{e9}", "\u{e9}").as_str()), "{text}");
+        let v: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+        assert_eq!(v["task"]["comm"], comm);
+        let l = line(&serde_json::json!({"threads": [comm]}));
+        assert!(!l.chars().any(crate::output::invisible), "{l:?}");
+        assert_eq!(serde_json::from_str::<Value>(&l).unwrap()["threads"][0], comm);
+        assert_eq!(crate::output::term_safe(comm), "a\\x7fb\\x9b2J\\u{202e}c\\u{200b}\u{e9}");
+    }
 
     #[test]
     fn sock_ready_gets_state_name_fds_and_escapes() {

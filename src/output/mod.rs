@@ -105,15 +105,23 @@ impl Drop for PartialFile {
     }
 }
 
-/// A string from the traced system, safe for a terminal: control characters
-/// (escape sequences included) become `\xNN` / `\u{..}`.
+/// Characters a name from the traced system must not carry to a reader
+/// as they are: controls (C0, DEL, C1: escape sequences), and the invisible
+/// format characters that reorder or hide text (bidi overrides and
+/// isolates, zero-width ones, line/paragraph separators, BOM).
+pub fn invisible(c: char) -> bool {
+    c.is_control() || matches!(c, '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}' | '\u{2060}'..='\u{2069}' | '\u{feff}')
+}
+
+/// A string from the traced system, safe for a terminal: control and
+/// invisible format characters (see [`invisible`]) become `\xNN` / `\u{..}`.
 pub fn term_safe(s: &str) -> std::borrow::Cow<'_, str> {
-    if !s.chars().any(|c| c.is_control()) {
+    if !s.chars().any(invisible) {
         return std::borrow::Cow::Borrowed(s);
     }
     let mut out = String::with_capacity(s.len() + 8);
     for c in s.chars() {
-        if c.is_control() {
+        if invisible(c) {
             if (c as u32) < 0x100 {
                 out.push_str(&format!("\\x{:02x}", c as u32));
             } else {
