@@ -75,10 +75,10 @@ pub struct OutputArgs {
     #[arg(short = 'o', long = "output-file", value_name = "FILE")]
     pub output_file: Option<PathBuf>,
     /// Ring buffer size in MiB (a power of two). Raise it when the summary reports lost records.
-    #[arg(long = "ringbuf-size", value_name = "MIB", default_value_t = 8, value_parser = parse_ringbuf)]
+    #[arg(long = "ringbuf-size", value_name = "MIB", default_value_t = DEFAULT_RINGBUF_MIB, value_parser = parse_ringbuf)]
     pub ringbuf_mib: u32,
     /// Close a chain still waiting for a thread after this many milliseconds (it is printed as incomplete; at most one day).
-    #[arg(long = "idle-ms", value_name = "MS", default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..=86_400_000))]
+    #[arg(long = "idle-ms", value_name = "MS", default_value_t = DEFAULT_IDLE_MS, value_parser = clap::value_parser!(u64).range(1..=86_400_000))]
     pub idle_ms: u64,
     /// Also save the raw events to FILE; `netdrift analyze FILE` rebuilds every chain and summary from it.
     #[arg(long, value_name = "FILE")]
@@ -96,6 +96,11 @@ pub struct OutputArgs {
     #[arg(long, value_name = "FILE")]
     pub perfetto: Option<PathBuf>,
 }
+
+/// `--ringbuf-size` when not given (MiB).
+pub const DEFAULT_RINGBUF_MIB: u32 = 8;
+/// `--idle-ms` when not given.
+pub const DEFAULT_IDLE_MS: u64 = 2000;
 
 /// Who to trace: shared by every tracing command.
 #[derive(Debug, Args, Clone, Default)]

@@ -22,7 +22,7 @@ pub enum Error {
     PidNamespace(String),
     #[error("this kernel has no BTF at /sys/kernel/btf/vmlinux: build it with CONFIG_DEBUG_INFO_BTF=y (netdrift needs BTF for CO-RE and tp_btf)")]
     NoBtf,
-    #[error("cannot write {path} (give that output a path in a writable directory)")]
+    #[error("cannot write {} ({})", path.display(), output_hint(source))]
     Output {
         path: PathBuf,
         #[source]
@@ -34,6 +34,14 @@ pub enum Error {
     Bpf(String),
     #[error(transparent)]
     Io(#[from] std::io::Error),
+}
+
+/// What to do about an output that cannot be written.
+fn output_hint(e: &std::io::Error) -> &'static str {
+    match e.raw_os_error() {
+        Some(libc::ENOSPC) | Some(libc::EDQUOT) => "free space there, or give that output a path on another file system",
+        _ => "give that output a path in a writable directory",
+    }
 }
 
 impl Error {

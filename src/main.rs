@@ -1,3 +1,4 @@
+use std::io::Write as _;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -47,7 +48,16 @@ fn main() {
         Command::Report(a) => cmd_report(a),
     };
     if let Err(e) = res {
-        eprintln!("netdrift: {e:#}");
+        // `netdrift trace | head`: the reader has all it wanted, as with any
+        // filter; the programs detach with the process.
+        let pipe = |io: &std::io::Error| io.kind() == std::io::ErrorKind::BrokenPipe;
+        if e.chain().any(|c| {
+            c.downcast_ref::<std::io::Error>().is_some_and(pipe) || matches!(c.downcast_ref::<Error>(), Some(Error::Io(io)) if pipe(io))
+        }) {
+            std::process::exit(0);
+        }
+        // Not eprintln: stderr may be a closed pipe too, and that must not panic.
+        let _ = writeln!(std::io::stderr(), "netdrift: {e:#}");
         let code = e.downcast_ref::<Error>().map(|k| k.exit_code()).unwrap_or(1);
         std::process::exit(code);
     }
@@ -331,15 +341,27 @@ fn cmd_report(a: netdrift::cli::ReportArgs) -> anyhow::Result<()> {
     )?;
     match &a.from {
         Some(rec) => {
-            if !t.target.pids.is_empty()
-                || !t.target.tids.is_empty()
-                || !t.target.comms.is_empty()
-                || t.duration.is_some()
-                || t.out.record.is_some()
-            {
-                return Err(
-                    Error::Usage("--from builds the report from a recording: drop the targets, the duration and --record".into()).into()
-                );
+            // What only a live trace uses would be ignored without a word (a
+            // script waiting for --ready-file would wait forever).
+            let live_only = [
+                ("-p/-t/-c", !t.target.is_empty()),
+                ("the duration", t.duration.is_some()),
+                ("--record", t.out.record.is_some()),
+                ("--ready-file", t.ready_file.is_some()),
+                ("--handler", !t.handlers.is_empty()),
+                ("--preset", !t.presets.is_empty()),
+                ("--packets", t.out.packets),
+                ("--epoll-ctl", t.out.epoll_ctl),
+                ("--ringbuf-size", t.out.ringbuf_mib != netdrift::cli::DEFAULT_RINGBUF_MIB),
+                ("--idle-ms", t.out.idle_ms != netdrift::cli::DEFAULT_IDLE_MS),
+            ];
+            let given: Vec<&str> = live_only.iter().filter(|(_, on)| *on).map(|(name, _)| *name).collect();
+            if !given.is_empty() {
+                return Err(Error::Usage(format!(
+                    "--from builds the report from a recording: drop {} (they apply to a live trace)",
+                    given.join(", ")
+                ))
+                .into());
             }
             let mut observers: Vec<Box<dyn trace::Observer>> = vec![Box::new(ReportWriter::new(&file, Some(rec)))];
             observers.extend(perfetto_observers(t.out.perfetto.as_deref()));

@@ -41,11 +41,20 @@ pub fn signalled() -> bool {
 }
 
 /// Route SIGINT and SIGTERM to a flag so the trace ends with its summary.
+/// Once: the handler resets itself (SA_RESETHAND), so a second Ctrl-C kills
+/// a run stuck in loading, symbolizing or writing (the programs detach with
+/// the process; a `.partial` file stays as the mark of an unfinished output).
 pub fn install_signal_handlers() {
     for sig in [libc::SIGINT, libc::SIGTERM] {
-        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        // SAFETY: a zeroed sigaction is valid (empty mask, no flags) before the
+        // fields are set; the handler only stores to an atomic, which is
+        // async-signal-safe.
         unsafe {
-            libc::signal(sig, on_signal as *const () as libc::sighandler_t);
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = on_signal as *const () as libc::sighandler_t;
+            sa.sa_flags = libc::SA_RESETHAND | libc::SA_RESTART;
+            libc::sigemptyset(&mut sa.sa_mask);
+            libc::sigaction(sig, &sa, std::ptr::null_mut());
         }
     }
 }
@@ -615,14 +624,20 @@ impl Pipeline {
         for o in self.observers.iter_mut() {
             o.finish(&end, &mut self.syms)?;
         }
-        let Pipeline { out, .. } = self;
+        let Pipeline { mut out, .. } = self;
         let to_file = out.is_file();
+        if to_file && !self.json {
+            // The file is the report: chains and summary, losses included (herd: the summary only).
+            write!(out, "{text}")?;
+        }
         out.commit()?;
+        // Not print!: a closed pipe must end the run with an error, not a panic.
         if self.json || to_file {
-            eprint!("{text}");
+            let _ = std::io::stderr().write_all(text.as_bytes());
         } else {
-            print!("{text}");
-            std::io::stdout().flush()?;
+            let mut o = std::io::stdout().lock();
+            o.write_all(text.as_bytes())?;
+            o.flush()?;
         }
         Ok(TraceResult {
             stats,
@@ -881,7 +896,7 @@ pub fn analyze_with(path: &Path, aopts: &AnalyzeOptions, mut observers: Vec<Box<
     let f = File::open(path).map_err(|e| Error::Usage(format!("cannot read {}: {e}", path.display())))?;
     let mut lines = BufReader::new(f).lines();
     let bad = |n: usize, why: String| Error::Usage(format!("{}: line {n}: {why} (not a netdrift --record file?)", path.display()));
-    let first = lines.next().ok_or_else(|| bad(1, "empty file".into()))??;
+    let first = lines.next().ok_or_else(|| bad(1, "empty file".into()))?.map_err(|e| bad(1, e.to_string()))?;
     let head: Value = serde_json::from_str(&first).map_err(|e| bad(1, e.to_string()))?;
     if head["type"] != RECORD_MAGIC {
         return Err(bad(1, format!("expected type {RECORD_MAGIC:?}")));
@@ -908,7 +923,8 @@ pub fn analyze_with(path: &Path, aopts: &AnalyzeOptions, mut observers: Vec<Box<
     pipe.start_line(&start)?;
     let mut end: Option<Value> = None;
     for (i, line) in lines.enumerate() {
-        let line = line?;
+        // A read error (invalid UTF-8, an I/O error) names the file and line too.
+        let line = line.map_err(|e| bad(i + 2, e.to_string()))?;
         let v: Value = serde_json::from_str(&line).map_err(|e| bad(i + 2, e.to_string()))?;
         if v["type"] == "netdrift-record-end" {
             end = Some(v);

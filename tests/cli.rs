@@ -49,6 +49,31 @@ fn bad_input_matrix() {
     usage_error(&["demo", "--workers", "0"], "--workers");
 }
 
+/// A file that is not a whole recording: one line naming the file (and the
+/// line), exit 2, whatever is wrong with it.
+#[test]
+fn bad_recordings_are_one_line_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let head = r#"{"type":"netdrift-record","version":1,"start":{"t0_ns":1}}"#;
+    let cases: [(&str, &[u8], &str); 5] = [
+        ("empty", b"", "line 1: empty file"),
+        ("utf8", b"\xff\xfe\n", "line 1: stream did not contain valid UTF-8"),
+        ("text", b"hello\n", "line 1: expected value"),
+        ("other", b"{\"type\":\"start\"}\n", "line 1: expected type"),
+        ("cut", head.as_bytes(), "no end record"),
+    ];
+    for (name, body, needle) in cases {
+        let p = dir.path().join(format!("{name}.ndr"));
+        std::fs::write(&p, body).unwrap();
+        usage_error(&["analyze", p.to_str().unwrap()], needle);
+        usage_error(&["analyze", p.to_str().unwrap()], &format!("{name}.ndr"));
+    }
+    // Past the first line too.
+    let p = dir.path().join("line2.ndr");
+    std::fs::write(&p, [head.as_bytes(), b"\n\xff\n"].concat()).unwrap();
+    usage_error(&["analyze", p.to_str().unwrap()], "line2.ndr: line 2: stream did not contain valid UTF-8");
+}
+
 #[test]
 fn an_output_cannot_be_another_output_or_the_recording_read() {
     let dir = tempfile::tempdir().unwrap();
@@ -60,6 +85,14 @@ fn an_output_cannot_be_another_output_or_the_recording_read() {
     usage_error(&["report", html, "-p", "1", "--perfetto", html, "1"], "given for two outputs");
     usage_error(&["report", html, "-p", "1", "-o", html, "1"], "given for two outputs");
     usage_error(&["report", rec, "--from", rec], "the recording being read");
+    // A live trace's flags with --from: named, not ignored.
+    usage_error(&["report", html, "--from", rec, "-p", "1", "5"], "drop -p/-t/-c, the duration (they apply to a live trace)");
+    let ready = dir.path().join("ready");
+    usage_error(&["report", html, "--from", rec, "--ready-file", ready.to_str().unwrap()], "drop --ready-file");
+    usage_error(
+        &["report", html, "--from", rec, "--idle-ms", "5", "--packets", "--preset", "nginx"],
+        "drop --preset, --packets, --idle-ms",
+    );
     usage_error(&["report", html, "--from", rec, "--perfetto", rec], "the recording being read");
     usage_error(&["analyze", rec, "-o", rec], "the recording being read");
     usage_error(&["analyze", rec, "--perfetto", rec], "the recording being read");
@@ -432,6 +465,18 @@ fn analyze_replays_with_the_recorded_idle_timeout() {
     };
     // Recorded without idle_ms (older versions): the 2 s default; the chain completes.
     assert_eq!(run(""), (1, 0));
+    // Text to a file: the file holds the chains and the summary with its
+    // losses (the terminal gets the summary too); --herd, the summary alone.
+    let rec = dir.path().join("run.ndr");
+    for (extra, chains) in [(None, true), (Some("--herd"), false)] {
+        let txt = dir.path().join("out.txt");
+        let out = nd().arg("analyze").arg(&rec).args(extra).arg("-o").arg(&txt).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let file = std::fs::read_to_string(&txt).unwrap();
+        assert!(file.contains("1 chains (0 incomplete)") && file.contains("lost: 0 records"), "{extra:?}: {file}");
+        assert_eq!(file.contains("chain 1 "), chains, "{extra:?}: {file}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("1 chains (0 incomplete)"));
+    }
     assert_eq!(run(r#","idle_ms":2000"#), (1, 0));
     // Recorded with --idle-ms 100: closed before its thread ran.
     assert_eq!(run(r#","idle_ms":100"#), (1, 1));

@@ -214,6 +214,33 @@ fn demo_command_prints_the_herd() {
     assert!(!stdout.contains("bpf_prog_"), "netdrift's own frames are hidden");
 }
 
+/// `netdrift demo | head -1`: the reader closing the pipe ends the run quietly
+/// and with status 0, as for any filter (it once said "Broken pipe", exit 1,
+/// and printing the summary into the closed pipe could panic).
+#[test]
+fn a_closed_output_pipe_ends_quietly() {
+    if !require_root() {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    use std::io::BufRead;
+    use std::process::Stdio;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_netdrift"))
+        .args(["demo", "-n", "3"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run demo");
+    let mut first = String::new();
+    std::io::BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut first).expect("first line");
+    assert!(first.starts_with("chain 1 "), "{first}");
+    // The reader is gone (dropped with the BufReader).
+    let out = child.wait_with_output().expect("wait");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("Broken pipe") && !stderr.contains("panicked"), "{stderr}");
+}
+
 /// Accepted sockets are mapped from the kernel's epoll item (`epoll_reg`) by
 /// default, with no epoll_ctl program loaded; `--epoll-ctl` traces every
 /// registration instead. Either way each accepted fd's data word is known.

@@ -59,12 +59,15 @@ impl PartialFile {
     /// Flush and rename to PATH.
     pub fn commit(mut self) -> crate::error::Result<()> {
         let err = |path: &std::path::Path, e| crate::error::Error::Output { path: path.to_path_buf(), source: e };
-        let mut w = self.w.take().ok_or_else(|| err(&self.path, std::io::Error::other("already committed")))?;
-        std::io::Write::flush(&mut w).map_err(|e| err(&self.path, e))?;
-        drop(w);
+        let w = self.w.take().ok_or_else(|| err(&self.path, std::io::Error::other("already committed")))?;
+        let f = w.into_inner().map_err(|e| err(&self.path, e.into_error()))?;
         if self.in_place {
             return Ok(());
         }
+        // On disk before it takes the final name: a full disk or quota can
+        // show only here (NFS), and a crash must not leave an empty PATH.
+        f.sync_all().map_err(|e| err(&self.path, e))?;
+        drop(f);
         std::fs::rename(partial_path(&self.path), &self.path).map_err(|e| err(&self.path, e))
     }
 
@@ -83,12 +86,21 @@ impl std::fmt::Debug for PartialFile {
     }
 }
 
+impl PartialFile {
+    /// A write error names the file (a full disk during a trace).
+    fn named(&self, e: std::io::Error) -> std::io::Error {
+        std::io::Error::new(e.kind(), format!("writing {}: {e}", self.path.display()))
+    }
+}
+
 impl std::io::Write for PartialFile {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.w.as_mut().ok_or_else(|| std::io::Error::other("committed"))?.write(buf)
+        let r = self.w.as_mut().ok_or_else(|| std::io::Error::other("committed"))?.write(buf);
+        r.map_err(|e| self.named(e))
     }
     fn flush(&mut self) -> std::io::Result<()> {
-        self.w.as_mut().map_or(Ok(()), |w| w.flush())
+        let r = self.w.as_mut().map_or(Ok(()), |w| w.flush());
+        r.map_err(|e| self.named(e))
     }
 }
 
