@@ -94,7 +94,9 @@ impl Waker {
         let t = format!("{} {}", clean(&self.task.comm), self.task.tid);
         match self.context {
             WakeContext::Task => t,
-            WakeContext::NotSeen => format!("{} (the wake-up was not seen: it raced with the switch-out)", self.name()),
+            WakeContext::NotSeen => {
+                format!("{} (the wake-up was not seen: it raced with the switch-out, or the kernel skipped a program run)", self.name())
+            }
             _ => {
                 let how = match self.host {
                     Host::Interrupting => format!("interrupting {t}"),
