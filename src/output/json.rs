@@ -72,8 +72,9 @@ pub fn shape(ev: &mut Event, ann: &Annotation) -> Vec<u64> {
 /// would reach a terminal that shows the stream. Such characters can only be
 /// inside strings, where an escape reads back as the same character.
 pub fn escape_invisible(buf: &mut Vec<u8>) {
-    // Their UTF-8 starts with one of these bytes: a cheap test for the usual line.
-    if !buf.iter().any(|&b| matches!(b, 0x7f | 0xc2 | 0xe2 | 0xef)) {
+    // Each is DEL or starts with a byte above it: one pass with no early
+    // exit (it vectorizes) clears the usual, all-ASCII line.
+    if !buf.iter().fold(false, |seen, &b| seen | (b >= 0x7f)) {
         return;
     }
     // A raw newline is never in a string (serde escapes it): it ends a line.
@@ -99,6 +100,18 @@ pub fn line(v: &Value) -> String {
     escape_invisible(&mut b);
     // Valid UTF-8 in, valid UTF-8 out.
     String::from_utf8(b).unwrap_or_default()
+}
+
+/// `key"0x..."`, as `{:x}` writes it, without the formatting machinery (one per wake-up line).
+fn hex_kv(buf: &mut Vec<u8>, key: &[u8], v: u64) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    buf.extend_from_slice(key);
+    buf.extend_from_slice(b"\"0x");
+    let n = (64 - (v | 1).leading_zeros()).div_ceil(4);
+    for i in (0..n).rev() {
+        buf.push(DIGITS[(v >> (i * 4)) as usize & 15]);
+    }
+    buf.push(b'"');
 }
 
 fn num(buf: &mut Vec<u8>, v: impl itoa::Integer) {
@@ -222,9 +235,8 @@ fn write_hot(buf: &mut Vec<u8>, ev: &Event) -> serde_json::Result<bool> {
             if *stack_reused {
                 buf.extend_from_slice(b",\"stack_reused\":true");
             }
-            use std::io::Write;
-            // Hex like `sk`: a no-syscall waker's signature exceeds 2^53; a Vec cannot fail.
-            let _ = write!(buf, ",\"stack_sig\":\"0x{stack_sig:x}\"");
+            // Hex like `sk`: a no-syscall waker's signature exceeds 2^53.
+            hex_kv(buf, b",\"stack_sig\":", *stack_sig);
         }
         Kind::SockReady { sock, seq, hook, new_state, packet: None } => {
             head(buf, "sock_ready")?;
@@ -273,12 +285,12 @@ fn name_or_null(buf: &mut Vec<u8>, name: Option<&str>) {
 /// A socket as its `Serialize` writes it (addresses cannot need escaping).
 fn sock_info(buf: &mut Vec<u8>, s: &SockInfo) {
     use std::io::Write;
-    // Writing to a Vec cannot fail.
-    let _ = write!(buf, "{{\"sk\":\"0x{:x}\"", s.sk);
+    hex_kv(buf, b"{\"sk\":", s.sk);
     kv(buf, b",\"ino\":", s.ino);
     kv(buf, b",\"netns\":", s.netns);
     kv(buf, b",\"family\":", s.family);
     kv(buf, b",\"protocol\":", s.protocol);
+    // Writing to a Vec cannot fail.
     let _ = write!(buf, ",\"local\":\"{}\",\"remote\":\"{}\"", s.local, s.remote);
     kv(buf, b",\"state\":", s.state);
     buf.extend_from_slice(b",\"state_name\":\"");
