@@ -4,7 +4,8 @@
 #   scripts/deps.sh test    # to build and run every test (real servers, bpftrace)
 set -euo pipefail
 
-build_pkgs=(clang llvm libelf-dev zlib1g-dev pkg-config make)
+# gcc and libc6-dev: the linker rustc calls (cc) and the vendored libbpf's build.
+build_pkgs=(clang llvm libelf-dev zlib1g-dev pkg-config make gcc libc6-dev)
 test_pkgs=(nginx redis-server memcached libevent-dev g++ curl bpftrace bpftool procps iproute2 chromium strace)
 
 case "${1:-build}" in
@@ -25,10 +26,13 @@ if ((${#missing[@]})); then
   echo "netdrift: installing ${missing[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  # Servers are started by the tests themselves, on their own ports.
+  # Servers are started by the tests themselves, on their own ports; the
+  # block on starting services goes away however apt ends.
   printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+  trap 'rm -f /usr/sbin/policy-rc.d' EXIT
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   rm -f /usr/sbin/policy-rc.d
+  trap - EXIT
 fi
 
 if ! command -v cargo >/dev/null; then
@@ -36,5 +40,11 @@ if ! command -v cargo >/dev/null; then
     [ -x "$d/cargo" ] && { echo "netdrift: cargo is in $d: add it to PATH" >&2; exit 1; }
   done
   echo "netdrift: Rust is missing: install a stable toolchain (>= 1.88) with rustup (https://rustup.rs), then retry" >&2
+  exit 1
+fi
+# Debian 12's own cargo is 1.63: say so rather than fail on the first new syntax.
+minor=$(cargo --version | awk '{split($2, v, "."); print v[1] * 1000 + v[2]}')
+if [ "${minor:-0}" -lt 1088 ]; then
+  echo "netdrift: $(cargo --version) is too old: install a stable toolchain (>= 1.88) with rustup (https://rustup.rs), first in PATH" >&2
   exit 1
 fi
