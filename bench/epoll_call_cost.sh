@@ -25,7 +25,9 @@ ND=$(netdrift_binary)
 CALLS=${CALLS:-1000000}
 WORK=$(mktemp -d /tmp/netdrift-epcost.XXXXXX)
 OLD_STATS=$(cat /proc/sys/kernel/bpf_stats_enabled)
-trap 'echo "$OLD_STATS" >/proc/sys/kernel/bpf_stats_enabled; rm -rf "$WORK"' EXIT
+# The loop and the tracer of the run in progress die with the script, however it ends.
+LPID="" TPID=""
+trap '[ -z "$LPID" ] || kill -KILL "$LPID" 2>/dev/null; [ -z "$TPID" ] || kill -KILL "$TPID" 2>/dev/null; echo "$OLD_STATS" >/proc/sys/kernel/bpf_stats_enabled; rm -rf "$WORK"' EXIT
 
 cat >"$WORK/loop.c" <<'EOF'
 #include <stdio.h>
@@ -65,6 +67,7 @@ run() {
   echo 0 >/proc/sys/kernel/bpf_stats_enabled
   taskset -c 1 "$WORK/loop" "$CALLS" "$go" >"$out" &
   local lpid=$!
+  LPID=$lpid
   case $cfg in
     untraced) touch "$go" ;;
     other-syscall | bpftrace-empty)
@@ -72,18 +75,22 @@ run() {
       [ "$cfg" = bpftrace-empty ] &&
         prog="tracepoint:syscalls:sys_enter_epoll_wait /pid == $lpid/ { } tracepoint:syscalls:sys_exit_epoll_wait /pid == $lpid/ { }"
       bpftrace -e "$prog" >/dev/null 2>"$WORK/err.$cfg" &
-      tpid=$!
+      tpid=$! TPID=$!
       wait_progs "$tpid" || die "bpftrace did not start: $(tail -2 "$WORK/err.$cfg")"
       touch "$go"
       ;;
     trace | trace-stats)
       [ "$cfg" = trace-stats ] && echo 1 >/proc/sys/kernel/bpf_stats_enabled
       "$ND" trace -p "$lpid" --json --ready-file "$go" >/dev/null 2>"$WORK/err.$cfg" &
-      tpid=$!
+      tpid=$! TPID=$!
+      # The loop waits for the ready file: a tracer that fails must not leave it waiting.
+      wait_file "$go" "$tpid" || die "netdrift did not start: $(tail -2 "$WORK/err.$cfg")"
       ;;
   esac
   wait "$lpid"
+  LPID=""
   [ -z "$tpid" ] || stop_pid "$tpid"
+  TPID=""
   printf '%-15s %7.1f ns per epoll_wait call (batches: %s)\n' "$cfg" "$(median <"$out")" "$(tr '\n' ' ' <"$out")"
 }
 

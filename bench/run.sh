@@ -10,7 +10,7 @@
 #   untraced   nothing attached
 #   trace      netdrift trace -p <nginx master> --json > /dev/null
 #   offwake    netdrift offwake -p <nginx master>   (only if that command exists)
-#   peer       bpftrace bench/peer.bt (same tracepoints, one line per event) | line counter
+#   peer       bpftrace bench/peer.bt (mostly trace's tracepoints, one line per event) | line counter
 # Optional (e.g. CONFIGS="untraced trace trace-packets trace-batch trace-text"):
 #   trace-packets  trace with --packets (a program on every received packet)
 #   trace-batch  the same trace under SCHED_BATCH (chrt -b 0): no wake-up preemption
@@ -193,6 +193,9 @@ run_one() {
   if [ -n "$tpid" ]; then
     c1=$(cpu_ticks "$tpid")
     hwm=$(awk '/^VmHWM:/ {print $2}' "/proc/$tpid/status" 2>/dev/null || echo 0)
+    # A tracer gone before the end of its round measured nothing: the round
+    # would pass for a traced one.
+    alive "$tpid" || die "$cfg exited during round $round: $(tail -3 "$rd/tracer.err")"
     stop_pid "$tpid"
     CURRENT_TRACER=""
   fi
@@ -220,4 +223,6 @@ done
 mkdir -p "$(dirname "$RESULTS")"
 python3 "$ND_ROOT/bench/report.py" "$WORK" "$RESULTS" \
   --meta "body_kb=${BODY_KB:-0}" "rounds=$ROUNDS" "stats_rounds=$STATS_ROUNDS" "duration_s=$DURATION" "connections=$CONNS" "nginx_affinity=$NGINX_AFFINITY" \
-  "wrk_cpu=$WRK_CPU" "netdrift=${ND#$ND_ROOT/}" "skipped=$(echo $CONFIGS | tr ' ' '\n' | grep -vxF -f <(printf '%s\n' "${run_configs[@]}") | tr '\n' ' ')"
+  "wrk_cpu=$WRK_CPU" "netdrift=${ND#$ND_ROOT/}" "settle_s=$SETTLE" "netdrift_b=${NETDRIFT_B:-}" \
+  "netdrift_sha256=$(sha256sum "$ND" | cut -c1-16)" "netdrift_b_sha256=$([ -n "${NETDRIFT_B:-}" ] && sha256sum "$NETDRIFT_B" | cut -c1-16)" \
+  "skipped=$(echo $CONFIGS | tr ' ' '\n' | grep -vxF -f <(printf '%s\n' "${run_configs[@]}") | tr '\n' ' ')"

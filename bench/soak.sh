@@ -95,6 +95,7 @@ out = {
         "events": num(r"^\s+(\d+) events", err), "accepts": accepts,
         "accept_eagain": num(r"accepts \((\d+) EAGAIN", err), "closes": num(r"(\d+) closes", err),
         "lost_records": num(r"(?i)lost: (\d+) records", err), "lost_stacks": num(r"(\d+) stacks", err),
+        "lost_skipped": num(r"LOST: (\d+) program runs skipped", err) or 0,
         "vmhwm_kb": int(hwm), "vmrss_end_kb": int(rss),
         "cpu_pct": 100.0 * (int(c1) - int(c0)) / int(tck) / int(secs),
         "rss_kb_over_time": rss_series,

@@ -5,7 +5,7 @@
 #   FUZZ_SECONDS=600 scripts/fuzz.sh decode
 #
 # Targets (fuzz/fuzz_targets/): decode (ring-buffer records -> events, and a
-# stream of them through the correlator), proc_parsers (/proc text: epoll
+# stream of them through the correlator and the live JSON writer), proc_parsers (/proc text: epoll
 # fdinfo, stat, socket links, status fields). Crashes land in
 # fuzz/artifacts/TARGET/; reproduce one with
 #   RUSTC_BOOTSTRAP=1 cargo fuzz run --fuzz-dir fuzz TARGET fuzz/artifacts/TARGET/crash-...
