@@ -372,6 +372,9 @@ struct ThreadCtx {
     asleep: bool,
 }
 
+/// Task states of `switch_out` (include/linux/sched.h).
+const TASK_INTERRUPTIBLE: u32 = 0x1;
+const TASK_WAKING: u32 = 0x200;
 const EPOLL_CTL_ADD: i32 = 1;
 const EPOLL_CTL_DEL: i32 = 2;
 const EPOLL_CTL_MOD: i32 = 3;
@@ -820,7 +823,7 @@ impl Correlator {
                     }
                 }
             }
-            Kind::SwitchOut { involuntary, woken, .. } => {
+            Kind::SwitchOut { involuntary, woken, state, .. } => {
                 if *involuntary {
                     self.stats.involuntary_switches += 1;
                 } else {
@@ -838,11 +841,16 @@ impl Correlator {
                     if missed_in {
                         self.stats.missed_switch_ins += 1;
                     }
+                    // An uninterruptible sleep (a mutex such as the epoll set's, a
+                    // socket lock in accept) is not a wait for events: the thread
+                    // is still on its way to handle what woke it. TASK_WAKING
+                    // (kernels before 5.18) says nothing of the state.
+                    let on_a_lock = *state != 0 && *state != TASK_WAKING && *state & TASK_INTERRUPTIBLE == 0;
                     let ts = ev.ts;
                     for p in pending {
                         if let Some(h) = self.hop_mut(p) {
                             let via_epoll = h.wake.as_ref().map(|w| w.via_epoll).unwrap_or(false);
-                            if h.epoll.is_some() && !in_epoll {
+                            if (h.epoll.is_some() && !in_epoll) || (on_a_lock && !*woken && h.wake.is_some() && h.epoll.is_none()) {
                                 h.blocked_since = Some(ts);
                             } else if *woken {
                                 // Its wake-up found it still running, and it is runnable again: it waits
@@ -895,7 +903,9 @@ impl Correlator {
                     self.threads.entry(tid).or_default().pending.push((id, 0));
                     pending.push((id, 0));
                 }
-                let all_known = returned.iter().all(|r| r.fd.is_some());
+                // Every returned event read (not an unreadable array, not past the
+                // first 16) and resolved: only then can "not listed" be told.
+                let all_known = returned.len() as i64 >= i64::from(*ret) && returned.iter().all(|r| r.fd.is_some());
                 let mut returned = Some(returned);
                 for (i, p) in pending.iter().enumerate() {
                     let evs = returned.as_deref().unwrap_or_default();
@@ -1092,8 +1102,14 @@ impl Correlator {
     /// A hop the thread is handling: its epoll_wait returned in it, and it
     /// has not called epoll_wait again.
     fn handling(&self, tid: u32) -> Option<(u64, usize)> {
-        self.threads.get(&tid).filter(|t| !t.in_epoll)?;
-        self.returned_hops(tid).next()
+        let t = self.threads.get(&tid)?;
+        if !t.in_epoll {
+            if let Some(p) = self.returned_hops(tid).next() {
+                return Some(p);
+            }
+        }
+        // Blocked on a lock on its way to the return: the wake-up is the lock's.
+        self.pending_hops(tid, |_, h| h.blocked_since.is_some()).next()
     }
 
     /// The thread's pending hops for which `pred(chain, hop)` holds.

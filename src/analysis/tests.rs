@@ -751,3 +751,78 @@ fn an_interrupted_epoll_wait_shows_its_errno() {
     assert!(text.contains("epoll_wait(4)") && text.contains("returned -EINTR: "), "{text}");
     assert!(!text.contains("more"), "{text}");
 }
+
+/// An epoll_wait that returned events the program could not read (the user
+/// array unreadable: `events` empty, `ret` 1) does not say the socket was
+/// missing: the wake-up is not counted as for nothing.
+#[test]
+fn unread_returned_events_do_not_make_a_wake_up_wasted() {
+    let (mut c, w0, client, conn) = after_herd();
+    let unread = Kind::EpollExit { enter_ts: 0, epfd: 4, ret: 1, syscall: Syscall::EpollWait, events: vec![] };
+    let evs = [
+        ev(
+            10_000,
+            1,
+            client.clone(),
+            Kind::SockReady { sock: conn.into(), seq: 8, hook: ReadyHook::SkDataReady, new_state: None, packet: None },
+        ),
+        ev(10_010, 1, client.clone(), wake(w0.clone(), 8, Cause::SocketReadable)),
+        ev(10_500, 1, w0.clone(), switch_in(10_010, 0)),
+        ev(10_600, 1, w0.clone(), unread),
+        ev(10_800, 1, w0.clone(), Kind::EpollEnter { epfd: 4, maxevents: 64, syscall: Syscall::EpollWait }),
+    ];
+    for e in &evs {
+        c.ingest(e);
+    }
+    let mut chains = c.drain_completed();
+    chains.extend(c.finish());
+    let ch = chains.iter().find(|ch| ch.sock.is_some()).expect("the socket's chain");
+    assert_eq!(ch.hops[0].epoll.as_ref().unwrap().lists_sock, None, "{ch:#?}");
+    assert_eq!(ch.wasted(), 0);
+}
+
+/// Woken for a connection, the worker blocks on a mutex (uninterruptible:
+/// the epoll set's, while another thread changes it) before its epoll_wait
+/// returns. That is not "asleep again, woken for nothing": the mutex's
+/// wake-up stays in its hop, which goes on to return and accept.
+#[test]
+fn a_lock_on_the_way_to_the_return_is_not_a_wasted_wake_up() {
+    let mut c = Correlator::new();
+    let w0 = t(10, 11, "w0");
+    let client = t(20, 20, "client");
+    let other = t(10, 12, "w1");
+    let lsock = sock(0xaaa, 500, "127.0.0.1:8080", "0.0.0.0:0", 10);
+    let peer = sock(0xbbb, 501, "127.0.0.1:8080", "127.0.0.1:40000", 1);
+    let on_a_lock = Kind::SwitchOut { involuntary: false, woken: false, state: 2, next_tid: 0, next_comm: "swapper/0".into() };
+    let evs = [
+        ev(0, 0, w0.clone(), Kind::FdMap { ino: 500, fd: 3 }),
+        ev(0, 0, w0.clone(), Kind::EpollMap { epfd: 4, fd: 3, data: 3 }),
+        ev(100, 0, w0.clone(), Kind::EpollEnter { epfd: 4, maxevents: 8, syscall: Syscall::EpollWait }),
+        ev(150, 0, w0.clone(), sleep()),
+        ev(
+            1000,
+            1,
+            client.clone(),
+            Kind::SockReady { sock: lsock.into(), seq: 7, hook: ReadyHook::SkDataReady, new_state: None, packet: None },
+        ),
+        ev(1100, 1, client.clone(), wake(w0.clone(), 7, Cause::SocketReadable)),
+        ev(2000, 0, w0.clone(), switch_in(1100, 0)),
+        ev(2100, 0, w0.clone(), on_a_lock),
+        ev(3000, 1, other.clone(), wake(w0.clone(), 0, Cause::Other)),
+        ev(3500, 0, w0.clone(), switch_in(3000, 0)),
+        ev(3600, 0, w0.clone(), epoll_exit(4, &[3])),
+        ev(3700, 0, w0.clone(), accept(3, 9, Some(peer))),
+        ev(3800, 0, w0.clone(), Kind::EpollEnter { epfd: 4, maxevents: 8, syscall: Syscall::EpollWait }),
+    ];
+    for e in &evs {
+        c.ingest(e);
+    }
+    let mut chains = c.drain_completed();
+    chains.extend(c.finish());
+    assert_eq!(chains.len(), 1, "the mutex's wake-up starts no chain: {chains:#?}");
+    let ch = &chains[0];
+    assert_eq!(ch.wasted(), 0, "{ch:#?}");
+    let h = &ch.hops[0];
+    assert!(h.accepted(), "{h:#?}");
+    assert_eq!((h.blocked, h.blocked_ns), (1, 1400), "blocked on the lock 2100 -> 3500");
+}
