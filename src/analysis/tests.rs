@@ -44,6 +44,17 @@ fn epoll_exit(epfd: i32, data: &[u64]) -> Kind {
     }
 }
 
+/// `sock` ready at `ts[0]` on CPU 1 in `waker`, which wakes `w` at `ts[1]`;
+/// `w` gets a CPU at `ts[2]`.
+fn ready_wake_run(waker: &Task, w: &Task, sock: SockInfo, seq: u64, ts: [u64; 3]) -> [Event; 3] {
+    let ready = Kind::SockReady { sock: sock.into(), seq, hook: ReadyHook::SkDataReady, new_state: None, packet: None };
+    [
+        ev(ts[0], 1, waker.clone(), ready),
+        ev(ts[1], 1, waker.clone(), wake(w.clone(), seq, Cause::SocketReadable)),
+        ev(ts[2], 1, w.clone(), switch_in(ts[1], 0)),
+    ]
+}
+
 fn accept(lfd: i32, ret: i32, peer: Option<SockInfo>) -> Kind {
     Kind::Accept {
         enter_ts: 0,
@@ -759,18 +770,9 @@ fn an_interrupted_epoll_wait_shows_its_errno() {
 fn unread_returned_events_do_not_make_a_wake_up_wasted() {
     let (mut c, w0, client, conn) = after_herd();
     let unread = Kind::EpollExit { enter_ts: 0, epfd: 4, ret: 1, syscall: Syscall::EpollWait, events: vec![] };
-    let evs = [
-        ev(
-            10_000,
-            1,
-            client.clone(),
-            Kind::SockReady { sock: conn.into(), seq: 8, hook: ReadyHook::SkDataReady, new_state: None, packet: None },
-        ),
-        ev(10_010, 1, client.clone(), wake(w0.clone(), 8, Cause::SocketReadable)),
-        ev(10_500, 1, w0.clone(), switch_in(10_010, 0)),
-        ev(10_600, 1, w0.clone(), unread),
-        ev(10_800, 1, w0.clone(), Kind::EpollEnter { epfd: 4, maxevents: 64, syscall: Syscall::EpollWait }),
-    ];
+    let mut evs = ready_wake_run(&client, &w0, conn, 8, [10_000, 10_010, 10_500]).to_vec();
+    evs.push(ev(10_600, 1, w0.clone(), unread));
+    evs.push(ev(10_800, 1, w0.clone(), Kind::EpollEnter { epfd: 4, maxevents: 64, syscall: Syscall::EpollWait }));
     for e in &evs {
         c.ingest(e);
     }
@@ -794,26 +796,21 @@ fn a_lock_on_the_way_to_the_return_is_not_a_wasted_wake_up() {
     let lsock = sock(0xaaa, 500, "127.0.0.1:8080", "0.0.0.0:0", 10);
     let peer = sock(0xbbb, 501, "127.0.0.1:8080", "127.0.0.1:40000", 1);
     let on_a_lock = Kind::SwitchOut { involuntary: false, woken: false, state: 2, next_tid: 0, next_comm: "swapper/0".into() };
-    let evs = [
+    let mut evs = vec![
         ev(0, 0, w0.clone(), Kind::FdMap { ino: 500, fd: 3 }),
         ev(0, 0, w0.clone(), Kind::EpollMap { epfd: 4, fd: 3, data: 3 }),
         ev(100, 0, w0.clone(), Kind::EpollEnter { epfd: 4, maxevents: 8, syscall: Syscall::EpollWait }),
         ev(150, 0, w0.clone(), sleep()),
-        ev(
-            1000,
-            1,
-            client.clone(),
-            Kind::SockReady { sock: lsock.into(), seq: 7, hook: ReadyHook::SkDataReady, new_state: None, packet: None },
-        ),
-        ev(1100, 1, client.clone(), wake(w0.clone(), 7, Cause::SocketReadable)),
-        ev(2000, 0, w0.clone(), switch_in(1100, 0)),
+    ];
+    evs.extend(ready_wake_run(&client, &w0, lsock, 7, [1000, 1100, 2000]));
+    evs.extend([
         ev(2100, 0, w0.clone(), on_a_lock),
         ev(3000, 1, other.clone(), wake(w0.clone(), 0, Cause::Other)),
         ev(3500, 0, w0.clone(), switch_in(3000, 0)),
         ev(3600, 0, w0.clone(), epoll_exit(4, &[3])),
         ev(3700, 0, w0.clone(), accept(3, 9, Some(peer))),
         ev(3800, 0, w0.clone(), Kind::EpollEnter { epfd: 4, maxevents: 8, syscall: Syscall::EpollWait }),
-    ];
+    ]);
     for e in &evs {
         c.ingest(e);
     }
