@@ -56,6 +56,14 @@ impl FdTable {
         }
     }
 
+    /// The process is gone: none of its fds holds anything (its pid may be reused).
+    pub fn remove_pid(&mut self, pid: u32) {
+        let fds: Vec<i32> = self.by_fd.keys().filter(|k| k.0 == pid).map(|k| k.1).collect();
+        for fd in fds {
+            self.remove(pid, fd);
+        }
+    }
+
     /// Every (pid, fd) that holds socket inode `ino`.
     pub fn fds(&self, ino: u64) -> &[(u32, i32)] {
         self.by_ino.get(&ino).map(|v| v.as_slice()).unwrap_or(&[])
@@ -439,6 +447,13 @@ impl EpollMap {
                 self.by_fd.remove(&(pid, fd));
             }
         }
+    }
+
+    /// The process is gone, with its epoll sets.
+    fn remove_pid(&mut self, pid: u32) {
+        self.gen += 1;
+        self.by_data.retain(|k, _| k.0 != pid);
+        self.by_fd.retain(|k, _| k.0 != pid);
     }
 
     /// `fd` was closed: it left every epoll set.
@@ -1038,10 +1053,15 @@ impl Correlator {
                 ann.chain = id;
             }
             Kind::SockState { .. } | Kind::TaskNew { .. } => {}
-            Kind::TaskExit { .. } => {
+            Kind::TaskExit { group_dead } => {
                 self.finish_hops(tid, |_| true);
                 // Tids are reused: a new thread must not inherit this one's state.
                 self.threads.remove(&tid);
+                if *group_dead {
+                    // So are pids: a new process must not resolve through this one's fds.
+                    self.fds.remove_pid(pid);
+                    self.epoll_map.remove_pid(pid);
+                }
             }
         }
         ann

@@ -319,6 +319,12 @@ struct Enricher {
 }
 
 impl Enricher {
+    /// The process is gone (its pid may be reused): what was learnt of it goes.
+    fn forget_pid(&mut self, pid: u32) {
+        self.closes.remove(&pid);
+        self.tried_epoll.retain(|k, _| k.0 != pid);
+    }
+
     fn facts(&mut self, ev: &mut Event, corr: &Correlator, pids: &HashSet<u32>, syms: &mut KernelSyms) -> Vec<Event> {
         let mut out = Vec::new();
         match &mut ev.kind {
@@ -791,6 +797,8 @@ pub fn run(mut opts: TraceOptions) -> Result<TraceResult> {
                     Kind::TaskExit { group_dead } => {
                         if *group_dead {
                             live_tgids.remove(&ev.task.pid);
+                            pids.remove(&ev.task.pid);
+                            enr.forget_pid(ev.task.pid);
                         }
                         live_tids.remove(&ev.task.tid);
                     }

@@ -299,7 +299,7 @@ fn target_exit_ends_the_trace() {
 
 /// A process whose leader thread exits (pthread_exit) while another thread
 /// runs is still a target: the trace follows the live thread and ends when
-/// the last thread exits, with one task_exit for the whole process.
+/// the last thread exits: a task_exit per thread, group_dead on the last.
 #[test]
 fn leader_exit_is_not_process_exit() {
     if !require_root() {
@@ -337,12 +337,14 @@ int main(int argc, char **argv) {
     assert!(t.elapsed() < Duration::from_secs(20), "ended with the process, not the duration");
     let lines = json_lines(&out);
     assert_eq!(lines.last().unwrap()["reason"], "target exited");
+    // One record per thread: the leader's says the process lives on.
     let exits: Vec<&serde_json::Value> = lines.iter().filter(|l| l["type"] == "task_exit").collect();
-    assert_eq!(exits.len(), 1, "one record for the process: {exits:?}");
-    assert_eq!(exits[0]["group_dead"], true);
-    assert_ne!(exits[0]["task"]["tid"], exits[0]["task"]["pid"], "the last thread was the worker, not the leader");
+    assert_eq!(exits.len(), 2, "the leader, then the worker: {exits:?}");
+    assert_eq!((&exits[0]["group_dead"], &exits[1]["group_dead"]), (&false.into(), &true.into()), "{exits:?}");
+    assert_eq!(exits[0]["task"]["tid"], exits[0]["task"]["pid"], "the leader first: {exits:?}");
+    assert_ne!(exits[1]["task"]["tid"], exits[1]["task"]["pid"], "the last thread was the worker, not the leader");
     // The worker was still traced after the leader left: its timer wake-ups.
-    let worker = exits[0]["task"]["tid"].clone();
+    let worker = exits[1]["task"]["tid"].clone();
     let wakes = lines.iter().filter(|l| l["type"] == "wake" && l["target"]["tid"] == worker).count();
     assert!(wakes >= 5, "the worker's wake-ups after the leader's exit: {wakes}");
 }

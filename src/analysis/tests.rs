@@ -823,3 +823,21 @@ fn a_lock_on_the_way_to_the_return_is_not_a_wasted_wake_up() {
     assert!(h.accepted(), "{h:#?}");
     assert_eq!((h.blocked, h.blocked_ns), (1, 1400), "blocked on the lock 2100 -> 3500");
 }
+
+/// A process gone (its last thread's task_exit): its fds and epoll words are
+/// forgotten, so a new process with the same pid resolves nothing through
+/// them; a thread's own exit leaves them.
+#[test]
+fn a_gone_process_leaves_no_fds_to_a_reused_pid() {
+    let mut c = Correlator::new();
+    let w = t(10, 11, "w");
+    let leader = t(10, 10, "w");
+    c.ingest(&ev(0, 0, w.clone(), Kind::FdMap { ino: 500, fd: 3 }));
+    c.ingest(&ev(0, 0, w.clone(), Kind::EpollMap { epfd: 4, fd: 3, data: 3 }));
+    c.ingest(&ev(10, 0, leader, Kind::TaskExit { group_dead: false }));
+    assert_eq!(c.fds.fds(500), [(10, 3)]);
+    assert_eq!(c.epoll_fd(10, 4, 3), Some(3));
+    c.ingest(&ev(20, 0, w, Kind::TaskExit { group_dead: true }));
+    assert!(c.fds.fds(500).is_empty());
+    assert_eq!(c.epoll_fd(10, 4, 3), None);
+}

@@ -1167,11 +1167,14 @@ int BPF_PROG(nd_process_exit, struct task_struct *p)
 	bool tgid_target, tid_target, group_dead;
 	struct nd_task_exit *r;
 
-	/* Per-thread state is task storage: freed with the task, nothing to delete. */
-	if (trace_all)
-		return 0;
-	tgid_target = bpf_map_lookup_elem(&targets_tgid, &tgid) != NULL;
-	tid_target = has_tids && bpf_map_lookup_elem(&targets_tid, &tid) != NULL;
+	/* Per-thread state is task storage: freed with the task, nothing to delete here. */
+	if (trace_all) {
+		tgid_target = tgid != self_tgid;
+		tid_target = false;
+	} else {
+		tgid_target = bpf_map_lookup_elem(&targets_tgid, &tgid) != NULL;
+		tid_target = has_tids && bpf_map_lookup_elem(&targets_tid, &tid) != NULL;
+	}
 	if (!tgid_target && !tid_target)
 		return 0;
 	/*
@@ -1181,13 +1184,14 @@ int BPF_PROG(nd_process_exit, struct task_struct *p)
 	 * lives on.
 	 */
 	group_dead = BPF_CORE_READ(p, signal, live.counter) == 0;
-	/* Report a whole target process once, when it is gone, and each -t thread. */
-	if (!(tid_target || (tgid_target && group_dead)))
-		return 0;
 	if (tid_target)
 		bpf_map_delete_elem(&targets_tid, &tid);
-	if (tgid_target && group_dead)
+	if (tgid_target && group_dead && !trace_all)
 		bpf_map_delete_elem(&targets_tgid, &tgid);
+	/*
+	 * Every thread's exit: user space forgets its state (tids are reused,
+	 * and a thread-per-connection server makes new ones all day).
+	 */
 	r = reserve(sizeof(*r), ND_REC_TASK_EXIT);
 	if (r) {
 		hdr_task(&r->hdr, p);
