@@ -56,6 +56,14 @@ impl FdTable {
         }
     }
 
+    /// A forked child holds what its parent held, under the same fds.
+    pub fn copy_pid(&mut self, from: u32, to: u32) {
+        let held: Vec<(i32, u64)> = self.by_fd.iter().filter(|(k, _)| k.0 == from).map(|(k, &ino)| (k.1, ino)).collect();
+        for (fd, ino) in held {
+            self.insert(ino, to, fd);
+        }
+    }
+
     /// The process is gone: none of its fds holds anything (its pid may be reused).
     pub fn remove_pid(&mut self, pid: u32) {
         let fds: Vec<i32> = self.by_fd.keys().filter(|k| k.0 == pid).map(|k| k.1).collect();
@@ -446,6 +454,14 @@ impl EpollMap {
             if v.is_empty() {
                 self.by_fd.remove(&(pid, fd));
             }
+        }
+    }
+
+    /// A forked child shares its parent's epoll sets, under the same fds.
+    fn copy_pid(&mut self, from: u32, to: u32) {
+        let words: Vec<(i32, u64, i32)> = self.by_data.iter().filter(|(k, _)| k.0 == from).map(|(k, &fd)| (k.1, k.2, fd)).collect();
+        for (epfd, data, fd) in words {
+            self.insert(to, epfd, data, fd);
         }
     }
 
@@ -1051,6 +1067,12 @@ impl Correlator {
                     self.push_action(cid, tid, action);
                 }
                 ann.chain = id;
+            }
+            // A forked child (nginx's new worker after a reload) has its
+            // parent's sockets from the start: its first wake-ups must find them.
+            Kind::TaskNew { child, reason: 1 } => {
+                self.fds.copy_pid(pid, child.pid);
+                self.epoll_map.copy_pid(pid, child.pid);
             }
             Kind::SockState { .. } | Kind::TaskNew { .. } => {}
             Kind::TaskExit { group_dead } => {

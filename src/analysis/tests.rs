@@ -841,3 +841,18 @@ fn a_gone_process_leaves_no_fds_to_a_reused_pid() {
     assert!(c.fds.fds(500).is_empty());
     assert_eq!(c.epoll_fd(10, 4, 3), None);
 }
+
+/// A target's forked child (a new nginx worker) holds its parent's sockets
+/// and epoll words from the start.
+#[test]
+fn a_forked_child_inherits_its_parents_fds_and_epoll_words() {
+    let mut c = Correlator::new();
+    let master = t(10, 10, "master");
+    let child = t(20, 20, "worker");
+    c.ingest(&ev(0, 0, master.clone(), Kind::FdMap { ino: 500, fd: 3 }));
+    c.ingest(&ev(0, 0, master.clone(), Kind::EpollMap { epfd: 4, fd: 3, data: 7 }));
+    c.ingest(&ev(10, 0, master, Kind::TaskNew { child, reason: 1 }));
+    assert_eq!(c.fds.fds(500), [(10, 3), (20, 3)]);
+    assert_eq!(c.epoll_fd(20, 4, 7), Some(3));
+    assert_eq!(c.epoll_fd(10, 4, 7), Some(3), "the parent keeps them");
+}
