@@ -223,6 +223,6 @@ done
 mkdir -p "$(dirname "$RESULTS")"
 python3 "$ND_ROOT/bench/report.py" "$WORK" "$RESULTS" \
   --meta "body_kb=${BODY_KB:-0}" "rounds=$ROUNDS" "stats_rounds=$STATS_ROUNDS" "duration_s=$DURATION" "connections=$CONNS" "nginx_affinity=$NGINX_AFFINITY" \
-  "wrk_cpu=$WRK_CPU" "netdrift=${ND#$ND_ROOT/}" "settle_s=$SETTLE" "netdrift_b=${NETDRIFT_B:-}" \
+  "wrk_cpu=$WRK_CPU" "netdrift=$(basename "$ND")" "settle_s=$SETTLE" "netdrift_b=$([ -z "${NETDRIFT_B:-}" ] || basename "$NETDRIFT_B")" \
   "netdrift_sha256=$(sha256sum "$ND" | cut -c1-16)" "netdrift_b_sha256=$([ -n "${NETDRIFT_B:-}" ] && sha256sum "$NETDRIFT_B" | cut -c1-16)" \
   "skipped=$(echo $CONFIGS | tr ' ' '\n' | grep -vxF -f <(printf '%s\n' "${run_configs[@]}") | tr '\n' ' ')"
