@@ -73,9 +73,11 @@ ND_PID=""
 kill "$SAMPLER" 2>/dev/null || true
 wait "$SAMPLER" 2>/dev/null || true
 
-python3 - "$WORK" "$RESULTS" "$SECS" "$CONNS" "$DELAY_MS" "$hwm" "$rss" "$c0" "$c1" "$(getconf CLK_TCK)" <<'EOF'
+# Which build ran: its file name and sha256 (no path of this machine).
+build="$(basename "$ND") $(sha256sum "$ND" | cut -c1-16)"
+python3 - "$WORK" "$RESULTS" "$SECS" "$CONNS" "$DELAY_MS" "$hwm" "$rss" "$c0" "$c1" "$(getconf CLK_TCK)" "$build" "$(uname -r)" <<'EOF'
 import datetime, json, os, re, sys
-work, results, secs, conns, delay, hwm, rss, c0, c1, tck = sys.argv[1:]
+work, results, secs, conns, delay, hwm, rss, c0, c1, tck, build, kernel = sys.argv[1:]
 wrk = open(os.path.join(work, "wrk.txt")).read()
 err = open(os.path.join(work, "netdrift.err"), errors="replace").read()
 def num(pat, text, conv=int, default=None):
@@ -87,6 +89,7 @@ accepts = num(r"(\d+) accepts", err)
 rss_series = [tuple(int(x) for x in l.split()) for l in open(os.path.join(work, "rss.txt")) if len(l.split()) == 2]
 out = {
     "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    "build": build, "kernel": kernel,
     "seconds": int(secs), "connections": int(conns), "delay_ms": int(delay),
     "wrk": {"requests": requests, "rps": num(r"Requests/sec:\s+([\d.]+)", wrk, float),
             "p99": num(r"^\s+99%\s+(\S+)", wrk, str),
