@@ -25,7 +25,9 @@ ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-8}
 WORK=$(mktemp -d /tmp/netdrift-cpr.XXXXXX)
 OLD_STATS=$(cat /proc/sys/kernel/bpf_stats_enabled)
-trap 'echo "$OLD_STATS" >/proc/sys/kernel/bpf_stats_enabled; nginx_stop "$WORK" 2>/dev/null; rm -rf "$WORK"' EXIT
+# The tracer of the round in progress goes too, however the script ends.
+t=""
+trap '[ -z "$t" ] || kill -KILL "$t" 2>/dev/null; echo "$OLD_STATS" >/proc/sys/kernel/bpf_stats_enabled; nginx_stop "$WORK" 2>/dev/null; rm -rf "$WORK"' EXIT
 echo 1 >/proc/sys/kernel/bpf_stats_enabled
 nginx_start "$WORK" "10 10"
 URL="http://127.0.0.1:$NGINX_PORT/"
@@ -46,6 +48,7 @@ for r in $(seq "$ROUNDS"); do
     bpftool prog show -j >"$WORK/bpf.after.json"
     kill -INT "$t"
     wait "$t" || true
+    t=""
     ev=$(grep -oE '^ +[0-9]+ events' "$WORK/err" | head -1 | tr -dc 0-9)
     [ -n "$ev" ] && [ "$ev" -gt 0 ] || die "$b: no summary: $(tail -2 "$WORK/err")"
     python3 -c "import sys; b, rps, t, ev, hz = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])

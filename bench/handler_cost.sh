@@ -4,6 +4,8 @@
 #   sudo bench/handler_cost.sh [CALLS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+[ "$(id -u)" -eq 0 ] || { echo "handler_cost: needs root (netdrift attaches a uprobe): run with sudo" >&2; exit 1; }
+export PATH="$HOME/.cargo/bin:$PATH"
 calls=${1:-1000000}
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
