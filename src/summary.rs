@@ -49,6 +49,19 @@ fn bucket_low(i: usize) -> u64 {
 }
 
 impl Hist {
+    /// Add every value of `other`.
+    pub fn merge(&mut self, other: &Hist) {
+        if self.buckets.len() < other.buckets.len() {
+            self.buckets.resize(other.buckets.len(), 0);
+        }
+        for (a, b) in self.buckets.iter_mut().zip(&other.buckets) {
+            *a += b;
+        }
+        self.count += other.count;
+        self.sum_ns = self.sum_ns.saturating_add(other.sum_ns);
+        self.max_ns = self.max_ns.max(other.max_ns);
+    }
+
     pub fn add(&mut self, ns: u64) {
         let b = bucket_of(ns);
         if self.buckets.len() <= b {
@@ -186,6 +199,42 @@ pub struct ThreadRow {
     /// Wakers by "comm[pid]" (softirq/irq contexts named as such).
     pub wakers: BTreeMap<String, u64>,
     pub runq: Hist,
+    /// 0 for one thread; N for the row of N exited threads of one process
+    /// and name (`tid` 0), so that a server making a thread per connection
+    /// keeps a bounded summary.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub exited_threads: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
+}
+
+impl ThreadRow {
+    /// Its label: `comm[tid]`, or `comm (N exited threads)`.
+    pub fn label(&self, comm: &str) -> String {
+        if self.exited_threads > 0 {
+            format!("{comm} ({} exited threads)", self.exited_threads)
+        } else {
+            format!("{comm}[{}]", self.tid)
+        }
+    }
+
+    fn absorb(&mut self, o: ThreadRow) {
+        let add = |a: &mut BTreeMap<String, u64>, b: BTreeMap<String, u64>| {
+            for (k, v) in b {
+                *a.entry(k).or_default() += v;
+            }
+        };
+        self.wakeups += o.wakeups;
+        add(&mut self.by_cause, o.by_cause);
+        add(&mut self.by_context, o.by_context);
+        self.voluntary += o.voluntary;
+        self.involuntary += o.involuntary;
+        add(&mut self.wakers, o.wakers);
+        self.runq.merge(&o.runq);
+        self.exited_threads += o.exited_threads.max(1);
+    }
 }
 
 /// One of the slowest chains, as stage offsets from its first event.
@@ -221,6 +270,11 @@ pub struct SummaryBuilder {
     latency: Latency,
     herd: BTreeMap<u64, HerdRow>,
     threads: HashMap<u32, ThreadRow>,
+    /// Rows of exited threads, by (pid, comm).
+    exited: HashMap<(u32, String), ThreadRow>,
+    /// tid -> (pid, comm, exit time) of threads exited lately: their chains
+    /// can complete after the exit, and count in the exited row.
+    retired: HashMap<u32, (u32, String, u64)>,
     slowest: Vec<Waterfall>,
     keep_slowest: usize,
     /// Reused for the waker label of every wake-up.
@@ -259,7 +313,27 @@ impl SummaryBuilder {
     }
 
     fn thread(&mut self, t: &Task) -> &mut ThreadRow {
+        if !self.threads.contains_key(&t.tid) {
+            if let Some((pid, comm, _)) = self.retired.get(&t.tid).filter(|r| r.0 == t.pid) {
+                let key = (*pid, comm.clone());
+                return self.exited.entry(key).or_insert_with(|| ThreadRow { pid: t.pid, comm: t.comm.to_string(), ..Default::default() });
+            }
+        }
         self.threads.entry(t.tid).or_insert_with(|| ThreadRow { pid: t.pid, tid: t.tid, comm: t.comm.to_string(), ..Default::default() })
+    }
+
+    /// A thread exited: its row joins its process's exited row.
+    fn retire(&mut self, t: &Task, ts: u64) {
+        // Chains complete within the idle timeout of their last event: a
+        // minute on, nothing of a retired tid is pending.
+        if self.retired.len() >= 4096 {
+            self.retired.retain(|_, r| ts.saturating_sub(r.2) < 60_000_000_000);
+        }
+        self.retired.insert(t.tid, (t.pid, t.comm.to_string(), ts));
+        if let Some(row) = self.threads.remove(&t.tid) {
+            let key = (t.pid, t.comm.to_string());
+            self.exited.entry(key).or_insert_with(|| ThreadRow { pid: t.pid, comm: t.comm.to_string(), ..Default::default() }).absorb(row);
+        }
     }
 
     fn herd_row(&mut self, s: &SockInfo) -> &mut HerdRow {
@@ -269,6 +343,7 @@ impl SummaryBuilder {
     /// Per-event counts (switches, accepts) that chains do not hold.
     pub fn event(&mut self, ev: &Event) {
         match &ev.kind {
+            Kind::TaskExit { .. } => self.retire(&ev.task, ev.ts),
             Kind::SwitchIn { runnable_ts, .. } => {
                 let w = ev.ts.saturating_sub(*runnable_ts);
                 self.latency.runq_all.add(w);
@@ -398,7 +473,7 @@ impl SummaryBuilder {
     }
 
     pub fn build(&self) -> Summary {
-        let mut threads: Vec<ThreadRow> = self.threads.values().cloned().collect();
+        let mut threads: Vec<ThreadRow> = self.threads.values().chain(self.exited.values()).cloned().collect();
         threads.sort_by(|a, b| b.wakeups.cmp(&a.wakeups).then(a.tid.cmp(&b.tid)));
         let mut herd: Vec<HerdRow> = self.herd.values().cloned().collect();
         herd.sort_by(|a, b| b.wasted.cmp(&a.wasted).then(a.local.cmp(&b.local)));
@@ -409,6 +484,31 @@ impl SummaryBuilder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A thread per connection: each exited thread's row joins one row of
+    /// its process and name, so the summary stays bounded; a live thread
+    /// keeps its own.
+    #[test]
+    fn exited_threads_fold_into_one_row() {
+        let mut b = SummaryBuilder::new();
+        let task = |tid: u32| Task { pid: 10, tid, comm: "conn".into() };
+        let ev = |ts: u64, tid: u32, kind: Kind| Event { ts, cpu: 0, task: task(tid), kind };
+        let out = || Kind::SwitchOut { involuntary: false, woken: false, state: 1, next_tid: 0, next_comm: "swapper/0".into() };
+        let run = |t: u64| Kind::SwitchIn { runnable_ts: t, prev_cpu: 0, after_preempt: false, prev_tid: 0, prev_comm: "swapper/0".into() };
+        for tid in 100..1100u32 {
+            let t0 = u64::from(tid) * 1000;
+            b.event(&ev(t0, tid, run(t0 - 500)));
+            b.event(&ev(t0 + 1, tid, out()));
+            b.event(&ev(t0 + 2, tid, Kind::TaskExit { group_dead: false }));
+        }
+        b.event(&ev(5_000_000, 7, out()));
+        let s = b.build();
+        assert_eq!(s.threads.len(), 2, "{:?}", s.threads.iter().map(|t| t.label(&t.comm)).collect::<Vec<_>>());
+        let gone = s.threads.iter().find(|t| t.exited_threads > 0).expect("the exited row");
+        assert_eq!((gone.exited_threads, gone.tid, gone.voluntary, gone.runq.count), (1000, 0, 1000, 1000));
+        assert_eq!(gone.label("conn"), "conn (1000 exited threads)");
+        assert_eq!(s.threads.iter().find(|t| t.tid == 7).map(|t| t.label("conn")), Some("conn[7]".to_string()));
+    }
 
     #[test]
     fn hist_percentiles_and_buckets() {

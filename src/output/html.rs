@@ -913,9 +913,8 @@ fn threads(o: &mut String, s: &Summary) {
         let top: Vec<String> = w.iter().take(5).map(|(k, v)| format!("{} {v}", text(k))).collect();
         let _ = writeln!(
             o,
-            "<tr><td class=\"mono\">{}[{}]</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            text(&t.comm),
-            t.tid,
+            "<tr><td class=\"mono\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            t.label(&text(&t.comm)),
             t.wakeups,
             t.voluntary,
             t.involuntary,

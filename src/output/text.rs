@@ -463,9 +463,8 @@ pub fn summary_sections(s: &Summary) -> String {
                 |m: &std::collections::BTreeMap<String, u64>| m.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", ");
             let _ = writeln!(
                 o,
-                "  {}[{}]  {} wake-ups, switches {} voluntary / {} involuntary, run queue p50 {} p99 {}",
-                term_safe(&t.comm),
-                t.tid,
+                "  {}  {} wake-ups, switches {} voluntary / {} involuntary, run queue p50 {} p99 {}",
+                t.label(&term_safe(&t.comm)),
                 t.wakeups,
                 t.voluntary,
                 t.involuntary,
