@@ -18,6 +18,8 @@ use crate::summary::SummaryBuilder;
 pub struct FdTable {
     by_ino: HashMap<u64, Vec<(u32, i32)>>,
     by_fd: HashMap<(u32, i32), u64>,
+    /// Processes with an entry (some maybe closed since).
+    pids: std::collections::HashSet<u32>,
     /// Bumped by every change (see `Resolved`).
     gen: u64,
 }
@@ -28,6 +30,7 @@ impl FdTable {
             return;
         }
         self.gen += 1;
+        self.pids.insert(pid);
         if let Some(old) = self.by_fd.insert((pid, fd), ino) {
             if old != ino {
                 self.unlink(old, pid, fd);
@@ -66,6 +69,10 @@ impl FdTable {
 
     /// The process is gone: none of its fds holds anything (its pid may be reused).
     pub fn remove_pid(&mut self, pid: u32) {
+        // Most processes that exit (tracing everything: compilers, shells) held no socket.
+        if !self.pids.remove(&pid) {
+            return;
+        }
         let fds: Vec<i32> = self.by_fd.keys().filter(|k| k.0 == pid).map(|k| k.1).collect();
         for fd in fds {
             self.remove(pid, fd);
@@ -389,8 +396,10 @@ struct ThreadCtx {
 }
 
 /// Task states of `switch_out` (include/linux/sched.h).
-const TASK_INTERRUPTIBLE: u32 = 0x1;
+const TASK_UNINTERRUPTIBLE: u32 = 0x2;
 const TASK_WAKING: u32 = 0x200;
+const TASK_RTLOCK_WAIT: u32 = 0x1000;
+const TASK_DEAD: u32 = 0x80;
 const EPOLL_CTL_ADD: i32 = 1;
 const EPOLL_CTL_DEL: i32 = 2;
 const EPOLL_CTL_MOD: i32 = 3;
@@ -416,6 +425,8 @@ struct EpollMap {
     by_data: HashMap<(u32, i32, u64), i32>,
     /// (pid, fd) -> the (epfd, data) it is registered with.
     by_fd: HashMap<(u32, i32), Vec<(i32, u64)>>,
+    /// Processes with an entry (some maybe removed since).
+    pids: std::collections::HashSet<u32>,
     /// Bumped by every change (see `Resolved`).
     gen: u64,
 }
@@ -428,6 +439,7 @@ impl EpollMap {
     /// `fd` is registered in `epfd` with `data` (an ADD, a MOD, or /proc).
     fn insert(&mut self, pid: u32, epfd: i32, data: u64, fd: i32) {
         self.gen += 1;
+        self.pids.insert(pid);
         self.remove_in(pid, epfd, fd);
         if let Some(old) = self.by_data.insert((pid, epfd, data), fd) {
             // The word stood for another fd before: that fd lost it.
@@ -467,6 +479,9 @@ impl EpollMap {
 
     /// The process is gone, with its epoll sets.
     fn remove_pid(&mut self, pid: u32) {
+        if !self.pids.remove(&pid) {
+            return;
+        }
         self.gen += 1;
         self.by_data.retain(|k, _| k.0 != pid);
         self.by_fd.retain(|k, _| k.0 != pid);
@@ -861,7 +876,8 @@ impl Correlator {
                     self.stats.voluntary_switches += 1;
                 }
                 ann.chain = self.threads.get(&tid).and_then(|t| t.pending.first()).map(|p| p.0);
-                if !*involuntary {
+                // A dead thread's last switch-out comes after its task_exit: no new state for it.
+                if !*involuntary && *state & TASK_DEAD == 0 {
                     let t = self.threads.entry(tid).or_default();
                     // Asleep already: it ran since, so the switch-in record of that run is missing.
                     let missed_in = t.asleep;
@@ -876,10 +892,15 @@ impl Correlator {
                     // socket lock in accept) is not a wait for events: the thread
                     // is still on its way to handle what woke it. TASK_WAKING
                     // (kernels before 5.18) says nothing of the state.
-                    let on_a_lock = *state != 0 && *state != TASK_WAKING && *state & TASK_INTERRUPTIBLE == 0;
+                    let on_a_lock = *state != TASK_WAKING && *state & (TASK_UNINTERRUPTIBLE | TASK_RTLOCK_WAIT) != 0;
                     let ts = ev.ts;
                     for p in pending {
                         if let Some(h) = self.hop_mut(p) {
+                            if missed_in {
+                                // The switch-in that ended that block is lost: its
+                                // length is unknown, and it must not take the next wake-up.
+                                h.blocked_since = None;
+                            }
                             let via_epoll = h.wake.as_ref().map(|w| w.via_epoll).unwrap_or(false);
                             if (h.epoll.is_some() && !in_epoll) || (on_a_lock && !*woken && h.wake.is_some() && h.epoll.is_none()) {
                                 h.blocked_since = Some(ts);

@@ -49,11 +49,14 @@ fn main() {
     };
     if let Err(e) = res {
         // `netdrift trace | head`: the reader has all it wanted, as with any
-        // filter; the programs detach with the process.
+        // filter; the programs detach with the process. Not when files were
+        // being written too: they stay .partial, and the status says so.
         let pipe = |io: &std::io::Error| io.kind() == std::io::ErrorKind::BrokenPipe;
-        if e.chain().any(|c| {
-            c.downcast_ref::<std::io::Error>().is_some_and(pipe) || matches!(c.downcast_ref::<Error>(), Some(Error::Io(io)) if pipe(io))
-        }) {
+        if !FILE_OUTPUTS.load(Ordering::Relaxed)
+            && e.chain().any(|c| {
+                c.downcast_ref::<std::io::Error>().is_some_and(pipe) || matches!(c.downcast_ref::<Error>(), Some(Error::Io(io)) if pipe(io))
+            })
+        {
             std::process::exit(0);
         }
         // Not eprintln: stderr may be a closed pipe too, and that must not panic.
@@ -63,7 +66,13 @@ fn main() {
     }
 }
 
+/// Some output of this run goes to a file (-o, --record, --perfetto).
+static FILE_OUTPUTS: AtomicBool = AtomicBool::new(false);
+
 fn base_options(out: &OutputArgs) -> TraceOptions {
+    if out.output_file.is_some() || out.record.is_some() || out.perfetto.is_some() {
+        FILE_OUTPUTS.store(true, Ordering::Relaxed);
+    }
     TraceOptions {
         json: out.json,
         stacks: out.stacks,
@@ -88,6 +97,7 @@ fn check_outputs(input: Option<&std::path::Path>, outs: &[Option<&std::path::Pat
 }
 
 fn cmd_analyze(a: AnalyzeArgs) -> anyhow::Result<()> {
+    FILE_OUTPUTS.store(a.output_file.is_some() || a.perfetto.is_some(), Ordering::Relaxed);
     check_outputs(Some(&a.file), &[a.output_file.as_deref(), a.perfetto.as_deref()])?;
     let opts = AnalyzeOptions {
         json: a.json,
@@ -259,6 +269,7 @@ fn cmd_doctor(a: DoctorArgs) -> anyhow::Result<()> {
 }
 
 fn cmd_offwake(a: netdrift::cli::OffwakeArgs) -> anyhow::Result<()> {
+    FILE_OUTPUTS.store(a.output_file.is_some() || a.svg.is_some(), Ordering::Relaxed);
     use netdrift::offwake::{self, Format, Metric, OffwakeOptions, OutputOptions, RenderOptions, StateFilter};
     let duration = duration_arg(a.duration)?;
     if let Some(max) = a.max_block_us {
@@ -331,6 +342,7 @@ fn perfetto_observers(p: Option<&std::path::Path>) -> Vec<Box<dyn trace::Observe
 }
 
 fn cmd_report(a: netdrift::cli::ReportArgs) -> anyhow::Result<()> {
+    FILE_OUTPUTS.store(true, Ordering::Relaxed);
     use netdrift::output::html::ReportWriter;
     let file = a.file.clone();
     let t = &a.trace;

@@ -264,6 +264,9 @@ pub fn short_name(n: &str) -> &str {
     }
 }
 
+/// How long a retired tid's late chains count in its process's exited row.
+const RETIRED_NS: u64 = 10_000_000_000;
+
 /// Collects the summary from events and completed chains.
 #[derive(Debug, Default)]
 pub struct SummaryBuilder {
@@ -275,6 +278,8 @@ pub struct SummaryBuilder {
     /// tid -> (pid, comm, exit time) of threads exited lately: their chains
     /// can complete after the exit, and count in the exited row.
     retired: HashMap<u32, (u32, String, u64)>,
+    /// (exit time, tid) in time order, to forget `retired` entries in turn.
+    retired_order: std::collections::VecDeque<(u64, u32)>,
     slowest: Vec<Waterfall>,
     keep_slowest: usize,
     /// Reused for the waker label of every wake-up.
@@ -324,12 +329,19 @@ impl SummaryBuilder {
 
     /// A thread exited: its row joins its process's exited row.
     fn retire(&mut self, t: &Task, ts: u64) {
-        // Chains complete within the idle timeout of their last event: a
-        // minute on, nothing of a retired tid is pending.
-        if self.retired.len() >= 4096 {
-            self.retired.retain(|_, r| ts.saturating_sub(r.2) < 60_000_000_000);
+        // Chains complete within the idle timeout of their last event (2 s by
+        // default): ten seconds on, nothing of a retired tid is pending.
+        while let Some(&(at, tid)) = self.retired_order.front() {
+            if ts.saturating_sub(at) < RETIRED_NS {
+                break;
+            }
+            self.retired_order.pop_front();
+            if self.retired.get(&tid).is_some_and(|r| r.2 == at) {
+                self.retired.remove(&tid);
+            }
         }
         self.retired.insert(t.tid, (t.pid, t.comm.to_string(), ts));
+        self.retired_order.push_back((ts, t.tid));
         if let Some(row) = self.threads.remove(&t.tid) {
             let key = (t.pid, t.comm.to_string());
             self.exited.entry(key).or_insert_with(|| ThreadRow { pid: t.pid, comm: t.comm.to_string(), ..Default::default() }).absorb(row);
@@ -342,6 +354,11 @@ impl SummaryBuilder {
 
     /// Per-event counts (switches, accepts) that chains do not hold.
     pub fn event(&mut self, ev: &Event) {
+        // Switched in under a retired tid: a new thread, with its own row (the
+        // old one's last record is its final switch-out, after its exit).
+        if !self.retired.is_empty() && matches!(ev.kind, Kind::SwitchIn { .. }) {
+            self.retired.remove(&ev.task.tid);
+        }
         match &ev.kind {
             Kind::TaskExit { .. } => self.retire(&ev.task, ev.ts),
             Kind::SwitchIn { runnable_ts, .. } => {
@@ -500,12 +517,21 @@ mod tests {
             b.event(&ev(t0, tid, run(t0 - 500)));
             b.event(&ev(t0 + 1, tid, out()));
             b.event(&ev(t0 + 2, tid, Kind::TaskExit { group_dead: false }));
+            // Its final switch-out (TASK_DEAD) comes after the exit.
+            b.event(&ev(
+                t0 + 3,
+                tid,
+                Kind::SwitchOut { involuntary: false, woken: false, state: 0x80, next_tid: 0, next_comm: "swapper/0".into() },
+            ));
         }
+        // A new thread under an exited tid gets its own row.
+        b.event(&ev(9_000_000, 100, run(8_999_000)));
         b.event(&ev(5_000_000, 7, out()));
         let s = b.build();
-        assert_eq!(s.threads.len(), 2, "{:?}", s.threads.iter().map(|t| t.label(&t.comm)).collect::<Vec<_>>());
+        assert_eq!(s.threads.len(), 3, "{:?}", s.threads.iter().map(|t| t.label(&t.comm)).collect::<Vec<_>>());
         let gone = s.threads.iter().find(|t| t.exited_threads > 0).expect("the exited row");
-        assert_eq!((gone.exited_threads, gone.tid, gone.voluntary, gone.runq.count), (1000, 0, 1000, 1000));
+        assert_eq!((gone.exited_threads, gone.tid, gone.voluntary, gone.runq.count), (1000, 0, 2000, 1000));
+        assert_eq!(s.threads.iter().find(|t| t.tid == 100).map(|t| t.runq.count), Some(1), "the new thread 100");
         assert_eq!(gone.label("conn"), "conn (1000 exited threads)");
         assert_eq!(s.threads.iter().find(|t| t.tid == 7).map(|t| t.label("conn")), Some("conn[7]".to_string()));
     }

@@ -314,6 +314,8 @@ struct Enricher {
     /// (pid, epfd, data) looked up in fdinfo, with the pid's close count then:
     /// after a close, data words can stand for new fds, so look again.
     tried_epoll: HashMap<(u32, i32, u64), u64>,
+    /// Processes with an entry in `tried_epoll`.
+    epoll_pids: HashSet<u32>,
     closes: HashMap<u32, u64>,
     handlers: Vec<crate::handlers::Resolved>,
 }
@@ -322,7 +324,10 @@ impl Enricher {
     /// The process is gone (its pid may be reused): what was learnt of it goes.
     fn forget_pid(&mut self, pid: u32) {
         self.closes.remove(&pid);
-        self.tried_epoll.retain(|k, _| k.0 != pid);
+        // Most processes that exit (tracing everything) were never looked up in fdinfo.
+        if self.epoll_pids.remove(&pid) {
+            self.tried_epoll.retain(|k, _| k.0 != pid);
+        }
     }
 
     fn facts(&mut self, ev: &mut Event, corr: &Correlator, pids: &HashSet<u32>, syms: &mut KernelSyms) -> Vec<Event> {
@@ -401,7 +406,9 @@ impl Enricher {
                 if missing {
                     if self.tried_epoll.len() > 100_000 {
                         self.tried_epoll.clear();
+                        self.epoll_pids.clear();
                     }
+                    self.epoll_pids.insert(pid);
                     for e in events.iter() {
                         self.tried_epoll.insert((pid, *epfd, e.data), gen);
                     }
@@ -774,6 +781,7 @@ pub fn run(mut opts: TraceOptions) -> Result<TraceResult> {
         by_sig: Default::default(),
         tried_inos: HashSet::new(),
         tried_epoll: HashMap::new(),
+        epoll_pids: HashSet::new(),
         closes: HashMap::new(),
         handlers: opts.probe.handlers.clone(),
     };
