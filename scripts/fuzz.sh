@@ -6,7 +6,8 @@
 #
 # Targets (fuzz/fuzz_targets/): decode (ring-buffer records -> events, and a
 # stream of them through the correlator and the live JSON writer), proc_parsers (/proc text: epoll
-# fdinfo, stat, socket links, status fields). Crashes land in
+# fdinfo, stat, socket links, status fields, offwake's /proc/PID/maps,
+# stat start times, CapEff). Crashes land in
 # fuzz/artifacts/TARGET/; reproduce one with
 #   RUSTC_BOOTSTRAP=1 cargo fuzz run --fuzz-dir fuzz TARGET fuzz/artifacts/TARGET/crash-...
 #

@@ -1,9 +1,13 @@
-//! /proc text comes from other processes (comm is chosen by the traced
-//! program, fdinfo and stat are formatted by the kernel): the parsers must
-//! accept any text without panicking.
+//! /proc text comes from other processes (comm and the file names of
+//! /proc/PID/maps are chosen by the traced program, fdinfo and stat are
+//! formatted by the kernel): the parsers must accept any text without
+//! panicking.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use netdrift::doctor::parse_cap_eff;
+use netdrift::offwake::procmaps;
+use netdrift::offwake::symbols::stat_start_time;
 use netdrift::procfs::{parse_epoll_fdinfo, socket_ino, stat_ppid, status_field};
 
 fuzz_target!(|data: &[u8]| {
@@ -17,4 +21,7 @@ fuzz_target!(|data: &[u8]| {
     for k in ["Tgid", "Pid", "PPid", "VmHWM"] {
         let _ = status_field(&text, k);
     }
+    let _ = procmaps::parse(&text);
+    let _ = stat_start_time(&text);
+    let _ = parse_cap_eff(&text);
 });
