@@ -149,7 +149,7 @@ pub struct TraceArgs {
     /// Benchmark only (bench/run.sh): read the ring buffer and drop the records undecoded, to measure the kernel side alone.
     #[arg(long, hide = true)]
     pub bench_discard: bool,
-    /// Benchmark and tests only: read sockets with a helper call per field even where bpf_rdonly_cast exists (the path of kernels before 6.2).
+    /// Benchmark and tests only: load the programs of older kernels (a helper call per socket field as before 6.2, the sleep state read from the task as before 5.18).
     #[arg(long, hide = true)]
     pub bench_probed_reads: bool,
 }

@@ -26,8 +26,10 @@ pub struct ProbeConfig {
     pub follow_children: bool,
     pub ringbuf_bytes: u32,
     pub capture_stacks: bool,
-    /// Load the wake-up program that reads sockets with bpf_probe_read_kernel
-    /// even where bpf_rdonly_cast exists (tests of the older kernels' path).
+    /// Load the programs of older kernels even where this one has better:
+    /// the wake-up program that reads sockets with bpf_probe_read_kernel
+    /// (no bpf_rdonly_cast, < 6.2) and the sched_switch program that reads
+    /// the state from the task (no prev_state, < 5.18). Tests of those paths.
     pub probed_reads: bool,
     /// Take no waker stack when one was taken this recently for the same waker,
     /// woken thread and signature (`nd_wake.stack_sig`; the wake-up reuses its class); 0: every wake-up.
@@ -235,7 +237,7 @@ impl<'obj> Probes<'obj> {
         } else {
             open.progs.nd_sched_waking.set_autoload(false);
         }
-        if features.prev_state {
+        if features.prev_state && !cfg.probed_reads {
             open.progs.nd_sched_switch.set_autoload(false);
         } else {
             open.progs.nd_sched_switch_ps.set_autoload(false);

@@ -565,8 +565,9 @@ fn nginx_herd_plain_and_reuseport() {
     }
     let n = |v: &Value, k: &str| v[k].as_u64().unwrap_or(0);
     // reuseport: one listen socket per worker, the kernel picks one: no herd.
-    // This run takes the wake-up program of kernels without bpf_rdonly_cast
-    // (a helper call per socket field), so that both builds are checked.
+    // This run takes the programs of older kernels (wake-up: a helper call
+    // per socket field, no bpf_rdonly_cast; sched_switch: the state read
+    // from the task, no prev_state), so that both builds are checked.
     let (rows, _, _) = herd_run(" reuseport", &["--bench-probed-reads"]);
     assert!(!rows.is_empty(), "listen sockets seen");
     let conns: u64 = rows.iter().map(|r| n(r, "connections")).sum();
