@@ -30,5 +30,6 @@ fn main() {
     println!("cargo:rerun-if-changed=src/bpf/offwake.h");
     println!("cargo:rerun-if-changed=src/bpf/targets.bpf.h");
     println!("cargo:rerun-if-changed=src/bpf/preempt.bpf.h");
+    println!("cargo:rerun-if-changed=src/bpf/sched.bpf.h");
     println!("cargo:rerun-if-changed=src/bpf/vmlinux.h");
 }

@@ -15,6 +15,7 @@
 #include "netdrift.h"
 #include "targets.bpf.h"
 #include "preempt.bpf.h"
+#include "sched.bpf.h"
 
 char LICENSE[] SEC("license") = "Dual MIT/GPL";
 
@@ -207,11 +208,6 @@ struct {
 	__type(value, struct task_ctx);
 } tasks SEC(".maps");
 
-/* Kernels before 5.14 name it `state`. */
-struct task_struct___o {
-	volatile long state;
-} __attribute__((preserve_access_index));
-
 static __always_inline void count_loss(__u32 which)
 {
 	__u64 *v = bpf_map_lookup_elem(&losses, &which);
@@ -276,13 +272,6 @@ static __always_inline void hdr_task(struct nd_hdr *h, struct task_struct *t)
 static __always_inline void hdr_current(struct nd_hdr *h)
 {
 	hdr_task(h, bpf_get_current_task_btf());
-}
-
-static __always_inline long task_state(struct task_struct *t)
-{
-	if (bpf_core_field_exists(t->__state))
-		return t->__state;
-	return ((struct task_struct___o *)t)->state;
 }
 
 /*
@@ -978,27 +967,18 @@ static __always_inline int sched_switch(bool preempt, struct task_struct *prev, 
 	return 0;
 }
 
-/*
- * Before 5.18 the tracepoint passes no prev_state: it is read from the task,
- * where a waker that came after the dequeue may have put TASK_WAKING (the
- * thread did block; which state it slept in is lost).
- */
+/* Before 5.18 (see switch_state in sched.bpf.h). */
 SEC("tp_btf/sched_switch")
 int BPF_PROG(nd_sched_switch, bool preempt, struct task_struct *prev, struct task_struct *next)
 {
 	return sched_switch(preempt, prev, next, task_state(prev));
 }
 
-/*
- * 5.18+: prev_state, read when __schedule began. A thread found RUNNING here
- * did not block (a pending signal: 5.18-6.11 still pass its sleep state); a
- * blocked one reads its state or TASK_WAKING, never RUNNING (its waker can
- * set that only once it is off the CPU).
- */
+/* 5.18+: the tracepoint passes prev_state. */
 SEC("tp_btf/sched_switch")
 int BPF_PROG(nd_sched_switch_ps, bool preempt, struct task_struct *prev, struct task_struct *next, unsigned int prev_state)
 {
-	return sched_switch(preempt, prev, next, task_state(prev) ? (long)prev_state : 0);
+	return sched_switch(preempt, prev, next, switch_state(prev, prev_state));
 }
 
 SEC("tp_btf/inet_sock_set_state")

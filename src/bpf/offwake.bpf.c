@@ -20,6 +20,7 @@
 #include "offwake.h"
 #include "targets.bpf.h"
 #include "preempt.bpf.h"
+#include "sched.bpf.h"
 
 char LICENSE[] SEC("license") = "Dual MIT/GPL";
 
@@ -68,10 +69,6 @@ struct pcpu_hot___ow {
 } __attribute__((preserve_access_index));
 extern struct pcpu_hot___ow pcpu_hot __ksym __weak;
 
-/* Kernels before 5.14 name it `state`. */
-struct task_struct___o {
-	volatile long state;
-} __attribute__((preserve_access_index));
 
 struct {
 	__uint(type, BPF_MAP_TYPE_STACK_TRACE);
@@ -173,13 +170,6 @@ static __always_inline bool is_target(struct task_struct *t)
 	if (target_ids(tgid, tid))
 		return true;
 	return !trace_all && n_comms && comm_match(t);
-}
-
-static __always_inline long task_state(struct task_struct *t)
-{
-	if (bpf_core_field_exists(t->__state))
-		return BPF_CORE_READ(t, __state);
-	return BPF_CORE_READ((struct task_struct___o *)t, state);
 }
 
 static __always_inline bool state_wanted(long state)
@@ -490,12 +480,7 @@ static __always_inline void switch_in(struct task_struct *next)
 	count(OW_STAT_PERIODS);
 }
 
-/*
- * Before 5.18 the tracepoint does not pass prev_state: it is read from the
- * task, where a waker that came after the dequeue has put TASK_WAKING (the
- * thread did block; in which state is lost). Runs on prev: its stacks are
- * the current ones.
- */
+/* Before 5.18 (see switch_state in sched.bpf.h). Runs on prev: its stacks are the current ones. */
 SEC("tp_btf/sched_switch")
 int BPF_PROG(ow_sched_switch, bool preempt, struct task_struct *prev, struct task_struct *next)
 {
@@ -504,16 +489,11 @@ int BPF_PROG(ow_sched_switch, bool preempt, struct task_struct *prev, struct tas
 	return 0;
 }
 
-/*
- * 5.18+: prev_state, read when __schedule began. A thread found RUNNING
- * here did not block (a signal was pending: 5.18-6.11 still pass its sleep
- * state); a blocked one reads its state or TASK_WAKING, never RUNNING (its
- * waker can set that only once it is off the CPU).
- */
+/* 5.18+: the tracepoint passes prev_state. */
 SEC("tp_btf/sched_switch")
 int BPF_PROG(ow_sched_switch_ps, bool preempt, struct task_struct *prev, struct task_struct *next, unsigned int prev_state)
 {
-	switch_out(ctx, preempt, prev, task_state(prev) ? (long)prev_state : 0);
+	switch_out(ctx, preempt, prev, switch_state(prev, prev_state));
 	switch_in(next);
 	return 0;
 }
