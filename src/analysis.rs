@@ -171,6 +171,14 @@ pub struct EpollReturn {
     pub lists_sock: Option<bool>,
 }
 
+impl EpollReturn {
+    /// Events returned but not in `events` (past the first 16, or an
+    /// unreadable array); 0 for an error return.
+    pub fn not_read(&self) -> usize {
+        usize::try_from(self.ret).unwrap_or(0).saturating_sub(self.events.len())
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "action", rename_all = "snake_case")]
 pub enum Action {

@@ -607,8 +607,8 @@ fn hop_json(h: &Hop, start: u64, stack_of: &mut dyn FnMut(&[u64]) -> Option<usiz
                 (None, _) => format!("data 0x{:x} {}", r.data, epoll_flags(r.events)),
             })
             .collect();
-        if e.ret > 0 && e.ret as usize > e.events.len() {
-            lines.push(format!("+{} more", e.ret as usize - e.events.len()));
+        if e.not_read() > 0 {
+            lines.push(format!("+{} more", e.not_read()));
         }
         lines.push(rel(e.ts));
         steps.push(node(

@@ -246,11 +246,7 @@ impl TextRenderer {
                     None => format!("data 0x{:x} {}", r.data, epoll_flags(r.events)),
                 })
                 .collect();
-            let more = if e.ret > 0 && e.ret as usize > e.events.len() {
-                format!(" (+{} more)", e.ret as usize - e.events.len())
-            } else {
-                String::new()
-            };
+            let more = if e.not_read() > 0 { format!(" (+{} more)", e.not_read()) } else { String::new() };
             let _ = writeln!(
                 o,
                 "  {cont}   {}({}) {:>9}  returned {}: {}{}",
