@@ -275,9 +275,9 @@ pub struct SummaryBuilder {
     threads: HashMap<u32, ThreadRow>,
     /// Rows of exited threads, by (pid, comm).
     exited: HashMap<(u32, String), ThreadRow>,
-    /// tid -> (pid, comm, exit time) of threads exited lately: their chains
-    /// can complete after the exit, and count in the exited row.
-    retired: HashMap<u32, (u32, String, u64)>,
+    /// tid -> (pid, exit time) of threads exited lately: their chains can
+    /// complete after the exit, and count in the exited row.
+    retired: HashMap<u32, (u32, u64)>,
     /// (exit time, tid) in time order, to forget `retired` entries in turn.
     retired_order: std::collections::VecDeque<(u64, u32)>,
     slowest: Vec<Waterfall>,
@@ -318,13 +318,15 @@ impl SummaryBuilder {
     }
 
     fn thread(&mut self, t: &Task) -> &mut ThreadRow {
-        if !self.threads.contains_key(&t.tid) {
-            if let Some((pid, comm, _)) = self.retired.get(&t.tid).filter(|r| r.0 == t.pid) {
-                let key = (*pid, comm.clone());
-                return self.exited.entry(key).or_insert_with(|| ThreadRow { pid: t.pid, comm: t.comm.to_string(), ..Default::default() });
-            }
+        if !self.threads.contains_key(&t.tid) && self.retired.get(&t.tid).is_some_and(|r| r.0 == t.pid) {
+            return self.exited_row(t.pid, &t.comm);
         }
         self.threads.entry(t.tid).or_insert_with(|| ThreadRow { pid: t.pid, tid: t.tid, comm: t.comm.to_string(), ..Default::default() })
+    }
+
+    /// The row of `pid`'s exited threads named `comm`.
+    fn exited_row(&mut self, pid: u32, comm: &str) -> &mut ThreadRow {
+        self.exited.entry((pid, comm.to_string())).or_insert_with(|| ThreadRow { pid, comm: comm.to_string(), ..Default::default() })
     }
 
     /// A thread exited: its row joins its process's exited row.
@@ -336,15 +338,14 @@ impl SummaryBuilder {
                 break;
             }
             self.retired_order.pop_front();
-            if self.retired.get(&tid).is_some_and(|r| r.2 == at) {
+            if self.retired.get(&tid).is_some_and(|r| r.1 == at) {
                 self.retired.remove(&tid);
             }
         }
-        self.retired.insert(t.tid, (t.pid, t.comm.to_string(), ts));
+        self.retired.insert(t.tid, (t.pid, ts));
         self.retired_order.push_back((ts, t.tid));
         if let Some(row) = self.threads.remove(&t.tid) {
-            let key = (t.pid, t.comm.to_string());
-            self.exited.entry(key).or_insert_with(|| ThreadRow { pid: t.pid, comm: t.comm.to_string(), ..Default::default() }).absorb(row);
+            self.exited_row(t.pid, &t.comm).absorb(row);
         }
     }
 
