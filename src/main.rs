@@ -38,6 +38,7 @@ fn main() {
             std::process::exit(2);
         }
     };
+    let files = writes_files(&cli.command);
     let res = match cli.command {
         Command::Trace(a) => cmd_trace(a, Report::Full),
         Command::Herd(a) => cmd_trace(a, Report::Herd),
@@ -52,7 +53,7 @@ fn main() {
         // filter; the programs detach with the process. Not when files were
         // being written too: they stay .partial, and the status says so.
         let pipe = |io: &std::io::Error| io.kind() == std::io::ErrorKind::BrokenPipe;
-        if !FILE_OUTPUTS.load(Ordering::Relaxed)
+        if !files
             && e.chain().any(|c| {
                 c.downcast_ref::<std::io::Error>().is_some_and(pipe) || matches!(c.downcast_ref::<Error>(), Some(Error::Io(io)) if pipe(io))
             })
@@ -66,13 +67,20 @@ fn main() {
     }
 }
 
-/// Some output of this run goes to a file (-o, --record, --perfetto).
-static FILE_OUTPUTS: AtomicBool = AtomicBool::new(false);
+/// Does some output of this command go to a file (left .partial if the run fails)?
+fn writes_files(c: &Command) -> bool {
+    let out = |o: &OutputArgs| o.output_file.is_some() || o.record.is_some() || o.perfetto.is_some();
+    match c {
+        Command::Trace(a) | Command::Herd(a) => out(&a.out),
+        Command::Demo(a) => out(&a.out),
+        Command::Analyze(a) => a.output_file.is_some() || a.perfetto.is_some(),
+        Command::Offwake(a) => a.output_file.is_some() || a.svg.is_some(),
+        Command::Report(_) => true,
+        Command::Doctor(_) => false,
+    }
+}
 
 fn base_options(out: &OutputArgs) -> TraceOptions {
-    if out.output_file.is_some() || out.record.is_some() || out.perfetto.is_some() {
-        FILE_OUTPUTS.store(true, Ordering::Relaxed);
-    }
     TraceOptions {
         json: out.json,
         stacks: out.stacks,
@@ -97,7 +105,6 @@ fn check_outputs(input: Option<&std::path::Path>, outs: &[Option<&std::path::Pat
 }
 
 fn cmd_analyze(a: AnalyzeArgs) -> anyhow::Result<()> {
-    FILE_OUTPUTS.store(a.output_file.is_some() || a.perfetto.is_some(), Ordering::Relaxed);
     check_outputs(Some(&a.file), &[a.output_file.as_deref(), a.perfetto.as_deref()])?;
     let opts = AnalyzeOptions {
         json: a.json,
@@ -269,7 +276,6 @@ fn cmd_doctor(a: DoctorArgs) -> anyhow::Result<()> {
 }
 
 fn cmd_offwake(a: netdrift::cli::OffwakeArgs) -> anyhow::Result<()> {
-    FILE_OUTPUTS.store(a.output_file.is_some() || a.svg.is_some(), Ordering::Relaxed);
     use netdrift::offwake::{self, Format, Metric, OffwakeOptions, OutputOptions, RenderOptions, StateFilter};
     let duration = duration_arg(a.duration)?;
     if let Some(max) = a.max_block_us {
@@ -342,7 +348,6 @@ fn perfetto_observers(p: Option<&std::path::Path>) -> Vec<Box<dyn trace::Observe
 }
 
 fn cmd_report(a: netdrift::cli::ReportArgs) -> anyhow::Result<()> {
-    FILE_OUTPUTS.store(true, Ordering::Relaxed);
     use netdrift::output::html::ReportWriter;
     let file = a.file.clone();
     let t = &a.trace;
