@@ -55,6 +55,18 @@ fn ready_wake_run(waker: &Task, w: &Task, sock: SockInfo, seq: u64, ts: [u64; 3]
     ]
 }
 
+/// Feed `evs`, then close what is still open: every chain, in id order.
+// The correlator's own type: chains are boxed so written ones can be recycled.
+#[allow(clippy::vec_box)]
+fn all_chains(c: &mut Correlator, evs: &[Event]) -> Vec<Box<Chain>> {
+    for e in evs {
+        c.ingest(e);
+    }
+    let mut chains = c.drain_completed();
+    chains.extend(c.finish());
+    chains
+}
+
 fn accept(lfd: i32, ret: i32, peer: Option<SockInfo>) -> Kind {
     Kind::Accept {
         enter_ts: 0,
@@ -371,11 +383,7 @@ fn a_wake_up_while_handling_stays_in_the_hop() {
         ev(5100, 0, w0.clone(), Kind::EpollEnter { epfd: 4, maxevents: 64, syscall: Syscall::EpollWait }),
     ]);
     let mut c = Correlator::new();
-    for e in &evs {
-        c.ingest(e);
-    }
-    let mut chains = c.drain_completed();
-    chains.extend(c.finish());
+    let chains = all_chains(&mut c, &evs);
     assert_eq!(chains.len(), 1, "no chain of its own for the lock wake-up: {chains:#?}");
     let ch = &chains[0];
     assert!(!ch.incomplete);
@@ -480,11 +488,7 @@ fn a_wake_up_racing_the_dequeue_waits_for_a_cpu() {
             ev(10_600, 1, w0.clone(), epoll_exit(4, &[6])),
             ev(10_800, 1, w0.clone(), Kind::EpollEnter { epfd: 4, maxevents: 64, syscall: Syscall::EpollWait }),
         ];
-        for e in &evs {
-            c.ingest(e);
-        }
-        let mut chains = c.drain_completed();
-        chains.extend(c.finish());
+        let chains = all_chains(&mut c, &evs);
         (chains, c.stats.wasted_wakes)
     };
     let (chains, wasted_before) = run(true);
@@ -746,9 +750,7 @@ pub(crate) fn interrupted_epoll_chain() -> Chain {
     c.ingest(&ev(200, 1, killer, wake(w.clone(), 0, Cause::Signal)));
     c.ingest(&ev(300, 0, w.clone(), switch_in(200, 0)));
     let exit = Kind::EpollExit { enter_ts: 100, epfd: 4, ret: -4, syscall: Syscall::EpollWait, events: vec![] };
-    c.ingest(&ev(400, 0, w.clone(), exit));
-    let mut chains = c.drain_completed();
-    chains.extend(c.finish());
+    let mut chains = all_chains(&mut c, &[ev(400, 0, w.clone(), exit)]);
     assert_eq!(chains.len(), 1, "{chains:#?}");
     *chains.pop().unwrap()
 }
@@ -773,11 +775,7 @@ fn unread_returned_events_do_not_make_a_wake_up_wasted() {
     let mut evs = ready_wake_run(&client, &w0, conn, 8, [10_000, 10_010, 10_500]).to_vec();
     evs.push(ev(10_600, 1, w0.clone(), unread));
     evs.push(ev(10_800, 1, w0.clone(), Kind::EpollEnter { epfd: 4, maxevents: 64, syscall: Syscall::EpollWait }));
-    for e in &evs {
-        c.ingest(e);
-    }
-    let mut chains = c.drain_completed();
-    chains.extend(c.finish());
+    let chains = all_chains(&mut c, &evs);
     let ch = chains.iter().find(|ch| ch.sock.is_some()).expect("the socket's chain");
     assert_eq!(ch.hops[0].epoll.as_ref().unwrap().lists_sock, None, "{ch:#?}");
     assert_eq!(ch.wasted(), 0);
@@ -811,11 +809,7 @@ fn a_lock_on_the_way_to_the_return_is_not_a_wasted_wake_up() {
         ev(3700, 0, w0.clone(), accept(3, 9, Some(peer))),
         ev(3800, 0, w0.clone(), Kind::EpollEnter { epfd: 4, maxevents: 8, syscall: Syscall::EpollWait }),
     ]);
-    for e in &evs {
-        c.ingest(e);
-    }
-    let mut chains = c.drain_completed();
-    chains.extend(c.finish());
+    let chains = all_chains(&mut c, &evs);
     assert_eq!(chains.len(), 1, "the mutex's wake-up starts no chain: {chains:#?}");
     let ch = &chains[0];
     assert_eq!(ch.wasted(), 0, "{ch:#?}");
