@@ -928,9 +928,7 @@ pub fn render(report: &Report, opts: &OutputOptions) -> String {
             let mut s = model::json_lines(&report.entries);
             s.push_str(&summary_json(report).to_string());
             s.push('\n');
-            let mut b = s.into_bytes();
-            crate::output::json::escape_invisible(&mut b);
-            String::from_utf8(b).unwrap_or_default()
+            crate::output::json::escaped(s)
         }
     }
 }

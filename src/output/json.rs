@@ -94,12 +94,17 @@ pub fn escape_invisible(buf: &mut Vec<u8>) {
     *buf = out.into_bytes();
 }
 
-/// A whole JSON line (start, lost, summary), with invisible characters escaped.
-pub fn line(v: &Value) -> String {
-    let mut b = v.to_string().into_bytes();
+/// JSON text (one line or several) with invisible characters escaped.
+pub fn escaped(text: String) -> String {
+    let mut b = text.into_bytes();
     escape_invisible(&mut b);
     // Valid UTF-8 in, valid UTF-8 out.
     String::from_utf8(b).unwrap_or_default()
+}
+
+/// A whole JSON line (start, lost, summary), with invisible characters escaped.
+pub fn line(v: &Value) -> String {
+    escaped(v.to_string())
 }
 
 /// `key"0x..."`, as `{:x}` writes it, without the formatting machinery (one per wake-up line).
