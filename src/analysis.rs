@@ -407,7 +407,7 @@ struct ThreadCtx {
 const TASK_UNINTERRUPTIBLE: u32 = 0x2;
 const TASK_WAKING: u32 = 0x200;
 const TASK_RTLOCK_WAIT: u32 = 0x1000;
-const TASK_DEAD: u32 = 0x80;
+pub(crate) const TASK_DEAD: u32 = 0x80;
 const EPOLL_CTL_ADD: i32 = 1;
 const EPOLL_CTL_DEL: i32 = 2;
 const EPOLL_CTL_MOD: i32 = 3;

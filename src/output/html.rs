@@ -197,6 +197,13 @@ impl ReportWriter {
     /// Feed one event.
     pub fn add_event(&mut self, ev: &Event) {
         match &ev.kind {
+            // A dead thread's last switch-out comes after its task_exit: forget it (tids are reused).
+            Kind::SwitchOut { state, .. } if *state & crate::analysis::TASK_DEAD != 0 => {
+                self.threads.remove(&ev.task.tid);
+            }
+            Kind::TaskExit { .. } => {
+                self.threads.remove(&ev.task.tid);
+            }
             Kind::SwitchOut { involuntary, state, .. } => {
                 let t = self.threads.entry(ev.task.tid).or_default();
                 t.out = if *involuntary { None } else { Some((ev.ts, *state, t.in_epoll)) };
@@ -1163,6 +1170,21 @@ mod tests {
         assert_eq!(data["chains"].as_array().unwrap().len(), 1, "the fixture is one herd chain");
         let d = data["default_index"].as_u64().unwrap() as usize;
         assert_eq!(data["chains"][d]["hops"].as_array().unwrap().len(), 2, "the herd chain is shown first");
+    }
+
+    #[test]
+    fn exited_threads_leave_no_flame_state() {
+        let mut w = ReportWriter::new(Path::new("r.html"), None);
+        let out = |state| Kind::SwitchOut { involuntary: false, woken: false, state, next_tid: 0, next_comm: "swapper/0".into() };
+        for tid in 1..=1000 {
+            let t = Task { pid: 7, tid, comm: "worker".into() };
+            let at = |ts, kind| Event { ts, cpu: 0, task: t.clone(), kind };
+            w.add_event(&at(10, Kind::EpollEnter { epfd: 3, maxevents: 8, syscall: crate::events::Syscall::EpollWait }));
+            w.add_event(&at(20, out(1)));
+            w.add_event(&at(30, Kind::TaskExit { group_dead: false }));
+            w.add_event(&at(40, out(crate::analysis::TASK_DEAD)));
+        }
+        assert!(w.threads.is_empty(), "{} threads kept", w.threads.len());
     }
 
     #[test]
