@@ -570,7 +570,15 @@ pub struct Correlator {
     spare: Vec<Box<Chain>>,
     /// The returned-event lists of recycled chains, emptied, for the next returns.
     spare_returned: Vec<Vec<ReturnedEvent>>,
+    /// Socket events whose chain no wake-up has joined yet although one
+    /// carrying it was seen: (seq, its ts, its CPU). Dropped once no later
+    /// wake-up can carry it (see `drop_expired_unjoined`).
+    unjoined: Vec<(u64, u64, u32)>,
 }
+
+/// How long after a socket event the kernel side still attaches it to a
+/// wake-up on the same CPU (`sock_window_ns` of netdrift.bpf.c).
+pub const SOCK_WINDOW_NS: u64 = 2_000_000;
 
 impl Correlator {
     /// A correlator closing chains idle for 2 s.
@@ -710,6 +718,34 @@ impl Correlator {
         }
     }
 
+    /// A wake-up carried socket event `seq` but did not join its chain (its
+    /// thread was handling, or its stack disproves the socket). A later
+    /// wake-up of the same event may still join it (the rest of a herd): the
+    /// chain is closed only once none can.
+    fn defer_unjoined(&mut self, seq: u64) {
+        if let Some(&(id, _)) = self.by_seq.get(&seq).filter(|_| seq != 0) {
+            if let Some(sock) = self.open.get(&id).filter(|c| c.hops.is_empty()).and_then(|c| c.sock.as_ref()) {
+                self.unjoined.push((seq, sock.ts, sock.cpu));
+            }
+        }
+    }
+
+    /// Close the deferred socket events no wake-up can carry any more: a
+    /// newer one on the same CPU replaced it (`cpu`), or its window is over
+    /// (twice the window: event times of different CPUs are not ordered).
+    fn drop_expired_unjoined(&mut self, now: u64, cpu: Option<u32>) {
+        let mut i = 0;
+        while i < self.unjoined.len() {
+            let (seq, ts, c) = self.unjoined[i];
+            if Some(c) == cpu || now > ts.saturating_add(2 * SOCK_WINDOW_NS) {
+                self.unjoined.swap_remove(i);
+                self.drop_unjoined(seq);
+            } else {
+                i += 1;
+            }
+        }
+    }
+
     /// Close the chain of socket event `seq` if no wake-up joined it: it
     /// prints nothing and would stay open until it expired.
     fn drop_unjoined(&mut self, seq: u64) {
@@ -732,6 +768,7 @@ impl Correlator {
 
     /// Close every open chain (end of trace) and return all completed ones.
     pub fn finish(&mut self) -> Vec<Box<Chain>> {
+        self.unjoined.clear();
         let ids: Vec<u64> = self.open.keys().copied().collect();
         for id in ids {
             self.force_close(id);
@@ -758,6 +795,10 @@ impl Correlator {
             self.next_expiry_ts = self.last_ts.saturating_add(self.idle_ns / 10);
         }
         self.summary.event(ev);
+        if !self.unjoined.is_empty() {
+            let replaced_on = matches!(ev.kind, Kind::SockReady { .. }).then_some(ev.cpu);
+            self.drop_expired_unjoined(ev.ts, replaced_on);
+        }
         let tid = ev.task.tid;
         let pid = ev.task.pid;
         let mut ann = Annotation::default();
@@ -789,8 +830,9 @@ impl Correlator {
                 if let Some(p) = self.handling(target.tid) {
                     // It slept inside its handler (the listener's lock in a
                     // herd's losing accept, a blocking send): still that hop,
-                    // and the socket it blocked on starts no chain.
-                    self.drop_unjoined(*sock_seq);
+                    // and the socket it blocked on starts no chain of its
+                    // own unless another thread's wake-up joins it.
+                    self.defer_unjoined(*sock_seq);
                     ann.chain = Some(p.0);
                     return ann;
                 }
@@ -802,7 +844,7 @@ impl Correlator {
                     Some(&(id, hook)) if *sock_seq != 0 && self.open.contains_key(&id) && hook_matches(hook, cause) => id,
                     _ => {
                         // Its socket was a guess the stack disproves.
-                        self.drop_unjoined(*sock_seq);
+                        self.defer_unjoined(*sock_seq);
                         self.new_chain(ev.ts)
                     }
                 };

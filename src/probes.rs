@@ -73,7 +73,7 @@ impl Default for ProbeConfig {
             stack_reuse_ns: STACK_REUSE_NS,
             switch_out: true,
             epoll_enter: false,
-            sock_window_ns: 2_000_000,
+            sock_window_ns: crate::analysis::SOCK_WINDOW_NS,
             packets: false,
             handlers: Vec::new(),
             epoll_ctl: false,

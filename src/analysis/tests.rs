@@ -422,8 +422,10 @@ fn a_socket_event_nothing_joined_holds_nothing_back() {
     assert_eq!(chains.len(), 1, "{chains:#?}");
     assert!(chains[0].sock.is_none(), "the timer's wake-up has no socket");
     assert_eq!(chains[0].hops[0].wake.as_ref().unwrap().cause, Cause::Timer);
+    assert_eq!(c.open_chains(), 2, "the disproved one stays open while another wake-up could carry it");
+    c.ingest(&ev(1000 + 2 * SOCK_WINDOW_NS + 1, 0, w.clone(), Kind::EpollEnter { epfd: 4, maxevents: 64, syscall: Syscall::EpollWait }));
     assert_eq!(c.open_chains(), 1, "the lone event stays open until it expires");
-    assert!(c.finish().is_empty(), "and never prints");
+    assert!(c.drain_completed().is_empty() && c.finish().is_empty(), "and neither prints");
     assert_eq!(c.stats.chains, 1);
 }
 
@@ -454,12 +456,52 @@ fn a_blocking_send_while_handling_opens_no_chain() {
     for e in &evs {
         c.ingest(e);
     }
+    // Another thread's wake-up could still join it within the window; none can after.
+    c.ingest(&ev(
+        4450 + 2 * SOCK_WINDOW_NS + 1,
+        0,
+        t(20, 20, "client"),
+        Kind::EpollCtl { epfd: 9, op: 2, fd: 7, events: 0, data: 0, err: 0 },
+    ));
     let chains = c.drain_completed();
     assert_eq!(chains.len(), 1, "{chains:#?}");
     assert_eq!(c.open_chains(), 0, "the send's socket event is not left open");
     let h0 = chains[0].hops.iter().find(|h| h.target.tid == 11).unwrap();
     assert!(h0.accepted());
     assert_eq!((h0.blocked, h0.blocked_ns), (1, 300));
+}
+
+/// A new connection wakes first a worker that is still handling the last
+/// one (its wake-up stays in that hop), then the other, waiting in
+/// epoll_wait: the second is the connection's chain, with its socket.
+#[test]
+fn a_herd_whose_first_wake_up_finds_a_handling_worker_keeps_its_socket() {
+    let w0 = t(10, 11, "demo:worker_0");
+    let w1 = t(10, 12, "demo:worker_1");
+    let client = t(20, 21, "client");
+    let lsock = sock(0xaaa, 500, "127.0.0.1:8080", "0.0.0.0:0", 10);
+    let peer = sock(0xccc, 502, "127.0.0.1:8080", "127.0.0.1:40001", 1);
+    let mut evs = herd_events();
+    // w1 does not go back to epoll_wait: still handling at the next connection.
+    evs.retain(|e| !(e.task.tid == 12 && matches!(e.kind, Kind::EpollEnter { .. })));
+    let ready = Kind::SockReady { sock: lsock.into(), seq: 9, hook: ReadyHook::SkDataReady, new_state: None, packet: None };
+    evs.extend([
+        ev(6000, 1, client.clone(), ready),
+        ev(6050, 1, client.clone(), wake(w1.clone(), 9, Cause::SocketReadable)),
+        ev(6100, 1, client.clone(), wake(w0.clone(), 9, Cause::SocketReadable)),
+        ev(6500, 0, w0.clone(), switch_in(6100, 0)),
+        ev(6600, 0, w0.clone(), epoll_exit(4, &[3])),
+        ev(6700, 0, w0.clone(), accept(3, 7, Some(peer))),
+        ev(6800, 0, w0.clone(), Kind::EpollEnter { epfd: 4, maxevents: 64, syscall: Syscall::EpollWait }),
+    ]);
+    let chains = all_chains(&mut Correlator::new(), &evs);
+    let second = chains.iter().find(|c| c.hops.iter().any(|h| h.target.tid == 11 && h.wake.as_ref().is_some_and(|w| w.ts == 6100)));
+    let second = second.unwrap_or_else(|| panic!("no chain for w0's wake-up: {chains:#?}"));
+    let s = second.sock.as_ref().unwrap_or_else(|| panic!("the connection's socket was lost: {second:#?}"));
+    assert_eq!((s.sock.ino, s.ts), (500, 6000));
+    assert_eq!(second.hops.len(), 1, "w1's wake-up stays in its own hop: {second:#?}");
+    assert!(second.hops[0].accepted());
+    assert_eq!(chains.iter().filter(|c| c.sock.as_ref().is_some_and(|s| s.ts == 6000)).count(), 1);
 }
 
 /// A wake-up that finds the worker still on its CPU, on its way to sleep,
