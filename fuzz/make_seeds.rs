@@ -1,12 +1,17 @@
 //! Seed corpus for the fuzz targets: one valid record of each type (built
 //! from the skeleton's `types::nd_*`, the layout the BPF side writes) and a
 //! stream forming a whole chain, in the `decode` target's stream format
-//! (2-byte little-endian length, then the record). Run by scripts/fuzz.sh:
+//! (2-byte little-endian length, then the record); the same chain as a
+//! recording written by netdrift's own recording writer, whole and cut short.
+//! Run by scripts/fuzz.sh:
 //!   cargo run --manifest-path fuzz/Cargo.toml --bin make_seeds -- fuzz/corpus
 use std::fs;
 use std::path::PathBuf;
 
+use netdrift::events::decode;
+use netdrift::output::text::Losses;
 use netdrift::skel::types;
+use netdrift::trace::{write_record_end, write_record_event, write_record_start};
 
 fn bytes<T: Copy>(v: &T) -> Vec<u8> {
     // SAFETY: T is a repr(C) plain-old-data record; viewing it as bytes is sound.
@@ -94,6 +99,23 @@ fn main() {
         stream.extend_from_slice(rec);
     }
     fs::write(dir.join("stream-chain"), &stream).expect("write seed");
+
+    let dir = root.join("recording");
+    fs::create_dir_all(&dir).expect("create corpus dir");
+    let mut rec = Vec::new();
+    let start = serde_json::json!({"version": "0.0.0", "t0_ns": 900, "pids": [w], "tids": [], "comms": [], "idle_ms": 2000});
+    write_record_start(&mut rec, &start).expect("write start");
+    for raw in &chain {
+        write_record_event(&mut rec, &decode(raw).expect("a seed record decodes")).expect("write event");
+    }
+    let events_end = rec.len();
+    let losses = Losses { ringbuf: 1, per_cpu: vec![[1, 0, 0, 0]], ..Default::default() };
+    write_record_end(&mut rec, "duration reached", 1.0, &losses, 0, 8).expect("write end");
+    fs::write(dir.join("whole"), &rec).expect("write seed");
+    // Killed mid-write: the last event cut in the middle, no end record.
+    fs::write(dir.join("truncated"), &rec[..events_end - 40]).expect("write seed");
+    // Killed between two lines: every event whole, no end record.
+    fs::write(dir.join("no-end"), &rec[..events_end]).expect("write seed");
 
     let dir = root.join("proc_parsers");
     fs::create_dir_all(&dir).expect("create corpus dir");

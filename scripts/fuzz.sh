@@ -7,7 +7,9 @@
 # Targets (fuzz/fuzz_targets/): decode (ring-buffer records -> events, and a
 # stream of them through the correlator and the live JSON writer), proc_parsers (/proc text: epoll
 # fdinfo, stat, socket links, status fields, offwake's /proc/PID/maps,
-# stat start times, CapEff). Crashes land in
+# stat start times, CapEff), recording (a --record file replayed as `analyze`
+# and `report --from` read it: the correlator, chains and summary). A run
+# longer than 10 s counts as a hang. Crashes land in
 # fuzz/artifacts/TARGET/; reproduce one with
 #   RUSTC_BOOTSTRAP=1 cargo fuzz run --fuzz-dir fuzz TARGET fuzz/artifacts/TARGET/crash-...
 #
@@ -20,7 +22,7 @@ export PATH="$HOME/.cargo/bin:$PATH"
 
 SECS=${FUZZ_SECONDS:-60}
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(decode proc_parsers)
+[ ${#targets[@]} -gt 0 ] || targets=(decode proc_parsers recording)
 
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz
 
@@ -34,7 +36,7 @@ else
 fi
 echo "fuzz: ${targets[*]}, ${SECS} s each, $how" >&2
 
-# Seeds: one valid record of each type and a whole chain as a stream.
+# Seeds: one valid record of each type, a whole chain as a stream and as a recording.
 cargo run --quiet --manifest-path fuzz/Cargo.toml --bin make_seeds -- fuzz/corpus >&2
 
 failed=()
@@ -42,7 +44,7 @@ for t in "${targets[@]}"; do
   mkdir -p "fuzz/corpus/$t" "fuzz/artifacts/$t"
   echo "fuzz: $t for $SECS s" >&2
   if "${fuzz[@]}" run --fuzz-dir fuzz "$t" "fuzz/corpus/$t" -- \
-      -max_total_time="$SECS" -max_len=8192 -rss_limit_mb=4096 -print_final_stats=1 \
+      -max_total_time="$SECS" -max_len=8192 -timeout=10 -rss_limit_mb=4096 -print_final_stats=1 \
       -artifact_prefix="fuzz/artifacts/$t/" 2>"fuzz/artifacts/$t.log"; then
     echo "fuzz: $t: no crash ($(grep -E '^stat::number_of_executed_units' "fuzz/artifacts/$t.log" | awk '{print $2}') runs, corpus $(ls "fuzz/corpus/$t" | wc -l) inputs)" >&2
   else

@@ -6,7 +6,7 @@
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
-use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::io::{BufRead, BufReader, BufWriter, Read, Write};
 use std::mem::MaybeUninit;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -455,6 +455,61 @@ pub struct Pipeline {
 /// The first line of a recording.
 pub const RECORD_MAGIC: &str = "netdrift-record";
 
+/// The type of a recording's last line.
+const RECORD_END: &str = "netdrift-record-end";
+
+/// Longest line a recording is read with. An event is at most a few KiB (a
+/// wake-up's stack, an epoll_wait's events); a file without newlines (a
+/// binary file, /dev/zero) must not be read whole as one line.
+const MAX_RECORD_LINE: usize = 1 << 20;
+
+/// The first line of a recording: [`RECORD_MAGIC`], the format version and
+/// the trace's `start` record.
+pub fn write_record_start(w: &mut impl Write, start: &Value) -> std::io::Result<()> {
+    writeln!(w, "{}", json::record(RECORD_MAGIC, json!({"version": 1, "start": start})))
+}
+
+/// One event of a recording, as [`analyze`] reads it back.
+pub fn write_record_event(w: &mut impl Write, ev: &Event) -> std::io::Result<()> {
+    serde_json::to_writer(&mut *w, ev).map_err(std::io::Error::from)?;
+    w.write_all(b"\n")
+}
+
+/// The last line of a recording: how the trace ended and what it lost.
+/// Without it [`analyze`] calls the recording incomplete.
+pub fn write_record_end(
+    w: &mut impl Write,
+    reason: &str,
+    secs: f64,
+    losses: &Losses,
+    decode_errors: u64,
+    ringbuf_mib: u32,
+) -> std::io::Result<()> {
+    let end = json!({"type": RECORD_END, "reason": reason, "duration_s": secs, "lost": losses, "decode_errors": decode_errors, "ringbuf_mib": ringbuf_mib});
+    writeln!(w, "{end}")
+}
+
+/// The next line of a recording without its line end, None at the end of
+/// the file; a line longer than [`MAX_RECORD_LINE`] is an error.
+fn next_record_line(input: &mut impl BufRead) -> Option<std::io::Result<String>> {
+    let mut buf = Vec::new();
+    // One byte past the limit tells a line of exactly the limit from a longer one.
+    match input.by_ref().take(MAX_RECORD_LINE as u64 + 1).read_until(b'\n', &mut buf) {
+        Ok(0) => return None,
+        Ok(_) => {}
+        Err(e) => return Some(Err(e)),
+    }
+    if buf.last() == Some(&b'\n') {
+        buf.pop();
+        if buf.last() == Some(&b'\r') {
+            buf.pop();
+        }
+    } else if buf.len() > MAX_RECORD_LINE {
+        return Some(Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("line longer than {} MiB", MAX_RECORD_LINE >> 20))));
+    }
+    Some(String::from_utf8(buf).map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "stream did not contain valid UTF-8")))
+}
+
 /// Records decoded and processed at a time.
 const READ_SLICE: usize = 512;
 
@@ -497,7 +552,7 @@ impl Pipeline {
             writeln!(self.out, "{}", json::line(&json::record("start", start.clone())))?;
         }
         if let Some(r) = &mut self.record {
-            writeln!(r, "{}", json::record(RECORD_MAGIC, json!({"version": 1, "start": start})))?;
+            write_record_start(r, start)?;
         }
         for o in self.observers.iter_mut() {
             o.start(start);
@@ -535,8 +590,7 @@ impl Pipeline {
     /// One event, enriched already.
     fn ingest(&mut self, mut ev: Event) -> Result<()> {
         if let Some(r) = &mut self.record {
-            serde_json::to_writer(&mut *r, &ev).map_err(std::io::Error::from)?;
-            r.write_all(b"\n")?;
+            write_record_event(r, &ev)?;
         }
         if self.corr.repeated_enter(&ev) {
             return Ok(());
@@ -629,8 +683,7 @@ impl Pipeline {
             writeln!(self.out, "{}", json::line(&line))?;
         }
         if let Some(mut r) = self.record.take() {
-            let end = json!({"type": "netdrift-record-end", "reason": reason, "duration_s": secs, "lost": losses, "decode_errors": decode_errors, "ringbuf_mib": ringbuf_mib});
-            writeln!(r, "{end}")?;
+            write_record_end(&mut r, reason, secs, &losses, decode_errors, ringbuf_mib)?;
             r.commit()?;
         }
         let end = TraceEnd { stats: &stats, summary: &analysis, losses: &losses, secs, reason, ringbuf_mib, decode_errors };
@@ -908,11 +961,21 @@ pub fn analyze(path: &Path, aopts: &AnalyzeOptions) -> Result<TraceResult> {
 }
 
 /// [`analyze`], feeding `observers` too; `quiet` prints no chains.
-pub fn analyze_with(path: &Path, aopts: &AnalyzeOptions, mut observers: Vec<Box<dyn Observer>>, quiet: bool) -> Result<TraceResult> {
+pub fn analyze_with(path: &Path, aopts: &AnalyzeOptions, observers: Vec<Box<dyn Observer>>, quiet: bool) -> Result<TraceResult> {
     let f = File::open(path).map_err(|e| Error::Usage(format!("cannot read {}: {e}", path.display())))?;
-    let mut lines = BufReader::new(f).lines();
+    analyze_reader(path, BufReader::new(f), aopts, observers, quiet)
+}
+
+/// [`analyze_with`] on a recording already open; errors name it `path`.
+pub fn analyze_reader(
+    path: &Path,
+    mut input: impl BufRead,
+    aopts: &AnalyzeOptions,
+    mut observers: Vec<Box<dyn Observer>>,
+    quiet: bool,
+) -> Result<TraceResult> {
     let bad = |n: usize, why: String| Error::Usage(format!("{}: line {n}: {why} (not a netdrift --record file?)", path.display()));
-    let first = lines.next().ok_or_else(|| bad(1, "empty file".into()))?.map_err(|e| bad(1, e.to_string()))?;
+    let first = next_record_line(&mut input).ok_or_else(|| bad(1, "empty file".into()))?.map_err(|e| bad(1, e.to_string()))?;
     let head: Value = serde_json::from_str(&first).map_err(|e| bad(1, e.to_string()))?;
     if head["type"] != RECORD_MAGIC {
         return Err(bad(1, format!("expected type {RECORD_MAGIC:?}")));
@@ -938,15 +1001,17 @@ pub fn analyze_with(path: &Path, aopts: &AnalyzeOptions, mut observers: Vec<Box<
     pipe.observers = observers;
     pipe.start_line(&start)?;
     let mut end: Option<Value> = None;
-    for (i, line) in lines.enumerate() {
-        // A read error (invalid UTF-8, an I/O error) names the file and line too.
-        let line = line.map_err(|e| bad(i + 2, e.to_string()))?;
-        let v: Value = serde_json::from_str(&line).map_err(|e| bad(i + 2, e.to_string()))?;
-        if v["type"] == "netdrift-record-end" {
+    let mut n = 1;
+    while let Some(line) = next_record_line(&mut input) {
+        n += 1;
+        // A read error (invalid UTF-8, an I/O error, a line too long) names the file and line too.
+        let line = line.map_err(|e| bad(n, e.to_string()))?;
+        let v: Value = serde_json::from_str(&line).map_err(|e| bad(n, e.to_string()))?;
+        if v["type"] == RECORD_END {
             end = Some(v);
             break;
         }
-        let ev: Event = serde_json::from_value(v).map_err(|e| bad(i + 2, e.to_string()))?;
+        let ev: Event = serde_json::from_value(v).map_err(|e| bad(n, e.to_string()))?;
         pipe.ingest(ev)?;
         pipe.drain()?;
     }
@@ -960,4 +1025,47 @@ pub fn analyze_with(path: &Path, aopts: &AnalyzeOptions, mut observers: Vec<Box<
         end["ringbuf_mib"].as_u64().unwrap_or(0) as u32,
         end["reason"].as_str().unwrap_or("?"),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_recording_without_line_ends_is_refused_not_read_whole() {
+        // /dev/zero as a recording: one endless line.
+        let zeros = BufReader::new(std::io::repeat(0));
+        let e = analyze_reader(Path::new("/dev/zero"), zeros, &AnalyzeOptions::default(), Vec::new(), true).expect_err("refused");
+        let e = e.to_string();
+        assert!(e.contains("/dev/zero: line 1: line longer than 1 MiB"), "{e}");
+    }
+
+    #[test]
+    fn record_lines_end_at_newlines_up_to_the_limit() {
+        let mut text = vec![b'a'; MAX_RECORD_LINE];
+        text.extend_from_slice(b"\nb\r\n\nc");
+        let mut r = &text[..];
+        assert_eq!(next_record_line(&mut r).unwrap().unwrap().len(), MAX_RECORD_LINE);
+        let rest: Vec<String> = std::iter::from_fn(|| next_record_line(&mut r)).map(|l| l.unwrap()).collect();
+        assert_eq!(rest, ["b", "", "c"]);
+
+        let mut long = &[b'a'; MAX_RECORD_LINE + 1][..];
+        assert_eq!(next_record_line(&mut long).unwrap().unwrap_err().kind(), std::io::ErrorKind::InvalidData);
+    }
+
+    #[test]
+    fn what_the_record_writer_writes_the_reader_reads() {
+        let ev = Event { ts: 5, cpu: 1, task: Task { pid: 7, tid: 7, comm: "w".into() }, kind: Kind::TaskExit { group_dead: true } };
+        let mut rec = Vec::new();
+        write_record_start(&mut rec, &json!({"t0_ns": 1, "idle_ms": 50})).unwrap();
+        write_record_event(&mut rec, &ev).unwrap();
+        write_record_end(&mut rec, "done", 1.5, &Losses { ringbuf: 3, ..Default::default() }, 2, 8).unwrap();
+        let r = analyze_reader(Path::new("t.ndr"), &rec[..], &AnalyzeOptions::default(), Vec::new(), true).unwrap();
+        assert_eq!((r.stats.events, r.losses.ringbuf, r.decode_errors, r.reason.as_str()), (1, 3, 2, "done"));
+
+        // Cut before its end record: incomplete.
+        let cut = &rec[..rec.len() - 1 - rec[..rec.len() - 1].iter().rev().position(|&b| b == b'\n').unwrap()];
+        let e = analyze_reader(Path::new("t.ndr"), cut, &AnalyzeOptions::default(), Vec::new(), true).expect_err("refused").to_string();
+        assert!(e.contains("no end record"), "{e}");
+    }
 }
