@@ -449,7 +449,14 @@ pub struct Pipeline {
     /// A socket event waits for the next record of its CPU, its wake-up,
     /// whose stack may disprove it (see [`Correlator::joins`]): at most one
     /// per CPU.
-    held: Vec<Event>,
+    held: Vec<Held>,
+}
+
+struct Held {
+    ev: Event,
+    /// A wake-up carrying it did not join it (its thread was handling, or
+    /// its stack disproves the socket): the next wake-up of a herd may.
+    refused: bool,
 }
 
 /// The first line of a recording.
@@ -595,18 +602,30 @@ impl Pipeline {
         if self.corr.repeated_enter(&ev) {
             return Ok(());
         }
-        if let Some(i) = self.held.iter().position(|h| h.cpu == ev.cpu) {
-            let held = self.held.swap_remove(i);
-            if self.corr.joins(&held, &ev) {
-                self.process(held)?;
-            } else if let Kind::Wake { sock_seq, .. } = &mut ev.kind {
-                // A guess its wake-up disproves: neither is written as joined.
-                *sock_seq = 0;
+        if let Some(i) = self.held.iter().position(|h| h.ev.cpu == ev.cpu) {
+            let mut held = self.held.swap_remove(i);
+            let carried = match (&held.ev.kind, &ev.kind) {
+                (Kind::SockReady { seq, .. }, Kind::Wake { sock_seq, .. }) => seq == sock_seq,
+                _ => false,
+            };
+            if carried && !self.corr.joins(&held.ev, &ev) {
+                // Not this wake-up's socket: it is written unjoined, and the
+                // socket event waits for the rest of a herd.
+                if let Kind::Wake { sock_seq, .. } = &mut ev.kind {
+                    *sock_seq = 0;
+                }
+                held.refused = true;
+                self.held.push(held);
+            } else if carried || !held.refused {
+                // Joined, or the next record is not its wake-up: it stands.
+                self.process(held.ev)?;
+            } else {
+                // A guess no wake-up confirmed: left out of the stream.
                 self.corr.stats.sockets_disproved += 1;
             }
         }
         if matches!(ev.kind, Kind::SockReady { .. }) {
-            self.held.push(ev);
+            self.held.push(Held { ev, refused: false });
             return Ok(());
         }
         self.process(ev)
@@ -656,7 +675,11 @@ impl Pipeline {
     /// Close every chain, print the summary, commit the files.
     fn finish(mut self, losses: Losses, decode_errors: u64, secs: f64, ringbuf_mib: u32, reason: &str) -> Result<TraceResult> {
         for held in std::mem::take(&mut self.held) {
-            self.process(held)?;
+            if held.refused {
+                self.corr.stats.sockets_disproved += 1;
+            } else {
+                self.process(held.ev)?;
+            }
         }
         let rest = self.corr.finish();
         self.flush_chains(rest)?;

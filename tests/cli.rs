@@ -484,6 +484,91 @@ fn analyze_replays_with_the_recorded_idle_timeout() {
     assert_eq!(run(r#","idle_ms":100"#), (1, 1));
 }
 
+/// A herd whose first wake-up goes to a worker still handling the last
+/// connection: that wake-up stays in its hop (no socket), the socket event
+/// waits, and the second worker's wake-up joins it.
+#[test]
+fn analyze_keeps_a_herds_socket_when_its_first_wake_up_finds_a_handling_worker() {
+    use netdrift::events::{Cause, EpEvent, Event, Kind, ReadyHook, SockInfo, Syscall, Task, WakerContext};
+    let dir = tempfile::tempdir().unwrap();
+    let rec = dir.path().join("run.ndr");
+    let task = |tid: u32, comm: &str| Task { pid: if tid == 20 { 20 } else { 10 }, tid, comm: comm.into() };
+    let (w0, w1, client) = (task(11, "worker_0"), task(12, "worker_1"), task(20, "client"));
+    let listen = SockInfo {
+        sk: 0xaaa,
+        ino: 500,
+        netns: 1,
+        family: 2,
+        protocol: 6,
+        local: "127.0.0.1:8080".parse().unwrap(),
+        remote: "0.0.0.0:0".parse().unwrap(),
+        state: 10,
+    };
+    let ev = |ts: u64, cpu: u32, t: &Task, kind: Kind| Event { ts, cpu, task: t.clone(), kind };
+    let ready = |seq| Kind::SockReady { sock: listen.clone().into(), seq, hook: ReadyHook::EpollItem, new_state: None, packet: None };
+    let wake = |target: &Task, seq| Kind::Wake {
+        target: target.clone(),
+        sock_seq: seq,
+        stack: vec![],
+        stack_err: 0,
+        target_cpu: 0,
+        waker_is_kthread: false,
+        target_on_rq: false,
+        cause: Some(Cause::SocketReadable),
+        context: Some(WakerContext::SoftirqInSyscall),
+        via_epoll: true,
+        stack_reused: false,
+        stack_sig: 0,
+    };
+    let switch_in =
+        |runnable_ts| Kind::SwitchIn { runnable_ts, prev_cpu: 0, after_preempt: false, prev_tid: 0, prev_comm: "swapper".into() };
+    let exit = |epfd| Kind::EpollExit {
+        enter_ts: 0,
+        epfd,
+        ret: 1,
+        syscall: Syscall::EpollWait,
+        events: vec![EpEvent { events: 1, data: 3, fd: None }],
+    };
+    let enter = |epfd| Kind::EpollEnter { epfd, maxevents: 64, syscall: Syscall::EpollWait };
+    let events = [
+        ev(1000, 1, &client, ready(1)),
+        ev(1100, 1, &client, wake(&w0, 1)),
+        ev(1500, 0, &w0, switch_in(1100)),
+        ev(1600, 0, &w0, exit(4)),
+        // w0 is handling its connection when the next one arrives.
+        ev(2000, 1, &client, ready(2)),
+        ev(2050, 1, &client, wake(&w0, 2)),
+        ev(2100, 1, &client, wake(&w1, 2)),
+        ev(2500, 1, &w1, switch_in(2100)),
+        ev(2600, 1, &w1, exit(5)),
+        ev(2700, 1, &w1, enter(5)),
+        ev(2800, 0, &w0, enter(4)),
+    ];
+    let mut body = r#"{"type":"netdrift-record","version":1,"start":{"t0_ns":1000,"tids":[],"pids":[10],"comms":[],"handlers":[],"notes":[],"features":{},"packets":false,"epoll_ctl":false,"ringbuf_bytes":8388608,"version":"0"}}"#.as_bytes().to_vec();
+    body.push(b'\n');
+    for e in &events {
+        netdrift::trace::write_record_event(&mut body, e).unwrap();
+    }
+    body.extend_from_slice(br#"{"type":"netdrift-record-end","reason":"done","duration_s":1.0,"lost":{"ringbuf":0,"stack":0,"map_full":0,"user_read":0,"per_cpu":[]},"decode_errors":0,"ringbuf_mib":8}"#);
+    body.push(b'\n');
+    std::fs::write(&rec, body).unwrap();
+    let out = nd().args(["analyze", "--json"]).arg(&rec).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<serde_json::Value> =
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).expect("JSON line")).collect();
+    let of = |t: &str| lines.iter().filter(|e| e["type"] == t).collect::<Vec<_>>();
+    let ready = of("sock_ready");
+    assert_eq!(ready.len(), 2, "both connections' socket events are written: {ready:#?}");
+    let wakes = of("wake");
+    assert_eq!(wakes.len(), 3);
+    assert_eq!((&wakes[1]["sock_seq"], &wakes[1]["chain"]), (&0.into(), &wakes[0]["chain"]), "w0's wake-up stays in its hop: {}", wakes[1]);
+    assert_eq!(wakes[2]["chain"], ready[1]["chain"], "w1's wake-up joins the second connection: {}", wakes[2]);
+    assert_eq!(wakes[2]["sock_seq"], 2);
+    let summary = of("summary");
+    assert_eq!(summary[0]["stats"]["sockets_disproved"], 0, "{}", summary[0]);
+    assert_eq!(summary[0]["stats"]["chains"], 2, "{}", summary[0]);
+}
+
 /// A socket event its wake-up's stack disproves (a timer woke the thread
 /// right after a state change on that CPU) is left out of the JSON stream,
 /// counted, and the wake-up points to no socket; one that holds is kept.
