@@ -19,7 +19,7 @@ fn bytes<T: Copy>(v: &T) -> Vec<u8> {
 }
 
 fn hdr(tag: u32, ts: u64, pid: u32) -> types::nd_hdr {
-    let mut h = types::nd_hdr { r#type: tag, cpu: 1, ts, pid, tid: pid, ..Default::default() };
+    let mut h = types::nd_hdr { r#type: tag as u16, cpu: 1, ts, pid, tid: pid, ..Default::default() };
     for (i, b) in b"nginx".iter().enumerate() {
         h.comm[i] = *b as i8;
     }

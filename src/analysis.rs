@@ -286,6 +286,9 @@ pub struct Chain {
     /// Closed by the idle timeout or the end of the trace, not by every
     /// thread going back to sleep.
     pub incomplete: bool,
+    /// Open when the ring buffer lost records: a step may be missing or
+    /// joined to the wrong wake-up.
+    pub records_lost: bool,
 }
 
 impl Chain {
@@ -365,6 +368,10 @@ pub struct Stats {
     pub by_type: BTreeMap<String, u64>,
     pub chains: u64,
     pub chains_incomplete: u64,
+    /// Chains open when records were lost (`Chain::records_lost`).
+    pub chains_records_lost: u64,
+    /// Lost records the stream marks (`records_lost` events).
+    pub records_lost: u64,
     pub wakes: u64,
     pub accepts: u64,
     pub accept_eagain: u64,
@@ -606,11 +613,11 @@ impl Correlator {
             Some(mut c) => {
                 let mut hops = std::mem::take(&mut c.hops);
                 hops.clear();
-                *c = Chain { id, start_ts: ts, sock: None, hops, incomplete: false };
+                *c = Chain { id, start_ts: ts, sock: None, hops, incomplete: false, records_lost: false };
                 c
             }
             // Most chains have one hop: room for one, not the four a first push reserves.
-            None => Box::new(Chain { id, start_ts: ts, sock: None, hops: Vec::with_capacity(1), incomplete: false }),
+            None => Box::new(Chain { id, start_ts: ts, sock: None, hops: Vec::with_capacity(1), incomplete: false, records_lost: false }),
         };
         self.open.insert(id, chain);
         id
@@ -685,6 +692,9 @@ impl Correlator {
         self.stats.chains += 1;
         if c.incomplete {
             self.stats.chains_incomplete += 1;
+        }
+        if c.records_lost {
+            self.stats.chains_records_lost += 1;
         }
         if c.woken() > 1 {
             self.stats.herd_chains += 1;
@@ -1050,6 +1060,13 @@ impl Correlator {
                 ann.chain = self.active_chain(tid, |_| false);
             }
             Kind::EpollMap { epfd, fd, data } | Kind::EpollReg { epfd, fd, data, .. } => self.epoll_map.insert(pid, *epfd, *data, *fd),
+            Kind::RecordsLost { records } => {
+                self.stats.records_lost += records;
+                // Which chain the lost records were of is unknown: every open one may miss a step.
+                for c in self.open.values_mut() {
+                    c.records_lost = true;
+                }
+            }
             Kind::FdMap { ino, fd } => self.fds.insert(*ino, pid, *fd),
             Kind::Accept { syscall, listen_fd, ret, peer, listen, backlog, max_backlog, .. } => {
                 if *ret >= 0 {

@@ -447,6 +447,11 @@ pub enum Kind {
         fd: i32,
         data: u64,
     },
+    /// Records of this CPU the ring buffer had no room for, just before
+    /// this point of the stream (from the next record's header).
+    RecordsLost {
+        records: u64,
+    },
 }
 
 fn is_zero_i32(v: &i32) -> bool {
@@ -468,7 +473,7 @@ pub struct Event {
 }
 
 /// The `type` of each event kind, indexed by [`Event::type_index`].
-pub const TYPE_NAMES: [&str; 17] = [
+pub const TYPE_NAMES: [&str; 18] = [
     "sock_ready",
     "wake",
     "switch_in",
@@ -486,6 +491,7 @@ pub const TYPE_NAMES: [&str; 17] = [
     "epoll_reg",
     "napi",
     "handler",
+    "records_lost",
 ];
 
 impl Event {
@@ -509,6 +515,7 @@ impl Event {
             Kind::EpollReg { .. } => 14,
             Kind::Napi { .. } => 15,
             Kind::Handler { .. } => 16,
+            Kind::RecordsLost { .. } => 17,
         }
     }
 
@@ -641,10 +648,43 @@ fn task(h: &types::nd_hdr) -> Task {
     Task { pid: h.pid, tid: h.tid, comm: comm_rc(&h.comm) }
 }
 
+/// A record's CPU and that CPU's count of records lost so far (mod 2^16),
+/// without decoding it.
+pub fn record_cpu_lost(data: &[u8]) -> Option<(u32, u16)> {
+    let h: types::nd_hdr = read(data)?;
+    Some((h.cpu, h.cpu_lost))
+}
+
+/// Per CPU, the lost-record count of its last record: a change is a gap
+/// in the stream, just before the record that shows it.
+#[derive(Debug, Default)]
+pub struct GapFinder {
+    last: Vec<u16>,
+}
+
+impl GapFinder {
+    /// Records lost on this record's CPU since that CPU's previous record
+    /// (0 for none). Counts start at 0 when the programs are loaded.
+    pub fn lost_before(&mut self, data: &[u8]) -> u64 {
+        let Some((cpu, lost)) = record_cpu_lost(data) else { return 0 };
+        let cpu = cpu as usize;
+        if cpu >= self.last.len() {
+            // A CPU number past any real one would be a corrupt header: no gap from it.
+            if cpu >= 1 << 16 {
+                return 0;
+            }
+            self.last.resize(cpu + 1, 0);
+        }
+        let n = lost.wrapping_sub(self.last[cpu]);
+        self.last[cpu] = lost;
+        n as u64
+    }
+}
+
 /// Decode one ring-buffer record.
 pub fn decode(data: &[u8]) -> Result<Event, DecodeError> {
     let h: types::nd_hdr = read(data).ok_or(DecodeError::Short(data.len()))?;
-    let tag = h.r#type;
+    let tag = h.r#type as u32;
     let kind = match tag {
         1 => {
             let r = need::<types::nd_sock_ready>(tag, data)?;
@@ -930,7 +970,7 @@ mod tests {
     use super::*;
 
     fn hdr(tag: u32) -> types::nd_hdr {
-        let mut h = types::nd_hdr { r#type: tag, cpu: 1, ts: 42, pid: 100, tid: 101, ..Default::default() };
+        let mut h = types::nd_hdr { r#type: tag as u16, cpu: 1, ts: 42, pid: 100, tid: 101, ..Default::default() };
         for (i, b) in b"worker".iter().enumerate() {
             h.comm[i] = *b as i8;
         }
@@ -940,6 +980,23 @@ mod tests {
     fn bytes<T: Copy>(v: &T) -> Vec<u8> {
         // SAFETY: T is a repr(C) POD record; viewing it as bytes is sound.
         unsafe { std::slice::from_raw_parts(v as *const T as *const u8, std::mem::size_of::<T>()).to_vec() }
+    }
+
+    #[test]
+    fn gaps_are_found_per_cpu_from_the_header_counts() {
+        let rec = |cpu: u32, lost: u16| {
+            bytes(&types::nd_task_exit { hdr: types::nd_hdr { cpu, cpu_lost: lost, ..hdr(11) }, ..Default::default() })
+        };
+        let mut g = GapFinder::default();
+        assert_eq!(g.lost_before(&rec(0, 0)), 0);
+        assert_eq!(g.lost_before(&rec(0, 3)), 3, "3 lost on CPU 0 before this record");
+        assert_eq!(g.lost_before(&rec(1, 2)), 2, "a CPU's first record shows its losses since load");
+        assert_eq!(g.lost_before(&rec(0, 3)), 0, "no new gap");
+        assert_eq!(g.lost_before(&rec(1, 2)), 0);
+        assert_eq!(g.lost_before(&rec(0, u16::MAX)), (u16::MAX - 3) as u64);
+        assert_eq!(g.lost_before(&rec(0, 1)), 2, "the 16-bit count wraps");
+        assert_eq!(g.lost_before(&rec(70_000, 5)), 0, "a corrupt CPU number is no gap");
+        assert_eq!(g.lost_before(&[1, 2, 3]), 0, "nor is a short record");
     }
 
     #[test]
@@ -1111,10 +1168,11 @@ mod tests {
             buf.resize(8192, 0);
             check(&decode(&buf).unwrap_or_else(|e| panic!("tag {tag}: {e:?}")));
         }
-        // The two kinds user space makes from /proc.
+        // The kinds user space makes: from /proc, and from the headers' loss counts.
         let task = Task { pid: 1, tid: 1, comm: "a".into() };
         check(&Event { ts: 1, cpu: 0, task: task.clone(), kind: Kind::FdMap { ino: 7, fd: 3 } });
-        check(&Event { ts: 1, cpu: 0, task, kind: Kind::EpollMap { epfd: 4, fd: 3, data: 9 } });
+        check(&Event { ts: 1, cpu: 0, task: task.clone(), kind: Kind::EpollMap { epfd: 4, fd: 3, data: 9 } });
+        check(&Event { ts: 1, cpu: 0, task, kind: Kind::RecordsLost { records: 2 } });
         assert_eq!(seen.len(), TYPE_NAMES.len(), "kinds not covered: {seen:?}");
     }
 

@@ -19,7 +19,7 @@ use serde_json::{json, Value};
 
 use crate::analysis::{Annotation, Chain, Correlator, Stats};
 use crate::error::{Error, Result};
-use crate::events::{decode, Event, Kind, Task};
+use crate::events::{decode, Event, GapFinder, Kind, Task};
 use crate::output::json;
 use crate::output::text::{ringbuf_fix, summary, summary_sections, Losses, TextRenderer};
 use crate::output::{partial_path, OnDrop, PartialFile};
@@ -809,13 +809,22 @@ pub fn run(mut opts: TraceOptions) -> Result<TraceResult> {
         let bad = bad.clone();
         let discarded = discarded.clone();
         let discard = opts.discard;
+        let mut gaps = GapFinder::default();
         builder.add(&probes.skel.maps.events, move |data: &[u8]| {
             if discard {
                 discarded.set(discarded.get() + 1);
                 return 0;
             }
+            let lost = gaps.lost_before(data);
             match decode(data) {
-                Ok(e) => q.borrow_mut().push(e),
+                Ok(e) => {
+                    let mut q = q.borrow_mut();
+                    if lost > 0 {
+                        let task = Task { pid: 0, tid: 0, comm: "".into() };
+                        q.push(Event { ts: e.ts, cpu: e.cpu, task, kind: Kind::RecordsLost { records: lost } });
+                    }
+                    q.push(e);
+                }
                 Err(_) => *bad.borrow_mut() += 1,
             }
             0

@@ -272,6 +272,8 @@ fn full_ring_buffer_is_reported_as_lost() {
     // hundred bytes of records (epoll exit/enter, switches, wake-ups).
     let served = load(nginx.addr(), 4, 5_000, Duration::from_millis(1500));
     signal(child.id(), libc::SIGCONT);
+    // A few more requests: each CPU's next record shows where its losses were.
+    load(nginx.addr(), 2, 50, Duration::from_millis(300));
     // Past the reader's once-a-second look at the loss counters.
     std::thread::sleep(Duration::from_millis(1500));
     signal(child.id(), libc::SIGINT);
@@ -309,6 +311,14 @@ fn full_ring_buffer_is_reported_as_lost() {
     // The text summary (stderr with -o) says so too.
     assert!(err.contains("LOST: "), "text summary shows LOST: {err}");
     assert!(err.contains("--ringbuf-size"), "text summary names the flag: {err}");
+    // Where they were: a records_lost event at each gap, before the first
+    // record its CPU wrote after it (losses after a CPU's last record have none).
+    let gaps: Vec<&serde_json::Value> = lines.iter().filter(|l| l["type"] == "records_lost").collect();
+    let marked: u64 = gaps.iter().map(|l| l["records"].as_u64().expect("records_lost.records")).sum();
+    eprintln!("{} records_lost events for {marked} records; {} chains open across a gap", gaps.len(), sum["stats"]["chains_records_lost"]);
+    assert!(marked > 0 && marked <= ringbuf, "the gaps are marked in the stream ({marked} of {ringbuf}): {gaps:?}");
+    assert_eq!(sum["stats"]["records_lost"], marked, "{sum}");
+    assert!(sum["stats"]["chains_records_lost"].as_u64().unwrap_or(0) > 0, "chains open across a gap are marked: {}", sum["stats"]);
     // The records it kept still decode and the stream still ends cleanly.
     assert_eq!(lines[0]["type"], "start");
     assert_eq!(sum["reason"], "interrupted");

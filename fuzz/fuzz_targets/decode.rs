@@ -1,13 +1,14 @@
 //! Ring-buffer records are bytes written by the kernel side: `decode` must
 //! turn any byte string into an event or an error, never panic. The same
 //! input is also read as a stream of records (each prefixed by a 2-byte
-//! length) fed to the correlator, which must accept any sequence of events,
+//! length) fed to the correlator (with the gaps its headers' loss counts
+//! show, as the live reader does), which must accept any sequence of events,
 //! and each written as the live JSON line, which must parse.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use netdrift::analysis::Correlator;
-use netdrift::events::decode;
+use netdrift::events::{decode, Event, GapFinder, Kind, Task};
 use netdrift::output::json::write_event;
 
 fuzz_target!(|data: &[u8]| {
@@ -18,6 +19,7 @@ fuzz_target!(|data: &[u8]| {
 
     // The input as a stream of records.
     let mut corr = Correlator::new();
+    let mut gaps = GapFinder::default();
     let mut rest = data;
     let mut n = 0usize;
     let mut line = Vec::new();
@@ -27,7 +29,13 @@ fuzz_target!(|data: &[u8]| {
         let take = len.min(rest.len());
         let (rec, tail) = rest.split_at(take);
         rest = tail;
+        // As the live reader does: a gap in a CPU's loss count is an event before the record.
+        let lost = gaps.lost_before(rec);
         if let Ok(ev) = decode(rec) {
+            if lost > 0 {
+                let gap = Event { ts: ev.ts, cpu: ev.cpu, task: Task { pid: 0, tid: 0, comm: "".into() }, kind: Kind::RecordsLost { records: lost } };
+                corr.ingest(&gap);
+            }
             let ann = corr.ingest(&ev);
             write_event(&mut line, &ev, &ann, None).expect("an event always writes");
             serde_json::from_slice::<serde_json::Value>(&line).expect("the live JSON line parses");

@@ -276,7 +276,7 @@ fn unwritten_epoll_enter_is_implied_by_the_exit() {
     // The herd chain, complete (w0's part ended when it entered epoll_wait
     // again), and one for the call that returned at once, still being handled.
     assert_eq!((a.2, a.3), (2, 1), "{}", a.0);
-    assert!(a.0.starts_with("[Chain { id: 1,") && a.0.contains("incomplete: false }, Chain { id: 2,"), "{}", a.0);
+    assert!(a.0.starts_with("[Chain { id: 1,") && a.0.contains("records_lost: false }, Chain { id: 2,"), "{}", a.0);
     assert_eq!(a, b);
 }
 
@@ -891,4 +891,25 @@ fn a_forked_child_inherits_its_parents_fds_and_epoll_words() {
     assert_eq!(c.fds.fds(500), [(10, 3), (20, 3)]);
     assert_eq!(c.epoll_fd(20, 4, 7), Some(3));
     assert_eq!(c.epoll_fd(10, 4, 7), Some(3), "the parent keeps them");
+}
+
+/// Records lost on a CPU: the chains open at that point of the stream are
+/// marked (a step may be missing); those opened after it are not.
+#[test]
+fn chains_open_across_lost_records_are_marked() {
+    let (waker, w0, w1) = (t(20, 20, "client"), t(10, 11, "w0"), t(10, 12, "w1"));
+    let s = |port: u16| sock(port as u64, port as u64, "127.0.0.1:8080", &format!("127.0.0.1:{port}"), 1);
+    let gap = ev(2500, 1, t(0, 0, ""), Kind::RecordsLost { records: 7 });
+    let mut evs: Vec<Event> = ready_wake_run(&waker, &w0, s(40001), 1, [1000, 1100, 2000]).into();
+    evs.push(gap);
+    evs.extend(ready_wake_run(&waker, &w1, s(40002), 2, [3000, 3100, 4000]));
+    evs.push(ev(5000, 0, w0.clone(), Kind::EpollEnter { epfd: 4, maxevents: 64, syscall: Syscall::EpollWait }));
+    evs.push(ev(5100, 0, w1.clone(), Kind::EpollEnter { epfd: 4, maxevents: 64, syscall: Syscall::EpollWait }));
+    let mut c = Correlator::new();
+    let chains = all_chains(&mut c, &evs);
+    assert_eq!(chains.len(), 2, "{chains:#?}");
+    assert!(chains[0].records_lost && !chains[1].records_lost, "{chains:#?}");
+    assert_eq!((c.stats.records_lost, c.stats.chains_records_lost), (7, 1));
+    let text = crate::output::text::TextRenderer { t0: 0, stacks: false }.chain(&chains[0], &mut crate::symbolize::KernelSyms::new());
+    assert!(text.contains("[records lost while open]"), "{text}");
 }

@@ -216,6 +216,14 @@ static __always_inline void count_loss(__u32 which)
 		*v += 1;
 }
 
+static __always_inline __u16 ringbuf_lost(void)
+{
+	__u32 which = ND_LOSS_RINGBUF;
+	__u64 *v = bpf_map_lookup_elem(&losses, &which);
+
+	return v ? (__u16)*v : 0;
+}
+
 static __always_inline bool is_target(__u32 tgid, __u32 tid)
 {
 	return target_ids(tgid, tid);
@@ -237,6 +245,7 @@ static __always_inline void *reserve(__u64 size, __u32 type)
 		return NULL;
 	}
 	h->type = type;
+	h->cpu_lost = ringbuf_lost();
 	h->cpu = bpf_get_smp_processor_id();
 	h->ts = bpf_ktime_get_ns();
 	return h;

@@ -64,7 +64,13 @@ enum nd_syscall {
 #define ND_NR_SOCK_IO 10
 
 struct nd_hdr {
-	__u32 type;		/* enum nd_rec_type */
+	__u16 type;		/* enum nd_rec_type */
+	/*
+	 * Records this CPU could not reserve so far (mod 2^16): a change since
+	 * the CPU's previous record tells user space where in the stream the
+	 * gap is, so it can mark the chains open across it.
+	 */
+	__u16 cpu_lost;
 	__u32 cpu;
 	__u64 ts;		/* CLOCK_MONOTONIC ns */
 	__u32 pid;		/* tgid of the task the record is about */

@@ -545,6 +545,9 @@ fn chain_json(c: &Chain, t0: u64, stack_of: &mut dyn FnMut(&[u64]) -> Option<usi
     if c.incomplete {
         flags.push_str("  [incomplete]");
     }
+    if c.records_lost {
+        flags.push_str("  [records lost while open]");
+    }
     json!({
         "id": c.id,
         "label": format!("chain {}  at {}  {}  ({}){flags}", c.id, dur(c.start_ts.saturating_sub(t0)), title, dur(chain_total(c))),
@@ -552,6 +555,7 @@ fn chain_json(c: &Chain, t0: u64, stack_of: &mut dyn FnMut(&[u64]) -> Option<usi
         "hops": hops,
         "notes": notes,
         "incomplete": c.incomplete,
+        "records_lost": c.records_lost,
     })
 }
 

@@ -138,11 +138,12 @@ impl TextRenderer {
         };
         let _ = writeln!(
             o,
-            "chain {}  at {}  {}{}",
+            "chain {}  at {}  {}{}{}",
             c.id,
             dur(c.start_ts.saturating_sub(self.t0)),
             title,
-            if c.incomplete { "  [incomplete]" } else { "" }
+            if c.incomplete { "  [incomplete]" } else { "" },
+            if c.records_lost { "  [records lost while open]" } else { "" }
         );
         if let Some(p) = c.sock.as_ref().and_then(|s| s.packet.as_ref()) {
             let s = c.sock.as_ref().unwrap();
@@ -348,6 +349,13 @@ pub fn summary(stats: &Stats, losses: &Losses, secs: f64, ringbuf_mib: u32, why:
             losses.stack,
             losses.map_full,
             losses.user_read
+        );
+    }
+    if stats.chains_records_lost > 0 {
+        let _ = writeln!(
+            o,
+            "  {} chains were open when records were lost (marked [records lost while open]: a step may be missing)",
+            stats.chains_records_lost
         );
     }
     if losses.skipped_total() > 0 {
