@@ -64,7 +64,7 @@ fn comm(name: &str) -> [i8; 16] {
 // `..Default::default()` keeps building if the header grows a field.
 #[allow(clippy::needless_update)]
 fn hdr(tag: u32, ts: u64, cpu: u32, pid: u32, tid: u32, name: &str) -> types::nd_hdr {
-    types::nd_hdr { r#type: tag as u16, cpu, ts, pid, tid, comm: comm(name), ..Default::default() }
+    types::nd_hdr { r#type: tag as u16, cpu: cpu as u16, ts, pid, tid, comm: comm(name), ..Default::default() }
 }
 
 fn sock(sk: u64, ino: u64, lport: u16, rport: u16, state: u8) -> types::nd_sock {

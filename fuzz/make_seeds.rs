@@ -93,7 +93,7 @@ fn main() {
     fs::create_dir_all(&dir).expect("create corpus dir");
     let mut stream = Vec::new();
     for rec in &chain {
-        let tag = u32::from_ne_bytes(rec[..4].try_into().unwrap());
+        let tag = u16::from_ne_bytes(rec[..2].try_into().unwrap());
         fs::write(dir.join(format!("record-{tag:02}")), rec).expect("write seed");
         stream.extend_from_slice(&(rec.len() as u16).to_le_bytes());
         stream.extend_from_slice(rec);

@@ -578,14 +578,17 @@ pub struct Correlator {
     /// The returned-event lists of recycled chains, emptied, for the next returns.
     spare_returned: Vec<Vec<ReturnedEvent>>,
     /// Socket events whose chain no wake-up has joined yet although one
-    /// carrying it was seen: (seq, its ts, its CPU). Dropped once no later
-    /// wake-up can carry it (see `drop_expired_unjoined`).
+    /// carrying it was seen: (seq, the last such wake-up's ts, its CPU).
+    /// Dropped once no later wake-up can carry it (`drop_expired_unjoined`).
     unjoined: Vec<(u64, u64, u32)>,
 }
 
-/// How long after a socket event the kernel side still attaches it to a
-/// wake-up on the same CPU (`sock_window_ns` of netdrift.bpf.c).
+/// How long after a TCP state change on a CPU the kernel side still takes
+/// it for the socket of a wake-up there (`sock_window_ns` of netdrift.bpf.c).
 pub const SOCK_WINDOW_NS: u64 = 2_000_000;
+/// The wake-ups of one socket event follow each other on the waker's CPU
+/// within this (`herd_gap_ns` of netdrift.bpf.c); a later one starts a new event.
+pub const HERD_GAP_NS: u64 = 1_000_000;
 
 impl Correlator {
     /// A correlator closing chains idle for 2 s.
@@ -732,22 +735,26 @@ impl Correlator {
     /// thread was handling, or its stack disproves the socket). A later
     /// wake-up of the same event may still join it (the rest of a herd): the
     /// chain is closed only once none can.
-    fn defer_unjoined(&mut self, seq: u64) {
+    fn defer_unjoined(&mut self, seq: u64, wake_ts: u64, cpu: u32) {
         if let Some(&(id, _)) = self.by_seq.get(&seq).filter(|_| seq != 0) {
-            if let Some(sock) = self.open.get(&id).filter(|c| c.hops.is_empty()).and_then(|c| c.sock.as_ref()) {
-                self.unjoined.push((seq, sock.ts, sock.cpu));
+            if self.open.get(&id).is_some_and(|c| c.hops.is_empty()) {
+                match self.unjoined.iter_mut().find(|u| u.0 == seq) {
+                    Some(u) => u.1 = u.1.max(wake_ts),
+                    None => self.unjoined.push((seq, wake_ts, cpu)),
+                }
             }
         }
     }
 
     /// Close the deferred socket events no wake-up can carry any more: a
-    /// newer one on the same CPU replaced it (`cpu`), or its window is over
-    /// (twice the window: event times of different CPUs are not ordered).
+    /// newer one on the same CPU replaced it (`cpu`), or the herd's gap has
+    /// passed since the last wake-up that carried it (twice: event times of
+    /// different CPUs are not ordered).
     fn drop_expired_unjoined(&mut self, now: u64, cpu: Option<u32>) {
         let mut i = 0;
         while i < self.unjoined.len() {
             let (seq, ts, c) = self.unjoined[i];
-            if Some(c) == cpu || now > ts.saturating_add(2 * SOCK_WINDOW_NS) {
+            if Some(c) == cpu || now > ts.saturating_add(2 * HERD_GAP_NS) {
                 self.unjoined.swap_remove(i);
                 self.drop_unjoined(seq);
             } else {
@@ -842,7 +849,7 @@ impl Correlator {
                     // herd's losing accept, a blocking send): still that hop,
                     // and the socket it blocked on starts no chain of its
                     // own unless another thread's wake-up joins it.
-                    self.defer_unjoined(*sock_seq);
+                    self.defer_unjoined(*sock_seq, ev.ts, ev.cpu);
                     ann.chain = Some(p.0);
                     return ann;
                 }
@@ -854,7 +861,7 @@ impl Correlator {
                     Some(&(id, hook)) if *sock_seq != 0 && self.open.contains_key(&id) && hook_matches(hook, cause) => id,
                     _ => {
                         // Its socket was a guess the stack disproves.
-                        self.defer_unjoined(*sock_seq);
+                        self.defer_unjoined(*sock_seq, ev.ts, ev.cpu);
                         self.new_chain(ev.ts)
                     }
                 };
@@ -1061,7 +1068,7 @@ impl Correlator {
             }
             Kind::EpollMap { epfd, fd, data } | Kind::EpollReg { epfd, fd, data, .. } => self.epoll_map.insert(pid, *epfd, *data, *fd),
             Kind::RecordsLost { records } => {
-                self.stats.records_lost += records;
+                self.stats.records_lost = self.stats.records_lost.saturating_add(*records);
                 // Which chain the lost records were of is unknown: every open one may miss a step.
                 for c in self.open.values_mut() {
                     c.records_lost = true;

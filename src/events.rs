@@ -648,36 +648,51 @@ fn task(h: &types::nd_hdr) -> Task {
     Task { pid: h.pid, tid: h.tid, comm: comm_rc(&h.comm) }
 }
 
-/// A record's CPU and that CPU's count of records lost so far (mod 2^16),
-/// without decoding it.
-pub fn record_cpu_lost(data: &[u8]) -> Option<(u32, u16)> {
-    let h: types::nd_hdr = read(data)?;
-    Some((h.cpu, h.cpu_lost))
-}
-
 /// Per CPU, the lost-record count of its last record: a change is a gap
 /// in the stream, just before the record that shows it.
 #[derive(Debug, Default)]
 pub struct GapFinder {
-    last: Vec<u16>,
+    last: Vec<u32>,
+}
+
+/// Records lost just before a record: on `cpu` (the CPU that wrote it), at about `ts`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Gap {
+    pub cpu: u32,
+    pub ts: u64,
+    pub records: u64,
+}
+
+impl Gap {
+    /// As an event of the stream, before the record that showed it.
+    pub fn event(&self) -> Event {
+        Event {
+            ts: self.ts,
+            cpu: self.cpu,
+            task: Task { pid: 0, tid: 0, comm: "".into() },
+            kind: Kind::RecordsLost { records: self.records },
+        }
+    }
 }
 
 impl GapFinder {
-    /// Records lost on this record's CPU since that CPU's previous record
-    /// (0 for none). Counts start at 0 when the programs are loaded.
-    pub fn lost_before(&mut self, data: &[u8]) -> u64 {
-        let Some((cpu, lost)) = record_cpu_lost(data) else { return 0 };
-        let cpu = cpu as usize;
+    /// The records lost on this record's CPU since that CPU's previous
+    /// record, if any (counts start at 0 when the programs are loaded).
+    pub fn gap_before(&mut self, data: &[u8]) -> Option<Gap> {
+        let h: types::nd_hdr = read(data)?;
+        let cpu = h.cpu as usize;
         if cpu >= self.last.len() {
-            // A CPU number past any real one would be a corrupt header: no gap from it.
-            if cpu >= 1 << 16 {
-                return 0;
-            }
             self.last.resize(cpu + 1, 0);
         }
-        let n = lost.wrapping_sub(self.last[cpu]);
-        self.last[cpu] = lost;
-        n as u64
+        let n = h.cpu_lost.wrapping_sub(self.last[cpu]);
+        // A count below the last one: this record was reserved before a
+        // nested program's failed reserve that the last record already
+        // showed (the count is read after the reserve). Not a gap.
+        if n == 0 || n > u32::MAX / 2 {
+            return None;
+        }
+        self.last[cpu] = h.cpu_lost;
+        Some(Gap { cpu: h.cpu as u32, ts: h.ts, records: n as u64 })
     }
 }
 
@@ -685,6 +700,7 @@ impl GapFinder {
 pub fn decode(data: &[u8]) -> Result<Event, DecodeError> {
     let h: types::nd_hdr = read(data).ok_or(DecodeError::Short(data.len()))?;
     let tag = h.r#type as u32;
+    let mut cpu = h.cpu as u32;
     let kind = match tag {
         1 => {
             let r = need::<types::nd_sock_ready>(tag, data)?;
@@ -745,6 +761,8 @@ pub fn decode(data: &[u8]) -> Result<Event, DecodeError> {
         }
         5 => {
             let r = need::<types::nd_epoll_enter>(tag, data)?;
+            // Written at the call, or later by a waker on another CPU: the call's CPU.
+            cpu = r.call_cpu;
             Kind::EpollEnter { epfd: r.epfd, maxevents: r.maxevents, syscall: Syscall::from_raw(r.syscall) }
         }
         6 => {
@@ -819,7 +837,7 @@ pub fn decode(data: &[u8]) -> Result<Event, DecodeError> {
         }
         other => return Err(DecodeError::UnknownType(other)),
     };
-    Ok(Event { ts: h.ts, cpu: h.cpu, task: task(&h), kind })
+    Ok(Event { ts: h.ts, cpu, task: task(&h), kind })
 }
 
 fn null_sock(sk: u64) -> SockInfo {
@@ -984,19 +1002,32 @@ mod tests {
 
     #[test]
     fn gaps_are_found_per_cpu_from_the_header_counts() {
-        let rec = |cpu: u32, lost: u16| {
-            bytes(&types::nd_task_exit { hdr: types::nd_hdr { cpu, cpu_lost: lost, ..hdr(11) }, ..Default::default() })
+        let rec = |cpu: u16, lost: u32| {
+            bytes(&types::nd_task_exit { hdr: types::nd_hdr { cpu, cpu_lost: lost, ts: 9, ..hdr(11) }, ..Default::default() })
         };
         let mut g = GapFinder::default();
-        assert_eq!(g.lost_before(&rec(0, 0)), 0);
-        assert_eq!(g.lost_before(&rec(0, 3)), 3, "3 lost on CPU 0 before this record");
-        assert_eq!(g.lost_before(&rec(1, 2)), 2, "a CPU's first record shows its losses since load");
-        assert_eq!(g.lost_before(&rec(0, 3)), 0, "no new gap");
-        assert_eq!(g.lost_before(&rec(1, 2)), 0);
-        assert_eq!(g.lost_before(&rec(0, u16::MAX)), (u16::MAX - 3) as u64);
-        assert_eq!(g.lost_before(&rec(0, 1)), 2, "the 16-bit count wraps");
-        assert_eq!(g.lost_before(&rec(70_000, 5)), 0, "a corrupt CPU number is no gap");
-        assert_eq!(g.lost_before(&[1, 2, 3]), 0, "nor is a short record");
+        let mut n = |cpu, lost| g.gap_before(&rec(cpu, lost)).map(|gap| (gap.cpu, gap.records));
+        assert_eq!(n(0, 0), None);
+        assert_eq!(n(0, 3), Some((0, 3)), "3 lost on CPU 0 before this record");
+        assert_eq!(n(1, 2), Some((1, 2)), "a CPU's first record shows its losses since load");
+        assert_eq!(n(0, 3), None, "no new gap");
+        assert_eq!(n(1, 2), None);
+        assert_eq!(n(0, 70_003), Some((0, 70_000)), "more than 2^16 at once");
+        assert_eq!(n(0, 70_002), None, "reserved before a nested program's failure it already showed");
+        assert_eq!(n(0, 70_003), None, "and the count did not go back");
+        assert_eq!(n(0, 70_004), Some((0, 1)));
+        assert_eq!(n(0, 2_000_070_004), Some((0, 2_000_000_000)));
+        assert_eq!(n(0, 4_000_070_004), Some((0, 2_000_000_000)));
+        assert_eq!(n(0, 1), Some((0, 294_897_293)), "the 32-bit count wraps");
+        assert_eq!(g.gap_before(&[1, 2, 3]), None, "a short record shows nothing");
+        let gap = g.gap_before(&rec(3, 5)).unwrap();
+        assert_eq!((gap.ts, gap.event().type_name()), (9, "records_lost"));
+    }
+
+    #[test]
+    fn an_epoll_enter_written_by_a_waker_keeps_the_calls_cpu() {
+        let r = types::nd_epoll_enter { hdr: types::nd_hdr { cpu: 1, ..hdr(5) }, epfd: 4, maxevents: 8, syscall: 1, call_cpu: 0 };
+        assert_eq!(decode(&bytes(&r)).unwrap().cpu, 0);
     }
 
     #[test]

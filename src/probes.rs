@@ -206,6 +206,7 @@ impl<'obj> Probes<'obj> {
                 ro.comms[i] = comm_bytes(c);
             }
             ro.sock_window_ns = cfg.sock_window_ns;
+            ro.herd_gap_ns = crate::analysis::HERD_GAP_NS;
             ro.emit_switch_out = cfg.switch_out;
             ro.emit_epoll_enter = cfg.epoll_enter;
             ro.capture_stacks = cfg.capture_stacks;

@@ -436,7 +436,8 @@ impl SummaryBuilder {
         }
         let start = c.sock.as_ref().and_then(|s| s.packet.as_ref().map(|p| p.ts)).unwrap_or(c.start_ts).min(c.start_ts);
         let total = c.end_ts().saturating_sub(start);
-        if !c.incomplete && c.hops.iter().any(|h| h.wake.is_some()) {
+        // A chain that may miss a step (closed early, or open across lost records) has no true total.
+        if !c.incomplete && !c.records_lost && c.hops.iter().any(|h| h.wake.is_some()) {
             self.latency.total.add(total);
             self.consider_slowest(c, start, total);
         }

@@ -450,6 +450,9 @@ pub struct Pipeline {
     /// whose stack may disprove it (see [`Correlator::joins`]): at most one
     /// per CPU.
     held: Vec<Held>,
+    /// Per CPU, the last held socket event left out: a later wake-up that
+    /// still carries it points to nothing written.
+    left_out: HashMap<u32, u64>,
 }
 
 struct Held {
@@ -551,6 +554,7 @@ impl Pipeline {
             chains: Vec::new(),
             observers: Vec::new(),
             held: Vec::new(),
+            left_out: HashMap::new(),
         }
     }
 
@@ -602,6 +606,15 @@ impl Pipeline {
         if self.corr.repeated_enter(&ev) {
             return Ok(());
         }
+        // A gap marker is not its CPU's next record: it neither confirms nor refuses a held socket event.
+        if matches!(ev.kind, Kind::RecordsLost { .. }) {
+            return self.process(ev);
+        }
+        if let Kind::Wake { sock_seq, .. } = &mut ev.kind {
+            if *sock_seq != 0 && self.left_out.get(&ev.cpu) == Some(sock_seq) {
+                *sock_seq = 0;
+            }
+        }
         if let Some(i) = self.held.iter().position(|h| h.ev.cpu == ev.cpu) {
             let mut held = self.held.swap_remove(i);
             let carried = match (&held.ev.kind, &ev.kind) {
@@ -622,6 +635,9 @@ impl Pipeline {
             } else {
                 // A guess no wake-up confirmed: left out of the stream.
                 self.corr.stats.sockets_disproved += 1;
+                if let Kind::SockReady { seq, .. } = held.ev.kind {
+                    self.left_out.insert(held.ev.cpu, seq);
+                }
             }
         }
         if matches!(ev.kind, Kind::SockReady { .. }) {
@@ -815,16 +831,12 @@ pub fn run(mut opts: TraceOptions) -> Result<TraceResult> {
                 discarded.set(discarded.get() + 1);
                 return 0;
             }
-            let lost = gaps.lost_before(data);
+            // Before the record that shows it, even one that does not decode.
+            if let Some(gap) = gaps.gap_before(data) {
+                q.borrow_mut().push(gap.event());
+            }
             match decode(data) {
-                Ok(e) => {
-                    let mut q = q.borrow_mut();
-                    if lost > 0 {
-                        let task = Task { pid: 0, tid: 0, comm: "".into() };
-                        q.push(Event { ts: e.ts, cpu: e.cpu, task, kind: Kind::RecordsLost { records: lost } });
-                    }
-                    q.push(e);
-                }
+                Ok(e) => q.borrow_mut().push(e),
                 Err(_) => *bad.borrow_mut() += 1,
             }
             0

@@ -530,32 +530,58 @@ fn analyze_keeps_a_herds_socket_when_its_first_wake_up_finds_a_handling_worker()
         events: vec![EpEvent { events: 1, data: 3, fd: None }],
     };
     let enter = |epfd| Kind::EpollEnter { epfd, maxevents: 64, syscall: Syscall::EpollWait };
-    let events = [
-        ev(1000, 1, &client, ready(1)),
-        ev(1100, 1, &client, wake(&w0, 1)),
-        ev(1500, 0, &w0, switch_in(1100)),
-        ev(1600, 0, &w0, exit(4)),
-        // w0 is handling its connection when the next one arrives.
-        ev(2000, 1, &client, ready(2)),
-        ev(2050, 1, &client, wake(&w0, 2)),
-        ev(2100, 1, &client, wake(&w1, 2)),
-        ev(2500, 1, &w1, switch_in(2100)),
-        ev(2600, 1, &w1, exit(5)),
-        ev(2700, 1, &w1, enter(5)),
-        ev(2800, 0, &w0, enter(4)),
-    ];
-    let mut body = r#"{"type":"netdrift-record","version":1,"start":{"t0_ns":1000,"tids":[],"pids":[10],"comms":[],"handlers":[],"notes":[],"features":{},"packets":false,"epoll_ctl":false,"ringbuf_bytes":8388608,"version":"0"}}"#.as_bytes().to_vec();
-    body.push(b'\n');
-    for e in &events {
-        netdrift::trace::write_record_event(&mut body, e).unwrap();
-    }
-    body.extend_from_slice(br#"{"type":"netdrift-record-end","reason":"done","duration_s":1.0,"lost":{"ringbuf":0,"stack":0,"map_full":0,"user_read":0,"per_cpu":[]},"decode_errors":0,"ringbuf_mib":8}"#);
-    body.push(b'\n');
-    std::fs::write(&rec, body).unwrap();
-    let out = nd().args(["analyze", "--json"]).arg(&rec).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let lines: Vec<serde_json::Value> =
-        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).expect("JSON line")).collect();
+    let gap = Kind::RecordsLost { records: 3 };
+    let nobody = Task { pid: 0, tid: 0, comm: "".into() };
+    // `between` comes on the waker's CPU between the two wake-ups of the second connection.
+    let events = |between: Option<Event>| {
+        let mut evs = vec![
+            ev(1000, 1, &client, ready(1)),
+            ev(1100, 1, &client, wake(&w0, 1)),
+            ev(1500, 0, &w0, switch_in(1100)),
+            ev(1600, 0, &w0, exit(4)),
+            // w0 is handling its connection when the next one arrives.
+            ev(2000, 1, &client, ready(2)),
+            ev(2050, 1, &client, wake(&w0, 2)),
+        ];
+        evs.extend(between);
+        evs.extend([
+            ev(2100, 1, &client, wake(&w1, 2)),
+            ev(2500, 1, &w1, switch_in(2100)),
+            ev(2600, 1, &w1, exit(5)),
+            ev(2700, 1, &w1, enter(5)),
+            ev(2800, 0, &w0, enter(4)),
+        ]);
+        evs
+    };
+    let analyze = |events: &[Event]| -> Vec<serde_json::Value> {
+        let mut body = r#"{"type":"netdrift-record","version":1,"start":{"t0_ns":1000,"tids":[],"pids":[10],"comms":[],"handlers":[],"notes":[],"features":{},"packets":false,"epoll_ctl":false,"ringbuf_bytes":8388608,"version":"0"}}"#.as_bytes().to_vec();
+        body.push(b'\n');
+        for e in events {
+            netdrift::trace::write_record_event(&mut body, e).unwrap();
+        }
+        body.extend_from_slice(br#"{"type":"netdrift-record-end","reason":"done","duration_s":1.0,"lost":{"ringbuf":0,"stack":0,"map_full":0,"user_read":0,"per_cpu":[]},"decode_errors":0,"ringbuf_mib":8}"#);
+        body.push(b'\n');
+        std::fs::write(&rec, body).unwrap();
+        let out = nd().args(["analyze", "--json"]).arg(&rec).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).expect("JSON line")).collect()
+    };
+
+    // Another record of the waker's CPU comes between: the socket event is left
+    // out, and w1's wake-up, which still carries it, points to nothing written.
+    let lines = analyze(&events(Some(ev(2060, 1, &client, enter(9)))));
+    let of = |t: &str| lines.iter().filter(|e| e["type"] == t).collect::<Vec<_>>();
+    assert_eq!(of("sock_ready").len(), 1, "{:#?}", of("sock_ready"));
+    assert!(of("wake").iter().all(|w| w["sock_seq"] != 2), "no wake-up names the left-out event: {:#?}", of("wake"));
+    assert_eq!(of("summary")[0]["stats"]["sockets_disproved"], 1);
+
+    // A gap marker between is not the CPU's next record: the herd still joins.
+    let lines = analyze(&events(Some(ev(2060, 1, &nobody, gap))));
+    let of = |t: &str| lines.iter().filter(|e| e["type"] == t).collect::<Vec<_>>();
+    assert_eq!(of("records_lost").len(), 1);
+    assert_eq!(of("sock_ready").len(), 2, "{:#?}", of("sock_ready"));
+
+    let lines = analyze(&events(None));
     let of = |t: &str| lines.iter().filter(|e| e["type"] == t).collect::<Vec<_>>();
     let ready = of("sock_ready");
     assert_eq!(ready.len(), 2, "both connections' socket events are written: {ready:#?}");

@@ -317,6 +317,11 @@ fn full_ring_buffer_is_reported_as_lost() {
     let marked: u64 = gaps.iter().map(|l| l["records"].as_u64().expect("records_lost.records")).sum();
     eprintln!("{} records_lost events for {marked} records; {} chains open across a gap", gaps.len(), sum["stats"]["chains_records_lost"]);
     assert!(marked > 0 && marked <= ringbuf, "the gaps are marked in the stream ({marked} of {ringbuf}): {gaps:?}");
+    // Per CPU: every CPU wrote again after its losses (the load after SIGCONT), so its gaps add up to its count.
+    for (cpu, c) in per_cpu.iter().enumerate() {
+        let on_cpu: u64 = gaps.iter().filter(|l| l["cpu"] == cpu).map(|l| l["records"].as_u64().unwrap()).sum();
+        assert_eq!(on_cpu, c[0].as_u64().unwrap(), "CPU {cpu}'s gaps against its lost count: {gaps:?} {lost}");
+    }
     assert_eq!(sum["stats"]["records_lost"], marked, "{sum}");
     assert!(sum["stats"]["chains_records_lost"].as_u64().unwrap_or(0) > 0, "chains open across a gap are marked: {}", sum["stats"]);
     // The records it kept still decode and the stream still ends cleanly.

@@ -8,7 +8,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use netdrift::analysis::Correlator;
-use netdrift::events::{decode, Event, GapFinder, Kind, Task};
+use netdrift::events::{decode, GapFinder};
 use netdrift::output::json::write_event;
 
 fuzz_target!(|data: &[u8]| {
@@ -30,12 +30,10 @@ fuzz_target!(|data: &[u8]| {
         let (rec, tail) = rest.split_at(take);
         rest = tail;
         // As the live reader does: a gap in a CPU's loss count is an event before the record.
-        let lost = gaps.lost_before(rec);
+        if let Some(gap) = gaps.gap_before(rec) {
+            corr.ingest(&gap.event());
+        }
         if let Ok(ev) = decode(rec) {
-            if lost > 0 {
-                let gap = Event { ts: ev.ts, cpu: ev.cpu, task: Task { pid: 0, tid: 0, comm: "".into() }, kind: Kind::RecordsLost { records: lost } };
-                corr.ingest(&gap);
-            }
             let ann = corr.ingest(&ev);
             write_event(&mut line, &ev, &ann, None).expect("an event always writes");
             serde_json::from_slice::<serde_json::Value>(&line).expect("the live JSON line parses");

@@ -31,6 +31,8 @@ char LICENSE[] SEC("license") = "Dual MIT/GPL";
 const volatile __u32 n_comms = 0;
 const volatile char comms[ND_MAX_COMMS][ND_COMM_LEN] = {};
 const volatile __u64 sock_window_ns = 2000000;
+/* One readiness event wakes its threads within this of each other. */
+const volatile __u64 herd_gap_ns = 1000000;
 const volatile bool emit_switch_out = true;
 /* Write epoll_enter at the syscall, not only when the thread blocks in it. */
 const volatile bool emit_epoll_enter = false;
@@ -216,12 +218,12 @@ static __always_inline void count_loss(__u32 which)
 		*v += 1;
 }
 
-static __always_inline __u16 ringbuf_lost(void)
+static __always_inline __u32 ringbuf_lost(void)
 {
 	__u32 which = ND_LOSS_RINGBUF;
 	__u64 *v = bpf_map_lookup_elem(&losses, &which);
 
-	return v ? (__u16)*v : 0;
+	return v ? (__u32)*v : 0;
 }
 
 static __always_inline bool is_target(__u32 tgid, __u32 tid)
@@ -470,8 +472,8 @@ static __always_inline void flush_enter(struct task_struct *t, struct sys_args *
 	if (!r)
 		return;
 	r->hdr.ts = ts;
-	r->hdr.cpu = a->cpu;
 	hdr_task(&r->hdr, t);
+	r->call_cpu = a->cpu;
 	r->epfd = a->fd;
 	r->maxevents = a->n;
 	r->syscall = a->syscall;
@@ -640,8 +642,6 @@ static __always_inline __u64 progress_key(struct sock *sk, struct ready_slot *sl
 	return ((__u64)ND_READ(direct, struct tcp_sock, sk, rcv_nxt) << 32) ^ ND_READ(direct, struct tcp_sock, sk, snd_una);
 }
 
-/* One readiness event wakes its threads within this of each other. */
-#define HERD_GAP_NS 1000000
 
 /*
  * Woken before it left its run queue: no run-queue wait follows. Since 6.12
@@ -752,7 +752,7 @@ static __always_inline int sched_waking(void *ctx, struct task_struct *p, const 
 		__u64 key = progress_key((struct sock *)sk, slot, direct);
 		__u32 waker = (__u32)bpf_get_current_pid_tgid();
 
-		if (slot->sk != sk || slot->key != key || slot->waker != waker || now - slot->last_ts > HERD_GAP_NS) {
+		if (slot->sk != sk || slot->key != key || slot->waker != waker || now - slot->last_ts > herd_gap_ns) {
 			/* Unique across CPUs, below 2^53 (exact in JavaScript). */
 			slot->count++;
 			slot->seq = (slot->count << 13) | (bpf_get_smp_processor_id() & 0x1fff);
@@ -1320,6 +1320,7 @@ static __always_inline int epoll_enter(struct trace_event_raw_sys_enter *ctx, __
 			r->epfd = a.fd;
 			r->maxevents = a.n;
 			r->syscall = sc;
+			r->call_cpu = a.cpu;
 			submit(r);
 		}
 	}

@@ -65,13 +65,13 @@ enum nd_syscall {
 
 struct nd_hdr {
 	__u16 type;		/* enum nd_rec_type */
+	__u16 cpu;		/* CPU that wrote the record */
 	/*
-	 * Records this CPU could not reserve so far (mod 2^16): a change since
-	 * the CPU's previous record tells user space where in the stream the
-	 * gap is, so it can mark the chains open across it.
+	 * Records that CPU could not reserve so far: a change since its
+	 * previous record tells user space where in the stream the gap is, so
+	 * it can mark the chains open across it.
 	 */
-	__u16 cpu_lost;
-	__u32 cpu;
+	__u32 cpu_lost;
 	__u64 ts;		/* CLOCK_MONOTONIC ns */
 	__u32 pid;		/* tgid of the task the record is about */
 	__u32 tid;
@@ -164,7 +164,7 @@ struct nd_epoll_enter {
 	__s32 epfd;
 	__s32 maxevents;
 	__u32 syscall;		/* enum nd_syscall */
-	__u32 pad;
+	__u32 call_cpu;		/* CPU of the call (a waker elsewhere may write the record) */
 };
 
 /* An application handler was entered (uprobe from --handler / --preset). */

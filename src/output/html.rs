@@ -730,6 +730,7 @@ fn counters(o: &mut String, end: &TraceEnd<'_>) {
             ),
         ),
         ("lost records (ring buffer full)", l.ringbuf.to_string()),
+        ("chains open when records were lost", s.chains_records_lost.to_string()),
         ("lost stacks / map full / unreadable epoll arrays", format!("{} / {} / {}", l.stack, l.map_full, l.user_read)),
         ("undecodable records", end.decode_errors.to_string()),
         ("duration", format!("{:.1} s ({})", end.secs, end.reason)),
