@@ -13,6 +13,8 @@
 #                   the cost of any syscall tracepoint being on
 #   bpftrace-empty  empty bpftrace probes on epoll_wait's enter and exit,
 #                   filtered to the loop's pid: the tracepoints' own cost
+#   trace-empty     the same programs attached, each returning at once
+#                   (hidden --bench-empty): trace's own floor
 #   trace           netdrift trace -p <loop> --json > /dev/null
 #   trace-stats     the same with kernel.bpf_stats_enabled=1 (what the
 #                   statistics of bench/run.sh cost by themselves)
@@ -79,9 +81,11 @@ run() {
       wait_progs "$tpid" || die "bpftrace did not start: $(tail -2 "$WORK/err.$cfg")"
       touch "$go"
       ;;
-    trace | trace-stats)
+    trace | trace-stats | trace-empty)
       [ "$cfg" = trace-stats ] && echo 1 >/proc/sys/kernel/bpf_stats_enabled
-      "$ND" trace -p "$lpid" --json --ready-file "$go" >/dev/null 2>"$WORK/err.$cfg" &
+      local extra=()
+      [ "$cfg" = trace-empty ] && extra=(--bench-empty)
+      "$ND" trace -p "$lpid" --json "${extra[@]}" --ready-file "$go" >/dev/null 2>"$WORK/err.$cfg" &
       tpid=$! TPID=$!
       # The loop waits for the ready file: a tracer that fails must not leave it waiting.
       wait_file "$go" "$tpid" || die "netdrift did not start: $(tail -2 "$WORK/err.$cfg")"
@@ -95,6 +99,6 @@ run() {
 }
 
 echo "epoll_wait(timeout 0) on CPU 1, $CALLS calls per batch; netdrift $ND"
-for cfg in untraced other-syscall bpftrace-empty trace trace-stats; do
+for cfg in untraced other-syscall bpftrace-empty trace-empty trace trace-stats; do
   run "$cfg"
 done

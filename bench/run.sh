@@ -23,6 +23,8 @@
 #   trace-nostacks          no waker stacks (wake-ups lose their cause and context)
 #   trace-discard           records read and dropped undecoded: the kernel side alone
 #   trace-discard-nostacks  both: the BPF programs without the stack
+#   trace-empty             every program attached, each returning at once:
+#                           what attaching netdrift's own set costs (its floor)
 # BODY_KB=N: nginx sends a static N KiB file (sendfile) instead of `return
 # 200 "ok"`: more work per request, the same records per request.
 # Pinning (2 CPUs): both nginx workers on CPU 1 (worker_cpu_affinity 10 10),
@@ -117,11 +119,12 @@ run_one() {
       tpid=$(pgrep -n -f -- "--ready-file $rd/ready" || true)
       [ -n "$tpid" ] || die "trace-text did not start: $(tail -3 "$rd/tracer.err")"
       ;;
-    trace | trace-nostacks | trace-discard | trace-discard-nostacks)
+    trace | trace-nostacks | trace-discard | trace-discard-nostacks | trace-empty)
       # The split configurations add the hidden benchmark-only flags.
       local extra=()
       case $cfg in *nostacks) extra+=(--bench-no-stacks) ;; esac
       case $cfg in trace-discard*) extra+=(--bench-discard) ;; esac
+      case $cfg in trace-empty) extra+=(--bench-empty) ;; esac
       "$ND" trace -p "$NGINX_MASTER" --json "${extra[@]}" --ready-file "$rd/ready" >/dev/null 2>"$rd/tracer.err" &
       tpid=$!
       ;;

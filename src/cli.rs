@@ -152,6 +152,9 @@ pub struct TraceArgs {
     /// Benchmark and tests only: load the programs of older kernels (a helper call per socket field as before 6.2, the sleep state read from the task as before 5.18).
     #[arg(long, hide = true)]
     pub bench_probed_reads: bool,
+    /// Benchmark only (bench/run.sh): attach every program as usual but have each return at once: the cost of attaching alone.
+    #[arg(long, hide = true)]
+    pub bench_empty: bool,
 }
 
 #[derive(Debug, Args)]

@@ -174,6 +174,7 @@ fn cmd_trace_with(a: TraceArgs, report: Report, tweak: impl FnOnce(&mut TraceOpt
     opts.probe.capture_stacks = !a.bench_no_stacks;
     opts.discard = a.bench_discard;
     opts.probe.probed_reads = a.bench_probed_reads;
+    opts.probe.empty = a.bench_empty;
     tweak(&mut opts);
     trace::install_signal_handlers();
     let what = procfs::describe_targets(&opts.probe.tgids, &opts.probe.tids, &opts.probe.comms);

@@ -31,6 +31,9 @@ pub struct ProbeConfig {
     /// (no bpf_rdonly_cast, < 6.2) and the sched_switch program that reads
     /// the state from the task (no prev_state, < 5.18). Tests of those paths.
     pub probed_reads: bool,
+    /// Benchmark only: every program returns at once, to measure what
+    /// attaching them costs by itself.
+    pub empty: bool,
     /// Take no waker stack when one was taken this recently for the same waker,
     /// woken thread and signature (`nd_wake.stack_sig`; the wake-up reuses its class); 0: every wake-up.
     pub stack_reuse_ns: u64,
@@ -70,6 +73,7 @@ impl Default for ProbeConfig {
             ringbuf_bytes: 8 << 20,
             capture_stacks: true,
             probed_reads: false,
+            empty: false,
             stack_reuse_ns: STACK_REUSE_NS,
             switch_out: true,
             epoll_enter: false,
@@ -224,6 +228,7 @@ impl<'obj> Probes<'obj> {
             ro.trace_packets = cfg.packets;
             ro.epoll_ctl_traced = cfg.epoll_ctl || !features.file_epoll_items;
             ro.wakeup_bytes = (cfg.ringbuf_bytes / 8) as u64;
+            ro.bench_empty = cfg.empty;
             ro.nr_epoll_wait = sysno::EPOLL_WAIT;
             ro.nr_epoll_pwait = libc::SYS_epoll_pwait as i32;
             ro.nr_epoll_pwait2 = libc::SYS_epoll_pwait2 as i32;

@@ -55,6 +55,8 @@ const volatile __s32 nr_accept4 = -1;
 const volatile __s32 nr_sock_io[ND_NR_SOCK_IO] = { -1, -1, -1, -1, -1, -1, -1, -1, -1, -1 };
 /* Wake the reader only once this much is waiting (it also polls every 100 ms). */
 const volatile __u64 wakeup_bytes = 1 << 20;
+/* Benchmark only: every program returns at once (the cost of attaching alone). */
+const volatile bool bench_empty = false;
 
 /* Force the record types into BTF so the skeleton generates them. */
 struct nd_sock_ready _nd_sock_ready = {};
@@ -845,12 +847,16 @@ static __always_inline int sched_waking(void *ctx, struct task_struct *p, const 
 SEC("tp_btf/sched_waking")
 int BPF_PROG(nd_sched_waking, struct task_struct *p)
 {
+	if (bench_empty)
+		return 0;
 	return sched_waking(ctx, p, true);
 }
 
 SEC("tp_btf/sched_waking")
 int BPF_PROG(nd_sched_waking_probed, struct task_struct *p)
 {
+	if (bench_empty)
+		return 0;
 	return sched_waking(ctx, p, false);
 }
 
@@ -858,6 +864,8 @@ int BPF_PROG(nd_sched_waking_probed, struct task_struct *p)
 SEC("tp_btf/sched_wakeup")
 int BPF_PROG(nd_sched_wakeup, struct task_struct *p)
 {
+	if (bench_empty)
+		return 0;
 	struct task_ctx *c;
 
 	if (!is_target(p->tgid, p->pid))
@@ -980,6 +988,8 @@ static __always_inline int sched_switch(bool preempt, struct task_struct *prev, 
 SEC("tp_btf/sched_switch")
 int BPF_PROG(nd_sched_switch, bool preempt, struct task_struct *prev, struct task_struct *next)
 {
+	if (bench_empty)
+		return 0;
 	return sched_switch(preempt, prev, next, task_state(prev));
 }
 
@@ -987,12 +997,16 @@ int BPF_PROG(nd_sched_switch, bool preempt, struct task_struct *prev, struct tas
 SEC("tp_btf/sched_switch")
 int BPF_PROG(nd_sched_switch_ps, bool preempt, struct task_struct *prev, struct task_struct *next, unsigned int prev_state)
 {
+	if (bench_empty)
+		return 0;
 	return sched_switch(preempt, prev, next, switch_state(prev, prev_state));
 }
 
 SEC("tp_btf/inet_sock_set_state")
 int BPF_PROG(nd_inet_sock_set_state, const struct sock *sk, const int oldstate, const int newstate)
 {
+	if (bench_empty)
+		return 0;
 	__u64 key = (__u64)sk;
 	struct nd_sock_state *r;
 
@@ -1023,6 +1037,8 @@ int BPF_PROG(nd_inet_sock_set_state, const struct sock *sk, const int oldstate, 
 SEC("tp_btf/netif_receive_skb")
 int BPF_PROG(nd_netif_receive_skb, struct sk_buff *skb)
 {
+	if (bench_empty)
+		return 0;
 	__u32 zero = 0;
 	struct pkt_slot *ps = bpf_map_lookup_elem(&pkt, &zero);
 	struct net_device *dev;
@@ -1043,6 +1059,8 @@ int BPF_PROG(nd_netif_receive_skb, struct sk_buff *skb)
 SEC("tp_btf/napi_poll")
 int BPF_PROG(nd_napi_poll, struct napi_struct *napi, int work, int budget)
 {
+	if (bench_empty)
+		return 0;
 	__u32 zero = 0;
 	struct pkt_slot *ps = bpf_map_lookup_elem(&pkt, &zero);
 	struct net_device *dev;
@@ -1081,6 +1099,8 @@ int BPF_PROG(nd_napi_poll, struct napi_struct *napi, int work, int budget)
 SEC("tp_btf/sched_process_fork")
 int BPF_PROG(nd_process_fork, struct task_struct *parent, struct task_struct *child)
 {
+	if (bench_empty)
+		return 0;
 	__u32 ptgid = parent->tgid, ctgid = child->tgid;
 	__u8 one = 1;
 	struct nd_task_new *r;
@@ -1108,6 +1128,8 @@ int BPF_PROG(nd_process_fork, struct task_struct *parent, struct task_struct *ch
 SEC("tp_btf/sched_process_exec")
 int BPF_PROG(nd_process_exec, struct task_struct *p)
 {
+	if (bench_empty)
+		return 0;
 	char comm[ND_COMM_LEN];
 	__u32 tgid = p->tgid;
 	__u8 one = 1;
@@ -1152,6 +1174,8 @@ int BPF_PROG(nd_process_exec, struct task_struct *p)
 SEC("tp_btf/sched_process_exit")
 int BPF_PROG(nd_process_exit, struct task_struct *p)
 {
+	if (bench_empty)
+		return 0;
 	__u32 tgid = p->tgid, tid = p->pid;
 	bool tgid_target, tid_target, group_dead;
 	struct nd_task_exit *r;
@@ -1405,42 +1429,56 @@ static __always_inline int epoll_exit(struct trace_event_raw_sys_exit *ctx, __u3
 SEC("tracepoint/syscalls/sys_enter_epoll_wait")
 int nd_enter_epoll_wait(struct trace_event_raw_sys_enter *ctx)
 {
+	if (bench_empty)
+		return 0;
 	return epoll_enter(ctx, ND_SYS_EPOLL_WAIT);
 }
 
 SEC("tracepoint/syscalls/sys_exit_epoll_wait")
 int nd_exit_epoll_wait(struct trace_event_raw_sys_exit *ctx)
 {
+	if (bench_empty)
+		return 0;
 	return epoll_exit(ctx, ND_SYS_EPOLL_WAIT);
 }
 
 SEC("tracepoint/syscalls/sys_enter_epoll_pwait")
 int nd_enter_epoll_pwait(struct trace_event_raw_sys_enter *ctx)
 {
+	if (bench_empty)
+		return 0;
 	return epoll_enter(ctx, ND_SYS_EPOLL_PWAIT);
 }
 
 SEC("tracepoint/syscalls/sys_exit_epoll_pwait")
 int nd_exit_epoll_pwait(struct trace_event_raw_sys_exit *ctx)
 {
+	if (bench_empty)
+		return 0;
 	return epoll_exit(ctx, ND_SYS_EPOLL_PWAIT);
 }
 
 SEC("tracepoint/syscalls/sys_enter_epoll_pwait2")
 int nd_enter_epoll_pwait2(struct trace_event_raw_sys_enter *ctx)
 {
+	if (bench_empty)
+		return 0;
 	return epoll_enter(ctx, ND_SYS_EPOLL_PWAIT2);
 }
 
 SEC("tracepoint/syscalls/sys_exit_epoll_pwait2")
 int nd_exit_epoll_pwait2(struct trace_event_raw_sys_exit *ctx)
 {
+	if (bench_empty)
+		return 0;
 	return epoll_exit(ctx, ND_SYS_EPOLL_PWAIT2);
 }
 
 SEC("tracepoint/syscalls/sys_enter_epoll_ctl")
 int nd_enter_epoll_ctl(struct trace_event_raw_sys_enter *ctx)
 {
+	if (bench_empty)
+		return 0;
 	struct nd_epoll_ctl *r;
 	struct epoll_event e = {};
 	void *uev = (void *)ctx->args[3];
@@ -1525,30 +1563,40 @@ static __always_inline int accept_exit(struct trace_event_raw_sys_exit *ctx, __u
 SEC("tracepoint/syscalls/sys_enter_accept")
 int nd_enter_accept(struct trace_event_raw_sys_enter *ctx)
 {
+	if (bench_empty)
+		return 0;
 	return accept_enter(ctx, ND_SYS_ACCEPT);
 }
 
 SEC("tracepoint/syscalls/sys_exit_accept")
 int nd_exit_accept(struct trace_event_raw_sys_exit *ctx)
 {
+	if (bench_empty)
+		return 0;
 	return accept_exit(ctx, ND_SYS_ACCEPT);
 }
 
 SEC("tracepoint/syscalls/sys_enter_accept4")
 int nd_enter_accept4(struct trace_event_raw_sys_enter *ctx)
 {
+	if (bench_empty)
+		return 0;
 	return accept_enter(ctx, ND_SYS_ACCEPT4);
 }
 
 SEC("tracepoint/syscalls/sys_exit_accept4")
 int nd_exit_accept4(struct trace_event_raw_sys_exit *ctx)
 {
+	if (bench_empty)
+		return 0;
 	return accept_exit(ctx, ND_SYS_ACCEPT4);
 }
 
 SEC("tracepoint/syscalls/sys_enter_close")
 int nd_enter_close(struct trace_event_raw_sys_enter *ctx)
 {
+	if (bench_empty)
+		return 0;
 	struct nd_close *r;
 	struct sock *sk;
 	int fd = (int)ctx->args[0];
@@ -1578,6 +1626,8 @@ static __always_inline __u64 uarg(__u64 *args, int n)
 SEC("uprobe")
 int nd_handler(struct pt_regs *ctx)
 {
+	if (bench_empty)
+		return 0;
 	__u32 id = (__u32)bpf_get_attach_cookie(ctx);
 	struct nd_handler_cfg *cfg;
 	struct nd_handler *r;
