@@ -1169,6 +1169,12 @@ impl Correlator {
                 self.fds.copy_pid(pid, child.pid);
                 self.epoll_map.copy_pid(pid, child.pid);
             }
+            // A target ran a new program: what it held may be gone (close-on-exec,
+            // no syscall). The live reader re-reads its sockets from /proc after this.
+            Kind::TaskNew { child, reason: 3 } => {
+                self.fds.remove_pid(child.pid);
+                self.epoll_map.remove_pid(child.pid);
+            }
             Kind::SockState { .. } | Kind::TaskNew { .. } => {}
             Kind::TaskExit { group_dead } => {
                 self.finish_hops(tid, |_| true);

@@ -894,7 +894,13 @@ pub fn run(mut opts: TraceOptions) -> Result<TraceResult> {
         |pipe: &mut Pipeline, live_tgids: &mut HashSet<u32>, live_tids: &mut HashSet<u32>, pids: &mut HashSet<u32>| -> Result<()> {
             std::mem::swap(&mut *queue.borrow_mut(), &mut batch);
             for mut ev in batch.drain(..) {
+                let mut exec_of = None;
                 match &ev.kind {
+                    Kind::TaskNew { child, reason: 3 } => {
+                        // Its fds and epoll sets are read again once the correlator has forgotten them.
+                        enr.forget_pid(child.pid);
+                        exec_of = Some((child.pid, ev.ts, ev.cpu));
+                    }
                     Kind::TaskNew { child, .. } => {
                         live_tgids.insert(child.pid);
                         pids.insert(child.pid);
@@ -913,6 +919,13 @@ pub fn run(mut opts: TraceOptions) -> Result<TraceResult> {
                     pipe.ingest(f)?;
                 }
                 pipe.ingest(ev)?;
+                if let Some((pid, ts, cpu)) = exec_of {
+                    let comm: Rc<str> = procfs::comm(pid, pid).unwrap_or_default().into();
+                    for (fd, ino) in procfs::socket_fds(pid) {
+                        let task = Task { pid, tid: pid, comm: comm.clone() };
+                        pipe.ingest(Event { ts, cpu, task, kind: Kind::FdMap { ino, fd } })?;
+                    }
+                }
             }
             pipe.drain()
         };

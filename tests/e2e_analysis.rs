@@ -366,3 +366,92 @@ fn a_thread_per_connection_server_gets_its_accepts_and_closes_in_chains() {
         assert_ne!(c["task"]["tid"].as_u64(), Some(pid as u64), "a connection's thread closes it: {c}");
     }
 }
+
+/// A traced server forks a child that runs another program
+/// (tests/progs/execchild.c). The child starts with the parent's fds,
+/// listener A among them (known from a first connection); its exec is a
+/// `task_new` with reason 3, after which it holds only what survived (its
+/// inheritable listener, read again from /proc), and a second connection
+/// on A, close-on-exec, lists the parent alone.
+#[test]
+fn a_child_that_runs_another_program_keeps_only_what_survived_the_exec() {
+    use std::io::{BufRead, BufReader};
+    use std::net::TcpStream;
+    use std::process::Stdio;
+    use std::time::Instant;
+
+    if !require_root() {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let prog = common::build_c(dir.path(), "execchild", &["-O1"]);
+    let (child_ready, ready, out_path) = (dir.path().join("child-ready"), dir.path().join("ready"), dir.path().join("out.jsonl"));
+    let mut target = Command::new(&prog).arg(&child_ready).stdout(Stdio::piped()).spawn().expect("starting execchild");
+    let pid = target.id();
+    let mut out = BufReader::new(target.stdout.take().expect("stdout"));
+    let mut read_pair = |what: &str| -> (i64, i64) {
+        let mut line = String::new();
+        out.read_line(&mut line).expect("execchild output");
+        let v: Vec<i64> = line
+            .strip_prefix(what)
+            .unwrap_or_else(|| panic!("expected {what:?}, got {line:?}"))
+            .split_whitespace()
+            .map(|n| n.parse().unwrap())
+            .collect();
+        (v[0], *v.get(1).unwrap_or(&0))
+    };
+    let (port_a, _) = read_pair("ports ");
+    let (fd_a, fd_b) = read_pair("fds ");
+
+    let mut tracer = Command::new(env!("CARGO_BIN_EXE_netdrift"))
+        .args(["trace", "-p", &pid.to_string(), "--json", "-o"])
+        .arg(&out_path)
+        .arg("--ready-file")
+        .arg(&ready)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting netdrift");
+    common::wait_ready(&ready, &mut tracer, Duration::from_secs(30), common::piped_stderr);
+    // Held open a while: the reader polls every 100 ms and reads /proc while the parent still runs.
+    let connect = || {
+        let conn = TcpStream::connect(("127.0.0.1", port_a as u16)).expect("connect to A");
+        std::thread::sleep(Duration::from_millis(500));
+        drop(conn);
+    };
+    connect();
+    let (child, _) = read_pair("child ");
+    let t = Instant::now();
+    while !child_ready.exists() {
+        assert!(t.elapsed() < Duration::from_secs(10), "the child did not start its new program");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    connect();
+    assert!(target.wait().expect("execchild").success(), "execchild failed");
+    // Both processes gone: the trace ends by itself.
+    let st = tracer.wait().expect("netdrift");
+    assert!(st.success(), "netdrift failed: {}", common::piped_stderr(&mut tracer));
+
+    let lines: Vec<serde_json::Value> =
+        std::fs::read_to_string(&out_path).expect("output").lines().map(|l| serde_json::from_str(l).expect("JSON line")).collect();
+    let text = |v: &[&serde_json::Value]| v.iter().map(|l| l.to_string()).collect::<Vec<_>>().join("\n");
+    let of = |t: &str| lines.iter().filter(|l| l["type"] == t).collect::<Vec<_>>();
+    let task_new = |reason: u32| lines.iter().position(|l| l["type"] == "task_new" && l["reason"] == reason && l["child"]["pid"] == child);
+    let (forked, exec_at) = (task_new(1), task_new(3));
+    let exec_at = exec_at.unwrap_or_else(|| panic!("no task_new with reason 3 for the child {child}:\n{}", text(&of("task_new"))));
+    assert!(forked.is_some_and(|f| f < exec_at), "the fork comes first:\n{}", text(&of("task_new")));
+    let child_fds: Vec<&serde_json::Value> =
+        lines[exec_at..].iter().filter(|l| l["type"] == "fd_map" && l["task"]["pid"] == child).collect();
+    let fds: Vec<i64> = child_fds.iter().map(|l| l["fd"].as_i64().unwrap()).collect();
+    assert_eq!(fds, [fd_b], "only the inheritable listener is the child's after the exec: {}", text(&child_fds));
+    let woke: Vec<&serde_json::Value> =
+        of("sock_ready").into_iter().filter(|l| port_of(&l["sock"]["local"]) == Some(port_a as u16)).collect();
+    assert_eq!(woke.len(), 2, "each connection to A woke the parent: {}", text(&of("sock_ready")));
+    let holders = |w: &serde_json::Value| -> Vec<(i64, i64)> {
+        w["fds"].as_array().expect("fds").iter().map(|f| (f["pid"].as_i64().unwrap(), f["fd"].as_i64().unwrap())).collect()
+    };
+    assert_eq!(holders(woke[0]), [(pid as i64, fd_a)], "before the fork, A is the parent's: {}", woke[0]);
+    assert_eq!(holders(woke[1]), [(pid as i64, fd_a)], "A was closed in the child by its exec: {}", woke[1]);
+}

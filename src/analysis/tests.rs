@@ -893,6 +893,24 @@ fn a_forked_child_inherits_its_parents_fds_and_epoll_words() {
     assert_eq!(c.epoll_fd(10, 4, 7), Some(3), "the parent keeps them");
 }
 
+/// That child runs another program: what it inherited is forgotten (the
+/// live reader then reads what survived the exec from /proc); the parent
+/// keeps its own.
+#[test]
+fn a_child_that_execs_forgets_what_it_inherited() {
+    let mut c = Correlator::new();
+    let master = t(10, 10, "master");
+    let child = t(20, 20, "worker");
+    c.ingest(&ev(0, 0, master.clone(), Kind::FdMap { ino: 500, fd: 3 }));
+    c.ingest(&ev(0, 0, master.clone(), Kind::EpollMap { epfd: 4, fd: 3, data: 7 }));
+    c.ingest(&ev(10, 0, master, Kind::TaskNew { child: child.clone(), reason: 1 }));
+    c.ingest(&ev(20, 1, child.clone(), Kind::TaskNew { child: t(20, 20, "helper"), reason: 3 }));
+    assert_eq!(c.fds.fds(500), [(10, 3)]);
+    assert_eq!((c.epoll_fd(20, 4, 7), c.epoll_fd(10, 4, 7)), (None, Some(3)));
+    c.ingest(&ev(20, 1, child, Kind::FdMap { ino: 500, fd: 5 }));
+    assert_eq!(c.fds.fds(500), [(10, 3), (20, 5)], "a socket kept across the exec, as read again");
+}
+
 /// Records lost on a CPU: the chains open at that point of the stream are
 /// marked (a step may be missing); those opened after it are not.
 #[test]

@@ -1135,9 +1135,24 @@ int BPF_PROG(nd_process_exec, struct task_struct *p)
 	__u8 one = 1;
 	struct nd_task_new *r;
 
-	if (n_comms == 0)
+	bool target = is_target(tgid, p->pid);
+
+	if (!target && n_comms == 0)
 		return 0;
 	bpf_probe_read_kernel_str(comm, sizeof(comm), p->comm);
+	/* A target ran a new program: its close-on-exec fds are gone (closed without a syscall). */
+	if (target) {
+		r = reserve(sizeof(*r), ND_REC_TASK_NEW);
+		if (r) {
+			hdr_task(&r->hdr, p);
+			r->child_pid = tgid;
+			r->child_tid = p->pid;
+			__builtin_memcpy(r->child_comm, comm, sizeof(comm));
+			r->reason = 3;
+			submit(r);
+		}
+		return 0;
+	}
 	for (int i = 0; i < ND_MAX_COMMS; i++) {
 		bool eq = true;
 
