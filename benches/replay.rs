@@ -174,13 +174,8 @@ fn build_stream(n: usize) -> Stream {
         let enter_ts = ts;
         let sleeps = rng.below(100) < 15;
         if sleeps {
-            let en = types::nd_epoll_enter {
-                hdr: hdr(5, ts, cpu, tid, tid, "nginx"),
-                epfd: EPFD,
-                maxevents: 512,
-                syscall: 1,
-                ..Default::default()
-            };
+            let en =
+                types::nd_epoll_enter { hdr: hdr(5, ts, cpu, tid, tid, "nginx"), epfd: EPFD, maxevents: 512, syscall: 1, call_cpu: cpu };
             s.push(&en);
             ts += 300;
             let so = types::nd_switch_out {

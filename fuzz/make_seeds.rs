@@ -75,7 +75,7 @@ fn main() {
     let mut close = types::nd_close { hdr: hdr(8, 1_900, w), fd: 9, is_socket: 1, ..Default::default() };
     close.sock = sock(0x2000, 12, 8);
     let chain: Vec<Vec<u8>> = vec![
-        bytes(&types::nd_epoll_enter { hdr: hdr(5, 1_000, w), epfd: 7, maxevents: 512, syscall: 1, ..Default::default() }),
+        bytes(&types::nd_epoll_enter { hdr: hdr(5, 1_000, w), epfd: 7, maxevents: 512, syscall: 1, call_cpu: 1 }),
         bytes(&types::nd_switch_out { hdr: hdr(4, 1_100, w), preempt: 0, state: 1, next_tid: 0, ..Default::default() }),
         bytes(&types::nd_sock_ready { hdr: hdr(1, 1_200, waker), sock: sock(0x1000, 11, 10), seq: 1, hook: 1, ..Default::default() }),
         bytes(&wake),

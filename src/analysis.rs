@@ -763,6 +763,15 @@ impl Correlator {
         }
     }
 
+    /// Records were lost while socket event `seq` waited to be written: its chain spans the gap.
+    pub fn mark_records_lost(&mut self, seq: u64) {
+        if let Some(&(id, _)) = self.by_seq.get(&seq).filter(|_| seq != 0) {
+            if let Some(c) = self.open.get_mut(&id) {
+                c.records_lost = true;
+            }
+        }
+    }
+
     /// Close the chain of socket event `seq` if no wake-up joined it: it
     /// prints nothing and would stay open until it expired.
     fn drop_unjoined(&mut self, seq: u64) {

@@ -420,7 +420,8 @@ pub enum Kind {
         old: i32,
         new: i32,
     },
-    /// A process joined the targets (fork of a target, or exec matching -c).
+    /// A process joined the targets (`reason` 1: fork of a target, 2: exec
+    /// matching -c), or a target ran a new program (3: exec).
     TaskNew {
         child: Task,
         reason: u32,

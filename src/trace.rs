@@ -460,6 +460,8 @@ struct Held {
     /// A wake-up carrying it did not join it (its thread was handling, or
     /// its stack disproves the socket): the next wake-up of a herd may.
     refused: bool,
+    /// Records of its CPU were lost while it was held.
+    gap: bool,
 }
 
 /// The first line of a recording.
@@ -606,9 +608,19 @@ impl Pipeline {
         if self.corr.repeated_enter(&ev) {
             return Ok(());
         }
-        // A gap marker is not its CPU's next record: it neither confirms nor refuses a held socket event.
-        if matches!(ev.kind, Kind::RecordsLost { .. }) {
-            return self.process(ev);
+        match ev.kind {
+            // Not its CPU's next record as a held socket event goes: a gap
+            // marker (the held event's chain, made later, spans the gap too)...
+            Kind::RecordsLost { .. } => {
+                for h in self.held.iter_mut().filter(|h| h.ev.cpu == ev.cpu) {
+                    h.gap = true;
+                }
+                return self.process(ev);
+            }
+            // ...and an epoll_enter, which a waker may write between the
+            // wake-ups of a herd for the next thread's call.
+            Kind::EpollEnter { .. } => return self.process(ev),
+            _ => {}
         }
         if let Kind::Wake { sock_seq, .. } = &mut ev.kind {
             if *sock_seq != 0 && self.left_out.get(&ev.cpu) == Some(sock_seq) {
@@ -631,7 +643,7 @@ impl Pipeline {
                 self.held.push(held);
             } else if carried || !held.refused {
                 // Joined, or the next record is not its wake-up: it stands.
-                self.process(held.ev)?;
+                self.release(held)?;
             } else {
                 // A guess no wake-up confirmed: left out of the stream.
                 self.corr.stats.sockets_disproved += 1;
@@ -641,10 +653,23 @@ impl Pipeline {
             }
         }
         if matches!(ev.kind, Kind::SockReady { .. }) {
-            self.held.push(Held { ev, refused: false });
+            self.held.push(Held { ev, refused: false, gap: false });
             return Ok(());
         }
         self.process(ev)
+    }
+
+    /// A held socket event goes into the stream after all.
+    fn release(&mut self, held: Held) -> Result<()> {
+        let seq = match held.ev.kind {
+            Kind::SockReady { seq, .. } => seq,
+            _ => 0,
+        };
+        self.process(held.ev)?;
+        if held.gap {
+            self.corr.mark_records_lost(seq);
+        }
+        Ok(())
     }
 
     fn process(&mut self, mut ev: Event) -> Result<()> {
@@ -694,7 +719,7 @@ impl Pipeline {
             if held.refused {
                 self.corr.stats.sockets_disproved += 1;
             } else {
-                self.process(held.ev)?;
+                self.release(held)?;
             }
         }
         let rest = self.corr.finish();
@@ -890,6 +915,7 @@ pub fn run(mut opts: TraceOptions) -> Result<TraceResult> {
     // Swapped with the queue each round: both keep their capacity, so a
     // batch of thousands of records is not regrown (and copied) every time.
     let mut batch: Vec<Event> = Vec::new();
+    let trace_all = opts.probe.trace_all();
     let mut process =
         |pipe: &mut Pipeline, live_tgids: &mut HashSet<u32>, live_tids: &mut HashSet<u32>, pids: &mut HashSet<u32>| -> Result<()> {
             std::mem::swap(&mut *queue.borrow_mut(), &mut batch);
@@ -897,9 +923,18 @@ pub fn run(mut opts: TraceOptions) -> Result<TraceResult> {
                 let mut exec_of = None;
                 match &ev.kind {
                     Kind::TaskNew { child, reason: 3 } => {
-                        // Its fds and epoll sets are read again once the correlator has forgotten them.
                         enr.forget_pid(child.pid);
-                        exec_of = Some((child.pid, ev.ts, ev.cpu));
+                        // Tracing everything, /proc is read for nobody.
+                        if !trace_all {
+                            // Its fds are read again once the correlator has forgotten them.
+                            exec_of = Some((child.pid, ev.ts, ev.cpu));
+                            // Already a target, unless the record that made it one was lost.
+                            pids.insert(child.pid);
+                            if !live_tgids.contains(&child.pid) {
+                                // Traced by thread (-t): the thread that ran exec goes on under the process's pid.
+                                live_tids.insert(child.tid);
+                            }
+                        }
                     }
                     Kind::TaskNew { child, .. } => {
                         live_tgids.insert(child.pid);

