@@ -91,6 +91,11 @@ impl FdTable {
     pub fn knows(&self, ino: u64) -> bool {
         self.by_ino.contains_key(&ino)
     }
+
+    /// Whether any fd of process `pid` is known.
+    pub fn knows_pid(&self, pid: u32) -> bool {
+        self.pids.contains(&pid)
+    }
 }
 
 /// The socket event that starts a chain.
@@ -1183,6 +1188,11 @@ impl Correlator {
             Kind::TaskNew { child, reason: 3 } => {
                 self.fds.remove_pid(child.pid);
                 self.epoll_map.remove_pid(child.pid);
+                // Run by a thread other than the leader: it goes on as `child.tid`, its old tid ends.
+                if tid != child.tid {
+                    self.finish_hops(tid, |_| true);
+                    self.threads.remove(&tid);
+                }
             }
             Kind::SockState { .. } | Kind::TaskNew { .. } => {}
             Kind::TaskExit { group_dead } => {

@@ -345,7 +345,9 @@ impl SummaryBuilder {
         self.retired.insert(t.tid, (t.pid, ts));
         self.retired_order.push_back((ts, t.tid));
         if let Some(row) = self.threads.remove(&t.tid) {
-            self.exited_row(t.pid, &t.comm).absorb(row);
+            // Its own name: an exec renames the thread before its old tid ends.
+            let comm = row.comm.clone();
+            self.exited_row(t.pid, &comm).absorb(row);
         }
     }
 
@@ -362,6 +364,14 @@ impl SummaryBuilder {
         }
         match &ev.kind {
             Kind::TaskExit { .. } => self.retire(&ev.task, ev.ts),
+            // A thread other than the leader ran exec: its old tid ends, and
+            // it goes on under the process's pid (retired by the leader's exit).
+            Kind::TaskNew { child, reason: 3 } => {
+                if ev.task.tid != child.tid {
+                    self.retire(&ev.task, ev.ts);
+                }
+                self.retired.remove(&child.tid);
+            }
             Kind::SwitchIn { runnable_ts, .. } => {
                 let w = ev.ts.saturating_sub(*runnable_ts);
                 self.latency.runq_all.add(w);

@@ -908,6 +908,7 @@ pub fn run(mut opts: TraceOptions) -> Result<TraceResult> {
         handlers: opts.probe.handlers.clone(),
     };
     let mut last_check = Instant::now();
+    let mut missed_tids: HashSet<u32> = HashSet::new();
     let (mut last_loss_check, mut reported) = (Instant::now(), Losses::default());
     let ringbuf_mib = opts.probe.ringbuf_bytes >> 20;
     let reason;
@@ -924,16 +925,18 @@ pub fn run(mut opts: TraceOptions) -> Result<TraceResult> {
                 match &ev.kind {
                     Kind::TaskNew { child, reason: 3 } => {
                         enr.forget_pid(child.pid);
-                        // Tracing everything, /proc is read for nobody.
-                        if !trace_all {
-                            // Its fds are read again once the correlator has forgotten them.
+                        // Its fds are read again once the correlator has forgotten
+                        // them; tracing everything, only if it had any known.
+                        if !trace_all || pipe.corr.fds.knows_pid(child.pid) {
                             exec_of = Some((child.pid, ev.ts, ev.cpu));
+                        }
+                        if !trace_all {
                             // Already a target, unless the record that made it one was lost.
                             pids.insert(child.pid);
-                            if !live_tgids.contains(&child.pid) {
-                                // Traced by thread (-t): the thread that ran exec goes on under the process's pid.
-                                live_tids.insert(child.tid);
-                            }
+                        }
+                        // A thread traced by tid (-t) that ran exec goes on under the process's pid.
+                        if ev.task.tid != child.tid && live_tids.remove(&ev.task.tid) {
+                            live_tids.insert(child.tid);
                         }
                     }
                     Kind::TaskNew { child, .. } => {
@@ -1005,7 +1008,20 @@ pub fn run(mut opts: TraceOptions) -> Result<TraceResult> {
             last_check = Instant::now();
             // Exit records can be lost; /proc cannot.
             live_tgids.retain(|&p| procfs::task_exists(p));
-            live_tids.retain(|&t| procfs::task_exists(t));
+            // A thread gone at two checks in a row: one that runs exec loses
+            // its tid a moment before its exec record (which moves it) is read.
+            let mut missed_now = HashSet::new();
+            live_tids.retain(|&t| {
+                if procfs::task_exists(t) {
+                    return true;
+                }
+                if missed_tids.contains(&t) {
+                    return false;
+                }
+                missed_now.insert(t);
+                true
+            });
+            missed_tids = missed_now;
         }
         if watch_exit && live_tgids.is_empty() && live_tids.is_empty() {
             reason = "target exited";

@@ -367,6 +367,24 @@ fn a_thread_per_connection_server_gets_its_accepts_and_closes_in_chains() {
     }
 }
 
+/// `netdrift trace ARGS --json -o OUT`, once its probes are attached.
+fn json_tracer(args: &[&str], out: &std::path::Path, ready: &std::path::Path) -> std::process::Child {
+    let mut tracer = Command::new(env!("CARGO_BIN_EXE_netdrift"))
+        .arg("trace")
+        .args(args)
+        .arg("--json")
+        .arg("-o")
+        .arg(out)
+        .arg("--ready-file")
+        .arg(ready)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("starting netdrift");
+    common::wait_ready(ready, &mut tracer, Duration::from_secs(30), common::piped_stderr);
+    tracer
+}
+
 /// A traced server forks a child that runs another program
 /// (tests/progs/execchild.c). The child starts with the parent's fds,
 /// listener A among them (known from a first connection); its exec is a
@@ -405,18 +423,8 @@ fn a_child_that_runs_another_program_keeps_only_what_survived_the_exec() {
     let (port_a, _) = read_pair("ports ");
     let (fd_a, fd_b) = read_pair("fds ");
 
-    let mut tracer = Command::new(env!("CARGO_BIN_EXE_netdrift"))
-        .args(["trace", "-p", &pid.to_string(), "--json", "-o"])
-        .arg(&out_path)
-        .arg("--record")
-        .arg(&rec)
-        .arg("--ready-file")
-        .arg(&ready)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("starting netdrift");
-    common::wait_ready(&ready, &mut tracer, Duration::from_secs(30), common::piped_stderr);
+    let rec_arg = rec.to_str().expect("utf-8 path");
+    let mut tracer = json_tracer(&["-p", &pid.to_string(), "--record", rec_arg], &out_path, &ready);
     // Held open a while: the reader polls every 100 ms and reads /proc while the parent still runs.
     let connect = || {
         let conn = TcpStream::connect(("127.0.0.1", port_a as u16)).expect("connect to A");
@@ -466,11 +474,9 @@ fn check_exec_run(name: &str, lines: &[serde_json::Value], pid: u32, (child, thr
     let (forked, exec_at) = (task_new(1), task_new(3));
     let exec_at = exec_at.unwrap_or_else(|| panic!("no task_new with reason 3 for the child {child}:\n{}", text(&of("task_new"))));
     assert!(forked.is_some_and(|f| f < exec_at), "the fork comes first:\n{}", text(&of("task_new")));
-    // The thread that ran exec goes on under the child's pid: its own tid ends there.
-    let ended = lines[..exec_at].iter().rposition(|l| l["type"] == "task_exit" && l["task"]["tid"] == thread);
-    let exits: Vec<&serde_json::Value> = of("task_exit").into_iter().filter(|l| l["task"]["pid"] == child).collect();
-    assert!(ended.is_some(), "no task_exit for the exec'ing thread {thread} before the exec: {}", text(&exits));
-    assert!(lines[exec_at..].iter().all(|l| l["task"]["tid"] != thread), "records under tid {thread} after the exec");
+    // Run by the child's second thread: it goes on under the child's pid, its own tid ends there.
+    assert_eq!((&lines[exec_at]["task"]["tid"], &lines[exec_at]["child"]["tid"]), (&thread.into(), &child.into()), "{}", lines[exec_at]);
+    assert!(lines[exec_at + 1..].iter().all(|l| l["task"]["tid"] != thread), "{name}: records under tid {thread} after the exec");
     let child_fds: Vec<&serde_json::Value> =
         lines[exec_at..].iter().filter(|l| l["type"] == "fd_map" && l["task"]["pid"] == child).collect();
     let fds: Vec<i64> = child_fds.iter().map(|l| l["fd"].as_i64().unwrap()).collect();
@@ -484,4 +490,47 @@ fn check_exec_run(name: &str, lines: &[serde_json::Value], pid: u32, (child, thr
     };
     assert_eq!(holders(woke[0]), [(pid as i64, fd_a)], "before the fork, A is the parent's: {}", woke[0]);
     assert_eq!(holders(woke[1]), [(pid as i64, fd_a)], "A was closed in the child by its exec: {}", woke[1]);
+}
+
+/// Traced by thread (`-t`), a thread other than the leader runs exec
+/// (tests/progs/threadexec.c): the trace follows it under the process's
+/// pid until the new program exits, instead of ending at the exec.
+#[test]
+fn a_thread_traced_by_tid_is_followed_through_its_exec() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    use std::time::Instant;
+
+    if !require_root() {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let prog = common::build_c(dir.path(), "threadexec", &["-O1", "-pthread"]);
+    let (go, ready, out_path) = (dir.path().join("go"), dir.path().join("ready"), dir.path().join("out.jsonl"));
+    let mut target = Command::new(&prog).arg(&go).stdout(Stdio::piped()).spawn().expect("starting threadexec");
+    let pid = target.id();
+    let mut line = String::new();
+    BufReader::new(target.stdout.take().expect("stdout")).read_line(&mut line).expect("threadexec tid");
+    let tid: u32 = line.trim().parse().unwrap_or_else(|_| panic!("threadexec printed {line:?}, not a tid"));
+    let mut tracer = json_tracer(&["-t", &tid.to_string()], &out_path, &ready);
+    std::fs::write(&go, b"").expect("go file");
+    let t = Instant::now();
+    assert!(target.wait().expect("threadexec").success(), "threadexec failed");
+    // The new program naps for a second; the trace ends with it.
+    let st = tracer.wait().expect("netdrift");
+    let after = t.elapsed();
+    assert!(st.success(), "netdrift failed: {}", common::piped_stderr(&mut tracer));
+    let lines: Vec<serde_json::Value> =
+        std::fs::read_to_string(&out_path).expect("output").lines().map(|l| serde_json::from_str(l).expect("JSON line")).collect();
+    let exec_at = lines
+        .iter()
+        .position(|l| l["type"] == "task_new" && l["reason"] == 3)
+        .unwrap_or_else(|| panic!("no exec record: {:?}", lines.iter().map(|l| &l["type"]).collect::<Vec<_>>()));
+    assert_eq!((&lines[exec_at]["task"]["tid"], &lines[exec_at]["child"]["tid"]), (&tid.into(), &pid.into()), "{}", lines[exec_at]);
+    let naps = lines[exec_at..].iter().filter(|l| l["type"] == "switch_out" && l["task"]["tid"] == pid).count();
+    assert!(naps >= 5, "the new program's naps are traced under tid {pid}: {naps} switch-outs");
+    let summary = lines.last().expect("summary");
+    assert_eq!(summary["reason"], "target exited", "{summary}");
+    assert!(after >= Duration::from_millis(900), "the trace ended {after:?} after the exec, before the new program did");
 }

@@ -1139,31 +1139,21 @@ int BPF_PROG(nd_process_exec, struct task_struct *p, pid_t old_pid)
 	if (!target && n_comms == 0)
 		return 0;
 	bpf_probe_read_kernel_str(comm, sizeof(comm), p->comm);
-	if (target && old != tid) {
-		/*
-		 * A thread other than the leader ran exec: it goes on as the
-		 * leader, under the process's pid, and its old tid ends here
-		 * without an exit of its own.
-		 */
-		struct nd_task_exit *e;
-
-		if (has_tids && bpf_map_lookup_elem(&targets_tid, &old)) {
-			bpf_map_delete_elem(&targets_tid, &old);
-			bpf_map_update_elem(&targets_tid, &tid, &one, BPF_ANY);
-		}
-		e = reserve(sizeof(*e), ND_REC_TASK_EXIT);
-		if (e) {
-			hdr_task(&e->hdr, p);
-			e->hdr.tid = old;
-			e->group_dead = 0;
-			submit(e);
-		}
+	/*
+	 * A thread other than the leader that runs exec goes on as the leader,
+	 * under the process's pid: a -t target follows it.
+	 */
+	if (target && old != tid && has_tids && bpf_map_lookup_elem(&targets_tid, &old)) {
+		bpf_map_delete_elem(&targets_tid, &old);
+		bpf_map_update_elem(&targets_tid, &tid, &one, BPF_ANY);
 	}
 	/* A target ran a new program: its close-on-exec fds are gone (closed without a syscall). */
 	if (target) {
 		r = reserve(sizeof(*r), ND_REC_TASK_NEW);
 		if (r) {
 			hdr_task(&r->hdr, p);
+			/* The thread that ran it; child_tid is its tid from now on (its old one ends here). */
+			r->hdr.tid = old;
 			r->child_pid = tgid;
 			r->child_tid = p->pid;
 			__builtin_memcpy(r->child_comm, comm, sizeof(comm));

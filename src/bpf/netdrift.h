@@ -255,7 +255,7 @@ struct nd_task_new {
 	__u32 child_pid;
 	__u32 child_tid;
 	char child_comm[ND_COMM_LEN];
-	__u32 reason;		/* 1 fork of a target, 2 exec matching -c, 3 exec of a target */
+	__u32 reason;		/* 1 fork of a target, 2 exec matching -c, 3 exec of a target (hdr.tid: the thread that ran it) */
 	__u32 pad;
 };
 

@@ -204,6 +204,10 @@ impl ReportWriter {
             Kind::TaskExit { .. } => {
                 self.threads.remove(&ev.task.tid);
             }
+            // Its old tid (a thread other than the leader ran exec).
+            Kind::TaskNew { child, reason: 3 } if child.tid != ev.task.tid => {
+                self.threads.remove(&ev.task.tid);
+            }
             Kind::SwitchOut { involuntary, state, .. } => {
                 let t = self.threads.entry(ev.task.tid).or_default();
                 t.out = if *involuntary { None } else { Some((ev.ts, *state, t.in_epoll)) };

@@ -22,6 +22,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -61,7 +62,7 @@ static char *self_name, *ready_file;
 static void *exec_thread(void *arg)
 {
 	(void)arg;
-	printf("thread %d\n", (int)gettid());
+	printf("thread %ld\n", (long)syscall(SYS_gettid));
 	fflush(stdout);
 	execl("/proc/self/exe", self_name, "--child", ready_file, (char *)NULL);
 	_exit(127);
