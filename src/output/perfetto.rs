@@ -361,6 +361,10 @@ impl PerfettoWriter {
                 );
             }
             Kind::TaskNew { child, reason } => {
+                if *reason == 3 && child.tid != ev.task.tid {
+                    // A thread other than the leader ran exec: its old tid's track ends here.
+                    self.push_tev(&ev.task, ev.ts, ev.cpu, TK::Gone);
+                }
                 self.thread(child);
                 let what = if *reason == 3 { "exec" } else { "new target" };
                 let name = format!("{what} {}", task_label(child));
@@ -1044,5 +1048,27 @@ pub(crate) mod tests {
             [("on CPU", 0.0, 0.1), ("preempted", 0.1, 0.1), ("on CPU", 0.2, 0.1), ("blocked in epoll_wait", 0.3, 0.1)],
             "{out:?}"
         );
+    }
+
+    #[test]
+    fn an_exec_by_a_non_leader_thread_ends_its_old_track() {
+        let (old, leader) = (task(7, "w"), task(100, "new"));
+        let mut p = PerfettoWriter::new(Path::new("/nonexistent"));
+        let evs = vec![
+            ev(100, 0, &old, Kind::SwitchIn { runnable_ts: 100, prev_cpu: 0, after_preempt: false, prev_tid: 1, prev_comm: "x".into() }),
+            ev(300, 0, &old, Kind::TaskNew { child: leader.clone(), reason: 3 }),
+            ev(500, 0, &leader, Kind::SwitchOut { involuntary: false, woken: false, state: 1, next_tid: 1, next_comm: "x".into() }),
+        ];
+        for e in &evs {
+            p.add_event(e, &Annotation::default());
+        }
+        let out = p.build();
+        let on_cpu: Vec<(u64, f64, f64)> = out
+            .iter()
+            .filter(|e| e["ph"] == "X" && e["name"] == "on CPU")
+            .map(|x| (x["tid"].as_u64().unwrap(), x["ts"].as_f64().unwrap(), x["dur"].as_f64().unwrap()))
+            .collect();
+        assert_eq!(on_cpu.first(), Some(&(7, 0.0, 0.2)), "the old tid runs until the exec: {out:?}");
+        assert!(out.iter().any(|e| e["ph"] == "i" && e["name"].as_str().is_some_and(|n| n.starts_with("exec "))), "{out:?}");
     }
 }
