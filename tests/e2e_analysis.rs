@@ -476,7 +476,12 @@ fn check_exec_run(name: &str, lines: &[serde_json::Value], pid: u32, (child, thr
     assert!(forked.is_some_and(|f| f < exec_at), "the fork comes first:\n{}", text(&of("task_new")));
     // Run by the child's second thread: it goes on under the child's pid, its own tid ends there.
     assert_eq!((&lines[exec_at]["task"]["tid"], &lines[exec_at]["child"]["tid"]), (&thread.into(), &child.into()), "{}", lines[exec_at]);
-    assert!(lines[exec_at + 1..].iter().all(|l| l["task"]["tid"] != thread), "{name}: records under tid {thread} after the exec");
+    // (The old leader's final switch-out, task dead, may be written under this tid: de_thread swaps the tids.)
+    let dead = |l: &serde_json::Value| l["type"] == "switch_out" && l["state"].as_u64().unwrap_or(0) & 0x80 != 0;
+    assert!(
+        lines[exec_at + 1..].iter().all(|l| l["task"]["tid"] != thread || dead(l)),
+        "{name}: records under tid {thread} after the exec"
+    );
     let child_fds: Vec<&serde_json::Value> =
         lines[exec_at..].iter().filter(|l| l["type"] == "fd_map" && l["task"]["pid"] == child).collect();
     let fds: Vec<i64> = child_fds.iter().map(|l| l["fd"].as_i64().unwrap()).collect();
@@ -529,8 +534,13 @@ fn a_thread_traced_by_tid_is_followed_through_its_exec() {
         .unwrap_or_else(|| panic!("no exec record: {:?}", lines.iter().map(|l| &l["type"]).collect::<Vec<_>>()));
     assert_eq!((&lines[exec_at]["task"]["tid"], &lines[exec_at]["child"]["tid"]), (&tid.into(), &pid.into()), "{}", lines[exec_at]);
     let naps = lines[exec_at..].iter().filter(|l| l["type"] == "switch_out" && l["task"]["tid"] == pid).count();
-    assert!(naps >= 5, "the new program's naps are traced under tid {pid}: {naps} switch-outs");
+    assert!(naps >= 9, "the new program's ten naps are traced under tid {pid}: {naps} switch-outs");
+    // Until the new program itself exited (not ended at the exec by a /proc check).
+    assert!(
+        lines.iter().any(|l| l["type"] == "task_exit" && l["task"]["tid"] == pid && l["group_dead"] == true),
+        "the new program's exit is in the trace"
+    );
     let summary = lines.last().expect("summary");
     assert_eq!(summary["reason"], "target exited", "{summary}");
-    assert!(after >= Duration::from_millis(900), "the trace ended {after:?} after the exec, before the new program did");
+    assert!(after >= Duration::from_millis(900), "threadexec ran {after:?} after the exec");
 }

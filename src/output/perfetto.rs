@@ -362,8 +362,13 @@ impl PerfettoWriter {
             }
             Kind::TaskNew { child, reason } => {
                 if *reason == 3 && child.tid != ev.task.tid {
-                    // A thread other than the leader ran exec: its old tid's track ends here.
-                    self.push_tev(&ev.task, ev.ts, ev.cpu, TK::Gone);
+                    // A thread other than the leader ran exec: its old tid's track
+                    // ends here (under its old name: the record has the new one),
+                    // and it runs on under the process's pid, whose leader is gone.
+                    let seq = self.next_seq();
+                    self.threads.entry(ev.task.tid).or_default().evs.push(TEv { ts: ev.ts, seq, cpu: ev.cpu, k: TK::Gone });
+                    self.push_tev(child, ev.ts, ev.cpu, TK::Gone);
+                    self.push_tev(child, ev.ts, ev.cpu, TK::In { cpu: ev.cpu });
                 }
                 self.thread(child);
                 let what = if *reason == 3 { "exec" } else { "new target" };
@@ -1053,10 +1058,12 @@ pub(crate) mod tests {
     #[test]
     fn an_exec_by_a_non_leader_thread_ends_its_old_track() {
         let (old, leader) = (task(7, "w"), task(100, "new"));
+        // The exec record carries the new program's name already.
+        let renamed = task(7, "new");
         let mut p = PerfettoWriter::new(Path::new("/nonexistent"));
         let evs = vec![
             ev(100, 0, &old, Kind::SwitchIn { runnable_ts: 100, prev_cpu: 0, after_preempt: false, prev_tid: 1, prev_comm: "x".into() }),
-            ev(300, 0, &old, Kind::TaskNew { child: leader.clone(), reason: 3 }),
+            ev(300, 0, &renamed, Kind::TaskNew { child: leader.clone(), reason: 3 }),
             ev(500, 0, &leader, Kind::SwitchOut { involuntary: false, woken: false, state: 1, next_tid: 1, next_comm: "x".into() }),
         ];
         for e in &evs {
@@ -1068,7 +1075,9 @@ pub(crate) mod tests {
             .filter(|e| e["ph"] == "X" && e["name"] == "on CPU")
             .map(|x| (x["tid"].as_u64().unwrap(), x["ts"].as_f64().unwrap(), x["dur"].as_f64().unwrap()))
             .collect();
-        assert_eq!(on_cpu.first(), Some(&(7, 0.0, 0.2)), "the old tid runs until the exec: {out:?}");
+        assert_eq!(on_cpu, [(7, 0.0, 0.2), (100, 0.2, 0.2)], "the old tid runs until the exec, then the pid: {out:?}");
+        let name_of = |tid: u64| out.iter().find(|e| e["name"] == "thread_name" && e["tid"] == tid).map(|e| e["args"]["name"].clone());
+        assert_eq!(name_of(7), Some(json!("w")), "the old track keeps its name: {out:?}");
         assert!(out.iter().any(|e| e["ph"] == "i" && e["name"].as_str().is_some_and(|n| n.starts_with("exec "))), "{out:?}");
     }
 }
