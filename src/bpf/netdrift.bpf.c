@@ -1125,6 +1125,26 @@ int BPF_PROG(nd_process_fork, struct task_struct *parent, struct task_struct *ch
 	return 0;
 }
 
+/*
+ * p's exec as a task_new record: `reason` 2 (it matched -c, hdr.tid its tid)
+ * or 3 (a target ran it: hdr.tid the thread that did, child_tid that
+ * thread's tid from now on, its old one ending here).
+ */
+static __always_inline void exec_record(struct task_struct *p, const char *comm, __u32 tid, __u32 reason)
+{
+	struct nd_task_new *r = reserve(sizeof(*r), ND_REC_TASK_NEW);
+
+	if (!r)
+		return;
+	hdr_task(&r->hdr, p);
+	r->hdr.tid = tid;
+	r->child_pid = p->tgid;
+	r->child_tid = p->pid;
+	__builtin_memcpy(r->child_comm, comm, ND_COMM_LEN);
+	r->reason = reason;
+	submit(r);
+}
+
 SEC("tp_btf/sched_process_exec")
 int BPF_PROG(nd_process_exec, struct task_struct *p, pid_t old_pid)
 {
@@ -1133,7 +1153,6 @@ int BPF_PROG(nd_process_exec, struct task_struct *p, pid_t old_pid)
 	char comm[ND_COMM_LEN];
 	__u32 tgid = p->tgid, tid = p->pid, old = old_pid;
 	__u8 one = 1;
-	struct nd_task_new *r;
 	bool target = is_target(tgid, tid) || (old != tid && is_target(tgid, old));
 
 	if (!target && n_comms == 0)
@@ -1149,17 +1168,7 @@ int BPF_PROG(nd_process_exec, struct task_struct *p, pid_t old_pid)
 	}
 	/* A target ran a new program: its close-on-exec fds are gone (closed without a syscall). */
 	if (target) {
-		r = reserve(sizeof(*r), ND_REC_TASK_NEW);
-		if (r) {
-			hdr_task(&r->hdr, p);
-			/* The thread that ran it; child_tid is its tid from now on (its old one ends here). */
-			r->hdr.tid = old;
-			r->child_pid = tgid;
-			r->child_tid = p->pid;
-			__builtin_memcpy(r->child_comm, comm, sizeof(comm));
-			r->reason = 3;
-			submit(r);
-		}
+		exec_record(p, comm, old, 3);
 		return 0;
 	}
 	for (int i = 0; i < ND_MAX_COMMS; i++) {
@@ -1181,15 +1190,7 @@ int BPF_PROG(nd_process_exec, struct task_struct *p, pid_t old_pid)
 			count_loss(ND_LOSS_MAP_FULL);
 			return 0;
 		}
-		r = reserve(sizeof(*r), ND_REC_TASK_NEW);
-		if (r) {
-			hdr_task(&r->hdr, p);
-			r->child_pid = tgid;
-			r->child_tid = p->pid;
-			__builtin_memcpy(r->child_comm, comm, sizeof(comm));
-			r->reason = 2;
-			submit(r);
-		}
+		exec_record(p, comm, tid, 2);
 		return 0;
 	}
 	return 0;
