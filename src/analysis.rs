@@ -1186,27 +1186,34 @@ impl Correlator {
             // A target ran a new program: what it held may be gone (close-on-exec,
             // no syscall). The live reader re-reads its sockets from /proc after this.
             Kind::TaskNew { child, reason: 3 } => {
-                self.fds.remove_pid(child.pid);
-                self.epoll_map.remove_pid(child.pid);
+                self.forget_fds(child.pid);
                 // Run by a thread other than the leader: it goes on as `child.tid`, its old tid ends.
                 if tid != child.tid {
-                    self.finish_hops(tid, |_| true);
-                    self.threads.remove(&tid);
+                    self.end_thread(tid);
                 }
             }
             Kind::SockState { .. } | Kind::TaskNew { .. } => {}
             Kind::TaskExit { group_dead } => {
-                self.finish_hops(tid, |_| true);
-                // Tids are reused: a new thread must not inherit this one's state.
-                self.threads.remove(&tid);
+                self.end_thread(tid);
                 if *group_dead {
-                    // So are pids: a new process must not resolve through this one's fds.
-                    self.fds.remove_pid(pid);
-                    self.epoll_map.remove_pid(pid);
+                    // Pids are reused too: a new process must not resolve through this one's fds.
+                    self.forget_fds(pid);
                 }
             }
         }
         ann
+    }
+
+    /// Tids are reused: a new thread must not inherit this one's hops or state.
+    fn end_thread(&mut self, tid: u32) {
+        self.finish_hops(tid, |_| true);
+        self.threads.remove(&tid);
+    }
+
+    /// What process `pid` held (fds, epoll words) is no longer known to be its.
+    fn forget_fds(&mut self, pid: u32) {
+        self.fds.remove_pid(pid);
+        self.epoll_map.remove_pid(pid);
     }
 
     // The socket view changes only here (its counter feeds `resolve`'s cache).
