@@ -320,6 +320,18 @@ struct Enricher {
     handlers: Vec<crate::handlers::Resolved>,
 }
 
+/// Facts read from /proc/PID/fd: each socket fd of `pid` whose inode
+/// `want`s, as an `fd_map` event at (`ts`, `cpu`).
+fn fd_facts(pid: u32, ts: u64, cpu: u32, want: impl Fn(u64) -> bool, out: &mut Vec<Event>) {
+    let mut comm: Option<Rc<str>> = None;
+    for (fd, ino) in procfs::socket_fds(pid) {
+        if want(ino) {
+            let comm = comm.get_or_insert_with(|| procfs::comm(pid, pid).unwrap_or_default().into()).clone();
+            out.push(Event { ts, cpu, task: Task { pid, tid: pid, comm }, kind: Kind::FdMap { ino, fd } });
+        }
+    }
+}
+
 impl Enricher {
     /// The process is gone (its pid may be reused): what was learnt of it goes.
     fn forget_pid(&mut self, pid: u32) {
@@ -383,16 +395,7 @@ impl Enricher {
                     let mut ps: Vec<u32> = pids.iter().copied().collect();
                     ps.sort_unstable();
                     for pid in ps {
-                        for (fd, ino) in procfs::socket_fds(pid) {
-                            if ino == sock.ino {
-                                out.push(Event {
-                                    ts: ev.ts,
-                                    cpu: ev.cpu,
-                                    task: Task { pid, tid: pid, comm: procfs::comm(pid, pid).unwrap_or_default().into() },
-                                    kind: Kind::FdMap { ino, fd },
-                                });
-                            }
-                        }
+                        fd_facts(pid, ev.ts, ev.cpu, |ino| ino == sock.ino, &mut out);
                     }
                 }
             }
@@ -958,10 +961,10 @@ pub fn run(mut opts: TraceOptions) -> Result<TraceResult> {
                 }
                 pipe.ingest(ev)?;
                 if let Some((pid, ts, cpu)) = exec_of {
-                    let comm: Rc<str> = procfs::comm(pid, pid).unwrap_or_default().into();
-                    for (fd, ino) in procfs::socket_fds(pid) {
-                        let task = Task { pid, tid: pid, comm: comm.clone() };
-                        pipe.ingest(Event { ts, cpu, task, kind: Kind::FdMap { ino, fd } })?;
+                    let mut facts = Vec::new();
+                    fd_facts(pid, ts, cpu, |_| true, &mut facts);
+                    for f in facts {
+                        pipe.ingest(f)?;
                     }
                 }
             }
