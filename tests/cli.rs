@@ -489,7 +489,7 @@ fn analyze_replays_with_the_recorded_idle_timeout() {
 /// waits, and the second worker's wake-up joins it.
 #[test]
 fn analyze_keeps_a_herds_socket_when_its_first_wake_up_finds_a_handling_worker() {
-    use netdrift::events::{Cause, EpEvent, Event, Kind, ReadyHook, SockInfo, Syscall, Task, WakerContext};
+    use netdrift::events::{EpEvent, Event, Kind, ReadyHook, SockInfo, Syscall, Task};
     let dir = tempfile::tempdir().unwrap();
     let rec = dir.path().join("run.ndr");
     let task = |tid: u32, comm: &str| Task { pid: if tid == 20 { 20 } else { 10 }, tid, comm: comm.into() };
@@ -506,20 +506,7 @@ fn analyze_keeps_a_herds_socket_when_its_first_wake_up_finds_a_handling_worker()
     };
     let ev = |ts: u64, cpu: u32, t: &Task, kind: Kind| Event { ts, cpu, task: t.clone(), kind };
     let ready = |seq| Kind::SockReady { sock: listen.clone().into(), seq, hook: ReadyHook::EpollItem, new_state: None, packet: None };
-    let wake = |target: &Task, seq| Kind::Wake {
-        target: target.clone(),
-        sock_seq: seq,
-        stack: vec![],
-        stack_err: 0,
-        target_cpu: 0,
-        waker_is_kthread: false,
-        target_on_rq: false,
-        cause: Some(Cause::SocketReadable),
-        context: Some(WakerContext::SoftirqInSyscall),
-        via_epoll: true,
-        stack_reused: false,
-        stack_sig: 0,
-    };
+    let wake = |target: &Task, seq| common::socket_wake(target, seq, vec![]);
     let switch_in =
         |runnable_ts| Kind::SwitchIn { runnable_ts, prev_cpu: 0, after_preempt: false, prev_tid: 0, prev_comm: "swapper".into() };
     let exit = |epfd| Kind::EpollExit {

@@ -21,7 +21,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use netdrift::demo::{self, DemoConfig, DemoServer, ListenMode};
-use netdrift::events::{Cause, EpEvent, Event, Kind, ReadyHook, SockInfo, Syscall, Task, WakerContext};
+use netdrift::events::{EpEvent, Event, Kind, ReadyHook, SockInfo, Syscall, Task};
 use serde_json::{json, Value};
 
 mod common;
@@ -451,19 +451,8 @@ fn fixture_recording(path: &Path) {
     let client = task(400, 400, "cl<i>ent&");
     let listen = sock(10, "127.0.0.1:8080", "0.0.0.0:0");
     let conn = SockInfo { ino: 4343, sk: 0xffff_8881_0000_2000, ..sock(1, "127.0.0.1:8080", "127.0.0.1:50000") };
-    let wake = |target: &Task, seq: u64| Kind::Wake {
-        target: target.clone(),
-        sock_seq: seq,
-        stack: vec![0xffff_ffff_8100_0000, 0xffff_ffff_8100_1000, 0xffff_ffff_8100_2000],
-        stack_err: 0,
-        target_cpu: 0,
-        waker_is_kthread: false,
-        target_on_rq: false,
-        cause: Some(Cause::SocketReadable),
-        context: Some(WakerContext::SoftirqInSyscall),
-        via_epoll: true,
-        stack_reused: false,
-        stack_sig: 0,
+    let wake = |target: &Task, seq: u64| {
+        common::socket_wake(target, seq, vec![0xffff_ffff_8100_0000, 0xffff_ffff_8100_1000, 0xffff_ffff_8100_2000])
     };
     let ev = |ts: u64, cpu: u32, t: &Task, kind: Kind| Event { ts: t0 + ts, cpu, task: t.clone(), kind };
     let sin = |prev: u64| Kind::SwitchIn {

@@ -11,6 +11,26 @@ use netdrift::demo::{self, DemoConfig, DemoServer, ListenMode};
 use netdrift::probes::ProbeConfig;
 use netdrift::trace::{self, TraceOptions, TraceResult};
 
+/// A wake-up of `target` for socket event `seq` as the live reader makes
+/// it: a readable socket, from softirq in the waker's syscall, via epoll.
+pub fn socket_wake(target: &netdrift::events::Task, seq: u64, stack: Vec<u64>) -> netdrift::events::Kind {
+    use netdrift::events::{Cause, Kind, WakerContext};
+    Kind::Wake {
+        target: target.clone(),
+        sock_seq: seq,
+        stack,
+        stack_err: 0,
+        target_cpu: 0,
+        waker_is_kthread: false,
+        target_on_rq: false,
+        cause: Some(Cause::SocketReadable),
+        context: Some(WakerContext::SoftirqInSyscall),
+        via_epoll: true,
+        stack_reused: false,
+        stack_sig: 0,
+    }
+}
+
 /// BPF needs root; CI is root. Say so loudly rather than skip silently.
 pub fn require_root() -> bool {
     // SAFETY: geteuid has no preconditions.
