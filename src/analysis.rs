@@ -702,12 +702,15 @@ impl Correlator {
             self.stats.chains_incomplete += 1;
         }
         if c.records_lost {
+            // A lost wake-up or epoll_wait return can make a thread look woken
+            // for nothing, or hide one: such a chain is not counted as a herd.
             self.stats.chains_records_lost += 1;
+        } else {
+            if c.woken() > 1 {
+                self.stats.herd_chains += 1;
+            }
+            self.stats.wasted_wakes += c.wasted() as u64;
         }
-        if c.woken() > 1 {
-            self.stats.herd_chains += 1;
-        }
-        self.stats.wasted_wakes += c.wasted() as u64;
         self.summary.chain(&c);
         if self.completed.back().is_none_or(|b| b.id < c.id) {
             self.completed.push_back(c);

@@ -160,6 +160,9 @@ pub struct HerdRow {
     pub wakeups: u64,
     /// Threads woken for nothing (found nothing, EAGAIN, or slept again).
     pub wasted: u64,
+    /// Chains that started at this socket while records were lost: left out
+    /// of `events`, `wakeups` and `wasted` (a step of theirs may be missing).
+    pub events_records_lost: u64,
     /// Accepts per thread.
     pub winners: BTreeMap<String, u64>,
     /// Wasted wake-ups per thread.
@@ -398,7 +401,9 @@ impl SummaryBuilder {
     /// A completed chain.
     pub fn chain(&mut self, c: &Chain) {
         let listen = c.sock.as_ref().filter(|s| s.sock.is_listen()).map(|s| s.sock.clone());
-        if let Some(l) = &listen {
+        if let Some(l) = listen.as_ref().filter(|_| c.records_lost) {
+            self.herd_row(l).events_records_lost += 1;
+        } else if let Some(l) = &listen {
             let (woken, wasted) = (c.woken() as u64, c.wasted() as u64);
             let losers: Vec<String> = c.hops.iter().filter(|h| h.wasted()).map(|h| thread_key(&h.target)).collect();
             let row = self.herd_row(l);

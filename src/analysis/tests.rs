@@ -931,3 +931,28 @@ fn chains_open_across_lost_records_are_marked() {
     let text = crate::output::text::TextRenderer { t0: 0, stacks: false }.chain(&chains[0], &mut crate::symbolize::KernelSyms::new());
     assert!(text.contains("[records lost while open]"), "{text}");
 }
+
+/// A herd open across lost records: a missing step can make a worker look
+/// woken for nothing (or hide one), so the herd counts leave it out and say so.
+#[test]
+fn a_herd_open_across_lost_records_is_left_out_of_the_herd_counts() {
+    let mut evs = herd_events();
+    let listen = sock(0xaaa, 500, "127.0.0.1:8080", "0.0.0.0:0", 10);
+    // The accept names its listener, as the live reader's do.
+    for e in evs.iter_mut() {
+        if let Kind::Accept { listen: l, .. } = &mut e.kind {
+            *l = Some(Box::new(listen.clone()));
+        }
+    }
+    evs.insert(6, ev(2500, 1, t(0, 0, ""), Kind::RecordsLost { records: 3 }));
+    let mut c = Correlator::new();
+    let chains = all_chains(&mut c, &evs);
+    assert_eq!(chains.len(), 1, "{chains:#?}");
+    assert!(chains[0].records_lost && chains[0].woken() == 2 && chains[0].wasted() == 1, "{chains:#?}");
+    assert_eq!((c.stats.herd_chains, c.stats.wasted_wakes, c.stats.chains_records_lost), (0, 0, 1));
+    let s = c.summary.build();
+    let row = &s.herd[0];
+    assert_eq!((row.connections, row.events, row.wakeups, row.wasted, row.events_records_lost), (1, 0, 0, 0, 1), "{row:?}");
+    let text = crate::output::text::summary_sections(&s);
+    assert!(text.contains("left out: 1 event open when records were lost"), "{text}");
+}

@@ -785,6 +785,15 @@ fn herd(o: &mut String, s: &Summary) {
         );
     }
     o.push_str("</table>\n");
+    for r in s.herd.iter().filter(|r| r.events_records_lost > 0) {
+        let n = r.events_records_lost;
+        let _ = writeln!(
+            o,
+            "<p>{}: {n} event{} open when records were lost left out of these counts.</p>",
+            text(&r.local),
+            if n == 1 { "" } else { "s" }
+        );
+    }
     for r in s.herd.iter().filter(|r| r.herd_ratio() >= 0.5) {
         let _ = writeln!(
             o,

@@ -354,7 +354,7 @@ pub fn summary(stats: &Stats, losses: &Losses, secs: f64, ringbuf_mib: u32, why:
     if stats.chains_records_lost > 0 {
         let _ = writeln!(
             o,
-            "  {} chains were open when records were lost (marked [records lost while open]: a step may be missing)",
+            "  {} chains were open when records were lost (marked [records lost while open]: a step may be missing; left out of the herd counts and the whole-chain latency)",
             stats.chains_records_lost
         );
     }
@@ -417,6 +417,10 @@ pub fn summary_sections(s: &Summary) -> String {
             };
             let _ = writeln!(o, "    accepted by: {}", list(&r.winners));
             let _ = writeln!(o, "    woken for nothing: {}", list(&r.losers));
+            if r.events_records_lost > 0 {
+                let n = r.events_records_lost;
+                let _ = writeln!(o, "    left out: {n} event{} open when records were lost", if n == 1 { "" } else { "s" });
+            }
             if r.herd_ratio() >= 0.5 {
                 let _ = writeln!(
                     o,
