@@ -314,6 +314,12 @@ impl<'obj> Probes<'obj> {
         Ok(Probes { skel, features, notes, handler_links })
     }
 
+    /// The threads traced by tid (-t) as the kernel side has them now: an
+    /// exec moves a non-leader thread to the pid even if its record is lost.
+    pub fn target_tids(&self) -> Vec<u32> {
+        self.skel.maps.targets_tid.keys().filter_map(|k| Some(u32::from_ne_bytes(k.get(..4)?.try_into().ok()?))).collect()
+    }
+
     /// Sum the per-CPU loss counters (`enum nd_loss` of netdrift.h).
     pub fn losses(&self) -> Losses {
         use crate::skel::types::nd_loss as L;

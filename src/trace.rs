@@ -1011,20 +1011,9 @@ pub fn run(mut opts: TraceOptions) -> Result<TraceResult> {
             last_check = Instant::now();
             // Exit records can be lost; /proc cannot.
             live_tgids.retain(|&p| procfs::task_exists(p));
-            // A thread gone at two checks in a row: one that runs exec loses
-            // its tid a moment before its exec record (which moves it) is read.
-            let mut missed_now = HashSet::new();
-            live_tids.retain(|&t| {
-                if procfs::task_exists(t) {
-                    return true;
-                }
-                if missed_tids.contains(&t) {
-                    return false;
-                }
-                missed_now.insert(t);
-                true
-            });
-            missed_tids = missed_now;
+            if !live_tids.is_empty() {
+                missed_tids = check_tids(&mut live_tids, &missed_tids, &probes.target_tids(), procfs::task_exists);
+            }
         }
         if watch_exit && live_tgids.is_empty() && live_tids.is_empty() {
             reason = "target exited";
@@ -1055,6 +1044,31 @@ pub fn run(mut opts: TraceOptions) -> Result<TraceResult> {
     result.notes = probes.notes.clone();
     drop(probes);
     Ok(result)
+}
+
+/// Which threads traced by tid (-t) are still alive; returns those missing
+/// from /proc this time. A thread gone at two checks in a row is dropped: one
+/// that runs exec loses its tid a moment before its exec record (which moves
+/// it to the pid) is read. The kernel's tid set (`bpf_tids`) is asked too, so
+/// a thread it moved is followed even when that record is read late or lost.
+fn check_tids(live: &mut HashSet<u32>, missed: &HashSet<u32>, bpf_tids: &[u32], exists: impl Fn(u32) -> bool) -> HashSet<u32> {
+    for &t in bpf_tids {
+        if !live.contains(&t) && exists(t) {
+            live.insert(t);
+        }
+    }
+    let mut missed_now = HashSet::new();
+    live.retain(|&t| {
+        if exists(t) {
+            return true;
+        }
+        if missed.contains(&t) {
+            return false;
+        }
+        missed_now.insert(t);
+        true
+    });
+    missed_now
 }
 
 /// Options of `netdrift analyze`.
@@ -1141,6 +1155,27 @@ pub fn analyze_reader(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// -t 12 runs exec: its tid vanishes, and the kernel moved the target to
+    /// the pid (10). Read late or lost, the exec record cannot say so: the
+    /// kernel's tid set does, and the trace goes on; a thread that really
+    /// exited is dropped at its second miss.
+    #[test]
+    fn a_tid_target_moved_by_the_kernel_is_followed_without_its_record() {
+        // 21 exited (the kernel dropped it from its set at the exit).
+        let alive: HashSet<u32> = [10].into();
+        let exists = |t: u32| alive.contains(&t);
+        let mut live: HashSet<u32> = [12, 21].into();
+        let missed = check_tids(&mut live, &HashSet::new(), &[10], exists);
+        assert_eq!((live.clone(), missed.clone()), ([10, 12, 21].into(), [12, 21].into()));
+        let missed = check_tids(&mut live, &missed, &[10], exists);
+        assert_eq!((live, missed), ([10].into(), HashSet::new()));
+        // Without the kernel's word, only the two-miss rule: the trace ends.
+        let mut live: HashSet<u32> = [12].into();
+        let missed = check_tids(&mut live, &HashSet::new(), &[], exists);
+        check_tids(&mut live, &missed, &[], exists);
+        assert!(live.is_empty());
+    }
 
     #[test]
     fn a_recording_without_line_ends_is_refused_not_read_whole() {
