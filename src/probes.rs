@@ -117,6 +117,16 @@ pub fn btf_has(btf: &[u8], name: &str) -> bool {
     btf.windows(needle.len()).any(|w| w == needle.as_slice())
 }
 
+/// Set `id`'s bit in a target bit map (`tgid_bits`, `tid_bits` of
+/// targets.bpf.h), before the programs are attached.
+pub fn set_target_bit(bits: &impl MapCore, id: u32) -> Result<()> {
+    let k = (id >> 6).to_ne_bytes();
+    let old = bits.lookup(&k, MapFlags::ANY)?.and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok()).map(u64::from_ne_bytes);
+    let word = old.unwrap_or(0) | 1u64 << (id & 63);
+    bits.update(&k, &word.to_ne_bytes(), MapFlags::ANY)?;
+    Ok(())
+}
+
 /// Does sched_switch pass `prev_state` (5.18+)? Its `btf_trace_sched_switch`
 /// prototype then has five parameters: the context and four.
 pub fn sched_switch_has_prev_state() -> bool {
@@ -237,6 +247,13 @@ impl<'obj> Probes<'obj> {
             ro.nr_sock_io = sysno::SOCK_IO;
         }
         open.maps.events.set_max_entries(cfg.ringbuf_bytes)?;
+        // Unused target bit maps: 8 bytes instead of 512 KiB.
+        if cfg.tids.is_empty() {
+            open.maps.tid_bits.set_max_entries(1)?;
+        }
+        if cfg.trace_all() {
+            open.maps.tgid_bits.set_max_entries(1)?;
+        }
         // One of the two builds of the wake-up program (same records).
         if features.rdonly_cast && !cfg.probed_reads {
             open.progs.nd_sched_waking_probed.set_autoload(false);
@@ -284,11 +301,13 @@ impl<'obj> Probes<'obj> {
         }
         let mut skel = open.load().map_err(|e| Error::Bpf(format!("loading the BPF programs failed: {e:#}")))?;
         let probes_targets = |skel: &NetdriftSkel<'_>| -> Result<()> {
-            for t in &cfg.tgids {
+            for &t in &cfg.tgids {
                 skel.maps.targets_tgid.update(&t.to_ne_bytes(), &[1], MapFlags::ANY)?;
+                set_target_bit(&skel.maps.tgid_bits, t)?;
             }
-            for t in &cfg.tids {
+            for &t in &cfg.tids {
                 skel.maps.targets_tid.update(&t.to_ne_bytes(), &[1], MapFlags::ANY)?;
+                set_target_bit(&skel.maps.tid_bits, t)?;
             }
             Ok(())
         };

@@ -1102,14 +1102,13 @@ int BPF_PROG(nd_process_fork, struct task_struct *parent, struct task_struct *ch
 	if (bench_empty)
 		return 0;
 	__u32 ptgid = parent->tgid, ctgid = child->tgid;
-	__u8 one = 1;
 	struct nd_task_new *r;
 
 	if (!follow_children || ctgid == ptgid || child->pid != ctgid)
 		return 0;
-	if (!bpf_map_lookup_elem(&targets_tgid, &ptgid))
+	if (!id_bit(&tgid_bits, ptgid))
 		return 0;
-	if (bpf_map_update_elem(&targets_tgid, &ctgid, &one, BPF_ANY)) {
+	if (target_add(&targets_tgid, &tgid_bits, ctgid)) {
 		count_loss(ND_LOSS_MAP_FULL);
 		return 0;
 	}
@@ -1152,7 +1151,6 @@ int BPF_PROG(nd_process_exec, struct task_struct *p, pid_t old_pid)
 		return 0;
 	char comm[ND_COMM_LEN];
 	__u32 tgid = p->tgid, tid = p->pid, old = old_pid;
-	__u8 one = 1;
 	bool target = is_target(tgid, tid) || (old != tid && is_target(tgid, old));
 
 	if (!target && n_comms == 0)
@@ -1162,9 +1160,9 @@ int BPF_PROG(nd_process_exec, struct task_struct *p, pid_t old_pid)
 	 * A thread other than the leader that runs exec goes on as the leader,
 	 * under the process's pid: a -t target follows it.
 	 */
-	if (target && old != tid && has_tids && bpf_map_lookup_elem(&targets_tid, &old)) {
-		bpf_map_delete_elem(&targets_tid, &old);
-		bpf_map_update_elem(&targets_tid, &tid, &one, BPF_ANY);
+	if (target && old != tid && has_tids && id_bit(&tid_bits, old)) {
+		target_del(&targets_tid, &tid_bits, old);
+		target_add(&targets_tid, &tid_bits, tid);
 	}
 	/* A target ran a new program: its close-on-exec fds are gone (closed without a syscall). */
 	if (target) {
@@ -1186,7 +1184,7 @@ int BPF_PROG(nd_process_exec, struct task_struct *p, pid_t old_pid)
 		}
 		if (!eq)
 			continue;
-		if (bpf_map_update_elem(&targets_tgid, &tgid, &one, BPF_ANY)) {
+		if (target_add(&targets_tgid, &tgid_bits, tgid)) {
 			count_loss(ND_LOSS_MAP_FULL);
 			return 0;
 		}
@@ -1210,8 +1208,8 @@ int BPF_PROG(nd_process_exit, struct task_struct *p)
 		tgid_target = tgid != self_tgid;
 		tid_target = false;
 	} else {
-		tgid_target = bpf_map_lookup_elem(&targets_tgid, &tgid) != NULL;
-		tid_target = has_tids && bpf_map_lookup_elem(&targets_tid, &tid) != NULL;
+		tgid_target = id_bit(&tgid_bits, tgid);
+		tid_target = has_tids && id_bit(&tid_bits, tid);
 	}
 	if (!tgid_target && !tid_target)
 		return 0;
@@ -1223,9 +1221,9 @@ int BPF_PROG(nd_process_exit, struct task_struct *p)
 	 */
 	group_dead = BPF_CORE_READ(p, signal, live.counter) == 0;
 	if (tid_target)
-		bpf_map_delete_elem(&targets_tid, &tid);
+		target_del(&targets_tid, &tid_bits, tid);
 	if (tgid_target && group_dead && !trace_all)
-		bpf_map_delete_elem(&targets_tgid, &tgid);
+		target_del(&targets_tgid, &tgid_bits, tgid);
 	/*
 	 * Every thread's exit: user space forgets its state (tids are reused,
 	 * and a thread-per-connection server makes new ones all day).

@@ -520,13 +520,12 @@ SEC("tp_btf/sched_process_fork")
 int BPF_PROG(ow_process_fork, struct task_struct *parent, struct task_struct *child)
 {
 	__u32 ptgid = parent->tgid, ctgid = child->tgid;
-	__u8 one = 1;
 
 	if (!follow_children || trace_all || ctgid == ptgid || child->pid != ctgid)
 		return 0;
-	if (!bpf_map_lookup_elem(&targets_tgid, &ptgid))
+	if (!id_bit(&tgid_bits, ptgid))
 		return 0;
-	if (bpf_map_update_elem(&targets_tgid, &ctgid, &one, BPF_ANY))
+	if (target_add(&targets_tgid, &tgid_bits, ctgid))
 		count(OW_LOSS_TARGETS_FULL);
 	return 0;
 }
@@ -542,7 +541,7 @@ int BPF_PROG(ow_process_exit, struct task_struct *p)
 	 * before this tracepoint): its pid may be reused by another process,
 	 * and children that came and went must not fill the map.
 	 */
-	if (!trace_all && BPF_CORE_READ(p, signal, live.counter) == 0)
-		bpf_map_delete_elem(&targets_tgid, &tgid);
+	if (!trace_all && BPF_CORE_READ(p, signal, live.counter) == 0 && id_bit(&tgid_bits, tgid))
+		target_del(&targets_tgid, &tgid_bits, tgid);
 	return 0;
 }
