@@ -257,7 +257,7 @@ pub fn check_outputs(paths: &[&Path]) -> Result<()> {
     let mut seen: Vec<(PathBuf, PathBuf, &Path)> = Vec::new();
     for p in paths {
         check_file_path(p)?;
-        let (id, partial) = (file_identity(p), file_identity(&partial_path(p)));
+        let (id, partial) = (file_identity(p), file_identity(&partial_path(&crate::output::output_target(p).0)));
         if let Some((_, _, q)) = seen.iter().find(|(i, ip, _)| *i == id || *ip == id || *i == partial) {
             return Err(Error::Usage(if q == p {
                 format!("{} is given for two outputs: give each output its own file", p.display())
@@ -273,11 +273,13 @@ pub fn check_outputs(paths: &[&Path]) -> Result<()> {
 /// Before anything is attached: a ready file left by an earlier run is
 /// removed (a script waiting for it must not go on too early), and the
 /// place is checked writable.
-pub fn prepare_ready_file(p: &Path) -> Result<()> {
-    if crate::output::is_special(p) {
+pub fn prepare_ready_file(path: &Path) -> Result<()> {
+    let (target, in_place) = crate::output::output_target(path);
+    if in_place {
         return Ok(());
     }
-    let err = |e| Error::Output { path: p.to_path_buf(), source: e };
+    let p = target.as_path();
+    let err = |e| Error::Output { path: path.to_path_buf(), source: e };
     match std::fs::remove_file(p) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(err(e)),
         _ => {}
@@ -289,10 +291,11 @@ pub fn prepare_ready_file(p: &Path) -> Result<()> {
 }
 
 /// Write the ready file atomically, so a waiting script never reads half of it.
-pub fn write_ready_file(p: &Path) -> Result<()> {
-    let err = |e| Error::Output { path: p.to_path_buf(), source: e };
+pub fn write_ready_file(path: &Path) -> Result<()> {
+    let err = |e| Error::Output { path: path.to_path_buf(), source: e };
     // A FIFO or device is written in place: a rename would replace it.
-    let in_place = crate::output::is_special(p);
+    let (target, in_place) = crate::output::output_target(path);
+    let p = target.as_path();
     let tmp = if in_place { p.to_path_buf() } else { partial_path(p) };
     std::fs::write(&tmp, format!("{}\n", std::process::id())).map_err(err)?;
     if !in_place {

@@ -643,3 +643,38 @@ fn analyze_leaves_out_a_socket_event_its_wake_up_disproves() {
     assert!(!std::path::Path::new("/dev/null.partial").exists());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// An output path that is a symbolic link: one into /proc/PID/fd (as
+/// /dev/stdout is) is written through, so a shell's `> out.txt` gets the
+/// output and the link stays; any other link keeps pointing at the file it
+/// names, which is the one replaced.
+#[test]
+fn an_output_through_a_symbolic_link_leaves_the_link() {
+    let dir = tempfile::tempdir().unwrap();
+    let rec = dir.path().join("m.ndr");
+    let lines = [
+        r#"{"type":"netdrift-record","version":1,"start":{"pids":[],"tids":[],"comms":[],"t0_ns":0,"version":"0.1.0"}}"#,
+        r#"{"type":"netdrift-record-end","reason":"done","duration_s":1.0,"lost":{"ringbuf":0,"stack":0,"map_full":0,"user_read":0,"per_cpu":[]},"decode_errors":0,"ringbuf_mib":8}"#,
+    ];
+    std::fs::write(&rec, lines.join("\n") + "\n").unwrap();
+    let (stdout_link, out, real, link) =
+        (dir.path().join("stdout"), dir.path().join("out.txt"), dir.path().join("real.json"), dir.path().join("link.json"));
+    std::os::unix::fs::symlink("/proc/self/fd/1", &stdout_link).unwrap();
+    for _ in 0..2 {
+        let o = std::fs::OpenOptions::new().create(true).append(true).open(&out).unwrap();
+        let r = nd().args(["analyze", "--json", "-o"]).arg(&stdout_link).arg(&rec).stdout(o).output().unwrap();
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    }
+    assert!(std::fs::symlink_metadata(&stdout_link).unwrap().file_type().is_symlink(), "the link was replaced");
+    let text = std::fs::read_to_string(&out).unwrap();
+    assert_eq!(text.lines().filter(|l| l.contains(r#""type":"summary""#)).count(), 2, "appended, as the shell's >> asks: {text}");
+    assert!(!dir.path().join("stdout.partial").exists() && !dir.path().join("fd").exists());
+
+    std::fs::write(&real, "old\n").unwrap();
+    std::os::unix::fs::symlink("real.json", &link).unwrap();
+    let r = nd().args(["analyze", "--json", "-o"]).arg(&link).arg(&rec).output().unwrap();
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink(), "the link was replaced");
+    assert!(std::fs::read_to_string(&real).unwrap().contains(r#""type":"summary""#), "the file it names has the output");
+    assert!(!dir.path().join("link.json.partial").exists() && !dir.path().join("real.json.partial").exists());
+}

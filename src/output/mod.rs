@@ -27,8 +27,12 @@ pub enum OnDrop {
 /// [`PartialFile::commit`] only, so a file at PATH is never half-written.
 /// A PATH that exists and is not a regular file (/dev/null, a FIFO,
 /// /dev/stdout) is written in place: renaming over it would replace it.
+/// A symbolic link is followed: the file it names is the one replaced.
 pub struct PartialFile {
+    /// As the user gave it: for messages.
     path: std::path::PathBuf,
+    /// The file written: `path` with its symbolic links followed.
+    target: std::path::PathBuf,
     w: Option<std::io::BufWriter<std::fs::File>>,
     on_drop: OnDrop,
     /// Written in place (not a regular file): nothing to rename or remove.
@@ -37,19 +41,46 @@ pub struct PartialFile {
 
 /// PATH exists and is not a regular file (a device, a FIFO, a socket).
 pub fn is_special(path: &std::path::Path) -> bool {
-    std::fs::metadata(path).is_ok_and(|m| !m.is_file() && !m.is_dir())
+    output_target(path).1
+}
+
+/// The file an output to PATH goes to, and whether it is written in place.
+/// In place: a device, FIFO or socket (a rename would replace it), or an
+/// open file named through /proc/PID/fd or /dev/fd (`/dev/stdout` into a
+/// shell's `> out.txt`: a rename would leave the shell's file empty and put a
+/// regular file where the link was). Other symbolic links are followed, so
+/// the rename replaces the file they name and leaves the link.
+pub fn output_target(path: &std::path::Path) -> (std::path::PathBuf, bool) {
+    let mut p = path.to_path_buf();
+    // As many links as the kernel follows (MAXSYMLINKS).
+    for _ in 0..40 {
+        if p.starts_with("/proc") || p.starts_with("/dev/fd") {
+            return (p, true);
+        }
+        match std::fs::symlink_metadata(&p) {
+            Ok(m) if m.file_type().is_symlink() => match std::fs::read_link(&p) {
+                Ok(to) => p = p.parent().map(|d| d.join(&to)).unwrap_or(to),
+                Err(_) => return (p, false),
+            },
+            Ok(m) => return (p, !m.is_file() && !m.is_dir()),
+            Err(_) => return (p, false),
+        }
+    }
+    // A loop of links: opening it fails with ELOOP, named for the user.
+    (path.to_path_buf(), false)
 }
 
 impl PartialFile {
     pub fn create(path: &std::path::Path, on_drop: OnDrop) -> crate::error::Result<Self> {
         let err = |e| crate::error::Error::Output { path: path.to_path_buf(), source: e };
-        let in_place = is_special(path);
+        let (target, in_place) = output_target(path);
         let f = if in_place {
-            std::fs::OpenOptions::new().write(true).open(path).map_err(err)?
+            // Appending: a shell's `>> log` behind /dev/stdout keeps its start.
+            std::fs::OpenOptions::new().append(true).open(&target).map_err(err)?
         } else {
-            std::fs::File::create(partial_path(path)).map_err(err)?
+            std::fs::File::create(partial_path(&target)).map_err(err)?
         };
-        Ok(PartialFile { path: path.to_path_buf(), w: Some(std::io::BufWriter::with_capacity(1 << 16, f)), on_drop, in_place })
+        Ok(PartialFile { path: path.to_path_buf(), target, w: Some(std::io::BufWriter::with_capacity(1 << 16, f)), on_drop, in_place })
     }
 
     pub fn path(&self) -> &std::path::Path {
@@ -68,14 +99,14 @@ impl PartialFile {
         // show only here (NFS), and a crash must not leave an empty PATH.
         f.sync_all().map_err(|e| err(&self.path, e))?;
         drop(f);
-        std::fs::rename(partial_path(&self.path), &self.path).map_err(|e| err(&self.path, e))
+        std::fs::rename(partial_path(&self.target), &self.target).map_err(|e| err(&self.path, e))
     }
 
     /// Remove `PATH.partial` now (the run failed before writing anything).
     pub fn discard(mut self) {
         self.w = None;
         if !self.in_place {
-            let _ = std::fs::remove_file(partial_path(&self.path));
+            let _ = std::fs::remove_file(partial_path(&self.target));
         }
     }
 }
@@ -109,7 +140,7 @@ impl Drop for PartialFile {
         if let Some(mut w) = self.w.take() {
             if self.on_drop == OnDrop::Remove && !self.in_place {
                 drop(w);
-                let _ = std::fs::remove_file(partial_path(&self.path));
+                let _ = std::fs::remove_file(partial_path(&self.target));
             } else {
                 let _ = std::io::Write::flush(&mut w);
             }
