@@ -280,19 +280,20 @@ pub fn interrupt_frames(kernel: Vec<String>) -> Vec<String> {
 }
 
 /// A string from the traced system, safe for one line of output: control
-/// characters become `?`.
+/// and invisible characters (bidi overrides...: `output::invisible`) become `?`.
 pub fn clean(s: &str) -> String {
-    s.chars().map(|c| if c.is_control() { '?' } else { c }).collect()
+    s.chars().map(|c| if crate::output::invisible(c) { '?' } else { c }).collect()
 }
 
 /// A frame or name for the folded format: `;` separates frames there, so it
-/// becomes `:`; control characters become `?`.
+/// becomes `:`; control and invisible characters become `?` (U+FFFF would
+/// make the SVG drawn from these lines invalid XML).
 pub fn folded_frame(s: &str) -> String {
     s.chars()
         .map(|c| {
             if c == ';' {
                 ':'
-            } else if c.is_control() {
+            } else if crate::output::invisible(c) {
                 '?'
             } else {
                 c
@@ -317,7 +318,13 @@ pub fn folded_stack(e: &Entry, opts: &RenderOptions) -> String {
     }
     parts.extend(e.waker.user.iter().map(|f| folded_frame(f)));
     parts.push(folded_frame(&e.waker.name()));
-    parts.join(";")
+    let mut s = parts.join(";");
+    // A stack ending in " 3" (a thread named `worker 3`) before its value
+    // reads as a differential line (two counts) to flamegraph.pl and inferno.
+    if let Some(at) = s.rfind(' ').filter(|&at| s[at + 1..].chars().all(|c| c.is_ascii_digit() || c == '.')) {
+        s.replace_range(at..at + 1, "_");
+    }
+    s
 }
 
 /// Folded lines, one per distinct stack (entries that differ only in their
@@ -503,6 +510,23 @@ mod tests {
         for k in j.as_object().unwrap().keys().chain(nested.into_iter().flatten()).filter(|k| *k != "type") {
             assert!(docs.contains(&format!("`{k}`")), "docs/json.md does not name `{k}` of an offwake line");
         }
+    }
+
+    /// Names from the traced system: a waker thread named `worker 3` must not
+    /// read as a differential line, and bidi overrides or U+FFFF (invalid in
+    /// the SVG's XML) reach neither the folded lines nor the text.
+    #[test]
+    fn hostile_names_stay_inert_in_folded_lines_and_text() {
+        let mut e = entry();
+        e.waker.task.comm = "worker 3".into();
+        e.blocked.comm = "\u{202e}evil\u{ffff}".into();
+        let s = folded_stack(&e, &RenderOptions::default());
+        assert!(s.ends_with(";worker_3") && s.starts_with("?evil?;"), "{s}");
+        let line = folded(std::slice::from_ref(&e), &RenderOptions::default());
+        assert_eq!(line.trim_end().rsplit(' ').nth(1).map(|t| t.parse::<f64>().is_err()), Some(true), "{line}");
+        assert_eq!(clean("a\u{202e}b\u{61c}c\u{e0041}"), "a?b?c?");
+        let svg = String::from_utf8(crate::offwake::svg::render(&[e], &RenderOptions::default(), "t").unwrap()).unwrap();
+        assert!(!svg.contains('\u{ffff}') && !svg.contains('\u{202e}'), "raw in the SVG");
     }
 
     #[test]

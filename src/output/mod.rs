@@ -149,11 +149,26 @@ impl Drop for PartialFile {
 }
 
 /// Characters a name from the traced system must not carry to a reader
-/// as they are: controls (C0, DEL, C1: escape sequences), and the invisible
-/// format characters that reorder or hide text (bidi overrides and
-/// isolates, zero-width ones, line/paragraph separators, BOM).
+/// as they are: controls (C0, DEL, C1: escape sequences), the invisible
+/// format characters that reorder or hide text (bidi marks, overrides and
+/// isolates, zero-width ones, soft hyphen, line/paragraph separators, BOM,
+/// tag characters), and U+FFFE/U+FFFF, which XML (an SVG) refuses.
 pub fn invisible(c: char) -> bool {
-    c.is_control() || matches!(c, '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}' | '\u{2060}'..='\u{2069}' | '\u{feff}')
+    c.is_control()
+        || matches!(
+            c,
+            '\u{ad}'
+                | '\u{61c}'
+                | '\u{180e}'
+                | '\u{200b}'..='\u{200f}'
+                | '\u{2028}'..='\u{202e}'
+                | '\u{2060}'..='\u{2069}'
+                | '\u{feff}'
+                | '\u{fff9}'..='\u{fffb}'
+                | '\u{fffe}'
+                | '\u{ffff}'
+                | '\u{e0000}'..='\u{e007f}'
+        )
 }
 
 /// A string from the traced system, safe for a terminal: control and

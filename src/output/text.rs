@@ -78,7 +78,7 @@ pub fn skipped_text(skipped: &BTreeMap<String, u64>) -> String {
     if total == 0 {
         return String::new();
     }
-    let each: Vec<String> = skipped.iter().map(|(p, n)| format!("{p} {n}")).collect();
+    let each: Vec<String> = skipped.iter().map(|(p, n)| format!("{} {n}", term_safe(p))).collect();
     format!(
         "{total} program runs skipped by the kernel, as a tracing program was already running on that CPU ({}): events of an interrupt that came in during one, not recorded",
         each.join(", ")
@@ -289,7 +289,8 @@ impl TextRenderer {
                         args.push(format!("fd={fd}"));
                     }
                     if let Some(fl) = flags {
-                        args.push(fl.clone());
+                        // Read from a recording: anything.
+                        args.push(term_safe(fl).into_owned());
                     }
                     let args = if args.is_empty() { String::new() } else { format!("  ({})", args.join(", ")) };
                     let _ = writeln!(o, "  {cont}   handler {} {:>9}{args}", term_safe(name), rel(*ts));
@@ -306,7 +307,8 @@ impl TextRenderer {
 /// The end-of-trace summary.
 pub fn summary(stats: &Stats, losses: &Losses, secs: f64, ringbuf_mib: u32, why: &str) -> String {
     let mut o = String::new();
-    let _ = writeln!(o, "\nnetdrift: {why} after {secs:.1}s");
+    // `why` comes from a recording's end line on a replay.
+    let _ = writeln!(o, "\nnetdrift: {} after {secs:.1}s", term_safe(why));
     let _ = writeln!(
         o,
         "  {} events, {} chains ({} incomplete), {} wake-ups, {} accepts ({} EAGAIN, {} other errors), {} closes{}",
