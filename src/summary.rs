@@ -19,6 +19,10 @@ use crate::events::{Event, Kind, SockInfo, Task, WakerContext};
 pub struct Hist {
     #[serde(skip)]
     buckets: Vec<u64>,
+    /// Counts per log2 bucket of microseconds (runqlat's), exact: a
+    /// sub-bucket of `buckets` can straddle a power of two of microseconds.
+    #[serde(skip)]
+    us_log2: Vec<u64>,
     pub count: u64,
     pub sum_ns: u64,
     pub max_ns: u64,
@@ -57,6 +61,12 @@ impl Hist {
         for (a, b) in self.buckets.iter_mut().zip(&other.buckets) {
             *a += b;
         }
+        if self.us_log2.len() < other.us_log2.len() {
+            self.us_log2.resize(other.us_log2.len(), 0);
+        }
+        for (a, b) in self.us_log2.iter_mut().zip(&other.us_log2) {
+            *a += b;
+        }
         self.count += other.count;
         self.sum_ns = self.sum_ns.saturating_add(other.sum_ns);
         self.max_ns = self.max_ns.max(other.max_ns);
@@ -68,6 +78,12 @@ impl Hist {
             self.buckets.resize(b + 1, 0);
         }
         self.buckets[b] += 1;
+        let us = ns / 1000;
+        let j = if us <= 1 { 0 } else { 63 - us.leading_zeros() as usize };
+        if self.us_log2.len() <= j {
+            self.us_log2.resize(j + 1, 0);
+        }
+        self.us_log2[j] += 1;
         self.count += 1;
         self.sum_ns = self.sum_ns.saturating_add(ns);
         self.max_ns = self.max_ns.max(ns);
@@ -96,19 +112,7 @@ impl Hist {
     /// log2 buckets over microseconds, like runqlat: bucket i holds
     /// [2^i, 2^(i+1)-1] us (bucket 0 holds 0 and 1).
     pub fn log2_us(&self) -> Vec<u64> {
-        let mut b: Vec<u64> = Vec::new();
-        for (i, &n) in self.buckets.iter().enumerate() {
-            if n == 0 {
-                continue;
-            }
-            let us = bucket_low(i) / 1000;
-            let j = if us <= 1 { 0 } else { 63 - us.leading_zeros() as usize };
-            if b.len() <= j {
-                b.resize(j + 1, 0);
-            }
-            b[j] += n;
-        }
-        b
+        self.us_log2.clone()
     }
 }
 
@@ -311,6 +315,19 @@ fn bump(map: &mut BTreeMap<String, u64>, key: &str) {
     }
 }
 
+/// When a chain starts (its packet, with --packets) and how long it took.
+pub fn chain_start_total(c: &Chain) -> (u64, u64) {
+    let start = c.sock.as_ref().and_then(|s| s.packet.as_ref().map(|p| p.ts)).unwrap_or(c.start_ts).min(c.start_ts);
+    (start, c.end_ts().saturating_sub(start))
+}
+
+/// [`chain_start_total`] of a chain whose whole length counts (the latency's
+/// `whole chain`, the slowest chains): a wake-up in it, and no step that may
+/// be missing (closed early, or open across lost records).
+pub fn chain_span(c: &Chain) -> Option<(u64, u64)> {
+    (!c.incomplete && !c.records_lost && c.hops.iter().any(|h| h.wake.is_some())).then(|| chain_start_total(c))
+}
+
 fn thread_key(t: &Task) -> String {
     format!("{}[{}]", t.comm, t.tid)
 }
@@ -351,6 +368,9 @@ impl SummaryBuilder {
             // Its own name: an exec renames the thread before its old tid ends.
             let comm = row.comm.clone();
             self.exited_row(t.pid, &comm).absorb(row);
+        } else {
+            // Its exit is the first record of it: it still counts as one.
+            self.exited_row(t.pid, &t.comm).exited_threads += 1;
         }
     }
 
@@ -449,10 +469,7 @@ impl SummaryBuilder {
                 }
             }
         }
-        let start = c.sock.as_ref().and_then(|s| s.packet.as_ref().map(|p| p.ts)).unwrap_or(c.start_ts).min(c.start_ts);
-        let total = c.end_ts().saturating_sub(start);
-        // A chain that may miss a step (closed early, or open across lost records) has no true total.
-        if !c.incomplete && !c.records_lost && c.hops.iter().any(|h| h.wake.is_some()) {
+        if let Some((start, total)) = chain_span(c) {
             self.latency.total.add(total);
             self.consider_slowest(c, start, total);
         }
@@ -508,7 +525,8 @@ impl SummaryBuilder {
 
     pub fn build(&self) -> Summary {
         let mut threads: Vec<ThreadRow> = self.threads.values().chain(self.exited.values()).cloned().collect();
-        threads.sort_by(|a, b| b.wakeups.cmp(&a.wakeups).then(a.tid.cmp(&b.tid)));
+        // Exited rows all have tid 0: pid and name make the order (and a replay) stable.
+        threads.sort_by(|a, b| b.wakeups.cmp(&a.wakeups).then(a.tid.cmp(&b.tid)).then(a.pid.cmp(&b.pid)).then(a.comm.cmp(&b.comm)));
         let mut herd: Vec<HerdRow> = self.herd.values().cloned().collect();
         herd.sort_by(|a, b| b.wasted.cmp(&a.wasted).then(a.local.cmp(&b.local)));
         Summary { latency: self.latency.clone(), herd, threads, slowest: self.slowest.clone() }
@@ -551,6 +569,42 @@ mod tests {
         assert_eq!(s.threads.iter().find(|t| t.tid == 100).map(|t| t.runq.count), Some(1), "the new thread 100");
         assert_eq!(gone.label("conn"), "conn (1000 exited threads)");
         assert_eq!(s.threads.iter().find(|t| t.tid == 7).map(|t| t.label("conn")), Some("conn[7]".to_string()));
+    }
+
+    /// A thread whose first record is its exit still counts as one exited
+    /// thread; exited rows (all tid 0) come in one order, run after run.
+    #[test]
+    fn exited_rows_count_every_thread_and_keep_their_order() {
+        let rows = || {
+            let mut b = SummaryBuilder::new();
+            for pid in 1..=10u32 {
+                let task = Task { pid, tid: pid + 100, comm: format!("p{pid}").into() };
+                b.event(&Event { ts: 10, cpu: 0, task: task.clone(), kind: Kind::TaskExit { group_dead: false } });
+                let dead = Kind::SwitchOut { involuntary: false, woken: false, state: 0x80, next_tid: 0, next_comm: "swapper/0".into() };
+                b.event(&Event { ts: 11, cpu: 0, task, kind: dead });
+            }
+            b.build().threads.iter().map(|t| (t.pid, t.tid, t.exited_threads)).collect::<Vec<_>>()
+        };
+        let first = rows();
+        assert_eq!(first, (1..=10).map(|p| (p, 0, 1)).collect::<Vec<_>>());
+        for _ in 0..5 {
+            assert_eq!(rows(), first);
+        }
+    }
+
+    /// 2000 ns is 2 us: in runqlat's "2 -> 3" bucket, though its
+    /// sub-bucket (1984-2015 ns) starts below 2 us.
+    #[test]
+    fn log2_buckets_are_exact_at_their_edges() {
+        let mut h = Hist::default();
+        for ns in [1_999, 2_000, 4_000, 4_031, 3_999] {
+            h.add(ns);
+        }
+        assert_eq!(h.log2_us(), vec![1, 2, 2]);
+        let mut m = Hist::default();
+        m.merge(&h);
+        m.merge(&h);
+        assert_eq!(m.log2_us(), vec![2, 4, 4]);
     }
 
     #[test]

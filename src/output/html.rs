@@ -166,8 +166,9 @@ pub struct ReportWriter {
     release: String,
 }
 
+/// From the packet (with --packets) to the last step: as the summary counts it.
 fn chain_total(c: &Chain) -> u64 {
-    c.end_ts().saturating_sub(c.start_ts)
+    crate::summary::chain_start_total(c).1
 }
 
 impl ReportWriter {
@@ -253,10 +254,8 @@ impl ReportWriter {
             self.chains.push(c.clone());
             return;
         }
-        if c.incomplete {
-            return;
-        }
-        let total = chain_total(c);
+        // The summary's slowest chains (its links) are among these: the same rule.
+        let Some((_, total)) = crate::summary::chain_span(c) else { return };
         if self.slow.len() < 5 || self.slow.iter().any(|s| chain_total(s) < total) {
             self.slow.push(c.clone());
             self.slow.sort_by(|a, b| chain_total(b).cmp(&chain_total(a)).then(a.id.cmp(&b.id)));
@@ -736,6 +735,7 @@ fn counters(o: &mut String, end: &TraceEnd<'_>) {
         ("lost records (ring buffer full)", l.ringbuf.to_string()),
         ("chains open when records were lost", s.chains_records_lost.to_string()),
         ("lost stacks / map full / unreadable epoll arrays", format!("{} / {} / {}", l.stack, l.map_full, l.user_read)),
+        ("program runs skipped by the kernel", l.skipped_total().to_string()),
         ("undecodable records", end.decode_errors.to_string()),
         ("duration", format!("{:.1} s ({})", end.secs, end.reason)),
     ];
@@ -745,6 +745,9 @@ fn counters(o: &mut String, end: &TraceEnd<'_>) {
     o.push_str("</table>\n");
     if l.ringbuf > 0 {
         let _ = writeln!(o, "<p class=\"warn\">Records were lost: {}.</p>", crate::output::text::ringbuf_fix(end.ringbuf_mib));
+    }
+    if l.skipped_total() > 0 {
+        let _ = writeln!(o, "<p class=\"warn\">{}.</p>", text(&crate::output::text::skipped_text(&l.skipped)));
     }
     if !s.by_type.is_empty() {
         o.push_str("<p class=\"hint\">Events by type: ");
@@ -1014,7 +1017,7 @@ pub fn sanitize_svg(svg: &str) -> Option<String> {
 /// that loads or embeds anything, and links only to elixir.bootlin.com.
 pub fn svg_is_inert(s: &str) -> bool {
     let lower = s.to_ascii_lowercase();
-    for bad in ["<script", "javascript:", "<foreignobject", "<iframe", "<img", "<image", "<use", "<object", "<embed", "<!entity"] {
+    for bad in ["<script", "<foreignobject", "<iframe", "<img", "<image", "<use", "<object", "<embed", "<!entity"] {
         if lower.contains(bad) {
             return false;
         }
@@ -1025,6 +1028,10 @@ pub fn svg_is_inert(s: &str) -> bool {
         let after = &rest[i + 1..];
         let end = after.find('>').unwrap_or(after.len());
         let tag = &after[..end];
+        // In a tag only: a process may be named `javascript:x` (escaped text).
+        if tag.contains("javascript:") {
+            return false;
+        }
         for (k, w) in tag.char_indices() {
             if w.is_ascii_whitespace() && tag[k + 1..].starts_with("on") {
                 let name: String = tag[k + 1..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == ':').collect();
@@ -1088,6 +1095,39 @@ mod tests {
     use crate::output::perfetto::tests::{feed, herd_events};
     use crate::output::text::Losses;
 
+    /// Past the cap, the report keeps the summary's slowest chains (its
+    /// links go to them): chains with no wake-up, however long, are not those.
+    #[test]
+    fn the_slowest_chains_past_the_cap_are_the_summarys() {
+        let mut c = crate::analysis::Correlator::new();
+        for e in herd_events() {
+            c.ingest(&e);
+        }
+        let mut done = c.drain_completed();
+        done.extend(c.finish());
+        let base = done.into_iter().find(|k| crate::summary::chain_span(k).is_some()).expect("a woken, complete chain");
+        let mut w = ReportWriter::new(Path::new("report.html"), None);
+        let with = |id: u64, longer: u64, woken: bool| {
+            let mut k = (*base).clone();
+            k.id = id;
+            let end = k.end_ts();
+            k.hops[0].slept_again = Some(end + longer);
+            if !woken {
+                k.hops.iter_mut().for_each(|h| h.wake = None);
+            }
+            k
+        };
+        for id in 1..=MAX_CHAINS as u64 {
+            w.add_chain(&with(id, 0, true));
+        }
+        for id in 3000..3005 {
+            w.add_chain(&with(id, 10_000_000, false));
+        }
+        w.add_chain(&with(4000, 5_000_000, true));
+        assert_eq!(w.slow.first().map(|k| k.id), Some(4000));
+        assert!(w.slow.iter().all(|k| k.id < 3000 || k.id == 4000), "{:?}", w.slow.iter().map(|k| k.id).collect::<Vec<_>>());
+    }
+
     #[test]
     fn an_interrupted_epoll_wait_shows_its_errno() {
         let v = chain_json(&crate::analysis::tests::interrupted_epoll_chain(), 0, &mut |_| None).to_string();
@@ -1141,6 +1181,8 @@ mod tests {
         assert!(!svg_is_inert("<svg><g onclick=\"x()\"></g></svg>"));
         assert!(!svg_is_inert("<svg><a href=\"https://evil.example/\">x</a></svg>"));
         assert!(svg_is_inert("<svg><text>onclick=\"x\"</text></svg>"), "text is not an attribute");
+        assert!(svg_is_inert("<svg><g><title>javascript:alert(1)</title></g></svg>"), "a process named so: text");
+        assert!(!svg_is_inert("<svg><a xlink:href=\"javascript:alert(1)\">x</a></svg>"));
     }
 
     #[test]
