@@ -900,18 +900,12 @@ impl Outputs {
         let main = render(report, &self.opts);
         let summary = summary_text(report);
         let mut files = std::mem::take(&mut self.files).into_iter();
-        match &self.opts.output_file {
-            Some(p) => {
-                let mut f = files.next().ok_or_else(|| Error::Output { path: p.clone(), source: std::io::Error::other("not opened") })?;
-                f.write_all(main.as_bytes()).map_err(|e| Error::Output { path: p.clone(), source: e })?;
-                f.commit()?;
-            }
-            None => {
-                let mut out = std::io::stdout().lock();
-                out.write_all(main.as_bytes())?;
-                out.flush()?;
-            }
+        if let Some(p) = &self.opts.output_file {
+            let mut f = files.next().ok_or_else(|| Error::Output { path: p.clone(), source: std::io::Error::other("not opened") })?;
+            f.write_all(main.as_bytes()).map_err(|e| Error::Output { path: p.clone(), source: e })?;
+            f.commit()?;
         }
+        // The files before stdout: `offwake --svg s.svg | head` still gets its SVG.
         if let Some(p) = &self.opts.svg {
             let mut f = files.next().ok_or_else(|| Error::Output { path: p.clone(), source: std::io::Error::other("not opened") })?;
             let bytes = svg::render(&report.entries, &self.opts.render, "Off-Wake Time Flame Graph")
@@ -919,10 +913,25 @@ impl Outputs {
             f.write_all(&bytes).map_err(|e| Error::Output { path: p.clone(), source: e })?;
             f.commit()?;
         }
-        if self.opts.format == Format::Text && self.opts.output_file.is_none() {
-            print!("{summary}");
-        } else {
-            eprint!("{summary}");
+        let to_stdout = self.opts.output_file.is_none();
+        let mut out = std::io::stdout().lock();
+        let written = (|| -> std::io::Result<()> {
+            if to_stdout {
+                out.write_all(main.as_bytes())?;
+            }
+            if self.opts.format == Format::Text && to_stdout {
+                out.write_all(summary.as_bytes())?;
+            }
+            out.flush()
+        })();
+        match written {
+            // The reader has what it wanted, and every file is complete.
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+            r => r?,
+        }
+        if !(self.opts.format == Format::Text && to_stdout) {
+            // Not eprint!: a closed stderr must not panic.
+            let _ = std::io::stderr().write_all(summary.as_bytes());
         }
         Ok(())
     }

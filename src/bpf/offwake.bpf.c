@@ -446,7 +446,10 @@ static __always_inline void switch_in(struct task_struct *next)
 	}
 	if (s->wake_ts) {
 		blocked = s->wake_ts > s->off_ts ? s->wake_ts - s->off_ts : 0;
-		runq = now > s->wake_ts ? now - s->wake_ts : 0;
+		/* Woken early (before its switch-out ended): off CPU only from the switch-out. */
+		__u64 from = s->wake_ts > s->off_ts ? s->wake_ts : s->off_ts;
+
+		runq = now > from ? now - from : 0;
 	} else {
 		count(OW_STAT_NOT_SEEN);
 		blocked = now - s->off_ts;
