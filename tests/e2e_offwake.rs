@@ -407,3 +407,31 @@ fn demo_workers_blocked_in_epoll_woken_through_sockets() {
     let shown: Vec<Entry> = hit.iter().map(|e| (*e).clone()).collect();
     eprintln!("{}", model::text(&shown, &RenderOptions::default()));
 }
+
+/// `offwake --svg FILE | head -1`: the reader leaves early, the SVG is
+/// complete all the same, and the run ends quietly (status 0).
+#[test]
+fn the_svg_is_written_when_stdout_closes_early() {
+    if !require_root() {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let svg = dir.path().join("o.svg");
+    let mut nd = Command::new(env!("CARGO_BIN_EXE_netdrift"))
+        .args(["offwake", "--svg"])
+        .arg(&svg)
+        .arg("1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("netdrift");
+    // Read nothing and close: the first write to stdout gets EPIPE.
+    drop(nd.stdout.take());
+    let out = nd.wait_with_output().expect("wait");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{}: {err}", out.status);
+    let bytes = std::fs::read(&svg).unwrap_or_else(|e| panic!("{}: {e}; stderr: {err}", svg.display()));
+    assert!(svg_text(&bytes).contains("--"), "a flame graph");
+    assert!(!dir.path().join("o.svg.partial").exists());
+}
