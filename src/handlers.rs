@@ -336,13 +336,23 @@ pub fn resolve_binary(binary: &str, pid: Option<u32>) -> Result<PathBuf, Error> 
     } else if let Some(pid) = pid {
         // A library name: look in what the target has mapped.
         let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
-        let mut libs: Vec<&str> = maps.lines().filter_map(|l| l.split_whitespace().nth(5)).filter(|p| p.starts_with('/')).collect();
+        let mut libs: Vec<&str> = maps.lines().filter_map(maps_path).filter(|p| p.starts_with('/')).collect();
         libs.dedup();
         let want = binary.trim_start_matches("lib");
         for l in &libs {
+            let (l, deleted) = match l.strip_suffix(" (deleted)") {
+                Some(l) => (l, true),
+                None => (*l, false),
+            };
             let base = l.rsplit('/').next().unwrap_or(l);
             let stem = base.trim_start_matches("lib");
             if base == binary || stem.starts_with(&format!("{want}.")) || stem.starts_with(&format!("{want}-")) {
+                if deleted {
+                    // The file on disk now is another one: probes there would never fire.
+                    return Err(Error::Usage(format!(
+                        "--handler {binary}: pid {pid} runs {l} as it was before it was replaced on disk (maps says deleted): restart the process to probe the new one"
+                    )));
+                }
                 return Ok(PathBuf::from(format!("/proc/{pid}/root{l}")));
             }
         }
@@ -351,6 +361,17 @@ pub fn resolve_binary(binary: &str, pid: Option<u32>) -> Result<PathBuf, Error> 
         searched.push("nothing: a library name needs a target process (-p PID)".into());
     }
     Err(Error::Usage(format!("--handler {binary}: binary not found (searched {})", searched.join(", "))))
+}
+
+/// The path of a /proc/PID/maps line (after five fields; it may hold
+/// spaces, and ends in " (deleted)" for a file replaced since it was mapped).
+fn maps_path(line: &str) -> Option<&str> {
+    let mut rest = line;
+    for _ in 0..5 {
+        rest = rest.trim_start();
+        rest = &rest[rest.find(' ')?..];
+    }
+    Some(rest.trim_start()).filter(|p| !p.is_empty())
 }
 
 /// Every function symbol of an ELF file: (raw name, demangled, file offset).
@@ -377,8 +398,10 @@ pub fn functions(path: &Path) -> Result<Vec<(String, String, u64)>, Error> {
             std::ops::ControlFlow::Continue(())
         })
         .map_err(|e| Error::Usage(format!("--handler: reading symbols of {}: {e}", path.display())))?;
+    // Aliases (read and __read) share an offset: all kept, so any of them
+    // matches; resolve() attaches once per offset.
     out.sort_by(|a, b| a.2.cmp(&b.2).then(a.0.cmp(&b.0)));
-    out.dedup_by(|a, b| a.2 == b.2);
+    out.dedup();
     Ok(out)
 }
 
@@ -434,8 +457,10 @@ pub fn resolve(specs: &[HandlerSpec], pid: Option<u32>, tolerant: bool) -> Resul
         let path = resolve_binary(&spec.binary, pid)?;
         let funcs = functions(&path)?;
         let before = out.len();
+        let mut last_off = None;
         for (raw, dem, off) in &funcs {
-            if spec.glob.matches(raw) || spec.glob.matches(dem) {
+            if last_off != Some(*off) && (spec.glob.matches(raw) || spec.glob.matches(dem)) {
+                last_off = Some(*off);
                 if out.len() >= MAX_HANDLERS {
                     return Err(Error::Usage(format!("--handler {spec}: more than 256 symbols match: narrow the glob")));
                 }
@@ -566,5 +591,32 @@ mod tests {
         assert!(f.iter().any(|(_, d, _)| d.contains("netdrift_own_symbol_marker")), "test binary has its own symbols");
         let err = functions(Path::new("/proc/self/status")).unwrap_err().to_string();
         assert!(err.contains("not an ELF"), "{err}");
+    }
+
+    /// glibc's read and __read share an offset: either name matches, and
+    /// the function is probed once.
+    #[test]
+    fn an_alias_matches_and_is_probed_once() {
+        let me = Some(std::process::id());
+        for glob in ["read", "__read"] {
+            let spec: HandlerSpec = format!("libc:{glob}").parse().unwrap();
+            let r = resolve(std::slice::from_ref(&spec), me, false).unwrap_or_else(|e| panic!("{glob}: {e}"));
+            assert_eq!(r.len(), 1, "{glob}: {r:?}");
+            assert_eq!(r[0].name, glob);
+        }
+        let spec: HandlerSpec = "libc:*read".parse().unwrap();
+        let r = resolve(&[spec], me, false).unwrap();
+        let mut offs: Vec<u64> = r.iter().map(|h| h.offset).collect();
+        offs.dedup();
+        assert_eq!(offs.len(), r.len(), "one probe per function: {r:?}");
+    }
+
+    #[test]
+    fn maps_lines_give_whole_paths() {
+        let l = "7f00-7f10 r-xp 00000000 fe:01 1234                       /opt/my app/libx.so.1 (deleted)";
+        assert_eq!(maps_path(l), Some("/opt/my app/libx.so.1 (deleted)"));
+        assert_eq!(maps_path("7f00-7f10 rw-p 00000000 00:00 0 "), None);
+        assert_eq!(maps_path("7f00-7f10 rw-p 00000000 00:00 0                  [heap]"), Some("[heap]"));
+        assert_eq!(maps_path("short line"), None);
     }
 }
