@@ -60,8 +60,9 @@ fn main() {
         {
             std::process::exit(0);
         }
-        // Not eprintln: stderr may be a closed pipe too, and that must not panic.
-        let _ = writeln!(std::io::stderr(), "netdrift: {e:#}");
+        // Not eprintln: stderr may be a closed pipe too, and that must not panic. The
+        // message can quote the traced system (a symbol, a path): one safe line.
+        let _ = writeln!(std::io::stderr(), "netdrift: {}", netdrift::output::term_safe(&format!("{e:#}")));
         let code = e.downcast_ref::<Error>().map(|k| k.exit_code()).unwrap_or(1);
         std::process::exit(code);
     }
@@ -130,11 +131,24 @@ fn cmd_trace_with(a: TraceArgs, report: Report, tweak: impl FnOnce(&mut TraceOpt
     if a.target.is_empty() {
         return Err(Error::Usage("no target: give -p PID, -t TID or -c COMM (or try `netdrift demo`)".into()).into());
     }
+    // Before anything else is touched (tracefs, outputs).
+    if a.target.comms.len() > netdrift::offwake::MAX_COMMS {
+        return Err(Error::Usage(format!("at most {} -c names", netdrift::offwake::MAX_COMMS)).into());
+    }
     let duration = duration_arg(a.duration)?;
     check_outputs(None, &[a.out.output_file.as_deref(), a.out.record.as_deref(), a.out.perfetto.as_deref(), a.ready_file.as_deref()])?;
     netdrift::probes::check_pid_namespace()?;
     let (tgids, tids) = procfs::resolve_targets(&a.target.pids, &a.target.tids, &a.target.comms, !a.target.no_children, true)?;
-    let first_pid = tgids.first().copied().or_else(|| tids.first().and_then(|&t| procfs::tgid_of(t)));
+    // `exe` and library names are looked up in the first target the user named (-p, then
+    // -t, then -c), not the lowest pid of the set (a child, or another -c match).
+    let first_pid = a
+        .target
+        .pids
+        .first()
+        .copied()
+        .or_else(|| a.target.tids.first().and_then(|&t| procfs::tgid_of(t)))
+        .or_else(|| tgids.first().copied())
+        .or_else(|| tids.first().and_then(|&t| procfs::tgid_of(t)));
     let mut handlers = netdrift::handlers::resolve(&a.handlers, first_pid, false)?;
     for p in &a.presets {
         let specs = netdrift::handlers::preset(p).expect("clap checked the preset name");

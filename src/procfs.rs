@@ -159,8 +159,11 @@ pub fn resolve_targets(
         if !task_exists(p) {
             return Err(Error::NoSuchPid(p));
         }
-        if tgid_of(p) != Some(p) {
-            return Err(Error::Usage(format!("{p} is a thread, not a process: use -t {p}")));
+        match tgid_of(p) {
+            Some(t) if t == p => {}
+            Some(_) => return Err(Error::Usage(format!("{p} is a thread, not a process: use -t {p}"))),
+            // It exited between the two reads.
+            None => return Err(Error::NoSuchPid(p)),
         }
         tg.push(p);
         if follow_children {

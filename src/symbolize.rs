@@ -198,8 +198,10 @@ pub fn classify(waker: &Task, is_kthread: bool, frames: &[Option<Arc<str>>]) -> 
             syscall = true;
         }
     }
-    let cause = if frames.is_empty() { Cause::Unknown } else { cause.unwrap_or(Cause::Other) };
-    let context = if frames.is_empty() && waker.tid != 0 {
+    // No frame named (no stack, or kallsyms hidden by kptr_restrict): nothing is known.
+    let named = frames.iter().any(|f| f.is_some());
+    let cause = if !named { Cause::Unknown } else { cause.unwrap_or(Cause::Other) };
+    let context = if !named && waker.tid != 0 {
         WakerContext::Unknown
     } else if waker.tid == 0 {
         WakerContext::IdleIrq
@@ -309,5 +311,8 @@ mod tests {
         let f = fr(&["try_to_wake_up", "ep_poll_callback", "sock_def_write_space.isra.0", "tcp_ack"]);
         assert_eq!(classify(&task(7, "main"), false, &f).cause, Cause::SocketWritable);
         assert_eq!(classify(&task(7, "main"), false, &[]).cause, Cause::Unknown);
+        // Frames with no names (kallsyms hidden from a replay): nothing known either.
+        let c = classify(&task(7, "main"), false, &[None, None, None]);
+        assert_eq!((c.cause, c.context), (Cause::Unknown, WakerContext::Unknown));
     }
 }
