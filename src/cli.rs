@@ -129,7 +129,7 @@ impl TargetArgs {
 pub struct TraceArgs {
     #[command(flatten)]
     pub target: TargetArgs,
-    /// Join an application handler to the chains: BINARY:GLOB[:fd=argN][:events=argM/DECODER]. BINARY is `exe`, a path (looked up inside the target's mount namespace first) or a library name in the target's maps (`libevent`); GLOB matches mangled and demangled names; DECODER is libevent, epoll, ae or raw. Repeatable.
+    /// Join an application handler to the chains: BINARY:GLOB[:fd=argN][:events=argM/DECODER]. BINARY is `exe`, a path (an absolute one is looked up in the target's root, its links followed there) or a library name in the target's maps (`libevent`); GLOB matches mangled and demangled names; DECODER is libevent, epoll, ae or raw. Repeatable.
     #[arg(long = "handler", value_name = "SPEC", value_parser = parse_handler)]
     pub handlers: Vec<crate::handlers::HandlerSpec>,
     /// Handler probes for a known server: envoy, redis, nginx, memcached (libevent). Repeatable.

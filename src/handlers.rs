@@ -308,6 +308,42 @@ fn is_elf(p: &Path) -> std::io::Result<bool> {
     Ok(f.read_exact(&mut magic).is_ok() && magic == *b"\x7fELF")
 }
 
+/// `path` as a process whose root directory is `root` sees it, if it
+/// exists there. Symbolic links are followed by hand: through
+/// /proc/PID/root the kernel would follow an absolute one (a container's
+/// `/usr/bin/envoy -> /usr/local/bin/envoy`) from netdrift's own root, the
+/// host's, and find another file or none.
+fn in_root(root: &Path, path: &str) -> Option<PathBuf> {
+    let mut todo: Vec<std::ffi::OsString> = Path::new(path).components().rev().map(|c| c.as_os_str().to_owned()).collect();
+    let mut at = PathBuf::new();
+    let mut links = 0;
+    while let Some(c) = todo.pop() {
+        match c.to_str() {
+            Some("/") | Some(".") => continue,
+            Some("..") => {
+                at.pop();
+                continue;
+            }
+            _ => at.push(&c),
+        }
+        let here = root.join(&at);
+        if std::fs::symlink_metadata(&here).ok()?.file_type().is_symlink() {
+            // As many as the kernel follows (MAXSYMLINKS).
+            links += 1;
+            if links > 40 {
+                return None;
+            }
+            let to = std::fs::read_link(&here).ok()?;
+            at.pop();
+            if to.is_absolute() {
+                at = PathBuf::new();
+            }
+            todo.extend(to.components().rev().map(|c| c.as_os_str().to_owned()));
+        }
+    }
+    Some(root.join(at))
+}
+
 /// Find BINARY: `exe`, a path (inside the target's root first), or a library
 /// name in the target's maps.
 pub fn resolve_binary(binary: &str, pid: Option<u32>) -> Result<PathBuf, Error> {
@@ -322,11 +358,15 @@ pub fn resolve_binary(binary: &str, pid: Option<u32>) -> Result<PathBuf, Error> 
     }
     if binary.contains('/') {
         if let (Some(pid), true) = (pid, binary.starts_with('/')) {
-            let inside = PathBuf::from(format!("/proc/{pid}/root{binary}"));
-            searched.push(inside.display().to_string());
-            if inside.exists() {
+            let root = PathBuf::from(format!("/proc/{pid}/root"));
+            if let Some(inside) = in_root(&root, binary) {
                 return Ok(inside);
             }
+            // Not the host's file of that name: the target could not be running it.
+            return Err(Error::Usage(format!(
+                "--handler {binary}: binary not found in pid {pid}'s root (its mount namespace: {}{binary})",
+                root.display()
+            )));
         }
         let p = PathBuf::from(binary);
         searched.push(p.display().to_string());
@@ -609,6 +649,25 @@ mod tests {
         let mut offs: Vec<u64> = r.iter().map(|h| h.offset).collect();
         offs.dedup();
         assert_eq!(offs.len(), r.len(), "one probe per function: {r:?}");
+    }
+
+    /// A container's absolute link resolves inside its root, not the host's.
+    #[test]
+    fn paths_resolve_inside_the_targets_root() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path();
+        std::fs::create_dir_all(root.join("usr/local/bin")).unwrap();
+        std::fs::create_dir_all(root.join("usr/bin")).unwrap();
+        std::fs::write(root.join("usr/local/bin/envoy"), "x").unwrap();
+        std::os::unix::fs::symlink("/usr/local/bin/envoy", root.join("usr/bin/envoy")).unwrap();
+        std::os::unix::fs::symlink("usr", root.join("opt")).unwrap();
+        std::os::unix::fs::symlink("/loop", root.join("loop")).unwrap();
+        let want = Some(root.join("usr/local/bin/envoy"));
+        assert_eq!(in_root(root, "/usr/bin/envoy"), want);
+        assert_eq!(in_root(root, "/opt/bin/../local/bin/envoy"), want);
+        assert_eq!(in_root(root, "/opt/bin/envoy"), want);
+        assert_eq!(in_root(root, "/usr/bin/missing"), None);
+        assert_eq!(in_root(root, "/loop/x"), None);
     }
 
     #[test]
