@@ -4,8 +4,9 @@
 #   scripts/deps.sh test    # to build and run every test (real servers, bpftrace)
 set -euo pipefail
 
-# gcc and libc6-dev: the linker rustc calls (cc) and the vendored libbpf's build.
-build_pkgs=(clang llvm libelf-dev zlib1g-dev pkg-config make gcc libc6-dev)
+# gcc and libc6-dev: the linker rustc calls (cc) and the vendored libbpf's build
+# (with make); ca-certificates: cargo fetches crates over TLS (a bare image has none).
+build_pkgs=(clang libelf-dev zlib1g-dev pkg-config make gcc libc6-dev ca-certificates)
 test_pkgs=(nginx redis-server memcached libevent-dev g++ curl bpftrace bpftool procps iproute2 chromium strace)
 
 case "${1:-build}" in
@@ -25,14 +26,21 @@ if ((${#missing[@]})); then
   fi
   echo "netdrift: installing ${missing[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  # Servers are started by the tests themselves, on their own ports; the
-  # block on starting services goes away however apt ends.
-  printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
-  trap 'rm -f /usr/sbin/policy-rc.d' EXIT
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-  rm -f /usr/sbin/policy-rc.d
-  trap - EXIT
+  # A fresh VM's boot-time apt run may hold the lock for a while: wait for it.
+  apt=(apt-get -o DPkg::Lock::Timeout=600)
+  "${apt[@]}" update -qq
+  # Servers are started by the tests themselves, on their own ports: no
+  # service starts while installing. A block already there (Docker's Debian
+  # images ship one) is left as it was; ours goes away however apt ends.
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+    trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+  fi
+  "${apt[@]}" install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  if trap -p EXIT | grep -q policy-rc.d; then
+    rm -f /usr/sbin/policy-rc.d
+    trap - EXIT
+  fi
 fi
 
 if ! command -v cargo >/dev/null; then

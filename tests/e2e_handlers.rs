@@ -303,7 +303,8 @@ fn nginx_preset() {
         ),
     )
     .unwrap();
-    let child = Command::new("nginx").arg("-c").arg(&conf).arg("-p").arg(dir.path()).spawn().expect("nginx (apt-get install nginx)");
+    let nginx = if Path::new("/usr/sbin/nginx").exists() { "/usr/sbin/nginx" } else { "nginx" };
+    let child = Command::new(nginx).arg("-c").arg(&conf).arg("-p").arg(dir.path()).spawn().expect("nginx (apt-get install nginx)");
     let srv = Proc(child);
     let t = Instant::now();
     while TcpStream::connect(("127.0.0.1", port)).is_err() {

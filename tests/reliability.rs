@@ -80,7 +80,9 @@ fn wait_output(child: Child, timeout: Duration, what: &str) -> Output {
 // ---- BPF objects in the kernel -------------------------------------------
 
 fn bpftool_json(what: &str) -> Vec<Value> {
-    let out = Command::new("bpftool").args([what, "show", "-j"]).output().expect("bpftool (apt-get install bpftool)");
+    // In /usr/sbin, which a root shell from `su` (without -) may not have on PATH.
+    let bpftool = if Path::new("/usr/sbin/bpftool").exists() { "/usr/sbin/bpftool" } else { "bpftool" };
+    let out = Command::new(bpftool).args([what, "show", "-j"]).output().expect("bpftool (apt-get install bpftool)");
     assert!(out.status.success(), "bpftool {what} show: {}", String::from_utf8_lossy(&out.stderr));
     serde_json::from_slice::<Value>(&out.stdout).ok().and_then(|v| v.as_array().cloned()).unwrap_or_default()
 }
@@ -537,6 +539,8 @@ fn bad_input_gives_one_line_exit_2_and_loads_nothing() {
     bad_input(&["trace", "-p", &pid, "--idle-ms", "18446744073710", "1"], "not in 1..=86400000", false, &log);
     // Not root: one line naming the fix, before anything is loaded.
     bad_input(&["trace", "-p", &pid, "1"], "needs root", true, &log);
+    // A .partial left by an earlier, interrupted run would prove nothing.
+    let _ = std::fs::remove_file("/tmp/nd-nobody.jsonl.partial");
     bad_input(&["trace", "-p", &pid, "--json", "-o", "/tmp/nd-nobody.jsonl", "1"], "needs root", true, &log);
     assert!(!Path::new("/tmp/nd-nobody.jsonl.partial").exists(), "not root: no output file created");
 

@@ -41,7 +41,7 @@ pub fn require_root() -> bool {
         eprintln!("skipped: needs root (NETDRIFT_SKIP_ROOT_TESTS=1)");
         return false;
     }
-    panic!("this test loads BPF programs and needs root: run `sudo make test` (or set NETDRIFT_SKIP_ROOT_TESTS=1 to skip)");
+    panic!("this test loads BPF programs and needs root: run `./run test` as root, with cargo on root's PATH (or set NETDRIFT_SKIP_ROOT_TESTS=1 to skip)");
 }
 
 /// One trace at a time within a test binary.
