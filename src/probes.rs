@@ -313,6 +313,16 @@ impl<'obj> Probes<'obj> {
         };
         probes_targets(&skel)?;
         skel.attach().map_err(|e| Error::Bpf(format!("attaching the BPF programs failed: {e:#}")))?;
+        // Listed from /proc before the programs ran: one that exited since was
+        // seen by no exit hook, and its pid could come back as another process.
+        for (id, is_tid) in cfg.tgids.iter().map(|&t| (t, 0)).chain(cfg.tids.iter().map(|&t| (t, 1))) {
+            if !crate::procfs::task_exists(id) {
+                let mut g = crate::skel::types::nd_target_gone { id, is_tid };
+                // SAFETY: nd_target_gone is a repr(C) struct of two u32, viewed as its bytes (the program's context).
+                let ctx = unsafe { std::slice::from_raw_parts_mut(&mut g as *mut _ as *mut u8, std::mem::size_of_val(&g)) };
+                skel.progs.nd_targets_gone.test_run(libbpf_rs::ProgramInput { context_in: Some(ctx), ..Default::default() })?;
+            }
+        }
         let mut handler_links = Vec::new();
         for h in &cfg.handlers {
             let c = crate::skel::types::nd_handler_cfg {

@@ -216,8 +216,9 @@ static __always_inline void count_loss(__u32 which)
 {
 	__u64 *v = bpf_map_lookup_elem(&losses, &which);
 
+	/* Atomic though per CPU: a program in an interrupt can nest in another's increment. */
 	if (v)
-		*v += 1;
+		__sync_fetch_and_add(v, 1);
 }
 
 static __always_inline __u32 ringbuf_lost(void)

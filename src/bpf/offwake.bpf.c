@@ -126,8 +126,9 @@ static __always_inline void count(__u32 which)
 {
 	__u64 *v = bpf_map_lookup_elem(&counters, &which);
 
+	/* Atomic though per CPU: a program in an interrupt can nest in another's increment. */
 	if (v)
-		*v += 1;
+		__sync_fetch_and_add(v, 1);
 }
 
 static __always_inline bool comm_eq(const char *a, const volatile char *b)

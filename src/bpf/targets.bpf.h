@@ -56,9 +56,10 @@ static __always_inline bool id_bit(void *bits, __u32 id)
 }
 
 /*
- * Only an id's own task changes its bit (its fork, exec or exit: one at a
- * time), so test-then-add cannot add twice; an add keeps other CPUs' changes
- * to the word's other bits (and needs no atomic and/or, which 5.12 added).
+ * Atomic or/and (5.12+; netdrift needs 5.15): other CPUs change the word's
+ * other bits, and two threads of a dying process can both see themselves as
+ * its last (signal->live is read after both decremented it) and clear its
+ * bit twice, which an add of -b would turn into a borrow across the word.
  */
 static __always_inline void id_bit_put(void *bits, __u32 id, bool on)
 {
@@ -68,7 +69,10 @@ static __always_inline void id_bit_put(void *bits, __u32 id, bool on)
 
 	if (!w || !(*w & b) == !on)
 		return;
-	__sync_fetch_and_add(w, on ? b : -b);
+	if (on)
+		__sync_fetch_and_or(w, b);
+	else
+		__sync_fetch_and_and(w, ~b);
 }
 
 /* Into a target list and its bits; 0, or -1 when the list is full. */
@@ -86,6 +90,28 @@ static __always_inline void target_del(void *map, void *bits, __u32 id)
 {
 	id_bit_put(bits, id, false);
 	bpf_map_delete_elem(map, &id);
+}
+
+/* A target dropped by user space (the `nd_targets_gone` program's context). */
+struct nd_target_gone {
+	__u32 id;
+	__u32 is_tid;	/* 1: a -t thread, 0: a process */
+};
+
+/*
+ * Run by user space (BPF_PROG_RUN) once the programs are attached, for a
+ * target it listed from /proc that exited before they were: no exit hook
+ * saw it, and its pid may be reused. Here, not by a write of the word from
+ * user space, which would race with the programs' changes to its other bits.
+ */
+SEC("syscall")
+int nd_targets_gone(struct nd_target_gone *g)
+{
+	if (g->is_tid)
+		target_del(&targets_tid, &tid_bits, g->id);
+	else
+		target_del(&targets_tgid, &tgid_bits, g->id);
+	return 0;
 }
 
 /* Is this process (tgid) or thread (tid) one of the targets? */
