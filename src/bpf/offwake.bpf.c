@@ -547,5 +547,8 @@ int BPF_PROG(ow_process_exit, struct task_struct *p)
 	 */
 	if (!trace_all && BPF_CORE_READ(p, signal, live.counter) == 0 && id_bit(&tgid_bits, tgid))
 		target_del(&targets_tgid, &tgid_bits, tgid);
+	/* A -t thread: its tid may be reused too. */
+	if (has_tids && id_bit(&tid_bits, tid))
+		target_del(&targets_tid, &tid_bits, tid);
 	return 0;
 }
