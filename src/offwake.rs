@@ -771,14 +771,29 @@ pub fn run(mut opts: OffwakeOptions) -> Result<Report> {
         crate::probes::set_target_bit(&skel.maps.tid_bits, t)?;
     }
     skel.attach().map_err(|e| Error::Bpf(format!("attaching the offwake BPF programs failed: {e:#}")))?;
-    // Listed from /proc before the programs ran: one that exited since was
-    // seen by no exit hook, and its pid could come back as another process.
+    // Listed from /proc before the programs ran: what changed since, no hook saw
+    // (the target list is read back from the kernel).
+    let op = |id: u32, is_tid: u32, add: u32| -> Result<()> {
+        let mut o = types::nd_target_op { id, is_tid, add };
+        // SAFETY: nd_target_op is a repr(C) struct of three u32, viewed as its bytes (the program's context).
+        let ctx = unsafe { std::slice::from_raw_parts_mut(&mut o as *mut _ as *mut u8, std::mem::size_of_val(&o)) };
+        skel.progs.nd_targets_op.test_run(libbpf_rs::ProgramInput { context_in: Some(ctx), ..Default::default() })?;
+        Ok(())
+    };
+    // One that exited: seen by no exit hook, and its pid could come back as another process.
     for (id, is_tid) in opts.tgids.iter().map(|&t| (t, 0)).chain(opts.tids.iter().map(|&t| (t, 1))) {
         if !crate::procfs::task_exists(id) {
-            let mut g = types::nd_target_gone { id, is_tid };
-            // SAFETY: nd_target_gone is a repr(C) struct of two u32, viewed as its bytes (the program's context).
-            let ctx = unsafe { std::slice::from_raw_parts_mut(&mut g as *mut _ as *mut u8, std::mem::size_of_val(&g)) };
-            skel.progs.nd_targets_gone.test_run(libbpf_rs::ProgramInput { context_in: Some(ctx), ..Default::default() })?;
+            op(id, is_tid, 0)?;
+        }
+    }
+    // A child forked meanwhile: seen by no fork hook.
+    if opts.follow_children {
+        for &t in &opts.tgids {
+            for c in crate::procfs::descendants(t) {
+                if !opts.tgids.contains(&c) {
+                    op(c, 0, 1)?;
+                }
+            }
         }
     }
     let started = Instant::now();

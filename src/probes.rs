@@ -184,6 +184,9 @@ pub struct Probes<'obj> {
     pub notes: Vec<String>,
     /// Handler uprobes; detached when dropped.
     pub handler_links: Vec<libbpf_rs::Link>,
+    /// Children of the targets forked between the /proc scan and the attach,
+    /// added to the targets after it (no fork hook saw them).
+    pub forked: Vec<u32>,
 }
 
 /// A name as the kernel's `char comm[16]`.
@@ -313,14 +316,29 @@ impl<'obj> Probes<'obj> {
         };
         probes_targets(&skel)?;
         skel.attach().map_err(|e| Error::Bpf(format!("attaching the BPF programs failed: {e:#}")))?;
-        // Listed from /proc before the programs ran: one that exited since was
-        // seen by no exit hook, and its pid could come back as another process.
+        // Listed from /proc before the programs ran: what changed since, no hook saw.
+        let op = |id: u32, is_tid: u32, add: u32| -> Result<bool> {
+            let mut o = crate::skel::types::nd_target_op { id, is_tid, add };
+            // SAFETY: nd_target_op is a repr(C) struct of three u32, viewed as its bytes (the program's context).
+            let ctx = unsafe { std::slice::from_raw_parts_mut(&mut o as *mut _ as *mut u8, std::mem::size_of_val(&o)) };
+            Ok(skel.progs.nd_targets_op.test_run(libbpf_rs::ProgramInput { context_in: Some(ctx), ..Default::default() })?.return_value
+                == 0)
+        };
+        // One that exited: seen by no exit hook, and its pid could come back as another process.
         for (id, is_tid) in cfg.tgids.iter().map(|&t| (t, 0)).chain(cfg.tids.iter().map(|&t| (t, 1))) {
             if !crate::procfs::task_exists(id) {
-                let mut g = crate::skel::types::nd_target_gone { id, is_tid };
-                // SAFETY: nd_target_gone is a repr(C) struct of two u32, viewed as its bytes (the program's context).
-                let ctx = unsafe { std::slice::from_raw_parts_mut(&mut g as *mut _ as *mut u8, std::mem::size_of_val(&g)) };
-                skel.progs.nd_targets_gone.test_run(libbpf_rs::ProgramInput { context_in: Some(ctx), ..Default::default() })?;
+                op(id, is_tid, 0)?;
+            }
+        }
+        // A child forked meanwhile (nginx starting its workers): seen by no fork hook.
+        let mut forked = Vec::new();
+        if cfg.follow_children {
+            for &t in &cfg.tgids {
+                for c in crate::procfs::descendants(t) {
+                    if !cfg.tgids.contains(&c) && !forked.contains(&c) && op(c, 0, 1)? {
+                        forked.push(c);
+                    }
+                }
             }
         }
         let mut handler_links = Vec::new();
@@ -340,7 +358,7 @@ impl<'obj> Probes<'obj> {
                 .map_err(|e| Error::Bpf(format!("uprobe on {} in {}: {e:#}", h.name, h.path.display())))?;
             handler_links.push(link);
         }
-        Ok(Probes { skel, features, notes, handler_links })
+        Ok(Probes { skel, features, notes, handler_links, forked })
     }
 
     /// The threads traced by tid (-t) as the kernel side has them now: an

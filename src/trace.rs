@@ -841,7 +841,7 @@ pub fn run(mut opts: TraceOptions) -> Result<TraceResult> {
     let t0 = monotonic_ns();
     let started = Instant::now();
 
-    let mut live_tgids: HashSet<u32> = opts.probe.tgids.iter().copied().collect();
+    let mut live_tgids: HashSet<u32> = opts.probe.tgids.iter().chain(&probes.forked).copied().collect();
     let mut live_tids: HashSet<u32> = opts.probe.tids.iter().copied().collect();
     let watch_exit = opts.probe.ends_with_targets();
     let mut pids: HashSet<u32> = live_tgids.clone();

@@ -578,11 +578,12 @@ fn unwritable_ready_file_or_output_dir_loads_nothing() {
     bad_input(&["trace", "-p", &pid, "-o", out_dir.to_str().unwrap(), "1"], "cannot write", false, &log);
 }
 
-/// A target listed from /proc that exits before the programs are attached
-/// is seen by no exit hook: the kernel lists must drop it all the same, or
-/// a process reusing its pid would be traced. The live one stays.
+/// What changes between the /proc scan of the targets and the attach, no
+/// hook sees: a target that exited must leave the kernel lists all the same
+/// (a process reusing its pid would be traced), and a child a target forked
+/// must join them (nginx starting its workers). The live one stays.
 #[test]
-fn a_target_gone_before_the_programs_ran_leaves_the_kernel_lists() {
+fn targets_changed_before_the_programs_ran_are_settled_after_the_attach() {
     if !require_root() {
         return;
     }
@@ -591,15 +592,19 @@ fn a_target_gone_before_the_programs_ran_leaves_the_kernel_lists() {
     let mut gone = Command::new("true").spawn().expect("true");
     let dead = gone.id();
     gone.wait().unwrap();
+    // Forked by this process "after the scan": not in the list given.
+    let child = sleeper();
+    let kid = child.0.id();
     let live = std::process::id();
     let cfg = netdrift::probes::ProbeConfig { tgids: vec![dead, live], ..Default::default() };
     let mut obj = std::mem::MaybeUninit::uninit();
     let p = netdrift::probes::Probes::load(&cfg, &mut obj).expect("load");
     let listed: BTreeSet<u32> = p.skel.maps.targets_tgid.keys().map(|k| u32::from_ne_bytes(k[..4].try_into().unwrap())).collect();
-    assert_eq!(listed, [live].into(), "the exited pid {dead} is dropped");
+    assert_eq!(listed, [live, kid].into(), "the exited pid {dead} is dropped, the child {kid} joins");
+    assert_eq!(p.forked, [kid]);
     let bit = |id: u32| {
         let w = p.skel.maps.tgid_bits.lookup(&(id >> 6).to_ne_bytes(), MapFlags::ANY).unwrap().expect("word");
         u64::from_ne_bytes(w[..8].try_into().unwrap()) >> (id & 63) & 1
     };
-    assert_eq!((bit(dead), bit(live)), (0, 1));
+    assert_eq!((bit(dead), bit(live), bit(kid)), (0, 1, 1));
 }

@@ -92,25 +92,30 @@ static __always_inline void target_del(void *map, void *bits, __u32 id)
 	bpf_map_delete_elem(map, &id);
 }
 
-/* A target dropped by user space (the `nd_targets_gone` program's context). */
-struct nd_target_gone {
+/* A target change by user space (the `nd_targets_op` program's context). */
+struct nd_target_op {
 	__u32 id;
 	__u32 is_tid;	/* 1: a -t thread, 0: a process */
+	__u32 add;	/* 1: add, 0: drop */
 };
 
 /*
- * Run by user space (BPF_PROG_RUN) once the programs are attached, for a
- * target it listed from /proc that exited before they were: no exit hook
- * saw it, and its pid may be reused. Here, not by a write of the word from
- * user space, which would race with the programs' changes to its other bits.
+ * Run by user space (BPF_PROG_RUN) once the programs are attached, for what
+ * changed between its /proc scan and the attach, which no hook saw: a target
+ * that exited (its pid may be reused), a child a target forked. Here, not by
+ * a write of the word from user space, which would race with the programs'
+ * changes to its other bits. Returns 1 when an add finds the list full.
  */
 SEC("syscall")
-int nd_targets_gone(struct nd_target_gone *g)
+int nd_targets_op(struct nd_target_op *op)
 {
-	if (g->is_tid)
-		target_del(&targets_tid, &tid_bits, g->id);
+	if (op->add)
+		return op->is_tid ? target_add(&targets_tid, &tid_bits, op->id) != 0
+				  : target_add(&targets_tgid, &tgid_bits, op->id) != 0;
+	if (op->is_tid)
+		target_del(&targets_tid, &tid_bits, op->id);
 	else
-		target_del(&targets_tgid, &tgid_bits, g->id);
+		target_del(&targets_tgid, &tgid_bits, op->id);
 	return 0;
 }
 
