@@ -257,7 +257,8 @@ pub fn check_outputs(paths: &[&Path]) -> Result<()> {
     let mut seen: Vec<(PathBuf, PathBuf, &Path)> = Vec::new();
     for p in paths {
         check_file_path(p)?;
-        let (id, partial) = (file_identity(p), file_identity(&partial_path(&crate::output::output_target(p).0)));
+        let target = crate::output::output_target(p).0;
+        let (id, partial) = (file_identity(&target), file_identity(&partial_path(&target)));
         if let Some((_, _, q)) = seen.iter().find(|(i, ip, _)| *i == id || *ip == id || *i == partial) {
             return Err(Error::Usage(if q == p {
                 format!("{} is given for two outputs: give each output its own file", p.display())
@@ -296,9 +297,14 @@ pub fn write_ready_file(path: &Path) -> Result<()> {
     // A FIFO or device is written in place: a rename would replace it.
     let (target, in_place) = crate::output::output_target(path);
     let p = target.as_path();
-    let tmp = if in_place { p.to_path_buf() } else { partial_path(p) };
-    std::fs::write(&tmp, format!("{}\n", std::process::id())).map_err(err)?;
-    if !in_place {
+    let line = format!("{}\n", std::process::id());
+    if in_place {
+        // Appending: `--ready-file /dev/stderr 2>>run.log` keeps the log.
+        use std::io::Write as _;
+        std::fs::OpenOptions::new().append(true).open(p).and_then(|mut f| f.write_all(line.as_bytes())).map_err(err)?;
+    } else {
+        let tmp = partial_path(p);
+        std::fs::write(&tmp, line).map_err(err)?;
         std::fs::rename(&tmp, p).map_err(err)?;
     }
     Ok(())

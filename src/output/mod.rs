@@ -54,20 +54,35 @@ pub fn output_target(path: &std::path::Path) -> (std::path::PathBuf, bool) {
     let mut p = path.to_path_buf();
     // As many links as the kernel follows (MAXSYMLINKS).
     for _ in 0..40 {
-        if p.starts_with("/proc") || p.starts_with("/dev/fd") {
+        if is_fd_path(&p) {
             return (p, true);
         }
         match std::fs::symlink_metadata(&p) {
-            Ok(m) if m.file_type().is_symlink() => match std::fs::read_link(&p) {
+            // /proc's other links (root, cwd, exe) name no path read_link can give back.
+            Ok(m) if m.file_type().is_symlink() && !p.starts_with("/proc") => match std::fs::read_link(&p) {
                 Ok(to) => p = p.parent().map(|d| d.join(&to)).unwrap_or(to),
                 Err(_) => return (p, false),
             },
-            Ok(m) => return (p, !m.is_file() && !m.is_dir()),
+            Ok(m) => return (p, !m.is_file() && !m.is_dir() && !m.file_type().is_symlink()),
             Err(_) => return (p, false),
         }
     }
-    // A loop of links: opening it fails with ELOOP, named for the user.
+    // A loop of links: the rename replaces the link named, as for any other.
     (path.to_path_buf(), false)
+}
+
+/// An open file named through a process's fd table: /proc/PID/fd/N (also
+/// `self`, `thread-self`, /proc/PID/task/TID/fd/N) or /dev/fd/N.
+fn is_fd_path(p: &std::path::Path) -> bool {
+    let c: Vec<&str> = p.components().filter_map(|c| c.as_os_str().to_str()).collect();
+    let num = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    let who = |s: &str| num(s) || s == "self" || s == "thread-self";
+    match c.as_slice() {
+        ["/", "dev", "fd", n] => num(n),
+        ["/", "proc", w, "fd", n] => who(w) && num(n),
+        ["/", "proc", w, "task", t, "fd", n] => who(w) && num(t) && num(n),
+        _ => false,
+    }
 }
 
 impl PartialFile {
@@ -226,6 +241,20 @@ pub fn dur(ns: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Only a process's fd table is written through; other /proc paths
+    /// (a process's root or cwd) are ordinary files, written as FILE.partial.
+    #[test]
+    fn only_fd_paths_are_written_in_place() {
+        for p in ["/proc/self/fd/1", "/proc/123/fd/4", "/proc/thread-self/fd/2", "/proc/1/task/7/fd/3", "/dev/fd/9", "/dev/stdout"] {
+            assert!(output_target(std::path::Path::new(p)).1, "{p}");
+        }
+        let d = tempfile::tempdir().unwrap();
+        let via_cwd = std::path::Path::new("/proc/self/root").join(d.path().strip_prefix("/").unwrap()).join("out.json");
+        assert_eq!(output_target(&via_cwd), (via_cwd.clone(), false));
+        assert!(!output_target(std::path::Path::new("/proc/self/fdx/1")).1);
+        assert!(output_target(std::path::Path::new("/dev/null")).1);
+    }
     use std::io::Write;
     use std::os::unix::fs::FileTypeExt;
     use std::path::Path;
