@@ -167,6 +167,8 @@ pub struct HerdRow {
     /// Chains that started at this socket while records were lost: left out
     /// of `events`, `wakeups` and `wasted` (a step of theirs may be missing).
     pub events_records_lost: u64,
+    /// Connections accepted in those chains: left out of `herd_ratio()`.
+    pub connections_records_lost: u64,
     /// Accepts per thread.
     pub winners: BTreeMap<String, u64>,
     /// Wasted wake-ups per thread.
@@ -182,12 +184,14 @@ impl HerdRow {
             self.wakeups as f64 / self.events as f64
         }
     }
-    /// Wasted wake-ups per connection.
+    /// Wasted wake-ups per connection, over the connections of the chains
+    /// counted (not those accepted in a chain left out).
     pub fn herd_ratio(&self) -> f64 {
-        if self.connections == 0 {
+        let conns = self.connections.saturating_sub(self.connections_records_lost);
+        if conns == 0 {
             self.wasted as f64
         } else {
-            self.wasted as f64 / self.connections as f64
+            self.wasted as f64 / conns as f64
         }
     }
 }
@@ -422,7 +426,10 @@ impl SummaryBuilder {
     pub fn chain(&mut self, c: &Chain) {
         let listen = c.sock.as_ref().filter(|s| s.sock.is_listen()).map(|s| s.sock.clone());
         if let Some(l) = listen.as_ref().filter(|_| c.records_lost) {
-            self.herd_row(l).events_records_lost += 1;
+            let accepted = c.hops.iter().filter(|h| h.accepted()).count() as u64;
+            let row = self.herd_row(l);
+            row.events_records_lost += 1;
+            row.connections_records_lost += accepted;
         } else if let Some(l) = &listen {
             let (woken, wasted) = (c.woken() as u64, c.wasted() as u64);
             let losers: Vec<String> = c.hops.iter().filter(|h| h.wasted()).map(|h| thread_key(&h.target)).collect();

@@ -953,6 +953,8 @@ fn a_herd_open_across_lost_records_is_left_out_of_the_herd_counts() {
     let s = c.summary.build();
     let row = &s.herd[0];
     assert_eq!((row.connections, row.events, row.wakeups, row.wasted, row.events_records_lost), (1, 0, 0, 0, 1), "{row:?}");
+    // Its accept is left out of the ratio's connections too.
+    assert_eq!((row.connections_records_lost, row.herd_ratio()), (1, 0.0));
     let text = crate::output::text::summary_sections(&s);
     assert!(text.contains("left out: 1 event open when records were lost"), "{text}");
 }
