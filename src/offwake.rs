@@ -786,13 +786,14 @@ pub fn run(mut opts: OffwakeOptions) -> Result<Report> {
             op(id, is_tid, 0)?;
         }
     }
-    // A child forked meanwhile: seen by no fork hook.
-    if opts.follow_children {
-        for &t in &opts.tgids {
-            for c in crate::procfs::descendants(t) {
-                if !opts.tgids.contains(&c) {
-                    op(c, 0, 1)?;
-                }
+    // A child forked meanwhile: seen by no fork hook (started since netdrift did).
+    if opts.follow_children && !opts.tgids.is_empty() {
+        let since = crate::procfs::own_start_ticks().unwrap_or(u64::MAX);
+        for c in crate::procfs::forked_since(&opts.tgids, since) {
+            op(c, 0, 1)?;
+            // Gone since the scan: no exit hook saw it either.
+            if !crate::procfs::task_exists(c) {
+                op(c, 0, 0)?;
             }
         }
     }

@@ -330,14 +330,22 @@ impl<'obj> Probes<'obj> {
                 op(id, is_tid, 0)?;
             }
         }
-        // A child forked meanwhile (nginx starting its workers): seen by no fork hook.
+        // A child forked meanwhile (nginx starting its workers): seen by no fork
+        // hook. Started since netdrift did: older children of a -c match are
+        // not followed, as before.
         let mut forked = Vec::new();
-        if cfg.follow_children {
-            for &t in &cfg.tgids {
-                for c in crate::procfs::descendants(t) {
-                    if !cfg.tgids.contains(&c) && !forked.contains(&c) && op(c, 0, 1)? {
+        if cfg.follow_children && !cfg.tgids.is_empty() {
+            let since = crate::procfs::own_start_ticks().unwrap_or(u64::MAX);
+            for c in crate::procfs::forked_since(&cfg.tgids, since) {
+                if op(c, 0, 1)? {
+                    // Gone since the scan: no exit hook saw it either.
+                    if crate::procfs::task_exists(c) {
                         forked.push(c);
+                    } else {
+                        op(c, 0, 0)?;
                     }
+                } else {
+                    notes.push(format!("child process {c} not traced: the target list is full"));
                 }
             }
         }

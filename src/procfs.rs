@@ -48,6 +48,38 @@ pub fn stat_ppid(stat: &str) -> Option<u32> {
     rest.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// Processes started at or after `since` (ticks after boot, as
+/// /proc/PID/stat's starttime) that descend from one of `parents` through
+/// such processes: the children targets forked while netdrift was loading.
+/// One scan of /proc.
+pub fn forked_since(parents: &[u32], since: u64) -> Vec<u32> {
+    let procs: Vec<(u32, u32)> = all_pids()
+        .into_iter()
+        .filter_map(|p| {
+            let stat = fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
+            let started = crate::offwake::symbols::stat_start_time(&stat)?;
+            (started >= since).then_some((p, stat_ppid(&stat)?))
+        })
+        .collect();
+    let mut out: Vec<u32> = Vec::new();
+    let mut frontier: Vec<u32> = parents.to_vec();
+    while let Some(parent) = frontier.pop() {
+        for &(p, pp) in &procs {
+            if pp == parent && !parents.contains(&p) && !out.contains(&p) {
+                out.push(p);
+                frontier.push(p);
+            }
+        }
+    }
+    out.sort_unstable();
+    out
+}
+
+/// When this process started, in ticks after boot (/proc/self/stat's starttime).
+pub fn own_start_ticks() -> Option<u64> {
+    crate::offwake::symbols::stat_start_time(&fs::read_to_string("/proc/self/stat").ok()?)
+}
+
 /// Every living descendant process of `pid`.
 pub fn descendants(pid: u32) -> Vec<u32> {
     let pairs: Vec<(u32, u32)> =
