@@ -357,14 +357,20 @@ pub fn resolve_binary(binary: &str, pid: Option<u32>) -> Result<PathBuf, Error> 
         return Err(Error::Usage(format!("--handler exe: {} is gone (did pid {pid} exit?)", p.display())));
     }
     if binary.contains('/') {
-        if let (Some(pid), true) = (pid, binary.starts_with('/')) {
+        // A /proc path (/proc/PID/root/...) already names a file as the host sees it.
+        if let (Some(pid), true) = (pid, binary.starts_with('/') && !binary.starts_with("/proc/")) {
             let root = PathBuf::from(format!("/proc/{pid}/root"));
             if let Some(inside) = in_root(&root, binary) {
                 return Ok(inside);
             }
-            // Not the host's file of that name: the target could not be running it.
+            // A host path of the container's file (an overlay's merged/...): only
+            // if the target maps that very file, else its probes would never fire.
+            let host = PathBuf::from(binary);
+            if maps_file(pid, &host) {
+                return Ok(host);
+            }
             return Err(Error::Usage(format!(
-                "--handler {binary}: binary not found in pid {pid}'s root (its mount namespace: {}{binary})",
+                "--handler {binary}: binary not found in pid {pid}'s root (its mount namespace: {}{binary}), nor mapped by it from the host's path",
                 root.display()
             )));
         }
@@ -401,6 +407,19 @@ pub fn resolve_binary(binary: &str, pid: Option<u32>) -> Result<PathBuf, Error> 
         searched.push("nothing: a library name needs a target process (-p PID)".into());
     }
     Err(Error::Usage(format!("--handler {binary}: binary not found (searched {})", searched.join(", "))))
+}
+
+/// Does `pid` map the file at `path` (same device and inode)?
+fn maps_file(pid: u32, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(m) = std::fs::metadata(path) else { return false };
+    let dev = format!("{:02x}:{:02x}", libc::major(m.dev()), libc::minor(m.dev()));
+    let ino = m.ino().to_string();
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
+    maps.lines().any(|l| {
+        let f: Vec<&str> = l.split_whitespace().take(5).collect();
+        f.len() == 5 && f[3] == dev && f[4] == ino
+    })
 }
 
 /// The path of a /proc/PID/maps line (after five fields; it may hold
@@ -668,6 +687,18 @@ mod tests {
         assert_eq!(in_root(root, "/opt/bin/envoy"), want);
         assert_eq!(in_root(root, "/usr/bin/missing"), None);
         assert_eq!(in_root(root, "/loop/x"), None);
+    }
+
+    /// A host path is taken for a target only when the target maps that
+    /// very file; a /proc path is taken as given.
+    #[test]
+    fn a_host_path_counts_only_if_the_target_maps_it() {
+        let me = std::process::id();
+        let exe = std::env::current_exe().unwrap();
+        assert!(maps_file(me, &exe));
+        assert!(!maps_file(me, Path::new("/etc/hostname")));
+        let p = format!("/proc/{me}/exe");
+        assert_eq!(resolve_binary(&p, Some(me)).unwrap(), PathBuf::from(&p));
     }
 
     #[test]
