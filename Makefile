@@ -9,6 +9,8 @@ demo:
 test:
 	./run test
 
+export PATH := $(HOME)/.cargo/bin:$(PATH)
+
 build:
 	scripts/deps.sh build
 	cargo build --release

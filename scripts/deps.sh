@@ -28,7 +28,12 @@ if ((${#missing[@]})); then
   export DEBIAN_FRONTEND=noninteractive
   # A fresh VM's boot-time apt run may hold the lock for a while: wait for it.
   apt=(apt-get -o DPkg::Lock::Timeout=600)
-  "${apt[@]}" update -qq
+  # The lock option does not cover update's lists lock: retry it, 10 min at most.
+  for try in $(seq 120); do
+    "${apt[@]}" update -qq && break
+    [ "$try" -lt 120 ] || exit 1
+    sleep 5
+  done
   # Servers are started by the tests themselves, on their own ports: no
   # service starts while installing. A block already there (Docker's Debian
   # images ship one) is left as it was; ours goes away however apt ends.
