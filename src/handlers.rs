@@ -409,16 +409,21 @@ pub fn resolve_binary(binary: &str, pid: Option<u32>) -> Result<PathBuf, Error> 
     Err(Error::Usage(format!("--handler {binary}: binary not found (searched {})", searched.join(", "))))
 }
 
-/// Does `pid` map the file at `path` (same device and inode)?
+/// Does `pid` map the file at `path`? A mapping of the same inode number
+/// whose file, opened through /proc/PID/map_files, has the same inode, size
+/// and modification time: maps shows the device of an overlay's lower layer
+/// (before 6.8) or a btrfs volume, not the one stat() gives for `path`.
 fn maps_file(pid: u32, path: &Path) -> bool {
     use std::os::unix::fs::MetadataExt;
     let Ok(m) = std::fs::metadata(path) else { return false };
-    let dev = format!("{:02x}:{:02x}", libc::major(m.dev()), libc::minor(m.dev()));
     let ino = m.ino().to_string();
     let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
     maps.lines().any(|l| {
         let f: Vec<&str> = l.split_whitespace().take(5).collect();
-        f.len() == 5 && f[3] == dev && f[4] == ino
+        f.len() == 5
+            && f[4] == ino
+            && std::fs::metadata(format!("/proc/{pid}/map_files/{}", f[0]))
+                .is_ok_and(|o| o.ino() == m.ino() && o.size() == m.size() && o.mtime() == m.mtime() && o.mtime_nsec() == m.mtime_nsec())
     })
 }
 

@@ -771,32 +771,14 @@ pub fn run(mut opts: OffwakeOptions) -> Result<Report> {
         crate::probes::set_target_bit(&skel.maps.tid_bits, t)?;
     }
     skel.attach().map_err(|e| Error::Bpf(format!("attaching the offwake BPF programs failed: {e:#}")))?;
-    // Listed from /proc before the programs ran: what changed since, no hook saw
-    // (the target list is read back from the kernel).
-    let op = |id: u32, is_tid: u32, add: u32| -> Result<()> {
+    // What changed while loading (the target list is read back from the kernel).
+    let (_, settle_notes) = crate::probes::settle_targets(&opts.tgids, &opts.tids, opts.follow_children, |id, is_tid, add| {
         let mut o = types::nd_target_op { id, is_tid, add };
         // SAFETY: nd_target_op is a repr(C) struct of three u32, viewed as its bytes (the program's context).
         let ctx = unsafe { std::slice::from_raw_parts_mut(&mut o as *mut _ as *mut u8, std::mem::size_of_val(&o)) };
-        skel.progs.nd_targets_op.test_run(libbpf_rs::ProgramInput { context_in: Some(ctx), ..Default::default() })?;
-        Ok(())
-    };
-    // One that exited: seen by no exit hook, and its pid could come back as another process.
-    for (id, is_tid) in opts.tgids.iter().map(|&t| (t, 0)).chain(opts.tids.iter().map(|&t| (t, 1))) {
-        if !crate::procfs::task_exists(id) {
-            op(id, is_tid, 0)?;
-        }
-    }
-    // A child forked meanwhile: seen by no fork hook (started since netdrift did).
-    if opts.follow_children && !opts.tgids.is_empty() {
-        let since = crate::procfs::own_start_ticks().unwrap_or(u64::MAX);
-        for c in crate::procfs::forked_since(&opts.tgids, since) {
-            op(c, 0, 1)?;
-            // Gone since the scan: no exit hook saw it either.
-            if !crate::procfs::task_exists(c) {
-                op(c, 0, 0)?;
-            }
-        }
-    }
+        Ok(skel.progs.nd_targets_op.test_run(libbpf_rs::ProgramInput { context_in: Some(ctx), ..Default::default() })?.return_value == 0)
+    });
+    notes.extend(settle_notes);
     let started = Instant::now();
 
     let new_pids: Rc<RefCell<Vec<u32>>> = Rc::default();

@@ -117,6 +117,48 @@ pub fn btf_has(btf: &[u8], name: &str) -> bool {
     btf.windows(needle.len()).any(|w| w == needle.as_slice())
 }
 
+/// Once the programs are attached: settle the targets listed from /proc
+/// with what changed since, which no hook saw. A target that exited (a
+/// zombie too: its pid comes back once reaped) is dropped; a child a target
+/// forked since netdrift started is added (nginx starting its workers;
+/// older children of a -c match are not followed, as before). `op(id,
+/// is_tid, add)` runs the `nd_targets_op` program and says whether an add
+/// found room. Returns the children added, and notes for the user (a
+/// failure here leaves the trace running, as it was before this step).
+pub fn settle_targets(
+    tgids: &[u32],
+    tids: &[u32],
+    follow_children: bool,
+    mut op: impl FnMut(u32, u32, u32) -> Result<bool>,
+) -> (Vec<u32>, Vec<String>) {
+    let (mut forked, mut notes) = (Vec::new(), Vec::new());
+    let mut run = || -> Result<()> {
+        for (id, is_tid) in tgids.iter().map(|&t| (t, 0)).chain(tids.iter().map(|&t| (t, 1))) {
+            if !crate::procfs::alive(id) {
+                op(id, is_tid, 0)?;
+            }
+        }
+        if follow_children && !tgids.is_empty() {
+            let since = crate::procfs::own_start_ticks().unwrap_or(u64::MAX);
+            for c in crate::procfs::forked_since(tgids, since) {
+                if !op(c, 0, 1)? {
+                    notes.push(format!("child process {c} not traced: the target list is full"));
+                } else if crate::procfs::alive(c) {
+                    forked.push(c);
+                } else {
+                    // Gone since the scan: no exit hook saw it either.
+                    op(c, 0, 0)?;
+                }
+            }
+        }
+        Ok(())
+    };
+    if let Err(e) = run() {
+        notes.push(format!("targets changed while loading could not be settled ({e}): a child forked meanwhile may be missed"));
+    }
+    (forked, notes)
+}
+
 /// Set `id`'s bit in a target bit map (`tgid_bits`, `tid_bits` of
 /// targets.bpf.h), before the programs are attached.
 pub fn set_target_bit(bits: &impl MapCore, id: u32) -> Result<()> {
@@ -316,39 +358,14 @@ impl<'obj> Probes<'obj> {
         };
         probes_targets(&skel)?;
         skel.attach().map_err(|e| Error::Bpf(format!("attaching the BPF programs failed: {e:#}")))?;
-        // Listed from /proc before the programs ran: what changed since, no hook saw.
-        let op = |id: u32, is_tid: u32, add: u32| -> Result<bool> {
+        let (forked, settle_notes) = settle_targets(&cfg.tgids, &cfg.tids, cfg.follow_children, |id, is_tid, add| {
             let mut o = crate::skel::types::nd_target_op { id, is_tid, add };
             // SAFETY: nd_target_op is a repr(C) struct of three u32, viewed as its bytes (the program's context).
             let ctx = unsafe { std::slice::from_raw_parts_mut(&mut o as *mut _ as *mut u8, std::mem::size_of_val(&o)) };
             Ok(skel.progs.nd_targets_op.test_run(libbpf_rs::ProgramInput { context_in: Some(ctx), ..Default::default() })?.return_value
                 == 0)
-        };
-        // One that exited: seen by no exit hook, and its pid could come back as another process.
-        for (id, is_tid) in cfg.tgids.iter().map(|&t| (t, 0)).chain(cfg.tids.iter().map(|&t| (t, 1))) {
-            if !crate::procfs::task_exists(id) {
-                op(id, is_tid, 0)?;
-            }
-        }
-        // A child forked meanwhile (nginx starting its workers): seen by no fork
-        // hook. Started since netdrift did: older children of a -c match are
-        // not followed, as before.
-        let mut forked = Vec::new();
-        if cfg.follow_children && !cfg.tgids.is_empty() {
-            let since = crate::procfs::own_start_ticks().unwrap_or(u64::MAX);
-            for c in crate::procfs::forked_since(&cfg.tgids, since) {
-                if op(c, 0, 1)? {
-                    // Gone since the scan: no exit hook saw it either.
-                    if crate::procfs::task_exists(c) {
-                        forked.push(c);
-                    } else {
-                        op(c, 0, 0)?;
-                    }
-                } else {
-                    notes.push(format!("child process {c} not traced: the target list is full"));
-                }
-            }
-        }
+        });
+        notes.extend(settle_notes);
         let mut handler_links = Vec::new();
         for h in &cfg.handlers {
             let c = crate::skel::types::nd_handler_cfg {

@@ -10,6 +10,13 @@ pub fn task_exists(id: u32) -> bool {
     id != 0 && Path::new(&format!("/proc/{id}")).exists()
 }
 
+/// The task exists and has not exited: not a zombie, whose id comes back
+/// for another task once it is reaped.
+pub fn alive(id: u32) -> bool {
+    let Ok(s) = fs::read_to_string(format!("/proc/{id}/stat")) else { return false };
+    s.rfind(')').and_then(|i| s[i + 1..].split_whitespace().next()).is_some_and(|st| st != "Z" && st != "X")
+}
+
 /// Thread group id of a task, from /proc/ID/status.
 pub fn tgid_of(tid: u32) -> Option<u32> {
     let s = fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
@@ -310,6 +317,20 @@ pub fn privileged() -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An exited child not yet reaped is a zombie: it exists, and is not alive.
+    #[test]
+    fn a_zombie_is_not_alive() {
+        let mut c = std::process::Command::new("true").spawn().unwrap();
+        let pid = c.id();
+        let t = std::time::Instant::now();
+        while alive(pid) && t.elapsed() < std::time::Duration::from_secs(5) {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert!(task_exists(pid) && !alive(pid));
+        c.wait().unwrap();
+        assert!(alive(std::process::id()));
+    }
 
     #[test]
     fn parses_fdinfo_of_epoll() {

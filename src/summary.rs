@@ -426,7 +426,13 @@ impl SummaryBuilder {
     pub fn chain(&mut self, c: &Chain) {
         let listen = c.sock.as_ref().filter(|s| s.sock.is_listen()).map(|s| s.sock.clone());
         if let Some(l) = listen.as_ref().filter(|_| c.records_lost) {
-            let accepted = c.hops.iter().filter(|h| h.accepted()).count() as u64;
+            // Every accept of this listener in it (an accept loop takes several per hop).
+            let accepted = c
+                .hops
+                .iter()
+                .flat_map(|h| &h.actions)
+                .filter(|a| matches!(a, Action::Accept { ret, listen: Some(al), .. } if *ret >= 0 && al.sk == l.sk))
+                .count() as u64;
             let row = self.herd_row(l);
             row.events_records_lost += 1;
             row.connections_records_lost += accepted;

@@ -298,8 +298,16 @@ pub fn write_ready_file(path: &Path) -> Result<()> {
     let (target, in_place) = crate::output::output_target(path);
     let p = target.as_path();
     let line = format!("{}\n", std::process::id());
-    if in_place {
-        // Appending: `--ready-file /dev/stderr 2>>run.log` keeps the log.
+    if let Some(fd) = crate::output::own_fd(p) {
+        // One of netdrift's own fds (/dev/stderr): written to it, at its offset,
+        // as netdrift's other lines are (a reopened file has an offset of its own).
+        use std::io::Write as _;
+        // SAFETY: the fd is open in this process (its /proc/self/fd entry resolved);
+        // ManuallyDrop keeps it open after the write.
+        let mut f = std::mem::ManuallyDrop::new(unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(fd) });
+        f.write_all(line.as_bytes()).map_err(err)?;
+    } else if in_place {
+        // Appending: a FIFO, a device, another process's fd.
         use std::io::Write as _;
         std::fs::OpenOptions::new().append(true).open(p).and_then(|mut f| f.write_all(line.as_bytes())).map_err(err)?;
     } else {

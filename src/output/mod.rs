@@ -71,6 +71,25 @@ pub fn output_target(path: &std::path::Path) -> (std::path::PathBuf, bool) {
     (path.to_path_buf(), false)
 }
 
+/// The fd N of a path naming one of this process's own open files
+/// (/proc/self/fd/N, /proc/PID/fd/N with our pid, /dev/fd/N; /dev/stderr
+/// leads to one), if it is open.
+pub fn own_fd(p: &std::path::Path) -> Option<i32> {
+    let (t, in_place) = output_target(p);
+    if !in_place {
+        return None;
+    }
+    let c: Vec<&str> = t.components().filter_map(|c| c.as_os_str().to_str()).collect();
+    let me = std::process::id().to_string();
+    let n = match c.as_slice() {
+        ["/", "dev", "fd", n] => n,
+        ["/", "proc", w, "fd", n] if *w == "self" || *w == "thread-self" || *w == me => n,
+        _ => return None,
+    };
+    let fd: i32 = n.parse().ok()?;
+    std::path::Path::new(&format!("/proc/self/fd/{fd}")).exists().then_some(fd)
+}
+
 /// An open file named through a process's fd table: /proc/PID/fd/N (also
 /// `self`, `thread-self`, /proc/PID/task/TID/fd/N) or /dev/fd/N.
 fn is_fd_path(p: &std::path::Path) -> bool {
