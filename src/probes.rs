@@ -133,9 +133,16 @@ pub fn settle_targets(
 ) -> (Vec<u32>, Vec<String>) {
     let (mut forked, mut notes) = (Vec::new(), Vec::new());
     let mut run = || -> Result<()> {
-        for (id, is_tid) in tgids.iter().map(|&t| (t, 0)).chain(tids.iter().map(|&t| (t, 1))) {
-            if !crate::procfs::alive(id) {
-                op(id, is_tid, 0)?;
+        // A process lives while one of its threads does (a leader that called
+        // pthread_exit is a zombie beside them); a -t thread is itself.
+        for &t in tgids {
+            if !crate::procfs::process_alive(t) {
+                op(t, 0, 0)?;
+            }
+        }
+        for &t in tids {
+            if !crate::procfs::alive(t) {
+                op(t, 1, 0)?;
             }
         }
         if follow_children && !tgids.is_empty() {
@@ -143,7 +150,7 @@ pub fn settle_targets(
             for c in crate::procfs::forked_since(tgids, since) {
                 if !op(c, 0, 1)? {
                     notes.push(format!("child process {c} not traced: the target list is full"));
-                } else if crate::procfs::alive(c) {
+                } else if crate::procfs::process_alive(c) {
                     forked.push(c);
                 } else {
                     // Gone since the scan: no exit hook saw it either.

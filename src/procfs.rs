@@ -10,11 +10,40 @@ pub fn task_exists(id: u32) -> bool {
     id != 0 && Path::new(&format!("/proc/{id}")).exists()
 }
 
-/// The task exists and has not exited: not a zombie, whose id comes back
-/// for another task once it is reaped.
-pub fn alive(id: u32) -> bool {
-    let Ok(s) = fs::read_to_string(format!("/proc/{id}/stat")) else { return false };
-    s.rfind(')').and_then(|i| s[i + 1..].split_whitespace().next()).is_some_and(|st| st != "Z" && st != "X")
+/// Start time of a process, field 22 of /proc/PID/stat.
+pub fn start_time(pid: u32) -> Option<u64> {
+    let s = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat_start_time(&s)
+}
+
+/// Field 22 (starttime) of the text of /proc/PID/stat; comm may hold spaces and parens.
+pub fn stat_start_time(stat: &str) -> Option<u64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Is the thread alive (not gone, not a zombie)?
+pub fn alive(tid: u32) -> bool {
+    stat_alive(&format!("/proc/{tid}/stat")) == Some(true)
+}
+
+/// Is the process alive: a thread of it not gone nor a zombie? A leader that
+/// called pthread_exit stays a zombie while the other threads run on.
+pub fn process_alive(pid: u32) -> bool {
+    match stat_alive(&format!("/proc/{pid}/stat")) {
+        Some(true) => true,
+        None => false,
+        Some(false) => fs::read_dir(format!("/proc/{pid}/task")).is_ok_and(|d| {
+            d.flatten().any(|e| stat_alive(&format!("/proc/{pid}/task/{}/stat", e.file_name().to_string_lossy())) == Some(true))
+        }),
+    }
+}
+
+/// From a stat file: alive, zombie/dead, or gone (None).
+fn stat_alive(path: &str) -> Option<bool> {
+    let s = fs::read_to_string(path).ok()?;
+    let st = s.rfind(')').and_then(|i| s[i + 1..].split_whitespace().next())?;
+    Some(st != "Z" && st != "X")
 }
 
 /// Thread group id of a task, from /proc/ID/status.
@@ -57,14 +86,15 @@ pub fn stat_ppid(stat: &str) -> Option<u32> {
 
 /// Processes started at or after `since` (ticks after boot, as
 /// /proc/PID/stat's starttime) that descend from one of `parents` through
-/// such processes: the children targets forked while netdrift was loading.
-/// One scan of /proc.
+/// such processes (since 0: every living descendant; since netdrift
+/// started: the children targets forked while it was loading). One scan of
+/// /proc.
 pub fn forked_since(parents: &[u32], since: u64) -> Vec<u32> {
     let procs: Vec<(u32, u32)> = all_pids()
         .into_iter()
         .filter_map(|p| {
             let stat = fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
-            let started = crate::offwake::symbols::stat_start_time(&stat)?;
+            let started = stat_start_time(&stat)?;
             (started >= since).then_some((p, stat_ppid(&stat)?))
         })
         .collect();
@@ -84,25 +114,12 @@ pub fn forked_since(parents: &[u32], since: u64) -> Vec<u32> {
 
 /// When this process started, in ticks after boot (/proc/self/stat's starttime).
 pub fn own_start_ticks() -> Option<u64> {
-    crate::offwake::symbols::stat_start_time(&fs::read_to_string("/proc/self/stat").ok()?)
+    start_time(std::process::id())
 }
 
 /// Every living descendant process of `pid`.
 pub fn descendants(pid: u32) -> Vec<u32> {
-    let pairs: Vec<(u32, u32)> =
-        all_pids().into_iter().filter_map(|p| Some((p, stat_ppid(&fs::read_to_string(format!("/proc/{p}/stat")).ok()?)?))).collect();
-    let mut out = Vec::new();
-    let mut frontier = vec![pid];
-    while let Some(parent) = frontier.pop() {
-        for &(p, pp) in &pairs {
-            if pp == parent && p != pid && !out.contains(&p) {
-                out.push(p);
-                frontier.push(p);
-            }
-        }
-    }
-    out.sort_unstable();
-    out
+    forked_since(&[pid], 0)
 }
 
 /// Processes whose comm is `name` (tgids) and threads so named in other

@@ -310,24 +310,7 @@ fn leader_exit_is_not_process_exit() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let src = dir.path().join("leader_exit.c");
-    std::fs::write(
-        &src,
-        r#"#include <pthread.h>
-#include <unistd.h>
-static void *worker(void *a) { for (int i = 0; i < 15; i++) usleep(100000); return a; }
-int main(int argc, char **argv) {
-    pthread_t t;
-    pthread_create(&t, 0, worker, 0);
-    while (argc > 1 && access(argv[1], F_OK) != 0) usleep(10000);
-    pthread_exit(0);
-}
-"#,
-    )
-    .unwrap();
-    let bin = dir.path().join("leader_exit");
-    let cc = Command::new("cc").arg("-O1").arg("-pthread").arg("-o").arg(&bin).arg(&src).output().expect("cc (apt-get install gcc)");
-    assert!(cc.status.success(), "{}", String::from_utf8_lossy(&cc.stderr));
+    let bin = leader_exit_program(dir.path());
     let go = dir.path().join("go");
     let mut target = Command::new(&bin).arg(&go).spawn().unwrap();
     let (child, out) = traced_json(dir.path(), &["-p", &target.id().to_string()], "o.jsonl", Some("30"));
@@ -351,6 +334,57 @@ int main(int argc, char **argv) {
     let worker = exits[1]["task"]["tid"].clone();
     let wakes = lines.iter().filter(|l| l["type"] == "wake" && l["target"]["tid"] == worker).count();
     assert!(wakes >= 5, "the worker's wake-ups after the leader's exit: {wakes}");
+}
+
+/// A program whose leader thread calls pthread_exit once the file named by
+/// its argument exists, while its worker naps 15 times 100 ms.
+fn leader_exit_program(dir: &Path) -> PathBuf {
+    let src = dir.join("leader_exit.c");
+    std::fs::write(
+        &src,
+        r#"#include <pthread.h>
+#include <unistd.h>
+static void *worker(void *a) { for (int i = 0; i < 15; i++) usleep(100000); return a; }
+int main(int argc, char **argv) {
+    pthread_t t;
+    pthread_create(&t, 0, worker, 0);
+    while (argc > 1 && access(argv[1], F_OK) != 0) usleep(10000);
+    pthread_exit(0);
+}
+"#,
+    )
+    .unwrap();
+    let bin = dir.join("leader_exit");
+    let cc = Command::new("cc").arg("-O1").arg("-pthread").arg("-o").arg(&bin).arg(&src).output().expect("cc (apt-get install gcc)");
+    assert!(cc.status.success(), "{}", String::from_utf8_lossy(&cc.stderr));
+    bin
+}
+
+/// The same process traced after its leader already exited: a zombie
+/// leader, a live worker. The targets settled after the attach keep it.
+#[test]
+fn a_process_whose_leader_already_exited_is_traced() {
+    if !require_root() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let bin = leader_exit_program(dir.path());
+    let go = dir.path().join("go");
+    std::fs::write(&go, "").unwrap();
+    let mut target = Command::new(&bin).arg(&go).spawn().unwrap();
+    let pid = target.id();
+    let t = Instant::now();
+    while !std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default().contains(") Z ") {
+        assert!(t.elapsed() < Duration::from_secs(5), "the leader did not exit");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let (child, out) = traced_json(dir.path(), &["-p", &pid.to_string()], "o.jsonl", Some("30"));
+    let o = child.wait_with_output().unwrap();
+    let _ = target.wait();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let lines = json_lines(&out);
+    let wakes = lines.iter().filter(|l| l["type"] == "wake" && l["target"]["pid"] == pid).count();
+    assert!(wakes >= 3, "the worker's wake-ups: {wakes}");
 }
 
 #[test]

@@ -17,6 +17,7 @@ use blazesym::symbolize::{Input, Symbolized, Symbolizer};
 use blazesym::Pid;
 
 use super::procmaps::{self, Mapping};
+use crate::procfs::{process_alive, start_time};
 
 /// At most this many binaries are held open (one per file, shared by processes).
 const MAX_HELD_FILES: usize = 4096;
@@ -28,42 +29,6 @@ struct Snapshot {
     /// reused pid from the process that was seen.
     start_time: Option<u64>,
     maps: Vec<Mapping>,
-}
-
-/// Start time of a process, field 22 of /proc/PID/stat.
-pub fn start_time(pid: u32) -> Option<u64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat_start_time(&s)
-}
-
-/// Field 22 (starttime) of the text of /proc/PID/stat; comm may hold spaces and parens.
-pub fn stat_start_time(stat: &str) -> Option<u64> {
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(19)?.parse().ok()
-}
-
-/// Is the thread alive (not gone, not a zombie)?
-pub fn alive(tid: u32) -> bool {
-    stat_alive(&format!("/proc/{tid}/stat")) == Some(true)
-}
-
-/// Is the process alive: a thread of it not gone nor a zombie? A leader that
-/// called pthread_exit stays a zombie while the other threads run on.
-pub fn process_alive(pid: u32) -> bool {
-    match stat_alive(&format!("/proc/{pid}/stat")) {
-        Some(true) => true,
-        None => false,
-        Some(false) => std::fs::read_dir(format!("/proc/{pid}/task")).is_ok_and(|d| {
-            d.flatten().any(|e| stat_alive(&format!("/proc/{pid}/task/{}/stat", e.file_name().to_string_lossy())) == Some(true))
-        }),
-    }
-}
-
-/// From a stat file: alive, zombie/dead, or gone (None).
-fn stat_alive(path: &str) -> Option<bool> {
-    let s = std::fs::read_to_string(path).ok()?;
-    let st = s.rfind(')').and_then(|i| s[i + 1..].split_whitespace().next())?;
-    Some(st != "Z" && st != "X")
 }
 
 /// Symbolizes user stacks of many processes, with a cache.
@@ -185,6 +150,7 @@ impl UserSyms {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::procfs::stat_start_time;
 
     #[test]
     fn stat_start_time_with_hostile_comm() {
