@@ -381,8 +381,8 @@ pub fn resolve_binary(binary: &str, pid: Option<u32>) -> Result<PathBuf, Error> 
         }
     } else if let Some(pid) = pid {
         // A library name: look in what the target has mapped.
-        let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
-        let mut libs: Vec<&str> = maps.lines().filter_map(maps_path).filter(|p| p.starts_with('/')).collect();
+        let maps = target_maps(pid);
+        let mut libs: Vec<&str> = maps.iter().map(|m| m.path.as_str()).filter(|p| p.starts_with('/')).collect();
         libs.dedup();
         let want = binary.trim_start_matches("lib");
         for l in &libs {
@@ -409,6 +409,11 @@ pub fn resolve_binary(binary: &str, pid: Option<u32>) -> Result<PathBuf, Error> 
     Err(Error::Usage(format!("--handler {binary}: binary not found (searched {})", searched.join(", "))))
 }
 
+/// /proc/PID/maps, parsed (empty if the process is gone).
+fn target_maps(pid: u32) -> Vec<crate::offwake::procmaps::Mapping> {
+    crate::offwake::procmaps::parse(&std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default())
+}
+
 /// Does `pid` map the file at `path`? A mapping of the same inode number
 /// whose file, opened through /proc/PID/map_files, has the same inode, size
 /// and modification time: maps shows the device of an overlay's lower layer
@@ -416,26 +421,11 @@ pub fn resolve_binary(binary: &str, pid: Option<u32>) -> Result<PathBuf, Error> 
 fn maps_file(pid: u32, path: &Path) -> bool {
     use std::os::unix::fs::MetadataExt;
     let Ok(m) = std::fs::metadata(path) else { return false };
-    let ino = m.ino().to_string();
-    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
-    maps.lines().any(|l| {
-        let f: Vec<&str> = l.split_whitespace().take(5).collect();
-        f.len() == 5
-            && f[4] == ino
-            && std::fs::metadata(format!("/proc/{pid}/map_files/{}", f[0]))
+    target_maps(pid).iter().any(|mm| {
+        mm.inode == m.ino()
+            && std::fs::metadata(format!("/proc/{pid}/map_files/{:x}-{:x}", mm.start, mm.end))
                 .is_ok_and(|o| o.ino() == m.ino() && o.size() == m.size() && o.mtime() == m.mtime() && o.mtime_nsec() == m.mtime_nsec())
     })
-}
-
-/// The path of a /proc/PID/maps line (after five fields; it may hold
-/// spaces, and ends in " (deleted)" for a file replaced since it was mapped).
-fn maps_path(line: &str) -> Option<&str> {
-    let mut rest = line;
-    for _ in 0..5 {
-        rest = rest.trim_start();
-        rest = &rest[rest.find(' ')?..];
-    }
-    Some(rest.trim_start()).filter(|p| !p.is_empty())
 }
 
 /// Every function symbol of an ELF file: (raw name, demangled, file offset).
@@ -704,14 +694,5 @@ mod tests {
         assert!(!maps_file(me, Path::new("/etc/hostname")));
         let p = format!("/proc/{me}/exe");
         assert_eq!(resolve_binary(&p, Some(me)).unwrap(), PathBuf::from(&p));
-    }
-
-    #[test]
-    fn maps_lines_give_whole_paths() {
-        let l = "7f00-7f10 r-xp 00000000 fe:01 1234                       /opt/my app/libx.so.1 (deleted)";
-        assert_eq!(maps_path(l), Some("/opt/my app/libx.so.1 (deleted)"));
-        assert_eq!(maps_path("7f00-7f10 rw-p 00000000 00:00 0 "), None);
-        assert_eq!(maps_path("7f00-7f10 rw-p 00000000 00:00 0                  [heap]"), Some("[heap]"));
-        assert_eq!(maps_path("short line"), None);
     }
 }

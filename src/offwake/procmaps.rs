@@ -130,6 +130,17 @@ mod tests {
         assert_eq!(m[3].path, "");
     }
 
+    /// A path is the whole rest of the line (spaces and ` (deleted)`
+    /// included); a line too short is skipped.
+    #[test]
+    fn paths_are_whole() {
+        let l = "7f00-7f10 r-xp 00000000 fe:01 1234                       /opt/my app/libx.so.1 (deleted)";
+        assert_eq!(parse(l)[0].path, "/opt/my app/libx.so.1 (deleted)");
+        assert_eq!(parse("7f00-7f10 rw-p 00000000 00:00 0 ")[0].path, "");
+        assert_eq!(parse("7f00-7f10 rw-p 00000000 00:00 0                  [heap]")[0].path, "[heap]");
+        assert!(parse("short line").is_empty());
+    }
+
     #[test]
     fn unknown_frames_carry_module_and_offset() {
         let m = parse(MAPS);
