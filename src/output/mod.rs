@@ -39,11 +39,6 @@ pub struct PartialFile {
     in_place: bool,
 }
 
-/// PATH exists and is not a regular file (a device, a FIFO, a socket).
-pub fn is_special(path: &std::path::Path) -> bool {
-    output_target(path).1
-}
-
 /// The file an output to PATH goes to, and whether it is written in place.
 /// In place: a device, FIFO or socket (a rename would replace it), or an
 /// open file named through /proc/PID/fd or /dev/fd (`/dev/stdout` into a
@@ -71,37 +66,35 @@ pub fn output_target(path: &std::path::Path) -> (std::path::PathBuf, bool) {
     (path.to_path_buf(), false)
 }
 
-/// The fd N of a path naming one of this process's own open files
-/// (/proc/self/fd/N, /proc/PID/fd/N with our pid, /dev/fd/N; /dev/stderr
-/// leads to one), if it is open.
-pub fn own_fd(p: &std::path::Path) -> Option<i32> {
-    let (t, in_place) = output_target(p);
-    if !in_place {
-        return None;
-    }
-    let c: Vec<&str> = t.components().filter_map(|c| c.as_os_str().to_str()).collect();
-    let me = std::process::id().to_string();
-    let n = match c.as_slice() {
-        ["/", "dev", "fd", n] => n,
-        ["/", "proc", w, "fd", n] if *w == "self" || *w == "thread-self" || *w == me => n,
-        _ => return None,
-    };
+/// The fd N of a resolved output path ([`output_target`]) naming one of
+/// this process's own open files (/proc/self/fd/N, /proc/PID/fd/N with our
+/// pid, /dev/fd/N; /dev/stderr leads to one), if it is open.
+pub fn own_fd(target: &std::path::Path) -> Option<i32> {
+    let (n, mine) = fd_path(target)?;
     let fd: i32 = n.parse().ok()?;
-    std::path::Path::new(&format!("/proc/self/fd/{fd}")).exists().then_some(fd)
+    (mine && std::path::Path::new(&format!("/proc/self/fd/{fd}")).exists()).then_some(fd)
 }
 
 /// An open file named through a process's fd table: /proc/PID/fd/N (also
 /// `self`, `thread-self`, /proc/PID/task/TID/fd/N) or /dev/fd/N.
 fn is_fd_path(p: &std::path::Path) -> bool {
+    fd_path(p).is_some()
+}
+
+/// For [`is_fd_path`]: the fd number's text, and whether the fd table is
+/// this process's own (/dev/fd, /proc/self|thread-self|OUR_PID/fd).
+fn fd_path(p: &std::path::Path) -> Option<(&str, bool)> {
     let c: Vec<&str> = p.components().filter_map(|c| c.as_os_str().to_str()).collect();
     let num = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
     let who = |s: &str| num(s) || s == "self" || s == "thread-self";
-    match c.as_slice() {
-        ["/", "dev", "fd", n] => num(n),
-        ["/", "proc", w, "fd", n] => who(w) && num(n),
-        ["/", "proc", w, "task", t, "fd", n] => who(w) && num(t) && num(n),
-        _ => false,
-    }
+    let mine = |s: &str| s == "self" || s == "thread-self" || s == std::process::id().to_string();
+    let (n, own) = match c.as_slice() {
+        ["/", "dev", "fd", n] => (*n, true),
+        ["/", "proc", w, "fd", n] if who(w) => (*n, mine(w)),
+        ["/", "proc", w, "task", t, "fd", n] if who(w) && num(t) => (*n, false),
+        _ => return None,
+    };
+    num(n).then_some((n, own))
 }
 
 impl PartialFile {
