@@ -763,12 +763,10 @@ pub fn run(mut opts: OffwakeOptions) -> Result<Report> {
         Err(e) => return Err(e),
     };
     for &t in &opts.tgids {
-        skel.maps.targets_tgid.update(&t.to_ne_bytes(), &[1], MapFlags::ANY)?;
-        crate::probes::set_target_bit(&skel.maps.tgid_bits, t)?;
+        crate::probes::add_target(&skel.maps.targets_tgid, &skel.maps.tgid_bits, t)?;
     }
     for &t in &opts.tids {
-        skel.maps.targets_tid.update(&t.to_ne_bytes(), &[1], MapFlags::ANY)?;
-        crate::probes::set_target_bit(&skel.maps.tid_bits, t)?;
+        crate::probes::add_target(&skel.maps.targets_tid, &skel.maps.tid_bits, t)?;
     }
     skel.attach().map_err(|e| Error::Bpf(format!("attaching the offwake BPF programs failed: {e:#}")))?;
     // What changed while loading (the target list is read back from the kernel).

@@ -166,9 +166,11 @@ pub fn settle_targets(
     (forked, notes)
 }
 
-/// Set `id`'s bit in a target bit map (`tgid_bits`, `tid_bits` of
-/// targets.bpf.h), before the programs are attached.
-pub fn set_target_bit(bits: &impl MapCore, id: u32) -> Result<()> {
+/// Put `id` in a target list and set its bit (`targets_tgid` and
+/// `tgid_bits`, or the tid pair, of targets.bpf.h, as its target_add()
+/// does), before the programs are attached.
+pub fn add_target(list: &impl MapCore, bits: &impl MapCore, id: u32) -> Result<()> {
+    list.update(&id.to_ne_bytes(), &[1], MapFlags::ANY)?;
     let k = (id >> 6).to_ne_bytes();
     let old = bits.lookup(&k, MapFlags::ANY)?.and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok()).map(u64::from_ne_bytes);
     let word = old.unwrap_or(0) | 1u64 << (id & 63);
@@ -354,12 +356,10 @@ impl<'obj> Probes<'obj> {
         let mut skel = open.load().map_err(|e| Error::Bpf(format!("loading the BPF programs failed: {e:#}")))?;
         let probes_targets = |skel: &NetdriftSkel<'_>| -> Result<()> {
             for &t in &cfg.tgids {
-                skel.maps.targets_tgid.update(&t.to_ne_bytes(), &[1], MapFlags::ANY)?;
-                set_target_bit(&skel.maps.tgid_bits, t)?;
+                add_target(&skel.maps.targets_tgid, &skel.maps.tgid_bits, t)?;
             }
             for &t in &cfg.tids {
-                skel.maps.targets_tid.update(&t.to_ne_bytes(), &[1], MapFlags::ANY)?;
-                set_target_bit(&skel.maps.tid_bits, t)?;
+                add_target(&skel.maps.targets_tid, &skel.maps.tid_bits, t)?;
             }
             Ok(())
         };
