@@ -111,8 +111,8 @@ impl Hist {
 
     /// log2 buckets over microseconds, like runqlat: bucket i holds
     /// [2^i, 2^(i+1)-1] us (bucket 0 holds 0 and 1).
-    pub fn log2_us(&self) -> Vec<u64> {
-        self.us_log2.clone()
+    pub fn log2_us(&self) -> &[u64] {
+        &self.us_log2
     }
 }
 
