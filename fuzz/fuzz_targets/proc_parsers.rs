@@ -7,7 +7,7 @@
 use libfuzzer_sys::fuzz_target;
 use netdrift::doctor::parse_cap_eff;
 use netdrift::offwake::procmaps;
-use netdrift::offwake::symbols::stat_start_time;
+use netdrift::procfs::stat_start_time;
 use netdrift::procfs::{parse_epoll_fdinfo, socket_ino, stat_ppid, status_field};
 
 fuzz_target!(|data: &[u8]| {
