@@ -11,6 +11,8 @@ EXAMPLES:
     netdrift trace -p $(pgrep -o nginx)  # nginx master and workers, to Ctrl-C
     netdrift trace -p 1234 10            # pid 1234 for 10 seconds
     netdrift trace -c redis-server --stacks   # each waker's kernel stack
+    # from a server's first connection: start netdrift, then the server
+    netdrift trace -c redis-server --wait --ready-file /tmp/ready
     # two threads, JSON Lines to a file:
     netdrift trace -t 4449 -t 4450 --json -o chains.jsonl
     # for scripts: the file appears once the probes are attached:
@@ -117,6 +119,9 @@ pub struct TargetArgs {
     /// With -p, do not follow child processes.
     #[arg(long, requires = "pids")]
     pub no_children: bool,
+    /// With -c, start even when no process has that name yet: the ones that exec it later are traced (start netdrift, then the server).
+    #[arg(long, requires = "comms")]
+    pub wait: bool,
 }
 
 impl TargetArgs {

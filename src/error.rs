@@ -12,7 +12,7 @@ pub enum Error {
     NoSuchPid(u32),
     #[error("no thread with tid {0} (check it with `ls /proc/*/task/{0}`)")]
     NoSuchTid(u32),
-    #[error("no running process or thread is named {0:?} (names are the 15-byte comm shown by `ps -eo comm` / `ps -eLo comm`)")]
+    #[error("no running process or thread is named {0:?} (names are the 15-byte comm shown by `ps -eo comm` / `ps -eLo comm`; add --wait to trace one started later)")]
     NoSuchComm(String),
     #[error("netdrift needs root (or CAP_BPF + CAP_PERFMON): run it with sudo")]
     NotPrivileged,

@@ -349,7 +349,12 @@ fn in_root(root: &Path, path: &str) -> Option<PathBuf> {
 pub fn resolve_binary(binary: &str, pid: Option<u32>) -> Result<PathBuf, Error> {
     let mut searched: Vec<String> = Vec::new();
     if binary == "exe" {
-        let pid = pid.ok_or_else(|| Error::Usage("--handler exe:...: `exe` needs a target process (-p PID or -c COMM)".into()))?;
+        let pid = pid.ok_or_else(|| {
+            Error::Usage(
+                "--handler exe:...: `exe` needs a running target process (-p PID, -t TID or -c COMM); with --wait, give the binary's path"
+                    .into(),
+            )
+        })?;
         let p = PathBuf::from(format!("/proc/{pid}/exe"));
         if p.exists() {
             return Ok(p);
@@ -404,7 +409,7 @@ pub fn resolve_binary(binary: &str, pid: Option<u32>) -> Result<PathBuf, Error> 
         }
         searched.push(format!("the {} files mapped by pid {pid}", libs.len()));
     } else {
-        searched.push("nothing: a library name needs a target process (-p PID)".into());
+        searched.push("nothing: a library name needs a running target process; give the library's path".into());
     }
     Err(Error::Usage(format!("--handler {binary}: binary not found (searched {})", searched.join(", "))))
 }

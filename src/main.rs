@@ -138,7 +138,8 @@ fn cmd_trace_with(a: TraceArgs, report: Report, tweak: impl FnOnce(&mut TraceOpt
     let duration = duration_arg(a.duration)?;
     check_outputs(None, &[a.out.output_file.as_deref(), a.out.record.as_deref(), a.out.perfetto.as_deref(), a.ready_file.as_deref()])?;
     netdrift::probes::check_pid_namespace()?;
-    let (tgids, tids) = procfs::resolve_targets(&a.target.pids, &a.target.tids, &a.target.comms, !a.target.no_children, true)?;
+    let (tgids, tids) =
+        procfs::resolve_targets(&a.target.pids, &a.target.tids, &a.target.comms, !a.target.no_children, true, a.target.wait)?;
     // `exe` and library names are looked up in the first target the user named (-p, then
     // -t, then -c), not the lowest pid of the set (a child, or another -c match).
     let first_pid = a
@@ -306,7 +307,7 @@ fn cmd_offwake(a: netdrift::cli::OffwakeArgs) -> anyhow::Result<()> {
     }
     check_outputs(None, &[a.output_file.as_deref(), a.svg.as_deref(), a.ready_file.as_deref()])?;
     netdrift::probes::check_pid_namespace()?;
-    let (tgids, tids) = offwake::resolve_targets(&a.target.pids, &a.target.tids, &a.target.comms, !a.target.no_children)?;
+    let (tgids, tids) = offwake::resolve_targets(&a.target.pids, &a.target.tids, &a.target.comms, !a.target.no_children, a.target.wait)?;
     let render = RenderOptions { metric: Metric::parse(&a.metric).unwrap_or_default(), delimited: a.delimited };
     let out = OutputOptions {
         format: if a.folded {

@@ -365,11 +365,11 @@ use crate::trace::signalled;
 
 /// Resolve and check the targets as `trace` does (comms are matched in the
 /// kernel, so running processes of that name are not added here).
-pub fn resolve_targets(pids: &[u32], tids: &[u32], comms: &[String], follow_children: bool) -> Result<(Vec<u32>, Vec<u32>)> {
+pub fn resolve_targets(pids: &[u32], tids: &[u32], comms: &[String], follow_children: bool, wait: bool) -> Result<(Vec<u32>, Vec<u32>)> {
     if comms.len() > MAX_COMMS {
         return Err(Error::Usage(format!("at most {MAX_COMMS} -c names")));
     }
-    procfs::resolve_targets(pids, tids, comms, follow_children, false)
+    procfs::resolve_targets(pids, tids, comms, follow_children, false, wait)
 }
 
 use crate::events::comm_str;

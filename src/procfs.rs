@@ -202,12 +202,14 @@ pub fn epoll_entries(pid: u32, epfd: i32) -> Vec<EpollEntry> {
 /// -p, or a comm that names nothing are usage errors (exit 2). Returns the
 /// tgids (with descendants when `follow_children`) and tids, sorted; with
 /// `add_comm_matches`, the processes and threads named by -c are added.
+/// With `wait`, a comm that names nothing yet is no error (--wait).
 pub fn resolve_targets(
     pids: &[u32],
     tids: &[u32],
     comms: &[String],
     follow_children: bool,
     add_comm_matches: bool,
+    wait: bool,
 ) -> crate::Result<(Vec<u32>, Vec<u32>)> {
     use crate::Error;
     let mut tg = Vec::new();
@@ -238,7 +240,7 @@ pub fn resolve_targets(
             return Err(Error::Usage(format!("-c {c:?}: a comm is 1 to 15 bytes (the kernel truncates names to 15)")));
         }
         let (p, t) = find_comm(c);
-        if p.is_empty() && t.is_empty() {
+        if p.is_empty() && t.is_empty() && !wait {
             return Err(Error::NoSuchComm(c.clone()));
         }
         if add_comm_matches {

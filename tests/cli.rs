@@ -469,6 +469,64 @@ fn comm_matches_running_and_exec_later() {
     );
 }
 
+/// `-c NAME --wait` starts with no process of that name and traces the one
+/// started later: redis-server under another name serves three clients,
+/// and their three connections are the accepts seen, by their ports.
+#[test]
+fn comm_wait_traces_a_server_started_later() {
+    if !require_root() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("ndwaitredis");
+    std::fs::copy("/usr/bin/redis-server", &bin).expect("redis-server (apt-get install redis-server)");
+    usage_error(&["trace", "-c", "ndwaitredis", "1"], "add --wait");
+    let (mut tracer, out) = traced_json(dir.path(), &["-c", "ndwaitredis", "--wait"], "o.jsonl", None);
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut redis = Command::new(&bin)
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--daemonize", "no"])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start the redis copy");
+    let t = Instant::now();
+    let connect = || std::net::TcpStream::connect(("127.0.0.1", port));
+    let mut ports = Vec::new();
+    while ports.len() < 3 {
+        match connect() {
+            Ok(mut c) => {
+                use std::io::{Read, Write};
+                ports.push(c.local_addr().unwrap().port());
+                c.write_all(b"PING\r\n").unwrap();
+                let mut buf = [0u8; 7];
+                c.read_exact(&mut buf).unwrap();
+                assert_eq!(&buf, b"+PONG\r\n");
+            }
+            Err(_) if ports.is_empty() && t.elapsed() < Duration::from_secs(10) => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => panic!("redis copy on port {port}: {e}"),
+        }
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(tracer.id() as libc::pid_t, libc::SIGINT) };
+    let st = tracer.wait().unwrap();
+    let _ = redis.kill();
+    let _ = redis.wait();
+    assert!(st.success(), "{}", common::piped_stderr(&mut tracer));
+    let lines = json_lines(&out);
+    assert_eq!(lines[0]["pids"], serde_json::json!([]), "nothing matched at the start: {}", lines[0]);
+    let pid = serde_json::json!(redis.id());
+    assert!(lines.iter().any(|l| l["type"] == "task_new" && l["reason"] == 2 && l["child"]["pid"] == pid), "its exec made it a target");
+    let mut got: Vec<u64> = lines
+        .iter()
+        .filter(|l| l["type"] == "accept" && l["task"]["pid"] == pid && l["ret"].as_i64().unwrap_or(-1) >= 0)
+        .filter_map(|l| l["peer"]["remote"].as_str()?.rsplit(':').next()?.parse().ok())
+        .collect();
+    got.sort_unstable();
+    let mut want: Vec<u64> = ports.iter().map(|&p| p as u64).collect();
+    want.sort_unstable();
+    assert_eq!(got, want, "one accept per client, by the client's port");
+}
+
 /// A recording replays with the trace's own --idle-ms: a chain that waits
 /// 500 ms for its thread is closed as incomplete at 100 ms, not at 2 s.
 #[test]
