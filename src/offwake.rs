@@ -829,7 +829,10 @@ pub fn run(mut opts: OffwakeOptions) -> Result<Report> {
             last_check = Instant::now();
             let tgids: Vec<u32> =
                 skel.maps.targets_tgid.keys().filter_map(|k| Some(u32::from_ne_bytes(k.get(..4)?.try_into().ok()?))).collect();
-            let any = tgids.iter().any(|&p| crate::procfs::process_alive(p)) || opts.tids.iter().any(|&t| crate::procfs::alive(t));
+            // -t threads as the kernel has them: an exec moves one to the pid.
+            let tids: Vec<u32> =
+                skel.maps.targets_tid.keys().filter_map(|k| Some(u32::from_ne_bytes(k.get(..4)?.try_into().ok()?))).collect();
+            let any = tgids.iter().any(|&p| crate::procfs::process_alive(p)) || tids.iter().any(|&t| crate::procfs::alive(t));
             if !any {
                 reason = "target exited".to_string();
                 break;

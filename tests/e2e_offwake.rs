@@ -435,3 +435,36 @@ fn the_svg_is_written_when_stdout_closes_early() {
     assert!(svg_text(&bytes).contains("--"), "a flame graph");
     assert!(!dir.path().join("o.svg.partial").exists());
 }
+
+/// Traced by thread (`-t`), a thread other than the leader runs exec
+/// (tests/progs/threadexec.c): offwake follows it under the process's pid
+/// (the new program's ten 100 ms naps are counted) and ends when that
+/// program exits, not at the exec.
+#[test]
+fn a_thread_traced_by_tid_is_followed_through_its_exec() {
+    if !require_root() {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let prog = common::build_c(dir.path(), "threadexec", &["-O1", "-pthread"]);
+    let go = dir.path().join("go");
+    let mut target = Command::new(&prog).arg(&go).stdout(Stdio::piped()).spawn().expect("starting threadexec");
+    let pid = target.id();
+    let mut line = String::new();
+    BufReader::new(target.stdout.take().expect("stdout")).read_line(&mut line).expect("threadexec tid");
+    let tid: u32 = line.trim().parse().unwrap_or_else(|_| panic!("threadexec printed {line:?}, not a tid"));
+    let go2 = go.clone();
+    let opts = OffwakeOptions {
+        tids: vec![tid],
+        duration: Some(Duration::from_secs(20)),
+        on_ready: Some(Box::new(move || std::fs::write(&go2, b"").expect("go file"))),
+        ..Default::default()
+    };
+    let report = offwake::run(opts).expect("offwake");
+    assert!(target.wait().expect("threadexec").success(), "threadexec failed");
+    assert_eq!(report.reason, "target exited", "ended with the new program, not at the exec");
+    let after: u64 = report.entries.iter().filter(|e| e.blocked.tid == pid).map(|e| e.count).sum();
+    assert!(after >= 9, "the new program's ten naps are counted under tid {pid}: {after} periods");
+    assert!(report.duration_s >= 0.9, "ran {} s", report.duration_s);
+}

@@ -534,6 +534,23 @@ int BPF_PROG(ow_process_fork, struct task_struct *parent, struct task_struct *ch
 	return 0;
 }
 
+SEC("tp_btf/sched_process_exec")
+int BPF_PROG(ow_process_exec, struct task_struct *p, pid_t old_pid)
+{
+	__u32 tid = p->pid, old = old_pid;
+
+	/*
+	 * A -t thread other than the leader that runs exec goes on as the
+	 * leader, under the process's pid: its target entry follows it.
+	 */
+	if (has_tids && old != tid && id_bit(&tid_bits, old)) {
+		target_del(&targets_tid, &tid_bits, old);
+		if (target_add(&targets_tid, &tid_bits, tid))
+			count(OW_LOSS_TARGETS_FULL);
+	}
+	return 0;
+}
+
 SEC("tp_btf/sched_process_exit")
 int BPF_PROG(ow_process_exit, struct task_struct *p)
 {

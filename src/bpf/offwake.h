@@ -53,7 +53,7 @@ enum ow_counter {
 	OW_STAT_NEW_PID_LOST = 15,	/* "new process" notifications dropped (ring buffer full) */
 	OW_STAT_CTX_UNKNOWN = 16,	/* wake-ups whose context preempt_count could not tell */
 	OW_STAT_NO_SWITCH_IN = 17,	/* periods left open: the thread switched out again, its switch-in unseen */
-	OW_LOSS_TARGETS_FULL = 18,	/* a forked child not traced: the target process map is full */
+	OW_LOSS_TARGETS_FULL = 18,	/* a forked child (or a -t thread after its exec) not traced: a target map is full */
 	OW_STAT_STATE_UNKNOWN = 19,	/* periods whose sleep state was overwritten by their waker (kernels < 5.18) */
 	OW_COUNTER_MAX = 20,
 };
