@@ -4,6 +4,7 @@
 //! mangled and demangled symbol names, and says what was searched when
 //! nothing matches.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -209,9 +210,16 @@ impl FromStr for HandlerSpec {
         }
         let (mut fd_arg, mut events_arg, mut decoder) = (None, None, Decoder::Raw);
         while let Some((head, tail)) = rest.rsplit_once(':') {
+            let twice = |k: &str| format!("--handler {s:?}: {k}= given twice");
             if let Some(v) = tail.strip_prefix("fd=") {
+                if fd_arg.is_some() {
+                    return Err(twice("fd"));
+                }
                 fd_arg = Some(parse_arg(v, "fd")?);
             } else if let Some(v) = tail.strip_prefix("events=") {
+                if events_arg.is_some() {
+                    return Err(twice("events"));
+                }
                 let (a, d) = v.split_once('/').unwrap_or((v, "raw"));
                 events_arg = Some(parse_arg(a, "events")?);
                 decoder = d.parse()?;
@@ -507,6 +515,38 @@ fn closest(glob: &Glob, names: &[(String, String, u64)]) -> Vec<String> {
     out
 }
 
+/// One probe per function. The same file and offset named twice (a preset
+/// and a --handler, two presets of one library, overlapping globs) would
+/// report every call twice: with the same arguments it is kept once, with
+/// others it is a usage error. Ids are renumbered in order.
+pub fn merge(all: Vec<Resolved>) -> Result<Vec<Resolved>, Error> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out: Vec<Resolved> = Vec::new();
+    // (device, inode) of the file, or its path where it cannot be read.
+    type File = Result<(u64, u64), PathBuf>;
+    let mut seen: HashMap<(File, u64), usize> = HashMap::new();
+    for mut h in all {
+        let file = std::fs::metadata(&h.path).map(|m| (m.dev(), m.ino())).map_err(|_| h.path.clone());
+        if let Some(&i) = seen.get(&(file.clone(), h.offset)) {
+            let f = &out[i];
+            if (f.fd_arg, f.events_arg, f.decoder) != (h.fd_arg, h.events_arg, h.decoder) {
+                return Err(Error::Usage(format!(
+                    "{} in {} is probed by --handler {} and by --handler {} with other arguments: give it once",
+                    h.name,
+                    h.path.display(),
+                    f.spec,
+                    h.spec
+                )));
+            }
+            continue;
+        }
+        seen.insert((file, h.offset), out.len());
+        h.id = out.len() as u32;
+        out.push(h);
+    }
+    Ok(out)
+}
+
 /// Resolve specs into symbols to attach. `tolerant`: a spec matching
 /// nothing is fine as long as one spec matched (presets).
 pub fn resolve(specs: &[HandlerSpec], pid: Option<u32>, tolerant: bool) -> Result<Vec<Resolved>, Error> {
@@ -563,6 +603,30 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_function_named_twice_is_probed_once() {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        let link = f.path().with_extension("link");
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(f.path(), &link).unwrap();
+        let h = |path: &Path, offset: u64, fd: Option<u8>, spec: &str| Resolved {
+            id: 9,
+            path: path.to_path_buf(),
+            name: "acceptTcpHandler".into(),
+            offset,
+            fd_arg: fd,
+            events_arg: None,
+            decoder: Decoder::Raw,
+            spec: spec.into(),
+        };
+        // The same file by two names, the same offset: once; another offset: twice.
+        let m = merge(vec![h(f.path(), 0x10, Some(1), "a"), h(&link, 0x10, Some(1), "b"), h(f.path(), 0x20, Some(1), "c")]).unwrap();
+        assert_eq!(m.iter().map(|h| (h.id, h.offset, h.spec.as_str())).collect::<Vec<_>>(), [(0, 0x10, "a"), (1, 0x20, "c")]);
+        let e = merge(vec![h(f.path(), 0x10, Some(1), "a"), h(&link, 0x10, Some(2), "b")]).unwrap_err().to_string();
+        assert!(e.contains("--handler a and by --handler b with other arguments"), "{e}");
+        let _ = std::fs::remove_file(&link);
+    }
+
+    #[test]
     fn globs() {
         let g = Glob::new("*FileEventImpl*assignEvents*").unwrap();
         assert!(g.matches("Envoy::Event::FileEventImpl::assignEvents(unsigned int, event_base*)::$_1::__invoke(int, short, void*)"));
@@ -589,6 +653,8 @@ mod tests {
         assert!("exe".parse::<HandlerSpec>().is_err());
         assert!("exe:f:fd=arg9".parse::<HandlerSpec>().is_err());
         assert!("exe:f:events=arg1/zzz".parse::<HandlerSpec>().is_err());
+        assert!("exe:f:fd=arg1:fd=arg2".parse::<HandlerSpec>().unwrap_err().contains("fd= given twice"));
+        assert!("exe:f:events=arg1:events=arg2/ae".parse::<HandlerSpec>().unwrap_err().contains("events= given twice"));
         assert!("exe:f[".parse::<HandlerSpec>().unwrap_err().contains("unclosed"));
     }
 

@@ -141,23 +141,27 @@ fn cmd_trace_with(a: TraceArgs, report: Report, tweak: impl FnOnce(&mut TraceOpt
     let (tgids, tids) =
         procfs::resolve_targets(&a.target.pids, &a.target.tids, &a.target.comms, !a.target.no_children, true, a.target.wait)?;
     // `exe` and library names are looked up in the first target the user named (-p, then
-    // -t, then -c), not the lowest pid of the set (a child, or another -c match).
+    // -t, then the first -c name's processes), not the lowest pid of the set (a child,
+    // or a process of another -c name).
+    let first_comm = || {
+        let (p, t) = procfs::find_comm(a.target.comms.first()?);
+        p.first().copied().or_else(|| t.first().and_then(|&t| procfs::tgid_of(t)))
+    };
     let first_pid = a
         .target
         .pids
         .first()
         .copied()
         .or_else(|| a.target.tids.first().and_then(|&t| procfs::tgid_of(t)))
+        .or_else(first_comm)
         .or_else(|| tgids.first().copied())
         .or_else(|| tids.first().and_then(|&t| procfs::tgid_of(t)));
     let mut handlers = netdrift::handlers::resolve(&a.handlers, first_pid, false)?;
     for p in &a.presets {
         let specs = netdrift::handlers::preset(p).expect("clap checked the preset name");
-        for mut h in netdrift::handlers::resolve(&specs, first_pid, true)? {
-            h.id = handlers.len() as u32;
-            handlers.push(h);
-        }
+        handlers.extend(netdrift::handlers::resolve(&specs, first_pid, true)?);
     }
+    let handlers = netdrift::handlers::merge(handlers)?;
     if handlers.len() > netdrift::handlers::MAX_HANDLERS {
         return Err(Error::Usage(format!(
             "{} handler symbols: at most {}; narrow the globs",

@@ -163,7 +163,9 @@ fn redis_preset() {
     }
     std::thread::sleep(Duration::from_millis(100));
     let (k, cmds) = (4, 3);
-    let lines = trace_json(srv.0.id(), &["--preset", "redis"], || {
+    // The preset's acceptTcpHandler given again by hand: probed once, reported once per call.
+    let again = ["--preset", "redis", "--handler", "exe:acceptTcpHandler:fd=arg1:events=arg3/ae"];
+    let lines = trace_json(srv.0.id(), &again, || {
         for _ in 0..k {
             let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
             for _ in 0..cmds {
