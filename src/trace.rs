@@ -759,7 +759,7 @@ impl Pipeline {
                     "duration_s": secs,
                     "stats": stats,
                     "analysis": analysis,
-                    "lost": losses,
+                    "lost": if reason == INCOMPLETE_RECORDING { Value::Null } else { json!(losses) },
                     "decode_errors": decode_errors,
                     "fix": if losses.ringbuf > 0 { ringbuf_fix(ringbuf_mib) } else { String::new() },
                 }),
@@ -1143,22 +1143,40 @@ pub fn analyze_reader(
     pipe.observers = observers;
     pipe.start_line(&start)?;
     let mut end: Option<Value> = None;
-    let mut n = 1;
+    let (mut n, mut torn, mut last_ts) = (1, false, t0);
     while let Some(line) = next_record_line(&mut input) {
         n += 1;
         // A read error (invalid UTF-8, an I/O error, a line too long) names the file and line too.
-        let line = line.map_err(|e| bad(n, e.to_string()))?;
-        let v: Value = serde_json::from_str(&line).map_err(|e| bad(n, e.to_string()))?;
+        let v = line.map_err(|e| e.to_string()).and_then(|l| serde_json::from_str::<Value>(&l).map_err(|e| e.to_string()));
+        let v = match v {
+            Ok(v) => v,
+            // The last line of a recording cut short (SIGKILL, a full disk) is torn, not corrupt.
+            Err(_) if next_record_line(&mut input).is_none() => {
+                torn = true;
+                break;
+            }
+            Err(e) => return Err(bad(n, e)),
+        };
         if v["type"] == RECORD_END {
             end = Some(v);
             break;
         }
         let ev: Event = serde_json::from_value(v).map_err(|e| bad(n, e.to_string()))?;
+        last_ts = last_ts.max(ev.ts);
         pipe.ingest(ev)?;
         pipe.drain()?;
     }
-    let end =
-        end.ok_or_else(|| Error::Usage(format!("{}: no end record: the recording is incomplete (netdrift was killed?)", path.display())))?;
+    let Some(end) = end else {
+        // What it holds is analysed; the totals of its end record (losses) are unknown.
+        eprintln!(
+            "netdrift: {}: the recording is incomplete (no end record{}: netdrift was killed?): the summary covers the {} records it holds; losses are unknown",
+            crate::output::term_safe(&path.display().to_string()),
+            if torn { ", its last line cut" } else { "" },
+            n - 1 - usize::from(torn)
+        );
+        let secs = last_ts.saturating_sub(t0) as f64 / 1e9;
+        return pipe.finish(Losses::default(), 0, secs, (start["ringbuf_bytes"].as_u64().unwrap_or(0) >> 20) as u32, INCOMPLETE_RECORDING);
+    };
     let losses: Losses = serde_json::from_value(end["lost"].clone()).unwrap_or_default();
     pipe.finish(
         losses,
@@ -1168,6 +1186,9 @@ pub fn analyze_reader(
         end["reason"].as_str().unwrap_or("?"),
     )
 }
+
+/// The end reason of a replay whose recording has no end record: its losses are unknown.
+pub const INCOMPLETE_RECORDING: &str = "recording incomplete";
 
 #[cfg(test)]
 mod tests {
@@ -1226,9 +1247,17 @@ mod tests {
         let r = analyze_reader(Path::new("t.ndr"), &rec[..], &AnalyzeOptions::default(), Vec::new(), true).unwrap();
         assert_eq!((r.stats.events, r.losses.ringbuf, r.decode_errors, r.reason.as_str()), (1, 3, 2, "done"));
 
-        // Cut before its end record: incomplete.
+        // Cut before its end record, or inside it: what it holds, marked incomplete.
         let cut = &rec[..rec.len() - 1 - rec[..rec.len() - 1].iter().rev().position(|&b| b == b'\n').unwrap()];
-        let e = analyze_reader(Path::new("t.ndr"), cut, &AnalyzeOptions::default(), Vec::new(), true).expect_err("refused").to_string();
-        assert!(e.contains("no end record"), "{e}");
+        for cut in [cut, &rec[..rec.len() - 10]] {
+            let r = analyze_reader(Path::new("t.ndr"), cut, &AnalyzeOptions::default(), Vec::new(), true).unwrap();
+            assert_eq!((r.stats.events, r.reason.as_str()), (1, INCOMPLETE_RECORDING));
+        }
+        // A bad line that is not the last: refused.
+        let mid = [cut, b"{\"ts\":\n"].concat();
+        let mid = [&mid[..], &rec[cut.len()..]].concat();
+        let e =
+            analyze_reader(Path::new("t.ndr"), &mid[..], &AnalyzeOptions::default(), Vec::new(), true).expect_err("refused").to_string();
+        assert!(e.contains("t.ndr: line 3"), "{e}");
     }
 }

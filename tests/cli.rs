@@ -59,12 +59,11 @@ fn bad_input_matrix() {
 fn bad_recordings_are_one_line_exit_2() {
     let dir = tempfile::tempdir().unwrap();
     let head = r#"{"type":"netdrift-record","version":1,"start":{"t0_ns":1}}"#;
-    let cases: [(&str, &[u8], &str); 5] = [
+    let cases: [(&str, &[u8], &str); 4] = [
         ("empty", b"", "line 1: empty file"),
         ("utf8", b"\xff\xfe\n", "line 1: stream did not contain valid UTF-8"),
         ("text", b"hello\n", "line 1: expected value"),
         ("other", b"{\"type\":\"start\"}\n", "line 1: expected type"),
-        ("cut", head.as_bytes(), "no end record"),
     ];
     for (name, body, needle) in cases {
         let p = dir.path().join(format!("{name}.ndr"));
@@ -74,8 +73,16 @@ fn bad_recordings_are_one_line_exit_2() {
     }
     // Past the first line too.
     let p = dir.path().join("line2.ndr");
-    std::fs::write(&p, [head.as_bytes(), b"\n\xff\n"].concat()).unwrap();
+    std::fs::write(&p, [head.as_bytes(), b"\n\xff\n\n"].concat()).unwrap();
     usage_error(&["analyze", p.to_str().unwrap()], "line2.ndr: line 2: stream did not contain valid UTF-8");
+    // Cut short (netdrift killed while recording): what it holds, marked incomplete.
+    let p = dir.path().join("cut.ndr");
+    std::fs::write(&p, [head.as_bytes(), b"\n{\"ts\":12,\"cp"].concat()).unwrap();
+    let out = nd().arg("analyze").arg(&p).output().unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("cut.ndr: the recording is incomplete (no end record, its last line cut"), "{stderr}");
+    assert!(stdout.contains("recording incomplete after") && stdout.contains("lost: unknown"), "{stdout}");
 }
 
 #[test]

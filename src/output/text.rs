@@ -363,7 +363,9 @@ pub fn summary(stats: &Stats, losses: &Losses, secs: f64, ringbuf_mib: u32, why:
     if losses.skipped_total() > 0 {
         let _ = writeln!(o, "  LOST: {}", skipped_text(&losses.skipped));
     }
-    if !losses.any() {
+    if why == crate::trace::INCOMPLETE_RECORDING {
+        let _ = writeln!(o, "  lost: unknown (the recording has no end record, which holds the totals)");
+    } else if !losses.any() {
         let _ = writeln!(o, "  lost: 0 records, 0 stacks (ring buffer {ringbuf_mib} MiB)");
     }
     o
