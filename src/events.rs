@@ -39,7 +39,10 @@ pub struct SockInfo {
     pub netns: u32,
     pub family: u16,
     pub protocol: u16,
+    /// Unspecified (0.0.0.0:0) for a socket without IP addresses (unix): JSON null.
+    #[serde(deserialize_with = "addr_or_null")]
     pub local: SocketAddr,
+    #[serde(deserialize_with = "addr_or_null")]
     pub remote: SocketAddr,
     /// Kernel TCP state number (`include/net/tcp_states.h`).
     pub state: u8,
@@ -54,8 +57,8 @@ impl Serialize for SockInfo {
         st.serialize_field("netns", &self.netns)?;
         st.serialize_field("family", &self.family)?;
         st.serialize_field("protocol", &self.protocol)?;
-        st.serialize_field("local", &self.local)?;
-        st.serialize_field("remote", &self.remote)?;
+        st.serialize_field("local", &self.ip().then_some(self.local))?;
+        st.serialize_field("remote", &self.ip().then_some(self.remote))?;
         st.serialize_field("state", &self.state)?;
         st.serialize_field("state_name", self.state_name())?;
         st.end()
@@ -69,6 +72,48 @@ impl SockInfo {
     pub fn is_listen(&self) -> bool {
         self.state == 10
     }
+
+    /// Has IP addresses: IPv4, IPv6 (or an unknown family, 0, as in older recordings).
+    pub fn ip(&self) -> bool {
+        matches!(self.family, 0 | 2 | 10)
+    }
+
+    /// The family of a socket without IP addresses, as `ss` names it.
+    fn family_name(&self) -> String {
+        match self.family {
+            1 => "unix".into(),
+            16 => "netlink".into(),
+            17 => "packet".into(),
+            40 => "vsock".into(),
+            f => format!("family {f}"),
+        }
+    }
+
+    /// Its local address, or for a socket without IP addresses its family and inode.
+    pub fn local_text(&self) -> String {
+        if self.ip() {
+            self.local.to_string()
+        } else {
+            format!("{} ino {}", self.family_name(), self.ino)
+        }
+    }
+
+    /// One line: `LISTEN 1.2.3.4:80`, `ESTABLISHED local <- remote`, or
+    /// `unix ESTABLISHED` for a socket without IP addresses.
+    pub fn describe(&self) -> String {
+        if !self.ip() {
+            format!("{} {}", self.family_name(), self.state_name())
+        } else if self.is_listen() {
+            format!("{} {}", self.state_name(), self.local)
+        } else {
+            format!("{} {} <- {}", self.state_name(), self.local, self.remote)
+        }
+    }
+}
+
+/// A socket address, or null (a socket without IP addresses) as the unspecified one.
+fn addr_or_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+    Ok(Option::<SocketAddr>::deserialize(d)?.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0))))
 }
 
 /// Name of a kernel TCP state.

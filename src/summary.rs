@@ -379,7 +379,7 @@ impl SummaryBuilder {
     }
 
     fn herd_row(&mut self, s: &SockInfo) -> &mut HerdRow {
-        self.herd.entry(s.sk).or_insert_with(|| HerdRow { local: s.local.to_string(), sk: format!("0x{:x}", s.sk), ..Default::default() })
+        self.herd.entry(s.sk).or_insert_with(|| HerdRow { local: s.local_text(), sk: format!("0x{:x}", s.sk), ..Default::default() })
     }
 
     /// Per-event counts (switches, accepts) that chains do not hold.
@@ -500,11 +500,7 @@ impl SummaryBuilder {
                     steps.push((format!("packet {} {}B", if p.dev.is_empty() { "backlog" } else { &p.dev }, p.len), off(p.ts)));
                 }
                 steps.push(("socket ready".into(), off(s.ts)));
-                if s.sock.is_listen() {
-                    format!("{} {}", s.sock.state_name(), s.sock.local)
-                } else {
-                    format!("{} {} <- {}", s.sock.state_name(), s.sock.local, s.sock.remote)
-                }
+                s.sock.describe()
             }
             None => c.hops.first().and_then(|h| h.wake.as_ref()).map(|w| format!("wake-up: {}", w.cause.name())).unwrap_or_default(),
         };

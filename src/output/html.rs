@@ -461,14 +461,6 @@ fn task(t: &Task) -> String {
     format!("{}[{}]", term_safe(&t.comm), t.tid)
 }
 
-fn sock_line(s: &SockInfo) -> String {
-    if s.is_listen() {
-        format!("{} {}", s.state_name(), s.local)
-    } else {
-        format!("{} {} <- {}", s.state_name(), s.local, s.remote)
-    }
-}
-
 fn node(kind: &str, edge: Option<String>, title: String, lines: Vec<String>, stack: Option<usize>) -> Value {
     json!({"kind": kind, "edge": edge, "title": title, "lines": lines, "stack": stack})
 }
@@ -502,7 +494,7 @@ fn chain_json(c: &Chain, t0: u64, stack_of: &mut dyn FnMut(&[u64]) -> Option<usi
                 edge,
                 what,
                 vec![
-                    sock_line(&s.sock),
+                    s.sock.describe(),
                     format!("CPU{} in {}", s.cpu, task(&s.task)),
                     format!("sk=0x{:x} ino={} netns={}", s.sock.sk, s.sock.ino, s.sock.netns),
                     fds,
@@ -519,7 +511,7 @@ fn chain_json(c: &Chain, t0: u64, stack_of: &mut dyn FnMut(&[u64]) -> Option<usi
                     None,
                 ));
             }
-            sock_line(&s.sock)
+            s.sock.describe()
         }
         None => match c.hops.first().and_then(|h| h.wake.as_ref()) {
             Some(w) => format!("wake-up: {}", w.cause.name()),
@@ -616,7 +608,7 @@ fn hop_json(h: &Hop, start: u64, stack_of: &mut dyn FnMut(&[u64]) -> Option<usiz
             .events
             .iter()
             .map(|r| match (r.fd, &r.sock) {
-                (Some(fd), Some(s)) => format!("fd {fd} {} ({})", epoll_flags(r.events), sock_line(s)),
+                (Some(fd), Some(s)) => format!("fd {fd} {} ({})", epoll_flags(r.events), s.describe()),
                 (Some(fd), None) => format!("fd {fd} {}", epoll_flags(r.events)),
                 (None, _) => format!("data 0x{:x} {}", r.data, epoll_flags(r.events)),
             })
@@ -682,7 +674,7 @@ fn action_text(a: &Action, accepted: bool) -> (Option<u64>, String, Vec<String>)
                 (Some(*ts), format!("{}({listen_fd}) = -{}", syscall.name(), errno_name(-ret)), hint)
             }
         }
-        Action::Close { ts, fd, sock } => (Some(*ts), format!("close({fd})"), sock.as_ref().map(sock_line).into_iter().collect()),
+        Action::Close { ts, fd, sock } => (Some(*ts), format!("close({fd})"), sock.as_ref().map(SockInfo::describe).into_iter().collect()),
         Action::Handler { ts, name, fd, flags } => {
             let mut lines = Vec::new();
             if let Some(fd) = fd {

@@ -296,7 +296,11 @@ fn sock_info(buf: &mut Vec<u8>, s: &SockInfo) {
     kv(buf, b",\"family\":", s.family);
     kv(buf, b",\"protocol\":", s.protocol);
     // Writing to a Vec cannot fail.
-    let _ = write!(buf, ",\"local\":\"{}\",\"remote\":\"{}\"", s.local, s.remote);
+    if s.ip() {
+        let _ = write!(buf, ",\"local\":\"{}\",\"remote\":\"{}\"", s.local, s.remote);
+    } else {
+        buf.extend_from_slice(b",\"local\":null,\"remote\":null");
+    }
     kv(buf, b",\"state\":", s.state);
     buf.extend_from_slice(b",\"state_name\":\"");
     buf.extend_from_slice(s.state_name().as_bytes());
@@ -344,6 +348,31 @@ mod tests {
         assert!(!l.chars().any(crate::output::invisible), "{l:?}");
         assert_eq!(serde_json::from_str::<Value>(&l).unwrap()["threads"][0], comm);
         assert_eq!(crate::output::term_safe(comm), "a\\x7fb\\x9b2J\\u{202e}c\\u{200b}\u{e9}");
+    }
+
+    /// A unix socket has no IP addresses: null in JSON (as Serialize and the
+    /// fast writer both write it), read back, and named by family in text.
+    #[test]
+    fn a_unix_socket_has_null_addresses() {
+        let sock = SockInfo {
+            sk: 0xff,
+            ino: 9,
+            netns: 1,
+            family: 1,
+            protocol: 0,
+            local: "0.0.0.0:0".parse().unwrap(),
+            remote: "0.0.0.0:0".parse().unwrap(),
+            state: 1,
+        };
+        let mut buf = Vec::new();
+        sock_info(&mut buf, &sock);
+        let fast: Value = serde_json::from_slice(&buf).unwrap();
+        assert_eq!(fast, serde_json::to_value(&sock).unwrap());
+        assert!(fast["local"].is_null() && fast["remote"].is_null(), "{fast}");
+        assert_eq!(serde_json::from_value::<SockInfo>(fast).unwrap(), sock);
+        assert_eq!((sock.describe(), sock.local_text()), ("unix ESTABLISHED".to_string(), "unix ino 9".to_string()));
+        let tcp = SockInfo { family: 2, local: "127.0.0.1:80".parse().unwrap(), ..sock };
+        assert_eq!(tcp.describe(), "ESTABLISHED 127.0.0.1:80 <- 0.0.0.0:0");
     }
 
     #[test]

@@ -171,21 +171,13 @@ pub struct PerfettoWriter {
     max_ts: u64,
 }
 
-fn sock_label(s: &SockInfo) -> String {
-    if s.is_listen() {
-        format!("{} {}", s.state_name(), s.local)
-    } else {
-        format!("{} {} <- {}", s.state_name(), s.local, s.remote)
-    }
-}
-
 fn sock_args(s: &SockInfo) -> Value {
     json!({
         "sk": format!("0x{:x}", s.sk),
         "ino": s.ino,
         "netns": s.netns,
-        "local": s.local.to_string(),
-        "remote": s.remote.to_string(),
+        "local": s.ip().then(|| s.local.to_string()),
+        "remote": s.ip().then(|| s.remote.to_string()),
         "state": s.state_name(),
     })
 }
@@ -247,7 +239,7 @@ impl PerfettoWriter {
                     Some(s) => format!("socket state -> {}", crate::events::tcp_state_name(*s)),
                     None => "socket ready".to_string(),
                 };
-                let name = format!("{what}: {}", sock_label(sock));
+                let name = format!("{what}: {}", sock.describe());
                 let mut args = sock_args(sock);
                 args["hook"] = json!(hook);
                 args["in_task"] = json!(task_label(&ev.task));
@@ -339,7 +331,7 @@ impl PerfettoWriter {
                     "listen_fd": listen_fd,
                     "ret": ret,
                     "peer": peer.as_ref().map(|p| p.remote.to_string()),
-                    "listen": listen.as_ref().map(|l| l.local.to_string()),
+                    "listen": listen.as_ref().map(|l| l.local_text()),
                     "backlog": backlog,
                     "max_backlog": max_backlog,
                     "chain": chain,
@@ -348,11 +340,11 @@ impl PerfettoWriter {
             }
             Kind::Close { fd, sock } => {
                 self.push_tev(&ev.task, ev.ts, ev.cpu, TK::Running);
-                let args = json!({"fd": fd, "sock": sock.as_deref().map(sock_label), "chain": chain});
+                let args = json!({"fd": fd, "sock": sock.as_deref().map(SockInfo::describe), "chain": chain});
                 self.instant(me, ev.ts, format!("close({fd})"), args);
             }
             Kind::SockState { sock, old, new } => {
-                let args = json!({"sock": sock_label(sock), "old": crate::events::tcp_state_name(*old), "new": crate::events::tcp_state_name(*new), "in_task": task_label(&ev.task)});
+                let args = json!({"sock": sock.describe(), "old": crate::events::tcp_state_name(*old), "new": crate::events::tcp_state_name(*new), "in_task": task_label(&ev.task)});
                 self.instant(
                     Track::Cpu(ev.cpu),
                     ev.ts,

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use crate::analysis::{Action, Chain, Hop, Stats};
-use crate::events::{epoll_flags, errno_name, SockInfo, Task};
+use crate::events::{epoll_flags, errno_name, Task};
 use crate::output::{dur, off_cpu, ready_what, term_safe};
 use crate::summary::{Hist, Summary};
 use crate::symbolize::KernelSyms;
@@ -85,14 +85,6 @@ pub fn skipped_text(skipped: &BTreeMap<String, u64>) -> String {
     )
 }
 
-fn sock_line(s: &SockInfo) -> String {
-    if s.is_listen() {
-        format!("{} {}", s.state_name(), s.local)
-    } else {
-        format!("{} {} <- {}", s.state_name(), s.local, s.remote)
-    }
-}
-
 fn fds_text(fds: &[(u32, i32)]) -> String {
     if fds.is_empty() {
         return "fd unknown".into();
@@ -117,7 +109,7 @@ impl TextRenderer {
         let mut o = String::new();
         let rel = |ts: u64| format!("+{}", dur(ts.saturating_sub(c.start_ts)));
         let title = match &c.sock {
-            Some(s) => format!("{}  ({})", sock_line(&s.sock), fds_text(&s.fds)),
+            Some(s) => format!("{}  ({})", s.sock.describe(), fds_text(&s.fds)),
             None => match c.hops.first().and_then(|h| h.wake.as_ref()) {
                 Some(w) => format!("wake-up: {}", w.cause.name()),
                 None => {
@@ -126,7 +118,7 @@ impl TextRenderer {
                         .iter()
                         .filter_map(|h| h.epoll.as_ref())
                         .flat_map(|e| e.events.iter())
-                        .filter_map(|r| Some(format!("fd {} {}", r.fd?, sock_line(r.sock.as_deref()?))))
+                        .filter_map(|r| Some(format!("fd {} {}", r.fd?, r.sock.as_deref()?.describe())))
                         .collect();
                     if socks.is_empty() {
                         "epoll_wait returned without sleeping".into()
@@ -296,7 +288,7 @@ impl TextRenderer {
                     let _ = writeln!(o, "  {cont}   handler {} {:>9}{args}", term_safe(name), rel(*ts));
                 }
                 Action::Close { ts, fd, sock } => {
-                    let s = sock.as_ref().map(|s| format!("  {}", sock_line(s))).unwrap_or_default();
+                    let s = sock.as_ref().map(|s| format!("  {}", s.describe())).unwrap_or_default();
                     let _ = writeln!(o, "  {cont}   close({fd}) {:>9}{s}", rel(*ts));
                 }
             }
