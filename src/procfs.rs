@@ -90,8 +90,11 @@ pub fn stat_ppid(stat: &str) -> Option<u32> {
 /// started: the children targets forked while it was loading). One scan of
 /// /proc.
 pub fn forked_since(parents: &[u32], since: u64) -> Vec<u32> {
+    let own = std::process::id();
     let procs: Vec<(u32, u32)> = all_pids()
         .into_iter()
+        // netdrift itself (run from a target's shell) is never a target.
+        .filter(|&p| p != own)
         .filter_map(|p| {
             let stat = fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
             let started = stat_start_time(&stat)?;
@@ -127,7 +130,8 @@ pub fn descendants(pid: u32) -> Vec<u32> {
 pub fn find_comm(name: &str) -> (Vec<u32>, Vec<u32>) {
     let mut tgids = Vec::new();
     let mut tids = Vec::new();
-    for pid in all_pids() {
+    let own = std::process::id();
+    for pid in all_pids().into_iter().filter(|&p| p != own) {
         if comm(pid, pid).as_deref() == Some(name) {
             tgids.push(pid);
             continue;
@@ -212,16 +216,22 @@ pub fn resolve_targets(
     wait: bool,
 ) -> crate::Result<(Vec<u32>, Vec<u32>)> {
     use crate::Error;
+    let own = std::process::id();
     let mut tg = Vec::new();
     for &p in pids {
         if !task_exists(p) {
             return Err(Error::NoSuchPid(p));
         }
         match tgid_of(p) {
+            Some(t) if t == own => return Err(Error::Usage(format!("{p} is netdrift itself"))),
             Some(t) if t == p => {}
             Some(_) => return Err(Error::Usage(format!("{p} is a thread, not a process: use -t {p}"))),
             // It exited between the two reads.
             None => return Err(Error::NoSuchPid(p)),
+        }
+        if !process_alive(p) {
+            // A zombie: nothing of it runs again, and its pid stays until its parent reaps it.
+            return Err(Error::Usage(format!("pid {p} has exited (a zombie its parent has not reaped): nothing to trace")));
         }
         tg.push(p);
         if follow_children {
@@ -230,8 +240,12 @@ pub fn resolve_targets(
     }
     let mut td = Vec::new();
     for &t in tids {
-        if !task_exists(t) || tgid_of(t).is_none() {
-            return Err(Error::NoSuchTid(t));
+        match tgid_of(t) {
+            Some(_) if !task_exists(t) => return Err(Error::NoSuchTid(t)),
+            Some(g) if g == own => return Err(Error::Usage(format!("{t} is a thread of netdrift itself"))),
+            Some(_) if !alive(t) => return Err(Error::Usage(format!("thread {t} has exited: nothing to trace"))),
+            Some(_) => {}
+            None => return Err(Error::NoSuchTid(t)),
         }
         td.push(t);
     }

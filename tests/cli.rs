@@ -53,6 +53,44 @@ fn bad_input_matrix() {
     usage_error(&["demo", "--workers", "0"], "--workers");
 }
 
+/// A zombie (exited, not reaped) is no target: one line, exit 2, not a
+/// trace that waits for it forever.
+#[test]
+fn a_zombie_target_is_refused() {
+    let mut z = Command::new("true").spawn().unwrap();
+    let pid = z.id().to_string();
+    let t = Instant::now();
+    while !std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap().contains(") Z ") {
+        assert!(t.elapsed() < Duration::from_secs(5), "true did not exit");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    usage_error(&["trace", "-p", &pid, "1"], "has exited (a zombie");
+    usage_error(&["trace", "-t", &pid, "1"], "has exited");
+    usage_error(&["offwake", "-p", &pid, "1"], "has exited (a zombie");
+    z.wait().unwrap();
+}
+
+/// netdrift run from a target's shell is not a target itself (it would
+/// trace its own output): its parent is, and only that.
+#[test]
+fn netdrift_is_not_its_own_target() {
+    if !require_root() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("o.jsonl");
+    let nd = env!("CARGO_BIN_EXE_netdrift");
+    // `; true`: the shell forks netdrift rather than exec it.
+    let script = format!("{nd} trace -p $$ --json -o {} 1; true", out.display());
+    let sh = Command::new("sh").arg("-c").arg(&script).stderr(Stdio::piped()).spawn().unwrap();
+    let sh_pid = sh.id();
+    let o = sh.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let lines = json_lines(&out);
+    assert_eq!(lines[0]["pids"], serde_json::json!([sh_pid]), "the shell only: {}", lines[0]);
+    assert!(!lines.iter().any(|l| l["type"] == "task_new" && l["child"]["comm"] == "netdrift"), "netdrift itself joined the targets");
+}
+
 /// A file that is not a whole recording: one line naming the file (and the
 /// line), exit 2, whatever is wrong with it.
 #[test]
