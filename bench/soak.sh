@@ -96,7 +96,7 @@ out = {
             "socket_errors": dict(zip(["connect", "read", "write", "timeout"], map(int, sock_err.groups()))) if sock_err else {}},
     "netdrift": {
         "events": num(r"^\s+(\d+) events", err), "accepts": accepts,
-        "accept_eagain": num(r"accepts \((\d+) EAGAIN", err), "closes": num(r"(\d+) closes", err),
+        "accept_eagain": num(r"accepts \((?:and )?(\d+) EAGAIN", err), "closes": num(r"(\d+) (?:socket )?closes", err),
         "lost_records": num(r"(?i)lost: (\d+) records", err), "lost_stacks": num(r"(\d+) stacks", err),
         "lost_skipped": num(r"LOST: (\d+) program runs skipped", err) or 0,
         "vmhwm_kb": int(hwm), "vmrss_end_kb": int(rss),

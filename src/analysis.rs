@@ -382,6 +382,8 @@ pub struct Stats {
     pub accept_eagain: u64,
     pub accept_errors: u64,
     pub closes: u64,
+    /// Of `closes`, those of a socket.
+    pub socket_closes: u64,
     pub handlers: u64,
     pub herd_chains: u64,
     /// Wake-ups of a thread already woken in the same chain (not a new hop).
@@ -1132,6 +1134,7 @@ impl Correlator {
             }
             Kind::Close { fd, sock } => {
                 self.stats.closes += 1;
+                self.stats.socket_closes += u64::from(sock.is_some());
                 let f = *fd;
                 let sk = sock.as_ref().map(|s| s.sk);
                 let id = self.active_chain(tid, |c| {

@@ -972,3 +972,26 @@ fn a_herd_open_across_lost_records_is_left_out_of_the_herd_counts() {
     let text = crate::output::text::summary_sections(&s);
     assert!(text.contains("left out: 1 event open when records were lost"), "{text}");
 }
+
+/// A worker that was running (epoll_wait did not sleep) and found the
+/// listener emptied by another was not woken for nothing: its EAGAIN says
+/// only that nothing was left.
+#[test]
+fn an_eagain_of_a_running_thread_is_not_woken_for_nothing() {
+    let w1 = t(10, 12, "demo:worker_1");
+    let evs = vec![
+        ev(0, 1, w1.clone(), Kind::FdMap { ino: 500, fd: 3 }),
+        ev(0, 1, w1.clone(), Kind::EpollMap { epfd: 5, fd: 3, data: 3 }),
+        ev(900, 1, w1.clone(), Kind::EpollEnter { epfd: 5, maxevents: 64, syscall: Syscall::EpollWait }),
+        ev(1000, 1, w1.clone(), epoll_exit(5, &[3])),
+        ev(1100, 1, w1.clone(), accept(3, -11, None)),
+        ev(1200, 1, w1.clone(), Kind::EpollEnter { epfd: 5, maxevents: 64, syscall: Syscall::EpollWait }),
+    ];
+    let mut c = Correlator::new();
+    let chains = all_chains(&mut c, &evs);
+    assert_eq!(chains.len(), 1, "{chains:#?}");
+    assert!(chains[0].hops[0].wake.is_none(), "{:#?}", chains[0]);
+    let text = crate::output::text::TextRenderer { t0: 0, stacks: false }.chain(&chains[0], &mut crate::symbolize::KernelSyms::new());
+    assert!(text.contains("= -EAGAIN  (nothing left to accept)") && !text.contains("woken for nothing"), "{text}");
+    assert_eq!(c.stats.wasted_wakes, 0);
+}

@@ -641,7 +641,7 @@ fn hop_json(h: &Hop, start: u64, stack_of: &mut dyn FnMut(&[u64]) -> Option<usiz
         ));
     }
     for a in &h.actions {
-        let (ts, title, lines) = action_text(a, h.accepted());
+        let (ts, title, lines) = action_text(a, h.accepted(), h.wake.is_some());
         let kind = if title.contains("EAGAIN") && !h.accepted() { "wasted" } else { "action" };
         let edge = ts.map(|t| {
             let e = format!("+{}", dur(t.saturating_sub(last)));
@@ -659,7 +659,7 @@ fn hop_json(h: &Hop, start: u64, stack_of: &mut dyn FnMut(&[u64]) -> Option<usiz
 
 /// (time, title, detail lines) of an action; unknown kinds by their JSON.
 #[allow(unreachable_patterns)]
-fn action_text(a: &Action, accepted: bool) -> (Option<u64>, String, Vec<String>) {
+fn action_text(a: &Action, accepted: bool, woken: bool) -> (Option<u64>, String, Vec<String>) {
     match a {
         Action::Accept { ts, syscall, listen_fd, ret, peer, backlog, max_backlog, .. } => {
             if *ret >= 0 {
@@ -670,7 +670,11 @@ fn action_text(a: &Action, accepted: bool) -> (Option<u64>, String, Vec<String>)
                     vec![format!("peer {p}"), format!("backlog {backlog}/{max_backlog}")],
                 )
             } else {
-                let hint = if *ret == -11 && !accepted { vec!["nothing to accept: woken for nothing".to_string()] } else { vec![] };
+                let hint = match (*ret == -11 && !accepted, woken) {
+                    (true, true) => vec!["nothing to accept: woken for nothing".to_string()],
+                    (true, false) => vec!["nothing left to accept".to_string()],
+                    _ => vec![],
+                };
                 (Some(*ts), format!("{}({listen_fd}) = -{}", syscall.name(), errno_name(-ret)), hint)
             }
         }
@@ -711,8 +715,8 @@ fn counters(o: &mut String, end: &TraceEnd<'_>) {
         ("events", s.events.to_string()),
         ("chains", format!("{} ({} incomplete)", s.chains, s.chains_incomplete)),
         ("wake-ups", s.wakes.to_string()),
-        ("accepts", format!("{} ({} EAGAIN, {} other errors)", s.accepts, s.accept_eagain, s.accept_errors)),
-        ("closes", s.closes.to_string()),
+        ("accepts", format!("{} (and {} EAGAIN, {} other errors)", s.accepts, s.accept_eagain, s.accept_errors)),
+        ("socket closes", format!("{} ({} of other fds)", s.socket_closes, s.closes - s.socket_closes)),
         ("chains that woke more than one thread", s.herd_chains.to_string()),
         ("wake-ups for nothing", s.wasted_wakes.to_string()),
         (

@@ -271,7 +271,12 @@ impl TextRenderer {
                             rel(*ts)
                         );
                     } else {
-                        let hint = if *ret == -11 && !h.accepted() { "  (nothing to accept: woken for nothing)" } else { "" };
+                        // Only a thread that was woken was woken for nothing; a running one found the queue emptied.
+                        let hint = match (*ret == -11 && !h.accepted(), h.wake.is_some()) {
+                            (true, true) => "  (nothing to accept: woken for nothing)",
+                            (true, false) => "  (nothing left to accept)",
+                            _ => "",
+                        };
                         let _ = writeln!(o, "  {cont}   {}({listen_fd}) {:>9}  = -{}{hint}", syscall.name(), rel(*ts), errno_name(-ret));
                     }
                 }
@@ -303,7 +308,7 @@ pub fn summary(stats: &Stats, losses: &Losses, secs: f64, ringbuf_mib: u32, why:
     let _ = writeln!(o, "\nnetdrift: {} after {secs:.1}s", term_safe(why));
     let _ = writeln!(
         o,
-        "  {} events, {} chains ({} incomplete), {} wake-ups, {} accepts ({} EAGAIN, {} other errors), {} closes{}",
+        "  {} events, {} chains ({} incomplete), {} wake-ups, {} accepts (and {} EAGAIN, {} other errors), {} socket closes ({} of other fds){}",
         stats.events,
         stats.chains,
         stats.chains_incomplete,
@@ -311,7 +316,8 @@ pub fn summary(stats: &Stats, losses: &Losses, secs: f64, ringbuf_mib: u32, why:
         stats.accepts,
         stats.accept_eagain,
         stats.accept_errors,
-        stats.closes,
+        stats.socket_closes,
+        stats.closes - stats.socket_closes,
         if stats.handlers > 0 { format!(", {} handler calls", stats.handlers) } else { String::new() }
     );
     let _ = writeln!(o, "  {} chains woke more than one thread; {} wake-ups were for nothing", stats.herd_chains, stats.wasted_wakes);
@@ -509,6 +515,9 @@ mod tests {
                 && s.contains("LOST: 2 program"),
             "{s}"
         );
+        let st = Stats { accepts: 5, accept_eagain: 2, closes: 66, socket_closes: 5, ..Default::default() };
+        let s = summary(&st, &Losses::default(), 1.0, 8, "done");
+        assert!(s.contains("5 accepts (and 2 EAGAIN, 0 other errors), 5 socket closes (61 of other fds)"), "{s}");
         assert_eq!(ringbuf_fix(512), "raise --ringbuf-size (now 512 MiB; try --ringbuf-size 1024)");
         assert!(ringbuf_fix(1024).contains("the most"));
     }
