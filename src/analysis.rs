@@ -384,6 +384,8 @@ pub struct Stats {
     pub closes: u64,
     /// Of `closes`, those of a socket.
     pub socket_closes: u64,
+    /// Events epoll_wait returned whose data word was not mapped to an fd.
+    pub epoll_data_unmapped: u64,
     pub handlers: u64,
     pub herd_chains: u64,
     /// Wake-ups of a thread already woken in the same chain (not a new hop).
@@ -1022,6 +1024,7 @@ impl Correlator {
                 returned.reserve(events.len());
                 for e in events.iter() {
                     let (fd, sock) = self.resolve(pid, *epfd, e.data);
+                    self.stats.epoll_data_unmapped += u64::from(fd.is_none());
                     ann.ep_fds.push(fd);
                     returned.push(ReturnedEvent { events: e.events, data: e.data, fd, sock });
                 }

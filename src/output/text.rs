@@ -340,6 +340,13 @@ pub fn summary(stats: &Stats, losses: &Losses, secs: f64, ringbuf_mib: u32, why:
             String::new()
         }
     );
+    if stats.epoll_data_unmapped > 0 {
+        let _ = writeln!(
+            o,
+            "  {} events epoll_wait returned show a data word, not an fd: the fd was registered and closed before /proc was read (--epoll-ctl traces every registration)",
+            stats.epoll_data_unmapped
+        );
+    }
     if losses.counted() > 0 {
         let _ = writeln!(
             o,
@@ -518,6 +525,9 @@ mod tests {
         let st = Stats { accepts: 5, accept_eagain: 2, closes: 66, socket_closes: 5, ..Default::default() };
         let s = summary(&st, &Losses::default(), 1.0, 8, "done");
         assert!(s.contains("5 accepts (and 2 EAGAIN, 0 other errors), 5 socket closes (61 of other fds)"), "{s}");
+        assert!(!s.contains("data word"), "{s}");
+        let s = summary(&Stats { epoll_data_unmapped: 3, ..st }, &Losses::default(), 1.0, 8, "done");
+        assert!(s.contains("3 events epoll_wait returned show a data word, not an fd") && s.contains("--epoll-ctl"), "{s}");
         assert_eq!(ringbuf_fix(512), "raise --ringbuf-size (now 512 MiB; try --ringbuf-size 1024)");
         assert!(ringbuf_fix(1024).contains("the most"));
     }
