@@ -217,6 +217,9 @@ pub struct Counters {
     pub no_switch_in: u64,
     /// Forked children not traced: the target process map was full.
     pub targets_full: u64,
+    /// User stacks cut where the frame-pointer walk left the process's code
+    /// (a binary built without frame pointers), counted in user space.
+    pub user_stacks_cut: u64,
     /// Periods whose sleep state a waker overwrote before the switch-out was
     /// seen (kernels before 5.18, whose sched_switch passes no prev_state):
     /// shown as state `?`, kept by every `--state`.
@@ -262,6 +265,7 @@ impl Counters {
             no_switch_in: n(C::OW_STAT_NO_SWITCH_IN),
             targets_full: n(C::OW_LOSS_TARGETS_FULL),
             state_unknown: n(C::OW_STAT_STATE_UNKNOWN),
+            user_stacks_cut: 0,
             per_cpu,
             skipped: Default::default(),
         }
@@ -326,6 +330,13 @@ impl Report {
             v.push(format!(
                 "{} user stacks could not be walked (EFAULT): user stacks need frame pointers (build with -fno-omit-frame-pointer)",
                 c.user_stack.efault
+            ));
+        }
+        if c.user_stacks_cut > 0 {
+            v.push(format!(
+                "{} user stacks were cut where the frame-pointer walk left the code (shown as {}): binaries built without frame pointers; rebuild with -fno-omit-frame-pointer for whole user stacks",
+                c.user_stacks_cut,
+                symbols::CUT_FRAME
             ));
         }
         if c.kernel_stack.efault + c.kernel_stack.other + c.user_stack.other > 0 {
@@ -849,6 +860,7 @@ pub fn run(mut opts: OffwakeOptions) -> Result<Report> {
     let mut counters = read_counters(&skel);
     counters.skipped = crate::probes::skipped_runs(skel.object().progs());
     let entries = collect(&skel, &mut namer);
+    counters.user_stacks_cut = namer.user.cut;
     Ok(Report {
         entries,
         counters,

@@ -39,7 +39,12 @@ pub struct UserSyms {
     files: HashMap<(String, u64), File>,
     /// (pid, address, is the innermost frame) -> name.
     cache: HashMap<(u32, u64, bool), String>,
+    /// Stacks cut where the frame-pointer walk left the process's code.
+    pub cut: u64,
 }
+
+/// The frame that ends a stack cut where its frame-pointer walk left the code.
+pub const CUT_FRAME: &str = "[frame pointer left the code]";
 
 impl Default for UserSyms {
     fn default() -> Self {
@@ -51,7 +56,7 @@ impl UserSyms {
     /// A symbolizer that demangles C++ and Rust names; no source lines (not printed).
     pub fn new() -> Self {
         let symbolizer = Symbolizer::builder().enable_demangling(true).enable_code_info(false).enable_inlined_fns(false).build();
-        UserSyms { symbolizer, snapshots: HashMap::new(), files: HashMap::new(), cache: HashMap::new() }
+        UserSyms { symbolizer, snapshots: HashMap::new(), files: HashMap::new(), cache: HashMap::new(), cut: 0 }
     }
 
     /// Number of processes with a maps snapshot.
@@ -92,10 +97,37 @@ impl UserSyms {
     /// (every frame but the innermost) are looked up one byte back, inside
     /// the call instruction, so a call at the very end of a function is not
     /// named after the next one.
+    ///
+    /// A binary built without frame pointers (most distribution packages)
+    /// gives a walk that wanders into data: the stack is cut at the first
+    /// return address outside the process's executable mappings, and ends
+    /// with [`CUT_FRAME`] instead of frames named from text or heap words.
     pub fn frames(&mut self, pid: u32, addrs: &[u64]) -> Vec<String> {
-        let want: Vec<(u64, bool)> = addrs.iter().enumerate().map(|(i, &a)| (a, i == 0)).collect();
+        let maps = self.maps_of(pid);
+        let keep = if maps.is_empty() {
+            addrs.len()
+        } else {
+            (1..addrs.len()).find(|&i| !procmaps::find(&maps, addrs[i].saturating_sub(1)).is_some_and(|m| m.exec())).unwrap_or(addrs.len())
+        };
+        let want: Vec<(u64, bool)> = addrs[..keep].iter().enumerate().map(|(i, &a)| (a, i == 0)).collect();
         self.resolve(pid, &want);
-        want.iter().map(|&(a, leaf)| self.cache.get(&(pid, a, leaf)).cloned().unwrap_or_else(|| format!("[unknown] 0x{a:x}"))).collect()
+        let mut names: Vec<String> = want
+            .iter()
+            .map(|&(a, leaf)| self.cache.get(&(pid, a, leaf)).cloned().unwrap_or_else(|| format!("[unknown] 0x{a:x}")))
+            .collect();
+        if keep < addrs.len() {
+            self.cut += 1;
+            names.push(CUT_FRAME.to_string());
+        }
+        names
+    }
+
+    /// The snapshot's maps, or the live ones (empty when the process is gone unseen).
+    fn maps_of(&self, pid: u32) -> Vec<Mapping> {
+        match self.snapshots.get(&pid) {
+            Some(s) => s.maps.clone(),
+            None => std::fs::read_to_string(format!("/proc/{pid}/maps")).map(|t| procmaps::parse(&t)).unwrap_or_default(),
+        }
     }
 
     fn resolve(&mut self, pid: u32, want: &[(u64, bool)]) {
@@ -165,10 +197,29 @@ mod tests {
         let mut s = UserSyms::new();
         assert!(s.snapshot(me));
         let f = stat_start_time as *const () as u64;
-        let names = s.frames(me, &[f + 1, 0x10]);
-        assert!(names[0].contains("stat_start_time"), "{names:?}");
+        let names = s.frames(me, &[f + 1, f + 2]);
+        assert!(names[0].contains("stat_start_time") && names[1].contains("stat_start_time"), "{names:?}");
         // Rust names come demangled, without the hash.
         assert!(names[0].contains("::") && !names[0].starts_with("_ZN") && !names[0].starts_with("_R"), "{names:?}");
-        assert_eq!(names[1], "[unknown] 0x10");
+        assert_eq!(s.cut, 0);
+        // A leaf outside any mapping is named by its address.
+        assert_eq!(s.frames(me, &[0x10]), ["[unknown] 0x10"]);
+    }
+
+    /// A walk without frame pointers returns text or heap words: the stack
+    /// is cut at the first one outside the executable mappings, and counted.
+    #[test]
+    fn a_walk_that_leaves_the_code_is_cut() {
+        let me = std::process::id();
+        let mut s = UserSyms::new();
+        assert!(s.snapshot(me));
+        let f = stat_start_time as *const () as u64;
+        let heap = Box::new([0u64; 4]);
+        let h = heap.as_ptr() as u64;
+        let names = s.frames(me, &[f + 1, f + 2, h + 8, f + 3, 0x343a_2a20_7265_7672]);
+        assert_eq!(names.len(), 3, "{names:?}");
+        assert!(names[1].contains("stat_start_time"), "{names:?}");
+        assert_eq!(names[2], CUT_FRAME);
+        assert_eq!(s.cut, 1);
     }
 }
