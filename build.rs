@@ -16,11 +16,23 @@ fn main() {
         "s390x" => "s390",
         other => other,
     };
+    // The skeletons are piped through rustfmt, only for looks; rustup's proxy
+    // without the rustfmt component (`--profile minimal`, the rust images)
+    // fails instead of being absent, which would fail the build: a path that
+    // does not exist makes libbpf-cargo skip the formatting.
+    let rustfmt_works = std::process::Command::new("rustfmt")
+        .arg("--version")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    let rustfmt = if rustfmt_works { PathBuf::from("rustfmt") } else { out.join("no-rustfmt") };
     for name in PROGS {
         let src = format!("src/bpf/{name}.bpf.c");
         // -mcpu=v3: compare-and-swap (kernel 5.12; trace needs 5.15 for task_pt_regs anyway).
         SkeletonBuilder::new()
             .source(&src)
+            .rustfmt(&rustfmt)
             .clang_args(["-I", "src/bpf", "-mcpu=v3", "-Wall", "-Wno-unused-variable", &format!("-D__TARGET_ARCH_{target_arch}")])
             .build_and_generate(out.join(format!("{name}.skel.rs")))
             .unwrap_or_else(|e| panic!("building {src}: {e:#}"));
