@@ -26,7 +26,8 @@
 #   trace-empty             every program attached, each returning at once:
 #                           what attaching netdrift's own set costs (its floor)
 # BODY_KB=N: nginx sends a static N KiB file (sendfile) instead of `return
-# 200 "ok"`: more work per request, the same records per request.
+# 200 "ok"`: more work per request, and more records per request too
+# (epoll_wait returns fewer fds at a time; docs/benchmark.md).
 # Pinning (2 CPUs): both nginx workers on CPU 1 (worker_cpu_affinity 10 10),
 # wrk on CPU 0, the tracer unpinned (it competes with both, as in production).
 # Change with NGINX_AFFINITY / WRK_CPU.

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Install the Debian packages netdrift needs, only those missing.
 #   scripts/deps.sh build   # to build: clang, libelf, zlib, pkg-config
-#   scripts/deps.sh test    # to build and run every test (real servers, bpftrace)
+#   scripts/deps.sh test    # to build and run every test (real servers, a browser)
+# (bench/ needs more: nginx wrk bpftrace bpftool; bench/lib.sh names them.)
 set -euo pipefail
 
 # gcc and libc6-dev: the linker rustc calls (cc) and the vendored libbpf's build
 # (with make); ca-certificates: cargo fetches crates over TLS (a bare image has none).
 build_pkgs=(clang libelf-dev zlib1g-dev pkg-config make gcc libc6-dev ca-certificates)
-test_pkgs=(nginx redis-server memcached libevent-dev g++ curl bpftrace bpftool procps iproute2 chromium strace)
+test_pkgs=(nginx redis-server memcached libevent-dev g++ bpftool chromium strace)
 
 case "${1:-build}" in
   build) want=("${build_pkgs[@]}") ;;
@@ -49,8 +50,10 @@ if ((${#missing[@]})); then
 fi
 
 if ! command -v cargo >/dev/null; then
-  for d in "$HOME/.cargo/bin" /usr/local/cargo/bin; do
-    [ -x "$d/cargo" ] && { echo "netdrift: cargo is in $d: add it to PATH" >&2; exit 1; }
+  # Under sudo, rustup's cargo is in the invoking user's home.
+  sudo_home=$(getent passwd "${SUDO_USER:-}" 2>/dev/null | cut -d: -f6 || true)
+  for d in "${HOME:-/root}/.cargo/bin" ${sudo_home:+"$sudo_home/.cargo/bin"} /usr/local/cargo/bin; do
+    [ -x "$d/cargo" ] && { echo "netdrift: cargo is in $d: add it to PATH (sudo env PATH=\"$d:\$PATH\" ...)" >&2; exit 1; }
   done
   echo "netdrift: Rust is missing: install a stable toolchain (>= 1.88) with rustup (https://rustup.rs), then retry" >&2
   exit 1

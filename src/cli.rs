@@ -5,10 +5,9 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-const EXAMPLES: &str = "\
-EXAMPLES:
-    netdrift demo                        # built-in Envoy-like server: a herd
-    netdrift trace -p $(pgrep -o nginx)  # nginx master and workers, to Ctrl-C
+macro_rules! trace_examples {
+    () => {
+        "    netdrift trace -p $(pgrep -o nginx)  # nginx master and workers, to Ctrl-C
     netdrift trace -p 1234 10            # pid 1234 for 10 seconds
     netdrift trace -c redis-server --stacks   # each waker's kernel stack
     # from a server's first connection: start netdrift, then the server
@@ -20,8 +19,17 @@ EXAMPLES:
     # redis' acceptTcpHandler and readQueryFromClient in the chains:
     netdrift trace -c redis-server --preset redis
     # a libevent callback, with its fd and flags (docs/handlers.md):
-    netdrift trace -p 42 --handler 'exe:*on_event*:fd=arg0:events=arg1/libevent'
-    netdrift doctor                      # what this kernel supports";
+    netdrift trace -p 42 --handler 'exe:*on_event*:fd=arg0:events=arg1/libevent'"
+    };
+}
+
+const EXAMPLES: &str = concat!(
+    "EXAMPLES:\n    netdrift demo                        # built-in Envoy-like server: a herd\n",
+    trace_examples!(),
+    "\n    netdrift doctor                      # what this kernel supports"
+);
+
+const TRACE_EXAMPLES: &str = concat!("EXAMPLES:\n", trace_examples!());
 
 #[derive(Debug, Parser)]
 #[command(
@@ -38,7 +46,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Trace the wake-up chains of target processes or threads.
-    #[command(after_help = EXAMPLES)]
+    #[command(after_help = TRACE_EXAMPLES)]
     Trace(TraceArgs),
     /// Start a built-in Envoy-like server (two workers, one shared listen
     /// socket) and a client, and trace it: no target needed.
@@ -89,8 +97,7 @@ pub struct OutputArgs {
     #[arg(long)]
     pub packets: bool,
     /// Also trace epoll_ctl(2) (every registration change). Off by default: a syscall tracepoint runs for every
-    /// process's epoll_ctl, not only the targets' (7% of a loaded nginx's requests/s when its load generator shares
-    /// the machine). Without it, the data word of an accepted socket is read from the kernel's epoll item and others
+    /// process's epoll_ctl, not only the targets' (its cost on a loaded nginx: docs/benchmark.md). Without it, the data word of an accepted socket is read from the kernel's epoll item and others
     /// from /proc/PID/fdinfo. Use it when fds are registered by another thread than the one that accepted them.
     #[arg(long)]
     pub epoll_ctl: bool,
@@ -179,7 +186,7 @@ pub struct DemoArgs {
     /// How workers share the listen socket: shared (like Envoy: herd), exclusive (EPOLLEXCLUSIVE), reuseport (SO_REUSEPORT).
     #[arg(long, default_value = "shared", value_parser = ["shared", "exclusive", "reuseport"])]
     pub mode: String,
-    /// Write a file once the probes are attached.
+    /// Write FILE (holding netdrift's pid) once the probes are attached.
     #[arg(long = "ready-file", value_name = "FILE")]
     pub ready_file: Option<PathBuf>,
     #[command(flatten)]
