@@ -312,6 +312,16 @@ fn cmd_offwake(a: netdrift::cli::OffwakeArgs) -> anyhow::Result<()> {
     check_outputs(None, &[a.output_file.as_deref(), a.svg.as_deref(), a.ready_file.as_deref()])?;
     netdrift::probes::check_pid_namespace()?;
     let (tgids, tids) = offwake::resolve_targets(&a.target.pids, &a.target.tids, &a.target.comms, !a.target.no_children, a.target.wait)?;
+    // -u/-k that leave out every target named by id would report nothing.
+    if (a.user_threads_only || a.kernel_threads_only) && a.target.comms.is_empty() && !(tgids.is_empty() && tids.is_empty()) {
+        let kthreads: Vec<bool> = tgids.iter().chain(&tids).filter_map(|&t| procfs::is_kthread(t)).collect();
+        if a.kernel_threads_only && kthreads.iter().all(|k| !k) {
+            return Err(Error::Usage("-k keeps kernel threads only, and every target is a user process: drop -k".into()).into());
+        }
+        if a.user_threads_only && kthreads.iter().all(|&k| k) {
+            return Err(Error::Usage("-u keeps user threads only, and every target is a kernel thread: drop -u".into()).into());
+        }
+    }
     let render = RenderOptions { metric: Metric::parse(&a.metric).unwrap_or_default(), delimited: a.delimited };
     let out = OutputOptions {
         format: if a.folded {

@@ -79,6 +79,13 @@ fn all_pids() -> Vec<u32> {
 }
 
 /// Parent pid from the text of /proc/PID/stat (comm may hold spaces and parens).
+/// Is the task a kernel thread (PF_KTHREAD in /proc/PID/stat's flags)?
+pub fn is_kthread(tid: u32) -> Option<bool> {
+    let stat = fs::read_to_string(format!("/proc/{tid}/stat")).ok()?;
+    let flags: u64 = stat[stat.rfind(')')? + 1..].split_whitespace().nth(6)?.parse().ok()?;
+    Some(flags & 0x0020_0000 != 0)
+}
+
 pub fn stat_ppid(stat: &str) -> Option<u32> {
     let rest = &stat[stat.rfind(')')? + 1..];
     rest.split_whitespace().nth(1)?.parse().ok()

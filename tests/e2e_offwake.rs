@@ -186,6 +186,12 @@ fn usage_errors_are_one_line_exit_2() {
     }
     let out = Command::new(bin).args(["offwake", "-p", "999999999"]).output().expect("netdrift");
     assert!(String::from_utf8_lossy(&out.stderr).contains("no process with pid 999999999"));
+    // -k on a user process only (this test) would report nothing.
+    let me = std::process::id().to_string();
+    let out = Command::new(bin).args(["offwake", "-k", "-p", &me, "1"]).output().expect("netdrift");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("-k keeps kernel threads only, and every target is a user process"), "{err}");
 }
 
 /// Run the CLI on pipewake with the given extra arguments and duration;
