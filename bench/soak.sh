@@ -86,6 +86,10 @@ def num(pat, text, conv=int, default=None):
 requests = num(r"(\d+) requests in", wrk)
 sock_err = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", wrk)
 accepts = num(r"(\d+) accepts", err)
+# Every close(2) of the targets: "N closes" before socket closes were counted apart.
+socket_closes = num(r"(\d+) socket closes", err)
+other_closes = num(r"\((\d+) of other fds\)", err)
+closes = socket_closes + other_closes if socket_closes is not None and other_closes is not None else num(r"(\d+) closes", err)
 rss_series = [tuple(int(x) for x in l.split()) for l in open(os.path.join(work, "rss.txt")) if len(l.split()) == 2]
 out = {
     "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -96,7 +100,7 @@ out = {
             "socket_errors": dict(zip(["connect", "read", "write", "timeout"], map(int, sock_err.groups()))) if sock_err else {}},
     "netdrift": {
         "events": num(r"^\s+(\d+) events", err), "accepts": accepts,
-        "accept_eagain": num(r"accepts \((?:and )?(\d+) EAGAIN", err), "closes": num(r"(\d+) (?:socket )?closes", err),
+        "accept_eagain": num(r"accepts \((?:and )?(\d+) EAGAIN", err), "socket_closes": socket_closes, "closes": closes,
         "lost_records": num(r"(?i)lost: (\d+) records", err), "lost_stacks": num(r"(\d+) stacks", err),
         "lost_skipped": num(r"LOST: (\d+) program runs skipped", err) or 0,
         "vmhwm_kb": int(hwm), "vmrss_end_kb": int(rss),
@@ -111,7 +115,7 @@ os.makedirs(os.path.dirname(results), exist_ok=True)
 json.dump(out, open(results, "w"), indent=1)
 n = out["netdrift"]
 print(f"\nsoak: {secs} s, wrk -c{conns} Connection: close, {delay} ms pacing: {requests} requests ({out['wrk']['rps']} req/s, p99 {out['wrk']['p99']}), socket errors {out['wrk']['socket_errors']}")
-print(f"netdrift: {n['events']} events, {accepts} accepts ({n['accept_eagain']} EAGAIN), {n['closes']} closes; lost {n['lost_records']} records, {n['lost_stacks']} stacks")
+print(f"netdrift: {n['events']} events, {accepts} accepts ({n['accept_eagain']} EAGAIN), {n['socket_closes']} socket closes ({n['closes']} closes in all); lost {n['lost_records']} records, {n['lost_stacks']} stacks")
 print(f"netdrift: peak RSS (VmHWM) {int(hwm)/1024:.1f} MiB, RSS at the end {int(rss)/1024:.1f} MiB, CPU {n['cpu_pct']:.1f}%")
 if rss_series:
     print("netdrift RSS over time (s: MiB): " + ", ".join(f"{t}: {k/1024:.1f}" for t, k in rss_series[:: max(1, len(rss_series) // 12)]))

@@ -98,6 +98,15 @@ impl SockInfo {
         }
     }
 
+    /// Its remote address, or for a socket without IP addresses its family.
+    pub fn remote_text(&self) -> String {
+        if self.ip() {
+            self.remote.to_string()
+        } else {
+            self.family_name()
+        }
+    }
+
     /// One line: `LISTEN 1.2.3.4:80`, `ESTABLISHED local <- remote`, or
     /// `unix ESTABLISHED` for a socket without IP addresses.
     pub fn describe(&self) -> String {

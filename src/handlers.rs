@@ -359,7 +359,7 @@ pub fn resolve_binary(binary: &str, pid: Option<u32>) -> Result<PathBuf, Error> 
     if binary == "exe" {
         let pid = pid.ok_or_else(|| {
             Error::Usage(
-                "--handler exe:...: `exe` needs a running target process (-p PID, -t TID or -c COMM); with --wait, give the binary's path"
+                "--handler exe:... (or a --preset): `exe` needs a running target process (-p PID, -t TID or -c COMM); with --wait, give handlers by the binary's path (--handler /usr/bin/x:GLOB)"
                     .into(),
             )
         })?;
@@ -531,7 +531,7 @@ pub fn merge(all: Vec<Resolved>) -> Result<Vec<Resolved>, Error> {
             let f = &out[i];
             if (f.fd_arg, f.events_arg, f.decoder) != (h.fd_arg, h.events_arg, h.decoder) {
                 return Err(Error::Usage(format!(
-                    "{} in {} is probed by --handler {} and by --handler {} with other arguments: give it once",
+                    "{} in {} is probed as {} and as {} with other arguments: give it once",
                     h.name,
                     h.path.display(),
                     f.spec,
@@ -622,7 +622,7 @@ mod tests {
         let m = merge(vec![h(f.path(), 0x10, Some(1), "a"), h(&link, 0x10, Some(1), "b"), h(f.path(), 0x20, Some(1), "c")]).unwrap();
         assert_eq!(m.iter().map(|h| (h.id, h.offset, h.spec.as_str())).collect::<Vec<_>>(), [(0, 0x10, "a"), (1, 0x20, "c")]);
         let e = merge(vec![h(f.path(), 0x10, Some(1), "a"), h(&link, 0x10, Some(2), "b")]).unwrap_err().to_string();
-        assert!(e.contains("--handler a and by --handler b with other arguments"), "{e}");
+        assert!(e.contains("probed as a and as b with other arguments"), "{e}");
         let _ = std::fs::remove_file(&link);
     }
 

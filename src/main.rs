@@ -315,10 +315,10 @@ fn cmd_offwake(a: netdrift::cli::OffwakeArgs) -> anyhow::Result<()> {
     // -u/-k that leave out every target named by id would report nothing.
     if (a.user_threads_only || a.kernel_threads_only) && a.target.comms.is_empty() && !(tgids.is_empty() && tids.is_empty()) {
         let kthreads: Vec<bool> = tgids.iter().chain(&tids).filter_map(|&t| procfs::is_kthread(t)).collect();
-        if a.kernel_threads_only && kthreads.iter().all(|k| !k) {
+        if a.kernel_threads_only && !kthreads.is_empty() && kthreads.iter().all(|k| !k) {
             return Err(Error::Usage("-k keeps kernel threads only, and every target is a user process: drop -k".into()).into());
         }
-        if a.user_threads_only && kthreads.iter().all(|&k| k) {
+        if a.user_threads_only && !kthreads.is_empty() && kthreads.iter().all(|&k| k) {
             return Err(Error::Usage("-u keeps user threads only, and every target is a kernel thread: drop -u".into()).into());
         }
     }

@@ -990,6 +990,7 @@ pub fn summary_json(report: &Report) -> serde_json::Value {
         "filtered": report.counters.filtered,
         "no_switch_in": report.counters.no_switch_in,
         "state_unknown": report.counters.state_unknown,
+        "user_stacks_cut": report.counters.user_stacks_cut,
         "lost": {
             "kernel_stack": report.counters.kernel_stack,
             "user_stack": report.counters.user_stack,

@@ -78,7 +78,6 @@ fn all_pids() -> Vec<u32> {
     fs::read_dir("/proc").map(|d| d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect()).unwrap_or_default()
 }
 
-/// Parent pid from the text of /proc/PID/stat (comm may hold spaces and parens).
 /// Is the task a kernel thread (PF_KTHREAD in /proc/PID/stat's flags)?
 pub fn is_kthread(tid: u32) -> Option<bool> {
     let stat = fs::read_to_string(format!("/proc/{tid}/stat")).ok()?;
@@ -86,6 +85,7 @@ pub fn is_kthread(tid: u32) -> Option<bool> {
     Some(flags & 0x0020_0000 != 0)
 }
 
+/// Parent pid from the text of /proc/PID/stat (comm may hold spaces and parens).
 pub fn stat_ppid(stat: &str) -> Option<u32> {
     let rest = &stat[stat.rfind(')')? + 1..];
     rest.split_whitespace().nth(1)?.parse().ok()
@@ -97,11 +97,13 @@ pub fn stat_ppid(stat: &str) -> Option<u32> {
 /// started: the children targets forked while it was loading). One scan of
 /// /proc.
 pub fn forked_since(parents: &[u32], since: u64) -> Vec<u32> {
-    let own = std::process::id();
+    // netdrift and its ancestors (run from a target's shell: `sudo`,
+    // `timeout` between them) are no targets unless named: they relay
+    // netdrift's own output, which would trace itself.
+    let own = own_lineage();
     let procs: Vec<(u32, u32)> = all_pids()
         .into_iter()
-        // netdrift itself (run from a target's shell) is never a target.
-        .filter(|&p| p != own)
+        .filter(|p| !own.contains(p) || parents.contains(p))
         .filter_map(|p| {
             let stat = fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
             let started = stat_start_time(&stat)?;
@@ -120,6 +122,18 @@ pub fn forked_since(parents: &[u32], since: u64) -> Vec<u32> {
     }
     out.sort_unstable();
     out
+}
+
+/// This process and its ancestors, up to pid 1 (left out).
+fn own_lineage() -> Vec<u32> {
+    let mut v = vec![std::process::id()];
+    while let Some(pp) = fs::read_to_string(format!("/proc/{}/stat", v[v.len() - 1])).ok().and_then(|s| stat_ppid(&s)) {
+        if pp <= 1 || v.contains(&pp) || v.len() > 4096 {
+            break;
+        }
+        v.push(pp);
+    }
+    v
 }
 
 /// When this process started, in ticks after boot (/proc/self/stat's starttime).

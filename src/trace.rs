@@ -524,22 +524,34 @@ pub fn write_record_end(
 /// The next line of a recording without its line end, None at the end of
 /// the file; a line longer than [`MAX_RECORD_LINE`] is an error.
 fn next_record_line(input: &mut impl BufRead) -> Option<std::io::Result<String>> {
+    next_record_line_cut(input).map(|(l, _)| l)
+}
+
+/// [`next_record_line`], and whether the line was cut short: the input
+/// ended inside it, with no newline (a torn last line, not a long one).
+fn next_record_line_cut(input: &mut impl BufRead) -> Option<(std::io::Result<String>, bool)> {
     let mut buf = Vec::new();
     // One byte past the limit tells a line of exactly the limit from a longer one.
     match input.by_ref().take(MAX_RECORD_LINE as u64 + 1).read_until(b'\n', &mut buf) {
         Ok(0) => return None,
         Ok(_) => {}
-        Err(e) => return Some(Err(e)),
+        Err(e) => return Some((Err(e), false)),
     }
+    let mut cut = false;
     if buf.last() == Some(&b'\n') {
         buf.pop();
         if buf.last() == Some(&b'\r') {
             buf.pop();
         }
     } else if buf.len() > MAX_RECORD_LINE {
-        return Some(Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("line longer than {} MiB", MAX_RECORD_LINE >> 20))));
+        let e = std::io::Error::new(std::io::ErrorKind::InvalidData, format!("line longer than {} MiB", MAX_RECORD_LINE >> 20));
+        return Some((Err(e), false));
+    } else {
+        cut = true;
     }
-    Some(String::from_utf8(buf).map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "stream did not contain valid UTF-8")))
+    let line =
+        String::from_utf8(buf).map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "stream did not contain valid UTF-8"));
+    Some((line, cut))
 }
 
 /// Records decoded and processed at a time.
@@ -760,7 +772,7 @@ impl Pipeline {
                     "stats": stats,
                     "analysis": analysis,
                     "lost": if reason == INCOMPLETE_RECORDING { Value::Null } else { json!(losses) },
-                    "decode_errors": decode_errors,
+                    "decode_errors": if reason == INCOMPLETE_RECORDING { Value::Null } else { json!(decode_errors) },
                     "fix": if losses.ringbuf > 0 { ringbuf_fix(ringbuf_mib) } else { String::new() },
                 }),
             );
@@ -1144,14 +1156,15 @@ pub fn analyze_reader(
     pipe.start_line(&start)?;
     let mut end: Option<Value> = None;
     let (mut n, mut torn, mut last_ts) = (1, false, t0);
-    while let Some(line) = next_record_line(&mut input) {
+    while let Some((line, cut)) = next_record_line_cut(&mut input) {
         n += 1;
         // A read error (invalid UTF-8, an I/O error, a line too long) names the file and line too.
         let v = line.map_err(|e| e.to_string()).and_then(|l| serde_json::from_str::<Value>(&l).map_err(|e| e.to_string()));
         let v = match v {
             Ok(v) => v,
-            // The last line of a recording cut short (SIGKILL, a full disk) is torn, not corrupt.
-            Err(_) if next_record_line(&mut input).is_none() => {
+            // The input ended inside this line: a recording cut short (SIGKILL, a
+            // full disk) is torn there, not corrupt. A whole bad line is refused.
+            Err(_) if cut => {
                 torn = true;
                 break;
             }
@@ -1253,6 +1266,11 @@ mod tests {
             let r = analyze_reader(Path::new("t.ndr"), cut, &AnalyzeOptions::default(), Vec::new(), true).unwrap();
             assert_eq!((r.stats.events, r.reason.as_str()), (1, INCOMPLETE_RECORDING));
         }
+        // A whole bad last line (ended by its newline): refused, not taken as torn.
+        let whole = [cut, b"{\"ts\":\n"].concat();
+        let e =
+            analyze_reader(Path::new("t.ndr"), &whole[..], &AnalyzeOptions::default(), Vec::new(), true).expect_err("refused").to_string();
+        assert!(e.contains("t.ndr: line 3"), "{e}");
         // A bad line that is not the last: refused.
         let mid = [cut, b"{\"ts\":\n"].concat();
         let mid = [&mid[..], &rec[cut.len()..]].concat();

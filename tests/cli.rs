@@ -71,7 +71,8 @@ fn a_zombie_target_is_refused() {
 }
 
 /// netdrift run from a target's shell is not a target itself (it would
-/// trace its own output): its parent is, and only that.
+/// trace its own output), nor is what runs it there (`sudo`, `timeout`):
+/// the shell is, and only that.
 #[test]
 fn netdrift_is_not_its_own_target() {
     if !require_root() {
@@ -80,8 +81,8 @@ fn netdrift_is_not_its_own_target() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("o.jsonl");
     let nd = env!("CARGO_BIN_EXE_netdrift");
-    // `; true`: the shell forks netdrift rather than exec it.
-    let script = format!("{nd} trace -p $$ --json -o {} 1; true", out.display());
+    // `; true`: the shell forks `timeout` rather than exec it; timeout forks netdrift.
+    let script = format!("timeout 60 {nd} trace -p $$ --json -o {} 1; true", out.display());
     let sh = Command::new("sh").arg("-c").arg(&script).stderr(Stdio::piped()).spawn().unwrap();
     let sh_pid = sh.id();
     let o = sh.wait_with_output().unwrap();
@@ -111,7 +112,7 @@ fn bad_recordings_are_one_line_exit_2() {
     }
     // Past the first line too.
     let p = dir.path().join("line2.ndr");
-    std::fs::write(&p, [head.as_bytes(), b"\n\xff\n\n"].concat()).unwrap();
+    std::fs::write(&p, [head.as_bytes(), b"\n\xff\n"].concat()).unwrap();
     usage_error(&["analyze", p.to_str().unwrap()], "line2.ndr: line 2: stream did not contain valid UTF-8");
     // Cut short (netdrift killed while recording): what it holds, marked incomplete.
     let p = dir.path().join("cut.ndr");

@@ -41,6 +41,12 @@ pub struct UserSyms {
     cache: HashMap<(u32, u64, bool), String>,
     /// Stacks cut where the frame-pointer walk left the process's code.
     pub cut: u64,
+    /// Distinct (pid, stack) cut, so a stack shared by keys counts once.
+    cut_seen: std::collections::HashSet<(u32, Vec<u64>)>,
+    /// Per process: the mappings a return address must fall in (the
+    /// snapshot's and, while it runs, its live ones: an exec or a dlopen
+    /// since the snapshot adds code).
+    code_maps: HashMap<u32, Vec<Mapping>>,
 }
 
 /// The frame that ends a stack cut where its frame-pointer walk left the code.
@@ -56,7 +62,15 @@ impl UserSyms {
     /// A symbolizer that demangles C++ and Rust names; no source lines (not printed).
     pub fn new() -> Self {
         let symbolizer = Symbolizer::builder().enable_demangling(true).enable_code_info(false).enable_inlined_fns(false).build();
-        UserSyms { symbolizer, snapshots: HashMap::new(), files: HashMap::new(), cache: HashMap::new(), cut: 0 }
+        UserSyms {
+            symbolizer,
+            snapshots: HashMap::new(),
+            files: HashMap::new(),
+            cache: HashMap::new(),
+            cut: 0,
+            cut_seen: Default::default(),
+            code_maps: HashMap::new(),
+        }
     }
 
     /// Number of processes with a maps snapshot.
@@ -103,11 +117,16 @@ impl UserSyms {
     /// return address outside the process's executable mappings, and ends
     /// with [`CUT_FRAME`] instead of frames named from text or heap words.
     pub fn frames(&mut self, pid: u32, addrs: &[u64]) -> Vec<String> {
-        let maps = self.maps_of(pid);
+        if !self.code_maps.contains_key(&pid) {
+            let maps = self.code_maps_of(pid);
+            self.code_maps.insert(pid, maps);
+        }
+        let maps = &self.code_maps[&pid];
+        let in_code = |a: u64| maps.iter().any(|m| m.start <= a && a < m.end);
         let keep = if maps.is_empty() {
             addrs.len()
         } else {
-            (1..addrs.len()).find(|&i| !procmaps::find(&maps, addrs[i].saturating_sub(1)).is_some_and(|m| m.exec())).unwrap_or(addrs.len())
+            (1..addrs.len()).find(|&i| !in_code(addrs[i].saturating_sub(1))).unwrap_or(addrs.len())
         };
         let want: Vec<(u64, bool)> = addrs[..keep].iter().enumerate().map(|(i, &a)| (a, i == 0)).collect();
         self.resolve(pid, &want);
@@ -116,18 +135,28 @@ impl UserSyms {
             .map(|&(a, leaf)| self.cache.get(&(pid, a, leaf)).cloned().unwrap_or_else(|| format!("[unknown] 0x{a:x}")))
             .collect();
         if keep < addrs.len() {
-            self.cut += 1;
+            if self.cut_seen.insert((pid, addrs.to_vec())) {
+                self.cut += 1;
+            }
             names.push(CUT_FRAME.to_string());
         }
         names
     }
 
-    /// The snapshot's maps, or the live ones (empty when the process is gone unseen).
-    fn maps_of(&self, pid: u32) -> Vec<Mapping> {
-        match self.snapshots.get(&pid) {
-            Some(s) => s.maps.clone(),
-            None => std::fs::read_to_string(format!("/proc/{pid}/maps")).map(|t| procmaps::parse(&t)).unwrap_or_default(),
+    /// The snapshot's executable mappings, and the live ones while the
+    /// process it was taken of runs (empty when gone and never seen).
+    fn code_maps_of(&self, pid: u32) -> Vec<Mapping> {
+        let snap = self.snapshots.get(&pid);
+        let mut maps: Vec<Mapping> = snap.map(|s| s.maps.iter().filter(|m| m.exec()).cloned().collect()).unwrap_or_default();
+        let same = match snap.map(|s| s.start_time) {
+            Some(Some(st)) => start_time(pid) == Some(st),
+            _ => true,
+        };
+        if same && process_alive(pid) {
+            let live = std::fs::read_to_string(format!("/proc/{pid}/maps")).map(|t| procmaps::parse(&t)).unwrap_or_default();
+            maps.extend(live.into_iter().filter(|m| m.exec()));
         }
+        maps
     }
 
     fn resolve(&mut self, pid: u32, want: &[(u64, bool)]) {
@@ -216,10 +245,29 @@ mod tests {
         let f = stat_start_time as *const () as u64;
         let heap = Box::new([0u64; 4]);
         let h = heap.as_ptr() as u64;
-        let names = s.frames(me, &[f + 1, f + 2, h + 8, f + 3, 0x343a_2a20_7265_7672]);
+        let stack = [f + 1, f + 2, h + 8, f + 3, 0x343a_2a20_7265_7672];
+        let names = s.frames(me, &stack);
         assert_eq!(names.len(), 3, "{names:?}");
         assert!(names[1].contains("stat_start_time"), "{names:?}");
         assert_eq!(names[2], CUT_FRAME);
         assert_eq!(s.cut, 1);
+        // The same stack again (another key): counted once.
+        s.frames(me, &stack);
+        assert_eq!(s.cut, 1);
+    }
+
+    /// Code mapped after the snapshot (an exec, a dlopen) is code too: the
+    /// live mappings count while the process runs.
+    #[test]
+    fn code_mapped_after_the_snapshot_is_not_cut() {
+        let me = std::process::id();
+        let mut s = UserSyms::new();
+        assert!(s.snapshot(me));
+        // The snapshot as if taken before this code was mapped.
+        let f = stat_start_time as *const () as u64;
+        s.snapshots.get_mut(&me).unwrap().maps.retain(|m| !(m.start <= f && f < m.end));
+        let names = s.frames(me, &[f + 1, f + 2]);
+        assert_eq!(names.len(), 2, "{names:?}");
+        assert_eq!(s.cut, 0);
     }
 }

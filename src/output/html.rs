@@ -642,7 +642,7 @@ fn hop_json(h: &Hop, start: u64, stack_of: &mut dyn FnMut(&[u64]) -> Option<usiz
     }
     for a in &h.actions {
         let (ts, title, lines) = action_text(a, h.accepted(), h.wake.is_some());
-        let kind = if title.contains("EAGAIN") && !h.accepted() { "wasted" } else { "action" };
+        let kind = if title.contains("EAGAIN") && !h.accepted() && h.wake.is_some() { "wasted" } else { "action" };
         let edge = ts.map(|t| {
             let e = format!("+{}", dur(t.saturating_sub(last)));
             last = last.max(t);
@@ -663,7 +663,7 @@ fn action_text(a: &Action, accepted: bool, woken: bool) -> (Option<u64>, String,
     match a {
         Action::Accept { ts, syscall, listen_fd, ret, peer, backlog, max_backlog, .. } => {
             if *ret >= 0 {
-                let p = peer.as_ref().map(|p| p.remote.to_string()).unwrap_or_else(|| "?".into());
+                let p = peer.as_ref().map(|p| p.remote_text()).unwrap_or_else(|| "?".into());
                 (
                     Some(*ts),
                     format!("{}({listen_fd}) = fd {ret}", syscall.name()),
@@ -710,6 +710,9 @@ fn action_text(a: &Action, accepted: bool, woken: bool) -> (Option<u64>, String,
 fn counters(o: &mut String, end: &TraceEnd<'_>) {
     let s = end.stats;
     let l = end.losses;
+    // A recording cut short lost its end record, which held these totals.
+    let incomplete = end.reason == crate::trace::INCOMPLETE_RECORDING;
+    let known = |v: String| if incomplete { "unknown (the recording is incomplete)".to_string() } else { v };
     o.push_str("<section id=\"nd-summary\">\n<h2>Summary</h2>\n<table class=\"counters\">\n");
     let rows: Vec<(&str, String)> = vec![
         ("events", s.events.to_string()),
@@ -728,11 +731,12 @@ fn counters(o: &mut String, end: &TraceEnd<'_>) {
                 if s.missed_switch_ins > 0 { format!("; switch-ins not seen: {}", s.missed_switch_ins) } else { String::new() }
             ),
         ),
-        ("lost records (ring buffer full)", l.ringbuf.to_string()),
+        ("lost records (ring buffer full)", known(l.ringbuf.to_string())),
         ("chains open when records were lost", s.chains_records_lost.to_string()),
-        ("lost stacks / map full / unreadable epoll arrays", format!("{} / {} / {}", l.stack, l.map_full, l.user_read)),
-        ("program runs skipped by the kernel", l.skipped_total().to_string()),
-        ("undecodable records", end.decode_errors.to_string()),
+        ("lost stacks / map full / unreadable epoll arrays", known(format!("{} / {} / {}", l.stack, l.map_full, l.user_read))),
+        ("program runs skipped by the kernel", known(l.skipped_total().to_string())),
+        ("undecodable records", known(end.decode_errors.to_string())),
+        ("epoll events left as data words", s.epoll_data_unmapped.to_string()),
         ("duration", format!("{:.1} s ({})", end.secs, end.reason)),
     ];
     for (k, v) in rows {

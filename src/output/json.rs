@@ -370,7 +370,10 @@ mod tests {
         assert_eq!(fast, serde_json::to_value(&sock).unwrap());
         assert!(fast["local"].is_null() && fast["remote"].is_null(), "{fast}");
         assert_eq!(serde_json::from_value::<SockInfo>(fast).unwrap(), sock);
-        assert_eq!((sock.describe(), sock.local_text()), ("unix ESTABLISHED".to_string(), "unix ino 9".to_string()));
+        assert_eq!(
+            (sock.describe(), sock.local_text(), sock.remote_text()),
+            ("unix ESTABLISHED".into(), "unix ino 9".into(), "unix".into())
+        );
         let tcp = SockInfo { family: 2, local: "127.0.0.1:80".parse().unwrap(), ..sock };
         assert_eq!(tcp.describe(), "ESTABLISHED 127.0.0.1:80 <- 0.0.0.0:0");
     }

@@ -330,7 +330,7 @@ impl PerfettoWriter {
                 let args = json!({
                     "listen_fd": listen_fd,
                     "ret": ret,
-                    "peer": peer.as_ref().map(|p| p.remote.to_string()),
+                    "peer": peer.as_ref().map(|p| p.remote_text()),
                     "listen": listen.as_ref().map(|l| l.local_text()),
                     "backlog": backlog,
                     "max_backlog": max_backlog,

@@ -263,7 +263,7 @@ impl TextRenderer {
             match a {
                 Action::Accept { ts, syscall, listen_fd, ret, peer, backlog, max_backlog, .. } => {
                     if *ret >= 0 {
-                        let p = peer.as_ref().map(|p| p.remote.to_string()).unwrap_or_else(|| "?".into());
+                        let p = peer.as_ref().map(|p| p.remote_text()).unwrap_or_else(|| "?".into());
                         let _ = writeln!(
                             o,
                             "  {cont}   {}({listen_fd}) {:>9}  = fd {ret}  peer {p}  backlog {backlog}/{max_backlog}",
@@ -343,7 +343,7 @@ pub fn summary(stats: &Stats, losses: &Losses, secs: f64, ringbuf_mib: u32, why:
     if stats.epoll_data_unmapped > 0 {
         let _ = writeln!(
             o,
-            "  {} events epoll_wait returned show a data word, not an fd: the fd was registered and closed before /proc was read (--epoll-ctl traces every registration)",
+            "  {} events epoll_wait returned show a data word, not an fd: most likely registered and closed before /proc was read (with --epoll-ctl every registration is traced)",
             stats.epoll_data_unmapped
         );
     }
