@@ -141,7 +141,8 @@ impl Latency {
     pub fn stages(&self) -> [(&'static str, &Hist); 7] {
         [
             ("packet -> socket ready", &self.packet_to_ready),
-            ("socket ready -> woken", &self.ready_to_wake),
+            // The socket is read at the first wake-up: this is the spread of a herd.
+            ("ready -> woken (herd spread)", &self.ready_to_wake),
             ("woken -> on CPU (run queue)", &self.wake_to_cpu),
             ("on CPU -> epoll_wait returned", &self.cpu_to_return),
             ("returned -> accept/close/handler", &self.return_to_handler),
