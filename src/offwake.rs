@@ -838,11 +838,9 @@ pub fn run(mut opts: OffwakeOptions) -> Result<Report> {
         }
         if watch_exit && last_check.elapsed() >= Duration::from_millis(250) {
             last_check = Instant::now();
-            let tgids: Vec<u32> =
-                skel.maps.targets_tgid.keys().filter_map(|k| Some(u32::from_ne_bytes(k.get(..4)?.try_into().ok()?))).collect();
+            let tgids: Vec<u32> = crate::probes::map_ids(&skel.maps.targets_tgid);
             // -t threads as the kernel has them: an exec moves one to the pid.
-            let tids: Vec<u32> =
-                skel.maps.targets_tid.keys().filter_map(|k| Some(u32::from_ne_bytes(k.get(..4)?.try_into().ok()?))).collect();
+            let tids: Vec<u32> = crate::probes::map_ids(&skel.maps.targets_tid);
             let any = tgids.iter().any(|&p| crate::procfs::process_alive(p)) || tids.iter().any(|&t| crate::procfs::alive(t));
             if !any {
                 reason = "target exited".to_string();

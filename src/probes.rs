@@ -166,6 +166,11 @@ pub fn settle_targets(
     (forked, notes)
 }
 
+/// The ids (u32 keys) of a target list map.
+pub fn map_ids(list: &impl MapCore) -> Vec<u32> {
+    list.keys().filter_map(|k| Some(u32::from_ne_bytes(k.get(..4)?.try_into().ok()?))).collect()
+}
+
 /// Put `id` in a target list and set its bit (`targets_tgid` and
 /// `tgid_bits`, or the tid pair, of targets.bpf.h, as its target_add()
 /// does), before the programs are attached.
@@ -396,7 +401,7 @@ impl<'obj> Probes<'obj> {
     /// The threads traced by tid (-t) as the kernel side has them now: an
     /// exec moves a non-leader thread to the pid even if its record is lost.
     pub fn target_tids(&self) -> Vec<u32> {
-        self.skel.maps.targets_tid.keys().filter_map(|k| Some(u32::from_ne_bytes(k.get(..4)?.try_into().ok()?))).collect()
+        map_ids(&self.skel.maps.targets_tid)
     }
 
     /// Sum the per-CPU loss counters (`enum nd_loss` of netdrift.h).

@@ -146,17 +146,21 @@ impl UserSyms {
     /// The snapshot's executable mappings, and the live ones while the
     /// process it was taken of runs (empty when gone and never seen).
     fn code_maps_of(&self, pid: u32) -> Vec<Mapping> {
-        let snap = self.snapshots.get(&pid);
-        let mut maps: Vec<Mapping> = snap.map(|s| s.maps.iter().filter(|m| m.exec()).cloned().collect()).unwrap_or_default();
-        let same = match snap.map(|s| s.start_time) {
-            Some(Some(st)) => start_time(pid) == Some(st),
-            _ => true,
-        };
-        if same && process_alive(pid) {
-            let live = std::fs::read_to_string(format!("/proc/{pid}/maps")).map(|t| procmaps::parse(&t)).unwrap_or_default();
-            maps.extend(live.into_iter().filter(|m| m.exec()));
+        let mut maps: Vec<Mapping> =
+            self.snapshots.get(&pid).map(|s| s.maps.iter().filter(|m| m.exec()).cloned().collect()).unwrap_or_default();
+        if self.live_same(pid) {
+            maps.extend(live_maps(pid).into_iter().filter(|m| m.exec()));
         }
         maps
+    }
+
+    /// Is `pid` running, and the process its snapshot (if any) was taken of?
+    fn live_same(&self, pid: u32) -> bool {
+        process_alive(pid)
+            && match self.snapshots.get(&pid).map(|s| s.start_time) {
+                Some(Some(st)) => start_time(pid) == Some(st),
+                _ => true,
+            }
     }
 
     fn resolve(&mut self, pid: u32, want: &[(u64, bool)]) {
@@ -165,12 +169,7 @@ impl UserSyms {
             return;
         }
         let lookup = |(a, leaf): (u64, bool)| if leaf { a } else { a.saturating_sub(1) };
-        let snap_start = self.snapshots.get(&pid).map(|s| s.start_time);
-        let live_same = process_alive(pid)
-            && match snap_start {
-                Some(Some(st)) => start_time(pid) == Some(st),
-                _ => true,
-            };
+        let live_same = self.live_same(pid);
         let mut names: Vec<Option<String>> = vec![None; missing.len()];
         if live_same {
             let addrs: Vec<u64> = missing.iter().map(|&m| lookup(m)).collect();
@@ -186,7 +185,7 @@ impl UserSyms {
         // The snapshot, or the maps as they are now when the process was never snapshotted.
         let maps: Vec<Mapping> = match self.snapshots.get(&pid) {
             Some(s) => s.maps.clone(),
-            None if live_same => std::fs::read_to_string(format!("/proc/{pid}/maps")).map(|t| procmaps::parse(&t)).unwrap_or_default(),
+            None if live_same => live_maps(pid),
             None => Vec::new(),
         };
         for (i, &(a, leaf)) in missing.iter().enumerate() {
@@ -206,6 +205,11 @@ impl UserSyms {
             self.cache.insert((pid, a, leaf), name);
         }
     }
+}
+
+/// /proc/PID/maps as it is now, parsed (empty if the process is gone).
+fn live_maps(pid: u32) -> Vec<Mapping> {
+    std::fs::read_to_string(format!("/proc/{pid}/maps")).map(|t| procmaps::parse(&t)).unwrap_or_default()
 }
 
 #[cfg(test)]
