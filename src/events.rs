@@ -125,6 +125,33 @@ fn addr_or_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SocketAddr, D:
     Ok(Option::<SocketAddr>::deserialize(d)?.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0))))
 }
 
+/// How a thread slept, from its task state at the switch-out (`prev_state`),
+/// named as `ps` does (include/linux/sched.h, `__task_state_index`): the
+/// modifier bits (freezable, wake-kill, no-load...) do not change the letter.
+pub fn task_state_text(state: u32) -> String {
+    const INTERRUPTIBLE: u32 = 0x1;
+    const UNINTERRUPTIBLE: u32 = 0x2;
+    const WAKEKILL: u32 = 0x100;
+    const NOLOAD: u32 = 0x400;
+    const RTLOCK_WAIT: u32 = 0x1000;
+    if state & RTLOCK_WAIT != 0 {
+        return "uninterruptible (D, rt lock)".into();
+    }
+    if state & (UNINTERRUPTIBLE | NOLOAD) == UNINTERRUPTIBLE | NOLOAD {
+        return "idle (I)".into();
+    }
+    match state & 0xff {
+        INTERRUPTIBLE => "sleeping (S)".into(),
+        UNINTERRUPTIBLE if state & WAKEKILL != 0 => "killable (D)".into(),
+        UNINTERRUPTIBLE => "uninterruptible (D)".into(),
+        0x4 => "stopped (T)".into(),
+        0x8 => "traced (t)".into(),
+        0x40 => "parked (P)".into(),
+        0x80 => "dead (X)".into(),
+        _ => format!("blocked (state 0x{state:x})"),
+    }
+}
+
 /// Name of a kernel TCP state.
 pub fn tcp_state_name(s: i32) -> &'static str {
     match s {
@@ -1041,6 +1068,18 @@ mod hex_u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn task_states_are_named_without_modifier_bits() {
+        assert_eq!(task_state_text(0x1), "sleeping (S)");
+        // TASK_FREEZABLE | TASK_INTERRUPTIBLE, as a freezable kthread sleeps.
+        assert_eq!(task_state_text(0x2001), "sleeping (S)");
+        assert_eq!(task_state_text(0x2), "uninterruptible (D)");
+        assert_eq!(task_state_text(0x102), "killable (D)");
+        assert_eq!(task_state_text(0x402), "idle (I)");
+        assert_eq!(task_state_text(0x1000), "uninterruptible (D, rt lock)");
+        assert_eq!(task_state_text(0x200), "blocked (state 0x200)");
+    }
 
     fn hdr(tag: u32) -> types::nd_hdr {
         let mut h = types::nd_hdr { r#type: tag as u16, cpu: 1, ts: 42, pid: 100, tid: 101, ..Default::default() };

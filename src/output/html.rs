@@ -223,14 +223,7 @@ impl ReportWriter {
                 let (state, blocked) = match (t.out.take(), target_on_rq) {
                     (_, true) => ("woken while still on a CPU".to_string(), None),
                     (Some((ts, _, true)), _) => ("blocked in epoll_wait".to_string(), Some(ev.ts.saturating_sub(ts))),
-                    (Some((ts, st, false)), _) => (
-                        match st {
-                            1 => "sleeping (S)".to_string(),
-                            2 => "uninterruptible (D)".to_string(),
-                            s => format!("blocked (state {s})"),
-                        },
-                        Some(ev.ts.saturating_sub(ts)),
-                    ),
+                    (Some((ts, st, false)), _) => (crate::events::task_state_text(st), Some(ev.ts.saturating_sub(ts))),
                     (None, false) => ("wait not seen (blocked before the trace)".to_string(), None),
                 };
                 let e = self.folded.entry((stack.clone(), target.comm.to_string(), state)).or_default();

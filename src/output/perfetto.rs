@@ -614,7 +614,10 @@ impl PerfettoWriter {
             if i > 0 {
                 w.write_all(b",\n")?;
             }
-            serde_json::to_writer(&mut *w, v)?;
+            // Names come from the traced system: escaped as the JSON stream's are.
+            let mut buf = serde_json::to_vec(v)?;
+            super::json::escape_invisible(&mut buf);
+            w.write_all(&buf)?;
         }
         w.write_all(b"\n],\"displayTimeUnit\":\"ns\",\"otherData\":{\"generator\":\"netdrift ")?;
         w.write_all(env!("CARGO_PKG_VERSION").as_bytes())?;
@@ -917,11 +920,9 @@ pub(crate) mod tests {
         }
     }
 
-    #[test]
-    fn herd_trace_is_valid_and_has_arrows() {
-        let mut p = PerfettoWriter::new(Path::new("/nonexistent"));
-        p.t0 = Some(500);
-        feed(&herd_events(), &mut |e, a, c| {
+    /// The file `p` writes after seeing `evs` and their chains.
+    fn written(p: &mut PerfettoWriter, evs: &[Event]) -> Vec<u8> {
+        feed(evs, &mut |e, a, c| {
             if let (Some(e), Some(a)) = (e, a) {
                 p.add_event(e, a);
             }
@@ -931,6 +932,14 @@ pub(crate) mod tests {
         });
         let mut buf = Vec::new();
         p.write_to(&mut buf).unwrap();
+        buf
+    }
+
+    #[test]
+    fn herd_trace_is_valid_and_has_arrows() {
+        let mut p = PerfettoWriter::new(Path::new("/nonexistent"));
+        p.t0 = Some(500);
+        let buf = written(&mut p, &herd_events());
         let v: Value = serde_json::from_slice(&buf).expect("valid JSON");
         assert_eq!(v["displayTimeUnit"], "ns");
         let evs = v["traceEvents"].as_array().unwrap();
@@ -997,6 +1006,22 @@ pub(crate) mod tests {
         let blocked = xs.iter().find(|x| x["name"] == "blocked in epoll_wait" && x["tid"] == 101).unwrap();
         assert_eq!(blocked["ts"].as_f64().unwrap(), 0.7);
         assert!((blocked["dur"].as_f64().unwrap() - 8.9).abs() < 1e-9);
+    }
+
+    /// A bidi override or C1 control in a comm is written as `\uXXXX`, as
+    /// the JSON stream does: a terminal that shows the file sees no raw one.
+    #[test]
+    fn invisible_characters_are_escaped() {
+        let mut p = PerfettoWriter::new(Path::new("/nonexistent"));
+        let mut evs = herd_events();
+        for e in evs.iter_mut().filter(|e| e.task.tid == 102) {
+            e.task.comm = "w\u{202e}1\u{9b}2J".into();
+        }
+        let text = String::from_utf8(written(&mut p, &evs)).unwrap();
+        assert!(!text.contains('\u{202e}') && !text.contains('\u{9b}'), "raw invisible character");
+        let v: Value = serde_json::from_str(&text).expect("valid JSON");
+        let evs = v["traceEvents"].as_array().unwrap();
+        assert!(evs.iter().any(|e| e["args"]["name"] == "w\u{202e}1\u{9b}2J"), "the name reads back as it was");
     }
 
     #[test]
