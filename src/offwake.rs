@@ -455,8 +455,7 @@ impl Namer {
             return vec![format!("[missing kernel stack: {}]", errno_name(id))];
         }
         let Some(addrs) = stacks.get(id) else { return vec!["[missing kernel stack: not in the map]".into()] };
-        let lookup: Vec<u64> = addrs.iter().enumerate().map(|(i, &a)| if i == 0 { a } else { a - 1 }).collect();
-        let names = self.kernel.names(&lookup);
+        let names = self.kernel.stack_names(&addrs);
         names
             .into_iter()
             .zip(&addrs)

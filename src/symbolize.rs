@@ -59,10 +59,19 @@ impl KernelSyms {
         addrs.iter().map(|a| self.cache.get(a).cloned().flatten()).collect()
     }
 
+    /// Names for the frames of a stack, innermost first. Each frame below
+    /// the first is a return address: it is looked up one byte back, inside
+    /// its call, or a call that never returns (the last one of a function)
+    /// would take the name of what follows (`__pfx_` padding, the next function).
+    pub fn stack_names(&mut self, addrs: &[u64]) -> Vec<Option<Arc<str>>> {
+        let lookup: Vec<u64> = addrs.iter().enumerate().map(|(i, &a)| if i == 0 { a } else { a.saturating_sub(1) }).collect();
+        self.names(&lookup)
+    }
+
     /// Frame names for printing, innermost first, without netdrift's own
     /// BPF frames on top; unknown frames as `[unknown] 0xADDR`.
     pub fn frames(&mut self, addrs: &[u64]) -> Vec<String> {
-        self.names(addrs)
+        self.stack_names(addrs)
             .into_iter()
             .zip(addrs)
             .map(|(n, a)| match n {

@@ -379,7 +379,7 @@ impl Enricher {
                 let c = match self.classes.get(&h) {
                     Some((st, c)) if st == stack => *c,
                     _ => {
-                        let names = syms.names(stack);
+                        let names = syms.stack_names(stack);
                         let c = classify(&ev.task, *waker_is_kthread, &names);
                         if self.classes.len() > 65_536 {
                             self.classes.clear();

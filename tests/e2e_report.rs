@@ -749,3 +749,32 @@ fn browser_checks_catch_injection_errors_and_fetches() {
         assert!(r.is_err(), "the browser check missed the {name} page");
     }
 }
+
+/// A return address is named after the function that made the call: the
+/// address right after a function's last byte (a call that never returns
+/// ends it) names that function, not the next one (its `__pfx_` padding).
+#[test]
+fn return_addresses_name_the_calling_function() {
+    if !require_root() {
+        return;
+    }
+    let text = std::fs::read_to_string("/proc/kallsyms").unwrap();
+    let mut syms: Vec<(u64, &str)> = text
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let (addr, kind, name) = (f.next()?, f.next()?, f.next()?);
+            (f.next().is_none() && matches!(kind, "t" | "T")).then(|| (u64::from_str_radix(addr, 16).ok(), name))
+        })
+        .filter_map(|(a, n)| Some((a?, n)))
+        .collect();
+    syms.sort();
+    let i = syms.iter().position(|&(_, n)| n == "schedule").expect("schedule in /proc/kallsyms");
+    let next = syms[i + 1..].iter().find(|s| s.0 > syms[i].0).expect("a symbol after schedule").0;
+    assert_ne!(next, 0, "kallsyms addresses hidden (kptr_restrict)");
+    let mut k = netdrift::symbolize::KernelSyms::new();
+    let names = k.stack_names(&[syms[i].0, next]);
+    assert_eq!(names[0].as_deref(), Some("schedule"), "the innermost frame as it is");
+    assert_eq!(names[1].as_deref(), Some("schedule"), "a return address right after schedule names schedule");
+    assert_ne!(k.names(&[next])[0].as_deref(), Some("schedule"), "the address itself is the next symbol");
+}
