@@ -4,9 +4,10 @@
 
 use std::collections::HashSet;
 use std::process::Command;
+use std::time::Duration;
 
 use netdrift::analysis::{Action, Chain};
-use netdrift::demo::ListenMode;
+use netdrift::demo::{DemoConfig, ListenMode};
 use netdrift::events::ReadyHook;
 
 mod common;
@@ -165,6 +166,36 @@ fn demo_shared_listener_k_connections() {
             assert!(accepted_by.contains(&(h.target.tid, port)), "connection {port} handled by the thread that accepted it");
         }
     }
+}
+
+/// Connections back to back (no pause), four workers: every wake-up names
+/// its socket, though a closed connection's memory is often reused for the
+/// next one (the herd's grouping once joined the next connection's wake-ups
+/// to the last one's event, leaving them without a socket), and the herd
+/// rows hold every wasted wake-up the headline counts.
+#[test]
+fn back_to_back_connections_are_one_herd_event_each() {
+    if !require_root() {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let k = 150;
+    let cfg = DemoConfig { workers: 4, mode: ListenMode::Shared, port: 0, work_us: 0 };
+    let r = common::run_demo_with(cfg, k, Duration::ZERO, |_| {});
+    assert_eq!(r.result.losses.ringbuf, 0);
+    assert_eq!(r.accepted, k as u64);
+    let listen: Vec<&Chain> = r.result.chains.iter().filter(|c| c.sock.as_ref().map(|s| s.sock.is_listen()).unwrap_or(false)).collect();
+    // About one each: a worker that did not sleep can accept a connection
+    // with no wake-up (no event), or take two in one accept loop.
+    assert!(listen.len() * 10 >= k * 9 && listen.len() <= k + k / 10, "{} listen-socket events for {k} connections", listen.len());
+    let nosock: Vec<&Chain> = r.result.chains.iter().filter(|c| c.woken() > 0 && c.sock.is_none()).collect();
+    assert!(nosock.is_empty(), "every wake-up names its socket:\n{}", brief(&nosock));
+    let herd = &r.result.summary.herd;
+    assert_eq!(herd.len(), 1, "{herd:?}");
+    assert_eq!((herd[0].connections, herd[0].events), (k as u64, k as u64));
+    let wasted: usize = r.result.chains.iter().map(|c| c.wasted()).sum();
+    assert!(wasted > 0, "four workers on a shared socket: a herd");
+    assert_eq!(herd[0].wasted, wasted as u64, "every wasted wake-up is a listen socket's");
 }
 
 #[test]

@@ -634,12 +634,15 @@ static __always_inline struct sock *waited_sock(struct task_struct *p, struct sy
  * this CPU before the listener's wake-ups, and no other can come between
  * them: the wait-queue walk holds its lock with interrupts off; the queue
  * length would not do, as the first woken worker may accept before the
- * second is woken); for a TCP socket, its sequence numbers.
+ * second is woken); for a TCP socket, its sequence numbers. The connection
+ * is its address and the time of that change: a connection closed in
+ * between frees its memory, and the next one is often made at the same
+ * address (its wake-ups would join the last connection's event).
  */
 static __always_inline __u64 progress_key(struct sock *sk, struct ready_slot *slot, const bool direct)
 {
 	if (ND_READ(direct, struct sock, sk, __sk_common.skc_state) == 10 /* TCP_LISTEN */)
-		return slot->st_sk;
+		return slot->st_sk ^ slot->st_ts;
 	if (ND_READ_BITFIELD(direct, struct sock, sk, sk_protocol) != 6 /* IPPROTO_TCP */)
 		return 0;
 	return ((__u64)ND_READ(direct, struct tcp_sock, sk, rcv_nxt) << 32) ^ ND_READ(direct, struct tcp_sock, sk, snd_una);
