@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use serde::Serialize;
 
 use crate::analysis::{Action, Chain};
-use crate::events::{Event, Kind, SockInfo, Task, WakerContext};
+use crate::events::{Cause, Event, Kind, SockInfo, Task, WakerContext};
 
 /// Latency samples of one stage, in ns, in bounded memory: a log-linear
 /// histogram (32 sub-buckets per power of two, so a percentile is within
@@ -413,6 +413,20 @@ impl SummaryBuilder {
                     t.voluntary += 1;
                 }
             }
+            // Every wake-up, also those that join no chain of their own (a
+            // futex or a lock while handling, a repeat before it ran), so
+            // the rows add up to the headline's count.
+            Kind::Wake { target, cause, context, .. } => {
+                let mut label = std::mem::take(&mut self.label);
+                let context = context.unwrap_or(WakerContext::Unknown);
+                waker_label(&mut label, &ev.task, context, ev.cpu);
+                let t = self.thread(target);
+                t.wakeups += 1;
+                bump(&mut t.by_cause, cause.unwrap_or(Cause::Unknown).key());
+                bump(&mut t.by_context, context.key());
+                bump(&mut t.wakers, &label);
+                self.label = label;
+            }
             Kind::Accept { ret, listen: Some(l), .. } if *ret >= 0 && l.is_listen() => {
                 let key = thread_key(&ev.task);
                 let row = self.herd_row(l);
@@ -458,14 +472,6 @@ impl SummaryBuilder {
                 if let Some(s) = &c.sock {
                     self.latency.ready_to_wake.add(w.ts.saturating_sub(s.ts));
                 }
-                let mut label = std::mem::take(&mut self.label);
-                waker_label(&mut label, &w.waker, w.context, w.cpu);
-                let t = self.thread(&h.target);
-                t.wakeups += 1;
-                bump(&mut t.by_cause, w.cause.key());
-                bump(&mut t.by_context, w.context.key());
-                bump(&mut t.wakers, &label);
-                self.label = label;
             }
             if let Some(o) = &h.on_cpu {
                 if !o.never_left {

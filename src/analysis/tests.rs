@@ -393,6 +393,13 @@ fn a_wake_up_while_handling_stays_in_the_hop() {
     assert_eq!((h1.blocked, h1.blocked_ns), (1, 200), "blocked once, 4400 -> 4600");
     assert_eq!(c.stats.wakes, 3);
     assert_eq!(c.stats.wasted_wakes, 1);
+    // The per-thread rows count the lock wake-up too: they add up to the headline.
+    let s = c.summary.build();
+    assert_eq!(s.threads.iter().map(|t| t.wakeups).sum::<u64>(), c.stats.wakes);
+    let r1 = s.threads.iter().find(|t| t.tid == 12).unwrap();
+    assert_eq!(r1.wakeups, 2);
+    assert_eq!(r1.by_cause, BTreeMap::from([("socket_readable".to_string(), 1), ("other".to_string(), 1)]));
+    assert_eq!(r1.wakers.get("demo:worker_0[10]"), Some(&1), "{:?}", r1.wakers);
     let text = crate::output::text::TextRenderer { t0: 0, stacks: false }.chain(ch, &mut crate::symbolize::KernelSyms::new());
     assert!(text.contains("blocked 1 time(s), 200ns off CPU while handling"), "{text}");
 }
