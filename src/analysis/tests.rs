@@ -402,6 +402,9 @@ fn a_wake_up_while_handling_stays_in_the_hop() {
     assert_eq!(r1.wakers.get("demo:worker_0[10]"), Some(&1), "{:?}", r1.wakers);
     let text = crate::output::text::TextRenderer { t0: 0, stacks: false }.chain(ch, &mut crate::symbolize::KernelSyms::new());
     assert!(text.contains("blocked 1 time(s), 200ns off CPU while handling"), "{text}");
+    // The hop's totals come after its timed steps (the EAGAIN at 4700).
+    let (eagain, blocked) = (text.find("= -EAGAIN").unwrap(), text.find("blocked 1 time(s)").unwrap());
+    assert!(eagain < blocked, "{text}");
 }
 
 /// A state-change socket the waker's stack disproves (a timer woke the

@@ -619,20 +619,6 @@ fn hop_json(h: &Hop, start: u64, stack_of: &mut dyn FnMut(&[u64]) -> Option<usiz
         ));
         last = last.max(e.ts);
     }
-    for (n, what, ns, why) in off_cpu(h) {
-        if n > 0 {
-            steps.push(node("preempt", None, format!("{what} {n} time(s)"), vec![format!("{} {why}", dur(ns))], None));
-        }
-    }
-    if let Some(ts) = h.slept_again {
-        steps.push(node(
-            "wasted",
-            Some(format!("+{}", dur(ts.saturating_sub(last)))),
-            "asleep again".into(),
-            vec!["epoll_wait found nothing: woken for nothing".into(), rel(ts)],
-            None,
-        ));
-    }
     for a in &h.actions {
         let (ts, title, lines) = action_text(a, h.accepted(), h.wake.is_some());
         let kind = if title.contains("EAGAIN") && !h.accepted() && h.wake.is_some() { "wasted" } else { "action" };
@@ -646,6 +632,22 @@ fn hop_json(h: &Hop, start: u64, stack_of: &mut dyn FnMut(&[u64]) -> Option<usiz
             lines.push(rel(t));
         }
         steps.push(node(kind, edge, title, lines, None));
+    }
+    // Its last step: the hop ends when the thread sleeps again.
+    if let Some(ts) = h.slept_again {
+        steps.push(node(
+            "wasted",
+            Some(format!("+{}", dur(ts.saturating_sub(last)))),
+            "asleep again".into(),
+            vec!["epoll_wait found nothing: woken for nothing".into(), rel(ts)],
+            None,
+        ));
+    }
+    // Totals over the whole hop, after its timed steps.
+    for (n, what, ns, why) in off_cpu(h) {
+        if n > 0 {
+            steps.push(node("preempt", None, format!("{what} {n} time(s)"), vec![format!("{} {why}", dur(ns))], None));
+        }
     }
     json!({"target": task(&h.target), "wasted": h.wasted(), "steps": steps})
 }

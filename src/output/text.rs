@@ -251,14 +251,6 @@ impl TextRenderer {
                 more
             );
         }
-        for (n, what, ns, why) in off_cpu(h) {
-            if n > 0 {
-                let _ = writeln!(o, "  {cont}   {what} {n} time(s), {} {why}", dur(ns));
-            }
-        }
-        if let Some(ts) = h.slept_again {
-            let _ = writeln!(o, "  {cont}   asleep again {:>9}  epoll_wait found nothing: woken for nothing", rel(ts));
-        }
         for a in &h.actions {
             match a {
                 Action::Accept { ts, syscall, listen_fd, ret, peer, backlog, max_backlog, .. } => {
@@ -296,6 +288,16 @@ impl TextRenderer {
                     let s = sock.as_ref().map(|s| format!("  {}", s.describe())).unwrap_or_default();
                     let _ = writeln!(o, "  {cont}   close({fd}) {:>9}{s}", rel(*ts));
                 }
+            }
+        }
+        // Its last step: the hop ends when the thread sleeps again.
+        if let Some(ts) = h.slept_again {
+            let _ = writeln!(o, "  {cont}   asleep again {:>9}  epoll_wait found nothing: woken for nothing", rel(ts));
+        }
+        // Totals over the whole hop, after its timed steps.
+        for (n, what, ns, why) in off_cpu(h) {
+            if n > 0 {
+                let _ = writeln!(o, "  {cont}   {what} {n} time(s), {} {why}", dur(ns));
             }
         }
     }
