@@ -22,8 +22,16 @@ pub enum Error {
     PidNamespace(String),
     #[error("this kernel has no BTF at /sys/kernel/btf/vmlinux: build it with CONFIG_DEBUG_INFO_BTF=y (netdrift needs BTF for CO-RE and tp_btf)")]
     NoBtf,
+    /// An output refused before the run (exit code 2).
     #[error("cannot write {} ({})", path.display(), output_hint(source))]
     Output {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// An output that failed during or at the end of the run (a full disk).
+    #[error("cannot write {} ({})", path.display(), output_hint(source))]
+    Write {
         path: PathBuf,
         #[source]
         source: std::io::Error,
@@ -40,6 +48,9 @@ pub enum Error {
 fn output_hint(e: &std::io::Error) -> &'static str {
     match e.raw_os_error() {
         Some(libc::ENOSPC) | Some(libc::EDQUOT) => "free space there, or give that output a path on another file system",
+        Some(libc::EISDIR) => "it is a directory: give a file name",
+        // As root, what forbids replacing a file is its attribute.
+        Some(libc::EPERM) => "it is immutable or append-only (lsattr): clear that with chattr -i / -a, or give another path",
         _ => "give that output a path in a writable directory",
     }
 }

@@ -34,7 +34,16 @@ fn main() {
             let msg: Vec<&str> = text.lines().take_while(|l| !l.trim().is_empty()).map(str::trim).collect();
             let msg = msg.join(" ");
             let msg = msg.trim_start_matches("error: ");
-            eprintln!("netdrift: {} (see netdrift --help)", if msg.is_empty() { "bad arguments" } else { msg });
+            // `-p -5` reads as an unknown flag: say what is wrong with it.
+            let negative = e.kind() == clap::error::ErrorKind::UnknownArgument
+                && matches!(e.get(clap::error::ContextKind::InvalidArg), Some(clap::error::ContextValue::String(a))
+                    if a.len() > 1 && a[1..].parse::<f64>().is_ok());
+            let msg = if negative { format!("{msg}: pids, tids and durations are positive numbers") } else { msg.to_string() };
+            // The message quotes the arguments, which may hold escape sequences.
+            eprintln!(
+                "netdrift: {} (see netdrift --help)",
+                if msg.is_empty() { "bad arguments".into() } else { netdrift::output::term_safe(&msg) }
+            );
             std::process::exit(2);
         }
     };
@@ -137,7 +146,9 @@ fn cmd_trace_with(a: TraceArgs, report: Report, tweak: impl FnOnce(&mut TraceOpt
     }
     let duration = duration_arg(a.duration)?;
     check_outputs(None, &[a.out.output_file.as_deref(), a.out.record.as_deref(), a.out.perfetto.as_deref(), a.ready_file.as_deref()])?;
-    netdrift::probes::check_pid_namespace()?;
+    // Before the targets' files are read: without root, a handler's binary
+    // "is not found" (its /proc/PID/root is not readable).
+    netdrift::probes::preflight()?;
     let (tgids, tids) =
         procfs::resolve_targets(&a.target.pids, &a.target.tids, &a.target.comms, !a.target.no_children, true, a.target.wait)?;
     // `exe` and library names are looked up in the first target the user named (-p, then
@@ -215,6 +226,8 @@ fn cmd_demo(a: DemoArgs) -> anyhow::Result<()> {
         return Err(Error::Usage("--connections: at least 1".into()).into());
     }
     let mode = ListenMode::parse(&a.mode).ok_or_else(|| Error::Usage(format!("--mode {}", a.mode)))?;
+    // Before the server starts (its banner would make the error a second line).
+    check_outputs(None, &[a.out.output_file.as_deref(), a.out.record.as_deref(), a.out.perfetto.as_deref(), a.ready_file.as_deref()])?;
     netdrift::probes::preflight().context("demo")?;
     let server =
         DemoServer::start(&DemoConfig { workers: a.workers, mode, port: 0, work_us: a.work_us }).context("starting the demo server")?;

@@ -919,16 +919,16 @@ impl Outputs {
         let summary = summary_text(report);
         let mut files = std::mem::take(&mut self.files).into_iter();
         if let Some(p) = &self.opts.output_file {
-            let mut f = files.next().ok_or_else(|| Error::Output { path: p.clone(), source: std::io::Error::other("not opened") })?;
-            f.write_all(main.as_bytes()).map_err(|e| Error::Output { path: p.clone(), source: e })?;
+            let mut f = files.next().ok_or_else(|| Error::Write { path: p.clone(), source: std::io::Error::other("not opened") })?;
+            f.write_all(main.as_bytes()).map_err(|e| Error::Write { path: p.clone(), source: e })?;
             f.commit()?;
         }
         // The files before stdout: `offwake --svg s.svg | head` still gets its SVG.
         if let Some(p) = &self.opts.svg {
-            let mut f = files.next().ok_or_else(|| Error::Output { path: p.clone(), source: std::io::Error::other("not opened") })?;
+            let mut f = files.next().ok_or_else(|| Error::Write { path: p.clone(), source: std::io::Error::other("not opened") })?;
             let bytes = svg::render(&report.entries, &self.opts.render, "Off-Wake Time Flame Graph")
-                .map_err(|e| Error::Output { path: p.clone(), source: e })?;
-            f.write_all(&bytes).map_err(|e| Error::Output { path: p.clone(), source: e })?;
+                .map_err(|e| Error::Write { path: p.clone(), source: e })?;
+            f.write_all(&bytes).map_err(|e| Error::Write { path: p.clone(), source: e })?;
             f.commit()?;
         }
         let to_stdout = self.opts.output_file.is_none();

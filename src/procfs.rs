@@ -301,7 +301,8 @@ pub fn describe_targets(tgids: &[u32], tids: &[u32], comms: &[String]) -> String
         v.push(format!("tid {}", join(tids)));
     }
     if !comms.is_empty() {
-        v.push(format!("comm {}", comms.join(",")));
+        // Names as given, which may hold escape sequences: the line goes to a terminal.
+        v.push(format!("comm {}", crate::output::term_safe(&comms.join(","))));
     }
     v.join(", ")
 }

@@ -8,6 +8,8 @@ use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{BufRead, BufReader, BufWriter, Read, Write};
 use std::mem::MaybeUninit;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -232,10 +234,40 @@ fn open_sink(sink: &Sink) -> Result<Out> {
 /// An output path must name a file, not a directory (checked before anything
 /// is loaded, so a bad path costs nothing).
 pub fn check_file_path(p: &Path) -> Result<()> {
+    let refuse = |errno| Err(Error::Output { path: p.to_path_buf(), source: std::io::Error::from_raw_os_error(errno) });
     if p.is_dir() {
-        return Err(Error::Output { path: p.to_path_buf(), source: std::io::Error::other("it is a directory: give a file name") });
+        return refuse(libc::EISDIR);
+    }
+    // An immutable or append-only file cannot be replaced: the rename at the
+    // end would fail after the whole run.
+    let (target, in_place) = crate::output::output_target(p);
+    if in_place {
+        return Ok(());
+    }
+    if target.is_file() && replace_protected(&target) {
+        return refuse(libc::EPERM);
+    }
+    // FILE.partial is made there: a missing or read-only directory.
+    let dir = target.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
+        .map_err(|_| Error::Usage(format!("{}: a NUL in the path", p.display())))?;
+    // SAFETY: `c` is a NUL-terminated path that lives across the call.
+    if unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) } != 0 {
+        return refuse(std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EACCES));
     }
     Ok(())
+}
+
+/// Has the file at `p` the immutable or append-only attribute (`chattr +i/+a`)?
+fn replace_protected(p: &Path) -> bool {
+    const FS_IMMUTABLE_FL: libc::c_long = 0x10;
+    const FS_APPEND_FL: libc::c_long = 0x20;
+    let Ok(f) = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(p) else { return false };
+    let mut flags: libc::c_long = 0;
+    // SAFETY: FS_IOC_GETFLAGS writes an int into `flags`, which is larger and
+    // lives across the call; the fd is open.
+    let r = unsafe { libc::ioctl(f.as_raw_fd(), libc::FS_IOC_GETFLAGS, &mut flags as *mut libc::c_long) };
+    r == 0 && flags & (FS_IMMUTABLE_FL | FS_APPEND_FL) != 0
 }
 
 /// The file a path names, for comparing outputs however they are spelled
@@ -293,7 +325,7 @@ pub fn prepare_ready_file(path: &Path) -> Result<()> {
 
 /// Write the ready file atomically, so a waiting script never reads half of it.
 pub fn write_ready_file(path: &Path) -> Result<()> {
-    let err = |e| Error::Output { path: path.to_path_buf(), source: e };
+    let err = |e| Error::Write { path: path.to_path_buf(), source: e };
     // A FIFO or device is written in place: a rename would replace it.
     let (target, in_place) = crate::output::output_target(path);
     let p = target.as_path();

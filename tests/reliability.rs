@@ -527,7 +527,7 @@ fn bad_input_gives_one_line_exit_2_and_loads_nothing() {
     bad_input(&["trace", "-p", "4194304", "1"], "no process with pid 4194304", false, &log);
     bad_input(&["trace", "-p", "0", "1"], "0 is not a valid id", false, &log);
     bad_input(&["trace", "-p", "12ab", "1"], "not a number", false, &log);
-    bad_input(&["trace", "-p", "-3", "1"], "unexpected argument '-3'", false, &log);
+    bad_input(&["trace", "-p", "-3", "1"], "unexpected argument '-3' found: pids, tids and durations are positive", false, &log);
     bad_input(&["trace", "-t", "4194304", "1"], "no thread with tid 4194304", false, &log);
     bad_input(&["trace", "-c", "nd-no-such-comm", "1"], "no running process or thread is named", false, &log);
     bad_input(&["trace", "-p", &pid, "--json", "-o", missing, "1"], "cannot write", false, &log);
@@ -543,6 +543,10 @@ fn bad_input_gives_one_line_exit_2_and_loads_nothing() {
     let _ = std::fs::remove_file("/tmp/nd-nobody.jsonl.partial");
     bad_input(&["trace", "-p", &pid, "--json", "-o", "/tmp/nd-nobody.jsonl", "1"], "needs root", true, &log);
     assert!(!Path::new("/tmp/nd-nobody.jsonl.partial").exists(), "not root: no output file created");
+    // Handlers are looked up in the target's files: not root is said first
+    // (it was "binary not found", or "/proc/PID/exe is gone").
+    bad_input(&["trace", "-p", &pid, "--preset", "nginx", "1"], "needs root", true, &log);
+    bad_input(&["trace", "-p", &pid, "--handler", "libc:epoll_wait", "1"], "needs root", true, &log);
 
     // Flag conflicts declared in the CLI.
     bad_input(&["offwake", "-p", &pid, "-u", "-k", "1"], "cannot be used with", false, &log);
@@ -575,7 +579,25 @@ fn unwritable_ready_file_or_output_dir_loads_nothing() {
     bad_input(&["trace", "-p", &pid, "--ready-file", missing.to_str().unwrap(), "1"], "cannot write", false, &log);
     let out_dir = dir.path().join("a-directory");
     fs::create_dir(&out_dir).unwrap();
-    bad_input(&["trace", "-p", &pid, "-o", out_dir.to_str().unwrap(), "1"], "cannot write", false, &log);
+    bad_input(&["trace", "-p", &pid, "-o", out_dir.to_str().unwrap(), "1"], "it is a directory", false, &log);
+    // The demo checks its outputs before its server starts (one line, not a banner first).
+    bad_input(&["demo", "-o", missing.to_str().unwrap()], "cannot write", false, &log);
+    let same = dir.path().join("same");
+    bad_input(&["demo", "-o", same.to_str().unwrap(), "--perfetto", same.to_str().unwrap()], "given for two outputs", false, &log);
+    // An immutable file cannot be replaced: refused before the run, not at its end.
+    let frozen = dir.path().join("frozen");
+    fs::write(&frozen, "").unwrap();
+    if Command::new("chattr").arg("+i").arg(&frozen).status().is_ok_and(|s| s.success()) {
+        let r = std::panic::catch_unwind(|| {
+            bad_input(&["trace", "-p", &pid, "-o", frozen.to_str().unwrap(), "1"], "immutable", false, &log);
+        });
+        let _ = Command::new("chattr").arg("-i").arg(&frozen).status();
+        if let Err(e) = r {
+            std::panic::resume_unwind(e);
+        }
+    } else {
+        eprintln!("not checked: chattr +i is not supported on {} (the immutable-output case)", dir.path().display());
+    }
 }
 
 /// What changes between the /proc scan of the targets and the attach, no

@@ -1078,7 +1078,7 @@ impl Observer for ReportWriter {
             Some(f) => f,
             None => PartialFile::create(&self.path, OnDrop::Remove)?,
         };
-        f.write_all(page.as_bytes()).map_err(|e| Error::Output { path: self.path.clone(), source: e })?;
+        f.write_all(page.as_bytes()).map_err(|e| Error::Write { path: self.path.clone(), source: e })?;
         f.commit()
     }
 }

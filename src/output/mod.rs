@@ -116,7 +116,7 @@ impl PartialFile {
 
     /// Flush and rename to PATH.
     pub fn commit(mut self) -> crate::error::Result<()> {
-        let err = |path: &std::path::Path, e| crate::error::Error::Output { path: path.to_path_buf(), source: e };
+        let err = |path: &std::path::Path, e| crate::error::Error::Write { path: path.to_path_buf(), source: e };
         let w = self.w.take().ok_or_else(|| err(&self.path, std::io::Error::other("already committed")))?;
         let f = w.into_inner().map_err(|e| err(&self.path, e.into_error()))?;
         if self.in_place {
@@ -145,9 +145,9 @@ impl std::fmt::Debug for PartialFile {
 }
 
 impl PartialFile {
-    /// A write error names the file (a full disk during a trace).
+    /// A write error names the file and the fix (a full disk during a trace).
     fn named(&self, e: std::io::Error) -> std::io::Error {
-        std::io::Error::new(e.kind(), format!("writing {}: {e}", self.path.display()))
+        std::io::Error::new(e.kind(), crate::error::Error::Write { path: self.path.clone(), source: e })
     }
 }
 
