@@ -268,6 +268,18 @@ pub struct Summary {
     pub slowest: Vec<Waterfall>,
 }
 
+impl Summary {
+    /// A herd row's socket: its address, and its kernel address when another
+    /// row has the same one (SO_REUSEPORT: one listen socket per worker).
+    pub fn herd_label(&self, r: &HerdRow) -> String {
+        if self.herd.iter().filter(|x| x.local == r.local).count() > 1 {
+            format!("{} sk {}", r.local, r.sk)
+        } else {
+            r.local.clone()
+        }
+    }
+}
+
 /// A function name without its parameter list, for narrow columns.
 pub fn short_name(n: &str) -> &str {
     match n.find('(') {
@@ -551,6 +563,14 @@ impl SummaryBuilder {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn reuseport_rows_are_told_apart_by_their_socket() {
+        let row = |local: &str, sk: &str| HerdRow { local: local.into(), sk: sk.into(), ..Default::default() };
+        let s = Summary { herd: vec![row("0.0.0.0:80", "0x1"), row("0.0.0.0:80", "0x2"), row("0.0.0.0:443", "0x3")], ..Default::default() };
+        let labels: Vec<String> = s.herd.iter().map(|r| s.herd_label(r)).collect();
+        assert_eq!(labels, ["0.0.0.0:80 sk 0x1", "0.0.0.0:80 sk 0x2", "0.0.0.0:443"]);
+    }
+
     use super::*;
 
     /// A thread per connection: each exited thread's row joins one row of

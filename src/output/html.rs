@@ -770,7 +770,7 @@ fn herd(o: &mut String, s: &Summary) {
         let _ = writeln!(
             o,
             "<tr><td class=\"mono\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{:.2}</td><td class=\"num{}\">{:.2}</td><td>{}</td><td>{}</td></tr>",
-            text(&r.local),
+            text(&s.herd_label(r)),
             r.connections,
             r.events,
             r.wakeups,
@@ -788,7 +788,7 @@ fn herd(o: &mut String, s: &Summary) {
         let _ = writeln!(
             o,
             "<p>{}: {n} event{} open when records were lost left out of these counts.</p>",
-            text(&r.local),
+            text(&s.herd_label(r)),
             if n == 1 { "" } else { "s" }
         );
     }
@@ -796,7 +796,7 @@ fn herd(o: &mut String, s: &Summary) {
         let _ = writeln!(
             o,
             "<p class=\"warn\">{}: {:.2} wasted wake-ups per connection: register the listen socket with EPOLLEXCLUSIVE, or give each worker its own listen socket with SO_REUSEPORT.</p>",
-            text(&r.local),
+            text(&s.herd_label(r)),
             r.herd_ratio()
         );
     }

@@ -350,14 +350,23 @@ pub fn summary(stats: &Stats, losses: &Losses, secs: f64, ringbuf_mib: u32, why:
         );
     }
     if losses.counted() > 0 {
+        // Which CPUs lost: one busy CPU (an IRQ-heavy one) or all of them.
+        let cpus: Vec<String> = losses
+            .per_cpu
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| v.iter().sum::<u64>() > 0)
+            .map(|(cpu, v)| format!("CPU{cpu} {}", v.iter().sum::<u64>()))
+            .collect();
         let _ = writeln!(
             o,
-            "  LOST: {} records (ring buffer full: {}), {} stacks, {} map-full, {} unreadable epoll arrays",
+            "  LOST: {} records (ring buffer full: {}), {} stacks, {} map-full, {} unreadable epoll arrays{}",
             losses.ringbuf,
             ringbuf_fix(ringbuf_mib),
             losses.stack,
             losses.map_full,
-            losses.user_read
+            losses.user_read,
+            if cpus.is_empty() { String::new() } else { format!("; per CPU: {}", cpus.join(", ")) }
         );
     }
     if stats.chains_records_lost > 0 {
@@ -403,16 +412,17 @@ pub fn summary_sections(s: &Summary) -> String {
     let mut o = String::new();
     if !s.herd.is_empty() {
         let _ = writeln!(o, "\nthundering herd, per listen socket:");
+        let w = s.herd.iter().map(|r| s.herd_label(r).len()).max().unwrap_or(0).max(24);
         let _ = writeln!(
             o,
-            "  {:<24} {:>6} {:>7} {:>6} {:>7} {:>12} {:>12}",
+            "  {:<w$} {:>6} {:>7} {:>6} {:>7} {:>12} {:>12}",
             "socket", "conns", "events", "woken", "wasted", "woken/event", "wasted/conn"
         );
         for r in &s.herd {
             let _ = writeln!(
                 o,
-                "  {:<24} {:>6} {:>7} {:>6} {:>7} {:>12.2} {:>12.2}",
-                r.local,
+                "  {:<w$} {:>6} {:>7} {:>6} {:>7} {:>12.2} {:>12.2}",
+                s.herd_label(r),
                 r.connections,
                 r.events,
                 r.wakeups,
@@ -518,7 +528,9 @@ mod tests {
         assert!(s.contains("LOST: 2 program runs skipped by the kernel") && s.contains("nd_sched_waking 2"), "{s}");
         assert!(!s.contains("records (ring buffer full") && !s.contains("lost: 0 records"), "{s}");
         l.ringbuf = 5;
+        l.per_cpu = vec![[0; 4], [3, 0, 0, 0], [2, 0, 0, 0]];
         let s = summary(&stats, &l, 1.0, 8, "done");
+        assert!(s.contains("unreadable epoll arrays; per CPU: CPU1 3, CPU2 2\n"), "{s}");
         assert!(
             s.contains("LOST: 5 records (ring buffer full: raise --ringbuf-size (now 8 MiB; try --ringbuf-size 32))")
                 && s.contains("LOST: 2 program"),
