@@ -23,7 +23,7 @@ use crate::analysis::{Annotation, Chain, Correlator, Stats};
 use crate::error::{Error, Result};
 use crate::events::{decode, Event, GapFinder, Kind, Task};
 use crate::output::json;
-use crate::output::text::{ringbuf_fix, summary, summary_sections, Losses, TextRenderer};
+use crate::output::text::{ringbuf_fix, summary, summary_sections, Losses, ReaderCpu, TextRenderer};
 use crate::output::{partial_path, OnDrop, PartialFile};
 use crate::probes::{ProbeConfig, Probes};
 use crate::procfs;
@@ -645,7 +645,7 @@ impl Pipeline {
         if d.iter().all(|&n| n == 0) {
             return Ok(());
         }
-        let fix = if d[0] > 0 { ringbuf_fix(ringbuf_mib) } else { String::new() };
+        let fix = if d[0] > 0 { ringbuf_fix(ringbuf_mib, now.reader.since(&last.reader), secs) } else { String::new() };
         if self.json {
             let line = json::record(
                 "lost",
@@ -805,7 +805,7 @@ impl Pipeline {
                     "analysis": analysis,
                     "lost": if reason == INCOMPLETE_RECORDING { Value::Null } else { json!(losses) },
                     "decode_errors": if reason == INCOMPLETE_RECORDING { Value::Null } else { json!(decode_errors) },
-                    "fix": if losses.ringbuf > 0 { ringbuf_fix(ringbuf_mib) } else { String::new() },
+                    "fix": if losses.ringbuf > 0 { ringbuf_fix(ringbuf_mib, losses.reader, secs) } else { String::new() },
                 }),
             );
             writeln!(self.out, "{}", json::line(&line))?;
@@ -898,6 +898,7 @@ pub fn run(mut opts: TraceOptions) -> Result<TraceResult> {
     };
     let t0 = monotonic_ns();
     let started = Instant::now();
+    let reader_start = ReaderCpu::now();
 
     let mut live_tgids: HashSet<u32> = opts.probe.tgids.iter().chain(&probes.forked).copied().collect();
     let mut live_tids: HashSet<u32> = opts.probe.tids.iter().copied().collect();
@@ -1084,12 +1085,15 @@ pub fn run(mut opts: TraceOptions) -> Result<TraceResult> {
         if last_loss_check.elapsed() >= Duration::from_secs(1) {
             let secs = last_loss_check.elapsed().as_secs_f64();
             last_loss_check = Instant::now();
-            pipe.report_losses(&probes.losses(), &mut reported, secs, ringbuf_mib, false)?;
+            let mut now = probes.losses();
+            now.reader = ReaderCpu::now().since(&reader_start);
+            pipe.report_losses(&now, &mut reported, secs, ringbuf_mib, false)?;
         }
     }
     let _ = rb.consume();
     process(&mut pipe, &mut live_tgids, &mut live_tids, &mut pids)?;
     let mut losses = probes.losses();
+    losses.reader = ReaderCpu::now().since(&reader_start);
     pipe.report_losses(&losses, &mut reported, last_loss_check.elapsed().as_secs_f64(), ringbuf_mib, true)?;
     // The totals the lost lines add up to, should this last reading have failed low.
     losses.raise_to(&reported);

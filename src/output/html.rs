@@ -739,7 +739,11 @@ fn counters(o: &mut String, end: &TraceEnd<'_>) {
     }
     o.push_str("</table>\n");
     if l.ringbuf > 0 {
-        let _ = writeln!(o, "<p class=\"warn\">Records were lost: {}.</p>", crate::output::text::ringbuf_fix(end.ringbuf_mib));
+        let _ = writeln!(
+            o,
+            "<p class=\"warn\">Records were lost: {}.</p>",
+            crate::output::text::ringbuf_fix(end.ringbuf_mib, end.losses.reader, end.secs)
+        );
     }
     if l.skipped_total() > 0 {
         let _ = writeln!(o, "<p class=\"warn\">{}.</p>", text(&crate::output::text::skipped_text(&l.skipped)));

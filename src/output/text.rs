@@ -21,6 +21,31 @@ pub struct Losses {
     /// Runs of a program the kernel skipped, by program (see `probes::skipped_runs`).
     #[serde(default)]
     pub skipped: BTreeMap<String, u64>,
+    /// The ring-buffer reader's own CPU time since the trace began: a reader
+    /// that waited for a CPU loses records however big the ring is.
+    #[serde(default)]
+    pub reader: ReaderCpu,
+}
+
+/// Time the thread reading the ring buffer ran and waited in a run queue
+/// (`/proc/thread-self/schedstat`), in ns.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ReaderCpu {
+    pub run_ns: u64,
+    pub wait_ns: u64,
+}
+
+impl ReaderCpu {
+    /// This thread's totals so far (zero where schedstat is not there).
+    pub fn now() -> Self {
+        let text = std::fs::read_to_string("/proc/thread-self/schedstat").unwrap_or_default();
+        let mut f = text.split_whitespace().map(|v| v.parse::<u64>().unwrap_or(0));
+        ReaderCpu { run_ns: f.next().unwrap_or(0), wait_ns: f.next().unwrap_or(0) }
+    }
+
+    pub fn since(&self, earlier: &ReaderCpu) -> ReaderCpu {
+        ReaderCpu { run_ns: self.run_ns.saturating_sub(earlier.run_ns), wait_ns: self.wait_ns.saturating_sub(earlier.wait_ns) }
+    }
 }
 
 impl Losses {
@@ -47,6 +72,8 @@ impl Losses {
         self.stack = self.stack.max(now.stack);
         self.map_full = self.map_full.max(now.map_full);
         self.user_read = self.user_read.max(now.user_read);
+        self.reader.run_ns = self.reader.run_ns.max(now.reader.run_ns);
+        self.reader.wait_ns = self.reader.wait_ns.max(now.reader.wait_ns);
         for (prog, n) in &now.skipped {
             let seen = self.skipped.entry(prog.clone()).or_default();
             *seen = (*seen).max(*n);
@@ -63,9 +90,25 @@ impl Losses {
     }
 }
 
-/// What fixes records lost to a full ring buffer: the flag, the size now,
-/// and one to try (4 times as big: a full ring rarely needs just double).
-pub fn ringbuf_fix(mib: u32) -> String {
+/// What fixes records lost to a full ring buffer over `secs` in which the
+/// reader used `reader`: a reader kept off the CPUs (a low priority, CPUs
+/// saturated by the load) or busy all the time loses records however big
+/// the ring is; else the flag, the size now, and a size to try.
+pub fn ringbuf_fix(mib: u32, reader: ReaderCpu, secs: f64) -> String {
+    let wall = secs * 1e9;
+    if wall > 0.0 && reader.wait_ns as f64 > 0.05 * wall {
+        return format!(
+            "netdrift's reader waited {} for a CPU ({:.0}% of the time): give it one (a higher priority: nice -n -5; or keep the load off a CPU with taskset); a bigger --ringbuf-size (now {mib} MiB) only delays the loss",
+            dur(reader.wait_ns),
+            100.0 * reader.wait_ns as f64 / wall
+        );
+    }
+    if wall > 0.0 && reader.run_ns as f64 > 0.9 * wall {
+        return format!(
+            "netdrift's reader was busy {:.0}% of the time: trace fewer threads, or leave out --stacks; a bigger --ringbuf-size (now {mib} MiB) only absorbs bursts",
+            100.0 * reader.run_ns as f64 / wall
+        );
+    }
     if mib >= 1024 {
         return format!("raise --ringbuf-size (now {mib} MiB, the most), or trace fewer threads");
     }
@@ -362,7 +405,7 @@ pub fn summary(stats: &Stats, losses: &Losses, secs: f64, ringbuf_mib: u32, why:
             o,
             "  LOST: {} records (ring buffer full: {}), {} stacks, {} map-full, {} unreadable epoll arrays{}",
             losses.ringbuf,
-            ringbuf_fix(ringbuf_mib),
+            ringbuf_fix(ringbuf_mib, losses.reader, secs),
             losses.stack,
             losses.map_full,
             losses.user_read,
@@ -542,8 +585,14 @@ mod tests {
         assert!(!s.contains("data word"), "{s}");
         let s = summary(&Stats { epoll_data_unmapped: 3, ..st }, &Losses::default(), 1.0, 8, "done");
         assert!(s.contains("3 events epoll_wait returned show a data word, not an fd") && s.contains("--epoll-ctl"), "{s}");
-        assert_eq!(ringbuf_fix(512), "raise --ringbuf-size (now 512 MiB; try --ringbuf-size 1024)");
-        assert!(ringbuf_fix(1024).contains("the most"));
+        let idle = ReaderCpu { run_ns: 10_000_000, wait_ns: 1_000_000 };
+        assert_eq!(ringbuf_fix(512, idle, 1.0), "raise --ringbuf-size (now 512 MiB; try --ringbuf-size 1024)");
+        assert!(ringbuf_fix(1024, idle, 1.0).contains("the most"));
+        // Kept off the CPUs for 300 ms of 1 s, or busy 950 ms of it: not the ring's size.
+        let starved = ringbuf_fix(8, ReaderCpu { run_ns: 10_000_000, wait_ns: 300_000_000 }, 1.0);
+        assert!(starved.starts_with("netdrift's reader waited 300.00ms for a CPU (30% of the time): give it one"), "{starved}");
+        let busy = ringbuf_fix(8, ReaderCpu { run_ns: 950_000_000, wait_ns: 0 }, 1.0);
+        assert!(busy.starts_with("netdrift's reader was busy 95% of the time"), "{busy}");
     }
 
     #[test]
