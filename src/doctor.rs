@@ -830,7 +830,7 @@ fn run_prog_check(spec: &ProgSpec, kernel: Option<(u32, u32)>) -> Check {
     if !check.ok {
         let old_kernel = |min: (u32, u32)| kernel.is_some_and(|k| k < min);
         let hint = match spec.check {
-            "prog:tracepoint" | "prog:syscall_tracepoint" if tracefs::tracefs_dir().is_none() => {
+            "prog:tracepoint" | "prog:syscall_tracepoint" if tracefs::tracefs_dir().is_none() && tracefs::tracefs_mount().is_none() => {
                 Some("tracefs is not mounted (`mount -t tracefs nodev /sys/kernel/tracing`)")
             }
             "map:ringbuf" if old_kernel((5, 8)) => Some("ring buffers exist since Linux 5.8"),

@@ -21,11 +21,24 @@ pub fn tracefs_dir() -> Option<PathBuf> {
     [TRACEFS, DEBUGFS_TRACING].iter().map(Path::new).find(|dir| dir.join("events").is_dir()).map(Path::to_path_buf)
 }
 
+/// Where tracefs is mounted, from /proc/self/mounts (readable by anyone).
+pub fn tracefs_mount() -> Option<String> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
+    mounts.lines().find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.get(2) == Some(&"tracefs")).then(|| f.get(1).map(|s| s.to_string())).flatten()
+    })
+}
+
 /// The tracefs directory, mounting tracefs at `/sys/kernel/tracing` first if
 /// no tracefs is mounted. Mounting needs CAP_SYS_ADMIN.
 pub fn ensure_tracefs() -> Result<PathBuf> {
     if let Some(dir) = tracefs_dir() {
         return Ok(dir);
+    }
+    if let Some(at) = tracefs_mount() {
+        // Mounted, but its events/ is not this user's to read (mode 0700).
+        return Err(Error::Feature(format!("tracefs is mounted at {at} but this user cannot read it: run netdrift as root")));
     }
     let how = format!("mount it by hand with `mount -t tracefs nodev {TRACEFS}`");
     if !Path::new(TRACEFS).is_dir() {
