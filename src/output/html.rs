@@ -729,6 +729,7 @@ fn counters(o: &mut String, end: &TraceEnd<'_>) {
         ("lost records (ring buffer full)", known(l.ringbuf.to_string())),
         ("chains open when records were lost", s.chains_records_lost.to_string()),
         ("lost stacks / map full / unreadable epoll arrays", known(format!("{} / {} / {}", l.stack, l.map_full, l.user_read))),
+        ("losses per CPU", known(if l.counted() > 0 { l.per_cpu_text() } else { "-".into() })),
         ("program runs skipped by the kernel", known(l.skipped_total().to_string())),
         ("undecodable records", known(end.decode_errors.to_string())),
         ("epoll events left as data words", s.epoll_data_unmapped.to_string()),

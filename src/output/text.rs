@@ -85,6 +85,19 @@ impl Losses {
         self.ringbuf + self.stack + self.map_full + self.user_read
     }
 
+    /// The CPUs that lost anything, `CPU1 3, CPU2 2` (one busy CPU, an
+    /// IRQ-heavy one, or all of them); "" if none.
+    pub fn per_cpu_text(&self) -> String {
+        let cpus: Vec<String> = self
+            .per_cpu
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| v.iter().sum::<u64>() > 0)
+            .map(|(cpu, v)| format!("CPU{cpu} {}", v.iter().sum::<u64>()))
+            .collect();
+        cpus.join(", ")
+    }
+
     pub fn skipped_total(&self) -> u64 {
         self.skipped.values().sum()
     }
@@ -393,14 +406,7 @@ pub fn summary(stats: &Stats, losses: &Losses, secs: f64, ringbuf_mib: u32, why:
         );
     }
     if losses.counted() > 0 {
-        // Which CPUs lost: one busy CPU (an IRQ-heavy one) or all of them.
-        let cpus: Vec<String> = losses
-            .per_cpu
-            .iter()
-            .enumerate()
-            .filter(|(_, v)| v.iter().sum::<u64>() > 0)
-            .map(|(cpu, v)| format!("CPU{cpu} {}", v.iter().sum::<u64>()))
-            .collect();
+        let cpus = losses.per_cpu_text();
         let _ = writeln!(
             o,
             "  LOST: {} records (ring buffer full: {}), {} stacks, {} map-full, {} unreadable epoll arrays{}",
@@ -409,7 +415,7 @@ pub fn summary(stats: &Stats, losses: &Losses, secs: f64, ringbuf_mib: u32, why:
             losses.stack,
             losses.map_full,
             losses.user_read,
-            if cpus.is_empty() { String::new() } else { format!("; per CPU: {}", cpus.join(", ")) }
+            if cpus.is_empty() { String::new() } else { format!("; per CPU: {cpus}") }
         );
     }
     if stats.chains_records_lost > 0 {
