@@ -342,6 +342,8 @@ fn full_ring_buffer_is_reported_as_lost() {
     // The text summary (stderr with -o) says so too.
     assert!(err.contains("LOST: "), "text summary shows LOST: {err}");
     assert!(err.contains("--ringbuf-size"), "text summary names the flag: {err}");
+    assert!(err.contains("; per CPU: CPU"), "text summary says which CPUs lost: {err}");
+    assert!(lost["reader"]["run_ns"].as_u64().is_some_and(|n| n > 0), "the reader's own CPU time: {lost}");
     // Where they were: a records_lost event at each gap, before the first
     // record its CPU wrote after it (losses after a CPU's last record have
     // none; here every CPU wrote again).
