@@ -86,7 +86,10 @@ pub fn escape_invisible(buf: &mut Vec<u8>) {
     let mut out = String::with_capacity(s.len() + 16);
     for c in s.chars() {
         if escape(c) {
-            out.push_str(&format!("\\u{:04x}", c as u32));
+            // Above U+FFFF (tag characters) as a surrogate pair: JSON's \u takes four digits.
+            for unit in c.encode_utf16(&mut [0; 2]) {
+                out.push_str(&format!("\\u{:04x}", unit));
+            }
         } else {
             out.push(c);
         }
@@ -348,6 +351,11 @@ mod tests {
         assert!(!l.chars().any(crate::output::invisible), "{l:?}");
         assert_eq!(serde_json::from_str::<Value>(&l).unwrap()["threads"][0], comm);
         assert_eq!(crate::output::term_safe(comm), "a\\x7fb\\x9b2J\\u{202e}c\\u{200b}\u{e9}");
+        // A tag character is above U+FFFF: a surrogate pair, not `\ue0041` (U+E004 and "1").
+        let tag = "py\u{e0041}x";
+        let l = line(&serde_json::json!({"n": tag}));
+        assert!(l.contains(r"py\udb40\udc41x"), "{l}");
+        assert_eq!(serde_json::from_str::<Value>(&l).unwrap()["n"], tag);
     }
 
     /// A unix socket has no IP addresses: null in JSON (as Serialize and the
