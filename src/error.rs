@@ -49,13 +49,29 @@ fn output_hint(e: &std::io::Error) -> &'static str {
     match e.raw_os_error() {
         Some(libc::ENOSPC) | Some(libc::EDQUOT) => "free space there, or give that output a path on another file system",
         Some(libc::EISDIR) => "it is a directory: give a file name",
-        // As root, what forbids replacing a file is its attribute.
-        Some(libc::EPERM) => "it is immutable or append-only (lsattr): clear that with chattr -i / -a, or give another path",
+        Some(libc::EPERM) => {
+            "it or its directory is immutable or append-only (lsattr; chattr -i / -a clears that), or it is another user's file in a sticky directory such as /tmp: give another path"
+        }
         _ => "give that output a path in a writable directory",
     }
 }
 
 impl Error {
+    /// A failed write to the output at `path`: the error a [`PartialFile`]
+    /// write already made (it names the file and the fix), or one made here.
+    ///
+    /// [`PartialFile`]: crate::output::PartialFile
+    pub fn write(path: &std::path::Path, e: std::io::Error) -> Error {
+        if !e.get_ref().is_some_and(|inner| inner.is::<Error>()) {
+            return Error::Write { path: path.to_path_buf(), source: e };
+        }
+        match e.into_inner().map(|b| b.downcast::<Error>()) {
+            Some(Ok(inner)) => *inner,
+            // Not reached: checked to be an Error above.
+            _ => Error::Write { path: path.to_path_buf(), source: std::io::Error::other("write failed") },
+        }
+    }
+
     /// Exit code for this error: 2 for what the user can fix on the command line.
     pub fn exit_code(&self) -> i32 {
         match self {

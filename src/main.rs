@@ -38,7 +38,7 @@ fn main() {
             let negative = e.kind() == clap::error::ErrorKind::UnknownArgument
                 && matches!(e.get(clap::error::ContextKind::InvalidArg), Some(clap::error::ContextValue::String(a))
                     if a.len() > 1 && a[1..].parse::<f64>().is_ok());
-            let msg = if negative { format!("{msg}: pids, tids and durations are positive numbers") } else { msg.to_string() };
+            let msg = if negative { format!("{msg}: every number netdrift takes is positive") } else { msg.to_string() };
             // The message quotes the arguments, which may hold escape sequences.
             eprintln!(
                 "netdrift: {} (see netdrift --help)",

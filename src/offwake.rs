@@ -38,7 +38,7 @@ use crate::events::{Task, WakerContext};
 use crate::offwake_skel::{types, OffwakeSkel, OffwakeSkelBuilder};
 use crate::output::{OnDrop, PartialFile};
 use crate::procfs;
-use crate::symbolize::{classify, is_tracer_frame_name, KernelSyms};
+use crate::symbolize::{classify, without_tracer_frames, KernelSyms};
 
 pub use model::{Entry, Host, Metric, RenderOptions, Thread, Totals, WakeContext, Waker};
 
@@ -456,15 +456,15 @@ impl Namer {
         }
         let Some(addrs) = stacks.get(id) else { return vec!["[missing kernel stack: not in the map]".into()] };
         let names = self.kernel.stack_names(&addrs);
-        names
+        let frames = names
             .into_iter()
             .zip(&addrs)
             .map(|(n, &a)| match n {
                 Some(n) => n.to_string(),
                 None => procmaps::unknown_kernel_frame(a),
             })
-            .skip_while(|f| is_tracer_frame_name(f))
-            .collect()
+            .collect();
+        without_tracer_frames(frames)
     }
 
     /// User frames of `pid`, innermost first.
@@ -920,7 +920,7 @@ impl Outputs {
         let mut files = std::mem::take(&mut self.files).into_iter();
         if let Some(p) = &self.opts.output_file {
             let mut f = files.next().ok_or_else(|| Error::Write { path: p.clone(), source: std::io::Error::other("not opened") })?;
-            f.write_all(main.as_bytes()).map_err(|e| Error::Write { path: p.clone(), source: e })?;
+            f.write_all(main.as_bytes()).map_err(|e| Error::write(p, e))?;
             f.commit()?;
         }
         // The files before stdout: `offwake --svg s.svg | head` still gets its SVG.
@@ -928,7 +928,7 @@ impl Outputs {
             let mut f = files.next().ok_or_else(|| Error::Write { path: p.clone(), source: std::io::Error::other("not opened") })?;
             let bytes = svg::render(&report.entries, &self.opts.render, "Off-Wake Time Flame Graph")
                 .map_err(|e| Error::Write { path: p.clone(), source: e })?;
-            f.write_all(&bytes).map_err(|e| Error::Write { path: p.clone(), source: e })?;
+            f.write_all(&bytes).map_err(|e| Error::write(p, e))?;
             f.commit()?;
         }
         let to_stdout = self.opts.output_file.is_none();

@@ -71,27 +71,34 @@ impl KernelSyms {
     /// Frame names for printing, innermost first, without netdrift's own
     /// BPF frames on top; unknown frames as `[unknown] 0xADDR`.
     pub fn frames(&mut self, addrs: &[u64]) -> Vec<String> {
-        self.stack_names(addrs)
+        let f = self
+            .stack_names(addrs)
             .into_iter()
             .zip(addrs)
             .map(|(n, a)| match n {
                 Some(n) => n.to_string(),
                 None => format!("[unknown] 0x{a:x}"),
             })
-            .skip_while(|f| is_tracer_frame(f))
-            .collect()
+            .collect();
+        without_tracer_frames(f)
     }
 }
 
-/// Frames of the tracer itself (the BPF program and its trampoline).
-fn is_tracer_frame(f: &str) -> bool {
-    f.starts_with("bpf_prog_") || f.starts_with("bpf_trace_run") || f.starts_with("__bpf_trace_") || f.starts_with("__traceiter_")
+/// A stack without the tracer's frames on top. Up to the last of them near
+/// the top, not only while they last: once the programs are unloaded (a
+/// replay), a BPF program's frame takes the name of whatever symbol is below
+/// its address, and the trampoline frames under it must go too.
+pub fn without_tracer_frames(mut f: Vec<String>) -> Vec<String> {
+    if let Some(i) = f.iter().take(12).rposition(|n| is_tracer_frame(n)) {
+        f.drain(..=i);
+    }
+    f
 }
 
-/// Is `f` a frame of the tracer itself (a BPF program, its tracepoint
-/// trampoline)? Such frames top every stack captured in a BPF program.
-pub fn is_tracer_frame_name(f: &str) -> bool {
-    is_tracer_frame(f)
+/// Frames of the tracer itself (the BPF program and its tracepoint
+/// trampoline): they top every stack captured in a BPF program.
+fn is_tracer_frame(f: &str) -> bool {
+    f.starts_with("bpf_prog_") || f.starts_with("bpf_trace_run") || f.starts_with("__bpf_trace_") || f.starts_with("__traceiter_")
 }
 
 /// What the waker's stack says: the cause, the context, whether epoll relayed it.
@@ -237,6 +244,19 @@ pub fn classify(waker: &Task, is_kthread: bool, frames: &[Option<Arc<str>>]) -> 
 
 #[cfg(test)]
 mod tests {
+    /// Replayed, the BPF program's frame is named after a neighbouring
+    /// symbol: the trampoline frames under it go all the same.
+    #[test]
+    fn tracer_frames_go_even_when_the_program_is_misnamed() {
+        let v = |f: &[&str]| f.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let replayed =
+            v(&["__stop_runtime_ptr_USER_PTR_MAX", "bpf_trace_run1", "__traceiter_sched_waking", "try_to_wake_up", "ep_poll_callback"]);
+        assert_eq!(without_tracer_frames(replayed), v(&["try_to_wake_up", "ep_poll_callback"]));
+        let live = v(&["bpf_prog_abc_nd_sched_waking", "bpf_trace_run1", "try_to_wake_up"]);
+        assert_eq!(without_tracer_frames(live), v(&["try_to_wake_up"]));
+        assert_eq!(without_tracer_frames(v(&["try_to_wake_up"])), v(&["try_to_wake_up"]));
+    }
+
     use super::*;
 
     fn fr(names: &[&str]) -> Vec<Option<Arc<str>>> {

@@ -247,8 +247,12 @@ pub fn check_file_path(p: &Path) -> Result<()> {
     if target.is_file() && replace_protected(&target) {
         return refuse(libc::EPERM);
     }
-    // FILE.partial is made there: a missing or read-only directory.
+    // FILE.partial is made there, and renamed: a missing or read-only
+    // directory, or an append-only one (a name cannot leave it).
     let dir = target.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    if replace_protected(dir) {
+        return refuse(libc::EPERM);
+    }
     let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
         .map_err(|_| Error::Usage(format!("{}: a NUL in the path", p.display())))?;
     // SAFETY: `c` is a NUL-terminated path that lives across the call.
@@ -258,7 +262,7 @@ pub fn check_file_path(p: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Has the file at `p` the immutable or append-only attribute (`chattr +i/+a`)?
+/// Has the file or directory at `p` the immutable or append-only attribute (`chattr +i/+a`)?
 fn replace_protected(p: &Path) -> bool {
     const FS_IMMUTABLE_FL: libc::c_long = 0x10;
     const FS_APPEND_FL: libc::c_long = 0x20;
@@ -289,7 +293,11 @@ pub fn check_outputs(paths: &[&Path]) -> Result<()> {
     let mut seen: Vec<(PathBuf, PathBuf, &Path)> = Vec::new();
     for p in paths {
         check_file_path(p)?;
-        let target = crate::output::output_target(p).0;
+        let (target, in_place) = crate::output::output_target(p);
+        if in_place && file_identity(&target) == Path::new("/dev/null") {
+            // Two outputs thrown away do not collide (a FIFO or a terminal would interleave them).
+            continue;
+        }
         let (id, partial) = (file_identity(&target), file_identity(&partial_path(&target)));
         if let Some((_, _, q)) = seen.iter().find(|(i, ip, _)| *i == id || *ip == id || *i == partial) {
             return Err(Error::Usage(if q == p {

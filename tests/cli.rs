@@ -621,6 +621,9 @@ fn analyze_replays_with_the_recorded_idle_timeout() {
         assert_eq!(file.contains("chain 1 "), chains, "{extra:?}: {file}");
         assert!(String::from_utf8_lossy(&out.stderr).contains("1 chains (0 incomplete)"));
     }
+    // Two outputs thrown away do not collide.
+    let out = nd().arg("analyze").arg(&rec).args(["-o", "/dev/null", "--perfetto", "/dev/null"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(run(r#","idle_ms":2000"#), (1, 0));
     // Recorded with --idle-ms 100: closed before its thread ran.
     assert_eq!(run(r#","idle_ms":100"#), (1, 1));

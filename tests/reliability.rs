@@ -529,7 +529,7 @@ fn bad_input_gives_one_line_exit_2_and_loads_nothing() {
     bad_input(&["trace", "-p", "4194304", "1"], "no process with pid 4194304", false, &log);
     bad_input(&["trace", "-p", "0", "1"], "0 is not a valid id", false, &log);
     bad_input(&["trace", "-p", "12ab", "1"], "not a number", false, &log);
-    bad_input(&["trace", "-p", "-3", "1"], "unexpected argument '-3' found: pids, tids and durations are positive", false, &log);
+    bad_input(&["trace", "-p", "-3", "1"], "unexpected argument '-3' found: every number netdrift takes is positive", false, &log);
     bad_input(&["trace", "-t", "4194304", "1"], "no thread with tid 4194304", false, &log);
     bad_input(&["trace", "-c", "nd-no-such-comm", "1"], "no running process or thread is named", false, &log);
     bad_input(&["trace", "-p", &pid, "--json", "-o", missing, "1"], "cannot write", false, &log);
@@ -590,10 +590,16 @@ fn unwritable_ready_file_or_output_dir_loads_nothing() {
     let frozen = dir.path().join("frozen");
     fs::write(&frozen, "").unwrap();
     if Command::new("chattr").arg("+i").arg(&frozen).status().is_ok_and(|s| s.success()) {
+        // And a new file in an append-only directory: its .partial could not be renamed.
+        let adir = dir.path().join("append-only");
+        fs::create_dir(&adir).unwrap();
+        let _ = Command::new("chattr").arg("+a").arg(&adir).status();
         let r = std::panic::catch_unwind(|| {
             bad_input(&["trace", "-p", &pid, "-o", frozen.to_str().unwrap(), "1"], "immutable", false, &log);
+            bad_input(&["trace", "-p", &pid, "-o", adir.join("new").to_str().unwrap(), "1"], "append-only", false, &log);
         });
         let _ = Command::new("chattr").arg("-i").arg(&frozen).status();
+        let _ = Command::new("chattr").arg("-a").arg(&adir).status();
         if let Err(e) = r {
             std::panic::resume_unwind(e);
         }

@@ -26,7 +26,7 @@ use crate::events::{epoll_flags, errno_name, Event, Kind, SockInfo, Task};
 use crate::output::{dur, off_cpu, ready_what, term_safe};
 use crate::output::{OnDrop, PartialFile};
 use crate::summary::{Hist, Summary};
-use crate::symbolize::{is_tracer_frame_name, KernelSyms};
+use crate::symbolize::KernelSyms;
 use crate::trace::{Observer, TraceEnd};
 
 const CSS: &str = include_str!("html/report.css");
@@ -113,17 +113,6 @@ pub fn kernel_ident(sym: &str) -> Option<&str> {
 /// The link of a kernel function at `base` (`https://elixir.bootlin.com/linux/v6.18`).
 pub fn ident_url(base: &str, ident: &str) -> String {
     format!("{base}/C/ident/{ident}")
-}
-
-/// The waker's frames, innermost first, without the tracer's own on top
-/// (the BPF program, which kallsyms may name after a neighbouring symbol,
-/// and its tracepoint trampoline).
-pub fn waker_frames(syms: &mut KernelSyms, stack: &[u64]) -> Vec<String> {
-    let f = syms.frames(stack);
-    match f.iter().take(12).rposition(|n| is_tracer_frame_name(n)) {
-        Some(i) => f[i + 1..].to_vec(),
-        None => f,
-    }
 }
 
 /// Whether /proc/kallsyms shows addresses to this user (kptr_restrict hides
@@ -378,8 +367,7 @@ impl ReportWriter {
         let mut links: HashMap<String, String> = HashMap::new();
         let clean = |s: &str| -> String { term_safe(s).replace(';', ":").replace(['\n', '\r'], " ") };
         for ((stack, comm, state), (w, _, _)) in &self.folded {
-            let mut frames: Vec<String> =
-                if stack.is_empty() { vec!["[no stack captured]".to_string()] } else { waker_frames(syms, stack) };
+            let mut frames: Vec<String> = if stack.is_empty() { vec!["[no stack captured]".to_string()] } else { syms.frames(stack) };
             frames.reverse();
             let mut parts = vec![clean(comm), clean(state), "--".to_string()];
             for f in frames {
@@ -418,7 +406,7 @@ impl ReportWriter {
                 if let Some(&i) = stack_ix.get(st) {
                     return Some(i);
                 }
-                let frames: Vec<Value> = waker_frames(syms, st).into_iter().map(|f| json!([term_safe(&f), kernel_ident(&f)])).collect();
+                let frames: Vec<Value> = syms.frames(st).into_iter().map(|f| json!([term_safe(&f), kernel_ident(&f)])).collect();
                 stacks.push(Value::Array(frames));
                 stack_ix.insert(st.to_vec(), stacks.len() - 1);
                 Some(stacks.len() - 1)
@@ -1083,7 +1071,7 @@ impl Observer for ReportWriter {
             Some(f) => f,
             None => PartialFile::create(&self.path, OnDrop::Remove)?,
         };
-        f.write_all(page.as_bytes()).map_err(|e| Error::Write { path: self.path.clone(), source: e })?;
+        f.write_all(page.as_bytes()).map_err(|e| Error::write(&self.path, e))?;
         f.commit()
     }
 }

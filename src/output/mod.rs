@@ -116,7 +116,7 @@ impl PartialFile {
 
     /// Flush and rename to PATH.
     pub fn commit(mut self) -> crate::error::Result<()> {
-        let err = |path: &std::path::Path, e| crate::error::Error::Write { path: path.to_path_buf(), source: e };
+        let err = |path: &std::path::Path, e| crate::error::Error::write(path, e);
         let w = self.w.take().ok_or_else(|| err(&self.path, std::io::Error::other("already committed")))?;
         let f = w.into_inner().map_err(|e| err(&self.path, e.into_error()))?;
         if self.in_place {

@@ -791,7 +791,7 @@ impl Observer for PerfettoWriter {
             Some(f) => f,
             None => PartialFile::create(&self.path, OnDrop::Remove)?,
         };
-        self.write_to(&mut f).map_err(|e| Error::Write { path: self.path.clone(), source: e })?;
+        self.write_to(&mut f).map_err(|e| Error::write(&self.path, e))?;
         f.commit()
     }
 }
