@@ -253,12 +253,23 @@ impl Hop {
     pub fn accept_failed(&self) -> bool {
         self.actions.iter().any(|a| matches!(a, Action::Accept { ret, .. } if *ret == -11))
     }
+    /// Its epoll_wait returned something to handle besides listen sockets:
+    /// a connection, or an fd that is no socket (a pipe, an eventfd).
+    fn returned_other_work(&self) -> bool {
+        self.epoll.as_ref().is_some_and(|e| {
+            e.events.iter().any(|r| match &r.sock {
+                Some(s) => !s.is_listen(),
+                None => r.fd.is_some(),
+            })
+        })
+    }
     /// Woken for nothing: went back to sleep in epoll_wait, found nothing to
-    /// accept, or its epoll_wait returned without this chain's socket.
+    /// accept (and nothing else to handle), or its epoll_wait returned
+    /// without this chain's socket.
     pub fn wasted(&self) -> bool {
         self.wake.is_some()
             && (self.slept_again.is_some()
-                || (self.accept_failed() && !self.accepted())
+                || (self.accept_failed() && !self.accepted() && !self.returned_other_work())
                 || (!self.accepted() && self.epoll.as_ref().and_then(|e| e.lists_sock) == Some(false)))
     }
 

@@ -152,10 +152,11 @@ fn herd_chain_has_both_workers_one_accept() {
     assert_eq!(c.stats.accept_eagain, 1);
 }
 
-#[test]
-fn data_connection_chain_and_close() {
-    let (mut c, w0, client, conn) = after_herd();
-    let evs = [
+/// After the herd: the connection (fd 6) readable, w0 woken, its epoll_wait
+/// returning the data words `returned`, (an accept on the listener, fd 3,
+/// finding nothing,) and the connection closed.
+fn conn_handled(client: &Task, w0: &Task, conn: &SockInfo, returned: &[u64], eagain: bool) -> Vec<Event> {
+    let mut evs = vec![
         ev(
             10_000,
             1,
@@ -164,10 +165,20 @@ fn data_connection_chain_and_close() {
         ),
         ev(10_010, 1, client.clone(), wake(w0.clone(), 8, Cause::SocketReadable)),
         ev(10_500, 1, w0.clone(), switch_in(10_010, 0)),
-        ev(10_600, 1, w0.clone(), epoll_exit(4, &[6])),
-        ev(10_700, 1, w0.clone(), Kind::Close { fd: 6, sock: Some(conn.into()) }),
-        ev(10_800, 1, w0.clone(), Kind::EpollEnter { epfd: 4, maxevents: 64, syscall: Syscall::EpollWait }),
+        ev(10_600, 1, w0.clone(), epoll_exit(4, returned)),
     ];
+    if eagain {
+        evs.push(ev(10_650, 1, w0.clone(), accept(3, -11, None)));
+    }
+    evs.push(ev(10_700, 1, w0.clone(), Kind::Close { fd: 6, sock: Some(conn.clone().into()) }));
+    evs.push(ev(10_800, 1, w0.clone(), Kind::EpollEnter { epfd: 4, maxevents: 64, syscall: Syscall::EpollWait }));
+    evs
+}
+
+#[test]
+fn data_connection_chain_and_close() {
+    let (mut c, w0, client, conn) = after_herd();
+    let evs = conn_handled(&client, &w0, &conn, &[6], false);
     let anns: Vec<_> = evs.iter().map(|e| c.ingest(e)).collect();
     let chains = c.drain_completed();
     assert_eq!(chains.len(), 1);
@@ -179,6 +190,25 @@ fn data_connection_chain_and_close() {
     assert!(matches!(h.actions[..], [Action::Close { fd: 6, .. }]));
     assert_eq!(ch.wasted(), 0);
     assert!(c.fds.fds(501).is_empty(), "close forgets the fd");
+}
+
+/// Woken for its connection's data, its epoll_wait returned the listener
+/// too (another worker had taken that connection): the EAGAIN of its accept
+/// does not make the wake-up one for nothing, it had a request to handle.
+#[test]
+fn an_eagain_beside_a_connection_to_handle_is_not_a_wasted_wake_up() {
+    let (mut c, w0, client, conn) = after_herd();
+    let before = c.stats.wasted_wakes;
+    let evs = conn_handled(&client, &w0, &conn, &[6, 3], true);
+    for e in &evs {
+        c.ingest(e);
+    }
+    let chains = c.drain_completed();
+    assert_eq!(chains.len(), 1);
+    let h = &chains[0].hops[0];
+    assert!(h.accept_failed() && !h.accepted());
+    assert!(!h.wasted(), "{h:#?}");
+    assert_eq!(c.stats.wasted_wakes, before);
 }
 
 #[test]
