@@ -508,8 +508,6 @@ fn check_exec_run(name: &str, lines: &[serde_json::Value], pid: u32, (child, thr
 /// pid until the new program exits, instead of ending at the exec.
 #[test]
 fn a_thread_traced_by_tid_is_followed_through_its_exec() {
-    use std::io::{BufRead, BufReader};
-    use std::process::Stdio;
     use std::time::Instant;
 
     if !require_root() {
@@ -517,13 +515,9 @@ fn a_thread_traced_by_tid_is_followed_through_its_exec() {
     }
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().expect("tempdir");
-    let prog = common::build_c(dir.path(), "threadexec", &["-O1", "-pthread"]);
     let (go, ready, out_path) = (dir.path().join("go"), dir.path().join("ready"), dir.path().join("out.jsonl"));
-    let mut target = Command::new(&prog).arg(&go).stdout(Stdio::piped()).spawn().expect("starting threadexec");
+    let (mut target, tid) = common::start_threadexec(dir.path(), &go);
     let pid = target.id();
-    let mut line = String::new();
-    BufReader::new(target.stdout.take().expect("stdout")).read_line(&mut line).expect("threadexec tid");
-    let tid: u32 = line.trim().parse().unwrap_or_else(|_| panic!("threadexec printed {line:?}, not a tid"));
     let mut tracer = json_tracer(&["-t", &tid.to_string()], &out_path, &ready);
     std::fs::write(&go, b"").expect("go file");
     let t = Instant::now();

@@ -453,13 +453,9 @@ fn a_thread_traced_by_tid_is_followed_through_its_exec() {
     }
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().expect("tempdir");
-    let prog = common::build_c(dir.path(), "threadexec", &["-O1", "-pthread"]);
     let go = dir.path().join("go");
-    let mut target = Command::new(&prog).arg(&go).stdout(Stdio::piped()).spawn().expect("starting threadexec");
+    let (mut target, tid) = common::start_threadexec(dir.path(), &go);
     let pid = target.id();
-    let mut line = String::new();
-    BufReader::new(target.stdout.take().expect("stdout")).read_line(&mut line).expect("threadexec tid");
-    let tid: u32 = line.trim().parse().unwrap_or_else(|_| panic!("threadexec printed {line:?}, not a tid"));
     let go2 = go.clone();
     let opts = OffwakeOptions {
         tids: vec![tid],

@@ -177,3 +177,15 @@ pub fn build_c(dir: &Path, name: &str, flags: &[&str]) -> std::path::PathBuf {
     assert!(out.status.success(), "cc failed: {}", String::from_utf8_lossy(&out.stderr));
     bin
 }
+
+/// tests/progs/threadexec.c built in `dir` and started: it prints the tid of
+/// a thread that runs exec once the file `go` exists. Returns the child and that tid.
+pub fn start_threadexec(dir: &Path, go: &Path) -> (Child, u32) {
+    use std::io::BufRead;
+    let prog = build_c(dir, "threadexec", &["-O1", "-pthread"]);
+    let mut target = std::process::Command::new(&prog).arg(go).stdout(std::process::Stdio::piped()).spawn().expect("starting threadexec");
+    let mut line = String::new();
+    std::io::BufReader::new(target.stdout.take().expect("stdout")).read_line(&mut line).expect("threadexec tid");
+    let tid: u32 = line.trim().parse().unwrap_or_else(|_| panic!("threadexec printed {line:?}, not a tid"));
+    (target, tid)
+}
