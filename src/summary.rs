@@ -223,10 +223,13 @@ fn is_zero(v: &u64) -> bool {
 }
 
 impl ThreadRow {
-    /// Its label: `comm[tid]`, or `comm (N exited threads)`.
+    /// Its label: `comm[tid]`, or `comm of pid P (N exited threads)` (the
+    /// pid tells apart the rows of two processes of one name, and matches
+    /// the herd's `comm[tid]` of a process's main thread).
     pub fn label(&self, comm: &str) -> String {
         if self.exited_threads > 0 {
-            format!("{comm} ({} exited threads)", self.exited_threads)
+            let n = self.exited_threads;
+            format!("{comm} of pid {} ({n} exited thread{})", self.pid, if n == 1 { "" } else { "s" })
         } else {
             format!("{comm}[{}]", self.tid)
         }
@@ -358,7 +361,18 @@ impl SummaryBuilder {
         if !self.threads.contains_key(&t.tid) && self.retired.get(&t.tid).is_some_and(|r| r.0 == t.pid) {
             return self.exited_row(t.pid, &t.comm);
         }
-        self.threads.entry(t.tid).or_insert_with(|| ThreadRow { pid: t.pid, tid: t.tid, comm: t.comm.to_string(), ..Default::default() })
+        let row = self.threads.entry(t.tid).or_insert_with(|| ThreadRow {
+            pid: t.pid,
+            tid: t.tid,
+            comm: t.comm.to_string(),
+            ..Default::default()
+        });
+        // Its latest name: a new thread is seen under its creator's name
+        // until it names itself (memcached's mc-worker).
+        if row.comm != *t.comm {
+            row.comm = t.comm.to_string();
+        }
+        row
     }
 
     /// The row of `pid`'s exited threads named `comm`.
@@ -573,6 +587,23 @@ mod tests {
 
     use super::*;
 
+    /// A new thread is first seen under its creator's name: its row takes
+    /// the name it gives itself (memcached's mc-worker threads).
+    #[test]
+    fn a_thread_row_has_the_threads_latest_name() {
+        let mut b = SummaryBuilder::new();
+        let ev = |ts: u64, comm: &str| Event {
+            ts,
+            cpu: 0,
+            task: Task { pid: 10, tid: 11, comm: comm.into() },
+            kind: Kind::SwitchOut { involuntary: false, woken: false, state: 1, next_tid: 0, next_comm: "swapper/0".into() },
+        };
+        b.event(&ev(1, "mcd2"));
+        b.event(&ev(2, "mc-worker"));
+        let s = b.build();
+        assert_eq!((s.threads.len(), s.threads[0].comm.as_str(), s.threads[0].voluntary), (1, "mc-worker", 2));
+    }
+
     /// A thread per connection: each exited thread's row joins one row of
     /// its process and name, so the summary stays bounded; a live thread
     /// keeps its own.
@@ -603,7 +634,7 @@ mod tests {
         let gone = s.threads.iter().find(|t| t.exited_threads > 0).expect("the exited row");
         assert_eq!((gone.exited_threads, gone.tid, gone.voluntary, gone.runq.count), (1000, 0, 2000, 1000));
         assert_eq!(s.threads.iter().find(|t| t.tid == 100).map(|t| t.runq.count), Some(1), "the new thread 100");
-        assert_eq!(gone.label("conn"), "conn (1000 exited threads)");
+        assert_eq!(gone.label("conn"), format!("conn of pid {} (1000 exited threads)", gone.pid));
         assert_eq!(s.threads.iter().find(|t| t.tid == 7).map(|t| t.label("conn")), Some("conn[7]".to_string()));
     }
 

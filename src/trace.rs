@@ -799,8 +799,8 @@ impl Pipeline {
         let stats = self.corr.stats();
         let analysis = self.corr.summary.build();
         let sections = match self.report {
-            Report::Full => summary_sections(&analysis),
-            Report::Herd => herd_only(&analysis),
+            Report::Full => summary_sections(&analysis, losses.ringbuf > 0),
+            Report::Herd => herd_only(&analysis, losses.ringbuf > 0),
         };
         let text = format!("{sections}{}", summary(&stats, &losses, secs, ringbuf_mib, reason));
         if self.json {
@@ -854,9 +854,9 @@ impl Pipeline {
     }
 }
 
-fn herd_only(s: &Summary) -> String {
+fn herd_only(s: &Summary, lost: bool) -> String {
     let only = Summary { herd: s.herd.clone(), ..Default::default() };
-    let t = summary_sections(&only);
+    let t = summary_sections(&only, lost);
     if t.is_empty() {
         "\nthundering herd: no listen-socket wake-ups seen\n".into()
     } else {

@@ -266,7 +266,7 @@ impl ReportWriter {
         self.header(&mut o, end, &version);
         o.push_str("<nav><a href=\"#nd-summary\">summary</a><a href=\"#nd-herd\">thundering herd</a><a href=\"#nd-latency\">latency</a><a href=\"#nd-threads\">threads</a><a href=\"#nd-flame\">off-wake flame graph</a><a href=\"#nd-chains\">chains</a></nav>\n");
         counters(&mut o, end);
-        herd(&mut o, end.summary);
+        herd(&mut o, end.summary, end.losses.ringbuf > 0);
         latency(&mut o, end.summary);
         threads(&mut o, end.summary);
         self.flame(&mut o, syms, &base);
@@ -634,7 +634,13 @@ fn hop_json(h: &Hop, start: u64, stack_of: &mut dyn FnMut(&[u64]) -> Option<usiz
     // Totals over the whole hop, after its timed steps.
     for (n, what, ns, why) in off_cpu(h) {
         if n > 0 {
-            steps.push(node("preempt", None, format!("{what} {n} time(s)"), vec![format!("{} {why}", dur(ns))], None));
+            steps.push(node(
+                "preempt",
+                None,
+                format!("{what} {n} time{}", if n == 1 { "" } else { "s" }),
+                vec![format!("{} {why}", dur(ns))],
+                None,
+            ));
         }
     }
     json!({"target": task(&h.target), "wasted": h.wasted(), "steps": steps})
@@ -746,7 +752,7 @@ fn counters(o: &mut String, end: &TraceEnd<'_>) {
     o.push_str("</section>\n");
 }
 
-fn herd(o: &mut String, s: &Summary) {
+fn herd(o: &mut String, s: &Summary, lost: bool) {
     o.push_str("<section id=\"nd-herd\">\n<h2>Thundering herd, per listen socket</h2>\n");
     if s.herd.is_empty() {
         o.push_str("<p class=\"hint\">No listen-socket wake-ups were seen.</p>\n</section>\n");
@@ -776,6 +782,9 @@ fn herd(o: &mut String, s: &Summary) {
         );
     }
     o.push_str("</table>\n");
+    if lost {
+        o.push_str("<p class=\"warn\">Records were lost: every count here is a lower bound.</p>\n");
+    }
     for r in s.herd.iter().filter(|r| r.events_records_lost > 0) {
         let n = r.events_records_lost;
         let _ = writeln!(

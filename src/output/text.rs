@@ -298,12 +298,12 @@ impl TextRenderer {
             let more = if e.not_read() > 0 { format!(" (+{} more)", e.not_read()) } else { String::new() };
             let _ = writeln!(
                 o,
-                "  {cont}   {}({}) {:>9}  returned {}: {}{}",
+                "  {cont}   {}({}) {:>9}  returned {}{}{}",
                 e.syscall.name(),
                 e.epfd,
                 rel(e.ts),
                 crate::events::ret_text(e.ret),
-                list.join(", "),
+                if list.is_empty() { String::new() } else { format!(": {}", list.join(", ")) },
                 more
             );
         }
@@ -353,7 +353,7 @@ impl TextRenderer {
         // Totals over the whole hop, after its timed steps.
         for (n, what, ns, why) in off_cpu(h) {
             if n > 0 {
-                let _ = writeln!(o, "  {cont}   {what} {n} time(s), {} {why}", dur(ns));
+                let _ = writeln!(o, "  {cont}   {what} {n} time{}, {} {why}", if n == 1 { "" } else { "s" }, dur(ns));
             }
         }
     }
@@ -401,7 +401,7 @@ pub fn summary(stats: &Stats, losses: &Losses, secs: f64, ringbuf_mib: u32, why:
     if stats.epoll_data_unmapped > 0 {
         let _ = writeln!(
             o,
-            "  {} events epoll_wait returned show a data word, not an fd: most likely registered and closed before /proc was read (with --epoll-ctl every registration is traced)",
+            "  {} events epoll_wait returned show a data word, not an fd: registered by another thread than the one that accepted (memcached's workers), or closed before /proc was read; --epoll-ctl traces every registration and maps them all",
             stats.epoll_data_unmapped
         );
     }
@@ -456,8 +456,9 @@ fn pct(h: &Hist, p: f64) -> String {
     h.percentile(p).map(dur).unwrap_or_else(|| "-".into())
 }
 
-/// The analysis sections of the summary: herd, latency, slowest chains, threads.
-pub fn summary_sections(s: &Summary) -> String {
+/// The analysis sections of the summary: herd, latency, slowest chains,
+/// threads. `lost`: records were lost (the counts are lower bounds).
+pub fn summary_sections(s: &Summary, lost: bool) -> String {
     let mut o = String::new();
     if !s.herd.is_empty() {
         let _ = writeln!(o, "\nthundering herd, per listen socket:");
@@ -487,6 +488,10 @@ pub fn summary_sections(s: &Summary) -> String {
             };
             let _ = writeln!(o, "    accepted by: {}", list(&r.winners));
             let _ = writeln!(o, "    woken for nothing: {}", list(&r.losers));
+            if lost {
+                // An accept or wake-up lost is missing from every count here, not only from marked chains.
+                let _ = writeln!(o, "    records were lost (see below): these counts are lower bounds");
+            }
             if r.events_records_lost > 0 {
                 let n = r.events_records_lost;
                 let _ = writeln!(o, "    left out: {n} event{} open when records were lost", if n == 1 { "" } else { "s" });
@@ -541,9 +546,10 @@ pub fn summary_sections(s: &Summary) -> String {
                 |m: &std::collections::BTreeMap<String, u64>| m.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", ");
             let _ = writeln!(
                 o,
-                "  {}  {} wake-ups, switches {} voluntary / {} involuntary, run queue p50 {} p99 {}",
+                "  {}  {} wake-up{}, switches {} voluntary / {} involuntary, run queue p50 {} p99 {}",
                 t.label(&term_safe(&t.comm)),
                 t.wakeups,
+                if t.wakeups == 1 { "" } else { "s" },
                 t.voluntary,
                 t.involuntary,
                 pct(&t.runq, 50.0),
