@@ -415,6 +415,10 @@ pub struct Stats {
     /// Wake-ups with no stack of their own: their cause and context are those
     /// of the last stack taken for the same waker, woken thread and `stack_sig`.
     pub stacks_reused: u64,
+    /// Targets preempted by netdrift's own ring-buffer reader, and the time
+    /// they waited for their CPU back: the tracer's share of their delays.
+    pub preempted_by_tracer: u64,
+    pub preempted_by_tracer_ns: u64,
 }
 
 #[derive(Debug, Default)]
@@ -601,6 +605,10 @@ pub struct Correlator {
     /// carrying it was seen: (seq, the last such wake-up's ts, its CPU).
     /// Dropped once no later wake-up can carry it (`drop_expired_unjoined`).
     unjoined: Vec<(u64, u64, u32)>,
+    /// The tid of netdrift's ring-buffer reader (0: unknown), and the
+    /// targets it preempted, by tid, since when.
+    pub tracer_tid: u32,
+    tracer_preempted: HashMap<u32, u64>,
 }
 
 /// How long after a TCP state change on a CPU the kernel side still takes
@@ -932,6 +940,11 @@ impl Correlator {
                 ann.chain = Some(id);
             }
             Kind::SwitchIn { runnable_ts, prev_cpu, prev_tid, prev_comm, after_preempt } => {
+                if !self.tracer_preempted.is_empty() {
+                    if let Some(since) = self.tracer_preempted.remove(&tid) {
+                        self.stats.preempted_by_tracer_ns += ev.ts.saturating_sub(since);
+                    }
+                }
                 let pending = match self.threads.get_mut(&tid) {
                     Some(t) => {
                         t.asleep = false;
@@ -968,9 +981,13 @@ impl Correlator {
                     }
                 }
             }
-            Kind::SwitchOut { involuntary, woken, state, .. } => {
+            Kind::SwitchOut { involuntary, woken, state, next_tid, .. } => {
                 if *involuntary {
                     self.stats.involuntary_switches += 1;
+                    if self.tracer_tid != 0 && *next_tid == self.tracer_tid {
+                        self.stats.preempted_by_tracer += 1;
+                        self.tracer_preempted.insert(tid, ev.ts);
+                    }
                 } else {
                     self.stats.voluntary_switches += 1;
                 }

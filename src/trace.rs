@@ -633,6 +633,7 @@ impl Pipeline {
     }
 
     fn start_line(&mut self, start: &Value) -> Result<()> {
+        self.corr.tracer_tid = start["reader_tid"].as_u64().and_then(|t| u32::try_from(t).ok()).unwrap_or(0);
         if self.json {
             writeln!(self.out, "{}", json::line(&json::record("start", start.clone())))?;
         }
@@ -962,6 +963,9 @@ pub fn run(mut opts: TraceOptions) -> Result<TraceResult> {
         "epoll_ctl": opts.probe.epoll_ctl,
         "handlers": opts.probe.handlers,
         "idle_ms": opts.idle.as_millis() as u64,
+        // This thread reads the ring buffer: a target it preempts waits for netdrift.
+        // SAFETY: gettid has no preconditions.
+        "reader_tid": unsafe { libc::gettid() },
     });
     pipe.start_line(&start)?;
     if let Some(p) = &opts.ready_file {

@@ -1038,3 +1038,26 @@ fn an_eagain_of_a_running_thread_is_not_woken_for_nothing() {
     assert!(text.contains("= -EAGAIN  (nothing left to accept)") && !text.contains("woken for nothing"), "{text}");
     assert_eq!(c.stats.wasted_wakes, 0);
 }
+
+/// A target preempted by netdrift's own reader is counted, with the time
+/// until it ran again; one preempted by anything else is not.
+#[test]
+fn preemptions_by_the_tracer_are_counted_apart() {
+    let w = t(10, 11, "w");
+    let mut c = Correlator::new();
+    c.tracer_tid = 99;
+    let out = |next_tid| Kind::SwitchOut { involuntary: true, woken: false, state: 0, next_tid, next_comm: "x".into() };
+    let back = |since| Kind::SwitchIn { runnable_ts: since, prev_cpu: 0, after_preempt: true, prev_tid: 0, prev_comm: "x".into() };
+    for e in [
+        ev(1000, 0, w.clone(), out(99)),
+        ev(3000, 0, w.clone(), back(1000)),
+        ev(4000, 0, w.clone(), out(7)),
+        ev(9000, 0, w.clone(), back(4000)),
+    ] {
+        c.ingest(&e);
+    }
+    let s = c.stats();
+    assert_eq!((s.involuntary_switches, s.preempted_by_tracer, s.preempted_by_tracer_ns), (2, 1, 2000));
+    let text = crate::output::text::summary(&s, &Default::default(), 1.0, 8, "done");
+    assert!(text.contains("netdrift's own reader preempted the targets 1 time, 2.0us before they ran again"), "{text}");
+}

@@ -720,6 +720,10 @@ fn counters(o: &mut String, end: &TraceEnd<'_>) {
                 if s.missed_switch_ins > 0 { format!("; switch-ins not seen: {}", s.missed_switch_ins) } else { String::new() }
             ),
         ),
+        (
+            "targets preempted by netdrift's reader",
+            format!("{} ({} before they ran again)", s.preempted_by_tracer, dur(s.preempted_by_tracer_ns)),
+        ),
         ("lost records (ring buffer full)", known(l.ringbuf.to_string())),
         ("chains open when records were lost", s.chains_records_lost.to_string()),
         ("lost stacks / map full / unreadable epoll arrays", known(format!("{} / {} / {}", l.stack, l.map_full, l.user_read))),
