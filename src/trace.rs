@@ -493,6 +493,10 @@ impl Enricher {
 /// Correlate and render events; shared by the live trace and `analyze`.
 pub struct Pipeline {
     pub corr: Correlator,
+    /// The reader's totals at the last loss check, and its time summed over
+    /// the intervals in which records were lost.
+    reader_last: ReaderCpu,
+    reader_lossy: ReaderCpu,
     /// Reused for every JSON line.
     json_buf: Vec<u8>,
     syms: KernelSyms,
@@ -616,6 +620,8 @@ impl Pipeline {
         Pipeline {
             json_buf: Vec::with_capacity(1024),
             corr: Correlator::with_idle(opts.idle.as_nanos() as u64),
+            reader_last: ReaderCpu::default(),
+            reader_lossy: ReaderCpu::default(),
             syms: KernelSyms::new(),
             renderer: TextRenderer { t0, stacks: opts.stacks },
             out,
@@ -650,11 +656,17 @@ impl Pipeline {
     /// `lost` line in the JSON stream, and on stderr unless this is the final
     /// call (the summary follows). The `lost` lines add up to the summary's totals.
     fn report_losses(&mut self, now: &Losses, last: &mut Losses, secs: f64, ringbuf_mib: u32, last_call: bool) -> Result<()> {
+        // The reader over this check's interval: were records lost while it waited for a CPU?
+        let window = now.reader.since(&self.reader_last);
+        self.reader_last = now.reader;
         let d = now.growth_since(last);
         if d.iter().all(|&n| n == 0) {
             return Ok(());
         }
-        let fix = if d[0] > 0 { ringbuf_fix(ringbuf_mib, now.reader.since(&last.reader), secs) } else { String::new() };
+        if d[0] > 0 {
+            self.reader_lossy.add(&window);
+        }
+        let fix = if d[0] > 0 { ringbuf_fix(ringbuf_mib, window, secs) } else { String::new() };
         if self.json {
             let line = json::record(
                 "lost",
@@ -787,7 +799,12 @@ impl Pipeline {
     }
 
     /// Close every chain, print the summary, commit the files.
-    fn finish(mut self, losses: Losses, decode_errors: u64, secs: f64, ringbuf_mib: u32, reason: &str) -> Result<TraceResult> {
+    fn finish(mut self, mut losses: Losses, decode_errors: u64, secs: f64, ringbuf_mib: u32, reason: &str) -> Result<TraceResult> {
+        // Live, the reader's time in the intervals that lost records says
+        // more about their cause than the whole run's (a replay keeps the recorded figures).
+        if self.reader_lossy.wall_ns > 0 {
+            losses.reader = self.reader_lossy;
+        }
         for held in std::mem::take(&mut self.held) {
             if held.refused {
                 self.corr.stats.sockets_disproved += 1;

@@ -28,11 +28,13 @@ pub struct Losses {
 }
 
 /// Time the thread reading the ring buffer ran and waited in a run queue
-/// (`/proc/thread-self/schedstat`), in ns.
+/// (`/proc/thread-self/schedstat`), in ns, over `wall_ns` of the trace.
 #[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ReaderCpu {
     pub run_ns: u64,
     pub wait_ns: u64,
+    #[serde(default)]
+    pub wall_ns: u64,
 }
 
 impl ReaderCpu {
@@ -40,11 +42,22 @@ impl ReaderCpu {
     pub fn now() -> Self {
         let text = std::fs::read_to_string("/proc/thread-self/schedstat").unwrap_or_default();
         let mut f = text.split_whitespace().map(|v| v.parse::<u64>().unwrap_or(0));
-        ReaderCpu { run_ns: f.next().unwrap_or(0), wait_ns: f.next().unwrap_or(0) }
+        ReaderCpu { run_ns: f.next().unwrap_or(0), wait_ns: f.next().unwrap_or(0), wall_ns: crate::trace::monotonic_ns() }
     }
 
     pub fn since(&self, earlier: &ReaderCpu) -> ReaderCpu {
-        ReaderCpu { run_ns: self.run_ns.saturating_sub(earlier.run_ns), wait_ns: self.wait_ns.saturating_sub(earlier.wait_ns) }
+        ReaderCpu {
+            run_ns: self.run_ns.saturating_sub(earlier.run_ns),
+            wait_ns: self.wait_ns.saturating_sub(earlier.wait_ns),
+            wall_ns: self.wall_ns.saturating_sub(earlier.wall_ns),
+        }
+    }
+
+    /// Add another stretch of time.
+    pub fn add(&mut self, o: &ReaderCpu) {
+        self.run_ns += o.run_ns;
+        self.wait_ns += o.wait_ns;
+        self.wall_ns += o.wall_ns;
     }
 }
 
@@ -74,6 +87,7 @@ impl Losses {
         self.user_read = self.user_read.max(now.user_read);
         self.reader.run_ns = self.reader.run_ns.max(now.reader.run_ns);
         self.reader.wait_ns = self.reader.wait_ns.max(now.reader.wait_ns);
+        self.reader.wall_ns = self.reader.wall_ns.max(now.reader.wall_ns);
         for (prog, n) in &now.skipped {
             let seen = self.skipped.entry(prog.clone()).or_default();
             *seen = (*seen).max(*n);
@@ -108,7 +122,8 @@ impl Losses {
 /// saturated by the load) or busy all the time loses records however big
 /// the ring is; else the flag, the size now, and a size to try.
 pub fn ringbuf_fix(mib: u32, reader: ReaderCpu, secs: f64) -> String {
-    let wall = secs * 1e9;
+    // Recordings made before wall_ns was kept: the whole run.
+    let wall = if reader.wall_ns > 0 { reader.wall_ns as f64 } else { secs * 1e9 };
     if wall > 0.0 && reader.wait_ns as f64 > 0.05 * wall {
         return format!(
             "netdrift's reader waited {} for a CPU ({:.0}% of the time): give it one (a higher priority: nice -n -5; or keep the load off a CPU with taskset); a bigger --ringbuf-size (now {mib} MiB) only delays the loss",
@@ -606,13 +621,13 @@ mod tests {
         assert!(!s.contains("data word"), "{s}");
         let s = summary(&Stats { epoll_data_unmapped: 3, ..st }, &Losses::default(), 1.0, 8, "done");
         assert!(s.contains("3 events epoll_wait returned show a data word, not an fd") && s.contains("--epoll-ctl"), "{s}");
-        let idle = ReaderCpu { run_ns: 10_000_000, wait_ns: 1_000_000 };
+        let idle = ReaderCpu { run_ns: 10_000_000, wait_ns: 1_000_000, wall_ns: 0 };
         assert_eq!(ringbuf_fix(512, idle, 1.0), "raise --ringbuf-size (now 512 MiB; try --ringbuf-size 1024)");
         assert!(ringbuf_fix(1024, idle, 1.0).contains("the most"));
         // Kept off the CPUs for 300 ms of 1 s, or busy 950 ms of it: not the ring's size.
-        let starved = ringbuf_fix(8, ReaderCpu { run_ns: 10_000_000, wait_ns: 300_000_000 }, 1.0);
+        let starved = ringbuf_fix(8, ReaderCpu { run_ns: 10_000_000, wait_ns: 300_000_000, wall_ns: 0 }, 1.0);
         assert!(starved.starts_with("netdrift's reader waited 300.00ms for a CPU (30% of the time): give it one"), "{starved}");
-        let busy = ringbuf_fix(8, ReaderCpu { run_ns: 950_000_000, wait_ns: 0 }, 1.0);
+        let busy = ringbuf_fix(8, ReaderCpu { run_ns: 950_000_000, wait_ns: 0, wall_ns: 0 }, 1.0);
         assert!(busy.starts_with("netdrift's reader was busy 95% of the time"), "{busy}");
     }
 
