@@ -263,14 +263,14 @@ impl Hop {
             })
         })
     }
-    /// Woken for nothing: went back to sleep in epoll_wait, found nothing to
-    /// accept (and nothing else to handle), or its epoll_wait returned
-    /// without this chain's socket.
+    /// Woken for nothing: went back to sleep in epoll_wait, or found nothing
+    /// to accept or its epoll_wait returned without this chain's socket, and
+    /// nothing else to handle either.
     pub fn wasted(&self) -> bool {
         self.wake.is_some()
             && (self.slept_again.is_some()
                 || (self.accept_failed() && !self.accepted() && !self.returned_other_work())
-                || (!self.accepted() && self.epoll.as_ref().and_then(|e| e.lists_sock) == Some(false)))
+                || (!self.accepted() && self.epoll.as_ref().and_then(|e| e.lists_sock) == Some(false) && !self.returned_other_work()))
     }
 
     /// Last timestamp in this hop.
@@ -417,8 +417,9 @@ pub struct Stats {
     pub stacks_reused: u64,
     /// Targets preempted by netdrift's own ring-buffer reader, and the time
     /// they waited for their CPU back: the tracer's share of their delays.
-    pub preempted_by_tracer: u64,
-    pub preempted_by_tracer_ns: u64,
+    /// None where the reader is unknown (a recording made before its tid was kept).
+    pub preempted_by_tracer: Option<u64>,
+    pub preempted_by_tracer_ns: Option<u64>,
 }
 
 #[derive(Debug, Default)]
@@ -942,7 +943,7 @@ impl Correlator {
             Kind::SwitchIn { runnable_ts, prev_cpu, prev_tid, prev_comm, after_preempt } => {
                 if !self.tracer_preempted.is_empty() {
                     if let Some(since) = self.tracer_preempted.remove(&tid) {
-                        self.stats.preempted_by_tracer_ns += ev.ts.saturating_sub(since);
+                        *self.stats.preempted_by_tracer_ns.get_or_insert(0) += ev.ts.saturating_sub(since);
                     }
                 }
                 let pending = match self.threads.get_mut(&tid) {
@@ -982,10 +983,15 @@ impl Correlator {
                 }
             }
             Kind::SwitchOut { involuntary, woken, state, next_tid, .. } => {
+                // A switch-out ends whatever the last one began: if its
+                // switch-in was a lost record, that wait is unknown, not this long.
+                if !self.tracer_preempted.is_empty() {
+                    self.tracer_preempted.remove(&tid);
+                }
                 if *involuntary {
                     self.stats.involuntary_switches += 1;
                     if self.tracer_tid != 0 && *next_tid == self.tracer_tid {
-                        self.stats.preempted_by_tracer += 1;
+                        *self.stats.preempted_by_tracer.get_or_insert(0) += 1;
                         self.tracer_preempted.insert(tid, ev.ts);
                     }
                 } else {
@@ -1119,6 +1125,8 @@ impl Correlator {
             Kind::EpollMap { epfd, fd, data } | Kind::EpollReg { epfd, fd, data, .. } => self.epoll_map.insert(pid, *epfd, *data, *fd),
             Kind::RecordsLost { records } => {
                 self.stats.records_lost = self.stats.records_lost.saturating_add(*records);
+                // A switch-in may be among them: those waits are unknown.
+                self.tracer_preempted.clear();
                 // Which chain the lost records were of is unknown: every open one may miss a step.
                 for c in self.open.values_mut() {
                     c.records_lost = true;

@@ -640,6 +640,11 @@ impl Pipeline {
 
     fn start_line(&mut self, start: &Value) -> Result<()> {
         self.corr.tracer_tid = start["reader_tid"].as_u64().and_then(|t| u32::try_from(t).ok()).unwrap_or(0);
+        if self.corr.tracer_tid != 0 {
+            // Known: 0 until counted (unknown stays None, null in JSON).
+            self.corr.stats.preempted_by_tracer = Some(0);
+            self.corr.stats.preempted_by_tracer_ns = Some(0);
+        }
         if self.json {
             writeln!(self.out, "{}", json::line(&json::record("start", start.clone())))?;
         }

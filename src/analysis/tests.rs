@@ -175,6 +175,35 @@ fn conn_handled(client: &Task, w0: &Task, conn: &SockInfo, returned: &[u64], eag
     evs
 }
 
+/// Woken by the listener (a new connection another worker takes), its
+/// epoll_wait returns only its own connection's data: it had work, so the
+/// wake-up is not one for nothing, as with an EAGAIN beside that data.
+#[test]
+fn a_listener_wake_up_that_finds_other_work_is_not_wasted() {
+    let (mut c, w0, client, conn) = after_herd();
+    let lsock = sock(0xaaa, 500, "127.0.0.1:8080", "0.0.0.0:0", 10);
+    let evs = [
+        ev(
+            10_000,
+            1,
+            client.clone(),
+            Kind::SockReady { sock: lsock.into(), seq: 9, hook: ReadyHook::SkDataReady, new_state: None, packet: None },
+        ),
+        ev(10_010, 1, client.clone(), wake(w0.clone(), 9, Cause::SocketReadable)),
+        ev(10_500, 1, w0.clone(), switch_in(10_010, 0)),
+        ev(10_600, 1, w0.clone(), epoll_exit(4, &[6])),
+        ev(10_700, 1, w0.clone(), Kind::Close { fd: 6, sock: Some(conn.into()) }),
+        ev(10_800, 1, w0.clone(), Kind::EpollEnter { epfd: 4, maxevents: 64, syscall: Syscall::EpollWait }),
+    ];
+    for e in &evs {
+        c.ingest(e);
+    }
+    let chains = c.drain_completed();
+    let h = &chains.iter().find(|ch| ch.sock.as_ref().is_some_and(|s| s.sock.is_listen())).expect("the listener's chain").hops[0];
+    assert_eq!(h.epoll.as_ref().unwrap().lists_sock, Some(false));
+    assert!(!h.wasted(), "{h:#?}");
+}
+
 #[test]
 fn data_connection_chain_and_close() {
     let (mut c, w0, client, conn) = after_herd();
@@ -1048,16 +1077,26 @@ fn preemptions_by_the_tracer_are_counted_apart() {
     c.tracer_tid = 99;
     let out = |next_tid| Kind::SwitchOut { involuntary: true, woken: false, state: 0, next_tid, next_comm: "x".into() };
     let back = |since| Kind::SwitchIn { runnable_ts: since, prev_cpu: 0, after_preempt: true, prev_tid: 0, prev_comm: "x".into() };
-    for e in [
+    let sleep = Kind::SwitchOut { involuntary: false, woken: false, state: 1, next_tid: 0, next_comm: "x".into() };
+    let evs = [
         ev(1000, 0, w.clone(), out(99)),
         ev(3000, 0, w.clone(), back(1000)),
         ev(4000, 0, w.clone(), out(7)),
         ev(9000, 0, w.clone(), back(4000)),
-    ] {
-        c.ingest(&e);
+        // Preempted by the reader, its switch-in lost: the next switch-out
+        // ends that wait, which is not charged up to the switch-in 3 s later.
+        ev(10_000, 0, w.clone(), out(99)),
+        ev(11_000, 0, w.clone(), sleep),
+        ev(3_000_000_000, 0, w.clone(), back(2_999_999_000)),
+    ];
+    for e in &evs {
+        c.ingest(e);
     }
     let s = c.stats();
-    assert_eq!((s.involuntary_switches, s.preempted_by_tracer, s.preempted_by_tracer_ns), (2, 1, 2000));
+    assert_eq!((s.involuntary_switches, s.preempted_by_tracer, s.preempted_by_tracer_ns), (3, Some(2), Some(2000)));
     let text = crate::output::text::summary(&s, &Default::default(), 1.0, 8, "done");
-    assert!(text.contains("netdrift's own reader preempted the targets 1 time, 2.0us before they ran again"), "{text}");
+    assert!(text.contains("netdrift's own reader preempted the targets 2 times, 2.0us before they ran again"), "{text}");
+    // A recording without the reader's tid: unknown, not 0.
+    let s = Correlator::new().stats();
+    assert_eq!((s.preempted_by_tracer, s.preempted_by_tracer_ns), (None, None));
 }

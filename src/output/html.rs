@@ -722,7 +722,10 @@ fn counters(o: &mut String, end: &TraceEnd<'_>) {
         ),
         (
             "targets preempted by netdrift's reader",
-            format!("{} ({} before they ran again)", s.preempted_by_tracer, dur(s.preempted_by_tracer_ns)),
+            match (s.preempted_by_tracer, s.preempted_by_tracer_ns) {
+                (Some(n), Some(ns)) => format!("{n} ({} before they ran again)", dur(ns)),
+                _ => "unknown (recorded before netdrift kept its reader's tid)".to_string(),
+            },
         ),
         ("lost records (ring buffer full)", known(l.ringbuf.to_string())),
         ("chains open when records were lost", s.chains_records_lost.to_string()),

@@ -413,13 +413,12 @@ pub fn summary(stats: &Stats, losses: &Losses, secs: f64, ringbuf_mib: u32, why:
             String::new()
         }
     );
-    if stats.preempted_by_tracer > 0 {
+    if let Some(n) = stats.preempted_by_tracer.filter(|&n| n > 0) {
         let _ = writeln!(
             o,
-            "  netdrift's own reader preempted the targets {} time{}, {} before they ran again: part of the delays above is the tracer's (run it on another CPU: taskset -c N netdrift ...)",
-            stats.preempted_by_tracer,
-            if stats.preempted_by_tracer == 1 { "" } else { "s" },
-            dur(stats.preempted_by_tracer_ns)
+            "  netdrift's own reader preempted the targets {n} time{}, {} before they ran again: part of the delays above is the tracer's (run it on another CPU: taskset -c N netdrift ...)",
+            if n == 1 { "" } else { "s" },
+            dur(stats.preempted_by_tracer_ns.unwrap_or(0))
         );
     }
     if stats.epoll_data_unmapped > 0 {
