@@ -571,6 +571,21 @@ impl SummaryBuilder {
         threads.sort_by(|a, b| b.wakeups.cmp(&a.wakeups).then(a.tid.cmp(&b.tid)).then(a.pid.cmp(&b.pid)).then(a.comm.cmp(&b.comm)));
         let mut herd: Vec<HerdRow> = self.herd.values().cloned().collect();
         herd.sort_by(|a, b| b.wasted.cmp(&a.wasted).then(a.local.cmp(&b.local)));
+        // Winners and losers by their thread's latest name, as the thread
+        // rows are (a thread that named itself during the trace: one key).
+        let latest = |m: &BTreeMap<String, u64>| -> BTreeMap<String, u64> {
+            let mut out = BTreeMap::new();
+            for (k, v) in m {
+                let tid = k.rsplit_once('[').and_then(|(_, t)| t.strip_suffix(']')?.parse::<u32>().ok());
+                let key = tid.and_then(|t| self.threads.get(&t)).map(|r| format!("{}[{}]", r.comm, r.tid)).unwrap_or_else(|| k.clone());
+                *out.entry(key).or_default() += v;
+            }
+            out
+        };
+        for r in &mut herd {
+            r.winners = latest(&r.winners);
+            r.losers = latest(&r.losers);
+        }
         Summary { latency: self.latency.clone(), herd, threads, slowest: self.slowest.clone() }
     }
 }
@@ -598,10 +613,24 @@ mod tests {
             task: Task { pid: 10, tid: 11, comm: comm.into() },
             kind: Kind::SwitchOut { involuntary: false, woken: false, state: 1, next_tid: 0, next_comm: "swapper/0".into() },
         };
+        let listen = crate::output::perfetto::tests::listen();
+        let accept = Kind::Accept {
+            enter_ts: 0,
+            listen_fd: 3,
+            ret: 5,
+            syscall: crate::events::Syscall::Accept4,
+            backlog: 0,
+            max_backlog: 128,
+            listen: Some(Box::new(listen)),
+            peer: None,
+        };
         b.event(&ev(1, "mcd2"));
-        b.event(&ev(2, "mc-worker"));
+        b.event(&Event { kind: accept, ..ev(2, "mcd2") });
+        b.event(&ev(3, "mc-worker"));
         let s = b.build();
         assert_eq!((s.threads.len(), s.threads[0].comm.as_str(), s.threads[0].voluntary), (1, "mc-worker", 2));
+        // The herd names the winner as its row does.
+        assert_eq!(s.herd[0].winners, BTreeMap::from([("mc-worker[11]".to_string(), 1)]));
     }
 
     /// A thread per connection: each exited thread's row joins one row of

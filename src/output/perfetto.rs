@@ -810,7 +810,8 @@ pub(crate) mod tests {
         Event { ts, cpu, task: t.clone(), kind }
     }
 
-    fn listen() -> SockInfo {
+    /// A listen socket, 127.0.0.1:80.
+    pub(crate) fn listen() -> SockInfo {
         SockInfo {
             sk: 0xff,
             ino: 9,
