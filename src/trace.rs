@@ -508,6 +508,9 @@ pub struct Pipeline {
     quiet: bool,
     keep_chains: bool,
     report: Report,
+    /// A live trace of -p targets without their children (--no-children):
+    /// an empty herd may be the children's (nginx's workers).
+    pub no_children: bool,
     chains: Vec<Chain>,
     observers: Vec<Box<dyn Observer>>,
     /// A socket event waits for the next record of its CPU, its wake-up,
@@ -631,6 +634,7 @@ impl Pipeline {
             quiet: opts.quiet || opts.report == Report::Herd,
             keep_chains: opts.keep_chains,
             report: opts.report,
+            no_children: false,
             chains: Vec::new(),
             observers: Vec::new(),
             held: Vec::new(),
@@ -823,7 +827,7 @@ impl Pipeline {
         let analysis = self.corr.summary.build();
         let sections = match self.report {
             Report::Full => summary_sections(&analysis, losses.ringbuf > 0),
-            Report::Herd => herd_only(&analysis, losses.ringbuf > 0),
+            Report::Herd => herd_only(&analysis, losses.ringbuf > 0, self.no_children),
         };
         let text = format!("{sections}{}", summary(&stats, &losses, secs, ringbuf_mib, reason));
         if self.json {
@@ -877,10 +881,12 @@ impl Pipeline {
     }
 }
 
-fn herd_only(s: &Summary, lost: bool) -> String {
+fn herd_only(s: &Summary, lost: bool, no_children: bool) -> String {
     let only = Summary { herd: s.herd.clone(), ..Default::default() };
     let t = summary_sections(&only, lost);
-    if t.is_empty() {
+    if t.is_empty() && no_children {
+        "\nthundering herd: no listen-socket wake-ups seen (with --no-children: the listen sockets may be waited on in the children, as nginx's workers do)\n".into()
+    } else if t.is_empty() {
         "\nthundering herd: no listen-socket wake-ups seen\n".into()
     } else {
         t
@@ -969,6 +975,7 @@ pub fn run(mut opts: TraceOptions) -> Result<TraceResult> {
         eprintln!("netdrift: {n}");
     }
     let mut pipe = Pipeline::new(&opts, t0, out);
+    pipe.no_children = !opts.probe.follow_children && !opts.probe.tgids.is_empty();
     pipe.record = record;
     pipe.observers = std::mem::take(&mut opts.observers);
     let start = json!({

@@ -515,6 +515,27 @@ fn comm_matches_running_and_exec_later() {
     );
 }
 
+/// `herd -p PID --no-children` that sees no listen socket says where the
+/// listeners may be (nginx's master waits on none; its workers do).
+#[test]
+fn an_empty_herd_without_children_points_at_them() {
+    if !require_root() {
+        return;
+    }
+    let mut sleeper = Command::new("sleep").arg("30").spawn().unwrap();
+    let pid = sleeper.id().to_string();
+    let run = |extra: &[&str]| {
+        let out = nd().args(["herd", "-p", &pid]).args(extra).arg("0.5").output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+    };
+    let (without, with) = (run(&["--no-children"]), run(&[]));
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    assert!(without.contains("no listen-socket wake-ups seen (with --no-children: the listen sockets may be"), "{without}");
+    assert!(with.contains("no listen-socket wake-ups seen\n") && !with.contains("--no-children"), "{with}");
+}
+
 /// `-c NAME --wait` starts with no process of that name and traces the one
 /// started later: redis-server under another name serves three clients,
 /// and their three connections are the accepts seen, by their ports.
