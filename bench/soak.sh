@@ -88,7 +88,10 @@ sock_err = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), ti
 accepts = num(r"(\d+) accepts", err)
 # Every close(2) of the targets: "N closes" before socket closes were counted apart.
 socket_closes = num(r"(\d+) socket closes", err)
-other_closes = num(r"\((\d+) of other fds\)", err)
+# "(N of other fds)" before connection closes were counted apart.
+other_closes = num(r"(\d+) closes of other fds", err)
+if other_closes is None:
+    other_closes = num(r"\((\d+) of other fds\)", err)
 closes = socket_closes + other_closes if socket_closes is not None and other_closes is not None else num(r"(\d+) closes", err)
 rss_series = [tuple(int(x) for x in l.split()) for l in open(os.path.join(work, "rss.txt")) if len(l.split()) == 2]
 out = {
@@ -100,7 +103,7 @@ out = {
             "socket_errors": dict(zip(["connect", "read", "write", "timeout"], map(int, sock_err.groups()))) if sock_err else {}},
     "netdrift": {
         "events": num(r"^\s+(\d+) events", err), "accepts": accepts,
-        "accept_eagain": num(r"accepts \((?:and )?(\d+) EAGAIN", err), "socket_closes": socket_closes, "closes": closes,
+        "accept_eagain": num(r"accepts \((?:and )?(\d+) EAGAIN", err), "socket_closes": socket_closes, "connection_closes": num(r"\((\d+) of TCP connections\)", err), "closes": closes,
         "lost_records": num(r"(?i)lost: (\d+) records", err), "lost_stacks": num(r"(\d+) stacks", err),
         "lost_skipped": num(r"LOST: (\d+) program runs skipped", err) or 0,
         "vmhwm_kb": int(hwm), "vmrss_end_kb": int(rss),

@@ -395,6 +395,10 @@ pub struct Stats {
     pub closes: u64,
     /// Of `closes`, those of a socket.
     pub socket_closes: u64,
+    /// Of `socket_closes`, those of a TCP connection (not a listener, not a
+    /// unix or UDP socket): what to set against the accepts.
+    #[serde(default)]
+    pub connection_closes: u64,
     /// Events epoll_wait returned whose data word was not mapped to an fd.
     pub epoll_data_unmapped: u64,
     pub handlers: u64,
@@ -1174,6 +1178,7 @@ impl Correlator {
             Kind::Close { fd, sock } => {
                 self.stats.closes += 1;
                 self.stats.socket_closes += u64::from(sock.is_some());
+                self.stats.connection_closes += u64::from(sock.as_ref().is_some_and(|s| s.ip() && s.protocol == 6 && !s.is_listen()));
                 let f = *fd;
                 let sk = sock.as_ref().map(|s| s.sk);
                 let id = self.active_chain(tid, |c| {

@@ -708,7 +708,10 @@ fn counters(o: &mut String, end: &TraceEnd<'_>) {
         ("chains", format!("{} ({} incomplete)", s.chains, s.chains_incomplete)),
         ("wake-ups", s.wakes.to_string()),
         ("accepts", format!("{} (and {} EAGAIN, {} other errors)", s.accepts, s.accept_eagain, s.accept_errors)),
-        ("socket closes", format!("{} ({} of other fds)", s.socket_closes, s.closes - s.socket_closes)),
+        (
+            "socket closes",
+            format!("{} ({} of TCP connections), {} closes of other fds", s.socket_closes, s.connection_closes, s.closes - s.socket_closes),
+        ),
         ("chains that woke more than one thread", s.herd_chains.to_string()),
         ("wake-ups for nothing", s.wasted_wakes.to_string()),
         (

@@ -381,7 +381,7 @@ pub fn summary(stats: &Stats, losses: &Losses, secs: f64, ringbuf_mib: u32, why:
     let _ = writeln!(o, "\nnetdrift: {} after {secs:.1}s", term_safe(why));
     let _ = writeln!(
         o,
-        "  {} events, {} chains ({} incomplete), {} wake-ups, {} accepts (and {} EAGAIN, {} other errors), {} socket closes ({} of other fds){}",
+        "  {} events, {} chains ({} incomplete), {} wake-ups, {} accepts (and {} EAGAIN, {} other errors), {} socket closes ({} of TCP connections), {} closes of other fds{}",
         stats.events,
         stats.chains,
         stats.chains_incomplete,
@@ -390,6 +390,7 @@ pub fn summary(stats: &Stats, losses: &Losses, secs: f64, ringbuf_mib: u32, why:
         stats.accept_eagain,
         stats.accept_errors,
         stats.socket_closes,
+        stats.connection_closes,
         stats.closes - stats.socket_closes,
         if stats.handlers > 0 { format!(", {} handler calls", stats.handlers) } else { String::new() }
     );
@@ -614,9 +615,12 @@ mod tests {
                 && s.contains("LOST: 2 program"),
             "{s}"
         );
-        let st = Stats { accepts: 5, accept_eagain: 2, closes: 66, socket_closes: 5, ..Default::default() };
+        let st = Stats { accepts: 5, accept_eagain: 2, closes: 66, socket_closes: 5, connection_closes: 4, ..Default::default() };
         let s = summary(&st, &Losses::default(), 1.0, 8, "done");
-        assert!(s.contains("5 accepts (and 2 EAGAIN, 0 other errors), 5 socket closes (61 of other fds)"), "{s}");
+        assert!(
+            s.contains("5 accepts (and 2 EAGAIN, 0 other errors), 5 socket closes (4 of TCP connections), 61 closes of other fds"),
+            "{s}"
+        );
         assert!(!s.contains("data word"), "{s}");
         let s = summary(&Stats { epoll_data_unmapped: 3, ..st }, &Losses::default(), 1.0, 8, "done");
         assert!(s.contains("3 events epoll_wait returned show a data word, not an fd") && s.contains("--epoll-ctl"), "{s}");
