@@ -269,8 +269,9 @@ impl Hop {
     pub fn wasted(&self) -> bool {
         self.wake.is_some()
             && (self.slept_again.is_some()
-                || (self.accept_failed() && !self.accepted() && !self.returned_other_work())
-                || (!self.accepted() && self.epoll.as_ref().and_then(|e| e.lists_sock) == Some(false) && !self.returned_other_work()))
+                || (!self.accepted()
+                    && (self.accept_failed() || self.epoll.as_ref().and_then(|e| e.lists_sock) == Some(false))
+                    && !self.returned_other_work()))
     }
 
     /// Last timestamp in this hop.

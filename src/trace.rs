@@ -884,10 +884,13 @@ impl Pipeline {
 fn herd_only(s: &Summary, lost: bool, no_children: bool) -> String {
     let only = Summary { herd: s.herd.clone(), ..Default::default() };
     let t = summary_sections(&only, lost);
-    if t.is_empty() && no_children {
-        "\nthundering herd: no listen-socket wake-ups seen (with --no-children: the listen sockets may be waited on in the children, as nginx's workers do)\n".into()
-    } else if t.is_empty() {
-        "\nthundering herd: no listen-socket wake-ups seen\n".into()
+    if t.is_empty() {
+        let hint = if no_children {
+            " (with --no-children: the listen sockets may be waited on in the children, as nginx's workers do)"
+        } else {
+            ""
+        };
+        format!("\nthundering herd: no listen-socket wake-ups seen{hint}\n")
     } else {
         t
     }

@@ -26,6 +26,11 @@ fn run_demo_chains(mode: ListenMode, k: usize) -> Run {
     Run { lost: r.result.losses.ringbuf, chains: r.result.chains, ports: r.ports, tids: r.tids, accepted: r.accepted }
 }
 
+/// The chains that started at a listen socket.
+fn listen_chains(chains: &[Chain]) -> Vec<&Chain> {
+    chains.iter().filter(|c| c.sock.as_ref().is_some_and(|s| s.sock.is_listen())).collect()
+}
+
 fn accepts(chains: &[Chain]) -> Vec<(u32, u16, i32)> {
     let mut v = Vec::new();
     for c in chains {
@@ -115,7 +120,7 @@ fn demo_shared_listener_k_connections() {
 
     // Each connection's listen-socket chain: the accept sits in a chain that
     // started at the listen socket and whose woken threads are workers.
-    let listen_chains: Vec<&Chain> = r.chains.iter().filter(|c| c.sock.as_ref().map(|s| s.sock.is_listen()).unwrap_or(false)).collect();
+    let listen_chains = listen_chains(&r.chains);
     assert_eq!(listen_chains.len(), k, "one listen-socket chain per connection:\n{}", brief(&listen_chains));
     for c in &listen_chains {
         assert_eq!(c.hops.iter().filter(|h| h.accepted()).count(), 1, "exactly one winner in chain {}: {c:#?}", c.id);
@@ -184,7 +189,7 @@ fn back_to_back_connections_are_one_herd_event_each() {
     let r = common::run_demo_with(cfg, k, Duration::ZERO, |_| {});
     assert_eq!(r.result.losses.ringbuf, 0);
     assert_eq!(r.accepted, k as u64);
-    let listen: Vec<&Chain> = r.result.chains.iter().filter(|c| c.sock.as_ref().map(|s| s.sock.is_listen()).unwrap_or(false)).collect();
+    let listen = listen_chains(&r.result.chains);
     // About one each: a worker that did not sleep can accept a connection
     // with no wake-up (no event), or take two in one accept loop.
     assert!(listen.len() * 10 >= k * 9 && listen.len() <= k + k / 10, "{} listen-socket events for {k} connections", listen.len());
@@ -208,7 +213,7 @@ fn demo_exclusive_and_reuseport_wake_one() {
         let k = 6;
         let r = run_demo_chains(mode, k);
         assert_eq!(accepts(&r.chains).len(), k, "{mode:?}");
-        let listen: Vec<&Chain> = r.chains.iter().filter(|c| c.sock.as_ref().map(|s| s.sock.is_listen()).unwrap_or(false)).collect();
+        let listen = listen_chains(&r.chains);
         assert_eq!(listen.len(), k, "{mode:?}: one listen chain per connection");
         for c in listen {
             assert_eq!(c.woken(), 1, "{mode:?}: chain {} woke one worker: {c:#?}", c.id);

@@ -21,8 +21,10 @@ pub struct Losses {
     /// Runs of a program the kernel skipped, by program (see `probes::skipped_runs`).
     #[serde(default)]
     pub skipped: BTreeMap<String, u64>,
-    /// The ring-buffer reader's own CPU time since the trace began: a reader
-    /// that waited for a CPU loses records however big the ring is.
+    /// The ring-buffer reader's own CPU time, in the intervals that lost
+    /// records (else over the whole trace): a reader that waited for a CPU
+    /// loses records however big the ring is. Not a counter: `raise_to`
+    /// leaves it alone.
     #[serde(default)]
     pub reader: ReaderCpu,
 }
@@ -85,9 +87,6 @@ impl Losses {
         self.stack = self.stack.max(now.stack);
         self.map_full = self.map_full.max(now.map_full);
         self.user_read = self.user_read.max(now.user_read);
-        self.reader.run_ns = self.reader.run_ns.max(now.reader.run_ns);
-        self.reader.wait_ns = self.reader.wait_ns.max(now.reader.wait_ns);
-        self.reader.wall_ns = self.reader.wall_ns.max(now.reader.wall_ns);
         for (prog, n) in &now.skipped {
             let seen = self.skipped.entry(prog.clone()).or_default();
             *seen = (*seen).max(*n);
