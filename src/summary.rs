@@ -302,9 +302,10 @@ pub struct SummaryBuilder {
     threads: HashMap<u32, ThreadRow>,
     /// Rows of exited threads, by (pid, comm).
     exited: HashMap<(u32, String), ThreadRow>,
-    /// tid -> (pid, exit time) of threads exited lately: their chains can
-    /// complete after the exit, and count in the exited row.
-    retired: HashMap<u32, (u32, u64)>,
+    /// tid -> (pid, exit time, name of its exited row) of threads exited
+    /// lately: their chains can complete after the exit, and count in the
+    /// exited row.
+    retired: HashMap<u32, (u32, u64, String)>,
     /// (exit time, tid) in time order, to forget `retired` entries in turn.
     retired_order: std::collections::VecDeque<(u64, u32)>,
     slowest: Vec<Waterfall>,
@@ -358,8 +359,12 @@ impl SummaryBuilder {
     }
 
     fn thread(&mut self, t: &Task) -> &mut ThreadRow {
-        if !self.threads.contains_key(&t.tid) && self.retired.get(&t.tid).is_some_and(|r| r.0 == t.pid) {
-            return self.exited_row(t.pid, &t.comm);
+        if !self.threads.contains_key(&t.tid) {
+            // The row it joined at its exit: a late chain's records may carry
+            // an older name (its creator's, before it named itself).
+            if let Some(comm) = self.retired.get(&t.tid).filter(|r| r.0 == t.pid).map(|r| r.2.clone()) {
+                return self.exited_row(t.pid, &comm);
+            }
         }
         let row = self.threads.entry(t.tid).or_insert_with(|| ThreadRow {
             pid: t.pid,
@@ -393,16 +398,18 @@ impl SummaryBuilder {
                 self.retired.remove(&tid);
             }
         }
-        self.retired.insert(t.tid, (t.pid, ts));
         self.retired_order.push_back((ts, t.tid));
-        if let Some(row) = self.threads.remove(&t.tid) {
+        let comm = if let Some(row) = self.threads.remove(&t.tid) {
             // Its own name: an exec renames the thread before its old tid ends.
             let comm = row.comm.clone();
             self.exited_row(t.pid, &comm).absorb(row);
+            comm
         } else {
             // Its exit is the first record of it: it still counts as one.
             self.exited_row(t.pid, &t.comm).exited_threads += 1;
-        }
+            t.comm.to_string()
+        };
+        self.retired.insert(t.tid, (t.pid, ts, comm));
     }
 
     fn herd_row(&mut self, s: &SockInfo) -> &mut HerdRow {
@@ -665,6 +672,24 @@ mod tests {
         assert_eq!(s.threads.iter().find(|t| t.tid == 100).map(|t| t.runq.count), Some(1), "the new thread 100");
         assert_eq!(gone.label("conn"), format!("conn of pid {} (1000 exited threads)", gone.pid));
         assert_eq!(s.threads.iter().find(|t| t.tid == 7).map(|t| t.label("conn")), Some("conn[7]".to_string()));
+    }
+
+    /// A record of an exited thread that comes after its exit and carries an
+    /// older name (its creator's) joins the row the thread joined, not a row
+    /// of its own labelled `comm[0]`.
+    #[test]
+    fn a_late_record_under_an_older_name_joins_the_exited_row() {
+        let mut b = SummaryBuilder::new();
+        let ev = |ts: u64, comm: &str, kind: Kind| Event { ts, cpu: 0, task: Task { pid: 10, tid: 12, comm: comm.into() }, kind };
+        let out = |state: u32| Kind::SwitchOut { involuntary: false, woken: false, state, next_tid: 0, next_comm: "swapper/0".into() };
+        b.event(&ev(1, "memcached", out(1)));
+        b.event(&ev(2, "mc-log", out(1)));
+        b.event(&ev(3, "mc-log", Kind::TaskExit { group_dead: false }));
+        b.event(&ev(4, "memcached", out(0x80)));
+        let s = b.build();
+        let labels: Vec<String> = s.threads.iter().map(|t| t.label(&t.comm)).collect();
+        assert_eq!(labels, ["mc-log of pid 10 (1 exited thread)"]);
+        assert_eq!(s.threads[0].voluntary, 3);
     }
 
     /// A thread whose first record is its exit still counts as one exited
