@@ -107,11 +107,34 @@ impl SockInfo {
         }
     }
 
-    /// One line: `LISTEN 1.2.3.4:80`, `ESTABLISHED local <- remote`, or
-    /// `unix ESTABLISHED` for a socket without IP addresses.
+    /// The IP protocol's name when it is not TCP (whose states the other
+    /// lines name): `udp`, as `ss` names it.
+    fn non_tcp_name(&self) -> Option<String> {
+        match self.protocol {
+            // 0: an older recording; 262: MPTCP, with TCP's states.
+            0 | 6 | 262 => None,
+            17 => Some("udp".into()),
+            136 => Some("udplite".into()),
+            255 => Some("raw".into()),
+            p => Some(format!("ip proto {p}")),
+        }
+    }
+
+    /// One line: `LISTEN 1.2.3.4:80`, `ESTABLISHED local <- remote`,
+    /// `unix ESTABLISHED` for a socket without IP addresses, `udp local` or
+    /// `udp local <- remote` (connected) for UDP, whose kernel state is not
+    /// a TCP state.
     pub fn describe(&self) -> String {
         if !self.ip() {
             format!("{} {}", self.family_name(), self.state_name())
+        } else if let Some(proto) = self.non_tcp_name() {
+            // UDP uses TCP_ESTABLISHED for a connected socket and TCP_CLOSE for one
+            // that is only bound: a peer is shown only when there is one.
+            if self.state == 1 && self.remote.port() != 0 {
+                format!("{proto} {} <- {}", self.local, self.remote)
+            } else {
+                format!("{proto} {}", self.local)
+            }
         } else if self.is_listen() {
             format!("{} {}", self.state_name(), self.local)
         } else {
@@ -1079,6 +1102,26 @@ mod tests {
         assert_eq!(task_state_text(0x402), "idle (I)");
         assert_eq!(task_state_text(0x1000), "uninterruptible (D, rt lock)");
         assert_eq!(task_state_text(0x200), "blocked (state 0x200)");
+    }
+
+    /// UDP's kernel states are TCP's numbers with another meaning: a bound
+    /// socket is TCP_CLOSE, a connected one TCP_ESTABLISHED.
+    #[test]
+    fn udp_sockets_are_not_named_with_tcp_states() {
+        let a = |s: &str| s.parse::<SocketAddr>().unwrap();
+        let sock = |protocol: u16, state: u8, remote: &str| SockInfo {
+            family: 2,
+            protocol,
+            state,
+            local: a("127.0.0.1:53"),
+            remote: a(remote),
+            ..null_sock(1)
+        };
+        assert_eq!(sock(17, 7, "0.0.0.0:0").describe(), "udp 127.0.0.1:53");
+        assert_eq!(sock(17, 1, "127.0.0.1:4000").describe(), "udp 127.0.0.1:53 <- 127.0.0.1:4000");
+        assert_eq!(sock(6, 1, "127.0.0.1:4000").describe(), "ESTABLISHED 127.0.0.1:53 <- 127.0.0.1:4000");
+        assert_eq!(sock(0, 10, "0.0.0.0:0").describe(), "LISTEN 127.0.0.1:53", "an older recording has no protocol");
+        assert_eq!(sock(1, 7, "0.0.0.0:0").describe(), "ip proto 1 127.0.0.1:53");
     }
 
     fn hdr(tag: u32) -> types::nd_hdr {
