@@ -753,6 +753,9 @@ fn counters(o: &mut String, end: &TraceEnd<'_>) {
     if l.skipped_total() > 0 {
         let _ = writeln!(o, "<p class=\"warn\">{}.</p>", text(&crate::output::text::skipped_text(&l.skipped)));
     }
+    if let Some(note) = crate::output::text::no_epoll_note(s) {
+        let _ = writeln!(o, "<p class=\"warn\">{}.</p>", text(note));
+    }
     if !s.by_type.is_empty() {
         o.push_str("<p class=\"hint\">Events by type: ");
         let v: Vec<String> = s.by_type.iter().map(|(k, n)| format!("{} {n}", text(k))).collect();

@@ -373,6 +373,16 @@ impl TextRenderer {
     }
 }
 
+/// Said when the targets were woken but never returned from epoll_wait: a
+/// poll, select or io_uring loop. Its wake-ups have no socket, so the herd
+/// counts read 0 where a herd may be.
+pub fn no_epoll_note(stats: &Stats) -> Option<&'static str> {
+    let returns = stats.by_type.get("epoll_exit").copied().unwrap_or(0);
+    (returns == 0 && (stats.wakes > 0 || stats.accepts + stats.accept_eagain > 0)).then_some(
+        "no epoll_wait return of the targets was seen: netdrift follows epoll loops; wake-ups in poll, select or io_uring name no socket, so the herd counts are not measured (accepts that got EAGAIN are the sign of a herd there)",
+    )
+}
+
 /// The end-of-trace summary.
 pub fn summary(stats: &Stats, losses: &Losses, secs: f64, ringbuf_mib: u32, why: &str) -> String {
     let mut o = String::new();
@@ -394,11 +404,15 @@ pub fn summary(stats: &Stats, losses: &Losses, secs: f64, ringbuf_mib: u32, why:
         if stats.handlers > 0 { format!(", {} handler calls", stats.handlers) } else { String::new() }
     );
     let _ = writeln!(o, "  {} chains woke more than one thread; {} wake-ups were for nothing", stats.herd_chains, stats.wasted_wakes);
+    if let Some(note) = no_epoll_note(stats) {
+        let _ = writeln!(o, "  {note}");
+    }
     if stats.stacks_reused > 0 {
         let _ = writeln!(
             o,
-            "  waker stacks: {} wake-ups took the class of a stack taken < {} ms before for the same waker, woken thread, socket state, context and syscall (--stacks takes every one)",
+            "  waker stacks: {} wake-up{} took the class of a stack taken < {} ms before for the same waker, woken thread, socket state, context and syscall (--stacks takes every one)",
             stats.stacks_reused,
+            if stats.stacks_reused == 1 { "" } else { "s" },
             crate::probes::STACK_REUSE_NS / 1_000_000
         );
     }
@@ -594,6 +608,17 @@ pub fn summary_sections(s: &Summary, lost: bool) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A poll or select loop: woken, accepting, never in epoll_wait.
+    #[test]
+    fn a_trace_without_epoll_returns_says_the_herd_is_not_measured() {
+        let mut stats = Stats { wakes: 24, accepts: 5, accept_eagain: 3, ..Default::default() };
+        let text = summary(&stats, &Losses::default(), 1.0, 8, "interrupted");
+        assert!(text.contains("no epoll_wait return of the targets was seen"), "{text}");
+        stats.by_type.insert("epoll_exit".into(), 1);
+        assert_eq!(no_epoll_note(&stats), None);
+        assert_eq!(no_epoll_note(&Stats::default()), None, "nothing happened: nothing to say");
+    }
 
     #[test]
     fn summary_names_skipped_runs_apart_from_dropped_records() {
