@@ -682,15 +682,22 @@ struct {
 	__type(value, __u64);	/* when its last stack was taken */
 } stack_taken SEC(".maps");
 
-/* nd_wake.stack_sig of a wake-up by cur through sk (0: none) found by hook. */
+/*
+ * nd_wake.stack_sig of a wake-up by cur through sk (0: none) found by hook.
+ * Without a socket, one thread's write() can wake through an eventfd or a
+ * pipe alike: the written fd (its first argument) tells them apart.
+ */
 static __always_inline __u64 wake_sig(__u32 hook, __u64 sk, struct task_struct *cur, const bool direct)
 {
 	__u32 state = sk ? ND_READ(direct, struct sock, sk, __sk_common.skc_state) : 0;
 	__u32 ctx = ctx_of_preempt_count(preempt_count_noksym());
 	struct pt_regs *regs = NULL;
-	__u32 nr = (__u32)syscall_nr(cur, &regs);
+	long nr = syscall_nr(cur, &regs);
+	__u64 arg = 0;
 
-	return hook | state << 8 | ctx << 16 | (__u64)nr << 32;
+	if (!sk && nr >= 0 && regs && ctx == PC_CTX_TASK)
+		arg = (__u64)PT_REGS_PARM1_CORE_SYSCALL(regs) & 0xffff;
+	return hook | state << 8 | ctx << 16 | ((__u64)nr & 0xffff) << 32 | arg << 48;
 }
 
 /* Take this wake-up's stack (stack reuse on)? Marks the signature taken when it does. */
