@@ -172,11 +172,22 @@ pub struct EpollReturn {
     pub ret: i32,
     pub syscall: Syscall,
     pub events: Vec<ReturnedEvent>,
-    /// Whether the chain's socket is among the returned fds (None: unknown).
+    /// Whether the chain's socket is among the returned fds (None: unknown);
+    /// with `nested`, among those the nested instance returned.
     pub lists_sock: Option<bool>,
+    /// An epoll instance in this one's set was returned, and the thread's
+    /// next epoll_wait was on it: what that returned.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nested: Option<Box<EpollReturn>>,
 }
 
 impl EpollReturn {
+    /// Returned `fd` and has no nested return yet: an epoll_wait on `fd`
+    /// now is on a nested instance, and continues this hop.
+    fn awaits_nested(&self, fd: i32) -> bool {
+        self.nested.is_none() && self.events.iter().any(|r| r.fd == Some(fd))
+    }
+
     /// Events returned but not in `events` (past the first 16, or an
     /// unreadable array); 0 for an error return.
     pub fn not_read(&self) -> usize {
@@ -257,10 +268,13 @@ impl Hop {
     /// a connection, or an fd that is no socket (a pipe, an eventfd).
     fn returned_other_work(&self) -> bool {
         self.epoll.as_ref().is_some_and(|e| {
-            e.events.iter().any(|r| match &r.sock {
+            let nested_fd = e.nested.as_ref().map(|n| n.epfd);
+            let other = |r: &ReturnedEvent| match &r.sock {
                 Some(s) => !s.is_listen(),
-                None => r.fd.is_some(),
-            })
+                // The nested instance is no work: what it returned is.
+                None => r.fd.is_some() && r.fd != nested_fd,
+            };
+            e.events.iter().any(other) || e.nested.as_ref().is_some_and(|n| n.events.iter().any(other))
         })
     }
     /// Woken for nothing: went back to sleep in epoll_wait, or found nothing
@@ -839,12 +853,15 @@ impl Correlator {
         self.drain_completed()
     }
 
-    fn epoll_entered(&mut self, tid: u32, ts: u64) {
+    fn epoll_entered(&mut self, tid: u32, ts: u64, epfd: i32) {
         let t = self.threads.entry(tid).or_default();
         t.in_epoll = true;
         t.last_enter_ts = ts;
-        // Back to waiting: this thread's part of its chains is over.
-        self.finish_hops(tid, |h| h.on_cpu.is_some() || h.epoll.is_some() || h.wake.is_none());
+        // Back to waiting: this thread's part of its chains is over, unless
+        // it now waits on the nested epoll instance its last return listed.
+        self.finish_hops(tid, |h| {
+            !h.epoll.as_ref().is_some_and(|e| e.awaits_nested(epfd)) && (h.on_cpu.is_some() || h.epoll.is_some() || h.wake.is_none())
+        });
     }
 
     /// Feed one event; returns what it was joined to.
@@ -1052,11 +1069,11 @@ impl Correlator {
                     self.finish_hops(tid, |h| h.slept_again.is_some() || h.done);
                 }
             }
-            Kind::EpollEnter { .. } => self.epoll_entered(tid, ev.ts),
+            Kind::EpollEnter { epfd, .. } => self.epoll_entered(tid, ev.ts, *epfd),
             Kind::EpollExit { epfd, ret, syscall, events, enter_ts } => {
                 if *enter_ts != 0 && self.threads.get(&tid).map(|t| *enter_ts > t.last_enter_ts).unwrap_or(true) {
                     // Its enter was not written (nothing happened to the thread in the call): it is implied.
-                    self.epoll_entered(tid, *enter_ts);
+                    self.epoll_entered(tid, *enter_ts, *epfd);
                 }
                 self.threads.entry(tid).or_default().in_epoll = false;
                 let mut returned: Vec<ReturnedEvent> = self.spare_returned.pop().unwrap_or_default();
@@ -1072,7 +1089,13 @@ impl Correlator {
                 if let Some(t) = self.threads.get(&tid) {
                     pending.extend_from_slice(&t.pending);
                 }
-                pending.retain(|p| self.open.get(&p.0).and_then(|c| c.hops.get(p.1)).map(|h| h.epoll.is_none()).unwrap_or(false));
+                pending.retain(|p| {
+                    self.open
+                        .get(&p.0)
+                        .and_then(|c| c.hops.get(p.1))
+                        .map(|h| h.epoll.as_ref().is_none_or(|e| e.awaits_nested(*epfd)))
+                        .unwrap_or(false)
+                });
                 if pending.is_empty() && *ret > 0 {
                     // Events were ready: epoll_wait returned without sleeping.
                     let id = self.new_chain(ev.ts);
@@ -1099,7 +1122,7 @@ impl Correlator {
                     // The last hop takes the array, the others a copy.
                     let evs = if i + 1 == pending.len() { returned.take().unwrap_or_default() } else { evs.to_vec() };
                     if let Some(h) = self.hop_mut(*p) {
-                        h.epoll = Some(EpollReturn {
+                        let r = EpollReturn {
                             ts: ev.ts,
                             epfd: *epfd,
                             ret: *ret,
@@ -1109,7 +1132,16 @@ impl Correlator {
                                 Some(false) if !all_known => None,
                                 other => other,
                             },
-                        });
+                            nested: None,
+                        };
+                        match &mut h.epoll {
+                            // The outer return listed the nested instance, never the socket.
+                            Some(outer) => {
+                                outer.lists_sock = r.lists_sock;
+                                outer.nested = Some(Box::new(r));
+                            }
+                            None => h.epoll = Some(r),
+                        }
                         ann.chain.get_or_insert(p.0);
                     }
                 }

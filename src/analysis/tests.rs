@@ -1100,3 +1100,45 @@ fn preemptions_by_the_tracer_are_counted_apart() {
     let s = Correlator::new().stats();
     assert_eq!((s.preempted_by_tracer, s.preempted_by_tracer_ns), (None, None));
 }
+
+/// The herd of `herd_events` through nested epoll instances: each worker's
+/// outer instance (14, 15) returns its inner one (4, 5), whose epoll_wait
+/// (timeout 0, its enter implied) returns the listener. The inner returns
+/// continue the hops: one chain, w0 accepts, w1's EAGAIN is wasted; the
+/// inner fd returned is no work of its own.
+#[test]
+fn a_nested_epoll_return_continues_the_hop() {
+    let w0 = t(10, 11, "demo:worker_0");
+    let w1 = t(10, 12, "demo:worker_1");
+    let mut evs: Vec<Event> = herd_events()
+        .into_iter()
+        .flat_map(|e| match (&e.kind, e.task.tid) {
+            // Before each inner return, the outer one.
+            (Kind::EpollExit { epfd, .. }, tid) => {
+                let inner = *epfd;
+                let mut inner_ret = e.clone();
+                if let Kind::EpollExit { enter_ts, .. } = &mut inner_ret.kind {
+                    *enter_ts = e.ts - 10;
+                }
+                let outer = ev(e.ts - 50, e.cpu, if tid == 11 { w0.clone() } else { w1.clone() }, epoll_exit(inner + 10, &[inner as u64]));
+                vec![outer, inner_ret]
+            }
+            _ => vec![e],
+        })
+        .collect();
+    evs.insert(0, ev(0, 0, w0.clone(), Kind::EpollMap { epfd: 14, fd: 4, data: 4 }));
+    evs.insert(0, ev(0, 0, w1.clone(), Kind::EpollMap { epfd: 15, fd: 5, data: 5 }));
+    let mut c = Correlator::new();
+    let chains = all_chains(&mut c, &evs);
+    assert_eq!(chains.len(), 1, "{chains:#?}");
+    let ch = &chains[0];
+    assert_eq!((ch.woken(), ch.wasted()), (2, 1), "{ch:#?}");
+    let hop = |tid| ch.hops.iter().find(|h| h.target.tid == tid).unwrap();
+    let outer = hop(11).epoll.as_ref().unwrap();
+    assert_eq!((outer.epfd, outer.nested.as_ref().map(|n| n.epfd), outer.lists_sock), (14, Some(4), Some(true)));
+    assert!(hop(11).accepted());
+    assert!(hop(12).accept_failed() && hop(12).wasted(), "{:#?}", hop(12));
+    assert_eq!((c.stats.herd_chains, c.stats.wasted_wakes), (1, 1));
+    let text = crate::output::text::TextRenderer { t0: 0, stacks: false }.chain(ch, &mut crate::symbolize::KernelSyms::new());
+    assert!(text.contains("epoll_wait(4)") && text.contains("(fd 4 is in epoll 14's set)"), "{text}");
+}

@@ -573,10 +573,47 @@ static __always_inline __u32 blocked_syscall(struct task_struct *p, int *fd)
  * is the one ep_poll_callback queued before this wake-up. In accept: the
  * listener. In read/recv/write/send/connect: the socket of its fd.
  */
+/* The file of the first item on epoll file f's ready list, NULL if none. */
+static __always_inline struct file *epoll_first_file(struct file *f, const bool direct)
+{
+	struct eventpoll *ep = ND_READ(direct, struct file, f, private_data);
+	struct list_head *first;
+
+	if (!ep)
+		return NULL;
+	first = ND_READ(direct, struct eventpoll, ep, rdllist.next);
+	if (!first || (void *)first == (void *)ep + bpf_core_field_offset(struct eventpoll, rdllist))
+		return NULL;
+	return ND_READ(direct, struct epitem, (void *)first - bpf_core_field_offset(struct epitem, rdllink), ffd.file);
+}
+
+/*
+ * An epoll instance's file: an anonymous inode (no file type bits) named
+ * "[eventpoll]" (anon_inode_getfile in ep_create). Asked only of a ready
+ * item that is no socket. eventpoll_fops would be one compare, but it is
+ * not in kallsyms without CONFIG_KALLSYMS_ALL.
+ */
+static __always_inline bool is_epoll_file(struct file *f, const bool direct)
+{
+	struct inode *ino = ND_READ(direct, struct file, f, f_inode);
+	const unsigned char *name;
+	char buf[12] = {};
+
+	if (!ino || (ND_READ(direct, struct inode, ino, i_mode) & S_IFMT) != 0)
+		return false;
+	name = BPF_CORE_READ(f, f_path.dentry, d_name.name);
+	if (!name || bpf_probe_read_kernel(buf, sizeof(buf), name))
+		return false;
+	/* "[eventpoll]" and its NUL. */
+#pragma unroll
+	for (int i = 0; i < sizeof(buf); i++)
+		if (buf[i] != "[eventpoll]"[i])
+			return false;
+	return true;
+}
+
 static __always_inline struct sock *waited_sock(struct task_struct *p, struct sys_args *a, __u32 *hook, const bool direct)
 {
-	struct eventpoll *ep;
-	struct list_head *first;
 	struct file *f;
 	__u32 sc, h;
 	int fd;
@@ -618,13 +655,11 @@ static __always_inline struct sock *waited_sock(struct task_struct *p, struct sy
 	*hook = h;
 	if (h == ND_HOOK_ACCEPT)
 		return file_sock_x(f, direct);
-	ep = ND_READ(direct, struct file, f, private_data);
-	if (!ep)
-		return NULL;
-	first = ND_READ(direct, struct eventpoll, ep, rdllist.next);
-	if (!first || (void *)first == (void *)ep + bpf_core_field_offset(struct eventpoll, rdllist))
-		return NULL;
-	return file_sock_x(ND_READ(direct, struct epitem, (void *)first - bpf_core_field_offset(struct epitem, rdllink), ffd.file), direct);
+	f = epoll_first_file(f, direct);
+	if (f && is_epoll_file(f, direct))
+		/* A nested epoll instance (in this one's set): its own first ready item. */
+		f = epoll_first_file(f, direct);
+	return file_sock_x(f, direct);
 }
 
 /*

@@ -300,7 +300,12 @@ impl TextRenderer {
                 let _ = writeln!(o, "  {cont}   on CPU{} {:>9}  after {} in the run queue{}", c.cpu, rel(c.ts), dur(c.runq_ns), mig);
             }
         }
-        if let Some(e) = &h.epoll {
+        // An outer return, then its nested instance's.
+        for e in h.epoll.iter().flat_map(|e| std::iter::once(e).chain(e.nested.as_deref())) {
+            let note = match h.epoll.as_ref() {
+                Some(outer) if !std::ptr::eq(outer, e) => format!("  (fd {} is in epoll {}'s set)", e.epfd, outer.epfd),
+                _ => String::new(),
+            };
             let list: Vec<String> = e
                 .events
                 .iter()
@@ -312,7 +317,7 @@ impl TextRenderer {
             let more = if e.not_read() > 0 { format!(" (+{} more)", e.not_read()) } else { String::new() };
             let _ = writeln!(
                 o,
-                "  {cont}   {}({}) {:>9}  returned {}{}{}",
+                "  {cont}   {}({}) {:>9}  returned {}{}{}{note}",
                 e.syscall.name(),
                 e.epfd,
                 rel(e.ts),

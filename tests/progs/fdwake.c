@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0 OR MIT
 /*
  * fdwake: one thread wakes another through an eventfd and a pipe in turn,
- * for tests/e2e_causes.rs.
+ * for tests/e2e_wakeups.rs.
  *
  *   fdwake [ROUNDS [PERIOD_MS]]
  *

@@ -1,0 +1,156 @@
+//! Root end-to-end tests of wake-ups beyond one socket in one epoll set:
+//! causes read from the waker's stack when stacks are reused (the default),
+//! for one thread waking another through an eventfd and a pipe in turn, and
+//! a herd through nested epoll instances.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+mod common;
+use common::{pin, require_root, SERIAL};
+
+const ROUNDS: u64 = 10;
+
+/// `netdrift trace -p pid --json -o FILE 30`, once its probes are attached.
+fn trace_json(dir: &Path, pid: u32) -> (Child, PathBuf) {
+    let (json, ready) = (dir.join("out.jsonl"), dir.join("ready"));
+    let mut nd = Command::new(env!("CARGO_BIN_EXE_netdrift"))
+        .args(["trace", "-p", &pid.to_string(), "--json", "-o"])
+        .arg(&json)
+        .arg("--ready-file")
+        .arg(&ready)
+        .arg("30")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("netdrift");
+    common::wait_ready(&ready, &mut nd, Duration::from_secs(30), common::piped_stderr);
+    (nd, json)
+}
+
+/// Waits for a trace to end by itself (its target exited); returns its stderr.
+fn ended(nd: &mut Child) -> String {
+    let t = Instant::now();
+    let st = loop {
+        if let Some(st) = nd.try_wait().expect("try_wait") {
+            break st;
+        }
+        if t.elapsed() > Duration::from_secs(30) {
+            let _ = nd.kill();
+            panic!("netdrift did not end after its target exited");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let err = common::piped_stderr(nd);
+    assert!(st.success(), "netdrift failed ({st}): {err}");
+    err
+}
+
+#[test]
+fn an_eventfd_and_a_pipe_written_by_one_thread_keep_their_own_causes() {
+    if !require_root() {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bin = common::build_c(dir.path(), "fdwake", &["-O1", "-pthread"]);
+    let mut prog = Command::new(&bin)
+        .args([ROUNDS.to_string(), "20".into()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("starting fdwake");
+    let mut out = BufReader::new(prog.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    out.read_line(&mut line).expect("fdwake pid");
+    let pid: u32 = line.trim().parse().unwrap_or_else(|_| panic!("fdwake printed {line:?}, not its pid"));
+
+    let (mut nd, json) = trace_json(dir.path(), pid);
+    prog.stdin.take().expect("stdin").write_all(b"g").expect("go");
+    let mut tally = String::new();
+    out.read_to_string(&mut tally).expect("fdwake's tally");
+    assert!(prog.wait().expect("fdwake").success(), "fdwake failed: {tally}");
+    assert_eq!(tally.trim(), format!("eventfd {ROUNDS} pipe {ROUNDS}"));
+    let err = ended(&mut nd);
+
+    let lines: Vec<Value> =
+        std::fs::read_to_string(&json).expect("JSON written").lines().map(|l| serde_json::from_str(l).expect("a JSON line")).collect();
+    let summary = lines.last().expect("summary line");
+    assert_eq!(summary["lost"]["ringbuf"], 0, "no record lost: {}", summary["lost"]);
+    // The poker's wake-ups of the loop in time order: eventfd, pipe, eventfd...
+    // (counts alone would not do: with a shared class, as many of each are wrong).
+    let mut wakes: Vec<&Value> =
+        lines.iter().filter(|l| l["type"] == "wake" && l["task"]["comm"] == "fw:poker" && l["target"]["comm"] == "fw:loop").collect();
+    wakes.sort_by_key(|l| l["ts"].as_u64());
+    let causes: Vec<&str> = wakes.iter().map(|l| l["cause"].as_str().unwrap_or("?")).collect();
+    let reused = wakes.iter().filter(|l| l["stack_reused"] == Value::Bool(true)).count() as u64;
+    eprintln!("fw:poker -> fw:loop wake-ups: {causes:?}, {reused} with a reused stack");
+    let want: Vec<&str> = (0..ROUNDS).flat_map(|_| ["eventfd", "pipe"]).collect();
+    assert_eq!(causes, want, "each wake-up's cause, in time order; stderr: {err}");
+    // 20 ms apart, within the 100 ms reuse window: reuse was exercised, and kept each class apart.
+    assert!(reused >= ROUNDS, "stack reuse was exercised: {reused} of {} wake-ups reused a stack", 2 * ROUNDS);
+}
+
+/// Each worker waits on an outer epoll instance holding an inner one that
+/// holds the shared listener: the wake-up's socket is read one level down,
+/// and the worker's epoll_wait on the inner instance continues its hop, so
+/// the herd is counted as with a plain epoll set.
+#[test]
+fn a_herd_through_nested_epoll_instances_is_counted() {
+    if !require_root() {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    assert!(cpus >= 2, "the herd needs two CPUs so both workers sleep at once; this machine has {cpus}");
+    const K: u64 = 8;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bin = common::build_c(dir.path(), "nestedherd", &["-O1", "-pthread"]);
+    let mut prog = Command::new(&bin).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().expect("starting nestedherd");
+    let mut out = BufReader::new(prog.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    out.read_line(&mut line).expect("nestedherd's port and tids");
+    let nums: Vec<u32> = line.split_whitespace().filter_map(|w| w.parse().ok()).collect();
+    assert_eq!(nums.len(), 3, "nestedherd printed {line:?}");
+    let (port, pid) = (nums[0] as u16, prog.id());
+    pin(nums[1], 0);
+    pin(nums[2], 1);
+
+    let (mut nd, json) = trace_json(dir.path(), pid);
+    // One at a time, both workers asleep before each.
+    for _ in 0..K {
+        std::thread::sleep(Duration::from_millis(50));
+        let mut c = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        c.write_all(b"x").expect("send");
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    drop(prog.stdin.take());
+    let mut tally = String::new();
+    out.read_to_string(&mut tally).expect("nestedherd's tally");
+    assert!(prog.wait().expect("nestedherd").success(), "nestedherd failed: {tally}");
+    let counts: Vec<u64> = tally.split_whitespace().filter_map(|w| w.parse().ok()).collect();
+    assert_eq!(counts.len(), 3, "nestedherd printed {tally:?}");
+    let (accepted, eagain, empty) = (counts[0], counts[1], counts[2]);
+    assert_eq!(accepted, K, "{tally}");
+    let err = ended(&mut nd);
+    let text = std::fs::read_to_string(&json).expect("JSON written");
+    let summary: Value = serde_json::from_str(text.lines().last().expect("summary line")).expect("JSON");
+    assert_eq!(summary["lost"]["ringbuf"], 0, "no record lost: {}", summary["lost"]);
+    let herd = summary["analysis"]["herd"].as_array().expect("herd rows");
+    assert_eq!(herd.len(), 1, "one listen socket: {herd:?}; stderr: {err}");
+    let row = &herd[0];
+    let n = |k: &str| row[k].as_u64().unwrap_or(u64::MAX);
+    eprintln!("nested epoll herd: {row}; nestedherd: {tally}");
+    assert_eq!((n("connections"), n("events")), (K, K), "every connection one listen-socket event: {row}");
+    // Each event woke both workers (no EPOLLEXCLUSIVE): one accepted, the other was
+    // woken for nothing, whether it got EAGAIN, an empty inner list or slept again.
+    assert!(n("wakeups") >= 2 * K - 1 && n("wakeups") <= 2 * K, "both workers woken per connection: {row}");
+    assert_eq!(n("wasted"), n("wakeups") - K, "every wake-up but the accepting one's was for nothing: {row}");
+    assert!(eagain + empty <= n("wasted"), "the losers' EAGAIN and empty inner lists ({eagain} + {empty}) are among the wasted: {row}");
+    assert_eq!(summary["stats"]["wasted_wakes"].as_u64(), Some(n("wasted")), "the headline agrees: {}", summary["stats"]);
+}
