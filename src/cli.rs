@@ -52,7 +52,8 @@ pub enum Command {
     /// socket) and a client, and trace it: no target needed.
     #[command(after_help = DEMO_EXAMPLES)]
     Demo(DemoArgs),
-    /// Check what this kernel and these privileges allow, by loading tiny programs.
+    /// Check what this kernel and these privileges allow, by loading tiny programs
+    /// (exit status 1 when `netdrift trace` cannot run here).
     #[command(
         after_help = "EXAMPLES:\n    netdrift doctor          # each check, then what netdrift can do here\n    netdrift doctor --json   # the same as one JSON object"
     )]
@@ -78,7 +79,7 @@ pub struct OutputArgs {
     /// Print JSON Lines (one object per event, with its chain id) instead of chain blocks. Schema: docs/json.md.
     #[arg(long)]
     pub json: bool,
-    /// Print each waker's kernel stack, symbolized from /proc/kallsyms.
+    /// Take every waker's kernel stack (not one per waker and class each 100 ms) and print it in the chain blocks and the JSON wake lines, symbolized from /proc/kallsyms (`report` and --record take every stack anyway).
     #[arg(long)]
     pub stacks: bool,
     /// Write the output to FILE (as FILE.partial until the trace ends cleanly; a device or FIFO such as /dev/null is written in place).

@@ -59,7 +59,8 @@ impl Report {
         self.checks.iter().chain(self.features.iter()).find(|c| c.name == name)
     }
 
-    fn ok(&self, name: &str) -> bool {
+    /// That check or feature was found and holds.
+    pub fn ok(&self, name: &str) -> bool {
         self.check(name).is_some_and(|c| c.ok)
     }
 }

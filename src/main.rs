@@ -47,7 +47,7 @@ fn main() {
             std::process::exit(2);
         }
     };
-    let files = writes_files(&cli.command);
+    let files = written_files(&cli.command);
     let res = match cli.command {
         Command::Trace(a) => cmd_trace(a, Report::Full),
         Command::Herd(a) => cmd_trace(a, Report::Herd),
@@ -62,31 +62,39 @@ fn main() {
         // filter; the programs detach with the process. Not when files were
         // being written too: they stay .partial, and the status says so.
         let pipe = |io: &std::io::Error| io.kind() == std::io::ErrorKind::BrokenPipe;
-        if !files
-            && e.chain().any(|c| {
-                c.downcast_ref::<std::io::Error>().is_some_and(pipe) || matches!(c.downcast_ref::<Error>(), Some(Error::Io(io)) if pipe(io))
-            })
-        {
+        let broken_pipe = e.chain().any(|c| {
+            c.downcast_ref::<std::io::Error>().is_some_and(pipe) || matches!(c.downcast_ref::<Error>(), Some(Error::Io(io)) if pipe(io))
+        });
+        if files.is_empty() && broken_pipe {
             std::process::exit(0);
         }
         // Not eprintln: stderr may be a closed pipe too, and that must not panic. The
         // message can quote the traced system (a symbol, a path): one safe line.
-        let _ = writeln!(std::io::stderr(), "netdrift: {}", netdrift::output::term_safe(&format!("{e:#}")));
+        let msg = if broken_pipe {
+            // `| head` while files were written: not a failure to explain, but they are incomplete.
+            let partial: Vec<String> =
+                // A device or FIFO (/dev/null) is written in place.
+                files.iter().filter(|f| std::fs::metadata(f).map_or(true, |m| m.is_file())).map(|f| netdrift::output::partial_path(f).display().to_string()).collect();
+            format!("standard output closed (broken pipe) before the end: left incomplete as {}", partial.join(", "))
+        } else {
+            format!("{e:#}")
+        };
+        let _ = writeln!(std::io::stderr(), "netdrift: {}", netdrift::output::term_safe(&msg));
         let code = e.downcast_ref::<Error>().map(|k| k.exit_code()).unwrap_or(1);
         std::process::exit(code);
     }
 }
 
-/// Does some output of this command go to a file (left .partial if the run fails)?
-fn writes_files(c: &Command) -> bool {
-    let out = |o: &OutputArgs| o.output_file.is_some() || o.record.is_some() || o.perfetto.is_some();
+/// The files this command writes (each left .partial if the run fails).
+fn written_files(c: &Command) -> Vec<std::path::PathBuf> {
+    let out = |o: &OutputArgs| [&o.output_file, &o.record, &o.perfetto].into_iter().flatten().cloned().collect::<Vec<_>>();
     match c {
         Command::Trace(a) | Command::Herd(a) => out(&a.out),
         Command::Demo(a) => out(&a.out),
-        Command::Analyze(a) => a.output_file.is_some() || a.perfetto.is_some(),
-        Command::Offwake(a) => a.output_file.is_some() || a.svg.is_some(),
-        Command::Report(_) => true,
-        Command::Doctor(_) => false,
+        Command::Analyze(a) => [&a.output_file, &a.perfetto].into_iter().flatten().cloned().collect(),
+        Command::Offwake(a) => [&a.output_file, &a.svg].into_iter().flatten().cloned().collect(),
+        Command::Report(a) => std::iter::once(a.file.clone()).chain(out(&a.trace.out)).collect(),
+        Command::Doctor(_) => Vec::new(),
     }
 }
 
@@ -139,6 +147,13 @@ fn duration_arg(d: Option<f64>) -> Result<Option<Duration>, Error> {
 fn cmd_trace_with(a: TraceArgs, report: Report, tweak: impl FnOnce(&mut TraceOptions)) -> anyhow::Result<()> {
     if a.target.is_empty() {
         return Err(Error::Usage("no target: give -p PID, -t TID or -c COMM (or try `netdrift demo`)".into()).into());
+    }
+    // Every stack taken (four times a wake-up's cost) and none printed.
+    if report == Report::Herd && a.out.stacks && !a.out.json {
+        return Err(Error::Usage(
+            "herd prints no chains, so no stacks: use `netdrift trace --stacks`, or `herd --json --stacks` for the wake lines".into(),
+        )
+        .into());
     }
     // Before anything else is touched (tracefs, outputs).
     if a.target.comms.len() > netdrift::offwake::MAX_COMMS {
@@ -304,6 +319,11 @@ fn cmd_doctor(a: DoctorArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print!("{}", netdrift::doctor::render_text(&report, false));
+    }
+    // Scriptable, like `nginx -t`: the report says why.
+    if !report.ok("trace") {
+        std::io::stdout().flush()?;
+        std::process::exit(1);
     }
     Ok(())
 }

@@ -1132,6 +1132,10 @@ pub fn run(mut opts: TraceOptions) -> Result<TraceResult> {
             let mut now = probes.losses();
             now.reader = ReaderCpu::now().since(&reader_start);
             pipe.report_losses(&now, &mut reported, secs, ringbuf_mib, false)?;
+            // A killed run's recording then holds all but its last second.
+            if let Some(r) = &mut pipe.record {
+                r.flush()?;
+            }
         }
     }
     let _ = rb.consume();
@@ -1209,7 +1213,15 @@ pub fn analyze_reader(
     quiet: bool,
 ) -> Result<TraceResult> {
     let bad = |n: usize, why: String| Error::Usage(format!("{}: line {n}: {why} (not a netdrift --record file?)", path.display()));
-    let first = next_record_line(&mut input).ok_or_else(|| bad(1, "empty file".into()))?.map_err(|e| bad(1, e.to_string()))?;
+    let empty = || {
+        // A killed run's recording holds nothing if it died within its first second.
+        if path.extension().is_some_and(|e| e == "partial") {
+            Error::Usage(format!("{}: empty: the run that wrote it was killed before its first records were written", path.display()))
+        } else {
+            bad(1, "empty file".into())
+        }
+    };
+    let first = next_record_line(&mut input).ok_or_else(empty)?.map_err(|e| bad(1, e.to_string()))?;
     let head: Value = serde_json::from_str(&first).map_err(|e| bad(1, e.to_string()))?;
     if head["type"] != RECORD_MAGIC {
         return Err(bad(1, format!("expected type {RECORD_MAGIC:?}")));

@@ -259,6 +259,7 @@ fn a_child_pid_namespace_is_refused_with_the_fix() {
     let line = text.lines().find(|l| l.contains("pid_namespace")).unwrap_or_else(|| panic!("no pid_namespace line:\n{text}"));
     assert!(line.trim_start().starts_with("no") && line.contains("--pid=host"), "{line}");
     assert!(text.contains("trace cannot run") && text.contains("pid_namespace failed"), "{text}");
+    assert_eq!(out.status.code(), Some(1), "doctor's status says trace cannot run: {text}");
 
     // The host's pid namespace under another namespace's /proc (a container's
     // mount namespace entered alone): /proc/self is missing, pids would not match.

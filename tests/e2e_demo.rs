@@ -261,20 +261,34 @@ fn a_closed_output_pipe_ends_quietly() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     use std::io::BufRead;
     use std::process::Stdio;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_netdrift"))
-        .args(["demo", "-n", "3"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run demo");
-    let mut first = String::new();
-    std::io::BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut first).expect("first line");
-    assert!(first.starts_with("chain 1 "), "{first}");
-    // The reader is gone (dropped with the BufReader).
-    let out = child.wait_with_output().expect("wait");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    // `netdrift demo -n 3 EXTRA... | head -1`: its first line, then its status and stderr.
+    let first_line_only = |extra: &[&std::ffi::OsStr]| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_netdrift"))
+            .args(["demo", "-n", "3"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run demo");
+        let mut first = String::new();
+        std::io::BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut first).expect("first line");
+        assert!(first.starts_with("chain 1 "), "{first}");
+        // The reader is gone (dropped with the BufReader).
+        let out = child.wait_with_output().expect("wait");
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (code, stderr) = first_line_only(&[]);
+    assert_eq!(code, Some(0), "{stderr}");
     assert!(!stderr.contains("Broken pipe") && !stderr.contains("panicked"), "{stderr}");
+
+    // Files being written too: status 1, and one line that names them.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rec = dir.path().join("rec.ndr");
+    let (code, stderr) = first_line_only(&["--record".as_ref(), rec.as_os_str()]);
+    assert_eq!(code, Some(1), "{stderr}");
+    let last = stderr.lines().last().unwrap_or("");
+    assert!(last.contains("broken pipe") && last.contains(&format!("left incomplete as {}.partial", rec.display())), "{stderr}");
+    assert!(!rec.exists(), "the recording is not passed off as complete");
 }
 
 /// Accepted sockets are mapped from the kernel's epoll item (`epoll_reg`) by

@@ -467,6 +467,43 @@ fn sigkill_leaves_no_bpf_and_only_a_partial_file() {
     assert!(!out.exists(), "never FILE after SIGKILL: the trace did not end cleanly");
 }
 
+/// A recording is flushed once a second: a killed run's `.partial` holds
+/// its records but the last second's, and `analyze` reads them.
+#[test]
+fn a_killed_recording_keeps_its_records_for_analyze() {
+    if !require_root() {
+        return;
+    }
+    let _s = serial();
+    // A process that sleeps and forks: wake-ups, switches, exits.
+    let target = Guard(Command::new("sh").args(["-c", "while :; do sleep 0.05; done"]).spawn().expect("spawn sh"));
+    let dir = tempfile::tempdir().unwrap();
+    let (ready, rec) = (dir.path().join("ready"), dir.path().join("rec.ndr"));
+    let partial = dir.path().join("rec.ndr.partial");
+    let mut child = nd()
+        .args(["trace", "-p", &target.0.id().to_string(), "--ready-file"])
+        .arg(&ready)
+        .arg("--record")
+        .arg(&rec)
+        .arg("60")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_ready(&ready, &mut child);
+    std::thread::sleep(Duration::from_millis(2500));
+    signal(child.id(), libc::SIGKILL);
+    let _ = wait_output(child, Duration::from_secs(10), "SIGKILL");
+    let len = fs::metadata(&partial).map(|m| m.len()).unwrap_or(0);
+    assert!(len > 0, "the killed run's recording holds what it flushed: {} is {len} bytes", partial.display());
+    let o = nd().arg("analyze").arg(&partial).output().unwrap();
+    let (out, err) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(o.status.success(), "analyze of the partial recording: {err}");
+    assert!(err.contains("the recording is incomplete"), "{err}");
+    assert!(out.contains("recording incomplete") && out.contains("wake-ups"), "{out}");
+    eprintln!("killed after 2.5 s: {len} bytes recorded; {}", out.lines().find(|l| l.contains("events,")).unwrap_or(""));
+}
+
 // ---- bad input ------------------------------------------------------------
 
 /// Whether strace runs here (it records a run's bpf() calls).
@@ -554,6 +591,8 @@ fn bad_input_gives_one_line_exit_2_and_loads_nothing() {
     bad_input(&["offwake", "-p", &pid, "-u", "-k", "1"], "cannot be used with", false, &log);
     bad_input(&["offwake", "-p", &pid, "-U", "-K", "1"], "cannot be used with", false, &log);
     bad_input(&["offwake", "-p", &pid, "--folded", "--json", "1"], "cannot be used with", false, &log);
+    // Every stack taken and none printed.
+    bad_input(&["herd", "-p", &pid, "--stacks", "1"], "herd prints no chains, so no stacks", false, &log);
 
     // Handler specs: an invalid glob, a missing binary, a binary that is not ELF.
     let not_elf = dir.path().join("not-elf");
