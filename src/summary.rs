@@ -322,7 +322,7 @@ fn waker_label(out: &mut String, t: &Task, ctx: WakerContext, cpu: u32) {
         WakerContext::Ksoftirqd => write!(out, "{}[{}]", t.comm, t.tid),
         WakerContext::SoftirqOnIrqExit => write!(out, "softirq on CPU{cpu} (interrupting {}[{}])", t.comm, t.tid),
         WakerContext::Irq => write!(out, "irq on CPU{cpu} (interrupting {}[{}])", t.comm, t.tid),
-        _ => write!(out, "{}[{}]", t.comm, t.pid),
+        _ => write!(out, "{} (pid {})", t.comm, t.pid),
     };
 }
 

@@ -458,7 +458,7 @@ fn a_wake_up_while_handling_stays_in_the_hop() {
     let r1 = s.threads.iter().find(|t| t.tid == 12).unwrap();
     assert_eq!(r1.wakeups, 2);
     assert_eq!(r1.by_cause, BTreeMap::from([("socket_readable".to_string(), 1), ("other".to_string(), 1)]));
-    assert_eq!(r1.wakers.get("demo:worker_0[10]"), Some(&1), "{:?}", r1.wakers);
+    assert_eq!(r1.wakers.get("demo:worker_0 (pid 10)"), Some(&1), "{:?}", r1.wakers);
     let text = crate::output::text::TextRenderer { t0: 0, stacks: false }.chain(ch, &mut crate::symbolize::KernelSyms::new());
     assert!(text.contains("blocked 1 time, 200ns off CPU while handling"), "{text}");
     // The hop's totals come after its timed steps (the EAGAIN at 4700).
@@ -821,7 +821,7 @@ fn summary_of_a_herd_names_winner_loser_causes_and_steps() {
         assert_eq!(t.by_cause, BTreeMap::from([("socket_readable".to_string(), 1)]));
         assert_eq!(t.by_context, BTreeMap::from([("softirq_in_syscall".to_string(), 1)]));
         // Softirq in the client's own syscall: the client process is the waker.
-        assert_eq!(t.wakers, BTreeMap::from([("client[20]".to_string(), 1)]));
+        assert_eq!(t.wakers, BTreeMap::from([("client (pid 20)".to_string(), 1)]));
         assert_eq!((t.runq.count, t.runq.max_ns), (1, runq), "tid {tid}");
     }
 
