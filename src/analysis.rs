@@ -1222,6 +1222,12 @@ impl Correlator {
                 });
                 if let Some(id) = id {
                     self.push_action(id, tid, Action::Close { ts: ev.ts, fd: *fd, sock: sock.as_deref().cloned() });
+                    // A socket closed before /proc was read for it: its close names the fd.
+                    if let Some(s) = self.open.get_mut(&id).and_then(|c| c.sock.as_mut()) {
+                        if Some(s.sock.sk) == sk && s.fds.is_empty() {
+                            s.fds.push((pid, f));
+                        }
+                    }
                 }
                 if let Some(ino) = self.fds.ino(pid, *fd) {
                     if self.fds.fds(ino).len() <= 1 {

@@ -1142,3 +1142,16 @@ fn a_nested_epoll_return_continues_the_hop() {
     let text = crate::output::text::TextRenderer { t0: 0, stacks: false }.chain(ch, &mut crate::symbolize::KernelSyms::new());
     assert!(text.contains("epoll_wait(4)") && text.contains("(fd 4 is in epoll 14's set)"), "{text}");
 }
+
+/// A socket the targets held before the trace and closed before /proc was
+/// read for it: its chain learns the fd from the close.
+#[test]
+fn a_socket_closed_before_proc_was_read_is_named_by_its_close() {
+    let w0 = t(10, 11, "worker");
+    let client = t(20, 20, "client");
+    let conn = sock(0xccc, 777, "127.0.0.1:8080", "127.0.0.1:40001", 1);
+    let mut c = Correlator::new();
+    let chains = all_chains(&mut c, &conn_handled(&client, &w0, &conn, &[6], false));
+    assert_eq!(chains.len(), 1, "{chains:#?}");
+    assert_eq!(chains[0].sock.as_ref().unwrap().fds, vec![(10, 6)], "from the close");
+}
