@@ -416,6 +416,11 @@ pub struct Stats {
     pub connection_closes: u64,
     /// Events epoll_wait returned whose data word was not mapped to an fd.
     pub epoll_data_unmapped: u64,
+    /// epoll_wait returns of nothing counted in the kernel, not written (and
+    /// not in `events` or `by_type`): each came after another return of
+    /// nothing of its thread, with no sleep, preemption or wake-up between.
+    #[serde(default)]
+    pub epoll_empty_summed: u64,
     pub handlers: u64,
     pub herd_chains: u64,
     /// Wake-ups of a thread already woken in the same chain (not a new hop).

@@ -404,6 +404,17 @@ impl<'obj> Probes<'obj> {
         map_ids(&self.skel.maps.targets_tid)
     }
 
+    /// epoll_wait returns of nothing counted in the kernel and not written:
+    /// each followed another of its thread with nothing between (a busy poll).
+    pub fn empty_returns_summed(&self) -> u64 {
+        match self.skel.maps.empty_returns.lookup_percpu(&0u32.to_ne_bytes(), MapFlags::ANY) {
+            Ok(Some(vals)) => {
+                vals.iter().map(|v| v.get(..8).map(|b| u64::from_ne_bytes(b.try_into().unwrap_or([0; 8]))).unwrap_or(0)).sum()
+            }
+            _ => 0,
+        }
+    }
+
     /// Sum the per-CPU loss counters (`enum nd_loss` of netdrift.h).
     pub fn losses(&self) -> Losses {
         use crate::skel::types::nd_loss as L;

@@ -563,8 +563,9 @@ pub fn write_record_end(
     losses: &Losses,
     decode_errors: u64,
     ringbuf_mib: u32,
+    epoll_empty_summed: u64,
 ) -> std::io::Result<()> {
-    let end = json!({"type": RECORD_END, "reason": reason, "duration_s": secs, "lost": losses, "decode_errors": decode_errors, "ringbuf_mib": ringbuf_mib});
+    let end = json!({"type": RECORD_END, "reason": reason, "duration_s": secs, "lost": losses, "decode_errors": decode_errors, "ringbuf_mib": ringbuf_mib, "epoll_empty_summed": epoll_empty_summed});
     writeln!(w, "{end}")
 }
 
@@ -846,7 +847,7 @@ impl Pipeline {
             writeln!(self.out, "{}", json::line(&line))?;
         }
         if let Some(mut r) = self.record.take() {
-            write_record_end(&mut r, reason, secs, &losses, decode_errors, ringbuf_mib)?;
+            write_record_end(&mut r, reason, secs, &losses, decode_errors, ringbuf_mib, stats.epoll_empty_summed)?;
             r.commit()?;
         }
         let end = TraceEnd { stats: &stats, summary: &analysis, losses: &losses, secs, reason, ringbuf_mib, decode_errors };
@@ -1146,6 +1147,7 @@ pub fn run(mut opts: TraceOptions) -> Result<TraceResult> {
     // The totals the lost lines add up to, should this last reading have failed low.
     losses.raise_to(&reported);
     let decode_errors = *bad.borrow();
+    pipe.corr.stats.epoll_empty_summed = probes.empty_returns_summed();
     if opts.discard {
         // Counted as events, so the benchmark's events/s stays comparable.
         pipe.corr.stats.events += discarded.get();
@@ -1283,6 +1285,7 @@ pub fn analyze_reader(
         return pipe.finish(Losses::default(), 0, secs, (start["ringbuf_bytes"].as_u64().unwrap_or(0) >> 20) as u32, INCOMPLETE_RECORDING);
     };
     let losses: Losses = serde_json::from_value(end["lost"].clone()).unwrap_or_default();
+    pipe.corr.stats.epoll_empty_summed = end["epoll_empty_summed"].as_u64().unwrap_or(0);
     pipe.finish(
         losses,
         end["decode_errors"].as_u64().unwrap_or(0),
@@ -1348,7 +1351,7 @@ mod tests {
         let mut rec = Vec::new();
         write_record_start(&mut rec, &json!({"t0_ns": 1, "idle_ms": 50})).unwrap();
         write_record_event(&mut rec, &ev).unwrap();
-        write_record_end(&mut rec, "done", 1.5, &Losses { ringbuf: 3, ..Default::default() }, 2, 8).unwrap();
+        write_record_end(&mut rec, "done", 1.5, &Losses { ringbuf: 3, ..Default::default() }, 2, 8, 0).unwrap();
         let r = analyze_reader(Path::new("t.ndr"), &rec[..], &AnalyzeOptions::default(), Vec::new(), true).unwrap();
         assert_eq!((r.stats.events, r.losses.ringbuf, r.decode_errors, r.reason.as_str()), (1, 3, 2, "done"));
 

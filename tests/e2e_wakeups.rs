@@ -1,7 +1,7 @@
 //! Root end-to-end tests of wake-ups beyond one socket in one epoll set:
 //! causes read from the waker's stack when stacks are reused (the default),
 //! for one thread waking another through an eventfd and a pipe in turn, and
-//! a herd through nested epoll instances.
+//! a herd through nested epoll instances, and a busy poll summed in the kernel.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -153,4 +153,46 @@ fn a_herd_through_nested_epoll_instances_is_counted() {
     assert_eq!(n("wasted"), n("wakeups") - K, "every wake-up but the accepting one's was for nothing: {row}");
     assert!(eagain + empty <= n("wasted"), "the losers' EAGAIN and empty inner lists ({eagain} + {empty}) are among the wasted: {row}");
     assert_eq!(summary["stats"]["wasted_wakes"].as_u64(), Some(n("wasted")), "the headline agrees: {}", summary["stats"]);
+}
+
+/// A loop polling epoll with timeout 0: every return of nothing after
+/// another is counted in the kernel, not written; the returns written and
+/// the ones counted add up to the program's own count of calls.
+#[test]
+fn a_busy_poll_is_counted_in_the_kernel_and_every_call_is_accounted_for() {
+    if !require_root() {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    const CALLS: u64 = 200_000;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bin = common::build_c(dir.path(), "busypoll", &["-O1", "-pthread"]);
+    let mut prog =
+        Command::new(&bin).arg(CALLS.to_string()).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().expect("starting busypoll");
+    let mut out = BufReader::new(prog.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    out.read_line(&mut line).expect("busypoll pid");
+    let pid: u32 = line.trim().parse().unwrap_or_else(|_| panic!("busypoll printed {line:?}, not its pid"));
+    let (mut nd, json) = trace_json(dir.path(), pid);
+    prog.stdin.take().expect("stdin").write_all(b"g").expect("go");
+    let mut tally = String::new();
+    out.read_to_string(&mut tally).expect("busypoll's tally");
+    assert!(prog.wait().expect("busypoll").success(), "busypoll failed: {tally}");
+    let returned: u64 = tally.split_whitespace().last().and_then(|w| w.parse().ok()).unwrap_or_else(|| panic!("{tally}"));
+    let err = ended(&mut nd);
+    let text = std::fs::read_to_string(&json).expect("JSON written");
+    let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).expect("a JSON line")).collect();
+    let summary = lines.last().expect("summary");
+    assert_eq!(summary["lost"]["ringbuf"], 0, "no record lost: {}", summary["lost"]);
+    let exits: Vec<&Value> = lines.iter().filter(|l| l["type"] == "epoll_exit" && l["task"]["comm"] == "bp:loop").collect();
+    let written = exits.len() as u64;
+    let with_events = exits.iter().filter(|l| l["ret"].as_i64().unwrap_or(0) > 0).count() as u64;
+    let summed = summary["stats"]["epoll_empty_summed"].as_u64().expect("stats.epoll_empty_summed");
+    eprintln!("busypoll: {tally}; netdrift: {written} epoll_exit lines ({with_events} with events), {summed} summed in the kernel");
+    assert_eq!(with_events, returned, "every return with an event is written");
+    assert_eq!(written + summed, CALLS, "every call is written or counted: {err}");
+    // The first of each run of returns of nothing is written, and one after each
+    // wake-up or preemption: a few hundred, not 200,000.
+    assert!(written < CALLS / 20, "a busy poll is summed, not written: {written} lines");
+    assert!(err.contains("busy polling:"), "the text summary says so: {err}");
 }

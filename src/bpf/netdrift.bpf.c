@@ -92,11 +92,29 @@ struct {
 	__type(value, __u64);
 } losses SEC(".maps");
 
+/*
+ * Per CPU: epoll_wait returns of nothing that followed another one of the
+ * same thread with nothing between (a busy poll): counted, not written.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} empty_returns SEC(".maps");
+
 struct thread_state {
 	__u64 runnable_ts;	/* 0: not waiting for a CPU */
 	__u32 last_cpu;
 	__u8 after_preempt;
 	__u8 seen_cpu;
+	/*
+	 * Its last epoll_wait returned nothing, and it was not woken since. In
+	 * padding: with task_ctx 8 bytes larger, one task-storage allocation
+	 * per run failed on 6.18 (map-full 1 in every demo run), likely the
+	 * first of a new allocator size class, under the run-queue lock.
+	 */
+	__u8 empty_return;
 	/*
 	 * A waker and the thread's own switch-out run at once on two CPUs: each
 	 * stores its flag with an atomic exchange (a full barrier), then reads
@@ -775,6 +793,9 @@ static __always_inline int sched_waking(void *ctx, struct task_struct *p, const 
 	 * on the thread's CPU must see the flag (or this must see its `asleep`).
 	 */
 	inflight_before = ts ? __sync_lock_test_and_set(&ts->wake_inflight, 1) : 0;
+	/* Its next empty epoll_wait return is written: this wake-up may be its story. */
+	if (ts)
+		ts->empty_return = 0;
 	/* A racing dequeue can leave on_rq set a little longer: trust our own switch-out too. */
 	on_rq = still_running(p) && !(ts && ts->asleep);
 	if (ts && !on_rq) {
@@ -1458,10 +1479,12 @@ static __always_inline int epoll_exit(struct trace_event_raw_sys_exit *ctx, __u3
 	struct nd_epoll_exit *r;
 	__u32 esz = bpf_core_type_size(struct epoll_event), n;
 	long ret = ctx->ret;
+	struct task_ctx *c;
 
 	if (!is_target(id >> 32, tid))
 		return 0;
-	a = args_get(bpf_get_current_task_btf());
+	c = tctx_peek(bpf_get_current_task_btf());
+	a = c && c->sys.syscall ? &c->sys : NULL;
 	if (!a) {
 		args_from_regs(&late, sc);
 		a = &late;
@@ -1470,6 +1493,22 @@ static __always_inline int epoll_exit(struct trace_event_raw_sys_exit *ctx, __u3
 	call = *a;
 	*(volatile __u32 *)&a->syscall = 0;
 	*(volatile __u64 *)&a->ts = 0;
+	if (c && !emit_epoll_enter) {
+		/*
+		 * Nothing returned, nothing happened in the call (its enter record
+		 * unwritten: no sleep, preemption or wake-up), and the same after
+		 * its last return: a busy poll. Only the first of a run is written.
+		 */
+		if (ret == 0 && call.ts && call.emitted_ts != call.ts && c->th.empty_return) {
+			__u32 zero = 0;
+			__u64 *v = bpf_map_lookup_elem(&empty_returns, &zero);
+
+			if (v)
+				__sync_fetch_and_add(v, 1);
+			return 0;
+		}
+		c->th.empty_return = ret == 0;
+	}
 	r = reserve(sizeof(*r), ND_REC_EPOLL_EXIT);
 	if (!r)
 		return 0;

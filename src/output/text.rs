@@ -412,6 +412,13 @@ pub fn summary(stats: &Stats, losses: &Losses, secs: f64, ringbuf_mib: u32, why:
     if let Some(note) = no_epoll_note(stats) {
         let _ = writeln!(o, "  {note}");
     }
+    if stats.epoll_empty_summed > 0 {
+        let _ = writeln!(
+            o,
+            "  busy polling: {} epoll_wait returns of nothing, each after another with nothing between, counted in the kernel and not written",
+            stats.epoll_empty_summed
+        );
+    }
     if stats.stacks_reused > 0 {
         let _ = writeln!(
             o,
