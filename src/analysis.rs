@@ -184,6 +184,11 @@ pub struct EpollReturn {
 impl EpollReturn {
     /// Returned `fd` and has no nested return yet: an epoll_wait on `fd`
     /// now is on a nested instance, and continues this hop.
+    /// It, or its nested instance's return, listed `fd`.
+    fn lists_fd(&self, fd: i32) -> bool {
+        self.events.iter().chain(self.nested.iter().flat_map(|n| n.events.iter())).any(|r| r.fd == Some(fd))
+    }
+
     fn awaits_nested(&self, fd: i32) -> bool {
         self.nested.is_none() && self.events.iter().any(|r| r.fd == Some(fd))
     }
@@ -455,6 +460,8 @@ struct ThreadCtx {
     /// Time of the last epoll_enter seen: an exit whose enter_ts is newer
     /// had its enter left out (it returned without blocking).
     last_enter_ts: u64,
+    /// The epoll fd of that call.
+    last_enter_epfd: i32,
     /// Switched out voluntarily, with no switch-in seen since.
     asleep: bool,
 }
@@ -862,6 +869,7 @@ impl Correlator {
         let t = self.threads.entry(tid).or_default();
         t.in_epoll = true;
         t.last_enter_ts = ts;
+        t.last_enter_epfd = epfd;
         // Back to waiting: this thread's part of its chains is over, unless
         // it now waits on the nested epoll instance its last return listed.
         self.finish_hops(tid, |h| {
@@ -1033,6 +1041,7 @@ impl Correlator {
                     t.asleep = !*woken;
                     // Asleep again in epoll_wait without having returned: woken for nothing.
                     let in_epoll = t.in_epoll;
+                    let epfd = t.last_enter_epfd;
                     let pending = t.pending.clone();
                     if missed_in {
                         self.stats.missed_switch_ins += 1;
@@ -1051,7 +1060,10 @@ impl Correlator {
                                 h.blocked_since = None;
                             }
                             let via_epoll = h.wake.as_ref().map(|w| w.via_epoll).unwrap_or(false);
-                            if (h.epoll.is_some() && !in_epoll) || (on_a_lock && !*woken && h.wake.is_some() && h.epoll.is_none()) {
+                            if in_epoll && h.actions.is_empty() && h.epoll.as_ref().is_some_and(|e| e.awaits_nested(epfd)) {
+                                // Asleep in the nested instance its outer return listed: it was empty.
+                                h.slept_again = Some(ts);
+                            } else if (h.epoll.is_some() && !in_epoll) || (on_a_lock && !*woken && h.wake.is_some() && h.epoll.is_none()) {
                                 h.blocked_since = Some(ts);
                             } else if *woken {
                                 // Its wake-up found it still running, and it is runnable again: it waits
@@ -1194,9 +1206,7 @@ impl Correlator {
                 let lino = listen.as_ref().map(|l| l.sk);
                 let id = self.active_chain(tid, |c| {
                     c.sock.as_ref().map(|s| Some(s.sock.sk) == lino).unwrap_or(false)
-                        || c.hops.iter().any(|h| {
-                            h.target.tid == tid && h.epoll.as_ref().map(|e| e.events.iter().any(|r| r.fd == Some(lfd))).unwrap_or(false)
-                        })
+                        || c.hops.iter().any(|h| h.target.tid == tid && h.epoll.as_ref().is_some_and(|e| e.lists_fd(lfd)))
                 });
                 if let Some(id) = id {
                     let action = Action::Accept {
@@ -1221,9 +1231,7 @@ impl Correlator {
                 let sk = sock.as_ref().map(|s| s.sk);
                 let id = self.active_chain(tid, |c| {
                     c.sock.as_ref().map(|s| Some(s.sock.sk) == sk).unwrap_or(false)
-                        || c.hops.iter().any(|h| {
-                            h.target.tid == tid && h.epoll.as_ref().map(|e| e.events.iter().any(|r| r.fd == Some(f))).unwrap_or(false)
-                        })
+                        || c.hops.iter().any(|h| h.target.tid == tid && h.epoll.as_ref().is_some_and(|e| e.lists_fd(f)))
                 });
                 if let Some(id) = id {
                     self.push_action(id, tid, Action::Close { ts: ev.ts, fd: *fd, sock: sock.as_deref().cloned() });
@@ -1255,10 +1263,7 @@ impl Correlator {
                 self.stats.handlers += 1;
                 let f = fd.map(|f| f as i32);
                 let id = self.active_chain(tid, |c| {
-                    f.is_some()
-                        && c.hops
-                            .iter()
-                            .any(|h| h.target.tid == tid && h.epoll.as_ref().map(|e| e.events.iter().any(|r| r.fd == f)).unwrap_or(false))
+                    f.is_some_and(|f| c.hops.iter().any(|h| h.target.tid == tid && h.epoll.as_ref().is_some_and(|e| e.lists_fd(f))))
                 });
                 if let Some(cid) = id {
                     let action = Action::Handler {

@@ -830,7 +830,8 @@ impl Pipeline {
             Report::Full => summary_sections(&analysis, losses.ringbuf > 0),
             Report::Herd => herd_only(&analysis, losses.ringbuf > 0, self.no_children),
         };
-        let text = format!("{sections}{}", summary(&stats, &losses, secs, ringbuf_mib, reason));
+        let note = crate::output::text::no_epoll_note(&stats, &analysis.herd).map(|n| format!("  {n}\n")).unwrap_or_default();
+        let text = format!("{sections}{}{note}", summary(&stats, &losses, secs, ringbuf_mib, reason));
         if self.json {
             let line = json::record(
                 "summary",

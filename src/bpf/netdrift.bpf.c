@@ -606,19 +606,16 @@ static __always_inline struct file *epoll_first_file(struct file *f, const bool 
 }
 
 /*
- * An epoll instance's file: an anonymous inode (no file type bits) named
- * "[eventpoll]" (anon_inode_getfile in ep_create). Asked only of a ready
- * item that is no socket. eventpoll_fops would be one compare, but it is
- * not in kallsyms without CONFIG_KALLSYMS_ALL.
+ * An epoll instance's file: named "[eventpoll]" (anon_inode_getfile in
+ * ep_create). Asked only of a first ready item that is no socket.
+ * eventpoll_fops would be one compare, but it is not in kallsyms without
+ * CONFIG_KALLSYMS_ALL.
  */
 static __always_inline bool is_epoll_file(struct file *f, const bool direct)
 {
-	struct inode *ino = ND_READ(direct, struct file, f, f_inode);
 	const unsigned char *name;
 	char buf[12] = {};
 
-	if (!ino || (ND_READ(direct, struct inode, ino, i_mode) & S_IFMT) != 0)
-		return false;
 	name = BPF_CORE_READ(f, f_path.dentry, d_name.name);
 	if (!name || bpf_probe_read_kernel(buf, sizeof(buf), name))
 		return false;
@@ -632,6 +629,7 @@ static __always_inline bool is_epoll_file(struct file *f, const bool direct)
 
 static __always_inline struct sock *waited_sock(struct task_struct *p, struct sys_args *a, __u32 *hook, const bool direct)
 {
+	struct sock *sk;
 	struct file *f;
 	__u32 sc, h;
 	int fd;
@@ -674,10 +672,11 @@ static __always_inline struct sock *waited_sock(struct task_struct *p, struct sy
 	if (h == ND_HOOK_ACCEPT)
 		return file_sock_x(f, direct);
 	f = epoll_first_file(f, direct);
-	if (f && is_epoll_file(f, direct))
+	sk = file_sock_x(f, direct);
+	if (!sk && f && is_epoll_file(f, direct))
 		/* A nested epoll instance (in this one's set): its own first ready item. */
-		f = epoll_first_file(f, direct);
-	return file_sock_x(f, direct);
+		sk = file_sock_x(epoll_first_file(f, direct), direct);
+	return sk;
 }
 
 /*

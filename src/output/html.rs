@@ -755,7 +755,7 @@ fn counters(o: &mut String, end: &TraceEnd<'_>) {
     if l.skipped_total() > 0 {
         let _ = writeln!(o, "<p class=\"warn\">{}.</p>", text(&crate::output::text::skipped_text(&l.skipped)));
     }
-    if let Some(note) = crate::output::text::no_epoll_note(s) {
+    if let Some(note) = crate::output::text::no_epoll_note(s, &end.summary.herd) {
         let _ = writeln!(o, "<p class=\"warn\">{}.</p>", text(note));
     }
     if !s.by_type.is_empty() {

@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use crate::analysis::{Action, Chain, Hop, Stats};
 use crate::events::{epoll_flags, errno_name, Task};
 use crate::output::{dur, off_cpu, ready_what, term_safe};
-use crate::summary::{Hist, Summary};
+use crate::summary::{HerdRow, Hist, Summary};
 use crate::symbolize::KernelSyms;
 
 /// Per-CPU loss counters, summed for display.
@@ -378,12 +378,14 @@ impl TextRenderer {
     }
 }
 
-/// Said when the targets were woken but never returned from epoll_wait: a
-/// poll, select or io_uring loop. Its wake-ups have no socket, so the herd
-/// counts read 0 where a herd may be.
-pub fn no_epoll_note(stats: &Stats) -> Option<&'static str> {
+/// Said when a listener's connections were accepted but no wake-up was
+/// read at it, and the targets never returned from epoll_wait: a poll,
+/// select or io_uring loop, whose wake-ups have no socket, so its herd row
+/// reads 0 where a herd may be. (A blocking accept is read at the listener.)
+pub fn no_epoll_note(stats: &Stats, herd: &[HerdRow]) -> Option<&'static str> {
     let returns = stats.by_type.get("epoll_exit").copied().unwrap_or(0);
-    (returns == 0 && (stats.wakes > 0 || stats.accepts + stats.accept_eagain > 0)).then_some(
+    let unmeasured = herd.iter().any(|r| r.connections > 0 && r.events == 0 && r.events_records_lost == 0);
+    (returns == 0 && unmeasured).then_some(
         "no epoll_wait return of the targets was seen: netdrift follows epoll loops; wake-ups in poll, select or io_uring name no socket, so the herd counts are not measured (accepts that got EAGAIN are the sign of a herd there)",
     )
 }
@@ -409,9 +411,6 @@ pub fn summary(stats: &Stats, losses: &Losses, secs: f64, ringbuf_mib: u32, why:
         if stats.handlers > 0 { format!(", {} handler calls", stats.handlers) } else { String::new() }
     );
     let _ = writeln!(o, "  {} chains woke more than one thread; {} wake-ups were for nothing", stats.herd_chains, stats.wasted_wakes);
-    if let Some(note) = no_epoll_note(stats) {
-        let _ = writeln!(o, "  {note}");
-    }
     if stats.epoll_empty_summed > 0 {
         let _ = writeln!(
             o,
@@ -621,15 +620,21 @@ pub fn summary_sections(s: &Summary, lost: bool) -> String {
 mod tests {
     use super::*;
 
-    /// A poll or select loop: woken, accepting, never in epoll_wait.
+    /// A poll or select loop: woken, accepting, never in epoll_wait, its
+    /// listener's row with no event; a blocking accept's row has events.
     #[test]
     fn a_trace_without_epoll_returns_says_the_herd_is_not_measured() {
         let mut stats = Stats { wakes: 24, accepts: 5, accept_eagain: 3, ..Default::default() };
-        let text = summary(&stats, &Losses::default(), 1.0, 8, "interrupted");
-        assert!(text.contains("no epoll_wait return of the targets was seen"), "{text}");
+        let mut row = HerdRow { connections: 5, ..Default::default() };
+        assert!(
+            no_epoll_note(&stats, std::slice::from_ref(&row)).is_some_and(|n| n.contains("no epoll_wait return of the targets was seen"))
+        );
+        assert_eq!(no_epoll_note(&stats, &[]), None, "no listener accepted on: nothing to say");
+        row.events = 5;
+        assert_eq!(no_epoll_note(&stats, std::slice::from_ref(&row)), None, "a blocking accept's wake-ups were read at the listener");
+        row.events = 0;
         stats.by_type.insert("epoll_exit".into(), 1);
-        assert_eq!(no_epoll_note(&stats), None);
-        assert_eq!(no_epoll_note(&Stats::default()), None, "nothing happened: nothing to say");
+        assert_eq!(no_epoll_note(&stats, &[row]), None);
     }
 
     #[test]

@@ -3,13 +3,14 @@
  * nestedherd: a thundering herd through nested epoll instances, for
  * tests/e2e_wakeups.rs.
  *
- *   nestedherd
+ *   nestedherd [INNER_TIMEOUT_MS]
  *
  * Two threads "nh:worker_0/1" each wait in epoll_wait on an outer epoll
  * instance whose only item is an inner epoll instance, whose only item is
  * one shared, non-blocking listen socket on 127.0.0.1 (an ephemeral port).
  * When the outer one returns, a worker takes the inner one's events
- * (epoll_wait with timeout 0), accepts once, reads the connection to EOF
+ * (epoll_wait with INNER_TIMEOUT_MS, default 0; -1 blocks until the inner
+ * one has an event), accepts once, reads the connection to EOF
  * and closes it. Every connection wakes both workers: one accepts, the
  * other gets EAGAIN or an empty inner list, or sleeps again.
  *
@@ -32,6 +33,7 @@
 static int lfd;
 static int accepted, eagain, empty;
 static int tids[2];
+static int inner_timeout;
 static pthread_barrier_t started;
 
 static void *worker(void *arg)
@@ -61,7 +63,7 @@ static void *worker(void *arg)
 
 		if (epoll_wait(outer, evs, 4, -1) <= 0)
 			continue;
-		if (epoll_wait(inner, evs, 4, 0) <= 0) {
+		if (epoll_wait(inner, evs, 4, inner_timeout) <= 0) {
 			__atomic_add_fetch(&empty, 1, __ATOMIC_RELAXED);
 			continue;
 		}
@@ -79,13 +81,15 @@ static void *worker(void *arg)
 	return NULL;
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
 	struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
 	socklen_t len = sizeof(a);
 	pthread_t t[2];
 	char c;
 
+	if (argc > 1)
+		inner_timeout = atoi(argv[1]);
 	lfd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	if (lfd < 0 || bind(lfd, (struct sockaddr *)&a, sizeof(a)) || listen(lfd, 128) ||
 	    getsockname(lfd, (struct sockaddr *)&a, &len)) {
