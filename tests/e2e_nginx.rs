@@ -859,13 +859,21 @@ fn offwake_names_the_waker_of_nearly_every_worker_sleep_under_load() {
     let named: u64 = worker_keys.iter().filter(|l| l["waker"]["context"] != "not_seen").map(|l| l["count"].as_u64().unwrap_or(0)).sum();
     let all: u64 = worker_keys.iter().map(|l| l["count"].as_u64().unwrap_or(0)).sum();
     assert!(all > 1000 && named * 200 >= all * 199, "workers' periods with a waker: {named} of {all}");
-    // Workers sleep in epoll_wait, interruptibly. A waker that comes while one
-    // is still switching out overwrites its state with TASK_WAKING: the state
-    // must come from sched_switch's prev_state (read as `?` before).
+    // Workers sleep in epoll_wait, interruptibly; now and then one waits on a
+    // lock uninterruptibly (D: the listener's in a racing accept, the epoll
+    // set's mutex). A waker that comes while one is still switching out
+    // overwrites its state with TASK_WAKING: the state must come from
+    // sched_switch's prev_state (read as `?` before).
     let states: BTreeSet<String> =
         worker_keys.iter().flat_map(|l| l["blocked"]["states"].as_array().cloned().unwrap_or_default()).map(|s| s.to_string()).collect();
+    let in_d: u64 = worker_keys
+        .iter()
+        .filter(|l| l["blocked"]["states"].as_array().is_some_and(|s| s.iter().any(|s| s == "D")))
+        .map(|l| l["count"].as_u64().unwrap_or(0))
+        .sum();
     if netdrift::probes::sched_switch_has_prev_state() {
-        assert_eq!(states, BTreeSet::from(["\"S\"".to_string()]), "{}", summary);
+        assert!(states.contains("\"S\"") && states.iter().all(|s| s == "\"S\"" || s == "\"D\""), "{states:?}: {summary}");
+        assert!(in_d * 100 <= all, "{in_d} of {all} worker periods uninterruptible: {summary}");
         assert_eq!(summary["state_unknown"], 0, "{summary}");
     } else {
         eprintln!("kernel < 5.18, no prev_state: {} periods of unknown state", summary["state_unknown"]);
