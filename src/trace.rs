@@ -1253,6 +1253,14 @@ pub fn analyze_reader(
     let (mut n, mut torn, mut last_ts) = (1, false, t0);
     while let Some((line, cut)) = next_record_line_cut(&mut input) {
         n += 1;
+        // An event straight into its type (most lines, and twice as fast as
+        // through a Value); anything else (the end line, a bad or torn line) below.
+        if let Ok(ev) = line.as_ref().map_err(|_| ()).and_then(|l| serde_json::from_str::<Event>(l).map_err(|_| ())) {
+            last_ts = last_ts.max(ev.ts);
+            pipe.ingest(ev)?;
+            pipe.drain()?;
+            continue;
+        }
         // A read error (invalid UTF-8, an I/O error, a line too long) names the file and line too.
         let v = line.map_err(|e| e.to_string()).and_then(|l| serde_json::from_str::<Value>(&l).map_err(|e| e.to_string()));
         let v = match v {
