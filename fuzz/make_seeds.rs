@@ -110,7 +110,7 @@ fn main() {
     }
     let events_end = rec.len();
     let losses = Losses { ringbuf: 1, per_cpu: vec![[1, 0, 0, 0]], ..Default::default() };
-    write_record_end(&mut rec, "duration reached", 1.0, &losses, 0, 8).expect("write end");
+    write_record_end(&mut rec, "duration reached", 1.0, &losses, 0, 8, 0).expect("write end");
     fs::write(dir.join("whole"), &rec).expect("write seed");
     // Killed mid-write: the last event cut in the middle, no end record.
     fs::write(dir.join("truncated"), &rec[..events_end - 40]).expect("write seed");

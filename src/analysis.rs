@@ -424,8 +424,9 @@ pub struct Stats {
     /// epoll_wait returns of nothing counted in the kernel, not written (and
     /// not in `events` or `by_type`): each came after another return of
     /// nothing of its thread, with no sleep, preemption or wake-up between.
+    /// None: unknown (a recording without its end line).
     #[serde(default)]
-    pub epoll_empty_summed: u64,
+    pub epoll_empty_summed: Option<u64>,
     pub handlers: u64,
     pub herd_chains: u64,
     /// Wake-ups of a thread already woken in the same chain (not a new hop).

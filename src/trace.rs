@@ -848,7 +848,7 @@ impl Pipeline {
             writeln!(self.out, "{}", json::line(&line))?;
         }
         if let Some(mut r) = self.record.take() {
-            write_record_end(&mut r, reason, secs, &losses, decode_errors, ringbuf_mib, stats.epoll_empty_summed)?;
+            write_record_end(&mut r, reason, secs, &losses, decode_errors, ringbuf_mib, stats.epoll_empty_summed.unwrap_or(0))?;
             r.commit()?;
         }
         let end = TraceEnd { stats: &stats, summary: &analysis, losses: &losses, secs, reason, ringbuf_mib, decode_errors };
@@ -1148,7 +1148,7 @@ pub fn run(mut opts: TraceOptions) -> Result<TraceResult> {
     // The totals the lost lines add up to, should this last reading have failed low.
     losses.raise_to(&reported);
     let decode_errors = *bad.borrow();
-    pipe.corr.stats.epoll_empty_summed = probes.empty_returns_summed();
+    pipe.corr.stats.epoll_empty_summed = Some(probes.empty_returns_summed());
     if opts.discard {
         // Counted as events, so the benchmark's events/s stays comparable.
         pipe.corr.stats.events += discarded.get();
@@ -1294,7 +1294,8 @@ pub fn analyze_reader(
         return pipe.finish(Losses::default(), 0, secs, (start["ringbuf_bytes"].as_u64().unwrap_or(0) >> 20) as u32, INCOMPLETE_RECORDING);
     };
     let losses: Losses = serde_json::from_value(end["lost"].clone()).unwrap_or_default();
-    pipe.corr.stats.epoll_empty_summed = end["epoll_empty_summed"].as_u64().unwrap_or(0);
+    // Recordings of versions that summed none have no such key: 0.
+    pipe.corr.stats.epoll_empty_summed = Some(end["epoll_empty_summed"].as_u64().unwrap_or(0));
     pipe.finish(
         losses,
         end["decode_errors"].as_u64().unwrap_or(0),

@@ -200,7 +200,7 @@ fn a_busy_poll_is_counted_in_the_kernel_and_every_call_is_accounted_for() {
     assert_eq!(with_events, returned, "every return with an event is written");
     assert_eq!(written + summed, CALLS, "every call is written or counted: {err}");
     // The first of each run of returns of nothing is written, and one after each
-    // wake-up or preemption: a few hundred, not 200,000.
+    // wake-up or switch-out: a few hundred, not 200,000.
     assert!(written < CALLS / 20, "a busy poll is summed, not written: {written} lines");
     assert!(err.contains("busy polling:"), "the text summary says so: {err}");
 }

@@ -501,6 +501,11 @@ fn a_killed_recording_keeps_its_records_for_analyze() {
     assert!(o.status.success(), "analyze of the partial recording: {err}");
     assert!(err.contains("the recording is incomplete"), "{err}");
     assert!(out.contains("recording incomplete") && out.contains("wake-ups"), "{out}");
+    // What only the end line held is unknown, not 0.
+    let o = nd().args(["analyze", "--json"]).arg(&partial).output().unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    let summary: serde_json::Value = serde_json::from_str(text.lines().last().unwrap_or("")).expect("a summary line");
+    assert!(summary["lost"].is_null() && summary["stats"]["epoll_empty_summed"].is_null(), "{}", summary["stats"]);
     eprintln!("killed after 2.5 s: {len} bytes recorded; {}", out.lines().find(|l| l.contains("events,")).unwrap_or(""));
 }
 

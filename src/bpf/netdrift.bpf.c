@@ -791,10 +791,15 @@ static __always_inline int sched_waking(void *ctx, struct task_struct *p, const 
 	 * First of all, before the socket work below: a switch-out running now
 	 * on the thread's CPU must see the flag (or this must see its `asleep`).
 	 */
-	inflight_before = ts ? __sync_lock_test_and_set(&ts->wake_inflight, 1) : 0;
-	/* Its next empty epoll_wait return is written: this wake-up may be its story. */
+	/*
+	 * Its next empty epoll_wait return is written: this wake-up may be its
+	 * story. Stored before the exchange below (a full barrier) and before
+	 * flush_enter reads the call's ts; epoll_exit clears ts, then a full
+	 * barrier, then reads this: one of the two sees the other.
+	 */
 	if (ts)
 		ts->empty_return = 0;
+	inflight_before = ts ? __sync_lock_test_and_set(&ts->wake_inflight, 1) : 0;
 	/* A racing dequeue can leave on_rq set a little longer: trust our own switch-out too. */
 	on_rq = still_running(p) && !(ts && ts->asleep);
 	if (ts && !on_rq) {
@@ -962,6 +967,8 @@ static __always_inline int sched_switch(bool preempt, struct task_struct *prev, 
 		if (ts) {
 			ts->last_cpu = cpu;
 			ts->seen_cpu = 1;
+			/* Preempted or asleep: its next empty epoll_wait return is written. */
+			ts->empty_return = 0;
 			/*
 			 * Still asleep from its last switch-out: this program missed the
 			 * switch-in of the run now ending (seen on a guest kernel, about
@@ -1498,13 +1505,22 @@ static __always_inline int epoll_exit(struct trace_event_raw_sys_exit *ctx, __u3
 		 * unwritten: no sleep, preemption or wake-up), and the same after
 		 * its last return: a busy poll. Only the first of a run is written.
 		 */
-		if (ret == 0 && call.ts && call.emitted_ts != call.ts && c->th.empty_return) {
-			__u32 zero = 0;
-			__u64 *v = bpf_map_lookup_elem(&empty_returns, &zero);
+		if (ret == 0 && call.ts && c->th.empty_return) {
+			/*
+			 * A full barrier after ts was cleared, then the claim and the
+			 * flag read again: a waker that claimed this call (flush_enter)
+			 * or cleared the flag before reading ts is seen here.
+			 */
+			__u64 emitted = __sync_fetch_and_add(&c->sys.emitted_ts, 0);
 
-			if (v)
-				__sync_fetch_and_add(v, 1);
-			return 0;
+			if (emitted != call.ts && *(volatile __u8 *)&c->th.empty_return) {
+				__u32 zero = 0;
+				__u64 *v = bpf_map_lookup_elem(&empty_returns, &zero);
+
+				if (v)
+					__sync_fetch_and_add(v, 1);
+				return 0;
+			}
 		}
 		c->th.empty_return = ret == 0;
 	}

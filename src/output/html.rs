@@ -738,7 +738,7 @@ fn counters(o: &mut String, end: &TraceEnd<'_>) {
         ("program runs skipped by the kernel", known(l.skipped_total().to_string())),
         ("undecodable records", known(end.decode_errors.to_string())),
         ("epoll events left as data words", s.epoll_data_unmapped.to_string()),
-        ("busy-poll epoll_wait returns of nothing, counted in the kernel", s.epoll_empty_summed.to_string()),
+        ("busy-poll epoll_wait returns of nothing, counted in the kernel", known(s.epoll_empty_summed.unwrap_or(0).to_string())),
         ("duration", format!("{:.1} s ({})", end.secs, end.reason)),
     ];
     for (k, v) in rows {

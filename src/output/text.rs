@@ -411,11 +411,10 @@ pub fn summary(stats: &Stats, losses: &Losses, secs: f64, ringbuf_mib: u32, why:
         if stats.handlers > 0 { format!(", {} handler calls", stats.handlers) } else { String::new() }
     );
     let _ = writeln!(o, "  {} chains woke more than one thread; {} wake-ups were for nothing", stats.herd_chains, stats.wasted_wakes);
-    if stats.epoll_empty_summed > 0 {
+    if let Some(n) = stats.epoll_empty_summed.filter(|&n| n > 0) {
         let _ = writeln!(
             o,
-            "  busy polling: {} epoll_wait returns of nothing, each after another with nothing between, counted in the kernel and not written",
-            stats.epoll_empty_summed
+            "  busy polling: {n} epoll_wait returns of nothing, each after another of its thread with no sleep, preemption or wake-up between, counted in the kernel and not written"
         );
     }
     if stats.stacks_reused > 0 {
