@@ -186,11 +186,16 @@ impl EpollReturn {
     /// now is on a nested instance, and continues this hop.
     /// It, or its nested instance's return, listed `fd`.
     fn lists_fd(&self, fd: i32) -> bool {
-        self.events.iter().chain(self.nested.iter().flat_map(|n| n.events.iter())).any(|r| r.fd == Some(fd))
+        self.with_nested().flat_map(|e| e.events.iter()).any(|r| r.fd == Some(fd))
+    }
+
+    /// This return, then its nested instance's if any.
+    pub fn with_nested(&self) -> impl Iterator<Item = &EpollReturn> {
+        std::iter::once(self).chain(self.nested.as_deref())
     }
 
     fn awaits_nested(&self, fd: i32) -> bool {
-        self.nested.is_none() && self.events.iter().any(|r| r.fd == Some(fd))
+        self.nested.is_none() && self.lists_fd(fd)
     }
 
     /// Events returned but not in `events` (past the first 16, or an
@@ -279,7 +284,7 @@ impl Hop {
                 // The nested instance is no work: what it returned is.
                 None => r.fd.is_some() && r.fd != nested_fd,
             };
-            e.events.iter().any(other) || e.nested.as_ref().is_some_and(|n| n.events.iter().any(other))
+            e.with_nested().flat_map(|r| r.events.iter()).any(other)
         })
     }
     /// Woken for nothing: went back to sleep in epoll_wait, or found nothing

@@ -87,12 +87,13 @@ fn main() {
 
 /// The files this command writes (each left .partial if the run fails).
 fn written_files(c: &Command) -> Vec<std::path::PathBuf> {
-    let out = |o: &OutputArgs| [&o.output_file, &o.record, &o.perfetto].into_iter().flatten().cloned().collect::<Vec<_>>();
+    let given = |ps: &[&Option<std::path::PathBuf>]| ps.iter().filter_map(|p| p.as_ref()).cloned().collect::<Vec<_>>();
+    let out = |o: &OutputArgs| given(&[&o.output_file, &o.record, &o.perfetto]);
     match c {
         Command::Trace(a) | Command::Herd(a) => out(&a.out),
         Command::Demo(a) => out(&a.out),
-        Command::Analyze(a) => [&a.output_file, &a.perfetto].into_iter().flatten().cloned().collect(),
-        Command::Offwake(a) => [&a.output_file, &a.svg].into_iter().flatten().cloned().collect(),
+        Command::Analyze(a) => given(&[&a.output_file, &a.perfetto]),
+        Command::Offwake(a) => given(&[&a.output_file, &a.svg]),
         Command::Report(a) => std::iter::once(a.file.clone()).chain(out(&a.trace.out)).collect(),
         Command::Doctor(_) => Vec::new(),
     }

@@ -568,13 +568,12 @@ fn collect(skel: &crate::offwake_skel::OffwakeSkel<'_>, namer: &mut Namer) -> Ve
 fn read_counters(skel: &crate::offwake_skel::OffwakeSkel<'_>) -> Counters {
     let mut per_cpu: Vec<Vec<u64>> = Vec::new();
     for which in 0..N_COUNTERS as u32 {
-        if let Ok(Some(vals)) = skel.maps.counters.lookup_percpu(&which.to_ne_bytes(), MapFlags::ANY) {
-            if per_cpu.len() < vals.len() {
-                per_cpu.resize(vals.len(), vec![0; N_COUNTERS]);
-            }
-            for (cpu, v) in vals.iter().enumerate() {
-                per_cpu[cpu][which as usize] = read::<u64>(v).unwrap_or(0);
-            }
+        let vals = crate::probes::percpu_u64(&skel.maps.counters, which);
+        if per_cpu.len() < vals.len() {
+            per_cpu.resize(vals.len(), vec![0; N_COUNTERS]);
+        }
+        for (cpu, n) in vals.into_iter().enumerate() {
+            per_cpu[cpu][which as usize] = n;
         }
     }
     Counters::from_per_cpu(per_cpu)

@@ -167,6 +167,17 @@ pub fn settle_targets(
 }
 
 /// The ids (u32 keys) of a target list map.
+/// Entry `key` of a per-CPU array of u64 counters: one value per CPU
+/// (none if it cannot be read).
+pub fn percpu_u64(map: &impl MapCore, key: u32) -> Vec<u64> {
+    match map.lookup_percpu(&key.to_ne_bytes(), MapFlags::ANY) {
+        Ok(Some(vals)) => {
+            vals.iter().map(|v| v.get(..8).map(|b| u64::from_ne_bytes(b.try_into().unwrap_or([0; 8]))).unwrap_or(0)).collect()
+        }
+        _ => Vec::new(),
+    }
+}
+
 pub fn map_ids(list: &impl MapCore) -> Vec<u32> {
     list.keys().filter_map(|k| Some(u32::from_ne_bytes(k.get(..4)?.try_into().ok()?))).collect()
 }
@@ -407,12 +418,7 @@ impl<'obj> Probes<'obj> {
     /// epoll_wait returns of nothing counted in the kernel and not written:
     /// each followed another of its thread with nothing between (a busy poll).
     pub fn empty_returns_summed(&self) -> u64 {
-        match self.skel.maps.empty_returns.lookup_percpu(&0u32.to_ne_bytes(), MapFlags::ANY) {
-            Ok(Some(vals)) => {
-                vals.iter().map(|v| v.get(..8).map(|b| u64::from_ne_bytes(b.try_into().unwrap_or([0; 8]))).unwrap_or(0)).sum()
-            }
-            _ => 0,
-        }
+        percpu_u64(&self.skel.maps.empty_returns, 0).iter().sum()
     }
 
     /// Sum the per-CPU loss counters (`enum nd_loss` of netdrift.h).
@@ -422,14 +428,12 @@ impl<'obj> Probes<'obj> {
         let mut l = Losses::default();
         let mut per_cpu: Vec<[u64; N]> = Vec::new();
         for which in 0..L::ND_LOSS_MAX.0 {
-            if let Ok(Some(vals)) = self.skel.maps.losses.lookup_percpu(&which.to_ne_bytes(), MapFlags::ANY) {
-                if per_cpu.len() < vals.len() {
-                    per_cpu.resize(vals.len(), [0; N]);
-                }
-                for (cpu, v) in vals.iter().enumerate() {
-                    let n = v.get(..8).map(|b| u64::from_ne_bytes(b.try_into().unwrap_or([0; 8]))).unwrap_or(0);
-                    per_cpu[cpu][which as usize] = n;
-                }
+            let vals = percpu_u64(&self.skel.maps.losses, which);
+            if per_cpu.len() < vals.len() {
+                per_cpu.resize(vals.len(), [0; N]);
+            }
+            for (cpu, n) in vals.into_iter().enumerate() {
+                per_cpu[cpu][which as usize] = n;
             }
         }
         for c in &per_cpu {

@@ -1254,30 +1254,29 @@ pub fn analyze_reader(
     while let Some((line, cut)) = next_record_line_cut(&mut input) {
         n += 1;
         // An event straight into its type (most lines, and twice as fast as
-        // through a Value); anything else (the end line, a bad or torn line) below.
-        if let Ok(ev) = line.as_ref().map_err(|_| ()).and_then(|l| serde_json::from_str::<Event>(l).map_err(|_| ())) {
-            last_ts = last_ts.max(ev.ts);
-            pipe.ingest(ev)?;
-            pipe.drain()?;
-            continue;
-        }
-        // A read error (invalid UTF-8, an I/O error, a line too long) names the file and line too.
-        let v = line.map_err(|e| e.to_string()).and_then(|l| serde_json::from_str::<Value>(&l).map_err(|e| e.to_string()));
-        let v = match v {
-            Ok(v) => v,
-            // The input ended inside this line: a recording cut short (SIGKILL, a
-            // full disk) is torn there, not corrupt. A whole bad line is refused.
-            Err(_) if cut => {
-                torn = true;
-                break;
+        // through a Value); anything else (the end line, a bad or torn line) through a Value.
+        let ev = match line.as_ref().ok().and_then(|l| serde_json::from_str::<Event>(l).ok()) {
+            Some(ev) => ev,
+            None => {
+                // A read error (invalid UTF-8, an I/O error, a line too long) names the file and line too.
+                let v = line.map_err(|e| e.to_string()).and_then(|l| serde_json::from_str::<Value>(&l).map_err(|e| e.to_string()));
+                let v = match v {
+                    Ok(v) => v,
+                    // The input ended inside this line: a recording cut short (SIGKILL, a
+                    // full disk) is torn there, not corrupt. A whole bad line is refused.
+                    Err(_) if cut => {
+                        torn = true;
+                        break;
+                    }
+                    Err(e) => return Err(bad(n, e)),
+                };
+                if v["type"] == RECORD_END {
+                    end = Some(v);
+                    break;
+                }
+                serde_json::from_value(v).map_err(|e| bad(n, e.to_string()))?
             }
-            Err(e) => return Err(bad(n, e)),
         };
-        if v["type"] == RECORD_END {
-            end = Some(v);
-            break;
-        }
-        let ev: Event = serde_json::from_value(v).map_err(|e| bad(n, e.to_string()))?;
         last_ts = last_ts.max(ev.ts);
         pipe.ingest(ev)?;
         pipe.drain()?;

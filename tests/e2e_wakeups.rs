@@ -16,6 +16,46 @@ use common::{pin, require_root, SERIAL};
 
 const ROUNDS: u64 = 10;
 
+/// A program of tests/progs built and started: it prints a first line (its
+/// pid, or what the test needs), waits for a byte or the end of its stdin,
+/// and prints its own tally at the end.
+struct TestProg {
+    name: &'static str,
+    child: Child,
+    out: BufReader<std::process::ChildStdout>,
+    first_line: String,
+}
+
+impl TestProg {
+    fn start(dir: &Path, name: &'static str, args: &[&str]) -> TestProg {
+        let bin = common::build_c(dir, name, &["-O1", "-pthread"]);
+        let mut child = Command::new(&bin)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
+        let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut first_line = String::new();
+        out.read_line(&mut first_line).unwrap_or_else(|e| panic!("{name}'s first line: {e}"));
+        TestProg { name, child, out, first_line }
+    }
+
+    /// Its go byte.
+    fn go(&mut self) {
+        self.child.stdin.as_mut().expect("stdin").write_all(b"g").expect("go");
+    }
+
+    /// Its stdin closed, its tally once it exited successfully.
+    fn finish(mut self) -> String {
+        drop(self.child.stdin.take());
+        let mut tally = String::new();
+        self.out.read_to_string(&mut tally).unwrap_or_else(|e| panic!("{}'s tally: {e}", self.name));
+        assert!(self.child.wait().expect("wait").success(), "{} failed: {tally}", self.name);
+        tally
+    }
+}
+
 /// `netdrift trace -p pid --json -o FILE 30`, once its probes are attached.
 fn trace_json(dir: &Path, pid: u32) -> (Child, PathBuf) {
     let (json, ready) = (dir.join("out.jsonl"), dir.join("ready"));
@@ -58,23 +98,13 @@ fn an_eventfd_and_a_pipe_written_by_one_thread_keep_their_own_causes() {
     }
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().expect("tempdir");
-    let bin = common::build_c(dir.path(), "fdwake", &["-O1", "-pthread"]);
-    let mut prog = Command::new(&bin)
-        .args([ROUNDS.to_string(), "20".into()])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("starting fdwake");
-    let mut out = BufReader::new(prog.stdout.take().expect("stdout"));
-    let mut line = String::new();
-    out.read_line(&mut line).expect("fdwake pid");
+    let mut prog = TestProg::start(dir.path(), "fdwake", &[&ROUNDS.to_string(), "20"]);
+    let line = prog.first_line.clone();
     let pid: u32 = line.trim().parse().unwrap_or_else(|_| panic!("fdwake printed {line:?}, not its pid"));
 
     let (mut nd, json) = trace_json(dir.path(), pid);
-    prog.stdin.take().expect("stdin").write_all(b"g").expect("go");
-    let mut tally = String::new();
-    out.read_to_string(&mut tally).expect("fdwake's tally");
-    assert!(prog.wait().expect("fdwake").success(), "fdwake failed: {tally}");
+    prog.go();
+    let tally = prog.finish();
     assert_eq!(tally.trim(), format!("eventfd {ROUNDS} pipe {ROUNDS}"));
     let err = ended(&mut nd);
 
@@ -117,15 +147,11 @@ fn nested_herd(inner_timeout_ms: &str) {
     assert!(cpus >= 2, "the herd needs two CPUs so both workers sleep at once; this machine has {cpus}");
     const K: u64 = 8;
     let dir = tempfile::tempdir().expect("tempdir");
-    let bin = common::build_c(dir.path(), "nestedherd", &["-O1", "-pthread"]);
-    let mut prog =
-        Command::new(&bin).arg(inner_timeout_ms).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().expect("starting nestedherd");
-    let mut out = BufReader::new(prog.stdout.take().expect("stdout"));
-    let mut line = String::new();
-    out.read_line(&mut line).expect("nestedherd's port and tids");
+    let prog = TestProg::start(dir.path(), "nestedherd", &[inner_timeout_ms]);
+    let line = prog.first_line.clone();
     let nums: Vec<u32> = line.split_whitespace().filter_map(|w| w.parse().ok()).collect();
     assert_eq!(nums.len(), 3, "nestedherd printed {line:?}");
-    let (port, pid) = (nums[0] as u16, prog.id());
+    let (port, pid) = (nums[0] as u16, prog.child.id());
     pin(nums[1], 0);
     pin(nums[2], 1);
 
@@ -137,10 +163,8 @@ fn nested_herd(inner_timeout_ms: &str) {
         c.write_all(b"x").expect("send");
     }
     std::thread::sleep(Duration::from_millis(200));
-    drop(prog.stdin.take());
-    let mut tally = String::new();
-    out.read_to_string(&mut tally).expect("nestedherd's tally");
-    assert!(prog.wait().expect("nestedherd").success(), "nestedherd failed: {tally}");
+    // It ends at the end of its stdin.
+    let tally = prog.finish();
     let counts: Vec<u64> = tally.split_whitespace().filter_map(|w| w.parse().ok()).collect();
     assert_eq!(counts.len(), 3, "nestedherd printed {tally:?}");
     let (accepted, eagain, empty) = (counts[0], counts[1], counts[2]);
@@ -174,18 +198,12 @@ fn a_busy_poll_is_counted_in_the_kernel_and_every_call_is_accounted_for() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     const CALLS: u64 = 200_000;
     let dir = tempfile::tempdir().expect("tempdir");
-    let bin = common::build_c(dir.path(), "busypoll", &["-O1", "-pthread"]);
-    let mut prog =
-        Command::new(&bin).arg(CALLS.to_string()).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().expect("starting busypoll");
-    let mut out = BufReader::new(prog.stdout.take().expect("stdout"));
-    let mut line = String::new();
-    out.read_line(&mut line).expect("busypoll pid");
+    let mut prog = TestProg::start(dir.path(), "busypoll", &[&CALLS.to_string()]);
+    let line = prog.first_line.clone();
     let pid: u32 = line.trim().parse().unwrap_or_else(|_| panic!("busypoll printed {line:?}, not its pid"));
     let (mut nd, json) = trace_json(dir.path(), pid);
-    prog.stdin.take().expect("stdin").write_all(b"g").expect("go");
-    let mut tally = String::new();
-    out.read_to_string(&mut tally).expect("busypoll's tally");
-    assert!(prog.wait().expect("busypoll").success(), "busypoll failed: {tally}");
+    prog.go();
+    let tally = prog.finish();
     let returned: u64 = tally.split_whitespace().last().and_then(|w| w.parse().ok()).unwrap_or_else(|| panic!("{tally}"));
     let err = ended(&mut nd);
     let text = std::fs::read_to_string(&json).expect("JSON written");

@@ -585,7 +585,7 @@ fn hop_json(h: &Hop, start: u64, stack_of: &mut dyn FnMut(&[u64]) -> Option<usiz
         last = last.max(c.ts);
     }
     // An outer return, then its nested instance's.
-    for e in h.epoll.iter().flat_map(|e| std::iter::once(e).chain(e.nested.as_deref())) {
+    for e in h.epoll.iter().flat_map(|e| e.with_nested()) {
         let mut lines: Vec<String> = e
             .events
             .iter()

@@ -301,7 +301,7 @@ impl TextRenderer {
             }
         }
         // An outer return, then its nested instance's.
-        for e in h.epoll.iter().flat_map(|e| std::iter::once(e).chain(e.nested.as_deref())) {
+        for e in h.epoll.iter().flat_map(|e| e.with_nested()) {
             let note = match h.epoll.as_ref() {
                 Some(outer) if !std::ptr::eq(outer, e) => format!("  (fd {} is in epoll {}'s set)", e.epfd, outer.epfd),
                 _ => String::new(),
