@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::mem::MaybeUninit;
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::path::Path;
 
 use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
@@ -164,6 +165,48 @@ pub fn settle_targets(
         notes.push(format!("targets changed while loading could not be settled ({e}): a child forked meanwhile may be missed"));
     }
     (forked, notes)
+}
+
+/// Give every thread of the targets its task storage before the programs
+/// run. Created by a program, the first one of a thread comes from a small
+/// per-CPU cache that a wake-up (interrupts off) cannot refill: one packet
+/// waking a herd of more than ~4 threads asleep since before the trace
+/// found no room for the rest (map-full, the herd miscounted). Made from
+/// here, in a syscall, one at a time, each allocation may wait for a
+/// refill. A thread needs a pidfd of its own (PIDFD_THREAD, Linux 6.9):
+/// before that only leaders get one, and the note says so.
+fn precreate_task_state(tasks: &impl MapCore, tgids: &[u32], tids: &[u32]) -> Option<String> {
+    const PIDFD_THREAD: libc::c_uint = libc::O_EXCL as libc::c_uint;
+    let value = vec![0u8; tasks.value_size() as usize];
+    let mut all: Vec<u32> = tgids.iter().flat_map(|&p| crate::procfs::threads(p)).chain(tids.iter().copied()).collect();
+    all.sort_unstable();
+    all.dedup();
+    let mut failed = 0usize;
+    for tid in all {
+        // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1; no memory is passed.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, tid as libc::pid_t, PIDFD_THREAD) } as i32;
+        if fd < 0 {
+            // Gone since the scan: nothing to miss.
+            if std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH) {
+                failed += 1;
+            }
+            continue;
+        }
+        // SAFETY: fd was just returned by pidfd_open and is owned here alone.
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+        // NOEXIST: a thread that already has state keeps it.
+        if let Err(e) = tasks.update(&fd.as_raw_fd().to_ne_bytes(), &value, MapFlags::NO_EXIST) {
+            if e.kind() != libbpf_rs::ErrorKind::AlreadyExists && e.kind() != libbpf_rs::ErrorKind::NotFound {
+                failed += 1;
+            }
+        }
+    }
+    (failed > 0).then(|| {
+        format!(
+            "{failed} target threads get their state only when first seen (this kernel gives no pidfd to a thread, Linux < 6.9, \
+             or refused it): a herd of more than ~4 of them asleep since before the trace may show as map-full"
+        )
+    })
 }
 
 /// The ids (u32 keys) of a target list map.
@@ -380,6 +423,9 @@ impl<'obj> Probes<'obj> {
             Ok(())
         };
         probes_targets(&skel)?;
+        if let Some(n) = precreate_task_state(&skel.maps.tasks, &cfg.tgids, &cfg.tids) {
+            notes.push(n);
+        }
         skel.attach().map_err(|e| Error::Bpf(format!("attaching the BPF programs failed: {e:#}")))?;
         let (forked, settle_notes) = settle_targets(&cfg.tgids, &cfg.tids, cfg.follow_children, |id, is_tid, add| {
             let mut o = crate::skel::types::nd_target_op { id, is_tid, add };

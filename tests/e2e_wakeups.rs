@@ -1,7 +1,8 @@
 //! Root end-to-end tests of wake-ups beyond one socket in one epoll set:
 //! causes read from the waker's stack when stacks are reused (the default),
 //! for one thread waking another through an eventfd and a pipe in turn, and
-//! a herd through nested epoll instances, and a busy poll summed in the kernel.
+//! a herd through nested epoll instances, a herd of threads asleep before
+//! the trace, and a busy poll summed in the kernel.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -185,6 +186,48 @@ fn nested_herd(inner_timeout_ms: &str) {
     assert_eq!(n("wasted"), n("wakeups") - K, "every wake-up but the accepting one's was for nothing: {row}");
     assert!(eagain + empty <= n("wasted"), "the losers' EAGAIN and empty inner lists ({eagain} + {empty}) are among the wasted: {row}");
     assert_eq!(summary["stats"]["wasted_wakes"].as_u64(), Some(n("wasted")), "the headline agrees: {}", summary["stats"]);
+}
+
+/// A herd of 16 threads asleep since before the trace: each connection
+/// wakes all of them, the first one included. Their task state is made at
+/// start; made by the first wake-up, all but ~4 found no room (map-full).
+#[test]
+fn a_herd_of_threads_asleep_before_the_trace_is_counted_from_its_first_connection() {
+    if !require_root() {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    const N: u64 = 16;
+    const K: u64 = 3;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let prog = TestProg::start(dir.path(), "wideherd", &[&N.to_string()]);
+    let port: u16 = prog.first_line.trim().parse().unwrap_or_else(|_| panic!("wideherd printed {:?}", prog.first_line));
+    let pid = prog.child.id();
+    // All asleep in epoll_wait before the programs are attached.
+    std::thread::sleep(Duration::from_millis(200));
+    let (mut nd, json) = trace_json(dir.path(), pid);
+    for _ in 0..K {
+        let c = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        drop(c);
+        // Every thread back asleep before the next.
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    let tally = prog.finish();
+    let counts: Vec<u64> = tally.split_whitespace().filter_map(|w| w.parse().ok()).collect();
+    assert_eq!(counts.first(), Some(&K), "wideherd printed {tally:?}");
+    let err = ended(&mut nd);
+    let text = std::fs::read_to_string(&json).expect("JSON written");
+    let summary: Value = serde_json::from_str(text.lines().last().expect("summary line")).expect("JSON");
+    let lost = &summary["lost"];
+    assert_eq!((lost["ringbuf"].as_u64(), lost["map_full"].as_u64()), (Some(0), Some(0)), "nothing lost: {lost}; stderr: {err}");
+    let herd = summary["analysis"]["herd"].as_array().expect("herd rows");
+    assert_eq!(herd.len(), 1, "one listen socket: {herd:?}; stderr: {err}");
+    let row = &herd[0];
+    let n = |k: &str| row[k].as_u64().unwrap_or(u64::MAX);
+    eprintln!("herd of {N}: {row}; wideherd: {tally}");
+    assert_eq!((n("connections"), n("events")), (K, K), "{row}");
+    assert_eq!(n("wakeups"), N * K, "every thread woken by every connection: {row}");
+    assert_eq!(n("wasted"), (N - 1) * K, "all but the accepting thread woken for nothing, from the first connection: {row}");
 }
 
 /// A loop polling epoll with timeout 0: every return of nothing after

@@ -110,9 +110,8 @@ struct thread_state {
 	__u8 seen_cpu;
 	/*
 	 * Its last epoll_wait returned nothing, and it was not woken since. In
-	 * padding: with task_ctx 8 bytes larger, one task-storage allocation
-	 * per run failed on 6.18 (map-full 1 in every demo run), likely the
-	 * first of a new allocator size class, under the run-queue lock.
+	 * padding: task_ctx's size is kept (a larger one made a task-storage
+	 * allocation fail in a wake-up: map-full 1 in every demo run).
 	 */
 	__u8 empty_return;
 	/*

@@ -125,9 +125,10 @@ pub fn ringbuf_fix(mib: u32, reader: ReaderCpu, secs: f64) -> String {
     let wall = if reader.wall_ns > 0 { reader.wall_ns as f64 } else { secs * 1e9 };
     if wall > 0.0 && reader.wait_ns as f64 > 0.05 * wall {
         return format!(
-            "netdrift's reader waited {} for a CPU ({:.0}% of the time): give it one (a higher priority: nice -n -5; or keep the load off a CPU with taskset); a bigger --ringbuf-size (now {mib} MiB) only delays the loss",
+            "netdrift's reader waited {} for a CPU ({:.0}% of the time): give it one (a higher priority: nice -n -20 or chrt -f 1; or keep the load off a CPU with taskset); a bigger --ringbuf-size (now {mib} MiB; try {}) absorbs a burst, not a steady excess",
             dur(reader.wait_ns),
-            100.0 * reader.wait_ns as f64 / wall
+            100.0 * reader.wait_ns as f64 / wall,
+            (mib.max(1) * 4).min(1024)
         );
     }
     if wall > 0.0 && reader.run_ns as f64 > 0.9 * wall {
@@ -454,13 +455,23 @@ pub fn summary(stats: &Stats, losses: &Losses, secs: f64, ringbuf_mib: u32, why:
     }
     if losses.counted() > 0 {
         let cpus = losses.per_cpu_text();
+        // Each fix only beside the loss it fixes.
         let _ = writeln!(
             o,
-            "  LOST: {} records (ring buffer full: {}), {} stacks, {} map-full, {} unreadable epoll arrays{}",
+            "  LOST: {} records{}, {} stacks, {} map-full{}, {} unreadable epoll arrays{}",
             losses.ringbuf,
-            ringbuf_fix(ringbuf_mib, losses.reader, secs),
+            if losses.ringbuf > 0 {
+                format!(" (ring buffer full: {})", ringbuf_fix(ringbuf_mib, losses.reader, secs))
+            } else {
+                String::new()
+            },
             losses.stack,
             losses.map_full,
+            if losses.map_full > 0 {
+                " (a thread's state not created in time: its wake-ups and switches are written, what they mean for its chains may be wrong)"
+            } else {
+                ""
+            },
             losses.user_read,
             if cpus.is_empty() { String::new() } else { format!("; per CPU: {cpus}") }
         );
