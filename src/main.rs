@@ -204,7 +204,7 @@ fn cmd_trace_with(a: TraceArgs, report: Report, tweak: impl FnOnce(&mut TraceOpt
             netdrift::output::term_safe(&h.name),
             netdrift::output::term_safe(&h.path.to_string_lossy()),
             h.offset,
-            h.spec
+            netdrift::output::term_safe(&h.spec)
         );
     }
 

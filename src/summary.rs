@@ -5,6 +5,7 @@
 //! `netdrift analyze` of its recording build the same summary.
 
 use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
 
 use serde::Serialize;
 
@@ -312,9 +313,12 @@ pub struct SummaryBuilder {
     keep_slowest: usize,
     /// Reused for the waker label of every wake-up.
     label: String,
+    /// A waking process's name: its first thread seen waking a target (a
+    /// record names its thread only), so its threads count as one waker.
+    process_names: HashMap<u32, Rc<str>>,
 }
 
-fn waker_label(out: &mut String, t: &Task, ctx: WakerContext, cpu: u32) {
+fn waker_label(out: &mut String, t: &Task, process: &str, ctx: WakerContext, cpu: u32) {
     use std::fmt::Write as _;
     out.clear();
     let _ = match ctx {
@@ -322,7 +326,7 @@ fn waker_label(out: &mut String, t: &Task, ctx: WakerContext, cpu: u32) {
         WakerContext::Ksoftirqd => write!(out, "{}[{}]", t.comm, t.tid),
         WakerContext::SoftirqOnIrqExit => write!(out, "softirq on CPU{cpu} (interrupting {}[{}])", t.comm, t.tid),
         WakerContext::Irq => write!(out, "irq on CPU{cpu} (interrupting {}[{}])", t.comm, t.tid),
-        _ => write!(out, "{} (pid {})", t.comm, t.pid),
+        _ => write!(out, "{process} (pid {})", t.pid),
     };
 }
 
@@ -452,7 +456,8 @@ impl SummaryBuilder {
             Kind::Wake { target, cause, context, .. } => {
                 let mut label = std::mem::take(&mut self.label);
                 let context = context.unwrap_or(WakerContext::Unknown);
-                waker_label(&mut label, &ev.task, context, ev.cpu);
+                let process = self.process_names.entry(ev.task.pid).or_insert_with(|| ev.task.comm.clone()).clone();
+                waker_label(&mut label, &ev.task, &process, context, ev.cpu);
                 let t = self.thread(target);
                 t.wakeups += 1;
                 bump(&mut t.by_cause, cause.unwrap_or(Cause::Unknown).key());
@@ -608,6 +613,38 @@ mod tests {
     }
 
     use super::*;
+
+    /// Two threads of one client process waking a worker are one waker,
+    /// named after the first of them seen.
+    #[test]
+    fn a_processs_threads_are_one_waker() {
+        let mut b = SummaryBuilder::new();
+        let worker = Task { pid: 10, tid: 11, comm: "worker".into() };
+        let wake = |ts: u64, tid: u32, comm: &str| Event {
+            ts,
+            cpu: 0,
+            task: Task { pid: 20, tid, comm: comm.into() },
+            kind: Kind::Wake {
+                target: worker.clone(),
+                sock_seq: 0,
+                stack: vec![],
+                stack_err: 0,
+                target_cpu: 0,
+                waker_is_kthread: false,
+                target_on_rq: false,
+                cause: Some(Cause::SocketReadable),
+                context: Some(WakerContext::SoftirqInSyscall),
+                via_epoll: true,
+                stack_reused: false,
+                stack_sig: 0,
+            },
+        };
+        b.event(&wake(1, 21, "cl_a"));
+        b.event(&wake(2, 22, "cl_b"));
+        b.event(&wake(3, 22, "cl_b"));
+        let s = b.build();
+        assert_eq!(s.threads[0].wakers, BTreeMap::from([("cl_a (pid 20)".to_string(), 3)]));
+    }
 
     /// A new thread is first seen under its creator's name: its row takes
     /// the name it gives itself (memcached's mc-worker threads).
