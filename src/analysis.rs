@@ -935,6 +935,22 @@ impl Correlator {
                     ann.chain = Some(p.0);
                     return ann;
                 }
+                // Woken through epoll again inside the same epoll_wait, having
+                // run since its last epoll wake-up: it found nothing and went
+                // back on the epoll wait queue (the only way such a wake-up
+                // reaches it), so that one was for nothing, as if it had
+                // switched out (its second wake-up came first).
+                if *via_epoll && self.threads.get(&target.tid).is_some_and(|t| t.in_epoll) {
+                    let pending = self.threads.get(&target.tid).map(|t| t.pending.clone()).unwrap_or_default();
+                    for p in pending {
+                        if let Some(h) = self.hop_mut(p) {
+                            let woken_by_epoll = h.wake.as_ref().is_some_and(|w| w.via_epoll);
+                            if woken_by_epoll && h.on_cpu.is_some() && h.epoll.is_none() && h.actions.is_empty() {
+                                h.slept_again.get_or_insert(ev.ts);
+                            }
+                        }
+                    }
+                }
                 // A new blocking period: what the thread did since its last wake is over.
                 self.finish_hops(target.tid, |h| h.on_cpu.is_some() || h.wake.is_none());
                 let cause = cause.unwrap_or(Cause::Unknown);

@@ -1155,3 +1155,46 @@ fn a_socket_closed_before_proc_was_read_is_named_by_its_close() {
     assert_eq!(chains.len(), 1, "{chains:#?}");
     assert_eq!(chains[0].sock.as_ref().unwrap().fds, vec![(10, 6)], "from the close");
 }
+
+/// A herd loser that ran, found nothing and went back on its epoll wait
+/// queue, where a pipe it also watches woke it before it switched out: its
+/// listen-socket wake-up was for nothing all the same (haproxy's threads
+/// pass connections to each other through a pipe).
+#[test]
+fn a_herd_loser_woken_again_before_it_slept_was_woken_for_nothing() {
+    let w0 = t(10, 11, "w0");
+    let w1 = t(10, 12, "w1");
+    let client = t(20, 20, "client");
+    let lsock = sock(0xaaa, 500, "127.0.0.1:8080", "0.0.0.0:0", 10);
+    let peer = sock(0xbbb, 501, "127.0.0.1:8080", "127.0.0.1:40000", 1);
+    let enter = |epfd: i32| Kind::EpollEnter { epfd, maxevents: 64, syscall: Syscall::EpollWait };
+    let evs = vec![
+        ev(0, 0, w0.clone(), Kind::FdMap { ino: 500, fd: 3 }),
+        ev(0, 0, w0.clone(), Kind::EpollMap { epfd: 4, fd: 3, data: 3 }),
+        ev(0, 0, w1.clone(), Kind::EpollMap { epfd: 5, fd: 3, data: 3 }),
+        ev(900, 1, w1.clone(), enter(5)),
+        ev(950, 0, w0.clone(), enter(4)),
+        ev(
+            1000,
+            1,
+            client.clone(),
+            Kind::SockReady { sock: lsock.into(), seq: 7, hook: ReadyHook::SkDataReady, new_state: None, packet: None },
+        ),
+        ev(1100, 1, client.clone(), wake(w1.clone(), 7, Cause::SocketReadable)),
+        ev(1200, 1, client.clone(), wake(w0.clone(), 7, Cause::SocketReadable)),
+        ev(3000, 0, w0.clone(), switch_in(1200, 0)),
+        ev(3500, 1, w1.clone(), switch_in(1100, 1)),
+        ev(4000, 0, w0.clone(), epoll_exit(4, &[3])),
+        ev(4500, 0, w0.clone(), accept(3, 6, Some(peer))),
+        // w0 hands the connection to w1 through a pipe w1's epoll watches.
+        ev(4600, 0, w0.clone(), wake(w1.clone(), 0, Cause::Pipe)),
+        ev(4800, 1, w1.clone(), epoll_exit(5, &[9])),
+    ];
+    let mut c = Correlator::new();
+    let chains = all_chains(&mut c, &evs);
+    let herd = chains.iter().find(|ch| ch.hops.len() == 2).expect("the listen socket's chain");
+    assert_eq!((herd.woken(), herd.wasted()), (2, 1), "{herd:#?}");
+    let loser = herd.hops.iter().find(|h| h.target.tid == 12).unwrap();
+    assert_eq!(loser.slept_again, Some(4600));
+    assert_eq!(c.stats.wasted_wakes, 1);
+}
