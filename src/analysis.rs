@@ -1248,7 +1248,9 @@ impl Correlator {
             Kind::Close { fd, sock } => {
                 self.stats.closes += 1;
                 self.stats.socket_closes += u64::from(sock.is_some());
-                self.stats.connection_closes += u64::from(sock.as_ref().is_some_and(|s| s.ip() && s.protocol == 6 && !s.is_listen()));
+                // A peer, even after a reset: not a socket that never connected (lighttpd's probe socket).
+                self.stats.connection_closes +=
+                    u64::from(sock.as_ref().is_some_and(|s| s.ip() && s.protocol == 6 && !s.is_listen() && s.remote.port() != 0));
                 let f = *fd;
                 let sk = sock.as_ref().map(|s| s.sk);
                 let id = self.active_chain(tid, |c| {

@@ -1198,3 +1198,16 @@ fn a_herd_loser_woken_again_before_it_slept_was_woken_for_nothing() {
     assert_eq!(loser.slept_again, Some(4600));
     assert_eq!(c.stats.wasted_wakes, 1);
 }
+
+/// A TCP socket closed without ever having had a peer is no connection
+/// close; one reset by its peer (state CLOSE, the peer still known) is.
+#[test]
+fn a_socket_that_never_connected_is_not_a_connection_close() {
+    let w = t(10, 11, "w");
+    let mut c = Correlator::new();
+    let close = |fd: i32, s: SockInfo| Kind::Close { fd, sock: Some(Box::new(s)) };
+    c.ingest(&ev(1, 0, w.clone(), close(3, sock(0x1, 1, "0.0.0.0:0", "0.0.0.0:0", 7))));
+    c.ingest(&ev(2, 0, w.clone(), close(4, sock(0x2, 2, "127.0.0.1:80", "127.0.0.1:40000", 7))));
+    c.ingest(&ev(3, 0, w.clone(), close(5, sock(0x3, 3, "127.0.0.1:80", "127.0.0.1:40001", 1))));
+    assert_eq!((c.stats.socket_closes, c.stats.connection_closes), (3, 2));
+}

@@ -449,7 +449,7 @@ pub fn summary(stats: &Stats, losses: &Losses, secs: f64, ringbuf_mib: u32, why:
     if stats.epoll_data_unmapped > 0 {
         let _ = writeln!(
             o,
-            "  {} events epoll_wait returned show a data word, not an fd: registered by another thread than the one that accepted (memcached's workers), or closed before /proc was read; --epoll-ctl traces every registration and maps them all",
+            "  {} events epoll_wait returned show a data word, not an fd: registered by another thread than the one that accepted (memcached's workers), or closed or taken out of the epoll set before /proc was read (nginx's accept_mutex); --epoll-ctl traces every registration and maps them all",
             stats.epoll_data_unmapped
         );
     }
