@@ -228,6 +228,14 @@ fn a_herd_of_threads_asleep_before_the_trace_is_counted_from_its_first_connectio
     assert_eq!((n("connections"), n("events")), (K, K), "{row}");
     assert_eq!(n("wakeups"), N * K, "every thread woken by every connection: {row}");
     assert_eq!(n("wasted"), (N - 1) * K, "all but the accepting thread woken for nothing, from the first connection: {row}");
+    // Every thread's last switch-out (TASK_DEAD), the last one's too, though
+    // its exit took the process off the target list before it.
+    let dead = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|e| e["type"] == "switch_out" && e["state"].as_u64().is_some_and(|s| s & 0x80 != 0))
+        .count();
+    assert_eq!(dead as u64, N + 1, "a TASK_DEAD switch-out per thread, main thread included");
 }
 
 /// A loop polling epoll with timeout 0: every return of nothing after

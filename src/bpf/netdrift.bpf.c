@@ -956,7 +956,12 @@ static __always_inline int sched_switch(bool preempt, struct task_struct *prev, 
 	__u64 now = 0;
 	__u32 woken = 0;
 
-	if (is_target(prev->tgid, prev_tid)) {
+	/*
+	 * A dead thread's last switch (TASK_DEAD, 0x80) comes after its exit
+	 * took it, or its process, off the target lists: its task state, made
+	 * only for targets and freed after this switch, says it was one.
+	 */
+	if (is_target(prev->tgid, prev_tid) || ((state & 0x80) && tctx_peek(prev))) {
 		bool involuntary = preempt || state == 0;
 
 		now = bpf_ktime_get_ns();
