@@ -195,7 +195,7 @@ impl Out {
 
     fn commit(self) -> Result<()> {
         match self {
-            Out::Stdout(mut w) => Ok(w.flush()?),
+            Out::Stdout(mut w) => Ok(w.flush().map_err(stdout_error)?),
             Out::File(f) => f.commit(),
         }
     }
@@ -208,16 +208,22 @@ impl Out {
     }
 }
 
+/// A failed write to stdout named as such (a file's error names its file);
+/// its kind kept, so a broken pipe is still recognised.
+fn stdout_error(e: std::io::Error) -> std::io::Error {
+    std::io::Error::new(e.kind(), format!("writing to standard output: {e}"))
+}
+
 impl Write for Out {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         match self {
-            Out::Stdout(w) => w.write(buf),
+            Out::Stdout(w) => w.write(buf).map_err(stdout_error),
             Out::File(f) => f.write(buf),
         }
     }
     fn flush(&mut self) -> std::io::Result<()> {
         match self {
-            Out::Stdout(w) => w.flush(),
+            Out::Stdout(w) => w.flush().map_err(stdout_error),
             Out::File(f) => f.flush(),
         }
     }

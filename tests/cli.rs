@@ -646,6 +646,12 @@ fn analyze_replays_with_the_recorded_idle_timeout() {
     // Two outputs thrown away do not collide.
     let out = nd().arg("analyze").arg(&rec).args(["-o", "/dev/null", "--perfetto", "/dev/null"]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // A full standard output is named as such: status 1, one line.
+    let full = std::fs::OpenOptions::new().write(true).open("/dev/full").expect("/dev/full");
+    let out = nd().arg("analyze").arg(&rec).stdout(full).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.lines().any(|l| l.starts_with("netdrift: writing to standard output: No space left")), "{err}");
     assert_eq!(run(r#","idle_ms":2000"#), (1, 0));
     // Recorded with --idle-ms 100: closed before its thread ran.
     assert_eq!(run(r#","idle_ms":100"#), (1, 1));
