@@ -197,7 +197,11 @@ fn back_to_back_connections_are_one_herd_event_each() {
     assert!(nosock.is_empty(), "every wake-up names its socket:\n{}", brief(&nosock));
     let herd = &r.result.summary.herd;
     assert_eq!(herd.len(), 1, "{herd:?}");
-    assert_eq!((herd[0].connections, herd[0].events), (k as u64, k as u64));
+    // Every connection; an event per listen-socket chain, which a worker
+    // that did not sleep can do without (above): the build of 0c93ebe read
+    // 143 and this one 149 for 150 connections, each once in ~20 runs.
+    assert_eq!(herd[0].connections, k as u64);
+    assert_eq!(herd[0].events, listen.len() as u64, "the row's events are the listen-socket chains");
     let wasted: usize = r.result.chains.iter().map(|c| c.wasted()).sum();
     assert!(wasted > 0, "four workers on a shared socket: a herd");
     assert_eq!(herd[0].wasted, wasted as u64, "every wasted wake-up is a listen socket's");
