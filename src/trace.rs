@@ -576,13 +576,9 @@ pub fn write_record_end(
 }
 
 /// The next line of a recording without its line end, None at the end of
-/// the file; a line longer than [`MAX_RECORD_LINE`] is an error.
-fn next_record_line(input: &mut impl BufRead) -> Option<std::io::Result<String>> {
-    next_record_line_cut(input).map(|(l, _)| l)
-}
-
-/// [`next_record_line`], and whether the line was cut short: the input
-/// ended inside it, with no newline (a torn last line, not a long one).
+/// the file (a line longer than [`MAX_RECORD_LINE`] is an error), and
+/// whether it was cut short: the input ended inside it, with no newline (a
+/// torn last line, not a long one).
 fn next_record_line_cut(input: &mut impl BufRead) -> Option<(std::io::Result<String>, bool)> {
     let mut buf = Vec::new();
     // One byte past the limit tells a line of exactly the limit from a longer one.
@@ -1230,8 +1226,20 @@ pub fn analyze_reader(
             bad(1, "empty file".into())
         }
     };
-    let first = next_record_line(&mut input).ok_or_else(empty)?.map_err(|e| bad(1, e.to_string()))?;
-    let head: Value = serde_json::from_str(&first).map_err(|e| bad(1, e.to_string()))?;
+    let (first, first_cut) = next_record_line_cut(&mut input).ok_or_else(empty)?;
+    let first = first.map_err(|e| bad(1, e.to_string()))?;
+    let head: Value = serde_json::from_str(&first).map_err(|e| {
+        // A start record begun, the file ending inside it: killed within its first second.
+        let magic = format!("{{\"type\":{RECORD_MAGIC:?}");
+        if first_cut && (first.starts_with("{\"start\":{") || first.starts_with(&magic)) {
+            Error::Usage(format!(
+                "{}: cut inside its first line, the start record: the run that wrote it was killed before it was written whole; nothing to analyze",
+                path.display()
+            ))
+        } else {
+            bad(1, e.to_string())
+        }
+    })?;
     if head["type"] != RECORD_MAGIC {
         return Err(bad(1, format!("expected type {RECORD_MAGIC:?}")));
     }
@@ -1352,12 +1360,12 @@ mod tests {
         let mut text = vec![b'a'; MAX_RECORD_LINE];
         text.extend_from_slice(b"\nb\r\n\nc");
         let mut r = &text[..];
-        assert_eq!(next_record_line(&mut r).unwrap().unwrap().len(), MAX_RECORD_LINE);
-        let rest: Vec<String> = std::iter::from_fn(|| next_record_line(&mut r)).map(|l| l.unwrap()).collect();
+        assert_eq!(next_record_line_cut(&mut r).map(|(l, _)| l).unwrap().unwrap().len(), MAX_RECORD_LINE);
+        let rest: Vec<String> = std::iter::from_fn(|| next_record_line_cut(&mut r).map(|(l, _)| l)).map(|l| l.unwrap()).collect();
         assert_eq!(rest, ["b", "", "c"]);
 
         let mut long = &[b'a'; MAX_RECORD_LINE + 1][..];
-        assert_eq!(next_record_line(&mut long).unwrap().unwrap_err().kind(), std::io::ErrorKind::InvalidData);
+        assert_eq!(next_record_line_cut(&mut long).map(|(l, _)| l).unwrap().unwrap_err().kind(), std::io::ErrorKind::InvalidData);
     }
 
     #[test]

@@ -646,6 +646,15 @@ fn analyze_replays_with_the_recorded_idle_timeout() {
     // Two outputs thrown away do not collide.
     let out = nd().arg("analyze").arg(&rec).args(["-o", "/dev/null", "--perfetto", "/dev/null"]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // A recording cut inside its start line (killed within its first
+    // second) is said to be one, not "not a recording".
+    let head = std::fs::read_to_string(&rec).unwrap();
+    let cut = dir.path().join("cut.ndr");
+    std::fs::write(&cut, &head[..60]).unwrap();
+    let out = nd().arg("analyze").arg(&cut).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("cut inside its first line"), "{err}");
     // A full standard output is named as such: status 1, one line.
     let full = std::fs::OpenOptions::new().write(true).open("/dev/full").expect("/dev/full");
     let out = nd().arg("analyze").arg(&rec).stdout(full).output().unwrap();
