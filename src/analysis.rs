@@ -940,8 +940,8 @@ impl Correlator {
                 // back on the epoll wait queue (the only way such a wake-up
                 // reaches it), so that one was for nothing, as if it had
                 // switched out (its second wake-up came first).
-                if *via_epoll && self.threads.get(&target.tid).is_some_and(|t| t.in_epoll) {
-                    let pending = self.threads.get(&target.tid).map(|t| t.pending.clone()).unwrap_or_default();
+                let requeued = self.threads.get(&target.tid).filter(|t| *via_epoll && t.in_epoll).map(|t| t.pending.clone());
+                if let Some(pending) = requeued {
                     for p in pending {
                         if let Some(h) = self.hop_mut(p) {
                             let woken_by_epoll = h.wake.as_ref().is_some_and(|w| w.via_epoll);

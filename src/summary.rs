@@ -624,20 +624,7 @@ mod tests {
             ts,
             cpu: 0,
             task: Task { pid: 20, tid, comm: comm.into() },
-            kind: Kind::Wake {
-                target: worker.clone(),
-                sock_seq: 0,
-                stack: vec![],
-                stack_err: 0,
-                target_cpu: 0,
-                waker_is_kthread: false,
-                target_on_rq: false,
-                cause: Some(Cause::SocketReadable),
-                context: Some(WakerContext::SoftirqInSyscall),
-                via_epoll: true,
-                stack_reused: false,
-                stack_sig: 0,
-            },
+            kind: crate::analysis::tests::wake(worker.clone(), 0, Cause::SocketReadable),
         };
         b.event(&wake(1, 21, "cl_a"));
         b.event(&wake(2, 22, "cl_b"));

@@ -13,7 +13,8 @@ fn ev(ts: u64, cpu: u32, task: Task, kind: Kind) -> Event {
     Event { ts, cpu, task, kind }
 }
 
-fn wake(target: Task, seq: u64, cause: Cause) -> Kind {
+/// A wake-up of `target` through epoll, from a softirq in the waker's syscall.
+pub(crate) fn wake(target: Task, seq: u64, cause: Cause) -> Kind {
     Kind::Wake {
         target,
         sock_seq: seq,
@@ -80,26 +81,41 @@ fn accept(lfd: i32, ret: i32, peer: Option<SockInfo>) -> Kind {
     }
 }
 
-/// Two workers of pid 10 watch listen socket ino 500 (fd 3) in their own
-/// epoll (epfd 4 and 5); a client connection wakes both, w0 accepts.
-fn herd_events() -> Vec<Event> {
+/// The herd's set-up: two workers of pid 10 (w0 tid 11, w1 tid 12) watch
+/// listen socket ino 500 (fd 3) in their own epoll (epfd 4 and 5), and
+/// `between` (events before the connection), then a client connection
+/// (seq 7) wakes w1 at 1100 and w0 at 1200.
+fn herd_start(between: impl IntoIterator<Item = Event>) -> Vec<Event> {
     let w0 = t(10, 11, "demo:worker_0");
     let w1 = t(10, 12, "demo:worker_1");
     let client = t(20, 20, "client");
     let lsock = sock(0xaaa, 500, "127.0.0.1:8080", "0.0.0.0:0", 10);
-    let peer = sock(0xbbb, 501, "127.0.0.1:8080", "127.0.0.1:40000", 1);
-    vec![
+    let mut evs = vec![
         ev(0, 0, w0.clone(), Kind::FdMap { ino: 500, fd: 3 }),
         ev(0, 0, w0.clone(), Kind::EpollMap { epfd: 4, fd: 3, data: 3 }),
         ev(0, 0, w1.clone(), Kind::EpollMap { epfd: 5, fd: 3, data: 3 }),
+    ];
+    evs.extend(between);
+    evs.extend([
         ev(
             1000,
             1,
             client.clone(),
             Kind::SockReady { sock: lsock.into(), seq: 7, hook: ReadyHook::SkDataReady, new_state: None, packet: None },
         ),
-        ev(1100, 1, client.clone(), wake(w1.clone(), 7, Cause::SocketReadable)),
-        ev(1200, 1, client.clone(), wake(w0.clone(), 7, Cause::SocketReadable)),
+        ev(1100, 1, client.clone(), wake(w1, 7, Cause::SocketReadable)),
+        ev(1200, 1, client, wake(w0, 7, Cause::SocketReadable)),
+    ]);
+    evs
+}
+
+/// [`herd_start`], then w0 accepts and w1 gets EAGAIN.
+fn herd_events() -> Vec<Event> {
+    let w0 = t(10, 11, "demo:worker_0");
+    let w1 = t(10, 12, "demo:worker_1");
+    let peer = sock(0xbbb, 501, "127.0.0.1:8080", "127.0.0.1:40000", 1);
+    let mut evs = herd_start([]);
+    evs.extend([
         ev(3000, 0, w0.clone(), switch_in(1200, 0)),
         ev(3500, 1, w1.clone(), switch_in(1100, 0)),
         ev(4000, 0, w0.clone(), epoll_exit(4, &[3])),
@@ -109,7 +125,8 @@ fn herd_events() -> Vec<Event> {
         ev(4700, 0, w0.clone(), Kind::EpollCtl { epfd: 4, op: 1, fd: 6, events: 1, data: 6, err: 0 }),
         ev(5000, 1, w1.clone(), Kind::EpollEnter { epfd: 5, maxevents: 64, syscall: Syscall::EpollWait }),
         ev(5100, 0, w0.clone(), Kind::EpollEnter { epfd: 4, maxevents: 64, syscall: Syscall::EpollWait }),
-    ]
+    ]);
+    evs
 }
 
 /// A correlator that has seen the herd; then worker 0, a client and the
@@ -1162,26 +1179,12 @@ fn a_socket_closed_before_proc_was_read_is_named_by_its_close() {
 /// pass connections to each other through a pipe).
 #[test]
 fn a_herd_loser_woken_again_before_it_slept_was_woken_for_nothing() {
-    let w0 = t(10, 11, "w0");
-    let w1 = t(10, 12, "w1");
-    let client = t(20, 20, "client");
-    let lsock = sock(0xaaa, 500, "127.0.0.1:8080", "0.0.0.0:0", 10);
+    let w0 = t(10, 11, "demo:worker_0");
+    let w1 = t(10, 12, "demo:worker_1");
     let peer = sock(0xbbb, 501, "127.0.0.1:8080", "127.0.0.1:40000", 1);
     let enter = |epfd: i32| Kind::EpollEnter { epfd, maxevents: 64, syscall: Syscall::EpollWait };
-    let evs = vec![
-        ev(0, 0, w0.clone(), Kind::FdMap { ino: 500, fd: 3 }),
-        ev(0, 0, w0.clone(), Kind::EpollMap { epfd: 4, fd: 3, data: 3 }),
-        ev(0, 0, w1.clone(), Kind::EpollMap { epfd: 5, fd: 3, data: 3 }),
-        ev(900, 1, w1.clone(), enter(5)),
-        ev(950, 0, w0.clone(), enter(4)),
-        ev(
-            1000,
-            1,
-            client.clone(),
-            Kind::SockReady { sock: lsock.into(), seq: 7, hook: ReadyHook::SkDataReady, new_state: None, packet: None },
-        ),
-        ev(1100, 1, client.clone(), wake(w1.clone(), 7, Cause::SocketReadable)),
-        ev(1200, 1, client.clone(), wake(w0.clone(), 7, Cause::SocketReadable)),
+    let mut evs = herd_start([ev(900, 1, w1.clone(), enter(5)), ev(950, 0, w0.clone(), enter(4))]);
+    evs.extend([
         ev(3000, 0, w0.clone(), switch_in(1200, 0)),
         ev(3500, 1, w1.clone(), switch_in(1100, 1)),
         ev(4000, 0, w0.clone(), epoll_exit(4, &[3])),
@@ -1189,7 +1192,7 @@ fn a_herd_loser_woken_again_before_it_slept_was_woken_for_nothing() {
         // w0 hands the connection to w1 through a pipe w1's epoll watches.
         ev(4600, 0, w0.clone(), wake(w1.clone(), 0, Cause::Pipe)),
         ev(4800, 1, w1.clone(), epoll_exit(5, &[9])),
-    ];
+    ]);
     let mut c = Correlator::new();
     let chains = all_chains(&mut c, &evs);
     let herd = chains.iter().find(|ch| ch.hops.len() == 2).expect("the listen socket's chain");

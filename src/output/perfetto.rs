@@ -800,7 +800,7 @@ impl Observer for PerfettoWriter {
 pub(crate) mod tests {
     use super::*;
     use crate::analysis::Correlator;
-    use crate::events::{Cause, EpEvent, ReadyHook, Syscall, WakerContext};
+    use crate::events::{Cause, EpEvent, ReadyHook, Syscall};
 
     fn task(tid: u32, comm: &str) -> Task {
         Task { pid: 100, tid, comm: comm.into() }
@@ -829,20 +829,7 @@ pub(crate) mod tests {
         let w0 = task(101, "<img src=x oner");
         let w1 = task(102, "w\"1'\u{1b}[31m");
         let client = Task { pid: 200, tid: 200, comm: "client".into() };
-        let wake = |target: &Task| Kind::Wake {
-            target: target.clone(),
-            sock_seq: 1,
-            stack: vec![],
-            stack_err: 0,
-            target_cpu: 0,
-            waker_is_kthread: false,
-            target_on_rq: false,
-            cause: Some(Cause::SocketReadable),
-            context: Some(WakerContext::SoftirqInSyscall),
-            via_epoll: true,
-            stack_reused: false,
-            stack_sig: 0,
-        };
+        let wake = |target: &Task| crate::analysis::tests::wake(target.clone(), 1, Cause::SocketReadable);
         vec![
             ev(1_000, 0, &w0, Kind::FdMap { ino: 9, fd: 3 }),
             ev(1_000, 0, &w0, Kind::EpollCtl { epfd: 5, op: 1, fd: 3, events: 1, data: 3, err: 0 }),

@@ -123,12 +123,13 @@ impl Losses {
 pub fn ringbuf_fix(mib: u32, reader: ReaderCpu, secs: f64) -> String {
     // Recordings made before wall_ns was kept: the whole run.
     let wall = if reader.wall_ns > 0 { reader.wall_ns as f64 } else { secs * 1e9 };
+    let bigger = (mib.max(1) * 4).min(1024);
     if wall > 0.0 && reader.wait_ns as f64 > 0.05 * wall {
         return format!(
             "netdrift's reader waited {} for a CPU ({:.0}% of the time): give it one (a higher priority: nice -n -20 or chrt -f 1; or keep the load off a CPU with taskset); a bigger --ringbuf-size (now {mib} MiB; try {}) absorbs a burst, not a steady excess",
             dur(reader.wait_ns),
             100.0 * reader.wait_ns as f64 / wall,
-            (mib.max(1) * 4).min(1024)
+            bigger
         );
     }
     if wall > 0.0 && reader.run_ns as f64 > 0.9 * wall {
@@ -140,7 +141,7 @@ pub fn ringbuf_fix(mib: u32, reader: ReaderCpu, secs: f64) -> String {
     if mib >= 1024 {
         return format!("raise --ringbuf-size (now {mib} MiB, the most), or trace fewer threads");
     }
-    format!("raise --ringbuf-size (now {mib} MiB; try --ringbuf-size {})", (mib.max(1) * 4).min(1024))
+    format!("raise --ringbuf-size (now {mib} MiB; try --ringbuf-size {bigger})")
 }
 
 /// "N program runs skipped by the kernel (prog: n, ...)", or "" if none.
