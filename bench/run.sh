@@ -51,7 +51,11 @@ WRK_CPU=${WRK_CPU:-0}
 RESULTS=${RESULTS:-$ND_ROOT/bench/results/latest.json}
 CONFIGS=${CONFIGS:-"untraced trace offwake peer"}
 
-require_root_and_tools nginx wrk bpftrace bpftool taskset python3 awk
+tools="nginx wrk bpftool taskset python3 awk"
+# bpftrace only where a configuration runs it (peer, floor).
+case " $CONFIGS " in *" peer "*|*" floor "*) tools="$tools bpftrace" ;; esac
+# shellcheck disable=SC2086 # a list of words
+require_root_and_tools $tools
 ND=$(netdrift_binary)
 
 WORK=$(mktemp -d /tmp/netdrift-bench.XXXXXX)
