@@ -280,26 +280,18 @@ pub fn interrupt_frames(kernel: Vec<String>) -> Vec<String> {
 }
 
 /// A string from the traced system, safe for one line of output: control
-/// and invisible characters (bidi overrides...: `output::invisible`) become `?`.
+/// and invisible characters (bidi overrides...: `output::invisible`) are
+/// written as `trace` writes them (`\x1b`, `\u{202e}`), so one name reads
+/// the same in both.
 pub fn clean(s: &str) -> String {
-    s.chars().map(|c| if crate::output::invisible(c) { '?' } else { c }).collect()
+    crate::output::term_safe(s).into_owned()
 }
 
 /// A frame or name for the folded format: `;` separates frames there, so it
-/// becomes `:`; control and invisible characters become `?` (U+FFFF would
-/// make the SVG drawn from these lines invalid XML).
+/// becomes `:`; control and invisible characters are escaped as in
+/// [`clean`] (U+FFFF would make the SVG drawn from these lines invalid XML).
 pub fn folded_frame(s: &str) -> String {
-    s.chars()
-        .map(|c| {
-            if c == ';' {
-                ':'
-            } else if crate::output::invisible(c) {
-                '?'
-            } else {
-                c
-            }
-        })
-        .collect()
+    clean(s).replace(';', ":")
 }
 
 /// The stack part of a folded line (everything but the value).
@@ -521,10 +513,10 @@ mod tests {
         e.waker.task.comm = "worker 3".into();
         e.blocked.comm = "\u{202e}evil\u{ffff}".into();
         let s = folded_stack(&e, &RenderOptions::default());
-        assert!(s.ends_with(";worker_3") && s.starts_with("?evil?;"), "{s}");
+        assert!(s.ends_with(";worker_3") && s.starts_with("\\u{202e}evil\\u{ffff};"), "{s}");
         let line = folded(std::slice::from_ref(&e), &RenderOptions::default());
         assert_eq!(line.trim_end().rsplit(' ').nth(1).map(|t| t.parse::<f64>().is_err()), Some(true), "{line}");
-        assert_eq!(clean("a\u{202e}b\u{61c}c\u{e0041}"), "a?b?c?");
+        assert_eq!(clean("a\u{202e}b\u{61c}c\u{e0041}\u{1b}"), "a\\u{202e}b\\u{61c}c\\u{e0041}\\x1b");
         let svg = String::from_utf8(crate::offwake::svg::render(&[e], &RenderOptions::default(), "t").unwrap()).unwrap();
         assert!(!svg.contains('\u{ffff}') && !svg.contains('\u{202e}'), "raw in the SVG");
     }
@@ -652,7 +644,7 @@ mod tests {
         e.blocked.comm = "a;b\nc".into();
         e.blocked_user[0] = "operator;()".into();
         let s = folded_stack(&e, &RenderOptions::default());
-        assert!(s.starts_with("a:b?c;"), "{s}");
+        assert!(s.starts_with("a:b\\x0ac;"), "{s}");
         assert!(s.contains(";operator:();"), "{s}");
         assert!(!text_block(&e, &RenderOptions::default()).contains("a;b\nc"));
     }
