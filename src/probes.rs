@@ -299,6 +299,12 @@ pub struct Probes<'obj> {
     pub forked: Vec<u32>,
 }
 
+impl Drop for Probes<'_> {
+    fn drop(&mut self) {
+        self.detach();
+    }
+}
+
 /// A name as the kernel's `char comm[16]`.
 pub fn comm_bytes(s: &str) -> [i8; 16] {
     let mut out = [0i8; 16];
@@ -453,6 +459,51 @@ impl<'obj> Probes<'obj> {
             handler_links.push(link);
         }
         Ok(Probes { skel, features, notes, handler_links, forked })
+    }
+
+    /// Detaches every program, the links closed at once on threads of
+    /// their own: closing a syscall tracepoint's link waits for an RCU
+    /// tasks-trace grace period (~80 ms here), one after another 0.8 s
+    /// between the summary and the exit; waits that overlap share one.
+    fn detach(&mut self) {
+        let l = &mut self.skel.links;
+        let links: Vec<libbpf_rs::Link> = [
+            l.nd_targets_op.take(),
+            l.nd_sched_waking.take(),
+            l.nd_sched_waking_probed.take(),
+            l.nd_sched_wakeup.take(),
+            l.nd_sched_switch.take(),
+            l.nd_sched_switch_ps.take(),
+            l.nd_inet_sock_set_state.take(),
+            l.nd_netif_receive_skb.take(),
+            l.nd_napi_poll.take(),
+            l.nd_process_fork.take(),
+            l.nd_process_exec.take(),
+            l.nd_process_exit.take(),
+            l.nd_enter_epoll_wait.take(),
+            l.nd_exit_epoll_wait.take(),
+            l.nd_enter_epoll_pwait.take(),
+            l.nd_exit_epoll_pwait.take(),
+            l.nd_enter_epoll_pwait2.take(),
+            l.nd_exit_epoll_pwait2.take(),
+            l.nd_enter_epoll_ctl.take(),
+            l.nd_enter_accept.take(),
+            l.nd_exit_accept.take(),
+            l.nd_enter_accept4.take(),
+            l.nd_exit_accept4.take(),
+            l.nd_enter_close.take(),
+            l.nd_handler.take(),
+        ]
+        .into_iter()
+        .flatten()
+        .chain(self.handler_links.drain(..))
+        .collect();
+        std::thread::scope(|s| {
+            for link in links {
+                // A thread that cannot start drops its link here, in turn.
+                let _ = std::thread::Builder::new().spawn_scoped(s, move || drop(link));
+            }
+        });
     }
 
     /// The threads traced by tid (-t) as the kernel side has them now: an
