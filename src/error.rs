@@ -23,14 +23,14 @@ pub enum Error {
     #[error("this kernel has no BTF at /sys/kernel/btf/vmlinux: build it with CONFIG_DEBUG_INFO_BTF=y (netdrift needs BTF for CO-RE and tp_btf)")]
     NoBtf,
     /// An output refused before the run (exit code 2).
-    #[error("cannot write {} ({})", path.display(), output_hint(source))]
+    #[error("cannot write {} ({})", path.display(), output_hint(path, source))]
     Output {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
     /// An output that failed during or at the end of the run (a full disk).
-    #[error("cannot write {} ({})", path.display(), output_hint(source))]
+    #[error("cannot write {} ({})", path.display(), output_hint(path, source))]
     Write {
         path: PathBuf,
         #[source]
@@ -45,9 +45,12 @@ pub enum Error {
 }
 
 /// What to do about an output that cannot be written.
-fn output_hint(e: &std::io::Error) -> &'static str {
+fn output_hint(path: &std::path::Path, e: &std::io::Error) -> &'static str {
     match e.raw_os_error() {
         Some(libc::ENOSPC) | Some(libc::EDQUOT) => "free space there, or give that output a path on another file system",
+        Some(libc::EISDIR) if path.as_os_str().as_encoded_bytes().ends_with(b".partial") => {
+            "a directory is in the way of the file written until the run ends: remove it or give another name"
+        }
         Some(libc::EISDIR) => "it is a directory: give a file name",
         Some(libc::EPERM) => {
             "it or its directory is immutable or append-only (lsattr; chattr -i / -a clears that), or it is another user's file in a sticky directory such as /tmp: give another path"

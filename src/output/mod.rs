@@ -105,7 +105,9 @@ impl PartialFile {
             // Appending: a shell's `>> log` behind /dev/stdout keeps its start.
             std::fs::OpenOptions::new().append(true).open(&target).map_err(err)?
         } else {
-            std::fs::File::create(partial_path(&target)).map_err(err)?
+            // The error names the file that could not be made.
+            let partial = partial_path(&target);
+            std::fs::File::create(&partial).map_err(|e| crate::error::Error::Output { path: partial_path(path), source: e })?
         };
         Ok(PartialFile { path: path.to_path_buf(), target, w: Some(std::io::BufWriter::with_capacity(1 << 16, f)), on_drop, in_place })
     }
@@ -270,6 +272,15 @@ mod tests {
     use std::io::Write;
     use std::os::unix::fs::FileTypeExt;
     use std::path::Path;
+
+    #[test]
+    fn a_directory_in_the_way_of_the_partial_file_is_named() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir(d.path().join("x.json.partial")).unwrap();
+        let Err(e) = PartialFile::create(&d.path().join("x.json"), OnDrop::Keep) else { panic!("a directory is in the way") };
+        let m = e.to_string();
+        assert!(m.starts_with(&format!("cannot write {}/x.json.partial (a directory is in the way", d.path().display())), "{m}");
+    }
 
     #[test]
     fn a_device_or_fifo_is_written_in_place_never_replaced() {
