@@ -313,8 +313,9 @@ pub struct SummaryBuilder {
     keep_slowest: usize,
     /// Reused for the waker label of every wake-up.
     label: String,
-    /// A waking process's name: its first thread seen waking a target (a
-    /// record names its thread only), so its threads count as one waker.
+    /// A waking process's name: its first thread seen waking a target in
+    /// its own context (a record names its thread only), so its threads
+    /// count as one waker.
     process_names: HashMap<u32, Rc<str>>,
 }
 
@@ -456,7 +457,18 @@ impl SummaryBuilder {
             Kind::Wake { target, cause, context, .. } => {
                 let mut label = std::mem::take(&mut self.label);
                 let context = context.unwrap_or(WakerContext::Unknown);
-                let process = self.process_names.entry(ev.task.pid).or_insert_with(|| ev.task.comm.clone()).clone();
+                // Only a label in the process's own context names the
+                // process: an interrupted thread (a shell about to exec
+                // python) must not name a waker it never was.
+                let own = !matches!(
+                    context,
+                    WakerContext::IdleIrq | WakerContext::Ksoftirqd | WakerContext::SoftirqOnIrqExit | WakerContext::Irq
+                );
+                let process = if own {
+                    self.process_names.entry(ev.task.pid).or_insert_with(|| ev.task.comm.clone()).clone()
+                } else {
+                    ev.task.comm.clone()
+                };
                 waker_label(&mut label, &ev.task, &process, context, ev.cpu);
                 let t = self.thread(target);
                 t.wakeups += 1;
@@ -631,6 +643,28 @@ mod tests {
         b.event(&wake(3, 22, "cl_b"));
         let s = b.build();
         assert_eq!(s.threads[0].wakers, BTreeMap::from([("cl_a (pid 20)".to_string(), 3)]));
+    }
+
+    /// A process first seen only interrupted (a shell shim in an irq's
+    /// timer wake-up, just before it runs exec) is named by its first wake
+    /// in its own context, not by the thread the irq interrupted.
+    #[test]
+    fn an_interrupted_thread_does_not_name_its_process() {
+        let mut b = SummaryBuilder::new();
+        let worker = Task { pid: 10, tid: 11, comm: "worker".into() };
+        let wake = |ts: u64, comm: &str, ctx: WakerContext| {
+            let mut kind = crate::analysis::tests::wake(worker.clone(), 0, Cause::SocketReadable);
+            if let Kind::Wake { context, .. } = &mut kind {
+                *context = Some(ctx);
+            }
+            Event { ts, cpu: 1, task: Task { pid: 20, tid: 20, comm: comm.into() }, kind }
+        };
+        b.event(&wake(1, "bash", WakerContext::Irq));
+        b.event(&wake(2, "python3", WakerContext::SoftirqInSyscall));
+        b.event(&wake(3, "python3", WakerContext::SoftirqInSyscall));
+        let s = b.build();
+        let want = BTreeMap::from([("irq on CPU1 (interrupting bash[20])".to_string(), 1), ("python3 (pid 20)".to_string(), 2)]);
+        assert_eq!(s.threads[0].wakers, want);
     }
 
     /// A new thread is first seen under its creator's name: its row takes
