@@ -127,6 +127,48 @@ fn an_eventfd_and_a_pipe_written_by_one_thread_keep_their_own_causes() {
     assert!(reused >= ROUNDS, "stack reuse was exercised: {reused} of {} wake-ups reused a stack", 2 * ROUNDS);
 }
 
+/// A reset wakes the server's loop through epoll; right after, on the same
+/// CPU and interrupting the same client, a timer wakes the server's other
+/// thread, asleep in nanosleep. The kernel side once gave that wake-up the
+/// reset's event (a state change just before on that CPU, same waker): a
+/// herd of two in half the chains. Only the loop is the reset's.
+#[test]
+fn a_timer_wake_up_after_a_reset_on_its_cpu_is_not_the_resets() {
+    if !require_root() {
+        return;
+    }
+    const CONNS: usize = 20;
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut prog = TestProg::start(dir.path(), "timerjoin", &["serve", &CONNS.to_string()]);
+    let line = prog.first_line.clone();
+    let (pid, port) = line
+        .split_once(' ')
+        .and_then(|(p, q)| Some((p.parse::<u32>().ok()?, q.trim().to_string())))
+        .unwrap_or_else(|| panic!("timerjoin printed {line:?}, not its pid and port"));
+    let (mut nd, json) = trace_json(dir.path(), pid);
+    prog.go();
+    let client = Command::new(dir.path().join("timerjoin")).args(["client", &port, &CONNS.to_string()]).status().expect("client");
+    assert!(client.success(), "timerjoin client failed");
+    let tally = prog.finish();
+    assert_eq!(tally.trim(), format!("closed {CONNS}"));
+    let err = ended(&mut nd);
+
+    let lines: Vec<Value> =
+        std::fs::read_to_string(&json).expect("JSON written").lines().map(|l| serde_json::from_str(l).expect("a JSON line")).collect();
+    let summary = lines.last().expect("summary line");
+    assert_eq!(summary["lost"]["ringbuf"], 0, "no record lost: {}", summary["lost"]);
+    let sleeper: Vec<&Value> = lines.iter().filter(|l| l["type"] == "wake" && l["target"]["comm"] == "tj:sleeper").collect();
+    let by_client = sleeper.iter().filter(|l| l["task"]["comm"] == "timerjoin").count();
+    let with_sock: Vec<&&Value> = sleeper.iter().filter(|l| l["sock_seq"].as_u64().unwrap_or(0) != 0).collect();
+    eprintln!("tj:sleeper: {} wake-ups, {by_client} interrupting the client, {} with a socket event", sleeper.len(), with_sock.len());
+    // The case was made: timer wake-ups interrupting the client after its resets.
+    assert!(by_client >= CONNS / 2, "only {by_client} of the sleeper's wake-ups interrupted the client; stderr: {err}");
+    assert!(with_sock.is_empty(), "a timer wake-up joined a socket event: {}", with_sock[0]);
+    assert_eq!(summary["stats"]["herd_chains"], 0, "no chain woke two threads; stderr: {err}");
+    assert_eq!(summary["stats"]["connection_closes"], CONNS, "every reset connection closed once");
+}
+
 /// Each worker waits on an outer epoll instance holding an inner one that
 /// holds the shared listener: the wake-up's socket is read one level down,
 /// and the worker's epoll_wait on the inner instance continues its hop, so

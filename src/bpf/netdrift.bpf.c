@@ -824,7 +824,13 @@ static __always_inline int sched_waking(void *ctx, struct task_struct *p, const 
 		__u64 key = progress_key((struct sock *)sk, slot, direct);
 		__u32 waker = (__u32)bpf_get_current_pid_tgid();
 
-		if (slot->sk != sk || slot->key != key || slot->waker != waker || now - slot->last_ts > herd_gap_ns) {
+		/*
+		 * A state-change guess (a thread asleep elsewhere, maybe woken by
+		 * its own timer on this CPU) never joins an event found another
+		 * way: as its own event, its cause can disprove it.
+		 */
+		if (slot->sk != sk || slot->key != key || slot->waker != waker || now - slot->last_ts > herd_gap_ns ||
+		    (hook == ND_HOOK_STATE_CHANGE && slot->hook != hook)) {
 			/* Unique across CPUs, below 2^53 (exact in JavaScript). */
 			slot->count++;
 			slot->seq = (slot->count << 13) | (bpf_get_smp_processor_id() & 0x1fff);
