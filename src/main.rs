@@ -207,6 +207,10 @@ fn cmd_trace_with(a: TraceArgs, report: Report, tweak: impl FnOnce(&mut TraceOpt
             netdrift::output::term_safe(&h.spec)
         );
     }
+    if !handlers.is_empty() {
+        // The one cost outside the targets (docs/handlers.md, "Cost").
+        eprintln!("netdrift: handler uprobes trap in every process running these files, traced or not (a few us a call); only the targets' calls are recorded");
+    }
 
     let mut opts = base_options(&a.out);
     opts.probe.handlers = handlers;

@@ -105,6 +105,8 @@ pub struct Features {
     /// sched_switch passes `prev_state` (5.18+): the state a thread slept in,
     /// which a waker racing its switch-out cannot overwrite.
     pub prev_state: bool,
+    /// Multi-uprobe links (6.6+): a file's handlers share one link.
+    pub uprobe_multi: bool,
 }
 
 const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
@@ -283,6 +285,7 @@ pub fn features() -> Result<Features> {
         delayed_dequeue: btf_has(&btf, "sched_delayed"),
         rdonly_cast: btf_has(&btf, "bpf_rdonly_cast"),
         prev_state: sched_switch_has_prev_state(),
+        uprobe_multi: btf_has(&btf, "bpf_uprobe_multi_link_attach"),
     })
 }
 
@@ -384,9 +387,12 @@ impl<'obj> Probes<'obj> {
         } else {
             open.progs.nd_sched_switch_ps.set_autoload(false);
         }
-        if cfg.handlers.is_empty() {
-            // Needs bpf_get_attach_cookie (5.15): load it only when used.
+        // Need bpf_get_attach_cookie (5.15): loaded only when used, one of the two.
+        if cfg.handlers.is_empty() || features.uprobe_multi {
             open.progs.nd_handler.set_autoload(false);
+        }
+        if cfg.handlers.is_empty() || !features.uprobe_multi {
+            open.progs.nd_handler_multi.set_autoload(false);
         }
         if !cfg.packets {
             // Every received packet would run them: off unless asked for.
@@ -450,6 +456,9 @@ impl<'obj> Probes<'obj> {
             // SAFETY: nd_handler_cfg is a repr(C) struct of two i32, viewed as its bytes.
             let bytes = unsafe { std::slice::from_raw_parts(&c as *const _ as *const u8, std::mem::size_of_val(&c)) };
             skel.maps.handler_cfg.update(&h.id.to_ne_bytes(), bytes, MapFlags::ANY)?;
+            if features.uprobe_multi {
+                continue;
+            }
             let opts = libbpf_rs::UprobeOpts { cookie: h.id as u64, ..Default::default() };
             let link = skel
                 .progs
@@ -457,6 +466,30 @@ impl<'obj> Probes<'obj> {
                 .attach_uprobe_with_opts(-1, &h.path, h.offset as usize, opts)
                 .map_err(|e| Error::Bpf(format!("uprobe on {} in {}: {e:#}", h.name, h.path.display())))?;
             handler_links.push(link);
+        }
+        if features.uprobe_multi {
+            // One link per file, in the order the files were named.
+            let mut files: Vec<(&Path, libbpf_rs::UprobeMultiOpts)> = Vec::new();
+            for h in &cfg.handlers {
+                let i = match files.iter().position(|(p, _)| *p == h.path.as_path()) {
+                    Some(i) => i,
+                    None => {
+                        files.push((&h.path, libbpf_rs::UprobeMultiOpts::default()));
+                        files.len() - 1
+                    }
+                };
+                files[i].1.offsets.push(h.offset as usize);
+                files[i].1.cookies.push(h.id as u64);
+            }
+            for (path, opts) in files {
+                let n = opts.offsets.len();
+                let link = skel
+                    .progs
+                    .nd_handler_multi
+                    .attach_uprobe_multi_with_opts(-1, path, "", opts)
+                    .map_err(|e| Error::Bpf(format!("uprobes on {n} functions in {}: {e:#}", path.display())))?;
+                handler_links.push(link);
+            }
         }
         Ok(Probes { skel, features, notes, handler_links, forked })
     }
@@ -493,6 +526,7 @@ impl<'obj> Probes<'obj> {
             l.nd_exit_accept4.take(),
             l.nd_enter_close.take(),
             l.nd_handler.take(),
+            l.nd_handler_multi.take(),
         ]
         .into_iter()
         .flatten()

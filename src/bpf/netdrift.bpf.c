@@ -1755,9 +1755,8 @@ static __always_inline __u64 uarg(__u64 *args, int n)
 	return args[n & 7];
 }
 
-/* Attached once per matched symbol; the cookie says which. */
-SEC("uprobe")
-int nd_handler(struct pt_regs *ctx)
+/* The cookie says which matched symbol fired. */
+static __always_inline int handler_call(struct pt_regs *ctx)
 {
 	if (bench_empty)
 		return 0;
@@ -1794,4 +1793,21 @@ int nd_handler(struct pt_regs *ctx)
 	}
 	submit(r);
 	return 0;
+}
+
+/* One link per matched symbol, where the kernel has no multi-uprobes (< 6.6). */
+SEC("uprobe")
+int nd_handler(struct pt_regs *ctx)
+{
+	return handler_call(ctx);
+}
+
+/*
+ * One link per file for all its symbols: a uprobe link's close waits for
+ * a grace period (~0.1 s), one after another: 256 links, 26 s at exit.
+ */
+SEC("uprobe.multi")
+int nd_handler_multi(struct pt_regs *ctx)
+{
+	return handler_call(ctx);
 }
