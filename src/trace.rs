@@ -381,24 +381,77 @@ struct Enricher {
     epoll_pids: HashSet<u32>,
     closes: HashMap<u32, u64>,
     handlers: Vec<crate::handlers::Resolved>,
+    /// Every socket fd of the targets at the last full /proc scan, so that
+    /// one scan answers for every socket then held (300 servers' listeners:
+    /// one scan of 300 fd tables, not one per listener).
+    fd_index: FdIndex,
 }
 
-/// Facts read from /proc/PID/fd: each socket fd of `pid` whose inode
-/// `want`s, as an `fd_map` event at (`ts`, `cpu`).
-fn fd_facts(pid: u32, ts: u64, cpu: u32, want: impl Fn(u64) -> bool, out: &mut Vec<Event>) {
-    let mut comm: Option<Rc<str>> = None;
-    for (fd, ino) in procfs::socket_fds(pid) {
-        if want(ino) {
-            let comm = comm.get_or_insert_with(|| procfs::comm(pid, pid).unwrap_or_default().into()).clone();
-            out.push(Event { ts, cpu, task: Task { pid, tid: pid, comm }, kind: Kind::FdMap { ino, fd } });
+/// Socket inode -> its (pid, fd)s, and back, as last read from /proc/PID/fd.
+#[derive(Default)]
+struct FdIndex {
+    by_ino: HashMap<u64, Vec<(u32, i32)>>,
+    by_fd: HashMap<(u32, i32), u64>,
+}
+
+impl FdIndex {
+    fn insert(&mut self, pid: u32, fd: i32, ino: u64) {
+        self.remove(pid, fd);
+        self.by_fd.insert((pid, fd), ino);
+        self.by_ino.entry(ino).or_default().push((pid, fd));
+    }
+
+    fn remove(&mut self, pid: u32, fd: i32) {
+        if let Some(ino) = self.by_fd.remove(&(pid, fd)) {
+            if let Some(v) = self.by_ino.get_mut(&ino) {
+                v.retain(|&e| e != (pid, fd));
+                if v.is_empty() {
+                    self.by_ino.remove(&ino);
+                }
+            }
         }
     }
+
+    fn forget_pid(&mut self, pid: u32) {
+        let fds: Vec<i32> = self.by_fd.keys().filter(|k| k.0 == pid).map(|k| k.1).collect();
+        for fd in fds {
+            self.remove(pid, fd);
+        }
+    }
+
+    /// The holders of `ino` as indexed, each checked against /proc (an fd
+    /// closed without a close record, by exec or close_range, is dropped);
+    /// None when the index does not have it.
+    fn holders(&mut self, ino: u64) -> Option<Vec<(u32, i32)>> {
+        let v = self.by_ino.get(&ino)?.clone();
+        type Holders = Vec<(u32, i32)>;
+        let (live, gone): (Holders, Holders) = v.into_iter().partition(|&(pid, fd)| {
+            std::fs::read_link(format!("/proc/{pid}/fd/{fd}"))
+                .ok()
+                .and_then(|l| l.to_str().and_then(procfs::socket_ino))
+                .is_some_and(|i| i == ino)
+        });
+        for (pid, fd) in gone {
+            self.remove(pid, fd);
+        }
+        (!live.is_empty()).then_some(live)
+    }
+}
+
+/// An `fd_map` event at (`ts`, `cpu`): `pid` (named `comm`) holds socket `ino` as `fd`.
+fn fd_fact(pid: u32, comm: &Rc<str>, fd: i32, ino: u64, ts: u64, cpu: u32) -> Event {
+    Event { ts, cpu, task: Task { pid, tid: pid, comm: comm.clone() }, kind: Kind::FdMap { ino, fd } }
+}
+
+fn proc_comm(pid: u32) -> Rc<str> {
+    procfs::comm(pid, pid).unwrap_or_default().into()
 }
 
 impl Enricher {
     /// The process is gone (its pid may be reused): what was learnt of it goes.
     fn forget_pid(&mut self, pid: u32) {
         self.closes.remove(&pid);
+        self.fd_index.forget_pid(pid);
         // Most processes that exit (tracing everything) were never looked up in fdinfo.
         if self.epoll_pids.remove(&pid) {
             self.tried_epoll.retain(|k, _| k.0 != pid);
@@ -455,14 +508,34 @@ impl Enricher {
                     self.tried_inos.clear();
                 }
                 if sock.ino != 0 && !corr.fds.knows(sock.ino) && self.tried_inos.insert(sock.ino) {
-                    let mut ps: Vec<u32> = pids.iter().copied().collect();
-                    ps.sort_unstable();
-                    for pid in ps {
-                        fd_facts(pid, ev.ts, ev.cpu, |ino| ino == sock.ino, &mut out);
-                    }
+                    let holders = match self.fd_index.holders(sock.ino) {
+                        Some(h) => h,
+                        None => {
+                            // Not held at the last scan: scan every target again.
+                            if self.fd_index.by_fd.len() > 1_000_000 {
+                                self.fd_index = FdIndex::default();
+                            }
+                            let mut ps: Vec<u32> = pids.iter().copied().collect();
+                            ps.sort_unstable();
+                            let mut h = Vec::new();
+                            for pid in ps {
+                                for (fd, ino) in procfs::socket_fds(pid) {
+                                    self.fd_index.insert(pid, fd, ino);
+                                    if ino == sock.ino {
+                                        h.push((pid, fd));
+                                    }
+                                }
+                            }
+                            h
+                        }
+                    };
+                    out.extend(holders.into_iter().map(|(pid, fd)| fd_fact(pid, &proc_comm(pid), fd, sock.ino, ev.ts, ev.cpu)));
                 }
             }
-            Kind::Close { .. } => *self.closes.entry(ev.task.pid).or_default() += 1,
+            Kind::Close { fd, .. } => {
+                *self.closes.entry(ev.task.pid).or_default() += 1;
+                self.fd_index.remove(ev.task.pid, *fd);
+            }
             Kind::EpollExit { epfd, events, .. } => {
                 let pid = ev.task.pid;
                 let gen = self.closes.get(&pid).copied().unwrap_or(0);
@@ -1019,6 +1092,7 @@ pub fn run(mut opts: TraceOptions) -> Result<TraceResult> {
         epoll_pids: HashSet::new(),
         closes: HashMap::new(),
         handlers: opts.probe.handlers.clone(),
+        fd_index: FdIndex::default(),
     };
     let mut last_check = Instant::now();
     let mut missed_tids: HashSet<u32> = HashSet::new();
@@ -1071,10 +1145,12 @@ pub fn run(mut opts: TraceOptions) -> Result<TraceResult> {
                 }
                 pipe.ingest(ev)?;
                 if let Some((pid, ts, cpu)) = exec_of {
-                    let mut facts = Vec::new();
-                    fd_facts(pid, ts, cpu, |_| true, &mut facts);
-                    for f in facts {
-                        pipe.ingest(f)?;
+                    // Exec closed its close-on-exec fds: what it holds now.
+                    enr.fd_index.forget_pid(pid);
+                    let comm = proc_comm(pid);
+                    for (fd, ino) in procfs::socket_fds(pid) {
+                        enr.fd_index.insert(pid, fd, ino);
+                        pipe.ingest(fd_fact(pid, &comm, fd, ino, ts, cpu))?;
                     }
                 }
             }
@@ -1324,6 +1400,32 @@ pub const INCOMPLETE_RECORDING: &str = "recording incomplete";
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The index answers for a socket held at its scan while the fd still
+    /// holds it, and drops an entry /proc no longer confirms.
+    #[test]
+    fn fd_index_holders_are_checked_against_proc() {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::fs::MetadataExt;
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let (pid, fd) = (std::process::id(), l.as_raw_fd());
+        let ino = std::fs::metadata(format!("/proc/self/fd/{fd}")).unwrap().ino();
+        let mut idx = FdIndex::default();
+        for (f, i) in procfs::socket_fds(pid) {
+            idx.insert(pid, f, i);
+        }
+        assert_eq!(idx.holders(ino), Some(vec![(pid, fd)]));
+        // Another socket now: the entry is stale and goes.
+        idx.insert(pid, fd, ino + 1);
+        assert_eq!(idx.holders(ino + 1), None);
+        assert!(idx.by_fd.is_empty() || !idx.by_fd.contains_key(&(pid, fd)));
+        idx.insert(pid, fd, ino);
+        idx.remove(pid, fd);
+        assert_eq!(idx.holders(ino), None);
+        idx.insert(pid, fd, ino);
+        idx.forget_pid(pid);
+        assert!(idx.by_fd.keys().all(|k| k.0 != pid) && idx.by_ino.is_empty());
+    }
 
     /// -t 12 runs exec: its tid vanishes, and the kernel moved the target to
     /// the pid (10). Read late or lost, the exec record cannot say so: the
