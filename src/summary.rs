@@ -303,10 +303,12 @@ pub struct SummaryBuilder {
     threads: HashMap<u32, ThreadRow>,
     /// Rows of exited threads, by (pid, comm).
     exited: HashMap<(u32, String), ThreadRow>,
-    /// tid -> (pid, exit time, name of its exited row) of threads exited
-    /// lately: their chains can complete after the exit, and count in the
-    /// exited row.
-    retired: HashMap<u32, (u32, u64, String)>,
+    /// tid -> (pid, exit time, name of its exited row, flag) of threads
+    /// exited lately: their chains can complete after the exit, and count
+    /// in the exited row.
+    /// The flag: its final switch-out (TASK_DEAD) was seen, or none comes
+    /// (an exec ended the tid): a switch-in under it now is a new thread.
+    retired: HashMap<u32, (u32, u64, String, bool)>,
     /// (exit time, tid) in time order, to forget `retired` entries in turn.
     retired_order: std::collections::VecDeque<(u64, u32)>,
     slowest: Vec<Waterfall>,
@@ -391,7 +393,7 @@ impl SummaryBuilder {
     }
 
     /// A thread exited: its row joins its process's exited row.
-    fn retire(&mut self, t: &Task, ts: u64) {
+    fn retire(&mut self, t: &Task, ts: u64, exec: bool) {
         // Chains complete within the idle timeout of their last event (2 s by
         // default): ten seconds on, nothing of a retired tid is pending.
         while let Some(&(at, tid)) = self.retired_order.front() {
@@ -405,8 +407,9 @@ impl SummaryBuilder {
         }
         self.retired_order.push_back((ts, t.tid));
         let comm = if let Some(row) = self.threads.remove(&t.tid) {
-            // Its own name: an exec renames the thread before its old tid ends.
-            let comm = row.comm.clone();
+            // Its latest name: the exit's, or (an exec renames the thread
+            // before its old tid ends) the row's.
+            let comm = if exec { row.comm.clone() } else { t.comm.to_string() };
             self.exited_row(t.pid, &comm).absorb(row);
             comm
         } else {
@@ -414,7 +417,7 @@ impl SummaryBuilder {
             self.exited_row(t.pid, &t.comm).exited_threads += 1;
             t.comm.to_string()
         };
-        self.retired.insert(t.tid, (t.pid, ts, comm));
+        self.retired.insert(t.tid, (t.pid, ts, comm, exec));
     }
 
     fn herd_row(&mut self, s: &SockInfo) -> &mut HerdRow {
@@ -423,18 +426,19 @@ impl SummaryBuilder {
 
     /// Per-event counts (switches, accepts) that chains do not hold.
     pub fn event(&mut self, ev: &Event) {
-        // Switched in under a retired tid: a new thread, with its own row (the
-        // old one's last record is its final switch-out, after its exit).
-        if !self.retired.is_empty() && matches!(ev.kind, Kind::SwitchIn { .. }) {
+        // Switched in under a retired tid after its final switch-out: a new
+        // thread, with its own row. Before it, the exiting thread still runs
+        // (preempted and switched in again between its exit and that switch-out).
+        if !self.retired.is_empty() && matches!(ev.kind, Kind::SwitchIn { .. }) && self.retired.get(&ev.task.tid).is_some_and(|r| r.3) {
             self.retired.remove(&ev.task.tid);
         }
         match &ev.kind {
-            Kind::TaskExit { .. } => self.retire(&ev.task, ev.ts),
+            Kind::TaskExit { .. } => self.retire(&ev.task, ev.ts, false),
             // A thread other than the leader ran exec: its old tid ends, and
             // it goes on under the process's pid (retired by the leader's exit).
             Kind::TaskNew { child, reason: 3 } => {
                 if ev.task.tid != child.tid {
-                    self.retire(&ev.task, ev.ts);
+                    self.retire(&ev.task, ev.ts, true);
                 }
                 self.retired.remove(&child.tid);
             }
@@ -443,12 +447,17 @@ impl SummaryBuilder {
                 self.latency.runq_all.add(w);
                 self.thread(&ev.task).runq.add(w);
             }
-            Kind::SwitchOut { involuntary, .. } => {
+            Kind::SwitchOut { involuntary, state, .. } => {
                 let t = self.thread(&ev.task);
                 if *involuntary {
                     t.involuntary += 1;
                 } else {
                     t.voluntary += 1;
+                }
+                if state & crate::analysis::TASK_DEAD != 0 {
+                    if let Some(r) = self.retired.get_mut(&ev.task.tid) {
+                        r.3 = true;
+                    }
                 }
             }
             // Every wake-up, also those that join no chain of their own (a
@@ -748,6 +757,39 @@ mod tests {
         let labels: Vec<String> = s.threads.iter().map(|t| t.label(&t.comm)).collect();
         assert_eq!(labels, ["mc-log of pid 10 (1 exited thread)"]);
         assert_eq!(s.threads[0].voluntary, 3);
+    }
+
+    /// A thread seen only under its creator's name exits under its own: its
+    /// row is summed under that (the exit's) name. Preempted and switched in
+    /// again between its exit and its final switch-out, it is still that
+    /// thread, not a new row; a switch-in after the final switch-out is.
+    #[test]
+    fn an_exiting_thread_is_summed_under_its_exit_name_until_its_final_switch_out() {
+        let labels = |reused: bool| {
+            let mut b = SummaryBuilder::new();
+            let ev = |ts: u64, comm: &str, kind: Kind| Event { ts, cpu: 0, task: Task { pid: 10, tid: 12, comm: comm.into() }, kind };
+            let out = |involuntary: bool, state: u32| Kind::SwitchOut {
+                involuntary,
+                woken: false,
+                state,
+                next_tid: 0,
+                next_comm: "swapper/0".into(),
+            };
+            let run =
+                |t: u64| Kind::SwitchIn { runnable_ts: t, prev_cpu: 0, after_preempt: true, prev_tid: 0, prev_comm: "swapper/0".into() };
+            b.event(&ev(1, "churn", out(false, 1)));
+            b.event(&ev(2, "acc", Kind::TaskExit { group_dead: false }));
+            b.event(&ev(3, "acc", out(true, 0)));
+            b.event(&ev(5, "acc", run(4)));
+            b.event(&ev(6, "acc", out(false, 0x80)));
+            if reused {
+                // The tid, reused by a new thread.
+                b.event(&ev(9, "acc", run(8)));
+            }
+            b.build().threads.iter().map(|t| t.label(&t.comm)).collect::<Vec<String>>()
+        };
+        assert_eq!(labels(false), ["acc of pid 10 (1 exited thread)"]);
+        assert_eq!(labels(true), ["acc of pid 10 (1 exited thread)", "acc[12]"]);
     }
 
     /// A thread whose first record is its exit still counts as one exited
