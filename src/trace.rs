@@ -1195,10 +1195,11 @@ pub fn run(mut opts: TraceOptions) -> Result<TraceResult> {
         }
         if watch_exit && last_check.elapsed() >= Duration::from_millis(500) {
             last_check = Instant::now();
-            // Exit records can be lost; /proc cannot.
-            live_tgids.retain(|&p| procfs::task_exists(p));
+            // Exit records can be lost; /proc cannot. A zombie is gone (an
+            // unreaped child that exited before the attach left no record).
+            live_tgids.retain(|&p| procfs::process_alive(p));
             if !live_tids.is_empty() {
-                missed_tids = check_tids(&mut live_tids, &missed_tids, &probes.target_tids(), procfs::task_exists);
+                missed_tids = check_tids(&mut live_tids, &missed_tids, &probes.target_tids(), procfs::alive);
             }
         }
         if watch_exit && live_tgids.is_empty() && live_tids.is_empty() {

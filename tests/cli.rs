@@ -333,6 +333,24 @@ fn sigint_ends_with_summary_and_complete_file() {
     assert_eq!(first["type"], "start");
 }
 
+/// An unreaped child that exits while netdrift loads (after its check of
+/// the targets, before the attach: ~0.4 s here) is a zombie in /proc: gone
+/// all the same (it once ran the whole duration, with no record of it).
+#[test]
+fn a_target_that_exits_while_netdrift_loads_ends_the_trace() {
+    if !require_root() {
+        return;
+    }
+    let mut target = Command::new("sleep").arg("0.15").spawn().unwrap();
+    let t = Instant::now();
+    let o = nd().args(["trace", "-p", &target.id().to_string(), "30"]).output().unwrap();
+    let _ = target.wait();
+    let all = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(o.status.success(), "{all}");
+    assert!(all.contains("target exited"), "{all}");
+    assert!(t.elapsed() < Duration::from_secs(10), "ended with the target, not the duration: {all}");
+}
+
 #[test]
 fn target_exit_ends_the_trace() {
     if !require_root() {
