@@ -113,11 +113,20 @@ const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
 /// Is `name` in the kernel's BTF string table? tp_btf/X needs `btf_trace_X`.
 pub fn btf_has(btf: &[u8], name: &str) -> bool {
-    let mut needle = Vec::with_capacity(name.len() + 2);
-    needle.push(0);
-    needle.extend_from_slice(name.as_bytes());
-    needle.push(0);
-    btf.windows(needle.len()).any(|w| w == needle.as_slice())
+    btf_has_each(btf, &[name])[0]
+}
+
+/// [`btf_has`] for several names in one pass over the BTF (several MiB:
+/// a pass each made a debug build start a second later).
+pub fn btf_has_each<const N: usize>(btf: &[u8], names: &[&str; N]) -> [bool; N] {
+    let mut found = [false; N];
+    // Every NUL-delimited string; the first has no NUL before it.
+    for s in btf.split(|&b| b == 0).skip(1) {
+        if let Some(i) = names.iter().position(|n| n.as_bytes() == s) {
+            found[i] = true;
+        }
+    }
+    found
 }
 
 /// Once the programs are attached: settle the targets listed from /proc
@@ -275,17 +284,29 @@ pub fn preflight() -> Result<()> {
 /// Probe the optional hooks.
 pub fn features() -> Result<Features> {
     let btf = std::fs::read(VMLINUX_BTF).map_err(|_| Error::NoBtf)?;
+    let [inet_sock_set_state, netif_receive_skb, napi_poll, file_epoll_items, delayed_dequeue, rdonly_cast, uprobe_multi] = btf_has_each(
+        &btf,
+        &[
+            "btf_trace_inet_sock_set_state",
+            "btf_trace_netif_receive_skb",
+            "btf_trace_napi_poll",
+            "f_ep",
+            "sched_delayed",
+            "bpf_rdonly_cast",
+            "bpf_uprobe_multi_link_attach",
+        ],
+    );
     Ok(Features {
-        inet_sock_set_state: btf_has(&btf, "btf_trace_inet_sock_set_state"),
+        inet_sock_set_state,
         epoll_pwait2: crate::tracefs::has_tracepoint("syscalls", "sys_enter_epoll_pwait2"),
         accept: crate::tracefs::has_tracepoint("syscalls", "sys_enter_accept"),
-        netif_receive_skb: btf_has(&btf, "btf_trace_netif_receive_skb"),
-        napi_poll: btf_has(&btf, "btf_trace_napi_poll"),
-        file_epoll_items: btf_has(&btf, "f_ep"),
-        delayed_dequeue: btf_has(&btf, "sched_delayed"),
-        rdonly_cast: btf_has(&btf, "bpf_rdonly_cast"),
+        netif_receive_skb,
+        napi_poll,
+        file_epoll_items,
+        delayed_dequeue,
+        rdonly_cast,
         prev_state: sched_switch_has_prev_state(),
-        uprobe_multi: btf_has(&btf, "bpf_uprobe_multi_link_attach"),
+        uprobe_multi,
     })
 }
 
