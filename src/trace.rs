@@ -1077,7 +1077,8 @@ pub fn run(mut opts: TraceOptions) -> Result<TraceResult> {
         "reader_tid": unsafe { libc::gettid() },
     });
     pipe.start_line(&start)?;
-    if let Some(p) = &opts.ready_file {
+    // A run already told to stop (a signal while loading) never says ready.
+    if let Some(p) = opts.ready_file.as_ref().filter(|_| !signalled()) {
         write_ready_file(p)?;
     }
     if let Some(f) = opts.on_ready.take() {
