@@ -148,7 +148,7 @@ pub struct TraceArgs {
     /// Handler probes for a known server: envoy, redis, nginx, memcached (libevent). Repeatable.
     #[arg(long = "preset", value_name = "NAME", value_parser = ["envoy", "redis", "nginx", "memcached", "libevent"])]
     pub presets: Vec<String>,
-    /// Write a file (containing netdrift's pid) once the probes are attached, for scripts.
+    /// Write a file (containing netdrift's pid) once the probes are attached, for scripts; removed once they are detached.
     #[arg(long = "ready-file", value_name = "FILE")]
     pub ready_file: Option<PathBuf>,
     #[command(flatten)]
@@ -187,7 +187,7 @@ pub struct DemoArgs {
     /// How workers share the listen socket: shared (like Envoy: herd), exclusive (EPOLLEXCLUSIVE), reuseport (SO_REUSEPORT).
     #[arg(long, default_value = "shared", value_parser = ["shared", "exclusive", "reuseport"])]
     pub mode: String,
-    /// Write FILE (holding netdrift's pid) once the probes are attached.
+    /// Write FILE (holding netdrift's pid) once the probes are attached; removed once they are detached.
     #[arg(long = "ready-file", value_name = "FILE")]
     pub ready_file: Option<PathBuf>,
     #[command(flatten)]
@@ -332,7 +332,7 @@ pub struct OffwakeArgs {
     /// Write the output to FILE (as FILE.partial until it is complete; a device or FIFO is written in place).
     #[arg(short = 'o', long = "output-file", value_name = "FILE")]
     pub output_file: Option<PathBuf>,
-    /// Write a file (containing netdrift's pid) once the programs are attached, for scripts.
+    /// Write a file (containing netdrift's pid) once the programs are attached, for scripts; removed once they are detached.
     #[arg(long = "ready-file", value_name = "FILE")]
     pub ready_file: Option<PathBuf>,
     /// Stop after this many seconds (default: until Ctrl-C or the targets exit).

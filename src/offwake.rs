@@ -801,9 +801,11 @@ pub fn run(mut opts: OffwakeOptions) -> Result<Report> {
     }
     let rb = builder.build()?;
 
-    if let Some(p) = &opts.ready_file {
-        crate::trace::write_ready_file(p)?;
-    }
+    // Removed when dropped, at the end of the run.
+    let _ready = match &opts.ready_file {
+        Some(p) => Some(crate::trace::write_ready_file(p)?),
+        None => None,
+    };
     if let Some(f) = opts.on_ready.take() {
         f();
     }

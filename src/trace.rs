@@ -337,8 +337,25 @@ pub fn prepare_ready_file(path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// A written ready file: removed when dropped (the probes detached), if
+/// it is still the regular file this process wrote, so that a script
+/// reusing the path never takes a stale one for a new run's readiness.
+pub struct ReadyFile {
+    path: Option<PathBuf>,
+}
+
+impl Drop for ReadyFile {
+    fn drop(&mut self) {
+        if let Some(p) = self.path.take() {
+            if std::fs::read_to_string(&p).is_ok_and(|s| s == format!("{}\n", std::process::id())) {
+                let _ = std::fs::remove_file(&p);
+            }
+        }
+    }
+}
+
 /// Write the ready file atomically, so a waiting script never reads half of it.
-pub fn write_ready_file(path: &Path) -> Result<()> {
+pub fn write_ready_file(path: &Path) -> Result<ReadyFile> {
     let err = |e| Error::Write { path: path.to_path_buf(), source: e };
     // A FIFO or device is written in place: a rename would replace it.
     let (target, in_place) = crate::output::output_target(path);
@@ -360,8 +377,10 @@ pub fn write_ready_file(path: &Path) -> Result<()> {
         let tmp = partial_path(p);
         std::fs::write(&tmp, line).map_err(err)?;
         std::fs::rename(&tmp, p).map_err(err)?;
+        return Ok(ReadyFile { path: Some(p.to_path_buf()) });
     }
-    Ok(())
+    // Written in place (a FIFO, a device, an fd): nothing to remove.
+    Ok(ReadyFile { path: None })
 }
 
 /// Add what /proc knows before an event is correlated: which fds hold a
@@ -1078,9 +1097,11 @@ pub fn run(mut opts: TraceOptions) -> Result<TraceResult> {
     });
     pipe.start_line(&start)?;
     // A run already told to stop (a signal while loading) never says ready.
-    if let Some(p) = opts.ready_file.as_ref().filter(|_| !signalled()) {
-        write_ready_file(p)?;
-    }
+    // Dropped after the probes (declared after them): removed once detached.
+    let _ready = match opts.ready_file.as_ref().filter(|_| !signalled()) {
+        Some(p) => Some(write_ready_file(p)?),
+        None => None,
+    };
     if let Some(f) = opts.on_ready.take() {
         f();
     }
