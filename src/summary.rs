@@ -321,7 +321,10 @@ pub struct SummaryBuilder {
     process_names: HashMap<u32, Rc<str>>,
 }
 
-fn waker_label(out: &mut String, t: &Task, process: &str, ctx: WakerContext, cpu: u32) {
+/// `process` gives the process's name, asked only for a label in the
+/// process's own context: an interrupted thread (a shell about to exec
+/// python) must not name a waker it never was.
+fn waker_label(out: &mut String, t: &Task, process: impl FnOnce() -> Rc<str>, ctx: WakerContext, cpu: u32) {
     use std::fmt::Write as _;
     out.clear();
     let _ = match ctx {
@@ -329,7 +332,7 @@ fn waker_label(out: &mut String, t: &Task, process: &str, ctx: WakerContext, cpu
         WakerContext::Ksoftirqd => write!(out, "{}[{}]", t.comm, t.tid),
         WakerContext::SoftirqOnIrqExit => write!(out, "softirq on CPU{cpu} (interrupting {}[{}])", t.comm, t.tid),
         WakerContext::Irq => write!(out, "irq on CPU{cpu} (interrupting {}[{}])", t.comm, t.tid),
-        _ => write!(out, "{process} (pid {})", t.pid),
+        _ => write!(out, "{} (pid {})", process(), t.pid),
     };
 }
 
@@ -429,7 +432,7 @@ impl SummaryBuilder {
         // Switched in under a retired tid after its final switch-out: a new
         // thread, with its own row. Before it, the exiting thread still runs
         // (preempted and switched in again between its exit and that switch-out).
-        if !self.retired.is_empty() && matches!(ev.kind, Kind::SwitchIn { .. }) && self.retired.get(&ev.task.tid).is_some_and(|r| r.3) {
+        if matches!(ev.kind, Kind::SwitchIn { .. }) && self.retired.get(&ev.task.tid).is_some_and(|r| r.3) {
             self.retired.remove(&ev.task.tid);
         }
         match &ev.kind {
@@ -466,19 +469,9 @@ impl SummaryBuilder {
             Kind::Wake { target, cause, context, .. } => {
                 let mut label = std::mem::take(&mut self.label);
                 let context = context.unwrap_or(WakerContext::Unknown);
-                // Only a label in the process's own context names the
-                // process: an interrupted thread (a shell about to exec
-                // python) must not name a waker it never was.
-                let own = !matches!(
-                    context,
-                    WakerContext::IdleIrq | WakerContext::Ksoftirqd | WakerContext::SoftirqOnIrqExit | WakerContext::Irq
-                );
-                let process = if own {
-                    self.process_names.entry(ev.task.pid).or_insert_with(|| ev.task.comm.clone()).clone()
-                } else {
-                    ev.task.comm.clone()
-                };
-                waker_label(&mut label, &ev.task, &process, context, ev.cpu);
+                let names = &mut self.process_names;
+                let process = || names.entry(ev.task.pid).or_insert_with(|| ev.task.comm.clone()).clone();
+                waker_label(&mut label, &ev.task, process, context, ev.cpu);
                 let t = self.thread(target);
                 t.wakeups += 1;
                 bump(&mut t.by_cause, cause.unwrap_or(Cause::Unknown).key());

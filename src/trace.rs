@@ -438,6 +438,17 @@ impl FdIndex {
         }
     }
 
+    /// Read `pid`'s socket fds from /proc into the index (an fd closed
+    /// unseen stays until `holders` or `forget_pid` drops it); returns
+    /// them as (fd, inode).
+    fn read_pid(&mut self, pid: u32) -> Vec<(i32, u64)> {
+        let fds = procfs::socket_fds(pid);
+        for &(fd, ino) in &fds {
+            self.insert(pid, fd, ino);
+        }
+        fds
+    }
+
     /// The holders of `ino` as indexed, each checked against /proc (an fd
     /// closed without a close record, by exec or close_range, is dropped);
     /// None when the index does not have it.
@@ -538,12 +549,9 @@ impl Enricher {
                             ps.sort_unstable();
                             let mut h = Vec::new();
                             for pid in ps {
-                                for (fd, ino) in procfs::socket_fds(pid) {
-                                    self.fd_index.insert(pid, fd, ino);
-                                    if ino == sock.ino {
-                                        h.push((pid, fd));
-                                    }
-                                }
+                                h.extend(
+                                    self.fd_index.read_pid(pid).into_iter().filter(|&(_, ino)| ino == sock.ino).map(|(fd, _)| (pid, fd)),
+                                );
                             }
                             h
                         }
@@ -1170,8 +1178,7 @@ pub fn run(mut opts: TraceOptions) -> Result<TraceResult> {
                     // Exec closed its close-on-exec fds: what it holds now.
                     enr.fd_index.forget_pid(pid);
                     let comm = proc_comm(pid);
-                    for (fd, ino) in procfs::socket_fds(pid) {
-                        enr.fd_index.insert(pid, fd, ino);
+                    for (fd, ino) in enr.fd_index.read_pid(pid) {
                         pipe.ingest(fd_fact(pid, &comm, fd, ino, ts, cpu))?;
                     }
                 }
@@ -1434,9 +1441,7 @@ mod tests {
         let (pid, fd) = (std::process::id(), l.as_raw_fd());
         let ino = std::fs::metadata(format!("/proc/self/fd/{fd}")).unwrap().ino();
         let mut idx = FdIndex::default();
-        for (f, i) in procfs::socket_fds(pid) {
-            idx.insert(pid, f, i);
-        }
+        assert!(idx.read_pid(pid).contains(&(fd, ino)));
         assert_eq!(idx.holders(ino), Some(vec![(pid, fd)]));
         // Another socket now: the entry is stale and goes.
         idx.insert(pid, fd, ino + 1);
