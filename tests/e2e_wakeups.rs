@@ -74,6 +74,11 @@ fn trace_json(dir: &Path, pid: u32) -> (Child, PathBuf) {
     (nd, json)
 }
 
+/// Every line of a `--json` output file, parsed.
+fn json_lines(json: &Path) -> Vec<Value> {
+    std::fs::read_to_string(json).expect("JSON written").lines().map(|l| serde_json::from_str(l).expect("a JSON line")).collect()
+}
+
 /// Waits for a trace to end by itself (its target exited); returns its stderr.
 fn ended(nd: &mut Child) -> String {
     let t = Instant::now();
@@ -109,8 +114,7 @@ fn an_eventfd_and_a_pipe_written_by_one_thread_keep_their_own_causes() {
     assert_eq!(tally.trim(), format!("eventfd {ROUNDS} pipe {ROUNDS}"));
     let err = ended(&mut nd);
 
-    let lines: Vec<Value> =
-        std::fs::read_to_string(&json).expect("JSON written").lines().map(|l| serde_json::from_str(l).expect("a JSON line")).collect();
+    let lines = json_lines(&json);
     let summary = lines.last().expect("summary line");
     assert_eq!(summary["lost"]["ringbuf"], 0, "no record lost: {}", summary["lost"]);
     // The poker's wake-ups of the loop in time order: eventfd, pipe, eventfd...
@@ -154,8 +158,7 @@ fn a_timer_wake_up_after_a_reset_on_its_cpu_is_not_the_resets() {
     assert_eq!(tally.trim(), format!("closed {CONNS}"));
     let err = ended(&mut nd);
 
-    let lines: Vec<Value> =
-        std::fs::read_to_string(&json).expect("JSON written").lines().map(|l| serde_json::from_str(l).expect("a JSON line")).collect();
+    let lines = json_lines(&json);
     let summary = lines.last().expect("summary line");
     assert_eq!(summary["lost"]["ringbuf"], 0, "no record lost: {}", summary["lost"]);
     let sleeper: Vec<&Value> = lines.iter().filter(|l| l["type"] == "wake" && l["target"]["comm"] == "tj:sleeper").collect();
@@ -299,8 +302,7 @@ fn a_busy_poll_is_counted_in_the_kernel_and_every_call_is_accounted_for() {
     let tally = prog.finish();
     let returned: u64 = tally.split_whitespace().last().and_then(|w| w.parse().ok()).unwrap_or_else(|| panic!("{tally}"));
     let err = ended(&mut nd);
-    let text = std::fs::read_to_string(&json).expect("JSON written");
-    let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).expect("a JSON line")).collect();
+    let lines = json_lines(&json);
     let summary = lines.last().expect("summary");
     assert_eq!(summary["lost"]["ringbuf"], 0, "no record lost: {}", summary["lost"]);
     let exits: Vec<&Value> = lines.iter().filter(|l| l["type"] == "epoll_exit" && l["task"]["comm"] == "bp:loop").collect();
