@@ -315,16 +315,23 @@ pub struct SummaryBuilder {
     keep_slowest: usize,
     /// Reused for the waker label of every wake-up.
     label: String,
-    /// A waking process's name: its first thread seen waking a target in
-    /// its own context (a record names its thread only), so its threads
-    /// count as one waker.
+    /// A waking process's name, failing its main thread's: its first thread
+    /// seen waking a target in its own context (a record names its thread
+    /// only), so its threads count as one waker.
     process_names: HashMap<u32, Rc<str>>,
+    /// pid -> its main thread's latest name, from any record of it: the
+    /// process's name, which its other threads' wake-ups are filed under.
+    main_names: HashMap<u32, Rc<str>>,
 }
 
-/// `process` gives the process's name, asked only for a label in the
-/// process's own context: an interrupted thread (a shell about to exec
-/// python) must not name a waker it never was.
-fn waker_label(out: &mut String, t: &Task, process: impl FnOnce() -> Rc<str>, ctx: WakerContext, cpu: u32) {
+/// The first byte of a process-context waker's key (then its pid): named in
+/// `build`, once the main thread's name may have been seen.
+const PROCESS_KEY: char = '\0';
+
+/// A process-context waker gets a placeholder key (`build` names it), and
+/// `process` is asked then only: an interrupted thread (a shell about to
+/// exec python) must not name a waker it never was.
+fn waker_label(out: &mut String, t: &Task, process: impl FnOnce(), ctx: WakerContext, cpu: u32) {
     use std::fmt::Write as _;
     out.clear();
     let _ = match ctx {
@@ -332,7 +339,10 @@ fn waker_label(out: &mut String, t: &Task, process: impl FnOnce() -> Rc<str>, ct
         WakerContext::Ksoftirqd => write!(out, "{}[{}]", t.comm, t.tid),
         WakerContext::SoftirqOnIrqExit => write!(out, "softirq on CPU{cpu} (interrupting {}[{}])", t.comm, t.tid),
         WakerContext::Irq => write!(out, "irq on CPU{cpu} (interrupting {}[{}])", t.comm, t.tid),
-        _ => write!(out, "{} (pid {})", process(), t.pid),
+        _ => {
+            process();
+            write!(out, "{PROCESS_KEY}{}", t.pid)
+        }
     };
 }
 
@@ -427,8 +437,25 @@ impl SummaryBuilder {
         self.herd.entry(s.sk).or_insert_with(|| HerdRow { local: s.local_text(), sk: format!("0x{:x}", s.sk), ..Default::default() })
     }
 
+    fn main_name(&mut self, t: &Task) {
+        if t.tid == t.pid && self.main_names.get(&t.pid).is_none_or(|n| *n != t.comm) {
+            self.main_names.insert(t.pid, t.comm.clone());
+        }
+    }
+
+    /// A waker key as the summary shows it: a process-context waker's
+    /// `comm (pid P)`, by its main thread's name where one was seen.
+    fn waker_name(&self, key: &str) -> String {
+        let Some(pid) = key.strip_prefix(PROCESS_KEY).and_then(|p| p.parse::<u32>().ok()) else {
+            return key.to_string();
+        };
+        let comm = self.main_names.get(&pid).or_else(|| self.process_names.get(&pid)).map_or("?", |n| n);
+        format!("{comm} (pid {pid})")
+    }
+
     /// Per-event counts (switches, accepts) that chains do not hold.
     pub fn event(&mut self, ev: &Event) {
+        self.main_name(&ev.task);
         // Switched in under a retired tid after its final switch-out: a new
         // thread, with its own row. Before it, the exiting thread still runs
         // (preempted and switched in again between its exit and that switch-out).
@@ -470,8 +497,11 @@ impl SummaryBuilder {
                 let mut label = std::mem::take(&mut self.label);
                 let context = context.unwrap_or(WakerContext::Unknown);
                 let names = &mut self.process_names;
-                let process = || names.entry(ev.task.pid).or_insert_with(|| ev.task.comm.clone()).clone();
+                let process = || {
+                    names.entry(ev.task.pid).or_insert_with(|| ev.task.comm.clone());
+                };
                 waker_label(&mut label, &ev.task, process, context, ev.cpu);
+                self.main_name(target);
                 let t = self.thread(target);
                 t.wakeups += 1;
                 bump(&mut t.by_cause, cause.unwrap_or(Cause::Unknown).key());
@@ -593,6 +623,14 @@ impl SummaryBuilder {
 
     pub fn build(&self) -> Summary {
         let mut threads: Vec<ThreadRow> = self.threads.values().chain(self.exited.values()).cloned().collect();
+        for t in &mut threads {
+            // Two keys may name one waker: add them up.
+            let mut named = BTreeMap::new();
+            for (k, v) in std::mem::take(&mut t.wakers) {
+                *named.entry(self.waker_name(&k)).or_default() += v;
+            }
+            t.wakers = named;
+        }
         // Exited rows all have tid 0: pid and name make the order (and a replay) stable.
         threads.sort_by(|a, b| b.wakeups.cmp(&a.wakeups).then(a.tid.cmp(&b.tid)).then(a.pid.cmp(&b.pid)).then(a.comm.cmp(&b.comm)));
         let mut herd: Vec<HerdRow> = self.herd.values().cloned().collect();
@@ -645,6 +683,29 @@ mod tests {
         b.event(&wake(3, 22, "cl_b"));
         let s = b.build();
         assert_eq!(s.threads[0].wakers, BTreeMap::from([("cl_a (pid 20)".to_string(), 3)]));
+    }
+
+    /// A thread waking its own process's main thread is filed under the
+    /// process's name (its main thread's), not its own; so is a later waker
+    /// thread once the main thread was seen, in any record, before or after.
+    #[test]
+    fn a_waker_process_is_named_by_its_main_thread() {
+        let mut b = SummaryBuilder::new();
+        let blocker = Task { pid: 20, tid: 20, comm: "ow_blocker".into() };
+        let worker = Task { pid: 10, tid: 11, comm: "worker".into() };
+        let wake = |ts: u64, target: &Task, tid: u32, comm: &str| Event {
+            ts,
+            cpu: 0,
+            task: Task { pid: 20, tid, comm: comm.into() },
+            kind: crate::analysis::tests::wake(target.clone(), 0, Cause::Futex),
+        };
+        b.event(&wake(1, &worker, 22, "ow_other"));
+        b.event(&wake(2, &blocker, 21, "ow_writer"));
+        b.event(&wake(3, &blocker, 21, "ow_writer"));
+        let s = b.build();
+        let rows: BTreeMap<&str, &BTreeMap<String, u64>> = s.threads.iter().map(|t| (t.comm.as_str(), &t.wakers)).collect();
+        assert_eq!(rows["ow_blocker"], &BTreeMap::from([("ow_blocker (pid 20)".to_string(), 2)]));
+        assert_eq!(rows["worker"], &BTreeMap::from([("ow_blocker (pid 20)".to_string(), 1)]));
     }
 
     /// A process first seen only interrupted (a shell shim in an irq's
