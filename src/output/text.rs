@@ -386,9 +386,19 @@ impl TextRenderer {
 /// reads 0 where a herd may be. (A blocking accept is read at the listener.)
 pub fn no_epoll_note(stats: &Stats, herd: &[HerdRow]) -> Option<&'static str> {
     let returns = stats.by_type.get("epoll_exit").copied().unwrap_or(0);
+    if returns > 0 {
+        return None;
+    }
     let unmeasured = herd.iter().any(|r| r.connections > 0 && r.events == 0 && r.events_records_lost == 0);
-    (returns == 0 && unmeasured).then_some(
-        "no epoll_wait return of the targets was seen: netdrift follows epoll loops; wake-ups in poll, select or io_uring name no socket, so the herd counts are not measured (accepts that got EAGAIN are the sign of a herd there)",
+    if unmeasured {
+        return Some(
+            "no epoll_wait return of the targets was seen: netdrift follows epoll loops; wake-ups in poll, select or io_uring name no socket, so the herd counts are not measured (accepts that got EAGAIN are the sign of a herd there)",
+        );
+    }
+    // Woken, but never in epoll_wait or accept: an io_uring loop accepts and
+    // reads without a syscall of its own, and its zeros would read as an idle server.
+    (stats.wakes > 0 && herd.is_empty() && stats.accepts + stats.accept_eagain + stats.accept_errors == 0).then_some(
+        "no epoll_wait return and no accept of the targets was seen: netdrift follows epoll loops and accept calls; a server on io_uring (or poll, select) serves connections without them, so its accepts, connections and herd are not counted here, only its wake-ups",
     )
 }
 
@@ -640,12 +650,25 @@ mod tests {
         assert!(
             no_epoll_note(&stats, std::slice::from_ref(&row)).is_some_and(|n| n.contains("no epoll_wait return of the targets was seen"))
         );
-        assert_eq!(no_epoll_note(&stats, &[]), None, "no listener accepted on: nothing to say");
+        assert_eq!(no_epoll_note(&stats, &[]), None, "accepts but no listener: nothing to say");
         row.events = 5;
         assert_eq!(no_epoll_note(&stats, std::slice::from_ref(&row)), None, "a blocking accept's wake-ups were read at the listener");
         row.events = 0;
         stats.by_type.insert("epoll_exit".into(), 1);
         assert_eq!(no_epoll_note(&stats, &[row]), None);
+    }
+
+    /// An io_uring server: woken for its connections, yet no epoll_wait
+    /// return, no accept call and no listener row: its zeros are explained.
+    #[test]
+    fn a_woken_target_with_no_epoll_or_accept_gets_the_note() {
+        let mut stats = Stats { wakes: 15, ..Default::default() };
+        assert!(no_epoll_note(&stats, &[]).is_some_and(|n| n.contains("no accept of the targets was seen") && n.contains("io_uring")));
+        stats.wakes = 0;
+        assert_eq!(no_epoll_note(&stats, &[]), None, "never woken: nothing to explain");
+        stats.wakes = 15;
+        stats.by_type.insert("epoll_exit".into(), 3);
+        assert_eq!(no_epoll_note(&stats, &[]), None, "an epoll loop with no listener (a client)");
     }
 
     #[test]
