@@ -58,24 +58,44 @@ fn main() {
         Command::Report(a) => cmd_report(a),
     };
     if let Err(e) = res {
-        // `netdrift trace | head`: the reader has all it wanted, as with any
-        // filter; the programs detach with the process. Not when files were
-        // being written too: they stay .partial, and the status says so.
+        // `netdrift trace | head` (or `-o FIFO` and its reader): the reader has
+        // all it wanted, as with any filter; the programs detach with the
+        // process. Not when files were being written too: they stay .partial,
+        // and the status says so.
         let pipe = |io: &std::io::Error| io.kind() == std::io::ErrorKind::BrokenPipe;
         let broken_pipe = e.chain().any(|c| {
-            c.downcast_ref::<std::io::Error>().is_some_and(pipe) || matches!(c.downcast_ref::<Error>(), Some(Error::Io(io)) if pipe(io))
+            c.downcast_ref::<std::io::Error>().is_some_and(pipe)
+                || matches!(c.downcast_ref::<Error>(), Some(Error::Io(io) | Error::Write { source: io, .. }) if pipe(io))
         });
-        if files.is_empty() && broken_pipe {
+        // A device or FIFO (/dev/null) is written in place: never .partial.
+        let partial: Vec<String> = files
+            .iter()
+            .filter(|f| !netdrift::output::output_target(f).1)
+            .map(|f| netdrift::output::partial_path(f).display().to_string())
+            .collect();
+        if partial.is_empty() && broken_pipe {
             std::process::exit(0);
         }
         // Not eprintln: stderr may be a closed pipe too, and that must not panic. The
         // message can quote the traced system (a symbol, a path): one safe line.
         let msg = if broken_pipe {
-            // `| head` while files were written: not a failure to explain, but they are incomplete.
-            let partial: Vec<String> =
-                // A device or FIFO (/dev/null) is written in place.
-                files.iter().filter(|f| std::fs::metadata(f).map_or(true, |m| m.is_file())).map(|f| netdrift::output::partial_path(f).display().to_string()).collect();
-            format!("standard output closed (broken pipe) before the end: left incomplete as {}", partial.join(", "))
+            // The reader left while files were written: not a failure to explain, but they are incomplete.
+            let closed = e
+                .chain()
+                .find_map(|c| {
+                    // A file's write error travels inside an io::Error, its kind kept.
+                    let io = c.downcast_ref::<std::io::Error>().or(match c.downcast_ref::<Error>() {
+                        Some(Error::Io(io)) => Some(io),
+                        _ => None,
+                    });
+                    let inner = io.and_then(|io| io.get_ref()).and_then(|i| i.downcast_ref::<Error>());
+                    match inner.or(c.downcast_ref::<Error>()) {
+                        Some(Error::Write { path, .. }) => Some(format!("the reader of {} left", path.display())),
+                        _ => None,
+                    }
+                })
+                .unwrap_or_else(|| "standard output closed".into());
+            format!("{closed} (broken pipe) before the end: left incomplete as {}", partial.join(", "))
         } else {
             format!("{e:#}")
         };

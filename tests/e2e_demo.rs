@@ -293,6 +293,36 @@ fn a_closed_output_pipe_ends_quietly() {
     let last = stderr.lines().last().unwrap_or("");
     assert!(last.contains("broken pipe") && last.contains(&format!("left incomplete as {}.partial", rec.display())), "{stderr}");
     assert!(!rec.exists(), "the recording is not passed off as complete");
+
+    // `-o FIFO` whose reader leaves: as `| head`, quiet; with a recording too,
+    // the line names the FIFO, not standard output.
+    let fifo = dir.path().join("out.fifo");
+    let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).expect("path");
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+    let fifo_first_line = |extra: &[&std::ffi::OsStr]| {
+        let child = Command::new(env!("CARGO_BIN_EXE_netdrift"))
+            .args(["demo", "-n", "3", "-o"])
+            .arg(&fifo)
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run demo");
+        let mut first = String::new();
+        std::io::BufReader::new(std::fs::File::open(&fifo).expect("open the FIFO")).read_line(&mut first).expect("first line");
+        assert!(first.starts_with("chain 1 "), "{first}");
+        let out = child.wait_with_output().expect("wait");
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (code, stderr) = fifo_first_line(&[]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(!stderr.contains("roken pipe") && !stderr.contains("panicked"), "{stderr}");
+    let (code, stderr) = fifo_first_line(&["--record".as_ref(), rec.as_os_str()]);
+    assert_eq!(code, Some(1), "{stderr}");
+    let last = stderr.lines().last().unwrap_or("");
+    let want = format!("the reader of {} left (broken pipe) before the end: left incomplete as {}.partial", fifo.display(), rec.display());
+    assert!(last.contains(&want), "{stderr}");
 }
 
 /// Accepted sockets are mapped from the kernel's epoll item (`epoll_reg`) by
