@@ -639,6 +639,8 @@ struct Held {
 
 /// The first line of a recording.
 pub const RECORD_MAGIC: &str = "netdrift-record";
+/// The recording format's version, in its first line: a reader refuses any other.
+pub const RECORD_VERSION: u64 = 1;
 
 /// The type of a recording's last line.
 const RECORD_END: &str = "netdrift-record-end";
@@ -651,7 +653,7 @@ const MAX_RECORD_LINE: usize = 1 << 20;
 /// The first line of a recording: [`RECORD_MAGIC`], the format version and
 /// the trace's `start` record.
 pub fn write_record_start(w: &mut impl Write, start: &Value) -> std::io::Result<()> {
-    writeln!(w, "{}", json::record(RECORD_MAGIC, json!({"version": 1, "start": start})))
+    writeln!(w, "{}", json::record(RECORD_MAGIC, json!({"version": RECORD_VERSION, "start": start})))
 }
 
 /// One event of a recording, as [`analyze`] reads it back.
@@ -1348,6 +1350,14 @@ pub fn analyze_reader(
     })?;
     if head["type"] != RECORD_MAGIC {
         return Err(bad(1, format!("expected type {RECORD_MAGIC:?}")));
+    }
+    // Another version's records may mean other things: refused, not half-read.
+    if head["version"].as_u64() != Some(RECORD_VERSION) {
+        return Err(Error::Usage(format!(
+            "{}: recording format version {}, this netdrift reads version {RECORD_VERSION}: analyze it with the netdrift that recorded it",
+            path.display(),
+            head.get("version").map_or("missing".into(), |v| v.to_string())
+        )));
     }
     let start = head["start"].clone();
     let t0 = start["t0_ns"].as_u64().unwrap_or(0);

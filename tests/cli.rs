@@ -98,11 +98,19 @@ fn netdrift_is_not_its_own_target() {
 fn bad_recordings_are_one_line_exit_2() {
     let dir = tempfile::tempdir().unwrap();
     let head = r#"{"type":"netdrift-record","version":1,"start":{"t0_ns":1}}"#;
-    let cases: [(&str, &[u8], &str); 4] = [
+    let cases: [(&str, &[u8], &str); 7] = [
         ("empty", b"", "line 1: empty file"),
         ("utf8", b"\xff\xfe\n", "line 1: stream did not contain valid UTF-8"),
         ("text", b"hello\n", "line 1: expected value"),
         ("other", b"{\"type\":\"start\"}\n", "line 1: expected type"),
+        // Another format's records would be read as something else.
+        (
+            "v99",
+            b"{\"type\":\"netdrift-record\",\"version\":99,\"start\":{\"t0_ns\":1}}\n",
+            "recording format version 99, this netdrift reads version 1",
+        ),
+        ("vtext", b"{\"type\":\"netdrift-record\",\"version\":\"x\",\"start\":{\"t0_ns\":1}}\n", "format version \"x\""),
+        ("vnone", b"{\"type\":\"netdrift-record\",\"start\":{\"t0_ns\":1}}\n", "format version missing"),
     ];
     for (name, body, needle) in cases {
         let p = dir.path().join(format!("{name}.ndr"));
