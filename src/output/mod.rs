@@ -201,14 +201,18 @@ pub fn invisible(c: char) -> bool {
 }
 
 /// A string from the traced system, safe for a terminal: control and
-/// invisible format characters (see [`invisible`]) become `\xNN` / `\u{..}`.
+/// invisible format characters (see [`invisible`]) become `\xNN` / `\u{..}`,
+/// and a backslash `\\`, so a name spelling `\x1b` cannot pass for one
+/// holding an escape.
 pub fn term_safe(s: &str) -> std::borrow::Cow<'_, str> {
-    if !s.chars().any(invisible) {
+    if !s.chars().any(|c| c == '\\' || invisible(c)) {
         return std::borrow::Cow::Borrowed(s);
     }
     let mut out = String::with_capacity(s.len() + 8);
     for c in s.chars() {
-        if invisible(c) {
+        if c == '\\' {
+            out.push_str("\\\\");
+        } else if invisible(c) {
             if (c as u32) < 0x100 {
                 out.push_str(&format!("\\x{:02x}", c as u32));
             } else {
@@ -316,6 +320,9 @@ mod tests {
         assert_eq!(term_safe("\x1b[31mred\x07"), "\\x1b[31mred\\x07");
         assert_eq!(term_safe("plain <b>"), "plain <b>");
         assert_eq!(term_safe("a\u{9b}b"), "a\\x9bb");
+        // A name spelling an escape is told apart from one holding it.
+        assert_eq!(term_safe("\\x1b[31m"), "\\\\x1b[31m");
+        assert_ne!(term_safe("\\x1b"), term_safe("\x1b"));
     }
 
     #[test]
