@@ -169,6 +169,9 @@ pub struct PerfettoWriter {
     flows: Vec<FlowRec>,
     min_ts: u64,
     max_ts: u64,
+    /// pid -> its main thread's latest name, from any record (one with no
+    /// track of its own too): the process's name.
+    main_names: HashMap<u32, String>,
 }
 
 fn sock_args(s: &SockInfo) -> Value {
@@ -200,6 +203,13 @@ impl PerfettoWriter {
             flows: Vec::new(),
             min_ts: u64::MAX,
             max_ts: 0,
+            main_names: HashMap::new(),
+        }
+    }
+
+    fn main_name(&mut self, t: &Task) {
+        if t.tid == t.pid && !t.comm.is_empty() && self.main_names.get(&t.pid).is_none_or(|n| **n != *t.comm) {
+            self.main_names.insert(t.pid, t.comm.to_string());
         }
     }
 
@@ -233,6 +243,10 @@ impl PerfettoWriter {
         self.max_ts = self.max_ts.max(ev.ts);
         let chain = ann.chain.map(Value::from).unwrap_or(Value::Null);
         let me = Track::Thread { pid: ev.task.pid, tid: ev.task.tid };
+        self.main_name(&ev.task);
+        if let Kind::Wake { target, .. } = &ev.kind {
+            self.main_name(target);
+        }
         match &ev.kind {
             Kind::SockReady { sock, hook, new_state, packet, .. } => {
                 let what = match new_state {
@@ -541,7 +555,8 @@ impl PerfettoWriter {
 
         // Metadata: names for every track that has events.
         let mut meta: Vec<Value> = Vec::new();
-        // A process is named after its main thread when traced, else "pid N: its threads' names".
+        // A process is named after its main thread when seen (a track, or in
+        // any record), else "pid N: its threads' names".
         let mut procs: BTreeMap<u32, String> = BTreeMap::new();
         let mut tids: Vec<(&u32, &ThreadRec)> = self.threads.iter().collect();
         tids.sort_by_key(|(t, _)| **t);
@@ -556,7 +571,11 @@ impl PerfettoWriter {
             }
         }
         for (pid, v) in comms {
+            let main = self.main_names.get(&pid);
             procs.entry(pid).or_insert_with(|| {
+                if let Some(m) = main {
+                    return format!("{m} [{pid}]");
+                }
                 let more = if v.len() > 3 { ", ..." } else { "" };
                 format!("pid {pid}: {}{more}", v.iter().take(3).copied().collect::<Vec<_>>().join(", "))
             });
@@ -1010,6 +1029,26 @@ pub(crate) mod tests {
         let v: Value = serde_json::from_str(&text).expect("valid JSON");
         let evs = v["traceEvents"].as_array().unwrap();
         assert!(evs.iter().any(|e| e["args"]["name"] == "w\u{202e}1\u{9b}2J"), "the name reads back as it was");
+    }
+
+    /// A process is named after its main thread when any record shows it,
+    /// also one that makes no track of its own; else after its threads.
+    #[test]
+    fn a_process_is_named_after_its_main_thread_seen_without_a_track() {
+        let process_name = |evs: &[Event]| {
+            let mut p = PerfettoWriter::new(Path::new("/nonexistent"));
+            for e in evs {
+                p.add_event(e, &Annotation::default());
+            }
+            let out = p.build();
+            assert!(!out.iter().any(|e| e["name"] == "thread_name" && e["tid"] == 100), "the main thread has no track");
+            out.iter().find(|e| e["name"] == "process_name" && e["pid"] == 100).map(|e| e["args"]["name"].to_string())
+        };
+        let mut evs = herd_events();
+        assert!(process_name(&evs).is_some_and(|n| n.starts_with("\"pid 100: ")));
+        let main = Task { pid: 100, tid: 100, comm: "master".into() };
+        evs.push(ev(20_000, 0, &main, Kind::FdMap { ino: 9, fd: 4 }));
+        assert_eq!(process_name(&evs).as_deref(), Some("\"master [100]\""));
     }
 
     #[test]
