@@ -265,64 +265,50 @@ fn a_closed_output_pipe_ends_quietly() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     use std::io::BufRead;
     use std::process::Stdio;
-    // `netdrift demo -n 3 EXTRA... | head -1`: its first line, then its status and stderr.
-    let first_line_only = |extra: &[&std::ffi::OsStr]| {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_netdrift"))
-            .args(["demo", "-n", "3"])
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run demo");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rec = dir.path().join("rec.ndr");
+    let fifo = dir.path().join("out.fifo");
+    let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).expect("path");
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+    // `netdrift demo -n 3 EXTRA... | head -1` (or `-o FIFO` read the same
+    // way): its first line, then its status and stderr.
+    let first_line_only = |to_fifo: bool, extra: &[&std::ffi::OsStr]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_netdrift"));
+        cmd.args(["demo", "-n", "3"]).args(extra).stderr(Stdio::piped());
+        if to_fifo {
+            cmd.arg("-o").arg(&fifo).stdout(Stdio::null());
+        } else {
+            cmd.stdout(Stdio::piped());
+        }
+        let mut child = cmd.spawn().expect("run demo");
+        let reader: Box<dyn std::io::Read> = match child.stdout.take() {
+            Some(out) => Box::new(out),
+            None => Box::new(std::fs::File::open(&fifo).expect("open the FIFO")),
+        };
         let mut first = String::new();
-        std::io::BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut first).expect("first line");
+        std::io::BufReader::new(reader).read_line(&mut first).expect("first line");
         assert!(first.starts_with("chain 1 "), "{first}");
         // The reader is gone (dropped with the BufReader).
         let out = child.wait_with_output().expect("wait");
         (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
     };
-    let (code, stderr) = first_line_only(&[]);
-    assert_eq!(code, Some(0), "{stderr}");
-    assert!(!stderr.contains("Broken pipe") && !stderr.contains("panicked"), "{stderr}");
+    for to_fifo in [false, true] {
+        // As `| head`, quiet: also for a FIFO whose reader leaves.
+        let (code, stderr) = first_line_only(to_fifo, &[]);
+        assert_eq!(code, Some(0), "{stderr}");
+        assert!(!stderr.contains("roken pipe") && !stderr.contains("panicked"), "{stderr}");
 
-    // Files being written too: status 1, and one line that names them.
-    let dir = tempfile::tempdir().expect("tempdir");
-    let rec = dir.path().join("rec.ndr");
-    let (code, stderr) = first_line_only(&["--record".as_ref(), rec.as_os_str()]);
-    assert_eq!(code, Some(1), "{stderr}");
-    let last = stderr.lines().last().unwrap_or("");
-    assert!(last.contains("broken pipe") && last.contains(&format!("left incomplete as {}.partial", rec.display())), "{stderr}");
-    assert!(!rec.exists(), "the recording is not passed off as complete");
-
-    // `-o FIFO` whose reader leaves: as `| head`, quiet; with a recording too,
-    // the line names the FIFO, not standard output.
-    let fifo = dir.path().join("out.fifo");
-    let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).expect("path");
-    // SAFETY: a valid NUL-terminated path.
-    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
-    let fifo_first_line = |extra: &[&std::ffi::OsStr]| {
-        let child = Command::new(env!("CARGO_BIN_EXE_netdrift"))
-            .args(["demo", "-n", "3", "-o"])
-            .arg(&fifo)
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run demo");
-        let mut first = String::new();
-        std::io::BufReader::new(std::fs::File::open(&fifo).expect("open the FIFO")).read_line(&mut first).expect("first line");
-        assert!(first.starts_with("chain 1 "), "{first}");
-        let out = child.wait_with_output().expect("wait");
-        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
-    };
-    let (code, stderr) = fifo_first_line(&[]);
-    assert_eq!(code, Some(0), "{stderr}");
-    assert!(!stderr.contains("roken pipe") && !stderr.contains("panicked"), "{stderr}");
-    let (code, stderr) = fifo_first_line(&["--record".as_ref(), rec.as_os_str()]);
-    assert_eq!(code, Some(1), "{stderr}");
-    let last = stderr.lines().last().unwrap_or("");
-    let want = format!("the reader of {} left (broken pipe) before the end: left incomplete as {}.partial", fifo.display(), rec.display());
-    assert!(last.contains(&want), "{stderr}");
+        // Files being written too: status 1, and one line that names them
+        // and the output whose reader left.
+        let (code, stderr) = first_line_only(to_fifo, &["--record".as_ref(), rec.as_os_str()]);
+        assert_eq!(code, Some(1), "{stderr}");
+        let last = stderr.lines().last().unwrap_or("");
+        let closed = if to_fifo { format!("the reader of {} left", fifo.display()) } else { "standard output closed".to_string() };
+        let want = format!("{closed} (broken pipe) before the end: left incomplete as {}.partial", rec.display());
+        assert!(last.contains(&want), "{stderr}");
+        assert!(!rec.exists(), "the recording is not passed off as complete");
+    }
 }
 
 /// Accepted sockets are mapped from the kernel's epoll item (`epoll_reg`) by
