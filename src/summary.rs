@@ -319,8 +319,9 @@ pub struct SummaryBuilder {
     /// seen waking a target in its own context (a record names its thread
     /// only), so its threads count as one waker.
     process_names: HashMap<u32, Rc<str>>,
-    /// pid -> its main thread's latest name, from any record of it: the
-    /// process's name, which its other threads' wake-ups are filed under.
+    /// pid -> its main thread's latest name, from wake-ups (as waker or
+    /// woken; a target's own records name its thread row): the process's
+    /// name, which its other threads' wake-ups are filed under.
     main_names: HashMap<u32, Rc<str>>,
 }
 
@@ -449,13 +450,13 @@ impl SummaryBuilder {
         let Some(pid) = key.strip_prefix(PROCESS_KEY).and_then(|p| p.parse::<u32>().ok()) else {
             return key.to_string();
         };
-        let comm = self.main_names.get(&pid).or_else(|| self.process_names.get(&pid)).map_or("?", |n| n);
+        let row = self.threads.get(&pid).filter(|r| r.pid == pid).map(|r| r.comm.as_str());
+        let comm = row.or(self.main_names.get(&pid).map(|n| &**n)).or(self.process_names.get(&pid).map(|n| &**n)).unwrap_or("?");
         format!("{comm} (pid {pid})")
     }
 
     /// Per-event counts (switches, accepts) that chains do not hold.
     pub fn event(&mut self, ev: &Event) {
-        self.main_name(&ev.task);
         // Switched in under a retired tid after its final switch-out: a new
         // thread, with its own row. Before it, the exiting thread still runs
         // (preempted and switched in again between its exit and that switch-out).
@@ -501,6 +502,8 @@ impl SummaryBuilder {
                     names.entry(ev.task.pid).or_insert_with(|| ev.task.comm.clone());
                 };
                 waker_label(&mut label, &ev.task, process, context, ev.cpu);
+                // Every event would cost a lookup: wake-ups name the rest.
+                self.main_name(&ev.task);
                 self.main_name(target);
                 let t = self.thread(target);
                 t.wakeups += 1;
@@ -702,10 +705,24 @@ mod tests {
         b.event(&wake(1, &worker, 22, "ow_other"));
         b.event(&wake(2, &blocker, 21, "ow_writer"));
         b.event(&wake(3, &blocker, 21, "ow_writer"));
+        // A target's main thread seen only in its own records (a switch).
+        let main30 = Task { pid: 30, tid: 30, comm: "srv_main".into() };
+        b.event(&Event {
+            ts: 4,
+            cpu: 0,
+            task: main30,
+            kind: Kind::SwitchOut { involuntary: true, woken: false, state: 0, next_tid: 0, next_comm: "swapper/0".into() },
+        });
+        b.event(&Event {
+            ts: 5,
+            cpu: 0,
+            task: Task { pid: 30, tid: 31, comm: "srv_io".into() },
+            kind: crate::analysis::tests::wake(worker.clone(), 0, Cause::Futex),
+        });
         let s = b.build();
         let rows: BTreeMap<&str, &BTreeMap<String, u64>> = s.threads.iter().map(|t| (t.comm.as_str(), &t.wakers)).collect();
         assert_eq!(rows["ow_blocker"], &BTreeMap::from([("ow_blocker (pid 20)".to_string(), 2)]));
-        assert_eq!(rows["worker"], &BTreeMap::from([("ow_blocker (pid 20)".to_string(), 1)]));
+        assert_eq!(rows["worker"], &BTreeMap::from([("ow_blocker (pid 20)".to_string(), 1), ("srv_main (pid 30)".to_string(), 1)]));
     }
 
     /// A process first seen only interrupted (a shell shim in an irq's
