@@ -8,7 +8,7 @@ set -euo pipefail
 # gcc and libc6-dev: the linker rustc calls (cc) and the vendored libbpf's build
 # (with make); ca-certificates: cargo fetches crates over TLS (a bare image has none).
 build_pkgs=(clang libelf-dev zlib1g-dev pkg-config make gcc libc6-dev ca-certificates)
-test_pkgs=(nginx redis-server memcached libevent-dev g++ bpftool chromium strace)
+test_pkgs=(nginx redis-server memcached libevent-dev liburing-dev g++ bpftool chromium strace)
 
 case "${1:-build}" in
   build) want=("${build_pkgs[@]}") ;;

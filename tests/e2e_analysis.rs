@@ -295,33 +295,17 @@ fn port_of(v: &serde_json::Value) -> Option<u16> {
 /// of the connection's own thread.
 #[test]
 fn a_thread_per_connection_server_gets_its_accepts_and_closes_in_chains() {
-    use std::io::{BufRead, BufReader, Read, Write};
+    use std::io::{Read, Write};
     use std::net::TcpStream;
-    use std::process::Stdio;
 
     if !require_root() {
         return;
     }
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().expect("tempdir");
-    let prog = common::build_c(dir.path(), "blockaccept", &["-O1", "-pthread"]);
-    let mut server = Command::new(&prog).stdout(Stdio::piped()).spawn().expect("starting blockaccept");
-    let mut line = String::new();
-    BufReader::new(server.stdout.as_mut().expect("stdout")).read_line(&mut line).expect("blockaccept pid and port");
-    let (pid, port) =
-        line.trim().split_once(' ').and_then(|(a, b)| Some((a.parse::<u32>().ok()?, b.parse::<u16>().ok()?))).expect("PID PORT");
-
+    let (server, pid, port) = start_server(dir.path(), "blockaccept", &["-O1", "-pthread"]);
     let (out, ready) = (dir.path().join("out.jsonl"), dir.path().join("ready"));
-    let mut tracer = Command::new(env!("CARGO_BIN_EXE_netdrift"))
-        .args(["trace", "-p", &pid.to_string(), "--json", "--output-file"])
-        .arg(&out)
-        .arg("--ready-file")
-        .arg(&ready)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("starting netdrift");
-    common::wait_ready(&ready, &mut tracer, Duration::from_secs(30), common::piped_stderr);
+    let tracer = json_tracer(&["-p", &pid.to_string()], &out, &ready);
 
     const K: usize = 5;
     let mut ports = Vec::new();
@@ -338,12 +322,7 @@ fn a_thread_per_connection_server_gets_its_accepts_and_closes_in_chains() {
         std::thread::sleep(Duration::from_millis(30));
     }
     std::thread::sleep(Duration::from_millis(300));
-    // SAFETY: kill(2) on our own child's pid.
-    unsafe { libc::kill(tracer.id() as libc::pid_t, libc::SIGINT) };
-    let st = tracer.wait().expect("netdrift");
-    let _ = server.kill();
-    let _ = server.wait();
-    assert!(st.success(), "netdrift failed: {}", common::piped_stderr(&mut tracer));
+    stop(tracer, server);
 
     let text = std::fs::read_to_string(&out).expect("output");
     let recs: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).expect("JSON line")).collect();
@@ -373,12 +352,79 @@ fn a_thread_per_connection_server_gets_its_accepts_and_closes_in_chains() {
     }
 }
 
+/// An echo server on io_uring (tests/progs/uringecho.c) makes no
+/// epoll_wait and no accept call: its wake-ups are traced, its accepts are
+/// zero, and the summary says why rather than passing for an idle server.
+#[test]
+fn an_io_uring_server_is_woken_and_its_zero_accepts_explained() {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+
+    if !require_root() {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (server, pid, port) = start_server(dir.path(), "uringecho", &["-O1", "-luring"]);
+    let (out, ready) = (dir.path().join("out.txt"), dir.path().join("ready"));
+    let tracer = text_tracer(&["-p", &pid.to_string()], &out, &ready);
+    const K: usize = 5;
+    for _ in 0..K {
+        let mut c = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        std::thread::sleep(Duration::from_millis(30));
+        c.write_all(b"ping\n").expect("write");
+        let mut echo = [0u8; 5];
+        c.read_exact(&mut echo).expect("echo");
+        assert_eq!(&echo, b"ping\n");
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    stop(tracer, server);
+    let text = std::fs::read_to_string(&out).expect("output");
+    let headline =
+        text.lines().find(|l| l.contains(" wake-ups, ") && l.contains(" accepts ")).unwrap_or_else(|| panic!("no headline:\n{text}"));
+    let wakes: usize =
+        headline.split(" wake-ups").next().and_then(|h| h.rsplit(' ').next()).and_then(|n| n.parse().ok()).expect("wake-ups");
+    // Each connection's request waited for in the ring: woken at least once for it.
+    assert!(wakes >= K, "{wakes} wake-ups for {K} connections: {headline}");
+    assert!(headline.contains(" 0 accepts (and 0 EAGAIN"), "no accept call: {headline}");
+    assert!(text.contains("no epoll_wait return and no accept of the targets was seen"), "the zeros are explained:\n{text}");
+    assert!(!text.contains("thundering herd, per listen socket"), "no listener row:\n{text}");
+}
+
+/// tests/progs/`name`.c built and started: it prints "PID PORT" of its
+/// listener. Returns the child, its pid and the port.
+fn start_server(dir: &std::path::Path, name: &str, flags: &[&str]) -> (std::process::Child, u32, u16) {
+    use std::io::{BufRead, BufReader};
+    let prog = common::build_c(dir, name, flags);
+    let mut server = Command::new(&prog).stdout(std::process::Stdio::piped()).spawn().expect("starting the server");
+    let mut line = String::new();
+    BufReader::new(server.stdout.as_mut().expect("stdout")).read_line(&mut line).expect("the server's pid and port");
+    let (pid, port) =
+        line.trim().split_once(' ').and_then(|(a, b)| Some((a.parse::<u32>().ok()?, b.parse::<u16>().ok()?))).expect("PID PORT");
+    (server, pid, port)
+}
+
+/// Ctrl-C to the tracer (it must end with status 0), then the server killed.
+fn stop(mut tracer: std::process::Child, mut server: std::process::Child) {
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(tracer.id() as libc::pid_t, libc::SIGINT) };
+    let st = tracer.wait().expect("netdrift");
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(st.success(), "netdrift failed: {}", common::piped_stderr(&mut tracer));
+}
+
 /// `netdrift trace ARGS --json -o OUT`, once its probes are attached.
 fn json_tracer(args: &[&str], out: &std::path::Path, ready: &std::path::Path) -> std::process::Child {
+    text_tracer(&[args, &["--json"]].concat(), out, ready)
+}
+
+/// `netdrift trace ARGS -o OUT`, once its probes are attached.
+fn text_tracer(args: &[&str], out: &std::path::Path, ready: &std::path::Path) -> std::process::Child {
     let mut tracer = Command::new(env!("CARGO_BIN_EXE_netdrift"))
         .arg("trace")
         .args(args)
-        .arg("--json")
         .arg("-o")
         .arg(out)
         .arg("--ready-file")

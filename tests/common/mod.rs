@@ -163,15 +163,18 @@ pub fn wait_ready(ready: &Path, child: &mut Child, timeout: Duration, mut stderr
     }
 }
 
-/// Build tests/progs/`name`.c into `dir` with `cc` and `flags`; returns the binary.
+/// Build tests/progs/`name`.c into `dir` with `cc` and `flags`; returns the
+/// binary. Libraries (`-l...`) go after the source, as the linker wants.
 pub fn build_c(dir: &Path, name: &str, flags: &[&str]) -> std::path::PathBuf {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/progs/{name}.c"));
     let bin = dir.join(name);
+    let (libs, flags): (Vec<&str>, Vec<&str>) = flags.iter().partition(|f| f.starts_with("-l"));
     let out = std::process::Command::new("cc")
         .args(flags)
         .arg("-o")
         .arg(&bin)
         .arg(&src)
+        .args(libs)
         .output()
         .expect("running cc (install a C compiler: apt-get install gcc)");
     assert!(out.status.success(), "cc failed: {}", String::from_utf8_lossy(&out.stderr));
