@@ -223,6 +223,11 @@ impl FromStr for HandlerSpec {
                 let (a, d) = v.split_once('/').unwrap_or((v, "raw"));
                 events_arg = Some(parse_arg(a, "events")?);
                 decoder = d.parse()?;
+            } else if let Some((k, v)) = tail.split_once('=').filter(|(k, v)| {
+                // `name=value` reads as a field; C++'s `operator=`/`operator==` stay the glob's.
+                !k.is_empty() && k.bytes().all(|b| b.is_ascii_lowercase()) && !v.is_empty() && !v.starts_with('=')
+            }) {
+                return Err(format!("--handler {s:?}: unknown field {k}={v} (the fields are fd=argN and events=argM/DECODER)"));
             } else {
                 break;
             }
@@ -656,6 +661,13 @@ mod tests {
         assert!("exe:f:fd=arg1:fd=arg2".parse::<HandlerSpec>().unwrap_err().contains("fd= given twice"));
         assert!("exe:f:events=arg1:events=arg2/ae".parse::<HandlerSpec>().unwrap_err().contains("events= given twice"));
         assert!("exe:f[".parse::<HandlerSpec>().unwrap_err().contains("unclosed"));
+        // A misspelt field is not taken for part of the glob.
+        assert!("exe:f:foo=bar".parse::<HandlerSpec>().unwrap_err().contains("unknown field foo=bar"));
+        assert!("exe:f:fd=arg0:event=arg1".parse::<HandlerSpec>().unwrap_err().contains("unknown field event=arg1"));
+        let s: HandlerSpec = "exe:*Conn::operator=".parse().unwrap();
+        assert_eq!(s.glob.as_str(), "*Conn::operator=");
+        let s: HandlerSpec = "exe:*Addr::operator==:fd=arg1".parse().unwrap();
+        assert_eq!((s.glob.as_str(), s.fd_arg), ("*Addr::operator==", Some(1)));
     }
 
     #[test]

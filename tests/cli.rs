@@ -37,6 +37,7 @@ fn bad_input_matrix() {
     usage_error(&[&["trace"][..], &nine].concat(), "at most 8 -c names");
     // A name from the traced system quoted in an error stays one inert line.
     usage_error(&["trace", "-p", "1", "--handler", "/no/such\x1b]0;t\x07\nbin:f"], "/no/such\\x1b]0;t\\x07\\x0abin");
+    usage_error(&["trace", "-p", "1", "--handler", "exe:f:foo=bar"], "unknown field foo=bar");
     usage_error(&["trace", "-p", "0"], "0 is not a valid id");
     usage_error(&["trace", "-p", "abc"], "not a number");
     usage_error(&["trace", "-p", "4194304"], "no process with pid 4194304");
