@@ -78,10 +78,11 @@ pub struct Waker {
 }
 
 impl Waker {
-    /// The name in the waker's place: its comm, or `[softirq CPU1]` for an interrupt.
+    /// The name in the waker's place: its comm, or `[softirq CPU1]` for an
+    /// interrupt. Not escaped: each output escapes it its own way, once.
     pub fn name(&self) -> String {
         match self.context {
-            WakeContext::Task => clean(&self.task.comm),
+            WakeContext::Task => self.task.comm.clone(),
             WakeContext::Softirq => format!("[softirq CPU{}]", self.cpu),
             WakeContext::Irq => format!("[irq CPU{}]", self.cpu),
             WakeContext::Nmi => format!("[nmi CPU{}]", self.cpu),
@@ -519,6 +520,19 @@ mod tests {
         assert_eq!(clean("a\u{202e}b\u{61c}c\u{e0041}\u{1b}"), "a\\u{202e}b\\u{61c}c\\u{e0041}\\x1b");
         let svg = String::from_utf8(crate::offwake::svg::render(&[e], &RenderOptions::default(), "t").unwrap()).unwrap();
         assert!(!svg.contains('\u{ffff}') && !svg.contains('\u{202e}'), "raw in the SVG");
+    }
+
+    /// A waker's name is escaped once, as the blocked thread's: one holding
+    /// ESC and one spelling `\x1b` read apart on both sides of `--`.
+    #[test]
+    fn waker_and_blocked_names_are_escaped_alike() {
+        let mut e = entry();
+        e.blocked.comm = "w\u{1b}[0m".into();
+        e.waker.task.comm = "w\u{1b}[0m".into();
+        let s = folded_stack(&e, &RenderOptions::default());
+        assert!(s.starts_with("w\\x1b[0m;") && s.ends_with(";w\\x1b[0m"), "{s}");
+        e.waker.task.comm = "w\\x1b[0m".into();
+        assert!(folded_stack(&e, &RenderOptions::default()).ends_with(";w\\\\x1b[0m"));
     }
 
     #[test]
