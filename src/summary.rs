@@ -347,6 +347,13 @@ fn waker_label(out: &mut String, t: &Task, process: impl FnOnce(), ctx: WakerCon
     };
 }
 
+/// `t`'s name, if it is a main thread, as its process's latest name.
+fn main_name(names: &mut HashMap<u32, Rc<str>>, t: &Task) {
+    if t.tid == t.pid && names.get(&t.pid).is_none_or(|n| *n != t.comm) {
+        names.insert(t.pid, t.comm.clone());
+    }
+}
+
 /// Count one more of `key`, allocating it only the first time.
 fn bump(map: &mut BTreeMap<String, u64>, key: &str) {
     match map.get_mut(key) {
@@ -438,12 +445,6 @@ impl SummaryBuilder {
         self.herd.entry(s.sk).or_insert_with(|| HerdRow { local: s.local_text(), sk: format!("0x{:x}", s.sk), ..Default::default() })
     }
 
-    fn main_name(&mut self, t: &Task) {
-        if t.tid == t.pid && self.main_names.get(&t.pid).is_none_or(|n| *n != t.comm) {
-            self.main_names.insert(t.pid, t.comm.clone());
-        }
-    }
-
     /// A waker key as the summary shows it: a process-context waker's
     /// `comm (pid P)`, by its main thread's name where one was seen.
     fn waker_name(&self, key: &str) -> String {
@@ -497,14 +498,16 @@ impl SummaryBuilder {
             Kind::Wake { target, cause, context, .. } => {
                 let mut label = std::mem::take(&mut self.label);
                 let context = context.unwrap_or(WakerContext::Unknown);
-                let names = &mut self.process_names;
+                let (names, mains) = (&mut self.process_names, &mut self.main_names);
+                // Only a waker in its own context names its process: an
+                // interrupted task may be a shell about to exec the real one.
                 let process = || {
                     names.entry(ev.task.pid).or_insert_with(|| ev.task.comm.clone());
+                    main_name(mains, &ev.task);
                 };
                 waker_label(&mut label, &ev.task, process, context, ev.cpu);
                 // Every event would cost a lookup: wake-ups name the rest.
-                self.main_name(&ev.task);
-                self.main_name(target);
+                main_name(&mut self.main_names, target);
                 let t = self.thread(target);
                 t.wakeups += 1;
                 bump(&mut t.by_cause, cause.unwrap_or(Cause::Unknown).key());
@@ -744,6 +747,17 @@ mod tests {
         b.event(&wake(3, "python3", WakerContext::SoftirqInSyscall));
         let s = b.build();
         let want = BTreeMap::from([("irq on CPU1 (interrupting bash[20])".to_string(), 1), ("python3 (pid 20)".to_string(), 2)]);
+        assert_eq!(s.threads[0].wakers, want);
+
+        // Its main thread seen only interrupted (`taskset`, before it execs
+        // the program) does not name the process its worker thread wakes from.
+        let mut b = SummaryBuilder::new();
+        b.event(&wake(1, "taskset", WakerContext::Irq));
+        let mut w1 = wake(2, "", WakerContext::Process);
+        w1.task = Task { pid: 20, tid: 21, comm: "wk_w1".into() };
+        b.event(&w1);
+        let s = b.build();
+        let want = BTreeMap::from([("irq on CPU1 (interrupting taskset[20])".to_string(), 1), ("wk_w1 (pid 20)".to_string(), 1)]);
         assert_eq!(s.threads[0].wakers, want);
     }
 
