@@ -68,12 +68,15 @@ fn main() {
                 || matches!(c.downcast_ref::<Error>(), Some(Error::Io(io) | Error::Write { source: io, .. }) if pipe(io))
         });
         // A device or FIFO (/dev/null) is written in place: never .partial.
-        let partial: Vec<String> = files
-            .iter()
-            .filter(|f| !netdrift::output::output_target(f).1)
-            .map(|f| netdrift::output::partial_path(f).display().to_string())
-            .collect();
-        if partial.is_empty() && broken_pipe {
+        let on_disk = |kept: bool| -> Vec<String> {
+            files
+                .iter()
+                .filter(|(f, k)| *k == kept && !netdrift::output::output_target(f).1)
+                .map(|(f, _)| if kept { netdrift::output::partial_path(f) } else { f.clone() }.display().to_string())
+                .collect()
+        };
+        let (partial, removed) = (on_disk(true), on_disk(false));
+        if partial.is_empty() && removed.is_empty() && broken_pipe {
             std::process::exit(0);
         }
         // Not eprintln: stderr may be a closed pipe too, and that must not panic. The
@@ -95,7 +98,14 @@ fn main() {
                     }
                 })
                 .unwrap_or_else(|| "standard output closed".into());
-            format!("{closed} (broken pipe) before the end: left incomplete as {}", partial.join(", "))
+            let mut what = Vec::new();
+            if !partial.is_empty() {
+                what.push(format!("left incomplete as {}", partial.join(", ")));
+            }
+            if !removed.is_empty() {
+                what.push(format!("not written: {}", removed.join(", ")));
+            }
+            format!("{closed} (broken pipe) before the end: {}", what.join("; "))
         } else {
             format!("{e:#}")
         };
@@ -105,16 +115,18 @@ fn main() {
     }
 }
 
-/// The files this command writes (each left .partial if the run fails).
-fn written_files(c: &Command) -> Vec<std::path::PathBuf> {
-    let given = |ps: &[&Option<std::path::PathBuf>]| ps.iter().filter_map(|p| p.as_ref()).cloned().collect::<Vec<_>>();
-    let out = |o: &OutputArgs| given(&[&o.output_file, &o.record, &o.perfetto]);
+/// The files this command writes, each with whether a failed run leaves it
+/// as FILE.partial (a stream) or removes it (written only at the end).
+fn written_files(c: &Command) -> Vec<(std::path::PathBuf, bool)> {
+    use std::path::PathBuf;
+    let given = |ps: &[(&Option<PathBuf>, bool)]| ps.iter().filter_map(|(p, k)| Some(((*p).clone()?, *k))).collect::<Vec<_>>();
+    let out = |o: &OutputArgs| given(&[(&o.output_file, true), (&o.record, true), (&o.perfetto, false)]);
     match c {
         Command::Trace(a) | Command::Herd(a) => out(&a.out),
         Command::Demo(a) => out(&a.out),
-        Command::Analyze(a) => given(&[&a.output_file, &a.perfetto]),
-        Command::Offwake(a) => given(&[&a.output_file, &a.svg]),
-        Command::Report(a) => std::iter::once(a.file.clone()).chain(out(&a.trace.out)).collect(),
+        Command::Analyze(a) => given(&[(&a.output_file, true), (&a.perfetto, false)]),
+        Command::Offwake(a) => given(&[(&a.output_file, false), (&a.svg, false)]),
+        Command::Report(a) => std::iter::once((a.file.clone(), false)).chain(out(&a.trace.out)).collect(),
         Command::Doctor(_) => Vec::new(),
     }
 }

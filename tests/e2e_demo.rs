@@ -309,6 +309,13 @@ fn a_closed_output_pipe_ends_quietly() {
         assert!(last.contains(&want), "{stderr}");
         assert!(!rec.exists(), "the recording is not passed off as complete");
     }
+    // An output written only at the end (--perfetto) is removed, and said so.
+    let pf = dir.path().join("pf.json");
+    let (code, stderr) = first_line_only(false, &["--perfetto".as_ref(), pf.as_os_str()]);
+    assert_eq!(code, Some(1), "{stderr}");
+    let want = format!("standard output closed (broken pipe) before the end: not written: {}", pf.display());
+    assert!(stderr.lines().last().unwrap_or("").contains(&want), "{stderr}");
+    assert!(!pf.exists() && !dir.path().join("pf.json.partial").exists(), "nothing of it is left");
 }
 
 /// Accepted sockets are mapped from the kernel's epoll item (`epoll_reg`) by
