@@ -244,6 +244,10 @@ pub fn check_file_path(p: &Path) -> Result<()> {
     if p.is_dir() {
         return refuse(libc::EISDIR);
     }
+    // A loop of symbolic links names no file: replacing the link would hide the mistake.
+    if std::fs::metadata(p).is_err_and(|e| e.raw_os_error() == Some(libc::ELOOP)) {
+        return refuse(libc::ELOOP);
+    }
     // An immutable or append-only file cannot be replaced: the rename at the
     // end would fail after the whole run.
     let (target, in_place) = crate::output::output_target(p);

@@ -626,6 +626,14 @@ fn unwritable_ready_file_or_output_dir_loads_nothing() {
     let out_dir = dir.path().join("a-directory");
     fs::create_dir(&out_dir).unwrap();
     bad_input(&["trace", "-p", &pid, "-o", out_dir.to_str().unwrap(), "1"], "it is a directory", false, &log);
+    // A loop of symbolic links is refused, not replaced by the output.
+    let (la, lb) = (dir.path().join("lA"), dir.path().join("lB"));
+    std::os::unix::fs::symlink(&lb, &la).unwrap();
+    std::os::unix::fs::symlink(&la, &lb).unwrap();
+    for opt in ["-o", "--record", "--perfetto"] {
+        bad_input(&["trace", "-p", &pid, opt, la.to_str().unwrap(), "1"], "lead back to themselves", false, &log);
+        assert!(fs::symlink_metadata(&la).unwrap().file_type().is_symlink(), "{opt}: the link is left as it was");
+    }
     // The demo checks its outputs before its server starts (one line, not a banner first).
     bad_input(&["demo", "-o", missing.to_str().unwrap()], "cannot write", false, &log);
     let same = dir.path().join("same");

@@ -62,7 +62,7 @@ pub fn output_target(path: &std::path::Path) -> (std::path::PathBuf, bool) {
             Err(_) => return (p, false),
         }
     }
-    // A loop of links: the rename replaces the link named, as for any other.
+    // A loop of links (refused before the run by `check_file_path`).
     (path.to_path_buf(), false)
 }
 
