@@ -55,6 +55,7 @@ fn output_hint(path: &std::path::Path, e: &std::io::Error) -> &'static str {
         Some(libc::EPERM) => {
             "it or its directory is immutable or append-only (lsattr; chattr -i / -a clears that), or it is another user's file in a sticky directory such as /tmp: give another path"
         }
+        _ if e.kind() == std::io::ErrorKind::Interrupted => "Ctrl-C or SIGTERM before its reader came: nothing was traced",
         Some(libc::ELOOP) => "its symbolic links lead back to themselves: remove the loop or give another path",
         _ => "give that output a path in a writable directory",
     }

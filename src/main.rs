@@ -110,7 +110,16 @@ fn main() {
             format!("{e:#}")
         };
         let _ = writeln!(std::io::stderr(), "netdrift: {}", netdrift::output::term_safe(&msg));
-        let code = e.downcast_ref::<Error>().map(|k| k.exit_code()).unwrap_or(1);
+        // Ctrl-C while waiting for a FIFO's reader: ended as asked, nothing traced.
+        let interrupted = e.chain().any(|c| {
+            let io = c.downcast_ref::<std::io::Error>().or(match c.downcast_ref::<Error>() {
+                Some(Error::Io(io) | Error::Output { source: io, .. } | Error::Write { source: io, .. }) => Some(io),
+                _ => None,
+            });
+            io.is_some_and(|io| io.kind() == std::io::ErrorKind::Interrupted)
+        });
+        let code =
+            if interrupted && netdrift::trace::signalled() { 0 } else { e.downcast_ref::<Error>().map(|k| k.exit_code()).unwrap_or(1) };
         std::process::exit(code);
     }
 }

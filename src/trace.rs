@@ -33,8 +33,26 @@ use crate::symbolize::{classify, KernelSyms, WakeClass};
 /// Set by SIGINT/SIGTERM.
 static SIGNALLED: AtomicBool = AtomicBool::new(false);
 
-extern "C" fn on_signal(_sig: libc::c_int) {
-    SIGNALLED.store(true, Ordering::SeqCst);
+/// The ready file written, as a C string (null when none is there): the
+/// second signal's handler removes it before the process dies.
+static READY_PATH: std::sync::atomic::AtomicPtr<libc::c_char> = std::sync::atomic::AtomicPtr::new(std::ptr::null_mut());
+
+extern "C" fn on_signal(sig: libc::c_int) {
+    if !SIGNALLED.swap(true, Ordering::SeqCst) {
+        return;
+    }
+    // The second: the run dies by the signal, and its ready file must not
+    // tell a script that probes are attached. unlink, signal and raise are
+    // async-signal-safe.
+    let p = READY_PATH.load(Ordering::SeqCst);
+    // SAFETY: `p` is null or a leaked NUL-terminated path that is never freed.
+    unsafe {
+        if !p.is_null() {
+            libc::unlink(p);
+        }
+        libc::signal(sig, libc::SIG_DFL);
+        libc::raise(sig);
+    }
 }
 
 /// Whether SIGINT or SIGTERM arrived.
@@ -43,9 +61,9 @@ pub fn signalled() -> bool {
 }
 
 /// Route SIGINT and SIGTERM to a flag so the trace ends with its summary.
-/// Once: the handler resets itself (SA_RESETHAND), so a second Ctrl-C kills
-/// a run stuck in loading, symbolizing or writing (the programs detach with
-/// the process; a `.partial` file stays as the mark of an unfinished output).
+/// Once: a second Ctrl-C kills a run stuck in loading, symbolizing or
+/// writing (the programs detach with the process; a `.partial` file stays
+/// as the mark of an unfinished output; the ready file is removed).
 pub fn install_signal_handlers() {
     for sig in [libc::SIGINT, libc::SIGTERM] {
         // SAFETY: a zeroed sigaction is valid (empty mask, no flags) before the
@@ -54,7 +72,7 @@ pub fn install_signal_handlers() {
         unsafe {
             let mut sa: libc::sigaction = std::mem::zeroed();
             sa.sa_sigaction = on_signal as *const () as libc::sighandler_t;
-            sa.sa_flags = libc::SA_RESETHAND | libc::SA_RESTART;
+            sa.sa_flags = libc::SA_RESTART;
             libc::sigemptyset(&mut sa.sa_mask);
             libc::sigaction(sig, &sa, std::ptr::null_mut());
         }
@@ -350,6 +368,7 @@ pub struct ReadyFile {
 
 impl Drop for ReadyFile {
     fn drop(&mut self) {
+        READY_PATH.store(std::ptr::null_mut(), Ordering::SeqCst);
         if let Some(p) = self.path.take() {
             if std::fs::read_to_string(&p).is_ok_and(|s| s == format!("{}\n", std::process::id())) {
                 let _ = std::fs::remove_file(&p);
@@ -376,11 +395,15 @@ pub fn write_ready_file(path: &Path) -> Result<ReadyFile> {
     } else if in_place {
         // Appending: a FIFO, a device, another process's fd.
         use std::io::Write as _;
-        std::fs::OpenOptions::new().append(true).open(p).and_then(|mut f| f.write_all(line.as_bytes())).map_err(err)?;
+        crate::output::open_in_place(p).and_then(|mut f| f.write_all(line.as_bytes())).map_err(err)?;
     } else {
         let tmp = partial_path(p);
         std::fs::write(&tmp, line).map_err(err)?;
         std::fs::rename(&tmp, p).map_err(err)?;
+        if let Ok(c) = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()) {
+            // Leaked: the signal handler may read it at any time.
+            READY_PATH.store(c.into_raw(), Ordering::SeqCst);
+        }
         return Ok(ReadyFile { path: Some(p.to_path_buf()) });
     }
     // Written in place (a FIFO, a device, an fd): nothing to remove.

@@ -268,9 +268,7 @@ fn a_closed_output_pipe_ends_quietly() {
     let dir = tempfile::tempdir().expect("tempdir");
     let rec = dir.path().join("rec.ndr");
     let fifo = dir.path().join("out.fifo");
-    let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).expect("path");
-    // SAFETY: a valid NUL-terminated path.
-    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+    common::mkfifo(&fifo);
     // `netdrift demo -n 3 EXTRA... | head -1` (or `-o FIFO` read the same
     // way): its first line, then its status and stderr.
     let first_line_only = |to_fifo: bool, extra: &[&std::ffi::OsStr]| {

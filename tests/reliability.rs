@@ -100,6 +100,22 @@ fn all_ids(what: &str) -> BTreeSet<u64> {
     bpftool_json(what).iter().filter_map(|p| p["id"].as_u64()).collect()
 }
 
+/// Programs and links are freed once their last fd closes (after an RCU
+/// grace period): poll briefly for those a dead netdrift held.
+fn wait_freed(progs: &BTreeSet<u64>, links: &BTreeSet<u64>, after: &str) {
+    let t = Instant::now();
+    loop {
+        let (p, l) = (all_ids("prog"), all_ids("link"));
+        let p_left: Vec<&u64> = progs.iter().filter(|i| p.contains(i)).collect();
+        let l_left: Vec<&u64> = links.iter().filter(|i| l.contains(i)).collect();
+        if p_left.is_empty() && l_left.is_empty() {
+            return;
+        }
+        assert!(t.elapsed() < Duration::from_secs(5), "after {after}, programs {p_left:?} and links {l_left:?} are still loaded");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// (program ids, link ids) a process holds through its fds.
 fn held_bpf_ids(pid: u32) -> (BTreeSet<u64>, BTreeSet<u64>) {
     let (mut progs, mut links) = (BTreeSet::new(), BTreeSet::new());
@@ -449,22 +465,68 @@ fn sigkill_leaves_no_bpf_and_only_a_partial_file() {
     signal(child.id(), libc::SIGKILL);
     let o = wait_output(child, Duration::from_secs(10), "SIGKILL");
     assert_eq!(o.status.code(), None, "killed by a signal");
-    // Programs and links are freed once their last fd closes (after an RCU
-    // grace period): poll briefly.
-    let t = Instant::now();
-    loop {
-        let (p_left, l_left): (Vec<u64>, Vec<u64>) = {
-            let (p, l) = (all_ids("prog"), all_ids("link"));
-            (progs.iter().filter(|i| p.contains(i)).copied().collect(), links.iter().filter(|i| l.contains(i)).copied().collect())
-        };
-        if p_left.is_empty() && l_left.is_empty() {
-            break;
-        }
-        assert!(t.elapsed() < Duration::from_secs(5), "after SIGKILL, programs {p_left:?} and links {l_left:?} are still loaded");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_freed(&progs, &links, "SIGKILL");
     assert!(partial.exists(), "the output stays as FILE.partial");
     assert!(!out.exists(), "never FILE after SIGKILL: the trace did not end cleanly");
+}
+
+/// A FIFO with no reader as the output is waited for, said on stderr,
+/// with nothing loaded; Ctrl-C ends the wait with status 0.
+#[test]
+fn a_fifo_output_waits_for_its_reader_and_ctrl_c_ends_the_wait() {
+    if !require_root() {
+        return;
+    }
+    let _s = serial();
+    let target = sleeper();
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("out.fifo");
+    common::mkfifo(&fifo);
+    let child = nd().args(["trace", "-p", &target.0.id().to_string(), "-o"]).arg(&fifo).arg("60").stderr(Stdio::piped()).spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(700));
+    let (progs, links) = held_bpf_ids(child.id());
+    assert!(progs.is_empty() && links.is_empty(), "nothing loaded while waiting for the reader");
+    signal(child.id(), libc::SIGINT);
+    let o = wait_output(child, Duration::from_secs(5), "SIGINT while waiting for a FIFO's reader");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    assert!(err.contains(&format!("waiting for a reader of the FIFO {}", fifo.display())), "{err}");
+    assert!(err.contains("nothing was traced"), "{err}");
+}
+
+/// A second Ctrl-C kills a run stuck writing (a FIFO whose reader stopped
+/// reading): it dies by the signal, its ready file removed, nothing left loaded.
+#[test]
+fn a_second_ctrl_c_kills_and_removes_the_ready_file() {
+    if !require_root() {
+        return;
+    }
+    let _s = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let (fifo, ready) = (dir.path().join("out.fifo"), dir.path().join("ready"));
+    common::mkfifo(&fifo);
+    let mut child = nd()
+        .args(["demo", "-n", "2000", "--gap-ms", "0", "--json", "-o"])
+        .arg(&fifo)
+        .arg("--ready-file")
+        .arg(&ready)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A reader that never reads: the pipe fills and netdrift's writes block.
+    let _reader = fs::File::open(&fifo).expect("open the FIFO");
+    wait_ready(&ready, &mut child);
+    let (progs, links) = held_bpf_ids(child.id());
+    std::thread::sleep(Duration::from_millis(1500));
+    signal(child.id(), libc::SIGINT);
+    std::thread::sleep(Duration::from_millis(300));
+    signal(child.id(), libc::SIGINT);
+    let o = wait_output(child, Duration::from_secs(10), "a second SIGINT");
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(o.status.signal(), Some(libc::SIGINT), "killed by the second Ctrl-C: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(!ready.exists(), "the ready file of a dead run is removed");
+    wait_freed(&progs, &links, "a second SIGINT");
 }
 
 /// A recording is flushed once a second: a killed run's `.partial` holds

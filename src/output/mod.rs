@@ -97,13 +97,49 @@ fn fd_path(p: &std::path::Path) -> Option<(&str, bool)> {
     num(n).then_some((n, own))
 }
 
+/// Open an output written in place, for appending. A FIFO with no reader
+/// yet is waited for, with a line saying so, and a signal ends the wait
+/// (`Interrupted`): a blocking open would say nothing and outlast Ctrl-C.
+pub fn open_in_place(p: &std::path::Path) -> std::io::Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    if !std::fs::metadata(p).is_ok_and(|m| m.file_type().is_fifo()) {
+        return std::fs::OpenOptions::new().append(true).open(p);
+    }
+    let mut said = false;
+    loop {
+        match std::fs::OpenOptions::new().append(true).custom_flags(libc::O_NONBLOCK).open(p) {
+            Ok(f) => {
+                // Writes then wait for the reader, as on any pipe.
+                // SAFETY: fcntl on an fd this File owns, open across the calls.
+                unsafe {
+                    let fl = libc::fcntl(f.as_raw_fd(), libc::F_GETFL);
+                    libc::fcntl(f.as_raw_fd(), libc::F_SETFL, fl & !libc::O_NONBLOCK);
+                }
+                return Ok(f);
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ENXIO) => {
+                if crate::trace::signalled() {
+                    return Err(std::io::Error::new(std::io::ErrorKind::Interrupted, "interrupted while waiting for its reader"));
+                }
+                if !said {
+                    eprintln!("netdrift: waiting for a reader of the FIFO {} (Ctrl-C stops)", term_safe(&p.display().to_string()));
+                    said = true;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 impl PartialFile {
     pub fn create(path: &std::path::Path, on_drop: OnDrop) -> crate::error::Result<Self> {
         let err = |e| crate::error::Error::Output { path: path.to_path_buf(), source: e };
         let (target, in_place) = output_target(path);
         let f = if in_place {
             // Appending: a shell's `>> log` behind /dev/stdout keeps its start.
-            std::fs::OpenOptions::new().append(true).open(&target).map_err(err)?
+            open_in_place(&target).map_err(err)?
         } else {
             // The error names the file that could not be made.
             let partial = partial_path(&target);

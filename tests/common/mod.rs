@@ -163,6 +163,13 @@ pub fn wait_ready(ready: &Path, child: &mut Child, timeout: Duration, mut stderr
     }
 }
 
+/// Make a FIFO at `p`.
+pub fn mkfifo(p: &Path) {
+    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).expect("a path with no NUL");
+    // SAFETY: a valid NUL-terminated path that lives across the call.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo {}", p.display());
+}
+
 /// Build tests/progs/`name`.c into `dir` with `cc` and `flags`; returns the
 /// binary. Libraries (`-l...`) go after the source, as the linker wants.
 pub fn build_c(dir: &Path, name: &str, flags: &[&str]) -> std::path::PathBuf {
