@@ -181,7 +181,7 @@ fn cmd_analyze(a: AnalyzeArgs) -> anyhow::Result<()> {
 fn duration_arg(d: Option<f64>) -> Result<Option<Duration>, Error> {
     let Some(d) = d else { return Ok(None) };
     match Duration::try_from_secs_f64(d) {
-        Ok(v) if d > 0.0 && v.as_secs() <= u64::from(u32::MAX) => Ok(Some(v)),
+        Ok(v) if d > 0.0 && d <= f64::from(u32::MAX) => Ok(Some(v)),
         _ => Err(Error::Usage(format!("duration {d}: give a positive number of seconds, at most {}", u32::MAX))),
     }
 }

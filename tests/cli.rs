@@ -46,6 +46,8 @@ fn bad_input_matrix() {
     usage_error(&["trace", "-c", "a-name-longer-than-15"], "1 to 15 bytes");
     usage_error(&["trace", "--ringbuf-size", "3", "-p", "1"], "power of two");
     usage_error(&["trace", "-p", "1", "--", "-5"], "positive number of seconds");
+    // Past the limit the message gives, by a fraction too.
+    usage_error(&["trace", "-p", "1", "4294967295.5"], "at most 4294967295");
     usage_error(&["trace", "-p", "1", "1e20"], "at most 4294967295");
     usage_error(&["offwake", "-p", "1", "1e20"], "at most 4294967295");
     usage_error(&["trace", "-p", "1", "--idle-ms", "0"], "not in 1..=86400000");
