@@ -52,6 +52,8 @@ fn output_hint(path: &std::path::Path, e: &std::io::Error) -> &'static str {
             "a directory is in the way of the file written until the run ends: remove it or give another name"
         }
         Some(libc::EISDIR) => "it is a directory: give a file name",
+        // No file can be made there: a chattr hint would mislead.
+        Some(_) if path.starts_with("/proc") || path.starts_with("/sys") => "/proc and /sys take no new files: give a path on a real file system",
         Some(libc::EPERM) => {
             "it or its directory is immutable or append-only (lsattr; chattr -i / -a clears that), or it is another user's file in a sticky directory such as /tmp: give another path"
         }

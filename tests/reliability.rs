@@ -688,6 +688,8 @@ fn unwritable_ready_file_or_output_dir_loads_nothing() {
     let out_dir = dir.path().join("a-directory");
     fs::create_dir(&out_dir).unwrap();
     bad_input(&["trace", "-p", &pid, "-o", out_dir.to_str().unwrap(), "1"], "it is a directory", false, &log);
+    // Nothing can be made in /proc: said so, not blamed on file attributes.
+    bad_input(&["trace", "-p", &pid, "-o", "/proc/self/status", "1"], "/proc and /sys take no new files", false, &log);
     // A loop of symbolic links is refused, not replaced by the output.
     let (la, lb) = (dir.path().join("lA"), dir.path().join("lB"));
     std::os::unix::fs::symlink(&lb, &la).unwrap();
