@@ -62,11 +62,8 @@ fn main() {
         // all it wanted, as with any filter; the programs detach with the
         // process. Not when files were being written too: they stay .partial,
         // and the status says so.
-        let pipe = |io: &std::io::Error| io.kind() == std::io::ErrorKind::BrokenPipe;
-        let broken_pipe = e.chain().any(|c| {
-            c.downcast_ref::<std::io::Error>().is_some_and(pipe)
-                || matches!(c.downcast_ref::<Error>(), Some(Error::Io(io) | Error::Write { source: io, .. }) if pipe(io))
-        });
+        let in_chain = |k: std::io::ErrorKind| e.chain().any(|c| io_error(c).is_some_and(|io| io.kind() == k));
+        let broken_pipe = in_chain(std::io::ErrorKind::BrokenPipe);
         // A device or FIFO (/dev/null) is written in place: never .partial.
         let on_disk = |kept: bool| -> Vec<String> {
             files
@@ -87,11 +84,7 @@ fn main() {
                 .chain()
                 .find_map(|c| {
                     // A file's write error travels inside an io::Error, its kind kept.
-                    let io = c.downcast_ref::<std::io::Error>().or(match c.downcast_ref::<Error>() {
-                        Some(Error::Io(io)) => Some(io),
-                        _ => None,
-                    });
-                    let inner = io.and_then(|io| io.get_ref()).and_then(|i| i.downcast_ref::<Error>());
+                    let inner = io_error(c).and_then(|io| io.get_ref()).and_then(|i| i.downcast_ref::<Error>());
                     match inner.or(c.downcast_ref::<Error>()) {
                         Some(Error::Write { path, .. }) => Some(format!("the reader of {} left", path.display())),
                         _ => None,
@@ -111,17 +104,19 @@ fn main() {
         };
         let _ = writeln!(std::io::stderr(), "netdrift: {}", netdrift::output::term_safe(&msg));
         // Ctrl-C while waiting for a FIFO's reader: ended as asked, nothing traced.
-        let interrupted = e.chain().any(|c| {
-            let io = c.downcast_ref::<std::io::Error>().or(match c.downcast_ref::<Error>() {
-                Some(Error::Io(io) | Error::Output { source: io, .. } | Error::Write { source: io, .. }) => Some(io),
-                _ => None,
-            });
-            io.is_some_and(|io| io.kind() == std::io::ErrorKind::Interrupted)
-        });
+        let interrupted = in_chain(std::io::ErrorKind::Interrupted);
         let code =
             if interrupted && netdrift::trace::signalled() { 0 } else { e.downcast_ref::<Error>().map(|k| k.exit_code()).unwrap_or(1) };
         std::process::exit(code);
     }
+}
+
+/// The io::Error a link of an error chain is, or holds as its source.
+fn io_error<'a>(c: &'a (dyn std::error::Error + 'static)) -> Option<&'a std::io::Error> {
+    c.downcast_ref::<std::io::Error>().or(match c.downcast_ref::<Error>() {
+        Some(Error::Io(io) | Error::Output { source: io, .. } | Error::Write { source: io, .. }) => Some(io),
+        _ => None,
+    })
 }
 
 /// The files this command writes, each with whether a failed run leaves it
