@@ -65,11 +65,20 @@ fn main() {
         let in_chain = |k: std::io::ErrorKind| e.chain().any(|c| io_error(c).is_some_and(|io| io.kind() == k));
         let broken_pipe = in_chain(std::io::ErrorKind::BrokenPipe);
         // A device or FIFO (/dev/null) is written in place: never .partial.
+        // What is on disk says it: the pipe may break after an output was
+        // committed (the summary is written last), and that one is whole.
         let on_disk = |kept: bool| -> Vec<String> {
             files
                 .iter()
                 .filter(|(f, k)| *k == kept && !netdrift::output::output_target(f).1)
-                .map(|(f, _)| if kept { netdrift::output::partial_path(f) } else { f.clone() }.display().to_string())
+                .filter_map(|(f, _)| {
+                    let partial = netdrift::output::partial_path(f);
+                    match kept {
+                        true => partial.exists().then_some(partial),
+                        false => (!f.exists()).then(|| f.clone()),
+                    }
+                })
+                .map(|p| p.display().to_string())
                 .collect()
         };
         let (partial, removed) = (on_disk(true), on_disk(false));

@@ -269,11 +269,13 @@ fn a_closed_output_pipe_ends_quietly() {
     let rec = dir.path().join("rec.ndr");
     let fifo = dir.path().join("out.fifo");
     common::mkfifo(&fifo);
-    // `netdrift demo -n 3 EXTRA... | head -1` (or `-o FIFO` read the same
-    // way): its first line, then its status and stderr.
+    // `netdrift demo -n 500 EXTRA... | head -1` (or `-o FIFO` read the same
+    // way): its first line, then its status and stderr. 500 chains outgrow
+    // the pipe and the output's buffer, so the pipe breaks mid-run, before
+    // any output is committed.
     let first_line_only = |to_fifo: bool, extra: &[&std::ffi::OsStr]| {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_netdrift"));
-        cmd.args(["demo", "-n", "3"]).args(extra).stderr(Stdio::piped());
+        cmd.args(["demo", "-n", "500", "--gap-ms", "0"]).args(extra).stderr(Stdio::piped());
         if to_fifo {
             cmd.arg("-o").arg(&fifo).stdout(Stdio::null());
         } else {
