@@ -391,6 +391,12 @@ impl WakerContext {
             WakerContext::Unknown => "unknown",
         }
     }
+
+    /// The waker ran as itself, not as an irq or softirq on top of whatever
+    /// task the CPU was running.
+    pub fn own(self) -> bool {
+        !matches!(self, WakerContext::SoftirqOnIrqExit | WakerContext::Irq | WakerContext::IdleIrq)
+    }
 }
 
 /// What happened; [`Event`] adds when, where and to whom.
@@ -600,6 +606,18 @@ pub const TYPE_NAMES: [&str; 18] = [
 ];
 
 impl Event {
+    /// The record's task when the record was made in that task's own
+    /// context: a socket's readiness or state change, a NAPI poll and a
+    /// wake-up from an irq may run on top of any task (a shell about to exec
+    /// the real program), which must not name anything after itself.
+    pub fn own_task(&self) -> Option<&Task> {
+        match &self.kind {
+            Kind::SockReady { .. } | Kind::SockState { .. } | Kind::Napi { .. } | Kind::RecordsLost { .. } => None,
+            Kind::Wake { context: Some(c), .. } if !c.own() => None,
+            _ => Some(&self.task),
+        }
+    }
+
     /// Index of its kind in [`TYPE_NAMES`].
     pub fn type_index(&self) -> usize {
         match &self.kind {

@@ -341,6 +341,7 @@ fn waker_label(out: &mut String, t: &Task, process: impl FnOnce(), ctx: WakerCon
         WakerContext::SoftirqOnIrqExit => write!(out, "softirq on CPU{cpu} (interrupting {}[{}])", t.comm, t.tid),
         WakerContext::Irq => write!(out, "irq on CPU{cpu} (interrupting {}[{}])", t.comm, t.tid),
         _ => {
+            debug_assert!(ctx.own());
             process();
             write!(out, "{PROCESS_KEY}{}", t.pid)
         }

@@ -169,8 +169,9 @@ pub struct PerfettoWriter {
     flows: Vec<FlowRec>,
     min_ts: u64,
     max_ts: u64,
-    /// pid -> its main thread's latest name, from any record (one with no
-    /// track of its own too): the process's name.
+    /// pid -> its main thread's latest name, from records made in its own
+    /// context (one with no track of its own too) and wake-ups of it: the
+    /// process's name.
     main_names: HashMap<u32, String>,
 }
 
@@ -243,7 +244,9 @@ impl PerfettoWriter {
         self.max_ts = self.max_ts.max(ev.ts);
         let chain = ann.chain.map(Value::from).unwrap_or(Value::Null);
         let me = Track::Thread { pid: ev.task.pid, tid: ev.task.tid };
-        self.main_name(&ev.task);
+        if let Some(t) = ev.own_task() {
+            self.main_name(t);
+        }
         if let Kind::Wake { target, .. } = &ev.kind {
             self.main_name(target);
         }
@@ -1031,8 +1034,9 @@ pub(crate) mod tests {
         assert!(evs.iter().any(|e| e["args"]["name"] == "w\u{202e}1\u{9b}2J"), "the name reads back as it was");
     }
 
-    /// A process is named after its main thread when any record shows it,
-    /// also one that makes no track of its own; else after its threads.
+    /// A process is named after its main thread when a record made in its
+    /// own context shows it, also one that makes no track of its own; else
+    /// after its threads.
     #[test]
     fn a_process_is_named_after_its_main_thread_seen_without_a_track() {
         let process_name = |evs: &[Event]| {
@@ -1046,6 +1050,18 @@ pub(crate) mod tests {
         };
         let mut evs = herd_events();
         assert!(process_name(&evs).is_some_and(|n| n.starts_with("\"pid 100: ")));
+        // Records made on top of the main thread (softirq, irq) do not name
+        // it: the task interrupted may be a shell about to exec the server.
+        let shell = Task { pid: 100, tid: 100, comm: "bash".into() };
+        let mut irq_wake = crate::analysis::tests::wake(task(101, "w0"), 1, Cause::SocketReadable);
+        if let Kind::Wake { context, .. } = &mut irq_wake {
+            *context = Some(crate::events::WakerContext::SoftirqOnIrqExit);
+        }
+        evs.push(ev(20_000, 0, &shell, irq_wake));
+        let ready = Kind::SockReady { sock: listen().into(), seq: 2, hook: ReadyHook::SkDataReady, new_state: None, packet: None };
+        evs.push(ev(20_000, 0, &shell, ready));
+        evs.push(ev(20_000, 0, &shell, Kind::SockState { sock: listen().into(), old: 1, new: 8 }));
+        assert!(process_name(&evs).is_some_and(|n| n.starts_with("\"pid 100: ")), "named by an interrupted task");
         let main = Task { pid: 100, tid: 100, comm: "master".into() };
         evs.push(ev(20_000, 0, &main, Kind::FdMap { ino: 9, fd: 4 }));
         assert_eq!(process_name(&evs).as_deref(), Some("\"master [100]\""));
