@@ -565,7 +565,9 @@ pub fn resolve(specs: &[HandlerSpec], pid: Option<u32>, tolerant: bool) -> Resul
         for (raw, dem, off) in &funcs {
             if last_off != Some(*off) && (spec.glob.matches(raw) || spec.glob.matches(dem)) {
                 last_off = Some(*off);
-                if out.len() >= MAX_HANDLERS {
+                // Per glob here: symbols two globs share are merged before
+                // the total is checked (main).
+                if out.len() - before >= MAX_HANDLERS {
                     return Err(Error::Usage(format!("--handler {spec}: more than 256 symbols match: narrow the glob")));
                 }
                 out.push(Resolved {
@@ -746,6 +748,18 @@ mod tests {
         let mut offs: Vec<u64> = r.iter().map(|h| h.offset).collect();
         offs.dedup();
         assert_eq!(offs.len(), r.len(), "one probe per function: {r:?}");
+    }
+
+    /// The limit counts distinct symbols: two globs over the same ~190
+    /// functions are not "more than 256".
+    #[test]
+    fn the_symbol_limit_counts_each_symbol_once() {
+        let me = Some(std::process::id());
+        let one = resolve(&["libc:g*".parse().unwrap()], me, false).unwrap();
+        assert!(one.len() > MAX_HANDLERS / 2 && one.len() <= MAX_HANDLERS, "libc's g* should match 129-256 functions: {}", one.len());
+        let specs: Vec<HandlerSpec> = ["libc:g*", "libc:[g]*"].iter().map(|s| s.parse().unwrap()).collect();
+        let both = merge(resolve(&specs, me, false).expect("each glob is within the limit")).unwrap();
+        assert_eq!(both.len(), one.len());
     }
 
     /// A container's absolute link resolves inside its root, not the host's.
