@@ -379,6 +379,13 @@ pub fn resolve_binary(binary: &str, pid: Option<u32>) -> Result<PathBuf, Error> 
         if let (Some(pid), true) = (pid, binary.starts_with('/') && !binary.starts_with("/proc/")) {
             let root = PathBuf::from(format!("/proc/{pid}/root"));
             if let Some(inside) = in_root(&root, binary) {
+                // The target runs the file as it was before a replacement
+                // (an upgrade): probes on the new one would never fire.
+                let seen = inside.strip_prefix(&root).map(|r| Path::new("/").join(r)).unwrap_or_else(|_| inside.clone());
+                let deleted = format!("{} (deleted)", seen.display());
+                if target_maps(pid).iter().any(|m| m.path == deleted) && !maps_file(pid, &inside) {
+                    return Err(replaced(binary, pid, &seen.display().to_string()));
+                }
                 return Ok(inside);
             }
             // A host path of the container's file (an overlay's merged/...): only
@@ -413,9 +420,7 @@ pub fn resolve_binary(binary: &str, pid: Option<u32>) -> Result<PathBuf, Error> 
             if base == binary || stem.starts_with(&format!("{want}.")) || stem.starts_with(&format!("{want}-")) {
                 if deleted {
                     // The file on disk now is another one: probes there would never fire.
-                    return Err(Error::Usage(format!(
-                        "--handler {binary}: pid {pid} runs {l} as it was before it was replaced on disk (maps says deleted): restart the process to probe the new one"
-                    )));
+                    return Err(replaced(binary, pid, l));
                 }
                 return Ok(PathBuf::from(format!("/proc/{pid}/root{l}")));
             }
@@ -425,6 +430,13 @@ pub fn resolve_binary(binary: &str, pid: Option<u32>) -> Result<PathBuf, Error> 
         searched.push("nothing: a library name needs a running target process; give the library's path".into());
     }
     Err(Error::Usage(format!("--handler {binary}: binary not found (searched {})", searched.join(", "))))
+}
+
+/// `pid` maps `file` only as it was before it was replaced on disk.
+fn replaced(binary: &str, pid: u32, file: &str) -> Error {
+    Error::Usage(format!(
+        "--handler {binary}: pid {pid} runs {file} as it was before it was replaced on disk (maps says deleted): restart the process to probe the new one"
+    ))
 }
 
 /// /proc/PID/maps, parsed (empty if the process is gone).
@@ -760,6 +772,33 @@ mod tests {
         let specs: Vec<HandlerSpec> = ["libc:g*", "libc:[g]*"].iter().map(|s| s.parse().unwrap()).collect();
         let both = merge(resolve(&specs, me, false).expect("each glob is within the limit")).unwrap();
         assert_eq!(both.len(), one.len());
+    }
+
+    /// A path the target maps only as it was before a replacement is
+    /// refused, as a library name is: probes on the new file never fire.
+    #[test]
+    fn a_path_replaced_under_the_target_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let bin = d.path().join("sl");
+        std::fs::copy("/bin/sleep", &bin).unwrap();
+        let mut child = std::process::Command::new(&bin).arg("30").spawn().unwrap();
+        let pid = Some(child.id());
+        let path = bin.to_str().unwrap();
+        // Wait until it runs the copy (exec done).
+        for _ in 0..200 {
+            if target_maps(child.id()).iter().any(|m| m.path == path) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert!(resolve_binary(path, pid).is_ok(), "the file it runs");
+        let new = d.path().join("new");
+        std::fs::copy("/bin/sleep", &new).unwrap();
+        std::fs::rename(&new, &bin).unwrap();
+        let e = resolve_binary(path, pid).unwrap_err().to_string();
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(e.contains("replaced on disk"), "{e}");
     }
 
     /// A container's absolute link resolves inside its root, not the host's.
