@@ -433,6 +433,10 @@ pub struct Stats {
     #[serde(default)]
     pub epoll_empty_summed: Option<u64>,
     pub handlers: u64,
+    /// Handler symbols probed (the start line's `handlers`): with none
+    /// called, the summary says so instead of leaving the count out.
+    #[serde(default)]
+    pub handler_probes: u64,
     pub herd_chains: u64,
     /// Wake-ups of a thread already woken in the same chain (not a new hop).
     pub repeated_wakes: u64,

@@ -775,6 +775,7 @@ impl Pipeline {
     }
 
     fn start_line(&mut self, start: &Value) -> Result<()> {
+        self.corr.stats.handler_probes = start["handlers"].as_array().map_or(0, |h| h.len() as u64);
         self.corr.tracer_tid = start["reader_tid"].as_u64().and_then(|t| u32::try_from(t).ok()).unwrap_or(0);
         if self.corr.tracer_tid != 0 {
             // Known: 0 until counted (unknown stays None, null in JSON).

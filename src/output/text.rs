@@ -420,8 +420,15 @@ pub fn summary(stats: &Stats, losses: &Losses, secs: f64, ringbuf_mib: u32, why:
         stats.socket_closes,
         stats.connection_closes,
         stats.closes - stats.socket_closes,
-        if stats.handlers > 0 { format!(", {} handler calls", stats.handlers) } else { String::new() }
+        if stats.handlers > 0 || stats.handler_probes > 0 { format!(", {} handler calls", stats.handlers) } else { String::new() }
     );
+    if stats.handlers == 0 && stats.handler_probes > 0 {
+        let _ = writeln!(
+            o,
+            "  none of the {} handler symbols probed was called by the targets: does the server run these functions (inlined, another binary or library, idle)? `nm -D` / `readelf -s` on it, and docs/handlers.md",
+            stats.handler_probes
+        );
+    }
     let _ = writeln!(o, "  {} chains woke more than one thread; {} wake-ups were for nothing", stats.herd_chains, stats.wasted_wakes);
     if let Some(n) = stats.epoll_empty_summed.filter(|&n| n > 0) {
         let _ = writeln!(
@@ -669,6 +676,18 @@ mod tests {
         stats.wakes = 15;
         stats.by_type.insert("epoll_exit".into(), 3);
         assert_eq!(no_epoll_note(&stats, &[]), None, "an epoll loop with no listener (a client)");
+    }
+
+    /// Handler probes that never fired are pointed out, not left out.
+    #[test]
+    fn handler_calls_are_counted_when_probed_even_when_none() {
+        let l = Losses::default();
+        let none = summary(&Stats::default(), &l, 1.0, 8, "done");
+        assert!(!none.contains("handler"), "{none}");
+        let idle = summary(&Stats { handler_probes: 3, ..Default::default() }, &l, 1.0, 8, "done");
+        assert!(idle.contains(", 0 handler calls\n") && idle.contains("none of the 3 handler symbols probed was called"), "{idle}");
+        let busy = summary(&Stats { handler_probes: 3, handlers: 7, ..Default::default() }, &l, 1.0, 8, "done");
+        assert!(busy.contains(", 7 handler calls\n") && !busy.contains("none of the"), "{busy}");
     }
 
     #[test]
