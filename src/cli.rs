@@ -107,6 +107,38 @@ pub struct OutputArgs {
     pub perfetto: Option<PathBuf>,
 }
 
+/// The command line, with `herd`'s help told apart from `trace`'s where
+/// their shared flags do other things (herd prints no chain blocks).
+pub fn command() -> clap::Command {
+    use clap::CommandFactory;
+    Cli::command().mut_subcommand("herd", |c| {
+        c.mut_arg("json", |a| {
+            a.help("Print JSON Lines (the event lines as `trace --json` writes them, schema docs/json.md) instead of the herd table, which goes to stderr.")
+        })
+        .mut_arg("stacks", |a| {
+            a.help("With --json: take every waker's kernel stack and put it in the JSON wake lines (refused without --json: the herd table has no stacks).")
+        })
+        .mut_arg("output_file", |a| {
+            a.help("Write the herd table and summary (with --json: the event lines) to FILE (as FILE.partial until the trace ends cleanly; a device or FIFO is written in place).")
+        })
+    })
+}
+
+/// Parse the process's arguments through [`command`].
+pub fn try_parse() -> Result<Cli, clap::Error> {
+    use clap::FromArgMatches;
+    let mut cmd = command();
+    let mut m = cmd.try_get_matches_from_mut(std::env::args_os())?;
+    let mut cli = Cli::from_arg_matches_mut(&mut m).map_err(|e| e.format(&mut cmd))?;
+    match &mut cli.command {
+        Command::Trace(t) | Command::Herd(t) => t.target.dedup(),
+        Command::Report(r) => r.trace.target.dedup(),
+        Command::Offwake(o) => o.target.dedup(),
+        Command::Demo(_) | Command::Analyze(_) | Command::Doctor(_) => {}
+    }
+    Ok(cli)
+}
+
 /// `--ringbuf-size` when not given (MiB).
 pub const DEFAULT_RINGBUF_MIB: u32 = 8;
 /// `--idle-ms` when not given.
@@ -133,6 +165,17 @@ pub struct TargetArgs {
 }
 
 impl TargetArgs {
+    /// A target given twice is one target (and one of the 8 -c names).
+    pub fn dedup(&mut self) {
+        fn once<T: Clone + Eq + std::hash::Hash>(v: &mut Vec<T>) {
+            let mut seen = std::collections::HashSet::new();
+            v.retain(|x| seen.insert(x.clone()));
+        }
+        once(&mut self.pids);
+        once(&mut self.tids);
+        once(&mut self.comms);
+    }
+
     pub fn is_empty(&self) -> bool {
         self.pids.is_empty() && self.tids.is_empty() && self.comms.is_empty()
     }
@@ -251,6 +294,20 @@ mod tests {
     #[test]
     fn cli_is_consistent() {
         Cli::command().debug_assert();
+        command().debug_assert();
+    }
+
+    /// herd's help speaks of the herd table, not of chain blocks it never prints.
+    #[test]
+    fn herd_help_describes_herd() {
+        let help = |sub: &str| {
+            let h = command().find_subcommand_mut(sub).expect(sub).render_long_help().to_string();
+            h.split_whitespace().collect::<Vec<_>>().join(" ")
+        };
+        let herd = help("herd");
+        assert!(!herd.contains("chain blocks"), "{herd}");
+        assert!(herd.contains("instead of the herd table") && herd.contains("refused without --json"), "{herd}");
+        assert!(help("trace").contains("instead of chain blocks"));
     }
 
     #[test]
@@ -268,6 +325,18 @@ mod tests {
         assert!(Cli::try_parse_from(["netdrift", "trace", "-p", "0"]).is_err());
         assert!(Cli::try_parse_from(["netdrift", "trace", "-p", "abc"]).is_err());
         assert!(Cli::try_parse_from(["netdrift", "trace", "--ringbuf-size", "3"]).is_err());
+    }
+
+    #[test]
+    fn a_target_given_twice_is_one() {
+        let mut t = TargetArgs {
+            pids: vec![5, 6, 5],
+            tids: vec![7, 7],
+            comms: ["herd", "x", "herd"].map(String::from).to_vec(),
+            ..Default::default()
+        };
+        t.dedup();
+        assert_eq!((t.pids, t.tids, t.comms), (vec![5, 6], vec![7], vec!["herd".to_string(), "x".into()]));
     }
 }
 

@@ -4,9 +4,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use clap::Parser;
 
-use netdrift::cli::{AnalyzeArgs, Cli, Command, DemoArgs, DoctorArgs, OutputArgs, TraceArgs};
+use netdrift::cli::{AnalyzeArgs, Command, DemoArgs, DoctorArgs, OutputArgs, TraceArgs};
 use netdrift::demo::{self, DemoConfig, DemoServer, ListenMode};
 use netdrift::error::Error;
 use netdrift::probes::ProbeConfig;
@@ -14,7 +13,7 @@ use netdrift::procfs;
 use netdrift::trace::{self, AnalyzeOptions, Report, Sink, TraceOptions};
 
 fn main() {
-    let cli = match Cli::try_parse() {
+    let cli = match netdrift::cli::try_parse() {
         Ok(c) => c,
         Err(e)
             if matches!(
