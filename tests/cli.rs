@@ -419,10 +419,15 @@ fn leader_exit_program(dir: &Path) -> PathBuf {
         &src,
         r#"#include <pthread.h>
 #include <unistd.h>
-static void *worker(void *a) { for (int i = 0; i < 15; i++) usleep(100000); return a; }
+/* The worker's 1.5 s count from `go`, not from the start: a slow attach must not outlast it. */
+static void *worker(void *go) {
+    while (go && access(go, F_OK) != 0) usleep(10000);
+    for (int i = 0; i < 15; i++) usleep(100000);
+    return go;
+}
 int main(int argc, char **argv) {
     pthread_t t;
-    pthread_create(&t, 0, worker, 0);
+    pthread_create(&t, 0, worker, argc > 1 ? argv[1] : 0);
     while (argc > 1 && access(argv[1], F_OK) != 0) usleep(10000);
     pthread_exit(0);
 }
