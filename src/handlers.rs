@@ -271,7 +271,12 @@ pub fn preset(name: &str) -> Option<Vec<HandlerSpec>> {
         // ngx_http_process_request(ngx_http_request_t *r), once per request.
         "nginx" => &["exe:ngx_event_accept", "exe:ngx_http_init_connection", "exe:ngx_http_process_request"],
         // memcached exports no handlers; libevent's activation of each ready event: event_active_nolock_(ev, res, ncalls).
-        "memcached" | "libevent" => &["libevent:event_active_nolock_:events=arg1/libevent"],
+        // In libevent, libevent_core (which programs may link alone) or the program (static).
+        "memcached" | "libevent" => &[
+            "libevent:event_active_nolock_:events=arg1/libevent",
+            "libevent_core:event_active_nolock_:events=arg1/libevent",
+            "exe:event_active_nolock_:events=arg1/libevent",
+        ],
         _ => return None,
     };
     Some(specs.iter().map(|s| s.parse().expect("built-in preset parses")).collect())
@@ -564,13 +569,53 @@ pub fn merge(all: Vec<Resolved>) -> Result<Vec<Resolved>, Error> {
     Ok(out)
 }
 
+/// A preset resolved in every target running a program of its own (-p
+/// REDIS -p NGINX --preset redis --preset nginx): the targets' processes
+/// in order, each distinct executable once. It fails only when it matches
+/// in none, with the first target's reasons.
+pub fn resolve_preset(name: &str, pids: &[u32]) -> Result<Vec<Resolved>, Error> {
+    use std::os::unix::fs::MetadataExt;
+    let specs = preset(name).ok_or_else(|| Error::Usage(format!("--preset {name}: no such preset (one of {})", PRESETS.join(", "))))?;
+    let mut exes = std::collections::HashSet::new();
+    let (mut out, mut first_err) = (Vec::new(), None);
+    for &pid in pids {
+        let exe = std::fs::metadata(format!("/proc/{pid}/exe")).map(|m| (m.dev(), m.ino()));
+        if exe.as_ref().is_ok_and(|e| !exes.insert(*e)) {
+            continue;
+        }
+        match resolve(&specs, Some(pid), true) {
+            Ok(r) => out.extend(r),
+            Err(e) => {
+                first_err.get_or_insert((pid, e));
+            }
+        }
+    }
+    match (out.is_empty(), first_err) {
+        (false, _) => Ok(out),
+        (true, Some((pid, Error::Usage(m)))) => Err(Error::Usage(format!("--preset {name} (looked up in pid {pid}): {m}"))),
+        (true, Some((_, e))) => Err(e),
+        (true, None) => Err(Error::Usage(format!(
+            "--preset {name}: a preset is looked up in a running target's program and libraries (-p PID, -t TID or -c COMM); with --wait, give its probes with the file's path in place of `exe` or the library name (--handler /usr/bin/x:GLOB...): {}",
+            specs.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(", ")
+        ))),
+    }
+}
+
 /// Resolve specs into symbols to attach. `tolerant`: a spec matching
-/// nothing is fine as long as one spec matched (presets).
+/// nothing, or whose binary is not found, is fine as long as one spec
+/// matched (presets).
 pub fn resolve(specs: &[HandlerSpec], pid: Option<u32>, tolerant: bool) -> Result<Vec<Resolved>, Error> {
     let mut out: Vec<Resolved> = Vec::new();
     let mut misses: Vec<String> = Vec::new();
     for spec in specs {
-        let path = resolve_binary(&spec.binary, pid)?;
+        let path = match resolve_binary(&spec.binary, pid) {
+            Ok(p) => p,
+            Err(Error::Usage(m)) if tolerant => {
+                misses.push(m);
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         let funcs = functions(&path)?;
         let before = out.len();
         let mut last_off = None;

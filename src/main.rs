@@ -228,9 +228,11 @@ fn cmd_trace_with(a: TraceArgs, report: Report, tweak: impl FnOnce(&mut TraceOpt
         .or_else(|| tgids.first().copied())
         .or_else(|| tids.first().and_then(|&t| procfs::tgid_of(t)));
     let mut handlers = netdrift::handlers::resolve(&a.handlers, first_pid, false)?;
+    // A preset in each target's program: the first named, then the rest.
+    let preset_pids: Vec<u32> =
+        first_pid.into_iter().chain(tgids.iter().copied()).chain(tids.iter().filter_map(|&t| procfs::tgid_of(t))).collect();
     for p in &a.presets {
-        let specs = netdrift::handlers::preset(p).expect("clap checked the preset name");
-        handlers.extend(netdrift::handlers::resolve(&specs, first_pid, true)?);
+        handlers.extend(netdrift::handlers::resolve_preset(p, &preset_pids)?);
     }
     let handlers = netdrift::handlers::merge(handlers)?;
     if handlers.len() > netdrift::handlers::MAX_HANDLERS {

@@ -20,13 +20,18 @@ fn nd() -> Command {
 
 /// Build tests/progs/envoy_like.cc (needs g++ and libevent-dev).
 fn build_envoy_like(dir: &Path) -> PathBuf {
+    build_envoy_like_with(dir, "-levent")
+}
+
+/// The same, linked with `lib` (`-levent`, or `-levent_core` alone).
+fn build_envoy_like_with(dir: &Path, lib: &str) -> PathBuf {
     let out = dir.join("envoy_like");
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/progs/envoy_like.cc");
     let st = Command::new("g++")
         .args(["-O1", "-g", "-fno-omit-frame-pointer", "-o"])
         .arg(&out)
         .arg(&src)
-        .arg("-levent")
+        .arg(lib)
         .status()
         .expect("g++ (apt-get install g++ libevent-dev)");
     assert!(st.success(), "building {} failed: install g++ and libevent-dev", src.display());
@@ -57,10 +62,16 @@ fn start_envoy_like(bin: &Path) -> (Proc, u16) {
 
 /// Trace `pid` with extra args until `client` is done; returns the JSON lines.
 fn trace_json(pid: u32, extra: &[&str], client: impl FnOnce()) -> Vec<Value> {
+    trace_json_pids(&[pid], extra, client)
+}
+
+fn trace_json_pids(pids: &[u32], extra: &[&str], client: impl FnOnce()) -> Vec<Value> {
     let dir = tempfile::tempdir().unwrap();
     let (ready, out) = (dir.path().join("ready"), dir.path().join("out.jsonl"));
     let mut child = nd()
-        .args(["trace", "-p", &pid.to_string(), "--json", "--ready-file"])
+        .arg("trace")
+        .args(pids.iter().flat_map(|p| ["-p".to_string(), p.to_string()]))
+        .args(["--json", "--ready-file"])
         .arg(&ready)
         .arg("-o")
         .arg(&out)
@@ -142,16 +153,12 @@ fn envoy_preset_on_libevent_program() {
     }
 }
 
-#[test]
-fn redis_preset() {
-    if !require_root() {
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
+/// redis-server on a free loopback port, its files in `dir`, accepting.
+fn start_redis(dir: &Path) -> (Proc, u16) {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let child = Command::new("redis-server")
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir"])
-        .arg(dir.path())
+        .arg(dir)
         .stdout(Stdio::null())
         .spawn()
         .expect("redis-server (apt-get install redis-server)");
@@ -162,6 +169,24 @@ fn redis_preset() {
         std::thread::sleep(Duration::from_millis(20));
     }
     std::thread::sleep(Duration::from_millis(100));
+    (srv, port)
+}
+
+/// One PING and its reply on `s`.
+fn ping(s: &mut TcpStream) {
+    s.write_all(b"PING\r\n").unwrap();
+    let mut b = [0u8; 7];
+    s.read_exact(&mut b).unwrap();
+    assert_eq!(&b, b"+PONG\r\n");
+}
+
+#[test]
+fn redis_preset() {
+    if !require_root() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (srv, port) = start_redis(dir.path());
     let (k, cmds) = (4, 3);
     // The preset's acceptTcpHandler given again by hand: probed once, reported once per call.
     let again = ["--preset", "redis", "--handler", "exe:acceptTcpHandler:fd=arg1:events=arg3/ae"];
@@ -169,10 +194,7 @@ fn redis_preset() {
         for _ in 0..k {
             let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
             for _ in 0..cmds {
-                s.write_all(b"PING\r\n").unwrap();
-                let mut b = [0u8; 7];
-                s.read_exact(&mut b).unwrap();
-                assert_eq!(&b, b"+PONG\r\n");
+                ping(&mut s);
             }
             std::thread::sleep(Duration::from_millis(30));
         }
@@ -197,6 +219,45 @@ fn redis_preset() {
     assert!(rq >= k * cmds, "readQueryFromClient for each command: {rq} < {}", k * cmds);
 }
 
+/// Presets resolve in each target's own program: one trace of a libevent
+/// server linked with libevent_core alone and of redis, with both presets.
+#[test]
+fn presets_for_two_servers_one_on_libevent_core() {
+    if !require_root() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let bin = build_envoy_like_with(dir.path(), "-levent_core");
+    let (ev, ev_port) = start_envoy_like(&bin);
+    let (rd, rd_port) = start_redis(dir.path());
+    let (ev_pid, rd_pid) = (ev.0.id(), rd.0.id());
+    let k = 3;
+    let lines = trace_json_pids(&[ev_pid, rd_pid], &["--preset", "libevent", "--preset", "redis"], || {
+        for _ in 0..k {
+            let mut s = TcpStream::connect(("127.0.0.1", ev_port)).unwrap();
+            s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+            let mut r = String::new();
+            s.read_to_string(&mut r).unwrap();
+            assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+            let mut s = TcpStream::connect(("127.0.0.1", rd_port)).unwrap();
+            ping(&mut s);
+            std::thread::sleep(Duration::from_millis(30));
+        }
+    });
+    let probed = lines[0]["handlers"].as_array().expect("start line's handlers");
+    let path_of = |name: &str| probed.iter().find(|h| h["name"] == name).map(|h| h["path"].as_str().unwrap().to_string());
+    let lib = path_of("event_active_nolock_").unwrap_or_else(|| panic!("libevent preset not probed: {probed:?}"));
+    assert!(lib.contains("libevent_core-"), "the libevent_core the program maps: {lib}");
+    assert!(path_of("acceptTcpHandler").is_some_and(|p| p.contains(&format!("/proc/{rd_pid}/"))), "redis's own exe: {probed:?}");
+    let calls =
+        |name: &str, pid: u32| of_type(&lines, "handler").into_iter().filter(|h| h["name"] == name && h["task"]["pid"] == pid).count();
+    // The listener's and each connection's EV_READ, at least.
+    assert!(calls("event_active_nolock_", ev_pid) >= 2 * k, "libevent activations in the libevent_core server");
+    assert_eq!(calls("acceptTcpHandler", rd_pid), k, "one acceptTcpHandler per redis connection");
+    assert!(calls("readQueryFromClient", rd_pid) >= k);
+    assert_eq!(calls("event_active_nolock_", rd_pid) + calls("acceptTcpHandler", ev_pid), 0, "each server its own handlers");
+}
+
 fn usage_error(args: &[&str], needle: &str) {
     let o = nd().args(args).output().unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
@@ -219,6 +280,14 @@ fn handler_errors() {
     let pid = srv.0.id().to_string();
     // Stripped: the preset finds nothing, and says what it searched.
     usage_error(&["trace", "-p", &pid, "--preset", "envoy"], "function symbols searched");
+    usage_error(
+        &["trace", "-p", &pid, "--preset", "redis"],
+        &format!("--preset redis (looked up in pid {pid}): --handler exe:acceptTcpHandler"),
+    );
+    usage_error(
+        &["trace", "-c", "nd_not_yet", "--wait", "--preset", "redis"],
+        "--preset redis: a preset is looked up in a running target's program",
+    );
     drop(srv);
     let (srv, _) = start_envoy_like(&bin);
     let pid = srv.0.id().to_string();
