@@ -1189,8 +1189,10 @@ impl Correlator {
                     }
                 }
                 self.scratch_pending = pending;
-                if *ret <= 0 {
-                    // Timeout or error: nothing to handle.
+                if *ret < 0 {
+                    // An error (EINTR): nothing to handle. A timeout (0) stays
+                    // open like a return of events: the loop's timer callbacks
+                    // run next, and join the timer's chain until the thread waits again.
                     self.finish_hops(tid, |h| h.epoll.is_some());
                 }
             }

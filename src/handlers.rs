@@ -754,8 +754,10 @@ mod tests {
             .map(|f| row("exe", f, None, None, Decoder::Raw))
             .collect();
         assert_eq!(rows("nginx"), nginx);
-        let libevent: Vec<Row> =
-            ["libevent", "libevent_core", "exe"].into_iter().map(|b| row(b, "event_active_nolock_", None, Some(1), Decoder::Libevent)).collect();
+        let libevent: Vec<Row> = ["libevent", "libevent_core", "exe"]
+            .into_iter()
+            .map(|b| row(b, "event_active_nolock_", None, Some(1), Decoder::Libevent))
+            .collect();
         assert_eq!(rows("memcached"), libevent);
         assert_eq!(rows("libevent"), libevent);
         assert_eq!(PRESETS.len(), 5, "every preset is checked above");

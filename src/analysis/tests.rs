@@ -285,6 +285,32 @@ fn timer_wake_is_not_joined_to_socket_and_idle_expiry() {
     assert!(chains[0].incomplete);
 }
 
+/// An epoll_wait that times out (returns 0) is followed by the loop's timer
+/// callbacks (libevent's EV_TIMEOUT, memcached's clock): they join the
+/// timer's chain, which ends when the thread waits again.
+#[test]
+fn a_timer_callback_after_a_timeout_joins_the_timer_chain() {
+    let mut c = Correlator::new();
+    let w = t(10, 11, "w");
+    let irq = t(0, 0, "swapper/0");
+    c.ingest(&ev(100, 0, w.clone(), Kind::EpollEnter { epfd: 4, maxevents: 8, syscall: Syscall::EpollWait }));
+    let woke = c.ingest(&ev(1_000, 0, irq, wake(w.clone(), 0, Cause::Timer)));
+    c.ingest(&ev(1_100, 0, w.clone(), switch_in(1_000, 0)));
+    let ret =
+        c.ingest(&ev(1_200, 0, w.clone(), Kind::EpollExit { enter_ts: 100, epfd: 4, ret: 0, syscall: Syscall::EpollWait, events: vec![] }));
+    let handler = Kind::Handler { id: 0, fd: None, events: Some(1), name: Some("clock_handler".into()), flags: Some("EV_TIMEOUT".into()) };
+    let h = c.ingest(&ev(1_300, 0, w.clone(), handler));
+    assert!(woke.chain.is_some());
+    assert_eq!((ret.chain, h.chain), (woke.chain, woke.chain), "the return and the callback are the timer's");
+    c.ingest(&ev(1_400, 0, w.clone(), Kind::EpollEnter { epfd: 4, maxevents: 8, syscall: Syscall::EpollWait }));
+    let chains = c.drain_completed();
+    assert_eq!(chains.len(), 1, "{chains:#?}");
+    let hop = &chains[0].hops[0];
+    assert!(!chains[0].incomplete);
+    assert_eq!(hop.epoll.as_ref().map(|e| e.ret), Some(0));
+    assert!(matches!(&hop.actions[..], [Action::Handler { name, .. }] if name == "clock_handler"), "{hop:#?}");
+}
+
 #[test]
 fn epoll_without_sleeping_makes_a_chain() {
     let mut c = Correlator::new();
