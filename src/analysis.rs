@@ -330,6 +330,9 @@ pub struct Chain {
     /// Open when the ring buffer lost records: a step may be missing or
     /// joined to the wrong wake-up.
     pub records_lost: bool,
+    /// Begun at an epoll_wait return whose thread did sleep: its wake-up is
+    /// in an earlier chain, closed incomplete (--idle-ms) before the return.
+    pub woken_in_closed_chain: bool,
 }
 
 impl Chain {
@@ -474,6 +477,8 @@ struct ThreadCtx {
     last_enter_epfd: i32,
     /// Switched out voluntarily, with no switch-in seen since.
     asleep: bool,
+    /// Woken in this epoll_wait, in a chain closed (--idle-ms) before it returned.
+    woken_in_closed_chain: bool,
 }
 
 /// Task states of `switch_out` (include/linux/sched.h).
@@ -686,11 +691,19 @@ impl Correlator {
             Some(mut c) => {
                 let mut hops = std::mem::take(&mut c.hops);
                 hops.clear();
-                *c = Chain { id, start_ts: ts, sock: None, hops, incomplete: false, records_lost: false };
+                *c = Chain { id, start_ts: ts, sock: None, hops, incomplete: false, records_lost: false, woken_in_closed_chain: false };
                 c
             }
             // Most chains have one hop: room for one, not the four a first push reserves.
-            None => Box::new(Chain { id, start_ts: ts, sock: None, hops: Vec::with_capacity(1), incomplete: false, records_lost: false }),
+            None => Box::new(Chain {
+                id,
+                start_ts: ts,
+                sock: None,
+                hops: Vec::with_capacity(1),
+                incomplete: false,
+                records_lost: false,
+                woken_in_closed_chain: false,
+            }),
         };
         self.open.insert(id, chain);
         id
@@ -859,6 +872,12 @@ impl Correlator {
         if let Some(mut c) = self.open.remove(&id) {
             c.incomplete = c.hops.iter().any(|h| !h.done);
             for t in self.threads.values_mut() {
+                // A thread woken in epoll_wait and not returned yet: its return
+                // will start a chain of its own, which must not read as "did not sleep".
+                let woken = |p: &(u64, usize)| p.0 == id && c.hops.get(p.1).is_some_and(|h| h.wake.is_some() && h.epoll.is_none());
+                if t.in_epoll && t.pending.iter().any(woken) {
+                    t.woken_in_closed_chain = true;
+                }
                 t.pending.retain(|p| p.0 != id);
             }
             self.complete(c);
@@ -878,6 +897,7 @@ impl Correlator {
     fn epoll_entered(&mut self, tid: u32, ts: u64, epfd: i32) {
         let t = self.threads.entry(tid).or_default();
         t.in_epoll = true;
+        t.woken_in_closed_chain = false;
         t.last_enter_ts = ts;
         t.last_enter_epfd = epfd;
         // Back to waiting: this thread's part of its chains is over, unless
@@ -1118,7 +1138,9 @@ impl Correlator {
                     // Its enter was not written (nothing happened to the thread in the call): it is implied.
                     self.epoll_entered(tid, *enter_ts, *epfd);
                 }
-                self.threads.entry(tid).or_default().in_epoll = false;
+                let t = self.threads.entry(tid).or_default();
+                t.in_epoll = false;
+                let woken_in_closed_chain = std::mem::take(&mut t.woken_in_closed_chain);
                 let mut returned: Vec<ReturnedEvent> = self.spare_returned.pop().unwrap_or_default();
                 returned.reserve(events.len());
                 for e in events.iter() {
@@ -1143,8 +1165,10 @@ impl Correlator {
                     // Events were ready: epoll_wait returned without sleeping.
                     let id = self.new_chain(ev.ts);
                     if let Some(c) = self.open.get_mut(&id) {
-                        // No wake-up: it found the event while running.
+                        // No wake-up: it found the event while running (or its
+                        // wake-up's chain was closed before this return).
                         c.hops.push(Hop { target: ev.task.clone(), ..Default::default() });
+                        c.woken_in_closed_chain = woken_in_closed_chain;
                     }
                     self.threads.entry(tid).or_default().pending.push((id, 0));
                     pending.push((id, 0));

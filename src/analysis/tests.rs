@@ -311,6 +311,36 @@ fn a_timer_callback_after_a_timeout_joins_the_timer_chain() {
     assert!(matches!(&hop.actions[..], [Action::Handler { name, .. }] if name == "clock_handler"), "{hop:#?}");
 }
 
+/// A thread woken in epoll_wait whose chain the idle timeout closed before
+/// it returned (a long wait for a CPU) did sleep: the chain its return
+/// begins says so, not "epoll_wait did not sleep".
+#[test]
+fn a_return_after_its_wake_chain_expired_is_not_called_sleepless() {
+    let mut c = Correlator::new();
+    let w = t(10, 11, "w");
+    let other = t(30, 30, "x");
+    c.ingest(&ev(100, 0, w.clone(), Kind::EpollEnter { epfd: 4, maxevents: 8, syscall: Syscall::EpollWait }));
+    c.ingest(&ev(1_000, 1, other.clone(), wake(w.clone(), 0, Cause::Timer)));
+    c.ingest(&ev(20_000_000, 1, other.clone(), Kind::EpollEnter { epfd: 7, maxevents: 1, syscall: Syscall::EpollWait }));
+    c.expire(10_000_000);
+    c.ingest(&ev(20_000_100, 0, w.clone(), switch_in(1_000, 0)));
+    c.ingest(&ev(20_000_200, 0, w.clone(), epoll_exit(4, &[9])));
+    c.ingest(&ev(20_000_300, 0, w.clone(), Kind::EpollEnter { epfd: 4, maxevents: 8, syscall: Syscall::EpollWait }));
+    let chains = c.drain_completed();
+    assert_eq!(chains.len(), 2, "{chains:#?}");
+    assert!(chains[0].incomplete && !chains[0].woken_in_closed_chain);
+    assert!(chains[1].hops[0].wake.is_none() && chains[1].woken_in_closed_chain, "{:#?}", chains[1]);
+    let r = crate::output::text::TextRenderer { t0: 0, stacks: false };
+    let text = r.chain(&chains[1], &mut crate::symbolize::KernelSyms::new());
+    assert!(text.contains("epoll_wait slept: its wake-up is in an earlier chain") && !text.contains("without sleeping"), "{text}");
+    // The next return that finds events while running is sleepless again.
+    let a = c.ingest(&ev(20_000_400, 0, w.clone(), epoll_exit(4, &[9])));
+    c.ingest(&ev(20_000_500, 0, w.clone(), Kind::EpollEnter { epfd: 4, maxevents: 8, syscall: Syscall::EpollWait }));
+    let chains = c.drain_completed();
+    assert_eq!((chains.len(), Some(chains[0].id)), (1, a.chain));
+    assert!(!chains[0].woken_in_closed_chain);
+}
+
 #[test]
 fn epoll_without_sleeping_makes_a_chain() {
     let mut c = Correlator::new();
@@ -378,7 +408,7 @@ fn unwritten_epoll_enter_is_implied_by_the_exit() {
     // The herd chain, complete (w0's part ended when it entered epoll_wait
     // again), and one for the call that returned at once, still being handled.
     assert_eq!((a.2, a.3), (2, 1), "{}", a.0);
-    assert!(a.0.starts_with("[Chain { id: 1,") && a.0.contains("records_lost: false }, Chain { id: 2,"), "{}", a.0);
+    assert!(a.0.starts_with("[Chain { id: 1,") && a.0.contains("woken_in_closed_chain: false }, Chain { id: 2,"), "{}", a.0);
     assert_eq!(a, b);
 }
 

@@ -496,10 +496,11 @@ fn chain_json(c: &Chain, t0: u64, stack_of: &mut dyn FnMut(&[u64]) -> Option<usi
         }
         None => match c.hops.first().and_then(|h| h.wake.as_ref()) {
             Some(w) => format!("wake-up: {}", w.cause.name()),
+            None if c.woken_in_closed_chain => format!("epoll_wait returned ({})", crate::output::text::CLOSED_WAKE),
             None => "epoll_wait returned without sleeping".to_string(),
         },
     };
-    let hops: Vec<Value> = c.hops.iter().map(|h| hop_json(h, c.start_ts, stack_of)).collect();
+    let hops: Vec<Value> = c.hops.iter().map(|h| hop_json(h, c.start_ts, c.woken_in_closed_chain, stack_of)).collect();
     let mut notes = Vec::new();
     if c.woken() > 1 {
         let winners = c.hops.iter().filter(|h| h.accepted()).count();
@@ -535,7 +536,7 @@ fn chain_json(c: &Chain, t0: u64, stack_of: &mut dyn FnMut(&[u64]) -> Option<usi
     })
 }
 
-fn hop_json(h: &Hop, start: u64, stack_of: &mut dyn FnMut(&[u64]) -> Option<usize>) -> Value {
+fn hop_json(h: &Hop, start: u64, woken_in_closed_chain: bool, stack_of: &mut dyn FnMut(&[u64]) -> Option<usize>) -> Value {
     let rel = |ts: u64| format!("+{} after the chain began", dur(ts.saturating_sub(start)));
     let mut steps: Vec<Value> = Vec::new();
     let mut last = start;
@@ -553,6 +554,13 @@ fn hop_json(h: &Hop, start: u64, stack_of: &mut dyn FnMut(&[u64]) -> Option<usiz
             ));
             last = w.ts;
         }
+        None if woken_in_closed_chain => steps.push(node(
+            "wake",
+            None,
+            format!("{} returned from epoll_wait", task(&h.target)),
+            vec![crate::output::text::CLOSED_WAKE.into()],
+            None,
+        )),
         None => steps.push(node(
             "wake",
             None,

@@ -192,10 +192,11 @@ impl TextRenderer {
                         .flat_map(|e| e.events.iter())
                         .filter_map(|r| Some(format!("fd {} {}", r.fd?, r.sock.as_deref()?.describe())))
                         .collect();
-                    if socks.is_empty() {
-                        "epoll_wait returned without sleeping".into()
-                    } else {
-                        format!("{}  (ready while the thread was running: epoll_wait did not sleep)", socks.join(", "))
+                    match (socks.is_empty(), c.woken_in_closed_chain) {
+                        (true, false) => "epoll_wait returned without sleeping".into(),
+                        (false, false) => format!("{}  (ready while the thread was running: epoll_wait did not sleep)", socks.join(", ")),
+                        (true, true) => format!("epoll_wait returned  ({CLOSED_WAKE})"),
+                        (false, true) => format!("{}  ({CLOSED_WAKE})", socks.join(", ")),
                     }
                 }
             },
@@ -401,6 +402,9 @@ pub fn no_epoll_note(stats: &Stats, herd: &[HerdRow]) -> Option<&'static str> {
         "no epoll_wait return and no accept of the targets was seen: netdrift follows epoll loops and accept calls; a server on io_uring (or poll, select) serves connections without them, so its accepts, connections and herd are not counted here, only its wake-ups",
     )
 }
+
+/// Title note of a chain begun at a return whose wake-up's chain expired.
+pub const CLOSED_WAKE: &str = "epoll_wait slept: its wake-up is in an earlier chain, closed incomplete by --idle-ms before this return";
 
 /// The end-of-trace summary.
 pub fn summary(stats: &Stats, losses: &Losses, secs: f64, ringbuf_mib: u32, why: &str) -> String {
