@@ -33,8 +33,12 @@ fn usage_error(args: &[&str], needle: &str) {
 #[test]
 fn bad_input_matrix() {
     usage_error(&["trace"], "no target");
-    let nine: Vec<&str> = (0..9).flat_map(|_| ["-c", "bash"]).collect();
+    let names: Vec<String> = (0..9).map(|i| format!("nd-none-{i}")).collect();
+    let nine: Vec<&str> = names.iter().flat_map(|n| ["-c", n.as_str()]).collect();
     usage_error(&[&["trace"][..], &nine].concat(), "at most 8 -c names");
+    // One name given nine times is one name.
+    let same: Vec<&str> = (0..9).flat_map(|_| ["-c", "nd-none-0"]).collect();
+    usage_error(&[&["trace"][..], &same].concat(), "no running process or thread is named \"nd-none-0\"");
     // A name from the traced system quoted in an error stays one inert line.
     usage_error(&["trace", "-p", "1", "--handler", "/no/such\x1b]0;t\x07\nbin:f"], "/no/such\\x1b]0;t\\x07\\x0abin");
     usage_error(&["trace", "-p", "1", "--handler", "exe:f:foo=bar"], "unknown field foo=bar");
