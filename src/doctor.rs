@@ -327,7 +327,7 @@ impl Privileges {
     }
 }
 
-const NEED_PRIV: &str = "netdrift needs root (or CAP_BPF + CAP_PERFMON): run it with sudo";
+const NEED_PRIV: &str = "netdrift needs root: run it with sudo (CAP_BPF and CAP_PERFMON load its programs; kernel addresses in /proc/kallsyms, tracefs and other users' /proc/PID/fd also take CAP_SYSLOG, CAP_DAC_READ_SEARCH and CAP_SYS_PTRACE)";
 
 fn check_pid_namespace(ns: Option<u64>, proc_ours: bool) -> Check {
     const FIX: &str = "pids here are not the kernel's: run netdrift in the host's pid namespace with its /proc (docker run --pid=host, Kubernetes hostPID: true)";
@@ -348,7 +348,7 @@ fn check_privileges(p: &Privileges) -> Vec<Check> {
     out.push(if p.euid == 0 {
         Check::pass("root", format!("euid 0, {caps}"))
     } else if p.bpf() && p.perfmon() {
-        Check::pass("root", format!("euid {} (not root, but CAP_BPF and CAP_PERFMON suffice), {caps}", p.euid))
+        Check::pass("root", format!("euid {} (not root: CAP_BPF and CAP_PERFMON load the programs; kallsyms, proc_fd and tracefs below say what else it reads), {caps}", p.euid))
     } else {
         Check::fail("root", format!("euid {}, {caps}", p.euid), NEED_PRIV)
     });
@@ -363,6 +363,21 @@ fn check_privileges(p: &Privileges) -> Vec<Check> {
     };
     out.push(cap_line("cap_bpf", CAP_BPF, "CAP_BPF"));
     out.push(cap_line("cap_perfmon", CAP_PERFMON, "CAP_PERFMON"));
+    // What the programs' records are read against: checked by reading, as capabilities alone do not say.
+    out.push(if crate::procfs::kallsyms_readable() {
+        Check::pass("kallsyms", "/proc/kallsyms shows kernel addresses: waker stacks are named")
+    } else {
+        let fix = format!("waker stacks unnamed, wake-up causes and contexts unknown: {}", crate::procfs::kallsyms_hidden_why());
+        Check::fail("kallsyms", "/proc/kallsyms shows zero addresses", &fix)
+    });
+    out.push(match fs::read_dir("/proc/1/fd") {
+        Ok(_) => Check::pass("proc_fd", "another user's /proc/PID/fd is readable (pid 1's): any target's sockets can be named"),
+        Err(e) => Check::fail(
+            "proc_fd",
+            format!("/proc/1/fd: {e}"),
+            "trace refuses other users' processes (their sockets would be nameless): run as root (or add CAP_SYS_PTRACE)",
+        ),
+    });
 
     let sysctl = |f: &str| fs::read_to_string(f).ok().and_then(|s| s.trim().parse::<i64>().ok());
     out.push(match sysctl("/proc/sys/kernel/unprivileged_bpf_disabled") {
@@ -403,7 +418,7 @@ fn check_tracefs() -> Check {
     }
     match tracefs::ensure_tracefs() {
         Ok(dir) => Check::pass("tracefs", format!("was not mounted; netdrift mounted it at {}", dir.display())),
-        Err(crate::Error::Feature(e)) => Check::fail("tracefs", e, consequence),
+        Err(crate::Error::Feature(e) | crate::Error::Privilege(e)) => Check::fail("tracefs", e, consequence),
         Err(e) => Check::fail("tracefs", format!("not mounted, and netdrift cannot mount it: {e}"), consequence),
     }
 }
@@ -873,6 +888,12 @@ fn features(r: &Report) -> Vec<Check> {
         )
     } else {
         Check::new("trace", false, format!("core chain incomplete: {} failed (see above)", m.join(", ")))
+    });
+
+    out.push(if r.ok("kallsyms") {
+        Check::pass("wake_causes", "waker stacks named from /proc/kallsyms: each wake-up's cause (socket, pipe, timer...) and context")
+    } else {
+        Check::new("wake_causes", false, "kallsyms failed (see above): wake-up causes and contexts read unknown")
     });
 
     out.push(if r.ok("core:epoll_ready_list") {

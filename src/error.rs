@@ -14,8 +14,11 @@ pub enum Error {
     NoSuchTid(u32),
     #[error("no running process or thread is named {0:?} (names are the 15-byte comm shown by `ps -eo comm` / `ps -eLo comm`; add --wait to trace one started later)")]
     NoSuchComm(String),
-    #[error("netdrift needs root (or CAP_BPF + CAP_PERFMON): run it with sudo")]
+    #[error("netdrift needs root: run it with sudo (CAP_BPF and CAP_PERFMON load its programs; kernel addresses in /proc/kallsyms, tracefs and other users' /proc/PID/fd also take CAP_SYSLOG, CAP_DAC_READ_SEARCH and CAP_SYS_PTRACE)")]
     NotPrivileged,
+    /// Allowed to load the programs, not to read what they need (exit code 2).
+    #[error("{0}")]
+    Privilege(String),
     #[error(
         "{0}: the kernel's programs see the host's pids, not these; run netdrift in the host's pid namespace with its /proc (docker run --pid=host, Kubernetes hostPID: true)"
     )]
@@ -87,6 +90,7 @@ impl Error {
             | Error::NoSuchTid(_)
             | Error::NoSuchComm(_)
             | Error::NotPrivileged
+            | Error::Privilege(_)
             | Error::PidNamespace(_)
             | Error::Output { .. } => 2,
             _ => 1,

@@ -211,6 +211,7 @@ fn cmd_trace_with(a: TraceArgs, report: Report, tweak: impl FnOnce(&mut TraceOpt
     netdrift::probes::preflight()?;
     let (tgids, tids) =
         procfs::resolve_targets(&a.target.pids, &a.target.tids, &a.target.comms, !a.target.no_children, true, a.target.wait)?;
+    procfs::check_fd_access(&tgids, &tids)?;
     // `exe` and library names are looked up in the first target the user named (-p, then
     // -t, then the first -c name's processes), not the lowest pid of the set (a child,
     // or a process of another -c name).

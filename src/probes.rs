@@ -424,6 +424,12 @@ impl<'obj> Probes<'obj> {
             open.progs.nd_napi_poll.set_autoload(false);
             notes.push("kernel lacks net:netif_receive_skb or napi:napi_poll as tp_btf: --packets shows nothing".into());
         }
+        if !crate::procfs::kallsyms_readable() {
+            notes.push(format!(
+                "/proc/kallsyms shows no kernel addresses to netdrift, so waker stacks cannot be named: wake-up causes and contexts read unknown ({})",
+                crate::procfs::kallsyms_hidden_why()
+            ));
+        }
         if !features.inet_sock_set_state {
             open.progs.nd_inet_sock_set_state.set_autoload(false);
             notes.push("kernel has no sock:inet_sock_set_state: TCP state changes are not reported".into());

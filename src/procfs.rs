@@ -362,6 +362,44 @@ pub fn pid_namespace_problem() -> Option<String> {
     }
 }
 
+/// Whether /proc/kallsyms shows addresses to this process: kernel.kptr_restrict
+/// hides them (from all at 2; at 1, from those without CAP_SYSLOG), and waker
+/// stacks then cannot be named.
+pub fn kallsyms_readable() -> bool {
+    let mut first = String::new();
+    if let Ok(f) = std::fs::File::open("/proc/kallsyms") {
+        let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(f), &mut first);
+    }
+    first.split_whitespace().next().map(|a| a.chars().any(|c| c != '0')).unwrap_or(false)
+}
+
+/// Why kernel addresses are hidden, for messages: the sysctl's value and the fix.
+pub fn kallsyms_hidden_why() -> String {
+    let kr = std::fs::read_to_string("/proc/sys/kernel/kptr_restrict").map(|s| s.trim().to_string()).unwrap_or_else(|_| "?".into());
+    // SAFETY: geteuid cannot fail and has no preconditions.
+    if unsafe { libc::geteuid() } == 0 || kr == "2" {
+        format!("kernel.kptr_restrict is {kr}: set it to 1 (sysctl kernel.kptr_restrict=1) for the trace")
+    } else {
+        format!("kernel.kptr_restrict is {kr}: run netdrift as root (or add CAP_SYSLOG)")
+    }
+}
+
+/// Targets whose open files this process may not list (another user's
+/// process, without CAP_SYS_PTRACE): their sockets would be nameless, and
+/// wake-ups blamed on other threads. Refused before anything is loaded.
+pub fn check_fd_access(tgids: &[u32], tids: &[u32]) -> crate::Result<()> {
+    for p in tgids.iter().copied().chain(tids.iter().filter_map(|&t| tgid_of(t))) {
+        if let Err(e) = std::fs::read_dir(format!("/proc/{p}/fd")) {
+            if matches!(e.raw_os_error(), Some(libc::EACCES) | Some(libc::EPERM)) {
+                return Err(crate::Error::Privilege(format!(
+                    "cannot list /proc/{p}/fd ({e}): netdrift names a wake-up's socket from the target's open files; run it as root (or add CAP_SYS_PTRACE)"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Root, or CAP_BPF with CAP_PERFMON, or CAP_SYS_ADMIN.
 pub fn privileged() -> bool {
     let caps = cap_eff();

@@ -38,7 +38,9 @@ pub fn ensure_tracefs() -> Result<PathBuf> {
     }
     if let Some(at) = tracefs_mount() {
         // Mounted, but its events/ is not this user's to read (mode 0700).
-        return Err(Error::Feature(format!("tracefs is mounted at {at} but this user cannot read it: run netdrift as root")));
+        return Err(Error::Privilege(format!(
+            "tracefs is mounted at {at} but this user cannot read it: run netdrift as root (or add CAP_DAC_READ_SEARCH)"
+        )));
     }
     let how = format!("mount it by hand with `mount -t tracefs nodev {TRACEFS}`");
     if !Path::new(TRACEFS).is_dir() {

@@ -36,6 +36,8 @@ fn doctor_matches_this_kernel() {
         "pid_namespace",
         "cap_bpf",
         "cap_perfmon",
+        "kallsyms",
+        "proc_fd",
         "tracefs",
         "prog:tp_btf",
         "prog:raw_tp",
@@ -55,7 +57,7 @@ fn doctor_matches_this_kernel() {
         assert!(!c.detail.trim().is_empty(), "{name} has no detail:\n{text}");
         assert!(r.checks.iter().any(|c| c.name == name), "{name} is not among the checks");
     }
-    for name in ["trace", "socket_identity", "socket_reads", "tcp_state", "handler_probes", "offwake"] {
+    for name in ["trace", "wake_causes", "socket_identity", "socket_reads", "tcp_state", "handler_probes", "offwake"] {
         let c = get(&r, name);
         assert!(!c.detail.trim().is_empty(), "{name} has no detail:\n{text}");
         assert!(r.features.iter().any(|c| c.name == name), "{name} is not among the features");
@@ -64,6 +66,10 @@ fn doctor_matches_this_kernel() {
     let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
     assert_eq!(r.kernel, release.trim());
     assert!(get(&r, "root").ok, "running as root, yet:\n{text}");
+    // What netdrift reads beside its programs, checked by reading it.
+    assert_eq!(get(&r, "kallsyms").ok, netdrift::procfs::kallsyms_readable(), "{text}");
+    assert_eq!(get(&r, "wake_causes").ok, get(&r, "kallsyms").ok, "{text}");
+    assert!(get(&r, "proc_fd").ok, "root reads /proc/1/fd:\n{text}");
 
     let btf = Path::new("/sys/kernel/btf/vmlinux").exists();
     assert_eq!(get(&r, "btf").ok, btf, "btf line disagrees with /sys/kernel/btf/vmlinux existing={btf}:\n{text}");

@@ -118,11 +118,7 @@ pub fn ident_url(base: &str, ident: &str) -> String {
 /// Whether /proc/kallsyms shows addresses to this user (kptr_restrict hides
 /// them from unprivileged users: stacks then cannot be symbolized).
 pub fn kallsyms_readable() -> bool {
-    let mut first = String::new();
-    if let Ok(f) = File::open("/proc/kallsyms") {
-        let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(f), &mut first);
-    }
-    first.split_whitespace().next().map(|a| a.chars().any(|c| c != '0')).unwrap_or(false)
+    crate::procfs::kallsyms_readable()
 }
 
 /// Per target thread: what the flame graph needs to know at a wake-up.
