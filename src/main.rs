@@ -72,9 +72,10 @@ fn main() {
                 .filter(|(f, k)| *k == kept && !netdrift::output::output_target(f).1)
                 .filter_map(|(f, _)| {
                     let partial = netdrift::output::partial_path(f);
-                    match kept {
-                        true => partial.exists().then_some(partial),
-                        false => (!f.exists()).then(|| f.clone()),
+                    if kept {
+                        partial.exists().then_some(partial)
+                    } else {
+                        (!f.exists()).then(|| f.clone())
                     }
                 })
                 .map(|p| p.display().to_string())
