@@ -119,7 +119,7 @@ pub fn command() -> clap::Command {
             a.help("With --json: take every waker's kernel stack and put it in the JSON wake lines (refused without --json: the herd table has no stacks).")
         })
         .mut_arg("output_file", |a| {
-            a.help("Write the herd table and summary (with --json: the event lines) to FILE (as FILE.partial until the trace ends cleanly; a device or FIFO is written in place).")
+            a.help("Write the herd table and summary (with --json: the event lines) to FILE (as FILE.partial until the trace ends cleanly; a device or FIFO is written in place); the table and summary are also printed on stderr.")
         })
     })
 }

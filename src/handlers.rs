@@ -571,18 +571,23 @@ pub fn merge(all: Vec<Resolved>) -> Result<Vec<Resolved>, Error> {
 
 /// A preset resolved in every target running a program of its own (-p
 /// REDIS -p NGINX --preset redis --preset nginx): the targets' processes
-/// in order, each distinct executable once. It fails only when it matches
-/// in none, with the first target's reasons.
+/// in order, each distinct executable and set of mapped files once (nginx's
+/// workers are their master; a process given another copy of a library
+/// with LD_LIBRARY_PATH, or still running a replaced one, is not). It fails
+/// only when it matches in none, with the first target's reasons.
 pub fn resolve_preset(name: &str, pids: &[u32]) -> Result<Vec<Resolved>, Error> {
     use std::os::unix::fs::MetadataExt;
     let specs = preset(name).ok_or_else(|| Error::Usage(format!("--preset {name}: no such preset (one of {})", PRESETS.join(", "))))?;
-    let mut exes = std::collections::HashSet::new();
-    let (mut out, mut first_err) = (Vec::new(), None);
+    let mut seen = std::collections::HashSet::new();
+    let (mut out, mut first_err, mut tried) = (Vec::new(), None, Vec::new());
     for &pid in pids {
-        let exe = std::fs::metadata(format!("/proc/{pid}/exe")).map(|m| (m.dev(), m.ino()));
-        if exe.as_ref().is_ok_and(|e| !exes.insert(*e)) {
+        let exe = std::fs::metadata(format!("/proc/{pid}/exe")).map(|m| (m.dev(), m.ino())).ok();
+        let files: std::collections::BTreeSet<String> =
+            target_maps(pid).into_iter().map(|m| m.path).filter(|p| p.starts_with('/')).collect();
+        if exe.is_some() && !seen.insert((exe, files)) {
             continue;
         }
+        tried.push(pid.to_string());
         match resolve(&specs, Some(pid), true) {
             Ok(r) => out.extend(r),
             Err(e) => {
@@ -592,7 +597,10 @@ pub fn resolve_preset(name: &str, pids: &[u32]) -> Result<Vec<Resolved>, Error> 
     }
     match (out.is_empty(), first_err) {
         (false, _) => Ok(out),
-        (true, Some((pid, Error::Usage(m)))) => Err(Error::Usage(format!("--preset {name} (looked up in pid {pid}): {m}"))),
+        (true, Some((pid, Error::Usage(m)))) if tried.len() == 1 => Err(Error::Usage(format!("--preset {name} (looked up in pid {pid}): {m}"))),
+        (true, Some((pid, Error::Usage(m)))) => {
+            Err(Error::Usage(format!("--preset {name} (looked up in pids {}; pid {pid}'s reasons): {m}", tried.join(", "))))
+        }
         (true, Some((_, e))) => Err(e),
         (true, None) => Err(Error::Usage(format!(
             "--preset {name}: a preset is looked up in a running target's program and libraries (-p PID, -t TID or -c COMM); with --wait, give its probes with the file's path in place of `exe` or the library name (--handler /usr/bin/x:GLOB...): {}",

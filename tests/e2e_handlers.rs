@@ -48,7 +48,12 @@ impl Drop for Proc {
 
 /// Start the Envoy-like server; returns it and its port.
 fn start_envoy_like(bin: &Path) -> (Proc, u16) {
-    let mut child = Command::new(bin).arg("0").stdout(Stdio::piped()).spawn().unwrap();
+    start_envoy_like_cmd(Command::new(bin))
+}
+
+/// The same, from a command for it (an environment of its own).
+fn start_envoy_like_cmd(mut cmd: Command) -> (Proc, u16) {
+    let mut child = cmd.arg("0").stdout(Stdio::piped()).spawn().unwrap();
     let mut out = child.stdout.take().unwrap();
     let mut line = Vec::new();
     let mut b = [0u8; 1];
@@ -256,6 +261,50 @@ fn presets_for_two_servers_one_on_libevent_core() {
     assert_eq!(calls("acceptTcpHandler", rd_pid), k, "one acceptTcpHandler per redis connection");
     assert!(calls("readQueryFromClient", rd_pid) >= k);
     assert_eq!(calls("event_active_nolock_", rd_pid) + calls("acceptTcpHandler", ev_pid), 0, "each server its own handlers");
+}
+
+/// Two processes of one program, the second given its own copy of libevent
+/// (LD_LIBRARY_PATH): the preset probes both copies, and each process's
+/// calls are recorded.
+#[test]
+fn a_preset_probes_each_copy_of_a_library() {
+    if !require_root() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let bin = build_envoy_like(dir.path());
+    let (a, a_port) = start_envoy_like(&bin);
+    let maps = std::fs::read_to_string(format!("/proc/{}/maps", a.0.id())).unwrap();
+    let lib = maps.split_whitespace().find(|w| w.contains("/libevent-2")).expect("envoy_like maps libevent").to_string();
+    let copy_dir = dir.path().join("lib");
+    std::fs::create_dir(&copy_dir).unwrap();
+    // The soname the program asks for, not the versioned file name the maps show.
+    let soname = "libevent-2.1.so.7";
+    std::fs::copy(&lib, copy_dir.join(soname)).unwrap();
+    let mut cmd = Command::new(&bin);
+    cmd.env("LD_LIBRARY_PATH", &copy_dir);
+    let (b_proc, b_port) = start_envoy_like_cmd(cmd);
+    let (a_pid, b_pid) = (a.0.id(), b_proc.0.id());
+    assert!(std::fs::read_to_string(format!("/proc/{b_pid}/maps")).unwrap().contains(copy_dir.to_str().unwrap()), "the copy is mapped");
+    let lines = trace_json_pids(&[a_pid, b_pid], &["--preset", "libevent"], || {
+        for port in [a_port, b_port] {
+            let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+            let mut r = String::new();
+            s.read_to_string(&mut r).unwrap();
+            assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+        }
+    });
+    let probed: Vec<&str> = lines[0]["handlers"].as_array().unwrap().iter().map(|h| h["path"].as_str().unwrap()).collect();
+    assert_eq!(probed.len(), 2, "one probe per copy of libevent: {probed:?}");
+    assert!(probed.iter().any(|p| p.contains(copy_dir.to_str().unwrap())), "{probed:?}");
+    for pid in [a_pid, b_pid] {
+        let n = of_type(&lines, "handler")
+            .into_iter()
+            .filter(|h| h["task"]["pid"] == pid && h["flags"].as_str().is_some_and(|f| f.contains("EV_READ")))
+            .count();
+        assert!(n >= 2, "pid {pid}: the listener's and the connection's EV_READ, got {n}");
+    }
 }
 
 fn usage_error(args: &[&str], needle: &str) {
