@@ -874,8 +874,9 @@ impl Correlator {
             for t in self.threads.values_mut() {
                 // A thread woken in epoll_wait and not returned yet: its return
                 // will start a chain of its own, which must not read as "did not sleep".
+                // Not only after an epoll_enter seen: the thread's first wait may have begun before the trace.
                 let woken = |p: &(u64, usize)| p.0 == id && c.hops.get(p.1).is_some_and(|h| h.wake.is_some() && h.epoll.is_none());
-                if t.in_epoll && t.pending.iter().any(woken) {
+                if t.pending.iter().any(woken) {
                     t.woken_in_closed_chain = true;
                 }
                 t.pending.retain(|p| p.0 != id);

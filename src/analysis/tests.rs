@@ -316,9 +316,19 @@ fn a_timer_callback_after_a_timeout_joins_the_timer_chain() {
 /// begins says so, not "epoll_wait did not sleep".
 #[test]
 fn a_return_after_its_wake_chain_expired_is_not_called_sleepless() {
+    // The first wait of a trace began before it: no epoll_enter seen.
+    let mut first = Correlator::new();
+    let (w, other) = (t(10, 11, "w"), t(30, 30, "x"));
+    first.ingest(&ev(1_000, 1, other.clone(), wake(w.clone(), 0, Cause::Timer)));
+    first.ingest(&ev(20_000_000, 1, other.clone(), Kind::EpollEnter { epfd: 7, maxevents: 1, syscall: Syscall::EpollWait }));
+    first.expire(10_000_000);
+    first.ingest(&ev(20_000_100, 0, w.clone(), switch_in(1_000, 0)));
+    first.ingest(&ev(20_000_200, 0, w.clone(), epoll_exit(4, &[9])));
+    first.ingest(&ev(20_000_300, 0, w.clone(), Kind::EpollEnter { epfd: 4, maxevents: 8, syscall: Syscall::EpollWait }));
+    let chains = first.drain_completed();
+    assert!(chains.len() == 2 && chains[1].woken_in_closed_chain, "{chains:#?}");
+
     let mut c = Correlator::new();
-    let w = t(10, 11, "w");
-    let other = t(30, 30, "x");
     c.ingest(&ev(100, 0, w.clone(), Kind::EpollEnter { epfd: 4, maxevents: 8, syscall: Syscall::EpollWait }));
     c.ingest(&ev(1_000, 1, other.clone(), wake(w.clone(), 0, Cause::Timer)));
     c.ingest(&ev(20_000_000, 1, other.clone(), Kind::EpollEnter { epfd: 7, maxevents: 1, syscall: Syscall::EpollWait }));
@@ -333,6 +343,7 @@ fn a_return_after_its_wake_chain_expired_is_not_called_sleepless() {
     let r = crate::output::text::TextRenderer { t0: 0, stacks: false };
     let text = r.chain(&chains[1], &mut crate::symbolize::KernelSyms::new());
     assert!(text.contains("epoll_wait slept: its wake-up is in an earlier chain") && !text.contains("without sleeping"), "{text}");
+    assert!(text.contains("w[11] returned from epoll_wait (woken in an earlier chain)") && !text.contains("was running"), "{text}");
     // The next return that finds events while running is sleepless again.
     let a = c.ingest(&ev(20_000_400, 0, w.clone(), epoll_exit(4, &[9])));
     c.ingest(&ev(20_000_500, 0, w.clone(), Kind::EpollEnter { epfd: 4, maxevents: 8, syscall: Syscall::EpollWait }));

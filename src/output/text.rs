@@ -252,7 +252,7 @@ impl TextRenderer {
         for (i, h) in c.hops.iter().enumerate() {
             let last = i + 1 == n;
             let (branch, cont) = if last { ("`-", "   ") } else { ("|-", "|  ") };
-            self.hop(&mut o, h, branch, cont, &rel, syms);
+            self.hop(&mut o, h, (branch, cont, c.woken_in_closed_chain), &rel, syms);
         }
         if c.woken() > 1 {
             let winners = c.hops.iter().filter(|h| h.accepted()).count();
@@ -271,7 +271,10 @@ impl TextRenderer {
         o
     }
 
-    fn hop(&self, o: &mut String, h: &Hop, branch: &str, cont: &str, rel: &dyn Fn(u64) -> String, syms: &mut KernelSyms) {
+    /// One hop: `tree` is its branch and continuation marks, and whether
+    /// its chain began at a return whose wake-up is in an earlier chain.
+    fn hop(&self, o: &mut String, h: &Hop, tree: (&str, &str, bool), rel: &dyn Fn(u64) -> String, syms: &mut KernelSyms) {
+        let (branch, cont, woken_earlier) = tree;
         match &h.wake {
             Some(w) => {
                 let _ = writeln!(
@@ -290,6 +293,9 @@ impl TextRenderer {
                         let _ = writeln!(o, "  {cont}     | {}", term_safe(&f));
                     }
                 }
+            }
+            None if woken_earlier => {
+                let _ = writeln!(o, "  {branch} {} returned from epoll_wait (woken in an earlier chain)", task(&h.target));
             }
             None => {
                 let _ = writeln!(o, "  {branch} {} was running", task(&h.target));
