@@ -23,6 +23,8 @@ use crate::probe_skel::{ProbeSkel, ProbeSkelBuilder};
 use crate::tracefs;
 
 /// Capability numbers (include/uapi/linux/capability.h).
+pub const CAP_DAC_READ_SEARCH: u32 = 2;
+pub const CAP_SYS_PTRACE: u32 = 19;
 pub const CAP_SYS_ADMIN: u32 = 21;
 pub const CAP_PERFMON: u32 = 38;
 pub const CAP_BPF: u32 = 39;
@@ -79,7 +81,7 @@ impl Check {
 }
 
 /// Checks whose failure does not matter to netdrift (it never uses them).
-const INFORMATIONAL: &[&str] = &["prog:raw_tp", "prog:fentry", "prog:kprobe"];
+const INFORMATIONAL: &[&str] = &["prog:raw_tp", "prog:fentry", "prog:kprobe", "prog:uprobe", "prog:uprobe_multi"];
 
 // ---------------------------------------------------------------------------
 // Pure helpers (unit-tested without root).
@@ -370,13 +372,21 @@ fn check_privileges(p: &Privileges) -> Vec<Check> {
         let fix = format!("waker stacks unnamed, wake-up causes and contexts unknown: {}", crate::procfs::kallsyms_hidden_why());
         Check::fail("kallsyms", "/proc/kallsyms shows zero addresses", &fix)
     });
-    out.push(match fs::read_dir("/proc/1/fd") {
-        Ok(_) => Check::pass("proc_fd", "another user's /proc/PID/fd is readable (pid 1's): any target's sockets can be named"),
-        Err(e) => Check::fail(
+    // No process of another user is sure to be readable even by one allowed
+    // (pid 1 may be undumpable): told from the capabilities; trace reads each target's.
+    let missing: Vec<&str> = [(CAP_DAC_READ_SEARCH, "CAP_DAC_READ_SEARCH"), (CAP_SYS_PTRACE, "CAP_SYS_PTRACE")]
+        .iter()
+        .filter(|(c, _)| !p.cap(*c))
+        .map(|(_, n)| *n)
+        .collect();
+    out.push(if p.euid == 0 || missing.is_empty() {
+        Check::pass("proc_fd", "another user's /proc/PID/fd and fdinfo are readable (root, or CAP_DAC_READ_SEARCH and CAP_SYS_PTRACE): any target's sockets can be named")
+    } else {
+        Check::fail(
             "proc_fd",
-            format!("/proc/1/fd: {e}"),
-            "trace refuses other users' processes (their sockets would be nameless): run as root (or add CAP_SYS_PTRACE)",
-        ),
+            format!("not root, and {} not effective", missing.join(" and ")),
+            &format!("trace refuses other users' processes (their sockets would be nameless): {}", crate::procfs::FD_ACCESS_FIX),
+        )
     });
 
     let sysctl = |f: &str| fs::read_to_string(f).ok().and_then(|s| s.trim().parse::<i64>().ok());
@@ -434,6 +444,9 @@ enum Hook {
     /// A uprobe on libc's `getpid` (or, without a shared libc, on
     /// [`netdrift_doctor_uprobe_target`] in this executable).
     Uprobe,
+    /// The same through a multi-uprobe link, as trace attaches handlers
+    /// where the kernel has them.
+    UprobeMulti,
 }
 
 /// What makes an attached probe fire.
@@ -613,7 +626,7 @@ fn probe(prog: &str, hook: Hook, trigger: Trigger) -> Outcome {
         return out;
     };
     let uprobe_target = match hook {
-        Hook::Uprobe => match UprobeTarget::find() {
+        Hook::Uprobe | Hook::UprobeMulti => match UprobeTarget::find() {
             Ok(t) => {
                 out.target = Some(format!("{} in {}", t.symbol(), t.path().display()));
                 Some(t)
@@ -628,6 +641,9 @@ fn probe(prog: &str, hook: Hook, trigger: Trigger) -> Outcome {
     let before = read_hits(&skel);
     let link: Result<Link, String> = match &uprobe_target {
         None => program.attach().map_err(|e| bpf_error(&e, prog)),
+        Some(t) if matches!(hook, Hook::UprobeMulti) => program
+            .attach_uprobe_multi_with_opts(-1, t.path(), t.symbol(), libbpf_rs::UprobeMultiOpts::default())
+            .map_err(|e| bpf_error(&e, prog)),
         Some(t) => attach_uprobe(&program, t).map_err(|e| bpf_error(&e, prog)),
     };
     let link = match link {
@@ -781,7 +797,17 @@ fn prog_specs() -> Vec<ProgSpec> {
             hook: Hook::Uprobe,
             trigger: Trigger::UprobeCall,
             expect: Expect::Hits,
-            consequence: "handler probes (uprobes on the server's functions) unavailable",
+            consequence:
+                "single uprobes, which trace attaches handlers with before Linux 6.6 (handler_probes says which this kernel needs)",
+        },
+        ProgSpec {
+            check: "prog:uprobe_multi",
+            prog: "probe_uprobe_multi",
+            what: "multi-uprobe link",
+            hook: Hook::UprobeMulti,
+            trigger: Trigger::UprobeCall,
+            expect: Expect::Hits,
+            consequence: "trace attaches handlers with these links where the kernel has them (Linux 6.6+), single uprobes before",
         },
         ProgSpec {
             check: "map:ringbuf",
@@ -936,10 +962,12 @@ fn features(r: &Report) -> Vec<Check> {
         )
     });
 
-    out.push(if r.ok("prog:uprobe") {
-        Check::pass("handler_probes", "uprobes attach and fire: handler functions can be timed")
+    // Checked the way trace attaches them on this kernel.
+    let handler_check = if feats.uprobe_multi { "prog:uprobe_multi" } else { "prog:uprobe" };
+    out.push(if r.ok(handler_check) {
+        Check::pass("handler_probes", format!("{handler_check}: uprobes attach and fire: handler functions can be timed"))
     } else {
-        Check::new("handler_probes", false, "prog:uprobe failed (see above): no handler probes")
+        Check::new("handler_probes", false, format!("{handler_check} failed (see above): no handler probes"))
     });
 
     let state = |name: &str| if r.ok(name) { "works" } else { "unavailable" };

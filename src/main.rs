@@ -212,7 +212,8 @@ fn cmd_trace_with(a: TraceArgs, report: Report, tweak: impl FnOnce(&mut TraceOpt
     netdrift::probes::preflight()?;
     let (tgids, tids) =
         procfs::resolve_targets(&a.target.pids, &a.target.tids, &a.target.comms, !a.target.no_children, true, a.target.wait)?;
-    procfs::check_fd_access(&tgids, &tids)?;
+    // Said once the command line is known to be good (the handlers resolve).
+    let fd_notes = procfs::check_fd_access(&tgids, &tids)?;
     // `exe` and library names are looked up in the first target the user named (-p, then
     // -t, then the first -c name's processes), not the lowest pid of the set (a child,
     // or a process of another -c name).
@@ -254,6 +255,9 @@ fn cmd_trace_with(a: TraceArgs, report: Report, tweak: impl FnOnce(&mut TraceOpt
             h.offset,
             netdrift::output::term_safe(&h.spec)
         );
+    }
+    for n in fd_notes {
+        eprintln!("netdrift: {}", netdrift::output::term_safe(&n));
     }
     if !handlers.is_empty() {
         // The one cost outside the targets (docs/handlers.md, "Cost").
@@ -467,6 +471,17 @@ fn cmd_report(a: netdrift::cli::ReportArgs) -> anyhow::Result<()> {
     use netdrift::output::html::ReportWriter;
     let file = a.file.clone();
     let t = &a.trace;
+    // `report -p PID -o r.html 5` would write the HTML to a file named 5 and trace until Ctrl-C.
+    let is_html = |p: &std::path::Path| p.extension().is_some_and(|e| e.eq_ignore_ascii_case("html") || e.eq_ignore_ascii_case("htm"));
+    let misplaced =
+        file.to_str().is_some_and(|f| f.parse::<f64>().is_ok()) || (!is_html(&file) && t.out.output_file.as_deref().is_some_and(is_html));
+    if misplaced {
+        return Err(Error::Usage(format!(
+            "report {}: the HTML file is the first argument and -o takes the text summary: netdrift report [OPTIONS] FILE.html [DURATION]",
+            file.display()
+        ))
+        .into());
+    }
     // The report's own file is one more output (the trace checks the others again).
     check_outputs(
         a.from.as_deref(),

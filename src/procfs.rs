@@ -377,27 +377,62 @@ pub fn kallsyms_readable() -> bool {
 pub fn kallsyms_hidden_why() -> String {
     let kr = std::fs::read_to_string("/proc/sys/kernel/kptr_restrict").map(|s| s.trim().to_string()).unwrap_or_else(|_| "?".into());
     // SAFETY: geteuid cannot fail and has no preconditions.
-    if unsafe { libc::geteuid() } == 0 || kr == "2" {
+    let root = unsafe { libc::geteuid() } == 0;
+    if root {
         format!("kernel.kptr_restrict is {kr}: set it to 1 (sysctl kernel.kptr_restrict=1) for the trace")
+    } else if kr == "2" {
+        format!("kernel.kptr_restrict is {kr}: set it to 1 (sysctl kernel.kptr_restrict=1) and run netdrift as root (or add CAP_SYSLOG)")
     } else {
         format!("kernel.kptr_restrict is {kr}: run netdrift as root (or add CAP_SYSLOG)")
     }
 }
 
-/// Targets whose open files this process may not list (another user's
-/// process, without CAP_SYS_PTRACE): their sockets would be nameless, and
-/// wake-ups blamed on other threads. Refused before anything is loaded.
-pub fn check_fd_access(tgids: &[u32], tids: &[u32]) -> crate::Result<()> {
-    for p in tgids.iter().copied().chain(tids.iter().filter_map(|&t| tgid_of(t))) {
-        if let Err(e) = std::fs::read_dir(format!("/proc/{p}/fd")) {
-            if matches!(e.raw_os_error(), Some(libc::EACCES) | Some(libc::EPERM)) {
-                return Err(crate::Error::Privilege(format!(
-                    "cannot list /proc/{p}/fd ({e}): netdrift names a wake-up's socket from the target's open files; run it as root (or add CAP_SYS_PTRACE)"
-                )));
-            }
+/// Why this process cannot read `pid`'s open files as netdrift does (list
+/// /proc/PID/fd, read a link there and its fdinfo), if it cannot: another
+/// user's process takes CAP_DAC_READ_SEARCH to list and CAP_SYS_PTRACE to read.
+pub fn fd_access_problem(pid: u32) -> Option<String> {
+    let denied = |e: &std::io::Error| matches!(e.raw_os_error(), Some(libc::EACCES) | Some(libc::EPERM));
+    let dir = format!("/proc/{pid}/fd");
+    let first = match std::fs::read_dir(&dir) {
+        Ok(mut d) => d.find_map(|e| e.ok()).map(|e| e.file_name()),
+        Err(e) if denied(&e) => return Some(format!("cannot list {dir} ({e})")),
+        // Gone meanwhile: said elsewhere.
+        Err(_) => return None,
+    };
+    let fd = first?;
+    let fd = fd.to_string_lossy();
+    if let Err(e) = std::fs::read_link(format!("{dir}/{fd}")).and_then(|_| std::fs::read(format!("/proc/{pid}/fdinfo/{fd}"))) {
+        if denied(&e) {
+            return Some(format!("cannot read {dir}/{fd} or its fdinfo ({e})"));
         }
     }
-    Ok(())
+    None
+}
+
+/// The fix for [`fd_access_problem`].
+pub const FD_ACCESS_FIX: &str = "run it as root (or add both CAP_DAC_READ_SEARCH and CAP_SYS_PTRACE)";
+
+/// Targets whose open files this process may not read (another user's
+/// process without CAP_DAC_READ_SEARCH and CAP_SYS_PTRACE): their sockets
+/// would be nameless, and wake-ups blamed on other threads. Refused before
+/// anything is loaded; as root (a process even root cannot read, in a
+/// sandbox of its own), said in the returned notes and traced.
+pub fn check_fd_access(tgids: &[u32], tids: &[u32]) -> crate::Result<Vec<String>> {
+    // SAFETY: geteuid cannot fail and has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let mut notes = Vec::new();
+    for p in tgids.iter().copied().chain(tids.iter().filter_map(|&t| tgid_of(t))) {
+        if let Some(why) = fd_access_problem(p) {
+            if root {
+                notes.push(format!("{why}: pid {p}'s sockets are not named and its epoll data words not mapped to fds"));
+                continue;
+            }
+            return Err(crate::Error::Privilege(format!(
+                "{why}: netdrift names a wake-up's socket from the target's open files; {FD_ACCESS_FIX}"
+            )));
+        }
+    }
+    Ok(notes)
 }
 
 /// Root, or CAP_BPF with CAP_PERFMON, or CAP_SYS_ADMIN.

@@ -58,6 +58,9 @@ fn bad_input_matrix() {
     usage_error(&["trace", "--bogus"], "unexpected argument");
     usage_error(&["demo", "--mode", "fast"], "invalid value");
     usage_error(&["demo", "--workers", "0"], "--workers");
+    // The HTML file is report's first argument: a duration or an -o NAME.html in its place is refused.
+    usage_error(&["report", "-p", "1", "-o", "r.html", "5"], "report 5: the HTML file is the first argument");
+    usage_error(&["report", "-p", "1", "summary.txt", "-o", "r.html", "5"], "-o takes the text summary");
 }
 
 /// A zombie (exited, not reaped) is no target: one line, exit 2, not a

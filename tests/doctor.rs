@@ -46,6 +46,7 @@ fn doctor_matches_this_kernel() {
         "prog:fentry",
         "prog:kprobe",
         "prog:uprobe",
+        "prog:uprobe_multi",
         "map:ringbuf",
         "map:task_storage",
         "helper:task_pt_regs",
@@ -101,7 +102,9 @@ fn doctor_matches_this_kernel() {
     // Features follow from the checks.
     assert_eq!(get(&r, "socket_identity").ok, get(&r, "core:epoll_ready_list").ok);
     assert_eq!(get(&r, "tcp_state").ok, get(&r, "tp:inet_sock_set_state").ok);
-    assert_eq!(get(&r, "handler_probes").ok, get(&r, "prog:uprobe").ok);
+    // Handlers attach through multi-uprobe links where the kernel has them.
+    let multi = netdrift::probes::features().unwrap().uprobe_multi;
+    assert_eq!(get(&r, "handler_probes").ok, get(&r, if multi { "prog:uprobe_multi" } else { "prog:uprobe" }).ok, "{text}");
     if btf {
         let vmlinux = fs::read("/sys/kernel/btf/vmlinux").unwrap();
         assert_eq!(get(&r, "socket_reads").ok, netdrift::probes::btf_has(&vmlinux, "bpf_rdonly_cast"), "{text}");

@@ -669,7 +669,14 @@ fn bad_input_gives_one_line_exit_2_and_loads_nothing() {
     // tracefs stay closed: said, not traced with sockets unnamed.
     let caps = Some("+bpf,+perfmon");
     bad_input_as(&["trace", "-p", &pid, "1"], &format!("cannot list /proc/{pid}/fd"), caps, &log);
-    bad_input_as(&["trace", "-p", &pid, "1"], "(or add CAP_SYS_PTRACE)", caps, &log);
+    bad_input_as(&["trace", "-p", &pid, "1"], "(or add both CAP_DAC_READ_SEARCH and CAP_SYS_PTRACE)", caps, &log);
+    // Listing them is not reading them: the links and fdinfo take CAP_SYS_PTRACE.
+    bad_input_as(
+        &["trace", "-p", &pid, "1"],
+        &format!("cannot read /proc/{pid}/fd/0 or its fdinfo"),
+        Some("+bpf,+perfmon,+dac_read_search"),
+        &log,
+    );
     let own =
         Guard(Command::new("setpriv").args(["--reuid=65534", "--regid=65534", "--clear-groups", "sleep", "60"]).spawn().expect("setpriv"));
     let own_pid = own.0.id().to_string();
@@ -699,6 +706,30 @@ fn bad_input_gives_one_line_exit_2_and_loads_nothing() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{err}");
     assert_eq!(err.contains("/proc/kallsyms shows no kernel addresses to netdrift"), hidden, "kallsyms line {first:?}: {err}");
+    // doctor says the same, without root.
+    let doctor = |caps: &str| -> serde_json::Value {
+        let o = nobody(caps, &[NETDRIFT, "doctor", "--json"]);
+        serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("doctor --json as nobody: {e}: {}", String::from_utf8_lossy(&o.stderr)))
+    };
+    let ok = |r: &serde_json::Value, name: &str| {
+        r["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .chain(r["features"].as_array().unwrap())
+            .find(|c| c["name"] == name)
+            .unwrap_or_else(|| panic!("{name} in {r}"))["ok"]
+            == true
+    };
+    let r = doctor(caps);
+    assert!(!ok(&r, "proc_fd") && ok(&r, "tracefs"), "{r}");
+    assert_eq!(ok(&r, "kallsyms"), !hidden, "{r}");
+    let r = doctor("+bpf,+perfmon,+dac_read_search,+sys_ptrace");
+    assert!(ok(&r, "proc_fd"), "{r}");
+    // Handlers attach as trace attaches them (multi-uprobe links where the kernel has them).
+    if netdrift::probes::features().unwrap().uprobe_multi {
+        assert!(ok(&r, "handler_probes"), "{r}");
+    }
 
     // Flag conflicts declared in the CLI.
     bad_input(&["offwake", "-p", &pid, "-u", "-k", "1"], "cannot be used with", false, &log);

@@ -66,6 +66,14 @@ int BPF_UPROBE(probe_uprobe)
 	return 0;
 }
 
+/* How trace attaches handlers where the kernel has multi-uprobe links (6.6+). */
+SEC("uprobe.multi")
+int BPF_UPROBE(probe_uprobe_multi)
+{
+	__sync_fetch_and_add(&hits, 1);
+	return 0;
+}
+
 SEC("tp_btf/sched_switch")
 int BPF_PROG(probe_ringbuf, bool preempt)
 {
