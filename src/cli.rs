@@ -89,7 +89,7 @@ pub struct OutputArgs {
     #[arg(long = "ringbuf-size", value_name = "MIB", default_value_t = DEFAULT_RINGBUF_MIB, value_parser = parse_ringbuf)]
     pub ringbuf_mib: u32,
     /// Close a chain still waiting for a thread after this many milliseconds (it is printed as incomplete; at most one day).
-    #[arg(long = "idle-ms", value_name = "MS", default_value_t = DEFAULT_IDLE_MS, value_parser = clap::value_parser!(u64).range(1..=86_400_000))]
+    #[arg(long = "idle-ms", value_name = "MS", default_value_t = DEFAULT_IDLE_MS, value_parser = parse_idle_ms)]
     pub idle_ms: u64,
     /// Also save the raw events to FILE; `netdrift analyze FILE` rebuilds every chain and summary from it.
     #[arg(long, value_name = "FILE")]
@@ -197,7 +197,7 @@ pub struct TraceArgs {
     #[command(flatten)]
     pub out: OutputArgs,
     /// Stop after this many seconds (default: until Ctrl-C or the targets exit).
-    #[arg(value_name = "DURATION")]
+    #[arg(value_name = "DURATION", value_parser = parse_seconds)]
     pub duration: Option<f64>,
     /// Benchmark only (bench/run.sh): capture no waker stacks, so wake-ups have no cause or context.
     #[arg(long, hide = true)]
@@ -276,6 +276,19 @@ fn parse_id(s: &str) -> Result<u32, String> {
         return Err("0 is not a valid id (pid 0 is the idle task); give a real process or thread id".into());
     }
     Ok(v)
+}
+
+fn parse_idle_ms(s: &str) -> Result<u64, String> {
+    let v: u64 = s.parse().map_err(|_| format!("{s:?} is not a whole number of milliseconds (1 to 86400000)"))?;
+    if !(1..=86_400_000).contains(&v) {
+        return Err(format!("{v} is not in 1..=86400000 (1 ms to one day)"));
+    }
+    Ok(v)
+}
+
+/// A trailing duration: a number of seconds (range checked with the rest of the command line).
+fn parse_seconds(s: &str) -> Result<f64, String> {
+    s.parse().map_err(|_| format!("{s:?} is not a number of seconds (e.g. 10 or 2.5)"))
 }
 
 fn parse_ringbuf(s: &str) -> Result<u32, String> {
@@ -405,7 +418,7 @@ pub struct OffwakeArgs {
     #[arg(long = "ready-file", value_name = "FILE")]
     pub ready_file: Option<PathBuf>,
     /// Stop after this many seconds (default: until Ctrl-C or the targets exit).
-    #[arg(value_name = "DURATION")]
+    #[arg(value_name = "DURATION", value_parser = parse_seconds)]
     pub duration: Option<f64>,
 }
 

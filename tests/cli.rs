@@ -55,6 +55,9 @@ fn bad_input_matrix() {
     usage_error(&["trace", "-p", "1", "1e20"], "at most 4294967295");
     usage_error(&["offwake", "-p", "1", "1e20"], "at most 4294967295");
     usage_error(&["trace", "-p", "1", "--idle-ms", "0"], "not in 1..=86400000");
+    usage_error(&["trace", "-p", "1", "--idle-ms", "1.5"], "\"1.5\" is not a whole number of milliseconds");
+    usage_error(&["trace", "-p", "1", "x"], "\"x\" is not a number of seconds");
+    usage_error(&["offwake", "-p", "1", "x"], "\"x\" is not a number of seconds");
     usage_error(&["trace", "--bogus"], "unexpected argument");
     usage_error(&["demo", "--mode", "fast"], "invalid value");
     usage_error(&["demo", "--workers", "0"], "--workers");
