@@ -405,7 +405,7 @@ pub fn no_epoll_note(stats: &Stats, herd: &[HerdRow]) -> Option<&'static str> {
     // Woken, but never in epoll_wait or accept: an io_uring loop accepts and
     // reads without a syscall of its own, and its zeros would read as an idle server.
     (stats.wakes > 0 && herd.is_empty() && stats.accepts + stats.accept_eagain + stats.accept_errors == 0).then_some(
-        "no epoll_wait return and no accept of the targets was seen: netdrift follows epoll loops and accept calls; a server on io_uring (or poll, select) serves connections without them, so its accepts, connections and herd are not counted here, only its wake-ups",
+        "no epoll_wait return and no accept of the targets was seen: netdrift follows epoll loops and accept calls; a server on io_uring (or poll, select) serves connections without them, so its accepts, connections and herd are not counted here, only its wake-ups (a client blocked in read or connect is woken without them too: then nothing is missing)",
     )
 }
 
