@@ -316,27 +316,27 @@ fn a_timer_callback_after_a_timeout_joins_the_timer_chain() {
 /// begins says so, not "epoll_wait did not sleep".
 #[test]
 fn a_return_after_its_wake_chain_expired_is_not_called_sleepless() {
-    // The first wait of a trace began before it: no epoll_enter seen.
-    let mut first = Correlator::new();
     let (w, other) = (t(10, 11, "w"), t(30, 30, "x"));
-    first.ingest(&ev(1_000, 1, other.clone(), wake(w.clone(), 0, Cause::Timer)));
-    first.ingest(&ev(20_000_000, 1, other.clone(), Kind::EpollEnter { epfd: 7, maxevents: 1, syscall: Syscall::EpollWait }));
-    first.expire(10_000_000);
-    first.ingest(&ev(20_000_100, 0, w.clone(), switch_in(1_000, 0)));
-    first.ingest(&ev(20_000_200, 0, w.clone(), epoll_exit(4, &[9])));
-    first.ingest(&ev(20_000_300, 0, w.clone(), Kind::EpollEnter { epfd: 4, maxevents: 8, syscall: Syscall::EpollWait }));
-    let chains = first.drain_completed();
+    // Woken at 1 us, its chain expired, on a CPU 20 ms later; `entered`: its epoll_enter was seen.
+    let run = |entered: bool| {
+        let mut c = Correlator::new();
+        if entered {
+            c.ingest(&ev(100, 0, w.clone(), Kind::EpollEnter { epfd: 4, maxevents: 8, syscall: Syscall::EpollWait }));
+        }
+        c.ingest(&ev(1_000, 1, other.clone(), wake(w.clone(), 0, Cause::Timer)));
+        c.ingest(&ev(20_000_000, 1, other.clone(), Kind::EpollEnter { epfd: 7, maxevents: 1, syscall: Syscall::EpollWait }));
+        c.expire(10_000_000);
+        c.ingest(&ev(20_000_100, 0, w.clone(), switch_in(1_000, 0)));
+        c.ingest(&ev(20_000_200, 0, w.clone(), epoll_exit(4, &[9])));
+        c.ingest(&ev(20_000_300, 0, w.clone(), Kind::EpollEnter { epfd: 4, maxevents: 8, syscall: Syscall::EpollWait }));
+        let chains = c.drain_completed();
+        (c, chains)
+    };
+    // The first wait of a trace began before it: no epoll_enter seen.
+    let (_, chains) = run(false);
     assert!(chains.len() == 2 && chains[1].woken_in_closed_chain, "{chains:#?}");
 
-    let mut c = Correlator::new();
-    c.ingest(&ev(100, 0, w.clone(), Kind::EpollEnter { epfd: 4, maxevents: 8, syscall: Syscall::EpollWait }));
-    c.ingest(&ev(1_000, 1, other.clone(), wake(w.clone(), 0, Cause::Timer)));
-    c.ingest(&ev(20_000_000, 1, other.clone(), Kind::EpollEnter { epfd: 7, maxevents: 1, syscall: Syscall::EpollWait }));
-    c.expire(10_000_000);
-    c.ingest(&ev(20_000_100, 0, w.clone(), switch_in(1_000, 0)));
-    c.ingest(&ev(20_000_200, 0, w.clone(), epoll_exit(4, &[9])));
-    c.ingest(&ev(20_000_300, 0, w.clone(), Kind::EpollEnter { epfd: 4, maxevents: 8, syscall: Syscall::EpollWait }));
-    let chains = c.drain_completed();
+    let (mut c, chains) = run(true);
     assert_eq!(chains.len(), 2, "{chains:#?}");
     assert!(chains[0].incomplete && !chains[0].woken_in_closed_chain);
     assert!(chains[1].hops[0].wake.is_none() && chains[1].woken_in_closed_chain, "{:#?}", chains[1]);
