@@ -569,25 +569,32 @@ pub fn merge(all: Vec<Resolved>) -> Result<Vec<Resolved>, Error> {
     Ok(out)
 }
 
-/// A preset resolved in every target running a program of its own (-p
-/// REDIS -p NGINX --preset redis --preset nginx): the targets' processes
-/// in order, each distinct executable and set of mapped files once (nginx's
-/// workers are their master; a process given another copy of a library
-/// with LD_LIBRARY_PATH, or still running a replaced one, is not). It fails
-/// only when it matches in none, with the first target's reasons.
-pub fn resolve_preset(name: &str, pids: &[u32]) -> Result<Vec<Resolved>, Error> {
+/// The processes, in order, whose executable and set of mapped files differ
+/// from every earlier one's: nginx's workers are their master; a process
+/// given another copy of a library with LD_LIBRARY_PATH, or still running a
+/// replaced one, is not. (A process whose exe is unreadable is kept.)
+pub fn distinct_programs(pids: impl IntoIterator<Item = u32>) -> Vec<u32> {
     use std::os::unix::fs::MetadataExt;
-    let specs = preset(name).ok_or_else(|| Error::Usage(format!("--preset {name}: no such preset (one of {})", PRESETS.join(", "))))?;
     let mut seen = std::collections::HashSet::new();
-    let (mut out, mut first_err, mut tried) = (Vec::new(), None, Vec::new());
+    pids.into_iter()
+        .filter(|pid| {
+            let Ok(exe) = std::fs::metadata(format!("/proc/{pid}/exe")).map(|m| (m.dev(), m.ino())) else { return true };
+            let files: std::collections::BTreeSet<String> =
+                target_maps(*pid).into_iter().map(|m| m.path).filter(|p| p.starts_with('/')).collect();
+            seen.insert((exe, files))
+        })
+        .collect()
+}
+
+/// A preset resolved in every target running a program of its own (-p
+/// REDIS -p NGINX --preset redis --preset nginx), `pids` from
+/// [`distinct_programs`]. It fails only when it matches in none, with the
+/// first target's reasons.
+pub fn resolve_preset(name: &str, pids: &[u32]) -> Result<Vec<Resolved>, Error> {
+    let specs = preset(name).ok_or_else(|| Error::Usage(format!("--preset {name}: no such preset (one of {})", PRESETS.join(", "))))?;
+    let (mut out, mut first_err) = (Vec::new(), None);
+    let tried: Vec<String> = pids.iter().map(|p| p.to_string()).collect();
     for &pid in pids {
-        let exe = std::fs::metadata(format!("/proc/{pid}/exe")).map(|m| (m.dev(), m.ino())).ok();
-        let files: std::collections::BTreeSet<String> =
-            target_maps(pid).into_iter().map(|m| m.path).filter(|p| p.starts_with('/')).collect();
-        if exe.is_some() && !seen.insert((exe, files)) {
-            continue;
-        }
-        tried.push(pid.to_string());
         match resolve(&specs, Some(pid), true) {
             Ok(r) => out.extend(r),
             Err(e) => {

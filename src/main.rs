@@ -212,8 +212,10 @@ fn cmd_trace_with(a: TraceArgs, report: Report, tweak: impl FnOnce(&mut TraceOpt
     netdrift::probes::preflight()?;
     let (tgids, tids) =
         procfs::resolve_targets(&a.target.pids, &a.target.tids, &a.target.comms, !a.target.no_children, true, a.target.wait)?;
+    // Every target process: the -p ones and their children, and those of the -t threads.
+    let target_pids: Vec<u32> = tgids.iter().copied().chain(tids.iter().filter_map(|&t| procfs::tgid_of(t))).collect();
     // Said once the command line is known to be good (the handlers resolve).
-    let fd_notes = procfs::check_fd_access(&tgids, &tids)?;
+    let fd_notes = procfs::check_fd_access(&target_pids)?;
     // `exe` and library names are looked up in the first target the user named (-p, then
     // -t, then the first -c name's processes), not the lowest pid of the set (a child,
     // or a process of another -c name).
@@ -232,8 +234,7 @@ fn cmd_trace_with(a: TraceArgs, report: Report, tweak: impl FnOnce(&mut TraceOpt
         .or_else(|| tids.first().and_then(|&t| procfs::tgid_of(t)));
     let mut handlers = netdrift::handlers::resolve(&a.handlers, first_pid, false)?;
     // A preset in each target's program: the first named, then the rest.
-    let preset_pids: Vec<u32> =
-        first_pid.into_iter().chain(tgids.iter().copied()).chain(tids.iter().filter_map(|&t| procfs::tgid_of(t))).collect();
+    let preset_pids = netdrift::handlers::distinct_programs(first_pid.into_iter().chain(target_pids.iter().copied()));
     for p in &a.presets {
         handlers.extend(netdrift::handlers::resolve_preset(p, &preset_pids)?);
     }

@@ -373,12 +373,16 @@ pub fn kallsyms_readable() -> bool {
     first.split_whitespace().next().map(|a| a.chars().any(|c| c != '0')).unwrap_or(false)
 }
 
+/// Effective uid 0.
+pub fn is_root() -> bool {
+    // SAFETY: geteuid cannot fail and has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
 /// Why kernel addresses are hidden, for messages: the sysctl's value and the fix.
 pub fn kallsyms_hidden_why() -> String {
     let kr = std::fs::read_to_string("/proc/sys/kernel/kptr_restrict").map(|s| s.trim().to_string()).unwrap_or_else(|_| "?".into());
-    // SAFETY: geteuid cannot fail and has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    if root {
+    if is_root() {
         format!("kernel.kptr_restrict is {kr}: set it to 1 (sysctl kernel.kptr_restrict=1) for the trace")
     } else if kr == "2" {
         format!("kernel.kptr_restrict is {kr}: set it to 1 (sysctl kernel.kptr_restrict=1) and run netdrift as root (or add CAP_SYSLOG)")
@@ -412,16 +416,15 @@ pub fn fd_access_problem(pid: u32) -> Option<String> {
 /// The fix for [`fd_access_problem`].
 pub const FD_ACCESS_FIX: &str = "run it as root (or add both CAP_DAC_READ_SEARCH and CAP_SYS_PTRACE)";
 
-/// Targets whose open files this process may not read (another user's
-/// process without CAP_DAC_READ_SEARCH and CAP_SYS_PTRACE): their sockets
-/// would be nameless, and wake-ups blamed on other threads. Refused before
-/// anything is loaded; as root (a process even root cannot read, in a
-/// sandbox of its own), said in the returned notes and traced.
-pub fn check_fd_access(tgids: &[u32], tids: &[u32]) -> crate::Result<Vec<String>> {
-    // SAFETY: geteuid cannot fail and has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
+/// Target processes whose open files this process may not read (another
+/// user's process without CAP_DAC_READ_SEARCH and CAP_SYS_PTRACE): their
+/// sockets would be nameless, and wake-ups blamed on other threads. Refused
+/// before anything is loaded; as root (a process even root cannot read, in
+/// a sandbox of its own), said in the returned notes and traced.
+pub fn check_fd_access(pids: &[u32]) -> crate::Result<Vec<String>> {
+    let root = is_root();
     let mut notes = Vec::new();
-    for p in tgids.iter().copied().chain(tids.iter().filter_map(|&t| tgid_of(t))) {
+    for &p in pids {
         if let Some(why) = fd_access_problem(p) {
             if root {
                 notes.push(format!("{why}: pid {p}'s sockets are not named and its epoll data words not mapped to fds"));
