@@ -329,7 +329,7 @@ impl Privileges {
     }
 }
 
-const NEED_PRIV: &str = "netdrift needs root: run it with sudo (CAP_BPF and CAP_PERFMON load its programs; kernel addresses in /proc/kallsyms, tracefs and other users' /proc/PID/fd also take CAP_SYSLOG, CAP_DAC_READ_SEARCH and CAP_SYS_PTRACE)";
+const NEED_PRIV: &str = crate::error::NEED_ROOT;
 
 fn check_pid_namespace(ns: Option<u64>, proc_ours: bool) -> Check {
     const FIX: &str = "pids here are not the kernel's: run netdrift in the host's pid namespace with its /proc (docker run --pid=host, Kubernetes hostPID: true)";

@@ -3,6 +3,9 @@
 
 use std::path::PathBuf;
 
+/// What [`Error::NotPrivileged`] says, and doctor with it.
+pub const NEED_ROOT: &str = "netdrift needs root: run it with sudo (CAP_BPF and CAP_PERFMON load its programs; kernel addresses in /proc/kallsyms, tracefs and other users' /proc/PID/fd also take CAP_SYSLOG, CAP_DAC_READ_SEARCH and CAP_SYS_PTRACE)";
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// Bad command-line input: exit code 2.
@@ -14,7 +17,7 @@ pub enum Error {
     NoSuchTid(u32),
     #[error("no running process or thread is named {0:?} (names are the 15-byte comm shown by `ps -eo comm` / `ps -eLo comm`; add --wait to trace one started later)")]
     NoSuchComm(String),
-    #[error("netdrift needs root: run it with sudo (CAP_BPF and CAP_PERFMON load its programs; kernel addresses in /proc/kallsyms, tracefs and other users' /proc/PID/fd also take CAP_SYSLOG, CAP_DAC_READ_SEARCH and CAP_SYS_PTRACE)")]
+    #[error("{}", NEED_ROOT)]
     NotPrivileged,
     /// Allowed to load the programs, not to read what they need (exit code 2).
     #[error("{0}")]

@@ -115,12 +115,6 @@ pub fn ident_url(base: &str, ident: &str) -> String {
     format!("{base}/C/ident/{ident}")
 }
 
-/// Whether /proc/kallsyms shows addresses to this user (kptr_restrict hides
-/// them from unprivileged users: stacks then cannot be symbolized).
-pub fn kallsyms_readable() -> bool {
-    crate::procfs::kallsyms_readable()
-}
-
 /// Per target thread: what the flame graph needs to know at a wake-up.
 #[derive(Debug, Default, Clone)]
 struct FlameThread {
@@ -321,7 +315,7 @@ impl ReportWriter {
             esc(version)
         );
         let has_stacks = self.folded.keys().any(|k| !k.0.is_empty());
-        if has_stacks && !kallsyms_readable() {
+        if has_stacks && !crate::procfs::kallsyms_readable() {
             o.push_str("<p class=\"meta warn\">Kernel stacks are shown as addresses: /proc/kallsyms hides them from this user (kernel.kptr_restrict). Build the report as root, on the machine and boot that recorded the trace, to name and link the kernel functions.</p>\n");
         }
         for n in s["notes"].as_array().into_iter().flatten() {
