@@ -414,7 +414,7 @@ pub fn fd_access_problem(pid: u32) -> Option<String> {
 }
 
 /// The fix for [`fd_access_problem`].
-pub const FD_ACCESS_FIX: &str = "run it as root (or add both CAP_DAC_READ_SEARCH and CAP_SYS_PTRACE)";
+pub const FD_ACCESS_FIX: &str = "run netdrift as root (or add both CAP_DAC_READ_SEARCH and CAP_SYS_PTRACE)";
 
 /// Target processes whose open files this process may not read (another
 /// user's process without CAP_DAC_READ_SEARCH and CAP_SYS_PTRACE): their

@@ -1164,11 +1164,17 @@ pub fn run(mut opts: TraceOptions) -> Result<TraceResult> {
     // batch of thousands of records is not regrown (and copied) every time.
     let mut batch: Vec<Event> = Vec::new();
     let trace_all = opts.probe.trace_all();
+    let root = crate::procfs::is_root();
+    // Targets found unreadable after the start, each said once.
+    let mut unreadable: HashSet<u32> = HashSet::new();
     let mut process =
         |pipe: &mut Pipeline, live_tgids: &mut HashSet<u32>, live_tids: &mut HashSet<u32>, pids: &mut HashSet<u32>| -> Result<()> {
             std::mem::swap(&mut *queue.borrow_mut(), &mut batch);
             for mut ev in batch.drain(..) {
                 let mut exec_of = None;
+                if !root {
+                    say_unreadable_target(&ev.kind, &mut unreadable);
+                }
                 match &ev.kind {
                     Kind::TaskNew { child, reason: 3 } => {
                         enr.forget_pid(child.pid);
@@ -1298,6 +1304,26 @@ pub fn run(mut opts: TraceOptions) -> Result<TraceResult> {
     result.notes = probes.notes.clone();
     drop(probes);
     Ok(result)
+}
+
+/// A process that became a target after the start (-c, a setuid exec), whose
+/// files this non-root netdrift cannot read: said once, as the start-up check
+/// would have refused it.
+fn say_unreadable_target(kind: &Kind, said: &mut HashSet<u32>) {
+    if let Kind::TaskNew { child, reason: 2 | 3 } = kind {
+        if said.contains(&child.pid) {
+            return;
+        }
+        if let Some(why) = crate::procfs::fd_access_problem(child.pid) {
+            said.insert(child.pid);
+            eprintln!(
+                "netdrift: {why}: pid {} ({}) became a target, but its sockets go unnamed: {}",
+                child.pid,
+                crate::output::term_safe(&child.comm),
+                crate::procfs::FD_ACCESS_FIX
+            );
+        }
+    }
 }
 
 /// Which threads traced by tid (-t) are still alive; returns those missing

@@ -748,6 +748,44 @@ fn bad_input_gives_one_line_exit_2_and_loads_nothing() {
     bad_input(&["trace", "-p", &pid, "--handler", "exe:", "1"], "empty glob", false, &log);
 }
 
+/// Without root, a target whose files netdrift cannot read is refused at
+/// start; one that becomes a target later (`-c --wait`: root's process
+/// started after the attach) cannot be refused, so it is said when it comes.
+#[test]
+fn late_target_netdrift_cannot_read_is_said() {
+    if !require_root() {
+        return;
+    }
+    let _s = serial();
+    let dir = tempfile::tempdir().unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o777)).unwrap();
+    let exe = dir.path().join("nd-late-tgt");
+    fs::copy("/bin/sleep", &exe).unwrap();
+    let ready = dir.path().join("ready");
+    let caps = "+bpf,+perfmon,+dac_read_search";
+    let mut nd = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", &format!("--inh-caps={caps}"), &format!("--ambient-caps={caps}")])
+        .args([NETDRIFT, "trace", "-c", "nd-late-tgt", "--wait", "--ready-file"])
+        .arg(&ready)
+        .arg("3")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("setpriv");
+    wait_ready(&ready, &mut nd);
+    let late = Guard(Command::new(&exe).arg("10").stdin(Stdio::null()).spawn().expect("spawn the late target"));
+    let o = wait_output(nd, Duration::from_secs(30), "trace as nobody");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    let pid = late.0.id();
+    let said: Vec<&str> = err.lines().filter(|l| l.contains("became a target")).collect();
+    assert_eq!(said.len(), 1, "one line for the late target: {err}");
+    assert!(said[0].contains(&format!("cannot read /proc/{pid}/fd/0 or its fdinfo")), "{err}");
+    assert!(said[0].contains(&format!("pid {pid} (nd-late-tgt) became a target, but its sockets go unnamed")), "{err}");
+    assert!(said[0].contains("CAP_SYS_PTRACE"), "{err}");
+}
+
 /// Output paths that cannot be written are refused before any program is
 /// loaded (they were once found only after loading, or after the whole trace).
 #[test]
