@@ -131,6 +131,25 @@ fn an_eventfd_and_a_pipe_written_by_one_thread_keep_their_own_causes() {
     assert!(reused >= ROUNDS, "stack reuse was exercised: {reused} of {} wake-ups reused a stack", 2 * ROUNDS);
 }
 
+/// tests/progs/timerjoin.c traced to its end: `conns` connections reset by
+/// its client. Its port, netdrift's stderr and JSON lines.
+fn timerjoin_resets(dir: &Path, conns: usize) -> (String, String, Vec<Value>) {
+    let mut prog = TestProg::start(dir, "timerjoin", &["serve", &conns.to_string()]);
+    let line = prog.first_line.clone();
+    let (pid, port) = line
+        .split_once(' ')
+        .and_then(|(p, q)| Some((p.parse::<u32>().ok()?, q.trim().to_string())))
+        .unwrap_or_else(|| panic!("timerjoin printed {line:?}, not its pid and port"));
+    let (mut nd, json) = trace_json(dir, pid);
+    prog.go();
+    let client = Command::new(dir.join("timerjoin")).args(["client", &port, &conns.to_string()]).status().expect("client");
+    assert!(client.success(), "timerjoin client failed");
+    let tally = prog.finish();
+    assert_eq!(tally.trim(), format!("closed {conns}"));
+    let err = ended(&mut nd);
+    (port, err, json_lines(&json))
+}
+
 /// A reset wakes the server's loop through epoll; right after, on the same
 /// CPU and interrupting the same client, a timer wakes the server's other
 /// thread, asleep in nanosleep. The kernel side once gave that wake-up the
@@ -144,21 +163,7 @@ fn a_timer_wake_up_after_a_reset_on_its_cpu_is_not_the_resets() {
     const CONNS: usize = 20;
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut prog = TestProg::start(dir.path(), "timerjoin", &["serve", &CONNS.to_string()]);
-    let line = prog.first_line.clone();
-    let (pid, port) = line
-        .split_once(' ')
-        .and_then(|(p, q)| Some((p.parse::<u32>().ok()?, q.trim().to_string())))
-        .unwrap_or_else(|| panic!("timerjoin printed {line:?}, not its pid and port"));
-    let (mut nd, json) = trace_json(dir.path(), pid);
-    prog.go();
-    let client = Command::new(dir.path().join("timerjoin")).args(["client", &port, &CONNS.to_string()]).status().expect("client");
-    assert!(client.success(), "timerjoin client failed");
-    let tally = prog.finish();
-    assert_eq!(tally.trim(), format!("closed {CONNS}"));
-    let err = ended(&mut nd);
-
-    let lines = json_lines(&json);
+    let (_, err, lines) = timerjoin_resets(dir.path(), CONNS);
     let summary = lines.last().expect("summary line");
     assert_eq!(summary["lost"]["ringbuf"], 0, "no record lost: {}", summary["lost"]);
     let sleeper: Vec<&Value> = lines.iter().filter(|l| l["type"] == "wake" && l["target"]["comm"] == "tj:sleeper").collect();
@@ -170,6 +175,55 @@ fn a_timer_wake_up_after_a_reset_on_its_cpu_is_not_the_resets() {
     assert!(with_sock.is_empty(), "a timer wake-up joined a socket event: {}", with_sock[0]);
     assert_eq!(summary["stats"]["herd_chains"], 0, "no chain woke two threads; stderr: {err}");
     assert_eq!(summary["stats"]["connection_closes"], CONNS, "every reset connection closed once");
+}
+
+/// A connection reset while the server sleeps in epoll_wait is found in its
+/// ready list already CLOSE; the server then closes it and the kernel frees
+/// it. Another process's sockets made next reuse that memory: their state
+/// changes were once written as the server's (any process, any netns).
+#[test]
+fn state_changes_of_other_sockets_at_a_reset_sockets_address_are_not_the_targets() {
+    if !require_root() {
+        return;
+    }
+    const CONNS: usize = 20;
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().expect("tempdir");
+    // This process, untraced, makes and closes loopback connections all along.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let churn_port = listener.local_addr().unwrap().port();
+    let churn = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut made = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let c = TcpStream::connect(("127.0.0.1", churn_port)).expect("churn connect");
+                let (a, _) = listener.accept().expect("churn accept");
+                drop((c, a));
+                made += 1;
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            made
+        })
+    };
+    let (port, err, lines) = timerjoin_resets(dir.path(), CONNS);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let made = churn.join().expect("churn thread");
+    let summary = lines.last().expect("summary line");
+    assert_eq!(summary["lost"]["ringbuf"], 0, "no record lost: {}", summary["lost"]);
+    let states: Vec<&Value> = lines.iter().filter(|l| l["type"] == "sock_state").collect();
+    let theirs = |l: &&Value| {
+        let suffix = format!(":{port}");
+        [&l["sock"]["local"], &l["sock"]["remote"]].iter().any(|a| a.as_str().is_some_and(|a| a.ends_with(&suffix)))
+    };
+    let foreign: Vec<&&Value> = states.iter().filter(|l| !theirs(l)).collect();
+    eprintln!("{made} connections made and closed meanwhile; {} sock_state lines, {} not of port {port}", states.len(), foreign.len());
+    assert!(made >= 100, "the churn made only {made} connections");
+    assert!(foreign.is_empty(), "{} state changes of sockets the target never had, e.g. {}; stderr: {err}", foreign.len(), foreign[0]);
+    // The resets themselves are the target's.
+    let resets = states.iter().filter(|l| l["old"] == 1 && l["new"] == 7 && theirs(l)).count();
+    assert_eq!(resets, CONNS, "one ESTABLISHED -> CLOSE per reset connection");
 }
 
 /// Each worker waits on an outer epoll instance holding an inner one that

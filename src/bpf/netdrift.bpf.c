@@ -412,10 +412,18 @@ static __always_inline struct sock *fd_sock(int fd)
 	return file_sock(fd_file(fd));
 }
 
-static __always_inline void remember_sock(__u64 sk)
+/*
+ * A socket already CLOSE (reset while its owner slept, or in the accept
+ * queue) changes state no more: kept, its entry would outlive it, and the
+ * next socket the kernel makes at its address (any process, any netns)
+ * would pass for the targets'.
+ */
+static __always_inline void remember_sock(__u64 sk, __u8 state)
 {
 	__u8 one = 1;
 
+	if (state == TCP_CLOSE)
+		return;
 	/* A lookup is much cheaper than an LRU update, and most are known. */
 	if (sk && !bpf_map_lookup_elem(&known_socks, &sk))
 		bpf_map_update_elem(&known_socks, &sk, &one, BPF_ANY);
@@ -872,9 +880,15 @@ static __always_inline int sched_waking(void *ctx, struct task_struct *p, const 
 						ps->pending_ts = now;
 					}
 				}
+				/*
+				 * Read from the woken thread's own wait: its socket. A state
+				 * change's is the last on this CPU, which the wake-up may
+				 * not be for (user space can disprove it): not remembered.
+				 */
+				if (slot->hook != ND_HOOK_STATE_CHANGE)
+					remember_sock(sk, r->sock.state);
 				submit(r);
 				slot->emitted = 1;
-				remember_sock(sk);
 			}
 		}
 	}
@@ -1102,6 +1116,15 @@ int BPF_PROG(nd_inet_sock_set_state, const struct sock *sk, const int oldstate, 
 		state_slot_set(sk, newstate);
 	if (!bpf_map_lookup_elem(&known_socks, &key))
 		return 0;
+	/*
+	 * A socket born (leaving CLOSE, or a listener's clone) at a known
+	 * one's address, whose close raced with its entry being made: not
+	 * the targets'.
+	 */
+	if (oldstate == TCP_CLOSE || (oldstate == TCP_LISTEN && newstate == TCP_SYN_RECV)) {
+		bpf_map_delete_elem(&known_socks, &key);
+		return 0;
+	}
 	r = reserve(sizeof(*r), ND_REC_SOCK_STATE);
 	if (r) {
 		hdr_current(&r->hdr);
@@ -1684,7 +1707,7 @@ static __always_inline int accept_exit(struct trace_event_raw_sys_exit *ctx, __u
 	if (ret >= 0) {
 		nsk = fd_sock(ret);
 		fill_sock(&r->peer, nsk);
-		remember_sock((__u64)nsk);
+		remember_sock((__u64)nsk, r->peer.state);
 		if (!epoll_ctl_traced)
 			add_pending(ret);
 	}
