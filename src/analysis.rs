@@ -477,6 +477,8 @@ struct ThreadCtx {
     last_enter_epfd: i32,
     /// Switched out voluntarily, with no switch-in seen since.
     asleep: bool,
+    /// Preempted, with no switch-in seen since.
+    preempted: bool,
     /// Woken in this epoll_wait, in a chain closed (--idle-ms) before it returned.
     woken_in_closed_chain: bool,
 }
@@ -1031,6 +1033,7 @@ impl Correlator {
                 let pending = match self.threads.get_mut(&tid) {
                     Some(t) => {
                         t.asleep = false;
+                        t.preempted = false;
                         t.pending.clone()
                     }
                     None => Vec::new(),
@@ -1072,6 +1075,11 @@ impl Correlator {
                 }
                 if *involuntary {
                     self.stats.involuntary_switches += 1;
+                    let t = self.threads.entry(tid).or_default();
+                    // Off its CPU already: the switch-in of the run now ending is missing.
+                    if std::mem::replace(&mut t.preempted, true) || std::mem::take(&mut t.asleep) {
+                        self.stats.missed_switch_ins += 1;
+                    }
                     if self.tracer_tid != 0 && *next_tid == self.tracer_tid {
                         *self.stats.preempted_by_tracer.get_or_insert(0) += 1;
                         self.tracer_preempted.insert(tid, ev.ts);
@@ -1083,8 +1091,9 @@ impl Correlator {
                 // A dead thread's last switch-out comes after its task_exit: no new state for it.
                 if !*involuntary && *state & TASK_DEAD == 0 {
                     let t = self.threads.entry(tid).or_default();
-                    // Asleep already: it ran since, so the switch-in record of that run is missing.
-                    let missed_in = t.asleep;
+                    // Off its CPU already (asleep or preempted): it ran since, so the
+                    // switch-in record of that run is missing.
+                    let missed_in = t.asleep || std::mem::take(&mut t.preempted);
                     t.asleep = !*woken;
                     // Asleep again in epoll_wait without having returned: woken for nothing.
                     let in_epoll = t.in_epoll;

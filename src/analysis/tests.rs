@@ -849,6 +849,19 @@ fn a_thread_that_sleeps_twice_ran_in_between_even_with_no_switch_in() {
     c.ingest(&ev(6000, 1, w1.clone(), Kind::TaskExit { group_dead: false }));
     c.ingest(&ev(7000, 1, w1.clone(), sleep()));
     assert_eq!(c.stats.missed_switch_ins, 1);
+    // Preempted, then asleep, then preempted, each switch-in lost: each run's is missing.
+    let preempted = || Kind::SwitchOut { involuntary: true, woken: false, state: 0, next_tid: 0, next_comm: "swapper/0".into() };
+    c.ingest(&ev(
+        7500,
+        1,
+        w1.clone(),
+        Kind::SwitchIn { runnable_ts: 7400, prev_cpu: 1, prev_tid: 0, prev_comm: "swapper/1".into(), after_preempt: false },
+    ));
+    c.ingest(&ev(8000, 1, w1.clone(), preempted()));
+    c.ingest(&ev(9000, 1, w1.clone(), sleep()));
+    assert_eq!(c.stats.missed_switch_ins, 2);
+    c.ingest(&ev(9500, 1, w1.clone(), preempted()));
+    assert_eq!(c.stats.missed_switch_ins, 3);
 }
 
 /// `epoll_fd` answers from the resolve cache only while it is current: a

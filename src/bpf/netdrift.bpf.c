@@ -114,6 +114,8 @@ struct thread_state {
 	 * allocation fail in a wake-up: map-full 1 in every demo run).
 	 */
 	__u8 empty_return;
+	/* Preempted, not back on a CPU yet (in padding too). */
+	__u8 out_preempted;
 	/*
 	 * A waker and the thread's own switch-out run at once on two CPUs: each
 	 * stores its flag with an atomic exchange (a full barrier), then reads
@@ -994,12 +996,14 @@ static __always_inline int sched_switch(bool preempt, struct task_struct *prev, 
 			/* Preempted or asleep: its next empty epoll_wait return is written. */
 			ts->empty_return = 0;
 			/*
-			 * Still asleep from its last switch-out: this program missed the
-			 * switch-in of the run now ending (seen on a guest kernel, about
-			 * once a second). The wake-up time kept since is stale: left, it
-			 * would make the next switch-in's run-queue wait span that run.
+			 * Still off its CPU from its last switch-out (asleep or
+			 * preempted): this program missed the switch-in of the run now
+			 * ending (seen on a guest kernel, about once a second). The time
+			 * kept since is stale: left, it would make the next switch-in's
+			 * run-queue wait span that run (and any sleep after it), and
+			 * this switch-out look woken.
 			 */
-			if (ts->asleep)
+			if (ts->asleep || ts->out_preempted)
 				ts->runnable_ts = 0;
 			/*
 			 * A voluntary switch keeps runnable_ts: switch-in cleared it,
@@ -1028,6 +1032,7 @@ static __always_inline int sched_switch(bool preempt, struct task_struct *prev, 
 				}
 			}
 			ts->asleep = !involuntary && !woken;
+			ts->out_preempted = involuntary;
 		}
 		if (emit_switch_out) {
 			struct nd_switch_out *o = reserve(sizeof(*o), ND_REC_SWITCH_OUT);
@@ -1063,6 +1068,7 @@ static __always_inline int sched_switch(bool preempt, struct task_struct *prev, 
 		ts->last_cpu = cpu;
 		ts->seen_cpu = 1;
 		ts->asleep = 0;
+		ts->out_preempted = 0;
 		if (!runnable_ts)
 			return 0;
 		in = reserve(sizeof(*in), ND_REC_SWITCH_IN);
