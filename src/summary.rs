@@ -158,6 +158,9 @@ impl Latency {
 pub struct HerdRow {
     pub local: String,
     pub sk: String,
+    /// Socket inode: a listen socket closed and another made at its kernel
+    /// address (a restart on the same port) is a row of its own.
+    pub ino: u64,
     /// Successful accepts on this socket.
     pub connections: u64,
     /// Chains that started at this socket.
@@ -274,12 +277,16 @@ pub struct Summary {
 
 impl Summary {
     /// A herd row's socket: its address, and its kernel address when another
-    /// row has the same one (SO_REUSEPORT: one listen socket per worker).
+    /// row has the same one (SO_REUSEPORT: one listen socket per worker),
+    /// and its inode when that is the same too (a socket made again there).
     pub fn herd_label(&self, r: &HerdRow) -> String {
-        if self.herd.iter().filter(|x| x.local == r.local).count() > 1 {
-            format!("{} sk {}", r.local, r.sk)
-        } else {
+        let same = |x: &&HerdRow| x.local == r.local;
+        if self.herd.iter().filter(same).count() == 1 {
             r.local.clone()
+        } else if self.herd.iter().filter(same).filter(|x| x.sk == r.sk).count() > 1 {
+            format!("{} sk {} ino {}", r.local, r.sk, r.ino)
+        } else {
+            format!("{} sk {}", r.local, r.sk)
         }
     }
 }
@@ -299,7 +306,10 @@ const RETIRED_NS: u64 = 10_000_000_000;
 #[derive(Debug, Default)]
 pub struct SummaryBuilder {
     latency: Latency,
-    herd: BTreeMap<u64, HerdRow>,
+    /// By kernel address and inode.
+    herd: BTreeMap<(u64, u64), HerdRow>,
+    /// The latest inode seen of each kernel address, for a record without one.
+    herd_ino: HashMap<u64, u64>,
     threads: HashMap<u32, ThreadRow>,
     /// Rows of exited threads, by (pid, comm).
     exited: HashMap<(u32, String), ThreadRow>,
@@ -443,7 +453,25 @@ impl SummaryBuilder {
     }
 
     fn herd_row(&mut self, s: &SockInfo) -> &mut HerdRow {
-        self.herd.entry(s.sk).or_insert_with(|| HerdRow { local: s.local_text(), sk: format!("0x{:x}", s.sk), ..Default::default() })
+        let ino = match s.ino {
+            0 => self.herd_ino.get(&s.sk).copied().unwrap_or(0),
+            ino => {
+                if self.herd_ino.insert(s.sk, ino) != Some(ino) {
+                    // Counted before its inode was known: the same socket.
+                    if let Some(mut r) = self.herd.remove(&(s.sk, 0)) {
+                        r.ino = ino;
+                        self.herd.insert((s.sk, ino), r);
+                    }
+                }
+                ino
+            }
+        };
+        self.herd.entry((s.sk, ino)).or_insert_with(|| HerdRow {
+            local: s.local_text(),
+            sk: format!("0x{:x}", s.sk),
+            ino,
+            ..Default::default()
+        })
     }
 
     /// A waker key as the summary shows it: a process-context waker's
@@ -669,6 +697,47 @@ mod tests {
         let s = Summary { herd: vec![row("0.0.0.0:80", "0x1"), row("0.0.0.0:80", "0x2"), row("0.0.0.0:443", "0x3")], ..Default::default() };
         let labels: Vec<String> = s.herd.iter().map(|r| s.herd_label(r)).collect();
         assert_eq!(labels, ["0.0.0.0:80 sk 0x1", "0.0.0.0:80 sk 0x2", "0.0.0.0:443"]);
+    }
+
+    /// A listen socket closed and made again at the same kernel address (a
+    /// server restarting its listener) is a row of its own, told by inode.
+    #[test]
+    fn a_listener_made_again_at_its_address_is_a_row_of_its_own() {
+        let mut b = SummaryBuilder::new();
+        let worker = Task { pid: 10, tid: 11, comm: "worker".into() };
+        let listen = |ino: u64| SockInfo {
+            sk: 0xff00,
+            ino,
+            netns: 1,
+            family: 2,
+            protocol: 6,
+            local: "127.0.0.1:80".parse().unwrap(),
+            remote: "0.0.0.0:0".parse().unwrap(),
+            state: 10,
+        };
+        let accept = |ts: u64, ino: u64| Event {
+            ts,
+            cpu: 0,
+            task: worker.clone(),
+            kind: Kind::Accept {
+                listen_fd: 3,
+                ret: 5,
+                syscall: crate::events::Syscall::Accept4,
+                enter_ts: ts,
+                listen: Some(Box::new(listen(ino))),
+                backlog: 0,
+                max_backlog: 128,
+                peer: None,
+            },
+        };
+        for (ts, ino) in [(1, 100), (2, 0), (3, 100), (4, 200), (5, 200), (6, 0)] {
+            b.event(&accept(ts, ino));
+        }
+        let s = b.build();
+        let rows: Vec<(u64, u64)> = s.herd.iter().map(|r| (r.ino, r.connections)).collect();
+        assert_eq!(rows, [(100, 3), (200, 3)]);
+        let labels: Vec<String> = s.herd.iter().map(|r| s.herd_label(r)).collect();
+        assert_eq!(labels, ["127.0.0.1:80 sk 0xff00 ino 100", "127.0.0.1:80 sk 0xff00 ino 200"]);
     }
 
     use super::*;
