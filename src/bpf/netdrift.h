@@ -112,7 +112,7 @@ struct nd_napi {
 	__u64 seq;		/* nd_sock_ready.seq of the chain */
 	__s32 work;		/* packets processed in this poll */
 	__s32 budget;
-	char dev[ND_COMM_LEN];	/* "" for the per-CPU backlog (loopback, RPS) */
+	char dev[ND_COMM_LEN];	/* "" for the per-CPU backlog (loopback, veth, RPS) */
 };
 
 /* A target thread was woken (sched:sched_waking). hdr is the waker. */
