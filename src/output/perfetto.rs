@@ -48,6 +48,8 @@ const POINT_NS: u64 = 1_000;
 enum TK {
     In {
         cpu: u32,
+        /// The kernel's start of the wait that ended here (0: unknown).
+        runnable_ts: u64,
     },
     Out {
         involuntary: bool,
@@ -306,7 +308,7 @@ impl PerfettoWriter {
                     self.push_tev(target, ev.ts, ev.cpu, TK::Woken);
                 }
             }
-            Kind::SwitchIn { .. } => self.push_tev(&ev.task, ev.ts, ev.cpu, TK::In { cpu: ev.cpu }),
+            Kind::SwitchIn { runnable_ts, .. } => self.push_tev(&ev.task, ev.ts, ev.cpu, TK::In { cpu: ev.cpu, runnable_ts: *runnable_ts }),
             Kind::SwitchOut { involuntary, woken, state, .. } => {
                 self.push_tev(&ev.task, ev.ts, ev.cpu, TK::Out { involuntary: *involuntary, state: *state });
                 if *woken {
@@ -377,7 +379,7 @@ impl PerfettoWriter {
                     let seq = self.next_seq();
                     self.threads.entry(ev.task.tid).or_default().evs.push(TEv { ts: ev.ts, seq, cpu: ev.cpu, k: TK::Gone });
                     self.push_tev(child, ev.ts, ev.cpu, TK::Gone);
-                    self.push_tev(child, ev.ts, ev.cpu, TK::In { cpu: ev.cpu });
+                    self.push_tev(child, ev.ts, ev.cpu, TK::In { cpu: ev.cpu, runnable_ts: 0 });
                 }
                 self.thread(child);
                 let what = if *reason == 3 { "exec" } else { "new target" };
@@ -678,20 +680,27 @@ fn thread_slices(tid: u32, t: &ThreadRec, t_end: u64) -> (Vec<Slice>, Vec<Slice>
             v.push(Seg { start, end, name: name.to_string(), args });
         }
     }
-    // Close the off-CPU period at `ts` (the thread runs again).
-    fn close_off(st: &mut St, states: &mut Vec<Seg>, ts: u64) {
+    // Close the off-CPU period at `ts` (the thread runs again). `runnable`:
+    // when the switch-in says the wait began (0: not known). Later than the
+    // wake-up seen, records between were lost (the thread ran and slept
+    // again): the wait starts there, and the time before it is left out.
+    fn close_off(st: &mut St, states: &mut Vec<Seg>, ts: u64, runnable: u64) {
+        let later = |w: u64| (runnable > w && runnable <= ts).then_some(runnable);
         if let Some((s, preempted, in_ep, state)) = st.off.take() {
             if preempted {
                 push(states, s, ts, "preempted", json!({"note": "involuntary switch-out: runnable, waiting for a CPU"}));
             } else {
-                let b_end = st.woken.unwrap_or(ts);
+                // A wake-up whose record was lost: the switch-in's time.
+                let woken = st.woken.or_else(|| later(s));
                 let name = if in_ep { "blocked in epoll_wait" } else { "blocked" };
-                push(states, s, b_end, name, json!({"task_state": state}));
-                if let Some(w) = st.woken {
+                push(states, s, woken.unwrap_or(ts), name, json!({"task_state": state}));
+                if let Some(w) = woken {
+                    let w = later(w).unwrap_or(w);
                     push(states, w, ts, "run queue", json!({"wait_ns": ts.saturating_sub(w)}));
                 }
             }
         } else if let Some(w) = st.woken {
+            let w = later(w).unwrap_or(w);
             push(states, w, ts, "run queue", json!({"wait_ns": ts.saturating_sub(w)}));
         }
         st.woken = None;
@@ -705,15 +714,15 @@ fn thread_slices(tid: u32, t: &ThreadRec, t_end: u64) -> (Vec<Slice>, Vec<Slice>
         // Any event but a switch-in or wake-up happens on a CPU: if the
         // switch-in was lost, the thread runs again from here.
         if runs_now && st.running.is_none() && !matches!(e.k, TK::Gone) && (st.off.is_some() || st.woken.is_some()) {
-            close_off(&mut st, &mut states, e.ts);
+            close_off(&mut st, &mut states, e.ts, 0);
             st.running = Some((e.ts, e.cpu));
         }
         match &e.k {
-            TK::In { cpu } => {
+            TK::In { cpu, runnable_ts } => {
                 if let Some((s, c)) = st.running.take() {
                     push(&mut states, s, e.ts, "on CPU", json!({"cpu": c}));
                 }
-                close_off(&mut st, &mut states, e.ts);
+                close_off(&mut st, &mut states, e.ts, *runnable_ts);
                 st.running = Some((e.ts, *cpu));
             }
             TK::Out { involuntary, state } => {
@@ -763,7 +772,7 @@ fn thread_slices(tid: u32, t: &ThreadRec, t_end: u64) -> (Vec<Slice>, Vec<Slice>
         push(&mut states, s, t_end, "on CPU", json!({"cpu": c, "note": "until the end of the trace"}));
     }
     if st.off.is_some() || st.woken.is_some() {
-        close_off(&mut st, &mut states, t_end);
+        close_off(&mut st, &mut states, t_end, 0);
     }
     if let Some((s, epfd, sc)) = st.in_ep.take() {
         push(&mut spans, s.max(last_span_end), t_end, &format!("{sc}({epfd})"), json!({"note": "no return before the end of the trace"}));
@@ -1083,6 +1092,43 @@ pub(crate) mod tests {
         let out = p.build();
         let names: Vec<&str> = out.iter().filter(|e| e["ph"] == "X").filter_map(|e| e["name"].as_str()).collect();
         assert!(names.contains(&"run queue") && !names.iter().any(|n| n.starts_with("blocked")), "{names:?}");
+    }
+
+    /// Records lost between a wake-up and a switch-in (the thread ran and
+    /// slept again meanwhile): the run-queue slice starts where the
+    /// switch-in says its wait began, not at the old wake-up.
+    #[test]
+    fn the_run_queue_starts_where_the_switch_in_says() {
+        let (a, b) = (task(7, "a"), task(8, "b"));
+        let mut p = PerfettoWriter::new(Path::new("/nonexistent"));
+        let sleep = || Kind::SwitchOut { involuntary: false, woken: false, state: 1, next_tid: 1, next_comm: "x".into() };
+        let switch_in = |runnable_ts| Kind::SwitchIn { runnable_ts, prev_cpu: 0, after_preempt: false, prev_tid: 1, prev_comm: "x".into() };
+        let evs = vec![
+            ev(100, 0, &a, sleep()),
+            ev(200, 1, &b, crate::analysis::tests::wake(a.clone(), 0, Cause::SocketReadable)),
+            // Lost: a's switch-in, its run, its sleep, the next wake-up at 900.
+            ev(1_000, 0, &a, switch_in(900)),
+            // b: its wake-up record lost.
+            ev(1_100, 0, &b, sleep()),
+            ev(2_000, 0, &b, switch_in(1_950)),
+        ];
+        for e in &evs {
+            p.add_event(e, &Annotation::default());
+        }
+        let out = p.build();
+        let slices = |tid: u32| -> Vec<(String, u64, u64)> {
+            out.iter()
+                .filter(|e| e["ph"] == "X" && e["tid"] == tid && e["name"] != "on CPU")
+                .map(|e| {
+                    let ns = |v: &Value| (v.as_f64().unwrap() * 1000.0).round() as u64;
+                    (e["name"].as_str().unwrap().to_string(), ns(&e["ts"]), ns(&e["dur"]))
+                })
+                .collect()
+        };
+        let s = |n: &str, ts, dur| (n.to_string(), ts, dur);
+        // Times from the first record (100).
+        assert_eq!(slices(7), [s("blocked", 0, 100), s("run queue", 800, 100)], "not a run queue from the wake-up at 200");
+        assert_eq!(slices(8), [s("blocked", 1_000, 850), s("run queue", 1_850, 50)], "a wake-up's record lost");
     }
 
     #[test]

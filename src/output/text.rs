@@ -236,7 +236,8 @@ impl TextRenderer {
             );
         }
         if let Some(np) = c.sock.as_ref().and_then(|s| s.napi.as_ref()) {
-            let dev = if np.dev.is_empty() { "the per-CPU backlog (loopback, veth, RPS)".to_string() } else { term_safe(&np.dev).into_owned() };
+            let dev =
+                if np.dev.is_empty() { "the per-CPU backlog (loopback, veth, RPS)".to_string() } else { term_safe(&np.dev).into_owned() };
             let _ = writeln!(
                 o,
                 "  {:<14} CPU{}  {} of budget {} packets from {} {:>9}  (napi_poll ended)",
