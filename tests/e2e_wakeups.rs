@@ -226,6 +226,56 @@ fn state_changes_of_other_sockets_at_a_reset_sockets_address_are_not_the_targets
     assert_eq!(resets, CONNS, "one ESTABLISHED -> CLOSE per reset connection");
 }
 
+/// memcached's two workers both wait on its UDP socket: each datagram wakes
+/// both. A datagram has no sequence number, so the kernel side once gave
+/// every datagram of one client within 1 ms the first one's event: one
+/// socket event for ten requests, the other chains without a socket.
+#[test]
+fn each_datagram_of_a_request_response_client_is_its_own_event() {
+    if !require_root() {
+        return;
+    }
+    const ROUNDS: usize = 10;
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port().to_string();
+    let mut mc = Command::new("memcached")
+        .args(["-p", "0", "-U", &port, "-l", "127.0.0.1", "-t", "2", "-u", "nobody"])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("memcached (apt-get install memcached)");
+    let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    client.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    client.connect(("127.0.0.1", port.parse::<u16>().unwrap())).unwrap();
+    // memcached's UDP frame: request id, sequence, datagram count, reserved.
+    let request = |id: u8| [&[0, id, 0, 0, 0, 1, 0, 0][..], b"version\r\n"].concat();
+    let mut reply = [0u8; 64];
+    let t = Instant::now();
+    while client.send(&request(0)).is_err() || client.recv(&mut reply).is_err() {
+        assert!(t.elapsed() < Duration::from_secs(10), "memcached did not answer on UDP");
+    }
+    let (mut nd, json) = trace_json(dir.path(), mc.id());
+    for i in 1..=ROUNDS {
+        client.send(&request(i as u8)).unwrap();
+        let n = client.recv(&mut reply).expect("memcached's reply");
+        assert!(reply[8..n].starts_with(b"VERSION"), "{:?}", String::from_utf8_lossy(&reply[..n]));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let _ = mc.kill();
+    let _ = mc.wait();
+    let err = ended(&mut nd);
+
+    let lines = json_lines(&json);
+    let me = std::process::id();
+    let wakes: Vec<&Value> = lines.iter().filter(|l| l["type"] == "wake" && l["task"]["pid"] == me).collect();
+    let events: std::collections::BTreeSet<u64> = wakes.iter().filter_map(|l| l["sock_seq"].as_u64()).filter(|&s| s != 0).collect();
+    let udp_ready = lines.iter().filter(|l| l["type"] == "sock_ready" && l["sock"]["protocol"] == 17).count();
+    eprintln!("{} wake-ups by the client, {} socket events, {udp_ready} UDP sock_ready lines", wakes.len(), events.len());
+    assert_eq!(events.len(), ROUNDS, "one socket event per datagram; stderr: {err}");
+    assert_eq!(udp_ready, ROUNDS, "one UDP sock_ready per datagram");
+    assert!(wakes.len() >= ROUNDS, "every datagram woke a worker: {} wake-ups", wakes.len());
+}
+
 /// Each worker waits on an outer epoll instance holding an inner one that
 /// holds the shared listener: the wake-up's socket is read one level down,
 /// and the worker's epoll_wait on the inner instance continues its hop, so

@@ -704,8 +704,17 @@ static __always_inline __u64 progress_key(struct sock *sk, struct ready_slot *sl
 {
 	if (ND_READ(direct, struct sock, sk, __sk_common.skc_state) == 10 /* TCP_LISTEN */)
 		return slot->st_sk ^ slot->st_ts;
-	if (ND_READ_BITFIELD(direct, struct sock, sk, sk_protocol) != 6 /* IPPROTO_TCP */)
-		return 0;
+	if (ND_READ_BITFIELD(direct, struct sock, sk, sk_protocol) != 6 /* IPPROTO_TCP */) {
+		/*
+		 * A datagram has no sequence number. Its waker sends the next one
+		 * after blocking for the reply: its context-switch count moves
+		 * between two datagrams, never within one wake-up walk (a burst
+		 * sent without blocking stays one event, as before).
+		 */
+		struct task_struct *cur = bpf_get_current_task_btf();
+
+		return cur->nvcsw + cur->nivcsw + 1;
+	}
 	return ((__u64)ND_READ(direct, struct tcp_sock, sk, rcv_nxt) << 32) ^ ND_READ(direct, struct tcp_sock, sk, snd_una);
 }
 
