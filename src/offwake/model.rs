@@ -295,10 +295,23 @@ pub fn folded_frame(s: &str) -> String {
     clean(s).replace(';', ":")
 }
 
+/// A thread name for the folded format: one that reads as structure there
+/// (the `--` and `-` delimiters, or a `[...]` name the waker's place takes
+/// for an interrupt) is quoted, so a thread named `--` or `[irq CPU0]`
+/// cannot pass for them.
+pub fn folded_comm(s: &str) -> String {
+    let f = folded_frame(s);
+    if f == "-" || f == "--" || f.starts_with('[') || f.starts_with('\'') {
+        format!("'{f}'")
+    } else {
+        f
+    }
+}
+
 /// The stack part of a folded line (everything but the value).
 pub fn folded_stack(e: &Entry, opts: &RenderOptions) -> String {
     let mut parts: Vec<String> = Vec::new();
-    parts.push(folded_frame(&e.blocked.comm));
+    parts.push(folded_comm(&e.blocked.comm));
     parts.extend(e.blocked_user.iter().rev().map(|f| folded_frame(f)));
     if opts.delimited && !e.blocked_user.is_empty() && !e.blocked_kernel.is_empty() {
         parts.push("-".into());
@@ -310,7 +323,10 @@ pub fn folded_stack(e: &Entry, opts: &RenderOptions) -> String {
         parts.push("-".into());
     }
     parts.extend(e.waker.user.iter().map(|f| folded_frame(f)));
-    parts.push(folded_frame(&e.waker.name()));
+    parts.push(match e.waker.context {
+        WakeContext::Task => folded_comm(&e.waker.task.comm),
+        _ => folded_frame(&e.waker.name()),
+    });
     let mut s = parts.join(";");
     // A stack ending in " 3" (a thread named `worker 3`) before its value
     // reads as a differential line (two counts) to flamegraph.pl and inferno.
@@ -661,5 +677,15 @@ mod tests {
         assert!(s.starts_with("a:b\\x0ac;"), "{s}");
         assert!(s.contains(";operator:();"), "{s}");
         assert!(!text_block(&e, &RenderOptions::default()).contains("a;b\nc"));
+        // Names that read as the delimiter or as an interrupt's place are quoted.
+        e.blocked.comm = "--".into();
+        e.waker.task.comm = "[irq CPU0]".into();
+        let s = folded_stack(&e, &RenderOptions::default());
+        assert!(s.starts_with("'--';"), "{s}");
+        assert_eq!(s.split(';').filter(|f| *f == "--").count(), 1, "{s}");
+        assert!(s.ends_with(";'[irq CPU0]'"), "{s}");
+        e.waker.context = WakeContext::Irq;
+        e.waker.cpu = 0;
+        assert!(folded_stack(&e, &RenderOptions::default()).ends_with(";[irq CPU0]"));
     }
 }
