@@ -397,7 +397,7 @@ fn leader_exit_is_not_process_exit() {
     let dir = tempfile::tempdir().unwrap();
     let bin = leader_exit_program(dir.path());
     let go = dir.path().join("go");
-    let mut target = Command::new(&bin).arg(&go).spawn().unwrap();
+    let mut target = Command::new(&bin).arg(&go).arg(&go).spawn().unwrap();
     let (child, out) = traced_json(dir.path(), &["-p", &target.id().to_string()], "o.jsonl", Some("30"));
     // The leader exits now; the worker goes on for about 1.5 s.
     let t = Instant::now();
@@ -421,8 +421,9 @@ fn leader_exit_is_not_process_exit() {
     assert!(wakes >= 5, "the worker's wake-ups after the leader's exit: {wakes}");
 }
 
-/// A program whose leader thread calls pthread_exit once the file named by
-/// its argument exists, while its worker naps 15 times 100 ms.
+/// A program whose worker naps 15 times 100 ms once the file named by its
+/// first argument exists, and whose leader thread calls pthread_exit once
+/// the file named by its second exists (at once without one).
 fn leader_exit_program(dir: &Path) -> PathBuf {
     let src = dir.join("leader_exit.c");
     std::fs::write(
@@ -438,7 +439,7 @@ static void *worker(void *go) {
 int main(int argc, char **argv) {
     pthread_t t;
     pthread_create(&t, 0, worker, argc > 1 ? argv[1] : 0);
-    while (argc > 1 && access(argv[1], F_OK) != 0) usleep(10000);
+    while (argc > 2 && access(argv[2], F_OK) != 0) usleep(10000);
     pthread_exit(0);
 }
 "#,
@@ -460,7 +461,6 @@ fn a_process_whose_leader_already_exited_is_traced() {
     let dir = tempfile::tempdir().unwrap();
     let bin = leader_exit_program(dir.path());
     let go = dir.path().join("go");
-    std::fs::write(&go, "").unwrap();
     let mut target = Command::new(&bin).arg(&go).spawn().unwrap();
     let pid = target.id();
     let t = Instant::now();
@@ -469,6 +469,9 @@ fn a_process_whose_leader_already_exited_is_traced() {
         std::thread::sleep(Duration::from_millis(5));
     }
     let (child, out) = traced_json(dir.path(), &["-p", &pid.to_string()], "o.jsonl", Some("30"));
+    // The worker's naps from now: an attach slower than them (a loaded
+    // machine) must not find it gone.
+    std::fs::write(&go, "").unwrap();
     let o = child.wait_with_output().unwrap();
     let _ = target.wait();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
