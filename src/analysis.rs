@@ -981,8 +981,16 @@ impl Correlator {
                 // A new blocking period: what the thread did since its last wake is over.
                 self.finish_hops(target.tid, |h| h.on_cpu.is_some() || h.wake.is_none());
                 let cause = cause.unwrap_or(Cause::Unknown);
+                let relayed = (!*via_epoll && matches!(cause, Cause::Other | Cause::Unknown) && ev.task.pid == target.pid)
+                    .then(|| self.relayed_by(ev.task.tid, target.tid))
+                    .flatten();
                 // The stack must agree with the hook, or the socket was another wake-up's.
                 let id = match self.by_seq.get(sock_seq) {
+                    _ if relayed.is_some() => {
+                        // The socket read for it is the waker's event, seen again.
+                        self.defer_unjoined(*sock_seq, ev.ts, ev.cpu);
+                        relayed.unwrap_or_default()
+                    }
                     Some(&(id, hook)) if *sock_seq != 0 && self.open.contains_key(&id) && hook_matches(hook, cause) => id,
                     _ => {
                         // Its socket was a guess the stack disproves.
@@ -1429,6 +1437,18 @@ impl Correlator {
             }
             _ => true,
         }
+    }
+
+    /// The chain whose readiness `waker` passes on to `target`: both wait in
+    /// one epoll instance, and the waker, woken there and not returned yet,
+    /// wakes the next waiter itself because level-triggered items stay
+    /// ready (ep_done_scan in its epoll_wait). That is the same readiness.
+    fn relayed_by(&self, waker: u32, target: u32) -> Option<u64> {
+        let (w, t) = (self.threads.get(&waker)?, self.threads.get(&target)?);
+        if !(w.in_epoll && t.in_epoll && w.last_enter_epfd == t.last_enter_epfd) {
+            return None;
+        }
+        self.pending_hops(waker, |_, h| h.wake.is_some() && h.epoll.is_none()).next().map(|p| p.0)
     }
 
     /// A hop the thread is handling: its epoll_wait returned in it, and it
