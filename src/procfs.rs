@@ -366,11 +366,17 @@ pub fn pid_namespace_problem() -> Option<String> {
 /// hides them (from all at 2; at 1, from those without CAP_SYSLOG), and waker
 /// stacks then cannot be named.
 pub fn kallsyms_readable() -> bool {
-    let mut first = String::new();
-    if let Ok(f) = std::fs::File::open("/proc/kallsyms") {
-        let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(f), &mut first);
+    match std::fs::File::open("/proc/kallsyms") {
+        Ok(f) => addresses_shown(std::io::BufReader::new(f)),
+        Err(_) => false,
     }
-    first.split_whitespace().next().map(|a| a.chars().any(|c| c != '0')).unwrap_or(false)
+}
+
+/// Whether a kallsyms listing shows addresses: hidden, every one is zero;
+/// shown, the first few may still be (per-CPU symbols at 0 on Linux 6.1:
+/// `fixed_percpu_data`, `__per_cpu_start`), so the first 1000 are looked at.
+fn addresses_shown(r: impl std::io::BufRead) -> bool {
+    r.lines().take(1000).map_while(|l| l.ok()).any(|l| l.split_whitespace().next().is_some_and(|a| a.chars().any(|c| c != '0')))
 }
 
 /// Effective uid 0.
@@ -448,6 +454,15 @@ pub fn privileged() -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kallsyms_addresses_shown_past_per_cpu_zeros() {
+        let shown = "0000000000000000 A fixed_percpu_data\n0000000000000000 A __per_cpu_start\n0000000000001000 A cpu_debug_store\nffffffffbb800000 T _stext\n";
+        assert!(addresses_shown(shown.as_bytes()));
+        let hidden = "0000000000000000 A fixed_percpu_data\n0000000000000000 T _stext\n0000000000000000 T x\n";
+        assert!(!addresses_shown(hidden.as_bytes()));
+        assert!(!addresses_shown("".as_bytes()));
+    }
 
     /// An exited child not yet reaped is a zombie: it exists, and is not alive.
     #[test]

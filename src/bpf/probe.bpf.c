@@ -118,7 +118,8 @@ int BPF_PROG(probe_task_pt_regs, struct task_struct *p)
 SEC("tp_btf/sched_waking")
 int BPF_PROG(probe_stack, struct task_struct *p)
 {
-	__u64 st[8];
+	/* Zeroed: Linux 6.1's verifier takes the buffer as read ("invalid indirect read from stack"). */
+	__u64 st[8] = {};
 
 	if (bpf_get_stack(ctx, st, sizeof(st), 0) > 0)
 		__sync_fetch_and_add(&hits, 1);
