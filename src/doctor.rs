@@ -409,7 +409,15 @@ fn check_privileges(p: &Privileges) -> Vec<Check> {
     });
     out.push(match sysctl("/proc/sys/kernel/perf_event_paranoid") {
         Some(v) => {
-            if v <= 1 || p.perfmon() {
+            if v >= 3 && p.perfmon() && !p.cap(CAP_SYS_ADMIN) {
+                // Mainline reads 3 as 2; Debian's and Ubuntu's kernels refuse
+                // every perf event without CAP_SYS_ADMIN there, CAP_PERFMON or
+                // not: the prog: lines above say which this kernel does.
+                Check::pass(
+                    "perf_event_paranoid",
+                    format!("{v}: enough with CAP_PERFMON on a mainline kernel; one with the level-3 patch (Debian's, Ubuntu's) refuses perf events without CAP_SYS_ADMIN: if prog:tracepoint says no, sysctl kernel.perf_event_paranoid=2 or run netdrift as root"),
+                )
+            } else if v <= 1 || p.perfmon() {
                 let why = if v <= 1 { "" } else { "; irrelevant with CAP_PERFMON" };
                 Check::pass("perf_event_paranoid", format!("{v}{why}"))
             } else {

@@ -465,7 +465,7 @@ impl<'obj> Probes<'obj> {
         if let Some(n) = precreate_task_state(&skel.maps.tasks, &cfg.tgids, &cfg.tids) {
             notes.push(n);
         }
-        skel.attach().map_err(|e| Error::Bpf(format!("attaching the BPF programs failed: {e:#}")))?;
+        skel.attach().map_err(attach_error)?;
         let (forked, settle_notes) = settle_targets(&cfg.tgids, &cfg.tids, cfg.follow_children, |id, is_tid, add| {
             let mut o = crate::skel::types::nd_target_op { id, is_tid, add };
             // SAFETY: nd_target_op is a repr(C) struct of three u32, viewed as its bytes (the program's context).
@@ -648,6 +648,21 @@ mod sysno {
         libc::SYS_sendmsg as i32,
         libc::SYS_connect as i32,
     ];
+}
+
+/// An attach refused to a non-root netdrift at kernel.perf_event_paranoid 3
+/// is a privilege, not a kernel, problem: Debian's and Ubuntu's kernels then
+/// refuse perf events without CAP_SYS_ADMIN, CAP_PERFMON or not.
+fn attach_error(e: libbpf_rs::Error) -> Error {
+    let paranoid = std::fs::read_to_string("/proc/sys/kernel/perf_event_paranoid").ok().and_then(|s| s.trim().parse::<i32>().ok());
+    let denied = matches!(e.kind(), libbpf_rs::ErrorKind::PermissionDenied);
+    if denied && !crate::procfs::is_root() && paranoid.is_some_and(|v| v >= 3) {
+        return Error::Privilege(format!(
+            "attaching the BPF programs was refused ({e}): kernel.perf_event_paranoid is {}, at which this kernel refuses perf events without CAP_SYS_ADMIN: sysctl kernel.perf_event_paranoid=2, or run netdrift as root",
+            paranoid.unwrap_or(3)
+        ));
+    }
+    Error::Bpf(format!("attaching the BPF programs failed: {e:#}"))
 }
 
 #[cfg(test)]
