@@ -982,7 +982,7 @@ impl Correlator {
                 self.finish_hops(target.tid, |h| h.on_cpu.is_some() || h.wake.is_none());
                 let cause = cause.unwrap_or(Cause::Unknown);
                 let relayed = (!*via_epoll && matches!(cause, Cause::Other | Cause::Unknown) && ev.task.pid == target.pid)
-                    .then(|| self.relayed_by(ev.task.tid, target.tid))
+                    .then(|| self.relayed_by(ev.task.tid))
                     .flatten();
                 // The stack must agree with the hook, or the socket was another wake-up's.
                 let id = match self.by_seq.get(sock_seq) {
@@ -1439,16 +1439,14 @@ impl Correlator {
         }
     }
 
-    /// The chain whose readiness `waker` passes on to `target`: both wait in
-    /// one epoll instance, and the waker, woken there and not returned yet,
-    /// wakes the next waiter itself because level-triggered items stay
-    /// ready (ep_done_scan in its epoll_wait). That is the same readiness.
-    fn relayed_by(&self, waker: u32, target: u32) -> Option<u64> {
-        let (w, t) = (self.threads.get(&waker)?, self.threads.get(&target)?);
-        if !(w.in_epoll && t.in_epoll && w.last_enter_epfd == t.last_enter_epfd) {
-            return None;
-        }
-        self.pending_hops(waker, |_, h| h.wake.is_some() && h.epoll.is_none()).next().map(|p| p.0)
+    /// The chain whose readiness `waker` passes on: woken through epoll and
+    /// not returned yet, it is inside epoll_wait, where the only thread it
+    /// can wake (not through ep_poll_callback) is the next waiter of the same
+    /// instance, because level-triggered items stay ready (ep_done_scan).
+    /// That is the same readiness. (Neither thread's epoll_enter need have
+    /// been seen: both may have waited since before the trace.)
+    fn relayed_by(&self, waker: u32) -> Option<u64> {
+        self.pending_hops(waker, |_, h| h.epoll.is_none() && h.wake.as_ref().is_some_and(|w| w.via_epoll)).next().map(|p| p.0)
     }
 
     /// A hop the thread is handling: its epoll_wait returned in it, and it

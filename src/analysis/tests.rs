@@ -1313,31 +1313,39 @@ fn a_wake_up_relayed_by_a_returning_epoll_wait_joins_its_chain() {
         *via_epoll = false;
         *context = Some(WakerContext::Process);
     }
-    let evs = vec![
-        ev(0, 0, w0.clone(), Kind::FdMap { ino: 500, fd: 3 }),
-        ev(0, 0, w0.clone(), Kind::EpollMap { epfd: 4, fd: 3, data: 3 }),
-        ev(10, 0, w0.clone(), enter()),
-        ev(20, 1, w1.clone(), enter()),
-        ev(1000, 1, client.clone(), ready(7, ReadyHook::EpollItem)),
-        ev(1100, 1, client.clone(), wake(w0.clone(), 7, Cause::SocketReadable)),
-        ev(1500, 0, w0.clone(), switch_in(1100, 0)),
-        // The kernel reads the listener from w1's ready list: a new event at first sight.
-        ev(1600, 0, w0.clone(), ready(9, ReadyHook::EpollItem)),
-        ev(1600, 0, w0.clone(), relay),
-        ev(1700, 0, w0.clone(), epoll_exit(4, &[3])),
-        ev(1800, 0, w0.clone(), accept(3, 6, Some(peer))),
-        ev(2000, 1, w1.clone(), switch_in(1600, 1)),
-        ev(2100, 1, w1.clone(), epoll_exit(4, &[3])),
-        ev(2200, 1, w1.clone(), accept(3, -11, None)),
-        ev(2300, 1, w1.clone(), enter()),
-        ev(2400, 0, w0.clone(), enter()),
-    ];
-    let mut c = Correlator::new();
-    let chains: Vec<Box<Chain>> = all_chains(&mut c, &evs).into_iter().filter(|ch| !ch.hops.is_empty()).collect();
-    assert_eq!(chains.len(), 1, "{chains:#?}");
-    let ch = &chains[0];
-    assert_eq!((ch.woken(), ch.wasted()), (2, 1), "{ch:#?}");
-    assert_eq!(c.stats.herd_chains, 1);
-    let w1_hop = ch.hops.iter().find(|h| h.target.tid == 12).unwrap();
-    assert!(w1_hop.accept_failed(), "{w1_hop:#?}");
+    // With the threads' epoll_enter seen, and without (both waiting since before the trace).
+    for seen in [true, false] {
+        let mut evs = vec![
+            ev(0, 0, w0.clone(), Kind::FdMap { ino: 500, fd: 3 }),
+            ev(0, 0, w0.clone(), Kind::EpollMap { epfd: 4, fd: 3, data: 3 }),
+            ev(10, 0, w0.clone(), enter()),
+            ev(20, 1, w1.clone(), enter()),
+        ];
+        if !seen {
+            evs.truncate(2);
+        }
+        evs.extend([
+            ev(1000, 1, client.clone(), ready(7, ReadyHook::EpollItem)),
+            ev(1100, 1, client.clone(), wake(w0.clone(), 7, Cause::SocketReadable)),
+            ev(1500, 0, w0.clone(), switch_in(1100, 0)),
+            // The kernel reads the listener from w1's ready list: a new event at first sight.
+            ev(1600, 0, w0.clone(), ready(9, ReadyHook::EpollItem)),
+            ev(1600, 0, w0.clone(), relay.clone()),
+            ev(1700, 0, w0.clone(), epoll_exit(4, &[3])),
+            ev(1800, 0, w0.clone(), accept(3, 6, Some(peer.clone()))),
+            ev(2000, 1, w1.clone(), switch_in(1600, 1)),
+            ev(2100, 1, w1.clone(), epoll_exit(4, &[3])),
+            ev(2200, 1, w1.clone(), accept(3, -11, None)),
+            ev(2300, 1, w1.clone(), enter()),
+            ev(2400, 0, w0.clone(), enter()),
+        ]);
+        let mut c = Correlator::new();
+        let chains: Vec<Box<Chain>> = all_chains(&mut c, &evs).into_iter().filter(|ch| !ch.hops.is_empty()).collect();
+        assert_eq!(chains.len(), 1, "{chains:#?}");
+        let ch = &chains[0];
+        assert_eq!((ch.woken(), ch.wasted()), (2, 1), "{ch:#?}");
+        assert_eq!(c.stats.herd_chains, 1);
+        let w1_hop = ch.hops.iter().find(|h| h.target.tid == 12).unwrap();
+        assert!(w1_hop.accept_failed(), "{w1_hop:#?}");
+    }
 }
