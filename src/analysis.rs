@@ -985,13 +985,13 @@ impl Correlator {
                     .then(|| self.relayed_by(ev.task.tid))
                     .flatten();
                 // The stack must agree with the hook, or the socket was another wake-up's.
-                let id = match self.by_seq.get(sock_seq) {
-                    _ if relayed.is_some() => {
+                let id = match (relayed, self.by_seq.get(sock_seq)) {
+                    (Some(id), _) => {
                         // The socket read for it is the waker's event, seen again.
                         self.defer_unjoined(*sock_seq, ev.ts, ev.cpu);
-                        relayed.unwrap_or_default()
+                        id
                     }
-                    Some(&(id, hook)) if *sock_seq != 0 && self.open.contains_key(&id) && hook_matches(hook, cause) => id,
+                    (None, Some(&(id, hook))) if *sock_seq != 0 && self.open.contains_key(&id) && hook_matches(hook, cause) => id,
                     _ => {
                         // Its socket was a guess the stack disproves.
                         self.defer_unjoined(*sock_seq, ev.ts, ev.cpu);

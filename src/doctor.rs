@@ -389,8 +389,7 @@ fn check_privileges(p: &Privileges) -> Vec<Check> {
         )
     });
 
-    let sysctl = |f: &str| fs::read_to_string(f).ok().and_then(|s| s.trim().parse::<i64>().ok());
-    out.push(match sysctl("/proc/sys/kernel/unprivileged_bpf_disabled") {
+    out.push(match crate::procfs::sysctl("kernel/unprivileged_bpf_disabled") {
         Some(v) => {
             let meaning = match v {
                 0 => "unprivileged BPF allowed",
@@ -407,7 +406,7 @@ fn check_privileges(p: &Privileges) -> Vec<Check> {
         }
         None => Check::pass("unprivileged_bpf_disabled", "unreadable (kernel.unprivileged_bpf_disabled)"),
     });
-    out.push(match sysctl("/proc/sys/kernel/perf_event_paranoid") {
+    out.push(match crate::procfs::sysctl("kernel/perf_event_paranoid") {
         Some(v) => {
             if v >= 3 && p.perfmon() && !p.cap(CAP_SYS_ADMIN) {
                 // Mainline reads 3 as 2; Debian's and Ubuntu's kernels refuse

@@ -593,7 +593,6 @@ pub fn distinct_programs(pids: impl IntoIterator<Item = u32>) -> Vec<u32> {
 pub fn resolve_preset(name: &str, pids: &[u32]) -> Result<Vec<Resolved>, Error> {
     let specs = preset(name).ok_or_else(|| Error::Usage(format!("--preset {name}: no such preset (one of {})", PRESETS.join(", "))))?;
     let (mut out, mut first_err) = (Vec::new(), None);
-    let tried: Vec<String> = pids.iter().map(|p| p.to_string()).collect();
     for &pid in pids {
         match resolve(&specs, Some(pid), true) {
             Ok(r) => out.extend(r),
@@ -604,8 +603,9 @@ pub fn resolve_preset(name: &str, pids: &[u32]) -> Result<Vec<Resolved>, Error> 
     }
     match (out.is_empty(), first_err) {
         (false, _) => Ok(out),
-        (true, Some((pid, Error::Usage(m)))) if tried.len() == 1 => Err(Error::Usage(format!("--preset {name} (looked up in pid {pid}): {m}"))),
+        (true, Some((pid, Error::Usage(m)))) if pids.len() == 1 => Err(Error::Usage(format!("--preset {name} (looked up in pid {pid}): {m}"))),
         (true, Some((pid, Error::Usage(m)))) => {
+            let tried: Vec<String> = pids.iter().map(|p| p.to_string()).collect();
             Err(Error::Usage(format!("--preset {name} (looked up in pids {}; pid {pid}'s reasons): {m}", tried.join(", "))))
         }
         (true, Some((_, e))) => Err(e),

@@ -654,13 +654,12 @@ mod sysno {
 /// is a privilege, not a kernel, problem: Debian's and Ubuntu's kernels then
 /// refuse perf events without CAP_SYS_ADMIN, CAP_PERFMON or not.
 fn attach_error(e: libbpf_rs::Error) -> Error {
-    let paranoid = std::fs::read_to_string("/proc/sys/kernel/perf_event_paranoid").ok().and_then(|s| s.trim().parse::<i32>().ok());
-    let denied = matches!(e.kind(), libbpf_rs::ErrorKind::PermissionDenied);
-    if denied && !crate::procfs::is_root() && paranoid.is_some_and(|v| v >= 3) {
-        return Error::Privilege(format!(
-            "attaching the BPF programs was refused ({e}): kernel.perf_event_paranoid is {}, at which this kernel refuses perf events without CAP_SYS_ADMIN: sysctl kernel.perf_event_paranoid=2, or run netdrift as root",
-            paranoid.unwrap_or(3)
-        ));
+    if matches!(e.kind(), libbpf_rs::ErrorKind::PermissionDenied) && !crate::procfs::is_root() {
+        if let Some(v) = crate::procfs::sysctl("kernel/perf_event_paranoid").filter(|&v| v >= 3) {
+            return Error::Privilege(format!(
+                "attaching the BPF programs was refused ({e}): kernel.perf_event_paranoid is {v}, at which this kernel refuses perf events without CAP_SYS_ADMIN: sysctl kernel.perf_event_paranoid=2, or run netdrift as root"
+            ));
+        }
     }
     Error::Bpf(format!("attaching the BPF programs failed: {e:#}"))
 }

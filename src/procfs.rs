@@ -385,12 +385,18 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+/// A numeric sysctl (`kernel/perf_event_paranoid`), if readable.
+pub fn sysctl(name: &str) -> Option<i64> {
+    std::fs::read_to_string(format!("/proc/sys/{name}")).ok()?.trim().parse().ok()
+}
+
 /// Why kernel addresses are hidden, for messages: the sysctl's value and the fix.
 pub fn kallsyms_hidden_why() -> String {
-    let kr = std::fs::read_to_string("/proc/sys/kernel/kptr_restrict").map(|s| s.trim().to_string()).unwrap_or_else(|_| "?".into());
+    let v = sysctl("kernel/kptr_restrict");
+    let kr = v.map_or_else(|| "?".to_string(), |v| v.to_string());
     if is_root() {
         format!("kernel.kptr_restrict is {kr}: set it to 1 (sysctl kernel.kptr_restrict=1) for the trace")
-    } else if kr == "2" {
+    } else if v == Some(2) {
         format!("kernel.kptr_restrict is {kr}: set it to 1 (sysctl kernel.kptr_restrict=1) and run netdrift as root (or add CAP_SYSLOG)")
     } else {
         format!("kernel.kptr_restrict is {kr}: run netdrift as root (or add CAP_SYSLOG)")

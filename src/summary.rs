@@ -705,16 +705,7 @@ mod tests {
     fn a_listener_made_again_at_its_address_is_a_row_of_its_own() {
         let mut b = SummaryBuilder::new();
         let worker = Task { pid: 10, tid: 11, comm: "worker".into() };
-        let listen = |ino: u64| SockInfo {
-            sk: 0xff00,
-            ino,
-            netns: 1,
-            family: 2,
-            protocol: 6,
-            local: "127.0.0.1:80".parse().unwrap(),
-            remote: "0.0.0.0:0".parse().unwrap(),
-            state: 10,
-        };
+        let listen = |ino: u64| SockInfo { sk: 0xff00, ino, ..crate::output::perfetto::tests::listen() };
         let accept = |ts: u64, ino: u64| Event {
             ts,
             cpu: 0,
