@@ -263,6 +263,11 @@ pub struct Hop {
     blocked_since: Option<u64>,
     #[serde(skip)]
     done: bool,
+    /// Woken by another thread's epoll_wait passing on the readiness
+    /// (`Correlator::relayed_by`), so inside epoll_wait, as a thread woken
+    /// through epoll is.
+    #[serde(skip)]
+    relayed: bool,
 }
 
 impl Hop {
@@ -981,9 +986,14 @@ impl Correlator {
                 // A new blocking period: what the thread did since its last wake is over.
                 self.finish_hops(target.tid, |h| h.on_cpu.is_some() || h.wake.is_none());
                 let cause = cause.unwrap_or(Cause::Unknown);
-                let relayed = (!*via_epoll && matches!(cause, Cause::Other | Cause::Unknown) && ev.task.pid == target.pid)
-                    .then(|| self.relayed_by(ev.task.tid))
-                    .flatten();
+                let relayed = match cause {
+                    _ if *via_epoll => None,
+                    // An epoll_ctl adding or modifying a ready fd: the one its caller handles.
+                    Cause::EpollRelay => self.relayed_by(ev.task.tid).or_else(|| self.active_chain(ev.task.tid, |_| true)),
+                    // The stack does not say (none, or a kernel that names it otherwise).
+                    Cause::Other | Cause::Unknown if ev.task.pid == target.pid => self.relayed_by(ev.task.tid),
+                    _ => None,
+                };
                 // The stack must agree with the hook, or the socket was another wake-up's.
                 let id = match (relayed, self.by_seq.get(sock_seq)) {
                     (Some(id), _) => {
@@ -1009,6 +1019,7 @@ impl Correlator {
                 });
                 let hop = Hop {
                     target: target.clone(),
+                    relayed: relayed.is_some(),
                     wake: Some(WakeInfo {
                         ts: ev.ts,
                         cpu: ev.cpu,
@@ -1123,7 +1134,8 @@ impl Correlator {
                                 // length is unknown, and it must not take the next wake-up.
                                 h.blocked_since = None;
                             }
-                            let via_epoll = h.wake.as_ref().map(|w| w.via_epoll).unwrap_or(false);
+                            // A relayed wake-up finds the thread inside epoll_wait too.
+                            let via_epoll = h.wake.as_ref().map(|w| w.via_epoll).unwrap_or(false) || h.relayed;
                             if in_epoll && h.actions.is_empty() && h.epoll.as_ref().is_some_and(|e| e.awaits_nested(epfd)) {
                                 // Asleep in the nested instance its outer return listed: it was empty.
                                 h.slept_again = Some(ts);
@@ -1444,9 +1456,10 @@ impl Correlator {
     /// can wake (not through ep_poll_callback) is the next waiter of the same
     /// instance, because level-triggered items stay ready (ep_done_scan).
     /// That is the same readiness. (Neither thread's epoll_enter need have
-    /// been seen: both may have waited since before the trace.)
+    /// been seen: both may have waited since before the trace.) A thread
+    /// woken by such a relay is inside epoll_wait too, and passes it on again.
     fn relayed_by(&self, waker: u32) -> Option<u64> {
-        self.pending_hops(waker, |_, h| h.epoll.is_none() && h.wake.as_ref().is_some_and(|w| w.via_epoll)).next().map(|p| p.0)
+        self.pending_hops(waker, |_, h| h.epoll.is_none() && h.wake.as_ref().is_some_and(|w| w.via_epoll || h.relayed)).next().map(|p| p.0)
     }
 
     /// A hop the thread is handling: its epoll_wait returned in it, and it

@@ -305,6 +305,10 @@ pub enum Cause {
     Pipe,
     Futex,
     Signal,
+    /// Passed on by the epoll instance itself to its next waiter: an
+    /// epoll_wait returning with level-triggered items still ready
+    /// (ep_done_scan), or an epoll_ctl adding or modifying a ready fd.
+    EpollRelay,
     Other,
     /// No stack was captured.
     Unknown,
@@ -321,6 +325,7 @@ impl Cause {
             Cause::Pipe => "pipe",
             Cause::Futex => "futex",
             Cause::Signal => "signal",
+            Cause::EpollRelay => "epoll relay",
             Cause::Other => "other",
             Cause::Unknown => "unknown",
         }
@@ -337,6 +342,7 @@ impl Cause {
             Cause::Pipe => "pipe",
             Cause::Futex => "futex",
             Cause::Signal => "signal",
+            Cause::EpollRelay => "epoll_relay",
             Cause::Other => "other",
             Cause::Unknown => "unknown",
         }

@@ -148,6 +148,17 @@ fn cause_of(f: &str) -> Option<Cause> {
     Some(c)
 }
 
+/// An epoll instance waking its own waiters (`ep->wq`), not through
+/// `ep_poll_callback`: a returning epoll_wait with items still ready
+/// (ep_done_scan; ep_scan_ready_list before 5.11), or an epoll_ctl adding or
+/// modifying a ready fd. The outer ones stand in where those are inlined.
+fn is_epoll_relay(f: &str) -> bool {
+    matches!(
+        f,
+        "ep_done_scan" | "ep_scan_ready_list" | "ep_send_events" | "ep_poll" | "do_epoll_wait" | "ep_insert" | "ep_modify" | "do_epoll_ctl"
+    )
+}
+
 fn is_softirq(f: &str) -> bool {
     matches!(
         f,
@@ -186,6 +197,7 @@ pub fn classify(waker: &Task, is_kthread: bool, frames: &[Option<Arc<str>>]) -> 
     let mut irq = false;
     let mut irq_exit = false;
     let mut syscall = false;
+    let mut first_caller = true;
     for f in frames.iter().flatten() {
         let f: &str = f;
         // Compiler clones (.isra.0, .constprop.0, .part.0) keep the base name.
@@ -195,7 +207,10 @@ pub fn classify(waker: &Task, is_kthread: bool, frames: &[Option<Arc<str>>]) -> 
             continue;
         }
         if cause.is_none() && !is_plumbing(base) {
-            cause = cause_of(base);
+            // Only as the direct caller of the wake-up: an interrupt taken
+            // inside epoll_wait has these frames further out.
+            cause = if first_caller && is_epoll_relay(base) { Some(Cause::EpollRelay) } else { cause_of(base) };
+            first_caller = false;
         }
         if is_softirq(base) {
             softirq = true;
@@ -301,6 +316,21 @@ mod tests {
         ]);
         let c = classify(&task(4242, "curl"), false, &f);
         assert_eq!(c, WakeClass { cause: Cause::SocketReadable, context: WakerContext::SoftirqInSyscall, via_epoll: true });
+    }
+
+    /// The two stacks of a server whose threads share one epoll instance.
+    #[test]
+    fn an_epoll_instance_waking_its_next_waiter_is_a_relay() {
+        let wake_plumbing = ["try_to_wake_up", "ep_autoremove_wake_function", "__wake_up_common", "__wake_up"];
+        let with = |callers: &[&str]| fr(&[&wake_plumbing[..], callers].concat());
+        let relay = |c: WakeClass| (c.cause, c.via_epoll);
+        let returning = with(&["ep_done_scan", "ep_send_events", "do_epoll_wait", "__x64_sys_epoll_wait", "do_syscall_64"]);
+        assert_eq!(relay(classify(&task(11, "srv"), false, &returning)), (Cause::EpollRelay, false));
+        let adding = with(&["do_epoll_ctl", "__x64_sys_epoll_ctl", "do_syscall_64", "entry_SYSCALL_64_after_hwframe"]);
+        assert_eq!(relay(classify(&task(11, "srv"), false, &adding)), (Cause::EpollRelay, false));
+        // An interrupt taken inside epoll_wait wakes for its own reasons.
+        let irq = with(&["some_driver_complete", "__handle_irq_event_percpu", "common_interrupt", "ep_poll", "do_epoll_wait"]);
+        assert_eq!(classify(&task(11, "srv"), false, &irq).cause, Cause::Other);
     }
 
     #[test]

@@ -392,6 +392,57 @@ fn a_herd_of_threads_asleep_before_the_trace_is_counted_from_its_first_connectio
     assert_eq!(dead as u64, N + 1, "a TASK_DEAD switch-out per thread, main thread included");
 }
 
+/// Threads sharing one epoll instance, the listen socket level-triggered in
+/// it, wake each other: the thread a connection woke passes the readiness on
+/// as it returns, the woken one again, and the accepting thread's epoll_ctl
+/// of the connection wakes one more. Every such wake-up is an `epoll_relay`
+/// in that connection's chain: one herd event per connection.
+#[test]
+fn threads_sharing_one_epoll_instance_count_one_event_per_connection() {
+    if !require_root() {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    const N: u64 = 4;
+    const K: u64 = 8;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let prog = TestProg::start(dir.path(), "wideherd", &[&N.to_string(), "shared"]);
+    let port: u16 = prog.first_line.trim().parse().unwrap_or_else(|_| panic!("wideherd printed {:?}", prog.first_line));
+    let pid = prog.child.id();
+    std::thread::sleep(Duration::from_millis(200));
+    let (mut nd, json) = trace_json(dir.path(), pid);
+    for _ in 0..K {
+        let mut c = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        c.write_all(b"ping\n").expect("send");
+        let mut pong = [0u8; 5];
+        c.read_exact(&mut pong).expect("the reply");
+        assert_eq!(&pong, b"pong\n");
+        drop(c);
+        // Every thread back asleep before the next.
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    let tally = prog.finish();
+    assert!(tally.starts_with(&format!("accepted {K} ")), "wideherd printed {tally:?}");
+    let err = ended(&mut nd);
+    let lines = json_lines(&json);
+    let summary = lines.last().expect("summary line");
+    let lost = &summary["lost"];
+    assert_eq!((lost["ringbuf"].as_u64(), lost["map_full"].as_u64()), (Some(0), Some(0)), "nothing lost: {lost}; stderr: {err}");
+    let relays: Vec<&Value> = lines.iter().filter(|e| e["type"] == "wake" && e["cause"] == "epoll_relay").collect();
+    // At least the first relay of each connection: three threads wait still.
+    assert!(relays.len() as u64 >= K, "{} epoll relays for {K} connections; stderr: {err}", relays.len());
+    for r in &relays {
+        assert_eq!((&r["via_epoll"], &r["task"]["pid"]), (&Value::Bool(false), &Value::from(pid)), "{r}");
+    }
+    let herd = summary["analysis"]["herd"].as_array().expect("herd rows");
+    assert_eq!(herd.len(), 1, "one listen socket: {herd:?}; stderr: {err}");
+    let row = &herd[0];
+    let n = |k: &str| row[k].as_u64().unwrap_or(u64::MAX);
+    eprintln!("shared instance of {N} threads: {row}; {} relays; wideherd: {tally}", relays.len());
+    assert_eq!((n("connections"), n("events")), (K, K), "one event per connection, its relays in it: {row}");
+    assert!(n("wakeups") > K, "each connection woke more than one thread: {row}");
+}
+
 /// A loop polling epoll with timeout 0: every return of nothing after
 /// another is counted in the kernel, not written; the returns written and
 /// the ones counted add up to the program's own count of calls.

@@ -1349,3 +1349,60 @@ fn a_wake_up_relayed_by_a_returning_epoll_wait_joins_its_chain() {
         assert!(w1_hop.accept_failed(), "{w1_hop:#?}");
     }
 }
+
+/// Four threads share one epoll instance. The one the connection wakes
+/// passes the listener's readiness on while it returns (ep_done_scan), the
+/// thread it woke passes it on again, and its epoll_ctl adding the accepted
+/// connection (ready: the request came with it) wakes a fourth: one chain.
+#[test]
+fn epoll_relays_again_and_from_epoll_ctl_join_one_chain() {
+    let w: Vec<Task> = (0..4).map(|i| t(10, 11 + i, "srv")).collect();
+    let client = t(20, 20, "client");
+    let lsock = sock(0xaaa, 500, "127.0.0.1:8080", "0.0.0.0:0", 10);
+    let peer = sock(0xbbb, 501, "127.0.0.1:8080", "127.0.0.1:40000", 1);
+    let ready = |seq| Kind::SockReady { sock: lsock.clone().into(), seq, hook: ReadyHook::EpollItem, new_state: None, packet: None };
+    let relay = |target: &Task, seq| {
+        let mut k = wake(target.clone(), seq, Cause::EpollRelay);
+        if let Kind::Wake { via_epoll, context, .. } = &mut k {
+            *via_epoll = false;
+            *context = Some(WakerContext::Process);
+        }
+        k
+    };
+    let evs = vec![
+        ev(0, 0, w[0].clone(), Kind::FdMap { ino: 500, fd: 3 }),
+        ev(0, 0, w[0].clone(), Kind::EpollMap { epfd: 4, fd: 3, data: 3 }),
+        ev(1000, 1, client.clone(), ready(7)),
+        ev(1100, 1, client.clone(), wake(w[0].clone(), 7, Cause::SocketReadable)),
+        ev(1500, 0, w[0].clone(), switch_in(1100, 0)),
+        ev(1600, 0, w[0].clone(), ready(9)),
+        ev(1600, 0, w[0].clone(), relay(&w[1], 9)),
+        ev(1700, 0, w[0].clone(), epoll_exit(4, &[3])),
+        ev(1800, 0, w[0].clone(), accept(3, 6, Some(peer.clone()))),
+        ev(1850, 0, w[0].clone(), Kind::EpollMap { epfd: 4, fd: 6, data: 6 }),
+        // epoll_ctl(ADD, 6), after its return.
+        ev(1900, 0, w[0].clone(), ready(11)),
+        ev(1900, 0, w[0].clone(), relay(&w[3], 11)),
+        ev(2000, 1, w[1].clone(), switch_in(1600, 1)),
+        // w1, woken by a relay, relays again before it returns.
+        ev(2050, 1, w[1].clone(), ready(13)),
+        ev(2050, 1, w[1].clone(), relay(&w[2], 13)),
+        ev(2100, 1, w[1].clone(), epoll_exit(4, &[3])),
+        ev(2200, 1, w[1].clone(), accept(3, -11, None)),
+        ev(2300, 0, w[2].clone(), switch_in(2050, 0)),
+        ev(2400, 0, w[2].clone(), sleep()),
+        ev(2500, 1, w[3].clone(), switch_in(1900, 1)),
+        ev(2600, 1, w[3].clone(), epoll_exit(4, &[6])),
+    ];
+    let mut c = Correlator::new();
+    let chains: Vec<Box<Chain>> = all_chains(&mut c, &evs).into_iter().filter(|ch| !ch.hops.is_empty()).collect();
+    assert_eq!(chains.len(), 1, "{chains:#?}");
+    let ch = &chains[0];
+    let tids: Vec<u32> = ch.hops.iter().map(|h| h.target.tid).collect();
+    // In the order woken: w3 (by the epoll_ctl) before w2.
+    assert_eq!(tids, [11, 12, 14, 13]);
+    // w1 found nothing to accept, w2 nothing at all; w3 got the connection.
+    assert_eq!((ch.woken(), ch.wasted()), (4, 2), "{ch:#?}");
+    assert!(ch.hops[3].slept_again.is_some(), "{:#?}", ch.hops[3]);
+    assert_eq!(c.stats.herd_chains, 1);
+}

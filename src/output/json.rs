@@ -455,6 +455,7 @@ mod tests {
             Cause::Pipe,
             Cause::Futex,
             Cause::Signal,
+            Cause::EpollRelay,
             Cause::Other,
             Cause::Unknown,
         ];
