@@ -1451,6 +1451,11 @@ impl Correlator {
         }
     }
 
+    /// Socket event `seq` began `chain`.
+    pub fn seq_in_chain(&self, seq: u64, chain: Option<u64>) -> bool {
+        chain.is_some() && self.by_seq.get(&seq).map(|p| p.0) == chain
+    }
+
     /// The chain whose readiness `waker` passes on: woken through epoll and
     /// not returned yet, it is inside epoll_wait, where the only thread it
     /// can wake (not through ep_poll_callback) is the next waiter of the same

@@ -901,6 +901,13 @@ impl Pipeline {
 
     fn process(&mut self, mut ev: Event) -> Result<()> {
         let ann = self.corr.ingest(&ev);
+        if let Kind::Wake { sock_seq, .. } = &mut ev.kind {
+            // Not joined to that socket event (its cause disproves it, a relay,
+            // woken while handling): the outputs must not pair them.
+            if *sock_seq != 0 && !self.corr.seq_in_chain(*sock_seq, ann.chain) {
+                *sock_seq = 0;
+            }
+        }
         for o in self.observers.iter_mut() {
             o.event(&ev, &ann);
         }

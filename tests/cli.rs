@@ -712,26 +712,32 @@ fn analyze_replays_with_the_recorded_idle_timeout() {
     assert_eq!(run(r#","idle_ms":100"#), (1, 1));
 }
 
+/// `netdrift analyze --json` of a recording of `events` (pid 10 traced), written to `rec`.
+fn analyze_events(rec: &Path, events: &[netdrift::events::Event]) -> Vec<serde_json::Value> {
+    let mut body = r#"{"type":"netdrift-record","version":1,"start":{"t0_ns":1000,"tids":[],"pids":[10],"comms":[],"handlers":[],"notes":[],"features":{},"packets":false,"epoll_ctl":false,"ringbuf_bytes":8388608,"version":"0"}}"#.as_bytes().to_vec();
+    body.push(b'\n');
+    for e in events {
+        netdrift::trace::write_record_event(&mut body, e).unwrap();
+    }
+    body.extend_from_slice(br#"{"type":"netdrift-record-end","reason":"done","duration_s":1.0,"lost":{"ringbuf":0,"stack":0,"map_full":0,"user_read":0,"per_cpu":[]},"decode_errors":0,"ringbuf_mib":8}"#);
+    body.push(b'\n');
+    std::fs::write(rec, body).unwrap();
+    let out = nd().args(["analyze", "--json"]).arg(rec).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).expect("JSON line")).collect()
+}
+
 /// A herd whose first wake-up goes to a worker still handling the last
 /// connection: that wake-up stays in its hop (no socket), the socket event
 /// waits, and the second worker's wake-up joins it.
 #[test]
 fn analyze_keeps_a_herds_socket_when_its_first_wake_up_finds_a_handling_worker() {
-    use netdrift::events::{EpEvent, Event, Kind, ReadyHook, SockInfo, Syscall, Task};
+    use netdrift::events::{EpEvent, Event, Kind, ReadyHook, Syscall, Task};
     let dir = tempfile::tempdir().unwrap();
     let rec = dir.path().join("run.ndr");
     let task = |tid: u32, comm: &str| Task { pid: if tid == 20 { 20 } else { 10 }, tid, comm: comm.into() };
     let (w0, w1, client) = (task(11, "worker_0"), task(12, "worker_1"), task(20, "client"));
-    let listen = SockInfo {
-        sk: 0xaaa,
-        ino: 500,
-        netns: 1,
-        family: 2,
-        protocol: 6,
-        local: "127.0.0.1:8080".parse().unwrap(),
-        remote: "0.0.0.0:0".parse().unwrap(),
-        state: 10,
-    };
+    let listen = common::tcp_sock(0xaaa, 500, 10, "127.0.0.1:8080", "0.0.0.0:0");
     let ev = |ts: u64, cpu: u32, t: &Task, kind: Kind| Event { ts, cpu, task: t.clone(), kind };
     let ready = |seq| Kind::SockReady { sock: listen.clone().into(), seq, hook: ReadyHook::EpollItem, new_state: None, packet: None };
     let wake = |target: &Task, seq| common::socket_wake(target, seq, vec![]);
@@ -768,19 +774,7 @@ fn analyze_keeps_a_herds_socket_when_its_first_wake_up_finds_a_handling_worker()
         ]);
         evs
     };
-    let analyze = |events: &[Event]| -> Vec<serde_json::Value> {
-        let mut body = r#"{"type":"netdrift-record","version":1,"start":{"t0_ns":1000,"tids":[],"pids":[10],"comms":[],"handlers":[],"notes":[],"features":{},"packets":false,"epoll_ctl":false,"ringbuf_bytes":8388608,"version":"0"}}"#.as_bytes().to_vec();
-        body.push(b'\n');
-        for e in events {
-            netdrift::trace::write_record_event(&mut body, e).unwrap();
-        }
-        body.extend_from_slice(br#"{"type":"netdrift-record-end","reason":"done","duration_s":1.0,"lost":{"ringbuf":0,"stack":0,"map_full":0,"user_read":0,"per_cpu":[]},"decode_errors":0,"ringbuf_mib":8}"#);
-        body.push(b'\n');
-        std::fs::write(&rec, body).unwrap();
-        let out = nd().args(["analyze", "--json"]).arg(&rec).output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).expect("JSON line")).collect()
-    };
+    let analyze = |events: &[Event]| analyze_events(&rec, events);
 
     // Another record of the waker's CPU comes between: the socket event is left
     // out, and w1's wake-up, which still carries it, points to nothing written.
@@ -905,4 +899,41 @@ fn an_output_through_a_symbolic_link_leaves_the_link() {
     assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink(), "the link was replaced");
     assert!(std::fs::read_to_string(&real).unwrap().contains(r#""type":"summary""#), "the file it names has the output");
     assert!(!dir.path().join("link.json.partial").exists() && !dir.path().join("real.json.partial").exists());
+}
+
+/// A state-change guess confirmed by one wake-up (a reader woken by the
+/// reset) is carried, within the herd gap, by a timer wake-up of another
+/// thread interrupting the same waker on that CPU: the timer's cause
+/// disproves it, so that wake-up names no socket event.
+#[test]
+fn analyze_drops_a_socket_event_a_later_wake_ups_cause_disproves() {
+    use netdrift::events::{Cause, Event, Kind, ReadyHook, Task, WakerContext};
+    let dir = tempfile::tempdir().unwrap();
+    let rec = dir.path().join("run.ndr");
+    let task = |pid: u32, tid: u32, comm: &str| Task { pid, tid, comm: comm.into() };
+    let (reader, sleeper, client) = (task(10, 11, "reader"), task(10, 12, "sleeper"), task(20, 20, "client"));
+    let conn = common::tcp_sock(0xbbb, 501, 7, "127.0.0.1:8080", "127.0.0.1:40000");
+    let wake = |target: &Task, cause, context| {
+        let mut k = common::socket_wake(target, 5, vec![]);
+        if let Kind::Wake { cause: c, context: x, via_epoll, stack_reused, .. } = &mut k {
+            (*c, *x, *via_epoll, *stack_reused) = (Some(cause), Some(context), false, cause == Cause::Timer);
+        }
+        k
+    };
+    let ev = |ts: u64, t: &Task, kind: Kind| Event { ts, cpu: 0, task: t.clone(), kind };
+    let events = [
+        ev(
+            1000,
+            &client,
+            Kind::SockReady { sock: conn.into(), seq: 5, hook: ReadyHook::InetSockSetState, new_state: Some(7), packet: None },
+        ),
+        ev(1100, &client, wake(&reader, Cause::SocketState, WakerContext::Process)),
+        ev(1400, &client, wake(&sleeper, Cause::Timer, WakerContext::Irq)),
+    ];
+    let lines = analyze_events(&rec, &events);
+    let wake_of = |comm: &str| lines.iter().find(|e| e["type"] == "wake" && e["target"]["comm"] == comm).expect("its wake-up").clone();
+    assert_eq!(wake_of("reader")["sock_seq"], 5, "the reset's own wake-up keeps it");
+    let timer = wake_of("sleeper");
+    assert_eq!(timer["sock_seq"], 0, "{timer}");
+    assert_ne!(timer["chain"], wake_of("reader")["chain"], "{timer}");
 }

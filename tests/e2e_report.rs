@@ -430,16 +430,7 @@ fn task(pid: u32, tid: u32, comm: &str) -> Task {
 }
 
 fn sock(state: u8, local: &str, remote: &str) -> SockInfo {
-    SockInfo {
-        sk: 0xffff_8881_0000_1000,
-        ino: 4242,
-        netns: 1,
-        family: 2,
-        protocol: 6,
-        local: local.parse().unwrap(),
-        remote: remote.parse().unwrap(),
-        state,
-    }
+    common::tcp_sock(0xffff_8881_0000_1000, 4242, state, local, remote)
 }
 
 /// A recording: one connection wakes three hostile-named workers (one

@@ -11,6 +11,20 @@ use netdrift::demo::{self, DemoConfig, DemoServer, ListenMode};
 use netdrift::probes::ProbeConfig;
 use netdrift::trace::{self, TraceOptions, TraceResult};
 
+/// A TCP socket of a hand-made recording (IPv4, netns 1).
+pub fn tcp_sock(sk: u64, ino: u64, state: u8, local: &str, remote: &str) -> netdrift::events::SockInfo {
+    netdrift::events::SockInfo {
+        sk,
+        ino,
+        netns: 1,
+        family: 2,
+        protocol: 6,
+        local: local.parse().unwrap(),
+        remote: remote.parse().unwrap(),
+        state,
+    }
+}
+
 /// A wake-up of `target` for socket event `seq` as the live reader makes
 /// it: a readable socket, from softirq in the waker's syscall, via epoll.
 pub fn socket_wake(target: &netdrift::events::Task, seq: u64, stack: Vec<u64>) -> netdrift::events::Kind {
