@@ -198,7 +198,11 @@ pub fn classify(waker: &Task, is_kthread: bool, frames: &[Option<Arc<str>>]) -> 
     let mut irq_exit = false;
     let mut syscall = false;
     let mut first_caller = true;
-    for f in frames.iter().flatten() {
+    // The tracer's own frames on top: a BPF program's is misnamed when its
+    // symbol is not in kallsyms (bpf_jit_kallsyms off), and must not pass
+    // for the wake-up's caller.
+    let ours = frames.iter().take(12).rposition(|f| f.as_deref().is_some_and(is_tracer_frame)).map_or(0, |i| i + 1);
+    for f in frames[ours..].iter().flatten() {
         let f: &str = f;
         // Compiler clones (.isra.0, .constprop.0, .part.0) keep the base name.
         let base = f.split('.').next().unwrap_or(f);
@@ -326,6 +330,9 @@ mod tests {
         let relay = |c: WakeClass| (c.cause, c.via_epoll);
         let returning = with(&["ep_done_scan", "ep_send_events", "do_epoll_wait", "__x64_sys_epoll_wait", "do_syscall_64"]);
         assert_eq!(relay(classify(&task(11, "srv"), false, &returning)), (Cause::EpollRelay, false));
+        // Under the BPF program's frame, misnamed (its symbol not in kallsyms), and its trampoline.
+        let traced = [fr(&["__stop_runtime_ptr_USER_PTR_MAX", "bpf_trace_run1", "__traceiter_sched_waking"]), returning.clone()].concat();
+        assert_eq!(relay(classify(&task(11, "srv"), false, &traced)), (Cause::EpollRelay, false));
         let adding = with(&["do_epoll_ctl", "__x64_sys_epoll_ctl", "do_syscall_64", "entry_SYSCALL_64_after_hwframe"]);
         assert_eq!(relay(classify(&task(11, "srv"), false, &adding)), (Cause::EpollRelay, false));
         // An interrupt taken inside epoll_wait wakes for its own reasons.
