@@ -268,6 +268,12 @@ pub struct Hop {
     /// through epoll is.
     #[serde(skip)]
     relayed: bool,
+    /// Handed the work by a thread handling this chain (a futex, an eventfd
+    /// or a pipe from that thread's own code: a listener passing a
+    /// connection to a worker pool), not woken by the chain's event: no part
+    /// of a herd.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub handoff: bool,
 }
 
 impl Hop {
@@ -297,6 +303,7 @@ impl Hop {
     /// nothing else to handle either.
     pub fn wasted(&self) -> bool {
         self.wake.is_some()
+            && !self.handoff
             && (self.slept_again.is_some()
                 || (!self.accepted()
                     && (self.accept_failed() || self.epoll.as_ref().and_then(|e| e.lists_sock) == Some(false))
@@ -349,8 +356,9 @@ impl Chain {
     pub fn wasted(&self) -> usize {
         self.hops.iter().filter(|h| h.wasted()).count()
     }
+    /// Threads the chain's event woke (a hand-off is not one).
     pub fn woken(&self) -> usize {
-        self.hops.iter().filter(|h| h.wake.is_some()).count()
+        self.hops.iter().filter(|h| h.wake.is_some() && !h.handoff).count()
     }
 }
 
@@ -994,6 +1002,14 @@ impl Correlator {
                     Cause::Other | Cause::Unknown if ev.task.pid == target.pid => self.relayed_by(ev.task.tid),
                     _ => None,
                 };
+                // A worker handed the work by a thread of its process handling a chain.
+                let handoff = (matches!(cause, Cause::Futex | Cause::Eventfd | Cause::Pipe)
+                    && *context == Some(WakerContext::Process)
+                    && ev.task.pid == target.pid
+                    && ev.task.tid != target.tid)
+                    .then(|| self.active_chain(ev.task.tid, |_| true))
+                    .flatten();
+                let mut handed = false;
                 // The stack must agree with the hook, or the socket was another wake-up's.
                 let id = match (relayed, self.by_seq.get(sock_seq)) {
                     (Some(id), _) => {
@@ -1005,7 +1021,13 @@ impl Correlator {
                     _ => {
                         // Its socket was a guess the stack disproves.
                         self.defer_unjoined(*sock_seq, ev.ts, ev.cpu);
-                        self.new_chain(ev.ts)
+                        match handoff {
+                            Some(id) => {
+                                handed = true;
+                                id
+                            }
+                            None => self.new_chain(ev.ts),
+                        }
                     }
                 };
                 let on_cpu = target_on_rq.then(|| OnCpu {
@@ -1020,6 +1042,7 @@ impl Correlator {
                 let hop = Hop {
                     target: target.clone(),
                     relayed: relayed.is_some(),
+                    handoff: handed,
                     wake: Some(WakeInfo {
                         ts: ev.ts,
                         cpu: ev.cpu,
@@ -1492,11 +1515,12 @@ impl Correlator {
     }
 
     /// The thread's pending hops that woke it where it blocked on the chain's
-    /// socket itself, in `accept` or a read/recv/write/send (no epoll), and
-    /// that it has run in since: what it does next handles that socket.
+    /// socket itself, in `accept` or a read/recv/write/send (no epoll), or
+    /// that handed it the chain's work, and that it has run in since: what
+    /// it does next handles that socket.
     fn blocked_on_sock_hops(&self, tid: u32) -> impl Iterator<Item = (u64, usize)> + '_ {
         self.pending_hops(tid, |c, h| {
-            c.sock.as_ref().is_some_and(|s| matches!(s.hook, ReadyHook::Accept | ReadyHook::IoWait))
+            (h.handoff || c.sock.as_ref().is_some_and(|s| matches!(s.hook, ReadyHook::Accept | ReadyHook::IoWait)))
                 && h.epoll.is_none()
                 && h.on_cpu.is_some()
                 && h.wake.as_ref().is_some_and(|w| !w.via_epoll)

@@ -585,7 +585,8 @@ impl SummaryBuilder {
             }
         }
         for h in &c.hops {
-            if let Some(w) = &h.wake {
+            // A hand-off is no part of the event's spread.
+            if let Some(w) = h.wake.as_ref().filter(|_| !h.handoff) {
                 if let Some(s) = &c.sock {
                     self.latency.ready_to_wake.add(w.ts.saturating_sub(s.ts));
                 }

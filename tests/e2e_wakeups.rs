@@ -443,6 +443,89 @@ fn threads_sharing_one_epoll_instance_count_one_event_per_connection() {
     assert!(n("wakeups") > K, "each connection woke more than one thread: {row}");
 }
 
+/// A listener thread hands each connection to an idle worker through a
+/// futex (apache's event MPM): the worker's wake-up and its close of the
+/// connection are in the chain of the listener's accept, and no herd.
+#[test]
+fn a_connection_handed_to_a_worker_stays_in_its_chain() {
+    if !require_root() {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    const K: usize = 6;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let prog = TestProg::start(dir.path(), "handoff", &["3"]);
+    let port: u16 = prog.first_line.trim().parse().unwrap_or_else(|_| panic!("handoff printed {:?}", prog.first_line));
+    let pid = prog.child.id();
+    let (mut nd, json) = trace_json(dir.path(), pid);
+    let mut client_ports = Vec::new();
+    for _ in 0..K {
+        let mut c = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        client_ports.push(c.local_addr().unwrap().port());
+        c.write_all(b"ping\n").expect("send");
+        let mut pong = [0u8; 5];
+        c.read_exact(&mut pong).expect("the reply");
+        drop(c);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let tally = prog.finish();
+    assert_eq!(tally.trim(), format!("handled {K}"));
+    let err = ended(&mut nd);
+    let lines = json_lines(&json);
+    let summary = lines.last().expect("summary line");
+    assert_eq!(summary["lost"]["ringbuf"], 0, "no record lost: {}", summary["lost"]);
+    let peer_port = |s: &Value| s["remote"].as_str().and_then(|a| a.rsplit(':').next()).and_then(|p| p.parse::<u16>().ok());
+    // Each client port: the chain of its accept, the chain of its close.
+    let mut accepted: Vec<(u16, u64)> = lines
+        .iter()
+        .filter(|e| e["type"] == "accept" && e["task"]["comm"] == "ho:listener" && e["ret"].as_i64().is_some_and(|r| r >= 0))
+        .map(|e| (peer_port(&e["peer"]).expect("accept peer"), e["chain"].as_u64().expect("accept in a chain")))
+        .collect();
+    let mut closed: Vec<(u16, Option<u64>)> = lines
+        .iter()
+        .filter(|e| e["type"] == "close" && e["task"]["comm"] == "ho:worker" && e["sock"].is_object())
+        .map(|e| (peer_port(&e["sock"]).expect("closed peer"), e["chain"].as_u64()))
+        .collect();
+    accepted.sort_unstable();
+    closed.sort_unstable();
+    client_ports.sort_unstable();
+    let ports: Vec<u16> = accepted.iter().map(|a| a.0).collect();
+    assert_eq!(ports, client_ports, "one accept per client port; stderr: {err}");
+    // In the chain of its accept, or, when the worker read before the
+    // request came, of the request's arrival on that connection.
+    let requests: Vec<(u16, u64)> = lines
+        .iter()
+        .filter(|e| e["type"] == "sock_ready" && e["hook"] == "io_wait")
+        .filter_map(|e| Some((peer_port(&e["sock"])?, e["chain"].as_u64()?)))
+        .collect();
+    assert_eq!(closed.len(), K, "{closed:?}");
+    for (&(port, chain), &(p, accept_chain)) in closed.iter().zip(&accepted) {
+        assert_eq!(port, p);
+        let chain = chain.unwrap_or_else(|| panic!("the close of port {port} is in no chain; stderr: {err}"));
+        assert!(
+            chain == accept_chain || requests.contains(&(port, chain)),
+            "port {port}: close in chain {chain}, accept in {accept_chain}"
+        );
+    }
+    // The hand-off wake-ups: a worker's, by the listener, in those chains.
+    let chains: Vec<u64> = accepted.iter().map(|a| a.1).collect();
+    let handed = lines
+        .iter()
+        .filter(|e| e["type"] == "wake" && e["cause"] == "futex" && e["task"]["comm"] == "ho:listener")
+        .filter(|e| e["target"]["comm"] == "ho:worker" && e["chain"].as_u64().is_some_and(|c| chains.contains(&c)))
+        .count();
+    assert!(handed >= K, "{handed} futex wake-ups of a worker in the connections' chains, for {K}");
+    let herd = summary["analysis"]["herd"].as_array().expect("herd rows");
+    let row = &herd[0];
+    eprintln!("hand-off: {row}; {handed} hand-offs");
+    assert_eq!(
+        (&row["connections"], &row["events"], &row["wakeups"], &row["wasted"]),
+        (&K.into(), &K.into(), &K.into(), &0.into()),
+        "{row}"
+    );
+    assert_eq!(summary["stats"]["herd_chains"], 0, "a hand-off is no herd");
+}
+
 /// A loop polling epoll with timeout 0: every return of nothing after
 /// another is counted in the kernel, not written; the returns written and
 /// the ones counted add up to the program's own count of calls.

@@ -1406,3 +1406,53 @@ fn epoll_relays_again_and_from_epoll_ctl_join_one_chain() {
     assert!(ch.hops[3].slept_again.is_some(), "{:#?}", ch.hops[3]);
     assert_eq!(c.stats.herd_chains, 1);
 }
+
+/// A listener thread accepts and hands the connection to an idle worker
+/// through a futex (apache's event MPM, a thread pool): the worker's part
+/// is the connection's chain, and no herd. A timer from an interrupt while
+/// the listener runs, or a futex wake-up by a thread handling nothing, is not.
+#[test]
+fn a_futex_hand_off_by_the_handling_thread_joins_its_chain() {
+    let (l, w, w2, client) = (t(10, 11, "listener"), t(10, 12, "worker"), t(10, 13, "worker"), t(20, 20, "client"));
+    let lsock = sock(0xaaa, 500, "127.0.0.1:8080", "0.0.0.0:0", 10);
+    let peer = sock(0xbbb, 501, "127.0.0.1:8080", "127.0.0.1:40000", 1);
+    let from_code = |target: &Task, cause, context| {
+        let mut k = wake(target.clone(), 0, cause);
+        if let Kind::Wake { via_epoll, context: c, .. } = &mut k {
+            (*via_epoll, *c) = (false, Some(context));
+        }
+        k
+    };
+    let evs = vec![
+        ev(0, 0, l.clone(), Kind::FdMap { ino: 500, fd: 3 }),
+        ev(0, 0, l.clone(), Kind::EpollMap { epfd: 4, fd: 3, data: 3 }),
+        ev(
+            1000,
+            1,
+            client.clone(),
+            Kind::SockReady { sock: lsock.into(), seq: 7, hook: ReadyHook::EpollItem, new_state: None, packet: None },
+        ),
+        ev(1100, 1, client.clone(), wake(l.clone(), 7, Cause::SocketReadable)),
+        ev(1500, 0, l.clone(), switch_in(1100, 0)),
+        ev(1600, 0, l.clone(), epoll_exit(4, &[3])),
+        ev(1700, 0, l.clone(), accept(3, 6, Some(peer.clone()))),
+        ev(1750, 0, l.clone(), from_code(&w2, Cause::Timer, WakerContext::Irq)),
+        ev(1800, 0, l.clone(), from_code(&w, Cause::Futex, WakerContext::Process)),
+        ev(1900, 0, l.clone(), Kind::EpollEnter { epfd: 4, maxevents: 1, syscall: Syscall::EpollWait }),
+        ev(2000, 1, w.clone(), switch_in(1800, 1)),
+        ev(2100, 1, w.clone(), Kind::Close { fd: 6, sock: Some(peer.into()) }),
+        ev(2200, 1, w.clone(), sleep()),
+        // The worker, handling nothing now, wakes another: a chain of its own.
+        ev(2300, 1, w.clone(), from_code(&w2, Cause::Futex, WakerContext::Process)),
+    ];
+    let mut c = Correlator::new();
+    let chains: Vec<Box<Chain>> = all_chains(&mut c, &evs).into_iter().filter(|ch| !ch.hops.is_empty()).collect();
+    let conn = chains.iter().find(|ch| ch.sock.is_some()).expect("the connection's chain");
+    let tids: Vec<(u32, bool)> = conn.hops.iter().map(|h| (h.target.tid, h.handoff)).collect();
+    assert_eq!(tids, [(11, false), (12, true)], "{conn:#?}");
+    assert!(matches!(conn.hops[1].actions[..], [Action::Close { fd: 6, .. }]), "{:#?}", conn.hops[1]);
+    assert_eq!((conn.woken(), conn.wasted()), (1, 0));
+    assert_eq!(c.stats.herd_chains, 0);
+    // The timer's and the idle worker's wake-ups of w2: chains of their own.
+    assert_eq!(chains.iter().filter(|ch| ch.sock.is_none() && ch.hops.iter().all(|h| h.target.tid == 13)).count(), 2, "{chains:#?}");
+}

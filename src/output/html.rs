@@ -535,7 +535,7 @@ fn hop_json(h: &Hop, start: u64, woken_in_closed_chain: bool, stack_of: &mut dyn
             steps.push(node(
                 "wake",
                 Some(format!("+{}", dur(w.ts.saturating_sub(start)))),
-                format!("woke {}", task(&h.target)),
+                format!("{} {}", if h.handoff { "handed to" } else { "woke" }, task(&h.target)),
                 vec![
                     format!("{}{}", w.cause.name(), if w.via_epoll { " via epoll" } else { "" }),
                     format!("by {} ({}) on CPU{}", task(&w.waker), w.context.name(), w.cpu),

@@ -280,7 +280,8 @@ impl TextRenderer {
             Some(w) => {
                 let _ = writeln!(
                     o,
-                    "  {branch} woke {}  {:>9}  {}{}  by {} ({}) on CPU{}",
+                    "  {branch} {} {}  {:>9}  {}{}  by {} ({}) on CPU{}",
+                    if h.handoff { "handed to" } else { "woke" },
                     task(&h.target),
                     rel(w.ts),
                     w.cause.name(),
