@@ -372,6 +372,9 @@ pub struct Annotation {
     /// For epoll_exit: the fd each returned entry stands for.
     #[serde(skip_serializing_if = "EpFds::is_empty")]
     pub ep_fds: EpFds,
+    /// For wake: joined its chain as a hand-off (`Hop::handoff`).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub handoff: bool,
 }
 
 /// The fds of one epoll_wait return's entries, inline: an annotation is made
@@ -1060,6 +1063,7 @@ impl Correlator {
                 if again {
                     self.stats.repeated_wakes += 1;
                 } else if let Some(c) = self.open.get_mut(&id) {
+                    ann.handoff = hop.handoff;
                     c.hops.push(hop);
                     let idx = c.hops.len() - 1;
                     self.threads.entry(target.tid).or_default().pending.push((id, idx));

@@ -511,7 +511,7 @@ fn a_connection_handed_to_a_worker_stays_in_its_chain() {
     let chains: Vec<u64> = accepted.iter().map(|a| a.1).collect();
     let handed = lines
         .iter()
-        .filter(|e| e["type"] == "wake" && e["cause"] == "futex" && e["task"]["comm"] == "ho:listener")
+        .filter(|e| e["type"] == "wake" && e["cause"] == "futex" && e["task"]["comm"] == "ho:listener" && e["handoff"] == true)
         .filter(|e| e["target"]["comm"] == "ho:worker" && e["chain"].as_u64().is_some_and(|c| chains.contains(&c)))
         .count();
     assert!(handed >= K, "{handed} futex wake-ups of a worker in the connections' chains, for {K}");

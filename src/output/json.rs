@@ -38,6 +38,9 @@ pub fn write_event(buf: &mut Vec<u8>, ev: &Event, ann: &Annotation, waker_stack:
             serde_json::to_writer(&mut *buf, &epoll_flags(*events))?;
         }
         Kind::Wake { .. } => {
+            if ann.handoff {
+                buf.extend_from_slice(b",\"handoff\":true");
+            }
             if let Some(st) = waker_stack {
                 buf.extend_from_slice(b",\"waker_stack\":");
                 serde_json::to_writer(&mut *buf, st)?;
