@@ -10,7 +10,7 @@ type HashMap<K, V> = std::collections::HashMap<K, V, ahash::RandomState>;
 
 use serde::Serialize;
 
-use crate::events::{Cause, Event, Kind, Packet, ReadyHook, SockInfo, Syscall, Task, WakerContext, TYPE_NAMES};
+use crate::events::{Cause, EpEvent, Event, Kind, Packet, ReadyHook, SockInfo, Syscall, Task, WakerContext, TYPE_NAMES};
 use crate::summary::SummaryBuilder;
 
 /// Where a socket inode is open: (pid, fd) pairs.
@@ -1476,6 +1476,27 @@ impl Correlator {
             }
             _ => true,
         }
+    }
+
+    /// Whether the one entry `tid`'s epoll_wait returned may be mapped to a
+    /// stale fd: the word stands for a socket other than the one the kernel
+    /// read off that thread's ready list when it woke it, which `pid` holds.
+    /// A server that reuses data words (apache: a pool's connection struct)
+    /// moves a word to a new fd with an EPOLL_CTL_DEL and ADD netdrift does
+    /// not see without `--epoll-ctl`, the old fd still open. (Another
+    /// thread may also have taken that socket first: then /proc says so.)
+    /// Returns that socket's inode.
+    pub fn return_maybe_stale(&self, tid: u32, pid: u32, epfd: i32, events: &[EpEvent]) -> Option<u64> {
+        let [e] = events else { return None };
+        let ino = self.epoll_map.get(pid, epfd, e.data).and_then(|fd| self.fds.ino(pid, fd))?;
+        let woke = |c: &Chain, h: &Hop| {
+            let s = c.sock.as_ref().filter(|s| s.hook == ReadyHook::EpollItem)?;
+            let held = self.fds.fds(s.sock.ino).iter().any(|&(p, _)| p == pid);
+            (h.epoll.is_none() && h.wake.as_ref().is_some_and(|w| w.via_epoll) && s.sock.ino != ino && held).then_some(s.sock.ino)
+        };
+        let (id, idx) = self.pending_hops(tid, move |c, h| woke(c, h).is_some()).next()?;
+        let c = self.open.get(&id)?;
+        woke(c, c.hops.get(idx)?)
     }
 
     /// Socket event `seq` began `chain`.

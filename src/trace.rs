@@ -21,7 +21,7 @@ use serde_json::{json, Value};
 
 use crate::analysis::{Annotation, Chain, Correlator, Stats};
 use crate::error::{Error, Result};
-use crate::events::{decode, Event, GapFinder, Kind, Task};
+use crate::events::{decode, EpEvent, Event, GapFinder, Kind, Task};
 use crate::output::json;
 use crate::output::text::{ringbuf_fix, summary, summary_sections, Losses, ReaderCpu, TextRenderer};
 use crate::output::{partial_path, OnDrop, PartialFile};
@@ -425,6 +425,9 @@ struct Enricher {
     tried_epoll: HashMap<(u32, i32, u64), u64>,
     /// Processes with an entry in `tried_epoll`.
     epoll_pids: HashSet<u32>,
+    /// (pid, epfd, data, socket inode) looked up again because the word's
+    /// fd was not the socket that woke the thread (`return_maybe_stale`).
+    tried_stale: HashSet<(u32, i32, u64, u64)>,
     closes: HashMap<u32, u64>,
     handlers: Vec<crate::handlers::Resolved>,
     /// Every socket fd of the targets at the last full /proc scan, so that
@@ -593,9 +596,14 @@ impl Enricher {
             Kind::EpollExit { epfd, events, .. } => {
                 let pid = ev.task.pid;
                 let gen = self.closes.get(&pid).copied().unwrap_or(0);
-                let missing = events
-                    .iter()
-                    .any(|e| corr.epoll_fd(pid, *epfd, e.data).is_none() && self.tried_epoll.get(&(pid, *epfd, e.data)) != Some(&gen));
+                let untried = |e: &EpEvent| self.tried_epoll.get(&(pid, *epfd, e.data)) != Some(&gen);
+                let stale = corr.return_maybe_stale(ev.task.tid, pid, *epfd, events).is_some_and(|ino| {
+                    if self.tried_stale.len() > 100_000 {
+                        self.tried_stale.clear();
+                    }
+                    self.tried_stale.insert((pid, *epfd, events[0].data, ino))
+                });
+                let missing = stale || events.iter().any(|e| corr.epoll_fd(pid, *epfd, e.data).is_none() && untried(e));
                 if missing {
                     if self.tried_epoll.len() > 100_000 {
                         self.tried_epoll.clear();
@@ -606,7 +614,7 @@ impl Enricher {
                         self.tried_epoll.insert((pid, *epfd, e.data), gen);
                     }
                     for ent in procfs::epoll_entries(pid, *epfd) {
-                        if corr.epoll_fd(pid, *epfd, ent.data).is_none() {
+                        if corr.epoll_fd(pid, *epfd, ent.data) != Some(ent.fd) {
                             out.push(Event {
                                 ts: ev.ts,
                                 cpu: ev.cpu,
@@ -1157,6 +1165,7 @@ pub fn run(mut opts: TraceOptions) -> Result<TraceResult> {
         tried_inos: HashSet::new(),
         tried_epoll: HashMap::new(),
         epoll_pids: HashSet::new(),
+        tried_stale: HashSet::new(),
         closes: HashMap::new(),
         handlers: opts.probe.handlers.clone(),
         fd_index: FdIndex::default(),

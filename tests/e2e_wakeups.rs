@@ -526,6 +526,47 @@ fn a_connection_handed_to_a_worker_stays_in_its_chain() {
     assert_eq!(summary["stats"]["herd_chains"], 0, "a hand-off is no herd");
 }
 
+/// An epoll data word moved to another connection while the first stays
+/// open (an EPOLL_CTL_DEL and ADD, not traced by default): the return after
+/// the move names the new connection's fd, not the old one's.
+#[test]
+fn a_data_word_moved_to_another_live_fd_resolves_to_the_new_one() {
+    if !require_root() {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut prog = TestProg::start(dir.path(), "wordreuse", &[]);
+    let port: u16 = prog.first_line.trim().parse().unwrap_or_else(|_| panic!("wordreuse printed {:?}", prog.first_line));
+    let mut a = TcpStream::connect(("127.0.0.1", port)).expect("connect A");
+    let mut b = TcpStream::connect(("127.0.0.1", port)).expect("connect B");
+    let mut line = String::new();
+    prog.out.read_line(&mut line).expect("the fds");
+    let fds: Vec<i64> = line.split_whitespace().filter_map(|w| w.parse().ok()).collect();
+    let [fd_a, fd_b] = fds[..] else { panic!("wordreuse printed {line:?}") };
+    let pid = prog.child.id();
+    let (mut nd, json) = trace_json(dir.path(), pid);
+    a.write_all(b"x").expect("write A");
+    // Read by netdrift (every 100 ms at most) before the move.
+    std::thread::sleep(Duration::from_millis(400));
+    prog.go();
+    line.clear();
+    prog.out.read_line(&mut line).expect("moved");
+    assert_eq!(line.trim(), "moved");
+    b.write_all(b"y").expect("write B");
+    std::thread::sleep(Duration::from_millis(100));
+    let tally = prog.finish();
+    assert_eq!(tally.trim(), "read 2");
+    let err = ended(&mut nd);
+    let lines = json_lines(&json);
+    let returned: Vec<&Value> = lines
+        .iter()
+        .filter(|e| e["type"] == "epoll_exit" && e["task"]["comm"] == "wr:loop" && e["ret"] == 1)
+        .map(|e| &e["events"][0]["fd"])
+        .collect();
+    assert_eq!(returned, [&Value::from(fd_a), &Value::from(fd_b)], "the word's fd at each return; stderr: {err}");
+}
+
 /// A loop polling epoll with timeout 0: every return of nothing after
 /// another is counted in the kernel, not written; the returns written and
 /// the ones counted add up to the program's own count of calls.
