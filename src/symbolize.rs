@@ -89,10 +89,25 @@ impl KernelSyms {
 /// replay), a BPF program's frame takes the name of whatever symbol is below
 /// its address, and the trampoline frames under it must go too.
 pub fn without_tracer_frames(mut f: Vec<String>) -> Vec<String> {
-    if let Some(i) = f.iter().take(12).rposition(|n| is_tracer_frame(n)) {
-        f.drain(..=i);
-    }
+    let n = tracer_frames_on_top(|i| f.get(i).is_some_and(|n| is_tracer_frame(n)));
+    f.drain(..n);
     f
+}
+
+/// How many frames on top are the tracer's: the BPF program's, whatever its
+/// name, if a trampoline frame follows it, and the run of trampoline frames.
+/// Only that run: an interrupt taken inside another of netdrift's programs
+/// (a socket-state hook in softirq) has that program's frames deeper down,
+/// under the frames that say what woke the thread.
+fn tracer_frames_on_top(tracer: impl Fn(usize) -> bool) -> usize {
+    if !(tracer(0) || tracer(1)) {
+        return 0;
+    }
+    let mut n = 1;
+    while tracer(n) {
+        n += 1;
+    }
+    n
 }
 
 /// Frames of the tracer itself (the BPF program and its tracepoint
@@ -201,7 +216,7 @@ pub fn classify(waker: &Task, is_kthread: bool, frames: &[Option<Arc<str>>]) -> 
     // The tracer's own frames on top: a BPF program's is misnamed when its
     // symbol is not in kallsyms (bpf_jit_kallsyms off), and must not pass
     // for the wake-up's caller.
-    let ours = frames.iter().take(12).rposition(|f| f.as_deref().is_some_and(is_tracer_frame)).map_or(0, |i| i + 1);
+    let ours = tracer_frames_on_top(|i| frames.get(i).and_then(|f| f.as_deref()).is_some_and(is_tracer_frame));
     for f in frames[ours..].iter().flatten() {
         let f: &str = f;
         // Compiler clones (.isra.0, .constprop.0, .part.0) keep the base name.
@@ -333,6 +348,28 @@ mod tests {
         // Under the BPF program's frame, misnamed (its symbol not in kallsyms), and its trampoline.
         let traced = [fr(&["__stop_runtime_ptr_USER_PTR_MAX", "bpf_trace_run1", "__traceiter_sched_waking"]), returning.clone()].concat();
         assert_eq!(relay(classify(&task(11, "srv"), false, &traced)), (Cause::EpollRelay, false));
+        // A timer interrupting another of netdrift's programs, in a reset's softirq.
+        let timer = fr(&[
+            "bpf_prog_1_nd_sched_waking",
+            "bpf_trace_run1",
+            "__traceiter_sched_waking",
+            "try_to_wake_up",
+            "hrtimer_wakeup",
+            "__hrtimer_run_queues",
+            "hrtimer_interrupt",
+            "__sysvec_apic_timer_interrupt",
+            "sysvec_apic_timer_interrupt",
+            "asm_sysvec_apic_timer_interrupt",
+            "bpf_prog_2_nd_inet_sock_set_state",
+            "bpf_trace_run3",
+            "__traceiter_inet_sock_set_state",
+            "tcp_set_state",
+            "tcp_done",
+            "tcp_reset",
+        ]);
+        assert_eq!(classify(&task(20, "client"), false, &timer).cause, Cause::Timer);
+        let shown = without_tracer_frames(timer.iter().flatten().map(|f| f.to_string()).collect());
+        assert_eq!(shown[..2], ["try_to_wake_up", "hrtimer_wakeup"]);
         let adding = with(&["do_epoll_ctl", "__x64_sys_epoll_ctl", "do_syscall_64", "entry_SYSCALL_64_after_hwframe"]);
         assert_eq!(relay(classify(&task(11, "srv"), false, &adding)), (Cause::EpollRelay, false));
         // An interrupt taken inside epoll_wait wakes for its own reasons.
