@@ -21,7 +21,7 @@ use serde_json::{json, Value};
 
 use crate::analysis::{Annotation, Chain, Correlator, Stats};
 use crate::error::{Error, Result};
-use crate::events::{decode, EpEvent, Event, GapFinder, Kind, Task};
+use crate::events::{decode, Event, GapFinder, Kind, Task};
 use crate::output::json;
 use crate::output::text::{ringbuf_fix, summary, summary_sections, Losses, ReaderCpu, TextRenderer};
 use crate::output::{partial_path, OnDrop, PartialFile};
@@ -596,14 +596,16 @@ impl Enricher {
             Kind::EpollExit { epfd, events, .. } => {
                 let pid = ev.task.pid;
                 let gen = self.closes.get(&pid).copied().unwrap_or(0);
-                let untried = |e: &EpEvent| self.tried_epoll.get(&(pid, *epfd, e.data)) != Some(&gen);
                 let stale = corr.return_maybe_stale(ev.task.tid, pid, *epfd, events).is_some_and(|ino| {
                     if self.tried_stale.len() > 100_000 {
                         self.tried_stale.clear();
                     }
                     self.tried_stale.insert((pid, *epfd, events[0].data, ino))
                 });
-                let missing = stale || events.iter().any(|e| corr.epoll_fd(pid, *epfd, e.data).is_none() && untried(e));
+                let missing = stale
+                    || events
+                        .iter()
+                        .any(|e| corr.epoll_fd(pid, *epfd, e.data).is_none() && self.tried_epoll.get(&(pid, *epfd, e.data)) != Some(&gen));
                 if missing {
                     if self.tried_epoll.len() > 100_000 {
                         self.tried_epoll.clear();
@@ -658,9 +660,6 @@ pub struct Pipeline {
     /// whose stack may disprove it (see [`Correlator::joins`]): at most one
     /// per CPU.
     held: Vec<Held>,
-    /// Per CPU, the last held socket event left out: a later wake-up that
-    /// still carries it points to nothing written.
-    left_out: HashMap<u32, u64>,
 }
 
 struct Held {
@@ -778,7 +777,6 @@ impl Pipeline {
             chains: Vec::new(),
             observers: Vec::new(),
             held: Vec::new(),
-            left_out: HashMap::new(),
         }
     }
 
@@ -857,11 +855,6 @@ impl Pipeline {
             Kind::EpollEnter { .. } => return self.process(ev),
             _ => {}
         }
-        if let Kind::Wake { sock_seq, .. } = &mut ev.kind {
-            if *sock_seq != 0 && self.left_out.get(&ev.cpu) == Some(sock_seq) {
-                *sock_seq = 0;
-            }
-        }
         if let Some(i) = self.held.iter().position(|h| h.ev.cpu == ev.cpu) {
             let mut held = self.held.swap_remove(i);
             let carried = match (&held.ev.kind, &ev.kind) {
@@ -880,11 +873,9 @@ impl Pipeline {
                 // Joined, or the next record is not its wake-up: it stands.
                 self.release(held)?;
             } else {
-                // A guess no wake-up confirmed: left out of the stream.
+                // A guess no wake-up confirmed: left out of the stream (a later
+                // wake-up that carries it loses it in `process`, as it is in no chain).
                 self.corr.stats.sockets_disproved += 1;
-                if let Kind::SockReady { seq, .. } = held.ev.kind {
-                    self.left_out.insert(held.ev.cpu, seq);
-                }
             }
         }
         if matches!(ev.kind, Kind::SockReady { .. }) {
