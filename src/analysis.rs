@@ -1005,31 +1005,27 @@ impl Correlator {
                     Cause::Other | Cause::Unknown if ev.task.pid == target.pid => self.relayed_by(ev.task.tid),
                     _ => None,
                 };
-                // A worker handed the work by a thread of its process handling a chain.
-                let handoff = (matches!(cause, Cause::Futex | Cause::Eventfd | Cause::Pipe)
-                    && *context == Some(WakerContext::Process)
-                    && ev.task.pid == target.pid
-                    && ev.task.tid != target.tid)
-                    .then(|| self.active_chain(ev.task.tid, |_| true))
-                    .flatten();
-                let mut handed = false;
                 // The stack must agree with the hook, or the socket was another wake-up's.
-                let id = match (relayed, self.by_seq.get(sock_seq)) {
+                let (id, handed) = match (relayed, self.by_seq.get(sock_seq)) {
                     (Some(id), _) => {
                         // The socket read for it is the waker's event, seen again.
                         self.defer_unjoined(*sock_seq, ev.ts, ev.cpu);
-                        id
+                        (id, false)
                     }
-                    (None, Some(&(id, hook))) if *sock_seq != 0 && self.open.contains_key(&id) && hook_matches(hook, cause) => id,
+                    (None, Some(&(id, hook))) if *sock_seq != 0 && self.open.contains_key(&id) && hook_matches(hook, cause) => (id, false),
                     _ => {
                         // Its socket was a guess the stack disproves.
                         self.defer_unjoined(*sock_seq, ev.ts, ev.cpu);
+                        // A worker handed the work by a thread of its process handling a chain.
+                        let handoff = (matches!(cause, Cause::Futex | Cause::Eventfd | Cause::Pipe)
+                            && *context == Some(WakerContext::Process)
+                            && ev.task.pid == target.pid
+                            && ev.task.tid != target.tid)
+                            .then(|| self.active_chain(ev.task.tid, |_| true))
+                            .flatten();
                         match handoff {
-                            Some(id) => {
-                                handed = true;
-                                id
-                            }
-                            None => self.new_chain(ev.ts),
+                            Some(id) => (id, true),
+                            None => (self.new_chain(ev.ts), false),
                         }
                     }
                 };
@@ -1489,14 +1485,11 @@ impl Correlator {
     pub fn return_maybe_stale(&self, tid: u32, pid: u32, epfd: i32, events: &[EpEvent]) -> Option<u64> {
         let [e] = events else { return None };
         let ino = self.epoll_map.get(pid, epfd, e.data).and_then(|fd| self.fds.ino(pid, fd))?;
-        let woke = |c: &Chain, h: &Hop| {
+        self.pending(tid).find_map(|(_, c, h)| {
             let s = c.sock.as_ref().filter(|s| s.hook == ReadyHook::EpollItem)?;
             let held = self.fds.fds(s.sock.ino).iter().any(|&(p, _)| p == pid);
             (h.epoll.is_none() && h.wake.as_ref().is_some_and(|w| w.via_epoll) && s.sock.ino != ino && held).then_some(s.sock.ino)
-        };
-        let (id, idx) = self.pending_hops(tid, move |c, h| woke(c, h).is_some()).next()?;
-        let c = self.open.get(&id)?;
-        woke(c, c.hops.get(idx)?)
+        })
     }
 
     /// Socket event `seq` began `chain`.
@@ -1530,8 +1523,16 @@ impl Correlator {
 
     /// The thread's pending hops for which `pred(chain, hop)` holds.
     fn pending_hops<'a>(&'a self, tid: u32, pred: impl Fn(&Chain, &Hop) -> bool + 'a) -> impl Iterator<Item = (u64, usize)> + 'a {
+        self.pending(tid).filter(move |(_, c, h)| pred(c, h)).map(|(p, _, _)| p)
+    }
+
+    /// The thread's pending hops still open, with their chains.
+    fn pending(&self, tid: u32) -> impl Iterator<Item = ((u64, usize), &Chain, &Hop)> + '_ {
         let pending = self.threads.get(&tid).map(|t| t.pending.as_slice()).unwrap_or_default();
-        pending.iter().copied().filter(move |p| self.open.get(&p.0).is_some_and(|c| c.hops.get(p.1).is_some_and(|h| pred(c, h))))
+        pending.iter().filter_map(move |&p| {
+            let c = self.open.get(&p.0)?;
+            Some((p, &**c, c.hops.get(p.1)?))
+        })
     }
 
     /// The thread's pending hops whose epoll_wait has returned in them.
