@@ -277,7 +277,7 @@ pub fn classify(waker: &Task, is_kthread: bool, frames: &[Option<Arc<str>>]) -> 
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     /// Replayed, the BPF program's frame is named after a neighbouring
     /// symbol: the trampoline frames under it go all the same.
     #[test]
@@ -292,6 +292,17 @@ mod tests {
     }
 
     use super::*;
+
+    /// A timer's wake-up from its interrupt, innermost first, down to the interrupt entry.
+    pub(crate) const TIMER_IRQ_WAKE: [&str; 7] = [
+        "try_to_wake_up",
+        "hrtimer_wakeup",
+        "__hrtimer_run_queues",
+        "hrtimer_interrupt",
+        "__sysvec_apic_timer_interrupt",
+        "sysvec_apic_timer_interrupt",
+        "asm_sysvec_apic_timer_interrupt",
+    ];
 
     fn fr(names: &[&str]) -> Vec<Option<Arc<str>>> {
         names.iter().map(|n| Some(Arc::from(*n))).collect()
@@ -349,24 +360,16 @@ mod tests {
         let traced = [fr(&["__stop_runtime_ptr_USER_PTR_MAX", "bpf_trace_run1", "__traceiter_sched_waking"]), returning.clone()].concat();
         assert_eq!(relay(classify(&task(11, "srv"), false, &traced)), (Cause::EpollRelay, false));
         // A timer interrupting another of netdrift's programs, in a reset's softirq.
-        let timer = fr(&[
-            "bpf_prog_1_nd_sched_waking",
-            "bpf_trace_run1",
-            "__traceiter_sched_waking",
-            "try_to_wake_up",
-            "hrtimer_wakeup",
-            "__hrtimer_run_queues",
-            "hrtimer_interrupt",
-            "__sysvec_apic_timer_interrupt",
-            "sysvec_apic_timer_interrupt",
-            "asm_sysvec_apic_timer_interrupt",
+        let ours = ["bpf_prog_1_nd_sched_waking", "bpf_trace_run1", "__traceiter_sched_waking"];
+        let interrupted = [
             "bpf_prog_2_nd_inet_sock_set_state",
             "bpf_trace_run3",
             "__traceiter_inet_sock_set_state",
             "tcp_set_state",
             "tcp_done",
             "tcp_reset",
-        ]);
+        ];
+        let timer = fr(&[&ours[..], &TIMER_IRQ_WAKE, &interrupted].concat());
         assert_eq!(classify(&task(20, "client"), false, &timer).cause, Cause::Timer);
         let shown = without_tracer_frames(timer.iter().flatten().map(|f| f.to_string()).collect());
         assert_eq!(shown[..2], ["try_to_wake_up", "hrtimer_wakeup"]);
@@ -390,16 +393,7 @@ mod tests {
             "kthread",
         ]);
         assert_eq!(classify(&task(18, "ksoftirqd/1"), true, &f).context, WakerContext::Ksoftirqd);
-        let f = fr(&[
-            "try_to_wake_up",
-            "hrtimer_wakeup",
-            "__hrtimer_run_queues",
-            "hrtimer_interrupt",
-            "__sysvec_apic_timer_interrupt",
-            "sysvec_apic_timer_interrupt",
-            "asm_sysvec_apic_timer_interrupt",
-            "default_idle",
-        ]);
+        let f = fr(&[&TIMER_IRQ_WAKE[..], &["default_idle"]].concat());
         let c = classify(&task(0, "swapper/0"), true, &f);
         assert_eq!((c.cause, c.context, c.via_epoll), (Cause::Timer, WakerContext::IdleIrq, false));
     }

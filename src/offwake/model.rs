@@ -607,18 +607,8 @@ mod tests {
 
     #[test]
     fn interrupt_stacks_stop_at_the_interrupt_entry() {
-        let k = v(&[
-            "try_to_wake_up",
-            "hrtimer_wakeup",
-            "__hrtimer_run_queues",
-            "hrtimer_interrupt",
-            "__sysvec_apic_timer_interrupt",
-            "sysvec_apic_timer_interrupt",
-            "asm_sysvec_apic_timer_interrupt",
-            "clear_page_erms",
-            "do_anonymous_page",
-            "asm_exc_page_fault",
-        ]);
+        let k =
+            v(&[&crate::symbolize::tests::TIMER_IRQ_WAKE[..], &["clear_page_erms", "do_anonymous_page", "asm_exc_page_fault"]].concat());
         assert_eq!(interrupt_frames(k).last().map(|s| s.as_str()), Some("asm_sysvec_apic_timer_interrupt"));
         let ksoftirqd = v(&["try_to_wake_up", "sock_def_readable", "net_rx_action", "handle_softirqs", "run_ksoftirqd", "kthread"]);
         assert_eq!(interrupt_frames(ksoftirqd.clone()), ksoftirqd);
